@@ -1,0 +1,923 @@
+#define _GNU_SOURCE
+#include "ps_cleanse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps_sort.h"
+#include "ps_tokenizer.h"
+
+#define MIN_READER_BUF ((size_t)64 << 10)
+#define REC_HEADER 8 /* u32 key length, u32 line length */
+
+/* ---------------------------------------------------------------- projection */
+
+typedef struct projection {
+    int32_t *out_cols;
+    size_t n_out;
+    int32_t *key_cols;
+    size_t n_key;
+    int command_first; /* out_cols[0] is a change file's command column */
+} projection;
+
+enum { CMD_INSERT, CMD_UPDATE, CMD_DELETE, CMD_MERGE };
+static const char *const command_words[] = {"insert", "update", "delete", "merge"};
+static const size_t command_lengths[] = {6, 6, 6, 5};
+
+static int parse_command(const ps_field *f) {
+    if (f->escaped || f->len < 5 || f->len > 6) return -1;
+    char lower[6];
+    for (uint32_t i = 0; i < f->len; i++) {
+        char ch = f->data[i];
+        lower[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    for (int k = 0; k < 4; k++)
+        if (command_lengths[k] == f->len && memcmp(lower, command_words[k], f->len) == 0) return k;
+    return -1;
+}
+
+static size_t line_bound(const projection *pj, const ps_field *f) {
+    size_t n = pj->n_out;
+    for (size_t i = 0; i < pj->n_out; i++) n += 2 * (size_t)f[pj->out_cols[i]].len + 2;
+    return n;
+}
+
+static size_t key_bound(const projection *pj, const ps_field *f) {
+    if (pj->n_key == 1) return f[pj->key_cols[0]].len;
+    size_t n = 0;
+    for (size_t i = 0; i < pj->n_key; i++) n += 2 * (size_t)f[pj->key_cols[i]].len + 2;
+    return n;
+}
+
+/* The output line, without its LF. `command` is the parsed command when command_first. */
+static size_t build_line(const projection *pj, const ps_field *f, int command, char sep, char *out) {
+    size_t n = 0;
+    size_t i = 0;
+    if (pj->command_first) {
+        memcpy(out, command_words[command], command_lengths[command]);
+        n = command_lengths[command];
+        i = 1;
+    }
+    for (; i < pj->n_out; i++) {
+        if (i) out[n++] = sep;
+        n += ps_field_format(&f[pj->out_cols[i]], sep, out + n);
+    }
+    return n;
+}
+
+/* A single key column is its value as it is. Several are each escaped (0x00 -> 0x00 0x01) and
+ * closed by 0x00 0x00, so that memcmp over the whole key compares column by column with a
+ * shorter value first: the terminator sorts below every byte a longer value could hold there. */
+static size_t build_key(const projection *pj, const ps_field *f, char *out) {
+    if (pj->n_key == 1) return ps_field_unescape(&f[pj->key_cols[0]], out);
+    size_t n = 0;
+    for (size_t i = 0; i < pj->n_key; i++) {
+        const ps_field *kf = &f[pj->key_cols[i]];
+        size_t len = ps_field_unescape(kf, out + n);
+        if (memchr(out + n, 0, len)) {
+            /* Rare: shift right from the end, doubling each NUL into 0x00 0x01. */
+            size_t zeros = 0;
+            for (size_t j = 0; j < len; j++) zeros += out[n + j] == 0;
+            char *src = out + n + len, *dst = out + n + len + zeros;
+            while (src > out + n) {
+                char ch = *--src;
+                if (ch == 0) {
+                    *--dst = 1;
+                    *--dst = 0;
+                } else {
+                    *--dst = ch;
+                }
+            }
+            len += zeros;
+        }
+        n += len;
+        out[n++] = 0;
+        out[n++] = 0;
+    }
+    return n;
+}
+
+static inline int key_cmp(const char *a, size_t alen, const char *b, size_t blen) {
+    size_t m = alen < blen ? alen : blen;
+    int c = m ? memcmp(a, b, m) : 0;
+    if (c) return c;
+    return (alen > blen) - (alen < blen);
+}
+
+static inline uint32_t load_u32(const char *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline void store_u32(char *p, uint32_t v) { memcpy(p, &v, 4); }
+
+/* ---------------------------------------------------------------- run files */
+
+typedef struct run_reader {
+    int fd;
+    int run_id;
+    size_t order; /* position in the run list: a lower position holds earlier input */
+    char *buf;
+    size_t cap, len, pos;
+    int eof;
+    const char *key, *line; /* the current record, valid until the next read */
+    uint32_t klen, llen;
+} run_reader;
+
+struct ps_cleanse {
+    char sep;
+    size_t budget, io_block;
+    char *spill_dir;
+    projection pj;
+    int32_t command_col;
+    int keep_last;
+    int header_seen;
+    ps_stats stats;
+
+    ps_tokenizer tok;
+    int tok_live;
+    ps_writer nullpk, sorted, duplicates, delta;
+
+    /* Sort phase: records grow up from arena[0], entries grow down from its end. */
+    char *arena;
+    size_t arena_size, arena_top, n_entries;
+    int sealed;       /* input finished: records now come out of the merge */
+    int from_memory;  /* everything fit in one arena: no run file at all */
+    size_t mem_next;
+
+    /* Runs: ids of spill files, in input order. */
+    int *runs;
+    size_t n_runs, runs_cap;
+    int next_run_id;
+    /* The merge in progress over runs[group_start, group_start + n_readers). */
+    run_reader *readers;
+    run_reader **heap;
+    size_t n_readers, heap_len, group_start;
+    int merging;          /* readers are open */
+    int final_pass;       /* the merge in progress feeds the outputs */
+    int *next_runs;       /* the runs the current intermediate pass produces */
+    size_t n_next_runs, next_runs_cap;
+    ps_writer run_out;    /* intermediate pass output */
+    int run_out_fd;
+
+    /* Dedupe: the last kept key (keep first) or the pending row (keep last). */
+    char *held;
+    size_t held_cap, held_klen, held_llen;
+    int have_held;
+
+    /* Join against the baseline. */
+    int joining;
+    int baseline_fd;
+    ps_tokenizer btok;
+    int btok_live;
+    projection bpj;
+    char *base_cur, *base_prev;
+    size_t base_cur_cap, base_prev_cap;
+    size_t base_klen, base_llen, base_prev_klen;
+    int64_t base_line;
+    int base_have, base_prev_have, base_header_seen, base_eof;
+    int finished;
+};
+
+size_t ps_io_block(size_t budget) {
+    size_t block = budget / 16;
+    if (block < ((size_t)4 << 10)) block = (size_t)4 << 10;
+    if (block > ((size_t)1 << 20)) block = (size_t)1 << 20;
+    return block;
+}
+
+static void run_path(const ps_cleanse *c, int run_id, char *out, size_t cap) {
+    snprintf(out, cap, "%s/run-%06d", c->spill_dir, run_id);
+}
+
+static int open_new_run(ps_cleanse *c, int *run_id, int *fd, ps_error *err) {
+    char path[PATH_MAX];
+    *run_id = c->next_run_id++;
+    run_path(c, *run_id, path, sizeof path);
+    *fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (*fd < 0) return ps_fail_errno(err, "creating spill file", path);
+    __atomic_add_fetch(&ps_live.spill_files, 1, __ATOMIC_RELAXED);
+    return PS_OK;
+}
+
+static void close_spill_fd(int fd) {
+    if (fd < 0) return;
+    close(fd);
+    __atomic_sub_fetch(&ps_live.spill_files, 1, __ATOMIC_RELAXED);
+}
+
+static void remove_run(const ps_cleanse *c, int run_id) {
+    char path[PATH_MAX];
+    run_path(c, run_id, path, sizeof path);
+    unlink(path);
+}
+
+static int push_run(int **list, size_t *n, size_t *cap, int run_id, ps_error *err) {
+    if (*n == *cap) {
+        size_t grown_cap = *cap ? 2 * *cap : 16;
+        int *grown = realloc(*list, grown_cap * sizeof *grown);
+        if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the run list");
+        *list = grown;
+        *cap = grown_cap;
+    }
+    (*list)[(*n)++] = run_id;
+    return PS_OK;
+}
+
+/* ---------------------------------------------------------------- sort phase */
+
+static inline ps_entry *entries(const ps_cleanse *c) {
+    return (ps_entry *)(c->arena + c->arena_size) - c->n_entries;
+}
+
+static inline size_t arena_free(const ps_cleanse *c) {
+    return c->arena_size - c->arena_top - c->n_entries * sizeof(ps_entry);
+}
+
+static int spill_arena(ps_cleanse *c, ps_error *err) {
+    ps_entry *e = entries(c);
+    ps_sort_entries(e, c->n_entries, c->arena);
+    int run_id, fd;
+    int rc = open_new_run(c, &run_id, &fd, err);
+    if (rc) return rc;
+    ps_writer w;
+    rc = ps_writer_init(&w, fd, c->io_block, err);
+    for (size_t i = 0; !rc && i < c->n_entries; i++) {
+        const char *r = c->arena + e[i].off;
+        rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), err);
+    }
+    if (!rc) rc = ps_writer_flush(&w, err);
+    ps_writer_release(&w);
+    close_spill_fd(fd);
+    if (!rc) rc = push_run(&c->runs, &c->n_runs, &c->runs_cap, run_id, err);
+    if (rc) {
+        remove_run(c, run_id);
+        return rc;
+    }
+    c->stats.runs++;
+    c->arena_top = 0;
+    c->n_entries = 0;
+    return PS_OK;
+}
+
+static int grow_arena(ps_cleanse *c, size_t need, ps_error *err) {
+    /* Only for a row larger than the whole arena: the arena is empty here. */
+    size_t size = (need + 4095) & ~(size_t)4095;
+    char *grown = ps_realloc(c->arena, c->arena_size, size);
+    if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a %zu-byte row", need);
+    c->arena = grown;
+    c->arena_size = size;
+    return PS_OK;
+}
+
+static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
+    const ps_field *f = rec->fields;
+    if (!c->header_seen) {
+        c->header_seen = 1;
+        for (size_t i = 0; i < c->pj.n_out; i++)
+            if ((size_t)c->pj.out_cols[i] >= rec->nfields)
+                return ps_fail(err, PS_ERR_ARG, 1, 0, "kept column index out of range");
+        for (size_t i = 0; i < c->pj.n_key; i++)
+            if ((size_t)c->pj.key_cols[i] >= rec->nfields)
+                return ps_fail(err, PS_ERR_ARG, 1, 0, "key column index out of range");
+        return PS_OK;
+    }
+    c->stats.rows_read++;
+    int command = 0;
+    if (c->command_col >= 0) {
+        command = parse_command(&f[c->command_col]);
+        if (command < 0) {
+            const ps_field *cf = &f[c->command_col];
+            char shown[101];
+            size_t n = cf->len > 100 ? 100 : cf->len;
+            ps_field tmp = *cf;
+            tmp.len = (uint32_t)n;
+            n = ps_field_unescape(&tmp, shown);
+            for (size_t i = 0; i < n; i++)
+                if (shown[i] == '\n' || shown[i] == '\r') shown[i] = ' ';
+            return ps_fail(err, PS_ERR_INPUT, rec->line, rec->offset,
+                           "invalid command '%.*s%s' (expected insert, update, delete or merge)",
+                           (int)n, shown, cf->len > 100 ? "..." : "");
+        }
+    }
+    int null_key = 0;
+    for (size_t i = 0; i < c->pj.n_key; i++) null_key |= f[c->pj.key_cols[i]].len == 0;
+
+    size_t lbound = line_bound(&c->pj, f);
+    if (null_key) {
+        int rc = ps_writer_reserve(&c->nullpk, lbound + 1, err);
+        if (rc) return rc;
+        char *out = c->nullpk.buf + c->nullpk.len;
+        size_t n = build_line(&c->pj, f, command, c->sep, out);
+        out[n++] = '\n';
+        c->nullpk.len += n;
+        c->stats.null_keys++;
+        return PS_OK;
+    }
+    size_t need = REC_HEADER + key_bound(&c->pj, f) + lbound + sizeof(ps_entry);
+    if (arena_free(c) < need) {
+        int rc = c->n_entries ? spill_arena(c, err) : PS_OK;
+        if (!rc && arena_free(c) < need) rc = grow_arena(c, need, err);
+        if (rc) return rc;
+    }
+    char *r = c->arena + c->arena_top;
+    size_t klen = build_key(&c->pj, f, r + REC_HEADER);
+    size_t llen = build_line(&c->pj, f, command, c->sep, r + REC_HEADER + klen);
+    store_u32(r, (uint32_t)klen);
+    store_u32(r + 4, (uint32_t)llen);
+    ps_entry *e = (ps_entry *)(c->arena + c->arena_size) - c->n_entries - 1;
+    e->prefix = ps_key_prefix(r + REC_HEADER, klen);
+    e->off = c->arena_top;
+    c->arena_top += REC_HEADER + klen + llen;
+    c->n_entries++;
+    return PS_OK;
+}
+
+static int drain_tokenizer(ps_cleanse *c, ps_error *err) {
+    ps_record rec;
+    for (;;) {
+        int st = ps_tok_next(&c->tok, &rec, err);
+        if (st == PS_TOK_NEED_MORE || st == PS_TOK_END) return PS_OK;
+        if (st != PS_TOK_RECORD) return st;
+        int rc = process_record(c, &rec, err);
+        if (rc) return rc;
+    }
+}
+
+int ps_cleanse_feed(ps_cleanse *c, const char *data, size_t n, ps_error *err) {
+    if (c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "feed after the end of input");
+    int rc = ps_tok_feed(&c->tok, data, n, err);
+    if (rc) return rc;
+    c->stats.bytes_fed += (int64_t)n;
+    return drain_tokenizer(c, err);
+}
+
+/* ---------------------------------------------------------------- merge */
+
+static int reader_fill(run_reader *r, size_t need, ps_error *err) {
+    if (r->len - r->pos >= need) return PS_OK;
+    memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+    r->len -= r->pos;
+    r->pos = 0;
+    if (need > r->cap) {
+        char *grown = ps_realloc(r->buf, r->cap, need);
+        if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a run buffer");
+        r->buf = grown;
+        r->cap = need;
+    }
+    while (r->len < need && !r->eof) {
+        ssize_t got = read(r->fd, r->buf + r->len, r->cap - r->len);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return ps_fail_errno(err, "reading spill file", "");
+        }
+        if (got == 0) r->eof = 1;
+        r->len += (size_t)got;
+    }
+    return PS_OK;
+}
+
+/* 1: a record is current; 0: the run is exhausted. */
+static int reader_next(run_reader *r, ps_error *err) {
+    r->pos += r->key ? REC_HEADER + r->klen + r->llen : 0;
+    r->key = NULL;
+    int rc = reader_fill(r, REC_HEADER, err);
+    if (rc) return -rc;
+    if (r->len - r->pos == 0) return 0;
+    if (r->len - r->pos < REC_HEADER)
+        return -ps_fail(err, PS_ERR_IO, 0, -1, "spill file is truncated");
+    r->klen = load_u32(r->buf + r->pos);
+    r->llen = load_u32(r->buf + r->pos + 4);
+    rc = reader_fill(r, REC_HEADER + (size_t)r->klen + r->llen, err);
+    if (rc) return -rc;
+    if (r->len - r->pos < REC_HEADER + (size_t)r->klen + r->llen)
+        return -ps_fail(err, PS_ERR_IO, 0, -1, "spill file is truncated");
+    r->key = r->buf + r->pos + REC_HEADER;
+    r->line = r->key + r->klen;
+    return 1;
+}
+
+static inline int reader_less(const run_reader *a, const run_reader *b) {
+    int c = key_cmp(a->key, a->klen, b->key, b->klen);
+    return c < 0 || (c == 0 && a->order < b->order);
+}
+
+static void heap_sift_down(run_reader **h, size_t n, size_t i) {
+    run_reader *x = h[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && reader_less(h[child + 1], h[child])) child++;
+        if (!reader_less(h[child], x)) break;
+        h[i] = h[child];
+        i = child;
+    }
+    h[i] = x;
+}
+
+static void close_readers(ps_cleanse *c, int remove_files) {
+    for (size_t i = 0; i < c->n_readers; i++) {
+        run_reader *r = &c->readers[i];
+        close_spill_fd(r->fd);
+        ps_free(r->buf, r->cap);
+        if (remove_files) remove_run(c, r->run_id);
+    }
+    free(c->readers);
+    free(c->heap);
+    c->readers = NULL;
+    c->heap = NULL;
+    c->n_readers = c->heap_len = 0;
+    c->merging = 0;
+}
+
+static size_t merge_memory(const ps_cleanse *c) {
+    /* What the readers may use: the budget less the writers and the baseline's tokenizer. */
+    size_t reserved = 6 * c->io_block;
+    return c->budget > reserved + MIN_READER_BUF * 2 ? c->budget - reserved : MIN_READER_BUF * 2;
+}
+
+static size_t fan_in(const ps_cleanse *c) {
+    size_t f = merge_memory(c) / MIN_READER_BUF;
+    return f < 2 ? 2 : f;
+}
+
+/* Opens readers over runs[group_start, group_start + count). The run list is in input order
+ * in every pass, so list position (not run id: a lone run carried into the next pass keeps its
+ * old, smaller id) breaks ties between equal keys. */
+static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
+    c->readers = calloc(count, sizeof *c->readers);
+    c->heap = calloc(count, sizeof *c->heap);
+    if (!c->readers || !c->heap) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for readers");
+    c->merging = 1;
+    size_t each = merge_memory(c) / count;
+    if (each < 4096) each = 4096;
+    for (size_t i = 0; i < count; i++) {
+        run_reader *r = &c->readers[i];
+        r->fd = -1;
+        r->run_id = c->runs[c->group_start + i];
+        r->order = i;
+        c->n_readers = i + 1;
+        char path[PATH_MAX];
+        run_path(c, r->run_id, path, sizeof path);
+        r->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (r->fd < 0) return ps_fail_errno(err, "opening spill file", path);
+        __atomic_add_fetch(&ps_live.spill_files, 1, __ATOMIC_RELAXED);
+        posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        r->cap = each;
+        r->buf = ps_alloc(each);
+        if (!r->buf) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a run buffer");
+        int st = reader_next(r, err);
+        if (st < 0) return -st;
+        if (st > 0) c->heap[c->heap_len++] = r;
+    }
+    for (size_t i = c->heap_len / 2; i-- > 0;) heap_sift_down(c->heap, c->heap_len, i);
+    return PS_OK;
+}
+
+/* Start the next merge: an intermediate group while there are more runs than one merge can
+ * read at once, else the final merge into the outputs. */
+static int start_next_merge(ps_cleanse *c, ps_error *err) {
+    size_t f = fan_in(c);
+    if (c->group_start == 0 && c->n_runs <= f) {
+        c->final_pass = 1;
+        return open_group(c, c->n_runs, err);
+    }
+    if (c->group_start == 0) c->stats.merge_passes++;
+    size_t count = c->n_runs - c->group_start;
+    if (count > f) count = f;
+    if (count == 1) {
+        /* A lone run at the end of a pass moves on as it is. */
+        int rc = push_run(&c->next_runs, &c->n_next_runs, &c->next_runs_cap,
+                          c->runs[c->group_start], err);
+        if (rc) return rc;
+        c->group_start++;
+        return PS_OK;
+    }
+    int run_id, rc = open_new_run(c, &run_id, &c->run_out_fd, err);
+    if (rc) return rc;
+    rc = ps_writer_init(&c->run_out, c->run_out_fd, c->io_block, err);
+    if (rc) return rc;
+    /* Record the id now so that cleanup removes the file if anything fails from here on. */
+    rc = push_run(&c->next_runs, &c->n_next_runs, &c->next_runs_cap, run_id, err);
+    if (rc) return rc;
+    return open_group(c, count, err);
+}
+
+static int finish_intermediate(ps_cleanse *c, ps_error *err) {
+    int rc = ps_writer_flush(&c->run_out, err);
+    ps_writer_release(&c->run_out);
+    close_spill_fd(c->run_out_fd);
+    c->run_out_fd = -1;
+    size_t count = c->n_readers;
+    close_readers(c, 1);
+    if (rc) return rc;
+    c->group_start += count;
+    return PS_OK;
+}
+
+static void end_pass_if_done(ps_cleanse *c) {
+    if (c->final_pass || c->merging || c->group_start < c->n_runs) return;
+    free(c->runs);
+    c->runs = c->next_runs;
+    c->n_runs = c->n_next_runs;
+    c->runs_cap = c->next_runs_cap;
+    c->next_runs = NULL;
+    c->n_next_runs = c->next_runs_cap = 0;
+    c->group_start = 0;
+}
+
+/* ---------------------------------------------------------------- outputs */
+
+static int hold(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
+                ps_error *err) {
+    size_t need = klen + llen + 1;
+    if (need > c->held_cap) {
+        size_t cap = need * 2;
+        char *grown = realloc(c->held, cap);
+        if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a row");
+        c->held = grown;
+        c->held_cap = cap;
+    }
+    memcpy(c->held, key, klen);
+    memcpy(c->held + klen, line, llen);
+    c->held_klen = klen;
+    c->held_llen = llen;
+    c->have_held = 1;
+    return PS_OK;
+}
+
+static int put_line(ps_writer *w, const char *prefix, size_t plen, char sep, const char *line,
+                    size_t llen, ps_error *err) {
+    int rc = ps_writer_reserve(w, plen + 1 + llen + 1, err);
+    if (rc) return rc;
+    char *out = w->buf + w->len;
+    if (plen) {
+        memcpy(out, prefix, plen);
+        out[plen] = sep;
+        out += plen + 1;
+        w->len += plen + 1;
+    }
+    memcpy(out, line, llen);
+    out[llen] = '\n';
+    w->len += llen + 1;
+    return PS_OK;
+}
+
+static int grow_buffer(char **buf, size_t *cap, size_t need, ps_error *err) {
+    if (need <= *cap) return PS_OK;
+    size_t new_cap = need * 2;
+    char *grown = realloc(*buf, new_cap);
+    if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a baseline row");
+    *buf = grown;
+    *cap = new_cap;
+    return PS_OK;
+}
+
+/* Moves to the next baseline row, checking that keys strictly increase. */
+static int baseline_advance(ps_cleanse *c, ps_error *err) {
+    ps_record rec;
+    for (;;) {
+        int st = ps_tok_next(&c->btok, &rec, err);
+        if (st == PS_TOK_END) {
+            c->base_have = 0;
+            return PS_OK;
+        }
+        if (st == PS_TOK_NEED_MORE) {
+            char *room = ps_tok_reserve(&c->btok, c->io_block, err);
+            if (!room) return err->code;
+            ssize_t got = read(c->baseline_fd, room, c->io_block);
+            if (got < 0) {
+                if (errno == EINTR) continue;
+                return ps_fail_errno(err, "reading", "baseline");
+            }
+            if (got == 0) ps_tok_set_eof(&c->btok);
+            ps_tok_commit(&c->btok, (size_t)got);
+            continue;
+        }
+        if (st != PS_TOK_RECORD) return st;
+        if (!c->base_header_seen) {
+            c->base_header_seen = 1; /* checked against the kept columns by the caller */
+            continue;
+        }
+        /* Keep the current row as the previous one before overwriting it. */
+        char *swap = c->base_prev;
+        size_t swap_cap = c->base_prev_cap;
+        c->base_prev = c->base_cur;
+        c->base_prev_cap = c->base_cur_cap;
+        c->base_prev_klen = c->base_klen;
+        c->base_prev_have = c->base_have;
+        c->base_cur = swap;
+        c->base_cur_cap = swap_cap;
+        size_t need = key_bound(&c->bpj, rec.fields) + line_bound(&c->bpj, rec.fields);
+        int rc = grow_buffer(&c->base_cur, &c->base_cur_cap, need, err);
+        if (rc) return rc;
+        c->base_klen = build_key(&c->bpj, rec.fields, c->base_cur);
+        c->base_llen = build_line(&c->bpj, rec.fields, 0, c->sep, c->base_cur + c->base_klen);
+        c->base_line = rec.line;
+        c->base_have = 1;
+        if (c->base_prev_have) {
+            int order = key_cmp(c->base_prev, c->base_prev_klen, c->base_cur, c->base_klen);
+            if (order == 0)
+                return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
+                               "baseline has a duplicate key at line %lld", (long long)rec.line);
+            if (order > 0)
+                return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
+                               "baseline is not sorted by key at line %lld", (long long)rec.line);
+        }
+        return PS_OK;
+    }
+}
+
+static int emit_delete(ps_cleanse *c, ps_error *err) {
+    c->stats.deletes++;
+    return put_line(&c->delta, "delete", 6, c->sep, c->base_cur + c->base_klen, c->base_llen, err);
+}
+
+/* One kept row of the new extract against the baseline; both streams ascend strictly. */
+static int join_row(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
+                    ps_error *err) {
+    int rc;
+    while (c->base_have && key_cmp(c->base_cur, c->base_klen, key, klen) < 0) {
+        if ((rc = emit_delete(c, err)) || (rc = baseline_advance(c, err))) return rc;
+    }
+    if (c->base_have && key_cmp(c->base_cur, c->base_klen, key, klen) == 0) {
+        /* Lines are the canonical formatting of the values, so equal lines <=> equal values. */
+        int same = c->base_llen == llen && memcmp(c->base_cur + c->base_klen, line, llen) == 0;
+        if (!same) {
+            c->stats.updates++;
+            rc = put_line(&c->delta, "update", 6, c->sep, line, llen, err);
+            if (rc) return rc;
+        }
+        return baseline_advance(c, err);
+    }
+    c->stats.inserts++;
+    return put_line(&c->delta, "insert", 6, c->sep, line, llen, err);
+}
+
+static int emit_kept(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
+                     ps_error *err) {
+    c->stats.kept++;
+    int rc = put_line(&c->sorted, NULL, 0, c->sep, line, llen, err);
+    if (rc) return rc;
+    if (c->pj.command_first) {
+        switch (line[0]) {
+        case 'i': c->stats.inserts++; break;
+        case 'u': c->stats.updates++; break;
+        case 'd': c->stats.deletes++; break;
+        default: c->stats.merges++; break;
+        }
+    }
+    return c->joining ? join_row(c, key, klen, line, llen, err) : PS_OK;
+}
+
+/* Rows arrive in (key, input order); split them into kept rows and duplicates. */
+static int consume(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
+                   ps_error *err) {
+    int same = c->have_held && key_cmp(c->held, c->held_klen, key, klen) == 0;
+    if (!c->keep_last) {
+        if (same) {
+            c->stats.duplicates++;
+            return put_line(&c->duplicates, NULL, 0, c->sep, line, llen, err);
+        }
+        int rc = emit_kept(c, key, klen, line, llen, err);
+        return rc ? rc : hold(c, key, klen, "", 0, err);
+    }
+    int rc = PS_OK;
+    if (same) {
+        c->stats.duplicates++;
+        rc = put_line(&c->duplicates, NULL, 0, c->sep, c->held + c->held_klen, c->held_llen, err);
+    } else if (c->have_held) {
+        rc = emit_kept(c, c->held, c->held_klen, c->held + c->held_klen, c->held_llen, err);
+    }
+    return rc ? rc : hold(c, key, klen, line, llen, err);
+}
+
+static int finish_outputs(ps_cleanse *c, ps_error *err) {
+    int rc = PS_OK;
+    if (c->keep_last && c->have_held)
+        rc = emit_kept(c, c->held, c->held_klen, c->held + c->held_klen, c->held_llen, err);
+    while (!rc && c->joining && c->base_have) {
+        rc = emit_delete(c, err);
+        if (!rc) rc = baseline_advance(c, err);
+    }
+    if (!rc) rc = ps_writer_flush(&c->sorted, err);
+    if (!rc) rc = ps_writer_flush(&c->duplicates, err);
+    if (!rc && c->joining) rc = ps_writer_flush(&c->delta, err);
+    if (!rc) c->finished = 1;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err) {
+    if (c->sealed) return PS_OK;
+    ps_tok_set_eof(&c->tok);
+    int rc = drain_tokenizer(c, err);
+    if (rc) return rc;
+    if (!c->header_seen)
+        return ps_fail(err, PS_ERR_INPUT, 1, 0, "empty file (no header)");
+    rc = ps_writer_flush(&c->nullpk, err);
+    if (rc) return rc;
+    ps_writer_release(&c->nullpk);
+    ps_tok_release(&c->tok);
+    c->tok_live = 0;
+    c->sealed = 1;
+    if (c->n_runs == 0) {
+        /* Everything fit: sort in place and stream from memory, never touching disk. */
+        ps_sort_entries(entries(c), c->n_entries, c->arena);
+        c->from_memory = 1;
+        c->mem_next = 0;
+    } else {
+        if (c->n_entries) rc = spill_arena(c, err);
+        ps_free(c->arena, c->arena_size);
+        c->arena = NULL;
+        c->arena_size = 0;
+        if (rc) return rc;
+    }
+    return PS_OK;
+}
+
+/* The next record in (key, input order), from memory or from the final merge; 0 at the end. */
+static int next_sorted(ps_cleanse *c, const char **key, size_t *klen, const char **line,
+                       size_t *llen, ps_error *err) {
+    if (c->from_memory) {
+        if (c->mem_next == c->n_entries) return 0;
+        const char *r = c->arena + entries(c)[c->mem_next++].off;
+        *klen = load_u32(r);
+        *llen = load_u32(r + 4);
+        *key = r + REC_HEADER;
+        *line = *key + *klen;
+        return 1;
+    }
+    (void)err;
+    if (c->heap_len == 0) return 0;
+    run_reader *top = c->heap[0];
+    *key = top->key;
+    *klen = top->klen;
+    *line = top->line;
+    *llen = top->llen;
+    return 1;
+}
+
+/* Advance the reader whose record was just consumed (the heap's top). */
+static int pop_merged(ps_cleanse *c, ps_error *err) {
+    if (c->from_memory) return PS_OK;
+    run_reader *top = c->heap[0];
+    int st = reader_next(top, err);
+    if (st < 0) return -st;
+    if (st == 0) c->heap[0] = c->heap[--c->heap_len];
+    if (c->heap_len) heap_sift_down(c->heap, c->heap_len, 0);
+    return PS_OK;
+}
+
+int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
+    *done = 0;
+    if (!c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "merge before the end of input");
+    if (c->finished) {
+        *done = 1;
+        return PS_OK;
+    }
+    int rc;
+    if (c->joining && !c->base_header_seen) {
+        if ((rc = baseline_advance(c, err))) return rc;
+    }
+    for (int64_t emitted = 0; emitted < max_rows;) {
+        if (!c->from_memory && !c->merging) {
+            if ((rc = start_next_merge(c, err))) return rc;
+            end_pass_if_done(c);
+            continue;
+        }
+        if (!c->final_pass && !c->from_memory) {
+            /* An intermediate merge: copy records to the new run in order. */
+            if (c->heap_len == 0) {
+                if ((rc = finish_intermediate(c, err))) return rc;
+                end_pass_if_done(c);
+                continue;
+            }
+            run_reader *top = c->heap[0];
+            rc = ps_writer_put(&c->run_out, top->key - REC_HEADER,
+                               REC_HEADER + (size_t)top->klen + top->llen, err);
+            if (!rc) rc = pop_merged(c, err);
+            if (rc) return rc;
+            emitted++;
+            continue;
+        }
+        const char *key, *line;
+        size_t klen, llen;
+        int st = next_sorted(c, &key, &klen, &line, &llen, err);
+        if (st == 0) {
+            if (c->merging) close_readers(c, 1);
+            c->n_runs = 0;
+            if ((rc = finish_outputs(c, err))) return rc;
+            *done = 1;
+            return PS_OK;
+        }
+        if ((rc = consume(c, key, klen, line, llen, err)) || (rc = pop_merged(c, err))) return rc;
+        emitted++;
+    }
+    return PS_OK;
+}
+
+const ps_stats *ps_cleanse_stats(const ps_cleanse *c) { return &c->stats; }
+
+static int32_t *copy_cols(const int32_t *cols, size_t n) {
+    int32_t *copy = malloc((n ? n : 1) * sizeof *copy);
+    if (copy && n) memcpy(copy, cols, n * sizeof *copy);
+    return copy;
+}
+
+ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
+    if (o->n_out == 0 || o->n_key == 0 || (o->command_col >= 0 && o->out_cols[0] != o->command_col) ||
+        ((o->baseline_fd >= 0) != (o->delta_fd >= 0)) || (o->baseline_fd >= 0 && o->command_col >= 0)) {
+        ps_fail(err, PS_ERR_ARG, 0, -1, "inconsistent cleanse options");
+        return NULL;
+    }
+    ps_cleanse *c = calloc(1, sizeof *c);
+    if (!c) {
+        ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory");
+        return NULL;
+    }
+    c->sep = o->separator;
+    c->budget = o->memory_budget;
+    c->io_block = ps_io_block(o->memory_budget);
+    c->command_col = o->command_col;
+    c->keep_last = o->keep_last;
+    c->run_out_fd = -1;
+    c->baseline_fd = o->baseline_fd;
+    c->joining = o->baseline_fd >= 0;
+    c->spill_dir = strdup(o->spill_dir ? o->spill_dir : ".");
+    c->pj.out_cols = copy_cols(o->out_cols, o->n_out);
+    c->pj.n_out = o->n_out;
+    c->pj.key_cols = copy_cols(o->key_cols, o->n_key);
+    c->pj.n_key = o->n_key;
+    c->pj.command_first = o->command_col >= 0;
+    if (!c->spill_dir || !c->pj.out_cols || !c->pj.key_cols) goto nomem;
+    if (c->joining) {
+        /* Baseline rows are formatted with the same code: all their columns, in order. */
+        c->bpj.n_out = o->n_out;
+        c->bpj.out_cols = malloc(o->n_out * sizeof(int32_t));
+        c->bpj.key_cols = copy_cols(o->baseline_key_cols, o->n_key);
+        c->bpj.n_key = o->n_key;
+        if (!c->bpj.out_cols || !c->bpj.key_cols) goto nomem;
+        for (size_t i = 0; i < o->n_out; i++) c->bpj.out_cols[i] = (int32_t)i;
+    }
+
+    /* Sort phase: the arena gets what the input buffer, the caller's read block and the
+     * null-key writer leave of the budget. Buffers come from mmap: untouched pages cost no
+     * memory, so writers that only work later do not count now. */
+    size_t reserved = 4 * c->io_block;
+    c->arena_size = o->memory_budget > 2 * reserved ? o->memory_budget - reserved : o->memory_budget / 2;
+    c->arena_size = (c->arena_size + 15) & ~(size_t)15;
+    if (c->arena_size < 1024) c->arena_size = 1024;
+    c->arena = ps_alloc(c->arena_size);
+    if (!c->arena) goto nomem;
+    if (ps_tok_init(&c->tok, o->separator, 2 * c->io_block, PS_ERR_INPUT, err)) goto fail;
+    c->tok_live = 1;
+    if (ps_writer_init(&c->nullpk, o->nullpk_fd, c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->sorted, o->sorted_fd, c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->duplicates, o->duplicates_fd, c->io_block, err)) goto fail;
+    if (c->joining) {
+        if (ps_writer_init(&c->delta, o->delta_fd, c->io_block, err)) goto fail;
+        if (ps_tok_init(&c->btok, o->separator, 2 * c->io_block, PS_ERR_BASELINE_CSV, err)) goto fail;
+        c->btok_live = 1;
+    }
+    return c;
+nomem:
+    ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory");
+fail:
+    ps_cleanse_free(c);
+    return NULL;
+}
+
+void ps_cleanse_free(ps_cleanse *c) {
+    if (!c) return;
+    if (c->merging) close_readers(c, 0);
+    if (c->run_out_fd >= 0) close_spill_fd(c->run_out_fd);
+    ps_writer_release(&c->run_out);
+    for (size_t i = 0; i < c->n_runs; i++) remove_run(c, c->runs[i]);
+    for (size_t i = 0; i < c->n_next_runs; i++) remove_run(c, c->next_runs[i]);
+    free(c->runs);
+    free(c->next_runs);
+    if (c->tok_live) ps_tok_release(&c->tok);
+    if (c->btok_live) ps_tok_release(&c->btok);
+    ps_writer_release(&c->nullpk);
+    ps_writer_release(&c->sorted);
+    ps_writer_release(&c->duplicates);
+    ps_writer_release(&c->delta);
+    ps_free(c->arena, c->arena_size);
+    free(c->held);
+    free(c->base_cur);
+    free(c->base_prev);
+    free(c->pj.out_cols);
+    free(c->pj.key_cols);
+    free(c->bpj.out_cols);
+    free(c->bpj.key_cols);
+    free(c->spill_dir);
+    free(c);
+}

@@ -1,0 +1,59 @@
+/* The cleansing engine of SPEC §3-§4 for one table.
+ *
+ * Input is pushed with ps_cleanse_feed() (the first record is the header). Each row is projected
+ * to the kept columns and turned into a record {key, line}: `key` is the key columns encoded so
+ * that memcmp order is SPEC §2 order, `line` is the row already formatted as output CSV. Rows with
+ * a null key are written to the nullpk output at once; the others fill an arena up to the memory
+ * budget, which is sorted by (key, input order) and spilled to a run file when full.
+ * ps_cleanse_finish_input() then seals the input, and ps_cleanse_merge_step() streams the rows
+ * in order - from the arena when everything fit in one run, else by k-way merging the runs (in
+ * several passes when there are more runs than the budget has room for readers) - splitting
+ * them into kept rows and duplicates and, when a baseline is given, merge-joining the kept rows
+ * against it into the delta in the same pass.
+ *
+ * Invariant: records leave the merge in (key, input order) order. Runs hold consecutive slices of
+ * the input and are merged in consecutive groups, ties going to the lower run, so input order
+ * survives every pass. */
+#ifndef PS_CLEANSE_H
+#define PS_CLEANSE_H
+
+#include "ps_core.h"
+
+typedef struct ps_cleanse_options {
+    char separator;
+    size_t memory_budget;
+    const char *spill_dir;
+    const int32_t *out_cols; /* source column of each output column, in output order */
+    size_t n_out;
+    const int32_t *key_cols; /* source columns of the key, in key order */
+    size_t n_key;
+    int32_t command_col;     /* source column of a change file's command, else -1; must be out_cols[0] */
+    int keep_last;           /* change file: the last row of a key wins */
+    int nullpk_fd, sorted_fd, duplicates_fd;
+    int delta_fd;            /* -1 unless a baseline is joined */
+    int baseline_fd;         /* -1, or the baseline positioned at its start */
+    const int32_t *baseline_key_cols; /* key columns within the baseline's columns */
+} ps_cleanse_options;
+
+typedef struct ps_stats {
+    int64_t rows_read, kept, null_keys, duplicates;
+    int64_t inserts, updates, deletes, merges;
+    int64_t runs, merge_passes, bytes_fed;
+} ps_stats;
+
+typedef struct ps_cleanse ps_cleanse;
+
+/* The read size the budget affords; callers should feed blocks of about this size. */
+size_t ps_io_block(size_t memory_budget);
+
+ps_cleanse *ps_cleanse_new(const ps_cleanse_options *options, ps_error *err);
+int ps_cleanse_feed(ps_cleanse *c, const char *data, size_t n, ps_error *err);
+int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err);
+/* Emits up to max_rows rows; *done is set once every output is complete and flushed. */
+int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err);
+const ps_stats *ps_cleanse_stats(const ps_cleanse *c);
+/* Frees everything, closing and deleting any spill file still there. Output fds are the
+ * caller's and are not closed. */
+void ps_cleanse_free(ps_cleanse *c);
+
+#endif

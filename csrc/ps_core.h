@@ -1,0 +1,74 @@
+/* Shared pieces of the native core: the error state every entry point fills, counted
+ * allocations and spill files (so tests can assert that nothing leaks), and a buffered
+ * writer over a file descriptor.
+ *
+ * Convention: functions return PS_OK (0) or an error code, and on error have filled the
+ * ps_error passed to them. Nothing here touches Python. */
+#ifndef PS_CORE_H
+#define PS_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum ps_code {
+    PS_OK = 0,
+    PS_ERR_INPUT = 1,         /* bad source CSV: message is the problem, line/offset set */
+    PS_ERR_BASELINE_CSV = 2,  /* bad baseline CSV: same fields as PS_ERR_INPUT */
+    PS_ERR_BASELINE = 3,      /* baseline not sorted / duplicate key: line set */
+    PS_ERR_IO = 4,            /* a read or write failed: message names the operation */
+    PS_ERR_NOMEM = 5,
+    PS_ERR_ARG = 6            /* caller bug: inconsistent arguments */
+};
+
+typedef struct ps_error {
+    int code;
+    int64_t line;    /* 1-based physical line, 0 when not applicable */
+    int64_t offset;  /* 0-based byte offset in the file, -1 when not applicable */
+    char message[512];
+} ps_error;
+
+int ps_fail(ps_error *err, int code, int64_t line, int64_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+int ps_fail_errno(ps_error *err, const char *what, const char *path);
+
+/* Live counters, always on (a few increments per buffer or file, never per row). */
+typedef struct ps_counters {
+    int64_t buffers;     /* blocks from ps_alloc not yet freed */
+    int64_t spill_files; /* spill file descriptors open */
+} ps_counters;
+extern ps_counters ps_live;
+
+/* Large buffers come straight from mmap so that freeing them returns the memory to the
+ * system at once: glibc's dynamic mmap threshold would otherwise keep a freed arena in the
+ * heap and the process's RSS would not come back down between the sort and merge phases. */
+void *ps_alloc(size_t size);
+void *ps_realloc(void *block, size_t old_size, size_t new_size);
+void ps_free(void *block, size_t size);
+
+typedef struct ps_writer {
+    int fd;
+    char *buf;
+    size_t cap, len;
+    int64_t bytes_written;
+} ps_writer;
+
+int ps_writer_init(ps_writer *w, int fd, size_t cap, ps_error *err);
+void ps_writer_release(ps_writer *w); /* frees the buffer; does not close fd */
+int ps_writer_flush(ps_writer *w, ps_error *err);
+/* Make room for n contiguous bytes at w->buf + w->len (flushing, or growing for one huge row). */
+int ps_writer_reserve(ps_writer *w, size_t n, ps_error *err);
+
+static inline int ps_writer_put(ps_writer *w, const char *data, size_t n, ps_error *err) {
+    if (w->cap - w->len < n) {
+        int rc = ps_writer_reserve(w, n, err);
+        if (rc) return rc;
+    }
+    memcpy(w->buf + w->len, data, n);
+    w->len += n;
+    return PS_OK;
+}
+
+int ps_write_all(int fd, const char *data, size_t n, ps_error *err);
+
+#endif

@@ -1,0 +1,357 @@
+#include "ps_tokenizer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define PS_MIN_RETRY_STEP ((size_t)64 << 10)
+#define PS_MAX_RETRY_STEP ((size_t)8 << 20)
+
+int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, int error_code, ps_error *err) {
+    memset(t, 0, sizeof *t);
+    t->separator = separator;
+    t->line = 1;
+    t->error_code = error_code;
+    t->stop[(unsigned char)separator] = 1;
+    t->stop['\n'] = 1;
+    t->stop['\r'] = 1;
+    t->stop['"'] = 1;
+    t->cap = initial_cap < 4096 ? 4096 : initial_cap;
+    t->buf = ps_alloc(t->cap);
+    t->fields_cap = 64;
+    t->fields = malloc(t->fields_cap * sizeof *t->fields);
+    if (!t->buf || !t->fields) {
+        ps_tok_release(t);
+        return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the CSV buffer");
+    }
+    return PS_OK;
+}
+
+void ps_tok_release(ps_tokenizer *t) {
+    ps_free(t->buf, t->cap);
+    free(t->fields);
+    t->buf = NULL;
+    t->fields = NULL;
+    t->cap = t->fields_cap = 0;
+}
+
+char *ps_tok_reserve(ps_tokenizer *t, size_t want, ps_error *err) {
+    if (t->cap - t->len < want && t->pos > 0) {
+        /* Slide the unread tail to the front; handed-out spans die here, as documented. */
+        memmove(t->buf, t->buf + t->pos, t->len - t->pos);
+        t->base_offset += (int64_t)t->pos;
+        t->len -= t->pos;
+        t->pos = 0;
+    }
+    if (t->cap - t->len < want) {
+        size_t cap = t->cap;
+        while (cap - t->len < want) cap *= 2;
+        char *grown = ps_realloc(t->buf, t->cap, cap);
+        if (!grown) {
+            ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the CSV buffer");
+            return NULL;
+        }
+        t->buf = grown;
+        t->cap = cap;
+    }
+    return t->buf + t->len;
+}
+
+void ps_tok_commit(ps_tokenizer *t, size_t n) { t->len += n; }
+
+int ps_tok_feed(ps_tokenizer *t, const char *data, size_t n, ps_error *err) {
+    if (n == 0) return PS_OK;
+    char *room = ps_tok_reserve(t, n, err);
+    if (!room) return err->code;
+    memcpy(room, data, n);
+    t->len += n;
+    return PS_OK;
+}
+
+void ps_tok_set_eof(ps_tokenizer *t) {
+    t->eof = 1;
+    t->retry_at = 0;
+}
+
+static inline const char *scan_plain(const char *p, const char *end, const uint8_t *stop) {
+    while (p < end && !stop[(unsigned char)*p]) p++;
+    return p;
+}
+
+int ps_utf8_valid(const unsigned char *s, size_t n, size_t *bad) {
+    size_t i = 0;
+    while (i < n) {
+        /* ASCII fast path, 8 bytes at a time. */
+        while (i + 8 <= n) {
+            uint64_t word;
+            memcpy(&word, s + i, 8);
+            if (word & 0x8080808080808080ULL) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0) lo = 0xA0;      /* no overlong 3-byte forms */
+            else if (c == 0xED) hi = 0x9F; /* no UTF-16 surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0) lo = 0x90;      /* no overlong 4-byte forms */
+            else if (c == 0xF4) hi = 0x8F; /* nothing above U+10FFFF */
+        } else {
+            *bad = i;
+            return 0;
+        }
+        for (size_t k = 1; k <= need; k++) {
+            if (i + k >= n) {
+                *bad = i;
+                return 0;
+            }
+            unsigned char cc = s[i + k];
+            unsigned char min = k == 1 ? lo : 0x80, max = k == 1 ? hi : 0xBF;
+            if (cc < min || cc > max) {
+                *bad = i;
+                return 0;
+            }
+        }
+        i += need + 1;
+    }
+    return 1;
+}
+
+int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
+    if (!t->bom_checked) {
+        size_t avail = t->len - t->pos;
+        if (avail < 3 && !t->eof) return PS_TOK_NEED_MORE;
+        if (avail >= 3 && memcmp(t->buf + t->pos, "\xEF\xBB\xBF", 3) == 0) t->pos += 3;
+        t->bom_checked = 1;
+    }
+    if (!t->eof && t->len - t->pos < t->retry_at) return PS_TOK_NEED_MORE;
+
+    const char sep = t->separator;
+    const int eof = t->eof;
+    const char *const buf = t->buf;
+    const char *const end = buf + t->len;
+    const char *p = buf + t->pos;
+
+    /* Blank lines are not records (docs/DESIGN.md); consume them for good. */
+    for (;;) {
+        if (p == end) {
+            t->pos = (size_t)(p - buf);
+            return eof ? PS_TOK_END : PS_TOK_NEED_MORE;
+        }
+        if (*p == '\n') {
+            p++;
+            t->line++;
+        } else if (*p == '\r' && p + 1 == end) {
+            if (!eof) {
+                t->pos = (size_t)(p - buf);
+                return PS_TOK_NEED_MORE;
+            }
+            p++; /* a lone CR closing the file: a line end, nothing more */
+        } else if (*p == '\r' && p[1] == '\n') {
+            p += 2;
+            t->line++;
+        } else {
+            break;
+        }
+    }
+    t->pos = (size_t)(p - buf);
+
+    const char *const start = p;
+    int64_t lines_inside = 0; /* LFs the record spans, its own line end included */
+    size_t nf = 0;
+    for (;;) {
+        if (nf == t->fields_cap) {
+            ps_field *grown = realloc(t->fields, 2 * t->fields_cap * sizeof *grown);
+            if (!grown) return ps_fail(err, PS_ERR_NOMEM, t->line, -1, "out of memory for fields");
+            t->fields = grown;
+            t->fields_cap *= 2;
+        }
+        ps_field *f = &t->fields[nf++];
+        if (p < end && *p == '"') {
+            const char *open = p, *close;
+            const char *q = p + 1;
+            int escaped = 0;
+            for (;;) {
+                close = memchr(q, '"', (size_t)(end - q));
+                if (!close) {
+                    if (!eof) goto need_more;
+                    return ps_fail(err, t->error_code, t->line, t->base_offset + (open - buf),
+                                   "unterminated quote");
+                }
+                if (close + 1 == end) {
+                    if (!eof) goto need_more;
+                    break;
+                }
+                if (close[1] != '"') break;
+                escaped = 1;
+                q = close + 2;
+            }
+            f->data = open + 1;
+            f->len = (uint32_t)(close - open - 1);
+            f->quoted = 1;
+            f->escaped = (uint8_t)escaped;
+            int special = escaped;
+            for (const char *s = open + 1;; s++) {
+                s = scan_plain(s, close, t->stop);
+                if (s == close) break;
+                special = 1;
+                if (*s == '\n') lines_inside++;
+            }
+            f->special = (uint8_t)special;
+            p = close + 1;
+            if (p == end) break; /* only reachable at EOF */
+            if (*p == sep) {
+                p++;
+                continue;
+            }
+            if (*p == '\n') {
+                p++;
+                lines_inside++;
+                break;
+            }
+            if (*p == '\r') {
+                if (p + 1 == end) {
+                    if (!eof) goto need_more;
+                    p++;
+                    break;
+                }
+                if (p[1] == '\n') {
+                    p += 2;
+                    lines_inside++;
+                    break;
+                }
+            }
+            return ps_fail(err, t->error_code, t->line, t->base_offset + (p - buf),
+                           "text after closing quote");
+        }
+        const char *value = p;
+        int special = 0;
+        int ends_record = 0;
+        for (;;) {
+            p = scan_plain(p, end, t->stop);
+            if (p == end) {
+                if (!eof) goto need_more;
+                f->data = value;
+                f->len = (uint32_t)(p - value);
+                ends_record = 1;
+                break;
+            }
+            char c = *p;
+            if (c == sep) {
+                f->data = value;
+                f->len = (uint32_t)(p - value);
+                p++;
+                break;
+            }
+            if (c == '\n') {
+                f->data = value;
+                f->len = (uint32_t)(p - value);
+                p++;
+                lines_inside++;
+                ends_record = 1;
+                break;
+            }
+            if (c == '\r') {
+                if (p + 1 == end) {
+                    if (!eof) goto need_more;
+                    f->data = value;
+                    f->len = (uint32_t)(p - value);
+                    p++;
+                    ends_record = 1;
+                    break;
+                }
+                if (p[1] == '\n') {
+                    f->data = value;
+                    f->len = (uint32_t)(p - value);
+                    p += 2;
+                    lines_inside++;
+                    ends_record = 1;
+                    break;
+                }
+            }
+            special = 1; /* a quote, or a CR that does not end the line: kept as value bytes */
+            p++;
+        }
+        f->quoted = 0;
+        f->escaped = 0;
+        f->special = (uint8_t)special;
+        if (ends_record) break;
+    }
+
+    size_t bad;
+    if (!ps_utf8_valid((const unsigned char *)start, (size_t)(p - start), &bad))
+        return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf) + (int64_t)bad,
+                       "invalid UTF-8");
+    if (t->expected_fields == 0) {
+        t->expected_fields = nf; /* the header fixes the width of every row */
+    } else if (nf != t->expected_fields) {
+        return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf),
+                       "expected %zu fields, found %zu", t->expected_fields, nf);
+    }
+    rec->fields = t->fields;
+    rec->nfields = nf;
+    rec->line = t->line;
+    rec->offset = t->base_offset + (start - buf);
+    t->line += lines_inside;
+    t->pos = (size_t)(p - buf);
+    t->retry_at = 0;
+    return PS_TOK_RECORD;
+
+need_more: {
+    size_t unread = t->len - t->pos;
+    if (unread > PS_MAX_RECORD)
+        return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
+                       "row too large (over 64 MiB); unterminated quote?");
+    /* Parse again only once the unread part has grown enough that re-scanning a long record
+     * costs linear time overall, not quadratic. */
+    size_t step = unread < PS_MIN_RETRY_STEP ? 0 : unread;
+    if (step > PS_MAX_RETRY_STEP) step = PS_MAX_RETRY_STEP;
+    t->retry_at = unread + (step ? step : 1);
+    return PS_TOK_NEED_MORE;
+}
+}
+
+size_t ps_field_unescape(const ps_field *f, char *out) {
+    if (!f->escaped) {
+        memcpy(out, f->data, f->len);
+        return f->len;
+    }
+    size_t n = 0;
+    for (uint32_t i = 0; i < f->len; i++) {
+        out[n++] = f->data[i];
+        if (f->data[i] == '"') i++; /* inside quotes a quote is always doubled */
+    }
+    return n;
+}
+
+size_t ps_field_format(const ps_field *f, char separator, char *out) {
+    (void)separator;
+    if (!f->special) {
+        /* Not special means no quote inside, so the bytes are the value as they are. */
+        memcpy(out, f->data, f->len);
+        return f->len;
+    }
+    size_t n = 0;
+    out[n++] = '"';
+    if (f->quoted) {
+        /* Between the quotes every quote is already doubled: the canonical form as it is. */
+        memcpy(out + n, f->data, f->len);
+        n += f->len;
+    } else {
+        for (uint32_t i = 0; i < f->len; i++) {
+            out[n++] = f->data[i];
+            if (f->data[i] == '"') out[n++] = '"';
+        }
+    }
+    out[n++] = '"';
+    return n;
+}

@@ -1,0 +1,72 @@
+/* Streaming RFC 4180 tokenizer.
+ *
+ * Bytes are fed in blocks of any size; ps_tok_next() hands out one complete record at a time
+ * as field spans into the tokenizer's own buffer. A record cut by the end of a block is parsed
+ * again from its start once more bytes (or the end of input) arrive, so the caller never sees
+ * a partial record. Field spans stay valid until the next ps_tok_feed().
+ *
+ * Dialect (SPEC §2 and docs/DESIGN.md): optional UTF-8 BOM dropped; LF or CRLF ends a record;
+ * blank lines are skipped; a quoted field may hold separators, doubled quotes, CR and LF; a quote
+ * inside an unquoted field and a CR not followed by LF are plain value bytes. Every record is
+ * checked to be UTF-8 (the whole record at once: separators, quotes and line ends are ASCII and
+ * can never sit inside a multi-byte sequence, so this equals checking each field). */
+#ifndef PS_TOKENIZER_H
+#define PS_TOKENIZER_H
+
+#include "ps_core.h"
+
+#define PS_MAX_RECORD ((size_t)64 << 20)
+
+typedef struct ps_field {
+    const char *data; /* unquoted: the value; quoted: the bytes between the quotes */
+    uint32_t len;
+    uint8_t quoted;   /* was quoted in the input */
+    uint8_t escaped;  /* quoted and holds doubled quotes: data is not the value as it is */
+    uint8_t special;  /* the value holds the separator, a quote, CR or LF: quote it on output */
+} ps_field;
+
+typedef struct ps_record {
+    ps_field *fields;
+    size_t nfields;
+    int64_t line;   /* physical line the record starts on */
+    int64_t offset; /* file offset of its first byte */
+} ps_record;
+
+enum ps_tok_status { PS_TOK_RECORD = 0, PS_TOK_NEED_MORE = -1, PS_TOK_END = -2 };
+
+typedef struct ps_tokenizer {
+    char separator;
+    uint8_t stop[256]; /* bytes that end a run of plain value bytes */
+    int eof;
+    int bom_checked;
+    char *buf;
+    size_t cap, len, pos;   /* buf[pos, len) is not yet handed out */
+    size_t retry_at;        /* after NEED_MORE, wait for this many unread bytes before retrying */
+    int64_t base_offset;    /* file offset of buf[0] */
+    int64_t line;           /* physical line of buf[pos] */
+    ps_field *fields;
+    size_t fields_cap;
+    int error_code;         /* PS_ERR_INPUT normally; PS_ERR_BASELINE_CSV for a baseline */
+    size_t expected_fields; /* set by the first record (the header); 0 before it */
+} ps_tokenizer;
+
+int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, int error_code, ps_error *err);
+void ps_tok_release(ps_tokenizer *t);
+/* Append bytes to the buffer; data may be NULL with n == 0. */
+int ps_tok_feed(ps_tokenizer *t, const char *data, size_t n, ps_error *err);
+void ps_tok_set_eof(ps_tokenizer *t);
+/* Room to read into directly: returns a pointer to at least `want` free bytes at the end. */
+char *ps_tok_reserve(ps_tokenizer *t, size_t want, ps_error *err);
+void ps_tok_commit(ps_tokenizer *t, size_t n);
+/* PS_TOK_RECORD (rec filled), PS_TOK_NEED_MORE, PS_TOK_END, or an error code (> 0). */
+int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err);
+
+/* Length of the value once doubled quotes are undone (== f->len unless escaped). */
+size_t ps_field_unescape(const ps_field *f, char *out);
+/* Write the field as SPEC §2 output (quoted only when needed); out needs 2*len+2 bytes. */
+size_t ps_field_format(const ps_field *f, char separator, char *out);
+
+/* 1 when data[0, n) is valid UTF-8; otherwise 0 and *bad is the offset of the first bad byte. */
+int ps_utf8_valid(const unsigned char *data, size_t n, size_t *bad);
+
+#endif
