@@ -1,0 +1,224 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin wrapper over the C cleansing engine (csrc/ps_cleanse.c).
+
+It owns one engine per table, releases the GIL around the work, and turns the engine's error
+codes into the exceptions of prepsync.errors. All policy (which columns, which files, what
+happens on failure) lives in prepsync.pipeline.
+"""
+
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+
+from prepsync cimport _native as c
+
+from prepsync.errors import BaselineError, InputError, PrepsyncError
+
+
+cdef int raise_error(c.ps_error *err, str source, str table, str baseline) except -1:
+    message = err.message.decode("utf-8", "replace")
+    line = err.line if err.line > 0 else None
+    offset = err.offset if err.offset >= 0 else None
+    if err.code == c.PS_ERR_INPUT:
+        raise InputError(source, message, line, offset)
+    if err.code == c.PS_ERR_BASELINE_CSV:
+        raise BaselineError(table, f"baseline {baseline}, line {line}: {message}")
+    if err.code == c.PS_ERR_BASELINE:
+        raise BaselineError(table, message)
+    if err.code == c.PS_ERR_NOMEM:
+        raise MemoryError(message)
+    if err.code == c.PS_ERR_IO:
+        raise PrepsyncError(f"table {table}: {message}")
+    raise ValueError(message)
+
+
+cdef int32_t *int32_array(object values) except NULL:
+    cdef Py_ssize_t n = len(values), i
+    cdef int32_t *out = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+    if out == NULL:
+        raise MemoryError()
+    for i in range(n):
+        out[i] = values[i]
+    return out
+
+
+cdef char separator_byte(bytes separator) except 0:
+    if len(separator) != 1:
+        raise ValueError("the separator is one byte")
+    return (<char *>separator)[0]
+
+
+def io_block(Py_ssize_t memory_budget):
+    """The read size the engine expects for this budget."""
+    return c.ps_io_block(memory_budget)
+
+
+def live_counters():
+    """Native buffers and spill files currently open; both are 0 between runs."""
+    return {"buffers": c.ps_live.buffers, "spill_files": c.ps_live.spill_files}
+
+
+def read_header(str path, bytes separator, Py_ssize_t block=65536):
+    """The header fields of a CSV file, parsed and checked exactly as the engine does."""
+    cdef c.ps_tokenizer tok
+    cdef c.ps_record rec
+    cdef c.ps_error err
+    cdef int status
+    cdef Py_ssize_t i
+    cdef bytes chunk
+    cdef char *scratch
+    if c.ps_tok_init(&tok, separator_byte(separator), block, c.PS_ERR_INPUT, &err):
+        raise MemoryError()
+    try:
+        with open(path, "rb") as source:
+            while True:
+                status = c.ps_tok_next(&tok, &rec, &err)
+                if status == c.PS_TOK_RECORD:
+                    fields = []
+                    for i in range(<Py_ssize_t>rec.nfields):
+                        scratch = <char *>malloc(rec.fields[i].len + 1)
+                        if scratch == NULL:
+                            raise MemoryError()
+                        try:
+                            n = c.ps_field_unescape(&rec.fields[i], scratch)
+                            fields.append(scratch[:n].decode("utf-8"))
+                        finally:
+                            free(scratch)
+                    return fields
+                if status == c.PS_TOK_END:
+                    raise InputError(path, "empty file (no header)", 1, 0)
+                if status == c.PS_TOK_NEED_MORE:
+                    chunk = source.read(block)
+                    if chunk:
+                        if c.ps_tok_feed(&tok, chunk, len(chunk), &err):
+                            raise_error(&err, path, "", "")
+                    else:
+                        c.ps_tok_set_eof(&tok)
+                    continue
+                raise_error(&err, path, "", "")
+    finally:
+        c.ps_tok_release(&tok)
+
+
+cdef class Cleanser:
+    """One table's engine: feed() the source (header included), finish_input(), then
+    merge_step() until it returns True. close() (or garbage collection) frees everything and
+    deletes any spill file left."""
+
+    cdef c.ps_cleanse *engine
+    cdef c.ps_error err
+    cdef readonly str source
+    cdef readonly str table
+    cdef readonly str baseline
+
+    def __cinit__(
+        self,
+        *,
+        str source,
+        str table,
+        bytes separator,
+        Py_ssize_t memory_budget,
+        str spill_dir,
+        out_cols,
+        key_cols,
+        int command_col,
+        bint keep_last,
+        int nullpk_fd,
+        int sorted_fd,
+        int duplicates_fd,
+        int delta_fd=-1,
+        int baseline_fd=-1,
+        baseline_key_cols=(),
+        str baseline="",
+    ):
+        cdef c.ps_cleanse_options options
+        cdef bytes spill = spill_dir.encode()
+        self.source = source
+        self.table = table
+        self.baseline = baseline
+        options.separator = separator_byte(separator)
+        options.memory_budget = memory_budget
+        options.spill_dir = spill
+        options.n_out = len(out_cols)
+        options.n_key = len(key_cols)
+        options.command_col = command_col
+        options.keep_last = keep_last
+        options.nullpk_fd = nullpk_fd
+        options.sorted_fd = sorted_fd
+        options.duplicates_fd = duplicates_fd
+        options.delta_fd = delta_fd
+        options.baseline_fd = baseline_fd
+        options.out_cols = int32_array(out_cols)
+        options.key_cols = NULL
+        options.baseline_key_cols = NULL
+        try:
+            options.key_cols = int32_array(key_cols)
+            options.baseline_key_cols = int32_array(baseline_key_cols)
+            self.engine = c.ps_cleanse_new(&options, &self.err)
+        finally:
+            free(<void *>options.out_cols)
+            free(<void *>options.key_cols)
+            free(<void *>options.baseline_key_cols)
+        if self.engine == NULL:
+            raise_error(&self.err, source, table, baseline)
+
+    cdef int check(self, int rc) except -1:
+        if rc:
+            raise_error(&self.err, self.source, self.table, self.baseline)
+        return 0
+
+    cdef c.ps_cleanse *live(self) except NULL:
+        if self.engine == NULL:
+            raise ValueError("the engine is closed")
+        return self.engine
+
+    def feed(self, const unsigned char[::1] data):
+        cdef c.ps_cleanse *engine = self.live()
+        cdef Py_ssize_t n = data.shape[0]
+        cdef int rc
+        if n == 0:
+            return
+        with nogil:
+            rc = c.ps_cleanse_feed(engine, <const char *>&data[0], n, &self.err)
+        self.check(rc)
+
+    def finish_input(self):
+        cdef c.ps_cleanse *engine = self.live()
+        cdef int rc
+        with nogil:
+            rc = c.ps_cleanse_finish_input(engine, &self.err)
+        self.check(rc)
+
+    def merge_step(self, int64_t max_rows=65536):
+        """Writes up to max_rows more rows; True once every output is complete."""
+        cdef c.ps_cleanse *engine = self.live()
+        cdef int rc, done = 0
+        with nogil:
+            rc = c.ps_cleanse_merge_step(engine, max_rows, &done, &self.err)
+        self.check(rc)
+        return bool(done)
+
+    def stats(self):
+        cdef const c.ps_stats *s = c.ps_cleanse_stats(self.live())
+        return {
+            "rows_read": s.rows_read,
+            "kept": s.kept,
+            "null_keys": s.null_keys,
+            "duplicates": s.duplicates,
+            "inserts": s.inserts,
+            "updates": s.updates,
+            "deletes": s.deletes,
+            "merges": s.merges,
+            "runs": s.runs,
+            "merge_passes": s.merge_passes,
+            "bytes_fed": s.bytes_fed,
+        }
+
+    def close(self):
+        if self.engine != NULL:
+            c.ps_cleanse_free(self.engine)
+            self.engine = NULL
+
+    def __dealloc__(self):
+        if self.engine != NULL:
+            c.ps_cleanse_free(self.engine)
+            self.engine = NULL

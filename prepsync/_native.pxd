@@ -1,0 +1,90 @@
+# Declarations of the C core (csrc/); nothing but cdef extern blocks belongs here.
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
+
+
+cdef extern from "ps_core.h" nogil:
+    enum:
+        PS_OK
+        PS_ERR_INPUT
+        PS_ERR_BASELINE_CSV
+        PS_ERR_BASELINE
+        PS_ERR_IO
+        PS_ERR_NOMEM
+        PS_ERR_ARG
+
+    ctypedef struct ps_error:
+        int code
+        int64_t line
+        int64_t offset
+        char message[512]
+
+    ctypedef struct ps_counters:
+        int64_t buffers
+        int64_t spill_files
+
+    ps_counters ps_live
+
+
+cdef extern from "ps_tokenizer.h" nogil:
+    enum:
+        PS_TOK_RECORD
+        PS_TOK_NEED_MORE
+        PS_TOK_END
+
+    ctypedef struct ps_field:
+        const char *data
+        uint32_t len
+        uint8_t quoted
+        uint8_t escaped
+        uint8_t special
+
+    ctypedef struct ps_record:
+        ps_field *fields
+        size_t nfields
+        int64_t line
+        int64_t offset
+
+    ctypedef struct ps_tokenizer:
+        pass
+
+    int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, int error_code, ps_error *err)
+    void ps_tok_release(ps_tokenizer *t)
+    int ps_tok_feed(ps_tokenizer *t, const char *data, size_t n, ps_error *err)
+    void ps_tok_set_eof(ps_tokenizer *t)
+    int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err)
+    size_t ps_field_unescape(const ps_field *f, char *out)
+
+
+cdef extern from "ps_cleanse.h" nogil:
+    ctypedef struct ps_cleanse_options:
+        char separator
+        size_t memory_budget
+        const char *spill_dir
+        const int32_t *out_cols
+        size_t n_out
+        const int32_t *key_cols
+        size_t n_key
+        int32_t command_col
+        int keep_last
+        int nullpk_fd
+        int sorted_fd
+        int duplicates_fd
+        int delta_fd
+        int baseline_fd
+        const int32_t *baseline_key_cols
+
+    ctypedef struct ps_stats:
+        int64_t rows_read, kept, null_keys, duplicates
+        int64_t inserts, updates, deletes, merges
+        int64_t runs, merge_passes, bytes_fed
+
+    ctypedef struct ps_cleanse:
+        pass
+
+    size_t ps_io_block(size_t memory_budget)
+    ps_cleanse *ps_cleanse_new(const ps_cleanse_options *options, ps_error *err)
+    int ps_cleanse_feed(ps_cleanse *c, const char *data, size_t n, ps_error *err)
+    int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err)
+    int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
+    const ps_stats *ps_cleanse_stats(const ps_cleanse *c)
+    void ps_cleanse_free(ps_cleanse *c)

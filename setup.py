@@ -1,0 +1,41 @@
+"""Builds the native core. PREPSYNC_DEBUG=1 builds it with -O0 -g and the address and
+undefined-behaviour sanitizers (run Python with libasan preloaded: see the Makefile)."""
+
+import os
+from glob import glob
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("PREPSYNC_DEBUG") == "1"
+
+compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"]
+link_args: list[str] = []
+if DEBUG:
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    compile_args += ["-O0", "-g", *sanitize]
+    link_args += sanitize
+else:
+    compile_args += ["-O3"]
+
+core_sources = sorted(glob("csrc/*.c"))
+core_headers = sorted(glob("csrc/*.h"))
+
+extensions = [
+    Extension(
+        "prepsync._cleanse",
+        sources=["prepsync/_cleanse.pyx", *core_sources],
+        include_dirs=["csrc"],
+        depends=[*core_headers, "prepsync/_native.pxd"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    ),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
+        gdb_debug=DEBUG,
+    )
+)
