@@ -1,0 +1,231 @@
+"""The command line: a thin click layer over prepsync.pipeline (SPEC §6).
+
+Every failure a user can cause is a PrepsyncError, printed as one line ``error: ...`` with
+exit status 1; Ctrl-C exits with 130 after the cleanup has run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from prepsync import __version__
+from prepsync.errors import PrepsyncError
+from prepsync.pipeline import MODES, RunResult, TableResult
+from prepsync.sizes import format_size, parse_size
+
+log = logging.getLogger("prepsync")
+
+VERBOSE = 5
+LOG_LEVELS = {
+    "verbose": VERBOSE,
+    "debug": logging.DEBUG,
+    "information": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+MIN_MEMORY_BUDGET = 1 << 20
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail_cleanly(command: F) -> F:
+    """Turn the errors a user can cause into one line and an exit status."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PrepsyncError as error:
+            raise CliError(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except MemoryError as error:
+            raise CliError(f"out of memory: {error}") from None
+        except OSError as error:
+            raise CliError(_describe_os_error(error)) from None
+
+    run.__name__ = command.__name__
+    run.__doc__ = command.__doc__
+    return run  # type: ignore[return-value]
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = f" {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}".strip()
+
+
+class CliError(click.ClickException):
+    """A one-line ``error: ...`` on stderr and exit status 1 (click would print ``Error:``)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _memory_budget(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if size < MIN_MEMORY_BUDGET:
+        raise click.BadParameter("the memory budget must be at least 1MiB")
+    return size
+
+
+def _configure_logging(level_name: str) -> int:
+    logging.addLevelName(VERBOSE, "VERBOSE")
+    level = LOG_LEVELS[level_name.lower()]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    return level
+
+
+def _under(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+class ProgressBar:
+    """A one-line progress display on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def __call__(self, table: str, phase: str, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        text = f"\r{table}: {'reading' if phase == 'read' else 'writing'} {percent:3d}%"
+        if text != self._last:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            self._last = text
+
+    def close(self) -> None:
+        if self._last:
+            sys.stderr.write("\r" + " " * len(self._last) + "\r")
+            sys.stderr.flush()
+
+
+def summary_lines(run: RunResult) -> list[str]:
+    """The per-table summary printed at the end of every run."""
+    columns = ("table", "read", "kept", "null keys", "duplicates", "inserts", "updates",
+               "deletes", "merges", "seconds", "peak memory")
+
+    def row(table: TableResult) -> tuple[str, ...]:
+        return (table.table, str(table.rows_read), str(table.kept), str(table.null_keys),
+                str(table.duplicates), str(table.inserts), str(table.updates),
+                str(table.deletes), str(table.merges), f"{table.seconds:.2f}",
+                format_size(table.peak_rss))
+
+    rows = [columns, *(row(table) for table in run.tables)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.append(f"{run.mode} run of {run.connector}: {len(run.tables)} table(s) in "
+                 f"{run.seconds:.2f} s, peak memory {format_size(run.peak_rss)} "
+                 f"(budget {format_size(run.memory_budget)})")
+    return lines
+
+
+@click.group()
+@click.version_option(__version__, prog_name="prepsync")
+def main() -> None:
+    """prepsync: Prepare-Synchronization for identity-management exports."""
+
+
+def _prepare_options(function: F) -> F:
+    options: Sequence[Callable[[F], F]] = (
+        click.option("--connector", required=True, help="Connector whose mappings apply."),
+        click.option("--agent", required=True, help="Agent name sent with the session."),
+        click.option("--synchronization-mode", "mode", required=True,
+                     type=click.Choice(MODES, case_sensitive=False)),
+        click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
+                     help="Identity Manager XML file or folder (required offline)."),
+        click.option("--api-url", help="Server URL; without it nothing is sent."),
+        click.option("--api-client-id", help="OAuth2 client id."),
+        click.option("--api-secret", envvar="PREPSYNC_API_SECRET", show_envvar=True,
+                     help="OAuth2 client secret."),
+        click.option("--sources-directory", default="ExportOutput", show_default=True,
+                     type=click.Path(path_type=Path), help="Relative to --temp-folder."),
+        click.option("--working-directory", default="Collect", show_default=True,
+                     type=click.Path(path_type=Path), help="Relative to --work-folder."),
+        click.option("--temp-folder", default="./Temp", show_default=True,
+                     type=click.Path(path_type=Path)),
+        click.option("--work-folder", default="./Work", show_default=True,
+                     type=click.Path(path_type=Path)),
+        click.option("--memory-budget", default="256MiB", show_default=True,
+                     callback=_memory_budget, help="Bound on the data buffers."),
+        click.option("--separator", default=",", show_default=True, help="Field separator."),
+        click.option("--command-column", default="command", show_default=True,
+                     help="Command column of a change file (case-insensitive)."),
+        click.option("--log-level", default="Information", show_default=True,
+                     type=click.Choice([n.capitalize() for n in LOG_LEVELS], case_sensitive=False)),
+        click.option("--report", type=click.Path(path_type=Path),
+                     help="Write the run's summary as JSON here."),
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.command("prepare")
+@_prepare_options
+@fail_cleanly
+def prepare(
+    connector: str,
+    agent: str,
+    mode: str,
+    config_path: Path | None,
+    api_url: str | None,
+    api_client_id: str | None,
+    api_secret: str | None,
+    sources_directory: Path,
+    working_directory: Path,
+    temp_folder: Path,
+    work_folder: Path,
+    memory_budget: int,
+    separator: str,
+    command_column: str,
+    log_level: str,
+    report: Path | None,
+) -> None:
+    """Cleanse, sort and (incrementally) diff a connector's exported CSV files."""
+    from prepsync import config as configuration
+    from prepsync import pipeline
+
+    level = _configure_logging(log_level)
+    separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
+    if api_url:
+        raise click.UsageError("--api-url: sending to a server is not supported yet")
+    if config_path is None:
+        raise click.UsageError("--config is required when no --api-url is given")
+    sources = _under(temp_folder, sources_directory)
+    working = _under(work_folder, working_directory)
+    tables = configuration.load_tables(config_path, connector)
+    progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
+    try:
+        run = pipeline.prepare_connector(
+            tables, sources, working, connector=connector, mode=mode.lower(),
+            command_column=command_column, separator=separator,
+            memory_budget=memory_budget, progress=progress,
+        )
+    finally:
+        if progress:
+            progress.close()
+    pipeline.advance_baselines(run, sources)
+    for line in summary_lines(run):
+        click.echo(line)
+    if report:
+        report.write_text(json.dumps(run.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+main.add_command(prepare)
+prepare_main = prepare

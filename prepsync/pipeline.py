@@ -1,0 +1,511 @@
+"""The Python API of prepsync: cleanse one table, or every table of a connector (SPEC §3-§5).
+
+The native engine does the row work; this module decides which columns, which files and what
+happens on failure:
+
+- outputs are written under temporary names and renamed only once every table of the run has
+  succeeded, so a failed run leaves no half-written output and the previous outputs intact;
+- spill files live in a private directory under the working directory, removed on success, on
+  failure and on Ctrl-C;
+- the baseline (``<sources>/previous/<table>.sorted.csv``) moves only through
+  :func:`advance_baselines`, which the caller runs after the outputs were accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prepsync import _cleanse
+from prepsync.errors import BaselineError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from prepsync.config import TableSpec
+
+log = logging.getLogger("prepsync")
+
+MIB = 1 << 20
+DEFAULT_MEMORY_BUDGET = 256 * MIB
+MODES = ("initial", "complete", "incremental")
+BASELINE_DIR = "previous"
+MERGE_STEP_ROWS = 65536
+
+# Output kinds and the suffix each adds to the table name.
+SUFFIXES = {
+    "sorted": ".sorted.csv",
+    "nullpk": ".nullpk.csv",
+    "duplicates": ".duplicates.csv",
+    "delta": ".sorted.delta.csv",
+}
+
+#: progress(table, phase, done, total): phase "read" counts bytes, "write" counts rows.
+Progress = Callable[[str, str, int, int], None]
+
+
+@dataclass
+class TableResult:
+    """What one table's cleansing did; every count is of data rows (no header)."""
+
+    table: str
+    source: str
+    change_file: bool = False
+    rows_read: int = 0
+    kept: int = 0
+    null_keys: int = 0
+    duplicates: int = 0
+    inserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+    merges: int = 0
+    runs: int = 0
+    merge_passes: int = 0
+    seconds: float = 0.0
+    peak_rss: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class ColumnPlan:
+    """How a source header maps onto a table's outputs."""
+
+    kept_names: list[str]  # output header: source spellings, command first for a change file
+    out_cols: list[int]  # source column of each output column
+    key_cols: list[int]  # source columns of the key, in key order
+    command_col: int  # source column of the command, -1 for a full extract
+    baseline_key_cols: list[int]  # key columns' positions among the kept columns
+
+    @property
+    def change_file(self) -> bool:
+        return self.command_col >= 0
+
+
+def peak_rss() -> int:
+    """The process's peak resident memory in bytes (VmHWM), or its current RSS elsewhere."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def format_row(values: Sequence[str], separator: str) -> bytes:
+    """One output line (SPEC §2): a field is quoted only when it must be."""
+    cells = []
+    for value in values:
+        if separator in value or '"' in value or "\r" in value or "\n" in value:
+            value = '"' + value.replace('"', '""') + '"'
+        cells.append(value)
+    return (separator.join(cells) + "\n").encode("utf-8")
+
+
+def find_source(sources_dir: Path, table: str) -> Path:
+    """``<sources>/<table>.csv``, the file name matched case-insensitively."""
+    wanted = f"{table}.csv".casefold()
+    exact = sources_dir / f"{table}.csv"
+    if exact.is_file():
+        return exact
+    with contextlib.suppress(OSError):
+        for entry in sorted(sources_dir.iterdir()):
+            if entry.name.casefold() == wanted and entry.is_file():
+                return entry
+    raise InputError(exact, "file not found")
+
+
+def plan_columns(
+    header: Sequence[str],
+    spec: TableSpec,
+    *,
+    mode: str,
+    command_column: str,
+    source: str,
+) -> ColumnPlan:
+    """Check a source header against the table's configuration (SPEC §1, §4, §5)."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(header):
+        folded = name.casefold()
+        if folded in seen:
+            raise InputError(source, f"duplicated header name '{name}'", 1)
+        seen[folded] = index
+
+    wanted = {name.casefold() for name in spec.columns}
+    for name in spec.columns:
+        if name.casefold() not in seen:
+            raise InputError(source, f"column '{name}' is missing from the header", 1)
+    kept = [i for i, name in enumerate(header) if name.casefold() in wanted]
+
+    command_col = -1
+    folded_command = command_column.casefold()
+    if folded_command in seen and folded_command not in wanted:
+        if mode != "incremental":
+            raise InputError(
+                source,
+                f"command column '{header[seen[folded_command]]}' found: a change file needs "
+                "--synchronization-mode incremental",
+                1,
+            )
+        command_col = seen[folded_command]
+
+    if spec.key is None:
+        key_cols = list(kept)  # association table: every kept column, in source order
+    else:
+        key_cols = [seen[name.casefold()] for name in spec.key]
+    out_cols = ([command_col] if command_col >= 0 else []) + kept
+    return ColumnPlan(
+        kept_names=[header[i] for i in out_cols],
+        out_cols=out_cols,
+        key_cols=key_cols,
+        command_col=command_col,
+        baseline_key_cols=[kept.index(i) for i in key_cols],
+    )
+
+
+class StagedFiles:
+    """Output files written under temporary names, renamed into place only on commit()."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path, int | None]] = []
+
+    def create(self, final: Path, header: bytes) -> int:
+        temp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._pending.append((final, temp, fd))
+        os.write(fd, header)
+        return fd
+
+    def close(self) -> None:
+        """Flush every file to disk: a rename must never expose a file still in the cache only."""
+        for i, (final, temp, fd) in enumerate(self._pending):
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._pending[i] = (final, temp, None)
+
+    def commit(self) -> None:
+        self.close()
+        for final, temp, _ in self._pending:
+            os.replace(temp, final)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for _, temp, fd in self._pending:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        self._pending.clear()
+
+
+@contextlib.contextmanager
+def spill_directory(working_dir: Path) -> Iterator[Path]:
+    """A private directory for sorted runs, gone afterwards whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=".prepsync-spill-", dir=working_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_baseline_header(baseline: Path, table: str, plan: ColumnPlan, separator: str) -> None:
+    if not baseline.is_file():
+        raise BaselineError(table, f"no baseline {baseline}")
+    try:
+        header = _cleanse.read_header(str(baseline), separator.encode())
+    except InputError as error:
+        raise BaselineError(
+            table, f"baseline {baseline}, line {error.line}: {error.problem}"
+        ) from None
+    if [name.casefold() for name in header] != [name.casefold() for name in plan.kept_names]:
+        raise BaselineError(table, "baseline header differs from the kept columns")
+
+
+def stage_table(
+    source: Path,
+    spec: TableSpec,
+    out_dir: Path,
+    staged: StagedFiles,
+    *,
+    mode: str = "complete",
+    baseline: Path | None = None,
+    command_column: str = "command",
+    separator: str = ",",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    spill_dir: Path | None = None,
+    read_block: int | None = None,
+    progress: Progress | None = None,
+) -> TableResult:
+    """Cleanse one table into files staged in ``staged`` (committed by the caller)."""
+    mode = mode.lower()
+    if mode not in MODES:
+        raise UsageError(f"unknown synchronization mode '{mode}'")
+    if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
+        raise UsageError("the separator must be one ASCII character other than a quote, CR or LF")
+    started = time.monotonic()
+    source_name = str(source)
+    if not source.is_file():
+        raise InputError(source, "file not found")
+    header = _cleanse.read_header(source_name, separator.encode())
+    plan = plan_columns(
+        header, spec, mode=mode, command_column=command_column, source=source_name
+    )
+    result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
+    joining = mode == "incremental" and not plan.change_file
+    if joining:
+        if baseline is None:
+            raise BaselineError(spec.name, "no baseline given")
+        _check_baseline_header(baseline, spec.name, plan, separator)
+
+    header_line = format_row(plan.kept_names, separator)
+    paths = {kind: out_dir / f"{spec.name}{suffix}" for kind, suffix in SUFFIXES.items()}
+    # A change file is already a delta: its kept rows are the .sorted.delta.csv and there is
+    # no full extract to sort (nor to become a baseline).
+    main_kind = "delta" if plan.change_file else "sorted"
+    fds = {kind: staged.create(paths[kind], header_line) for kind in (main_kind, "nullpk", "duplicates")}
+    if joining:
+        fds["delta"] = staged.create(paths["delta"], format_row(["command", *plan.kept_names], separator))
+    result.outputs = {kind: str(paths[kind]) for kind in fds}
+
+    baseline_file = open(baseline, "rb") if joining and baseline else None  # noqa: SIM115
+    try:
+        engine = _cleanse.Cleanser(
+            source=source_name,
+            table=spec.name,
+            separator=separator.encode(),
+            memory_budget=memory_budget,
+            spill_dir=str(spill_dir or out_dir),
+            out_cols=plan.out_cols,
+            key_cols=plan.key_cols,
+            command_col=plan.command_col,
+            keep_last=plan.change_file,
+            nullpk_fd=fds["nullpk"],
+            sorted_fd=fds[main_kind],
+            duplicates_fd=fds["duplicates"],
+            delta_fd=fds["delta"] if joining else -1,
+            baseline_fd=baseline_file.fileno() if baseline_file else -1,
+            baseline_key_cols=plan.baseline_key_cols,
+            baseline=str(baseline or ""),
+        )
+        try:
+            _run_engine(engine, source, spec.name, read_block or _cleanse.io_block(memory_budget), progress)
+            stats = engine.stats()
+        finally:
+            engine.close()
+    finally:
+        if baseline_file:
+            baseline_file.close()
+    for name in ("rows_read", "kept", "null_keys", "duplicates", "inserts", "updates",
+                 "deletes", "merges", "runs", "merge_passes"):
+        setattr(result, name, stats[name])
+    result.seconds = time.monotonic() - started
+    result.peak_rss = peak_rss()
+    log.info(
+        "%s: %d rows read, %d kept, %d null keys, %d duplicates (%d runs) in %.2f s",
+        spec.name, result.rows_read, result.kept, result.null_keys, result.duplicates,
+        result.runs, result.seconds,
+    )
+    return result
+
+
+def _run_engine(
+    engine: _cleanse.Cleanser,
+    source: Path,
+    table: str,
+    block: int,
+    progress: Progress | None,
+) -> None:
+    total = source.stat().st_size
+    done = 0
+    buffer = bytearray(block)
+    view = memoryview(buffer)
+    with open(source, "rb", buffering=0) as reader:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while True:
+            n = reader.readinto(buffer)
+            if not n:
+                break
+            engine.feed(view[:n])
+            done += n
+            if progress:
+                progress(table, "read", done, total)
+    engine.finish_input()
+    rows = engine.stats()["rows_read"]
+    written = 0
+    while not engine.merge_step(MERGE_STEP_ROWS):
+        written += MERGE_STEP_ROWS
+        if progress:
+            progress(table, "write", min(written, rows), rows)
+    if progress:
+        progress(table, "write", rows, rows)
+
+
+def prepare_table(
+    source: Path,
+    spec: TableSpec,
+    out_dir: Path,
+    *,
+    mode: str = "complete",
+    baseline: Path | None = None,
+    command_column: str = "command",
+    separator: str = ",",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    read_block: int | None = None,
+) -> TableResult:
+    """Cleanse one table into ``out_dir`` (SPEC §3-§4); outputs appear only on success."""
+    staged = StagedFiles()
+    try:
+        with spill_directory(out_dir) as spill:
+            result = stage_table(
+                source, spec, out_dir, staged, mode=mode, baseline=baseline,
+                command_column=command_column, separator=separator,
+                memory_budget=memory_budget, spill_dir=spill, read_block=read_block,
+            )
+        staged.commit()
+        return result
+    finally:
+        staged.discard()
+
+
+@dataclass
+class RunResult:
+    """One prepare run over every table of a connector."""
+
+    connector: str
+    mode: str
+    tables: list[TableResult]
+    seconds: float
+    peak_rss: int
+    memory_budget: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "connector": self.connector,
+            "mode": self.mode,
+            "memory_budget": self.memory_budget,
+            "seconds": self.seconds,
+            "peak_rss": self.peak_rss,
+            "tables": [table.to_json() for table in self.tables],
+        }
+
+
+def prepare_connector(
+    tables: Sequence[TableSpec],
+    sources_dir: Path,
+    working_dir: Path,
+    *,
+    connector: str,
+    mode: str,
+    command_column: str = "command",
+    separator: str = ",",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Cleanse every table; all outputs appear together, only if every table succeeded.
+
+    The baselines are not touched: call :func:`advance_baselines` once the outputs have been
+    accepted (at once for an offline run, after the server's commit otherwise).
+    """
+    started = time.monotonic()
+    mode = mode.lower()
+    sources = [find_source(sources_dir, spec.name) for spec in tables]
+    working_dir.mkdir(parents=True, exist_ok=True)
+    baseline_dir = sources_dir / BASELINE_DIR
+    staged = StagedFiles()
+    results = []
+    try:
+        with spill_directory(working_dir) as spill:
+            for spec, source in zip(tables, sources):
+                results.append(
+                    stage_table(
+                        source, spec, working_dir, staged, mode=mode,
+                        baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
+                        command_column=command_column, separator=separator,
+                        memory_budget=memory_budget, spill_dir=spill, progress=progress,
+                    )
+                )
+        staged.commit()
+    finally:
+        staged.discard()
+    return RunResult(
+        connector=connector,
+        mode=mode,
+        tables=results,
+        seconds=time.monotonic() - started,
+        peak_rss=peak_rss(),
+        memory_budget=memory_budget,
+    )
+
+
+def advance_baselines(run: RunResult, sources_dir: Path) -> list[Path]:
+    """Make each full extract's ``.sorted.csv`` the table's baseline (SPEC §4).
+
+    Every new baseline is first staged beside its target; only when all are staged does each
+    replace its baseline by an atomic rename, keeping the one before as ``.bak``. At every
+    moment each baseline file is a complete generation, old or new.
+    """
+    baseline_dir = sources_dir / BASELINE_DIR
+    baseline_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for table in run.tables:
+            if table.change_file or "sorted" not in table.outputs:
+                continue  # a change file run leaves its baseline alone
+            target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
+            temp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+            _link_or_copy(Path(table.outputs["sorted"]), temp)
+            staged.append((temp, target))
+        for temp, target in staged:
+            if target.exists():
+                backup = target.with_name(target.name + ".bak")
+                backup_temp = backup.with_name(f"{backup.name}.tmp-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    backup_temp.unlink()
+                os.link(target, backup_temp)
+                os.replace(backup_temp, backup)
+            os.replace(temp, target)
+        _fsync_dir(baseline_dir)
+        return [target for _, target in staged]
+    finally:
+        for temp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both sit on one file system (outputs are only ever replaced by
+    rename, never rewritten in place, so the linked inode never changes), else a copy."""
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        with open(target, "rb") as copied:
+            os.fsync(copied.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
