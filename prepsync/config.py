@@ -1,0 +1,835 @@
+"""Identity Manager XML configuration (or the server's JSON) -> per-table specs (SPEC §1, §7).
+
+The configuration is one XML file or a folder of ``*.xml`` files whose root is
+``<ConfigurationFile>`` in any namespace.  Three things are read from it:
+
+* the connector's ``EntityTypeMapping`` / ``EntityAssociationMapping`` elements
+  (:func:`load_mappings`), resolved into one :class:`TableSpec` per ``ConnectionTable``
+  (:func:`resolve_tables`, :func:`load_tables`);
+* the ``OpenIdClient`` elements the reference server authenticates agents with
+  (:func:`load_clients`);
+* the connectors that have mappings at all (:func:`connectors_in`).
+
+Every problem a user can cause is a :class:`~prepsync.errors.ConfigError` whose one-line message
+starts with ``<file>, line <N>:`` (or ``<file>:`` when no line applies, ``server mappings:`` for
+the server's JSON).
+
+Decisions where the spec is silent (docs/DESIGN.md, "Configuration"):
+
+* A folder means every regular file below it whose name ends in ``.xml`` (any case), recursively,
+  in sorted path order (compared folder by folder, so ``a/z.xml`` comes before ``a-b.xml``).
+  Symbolic links to folders are not followed (no cycles).
+* XML is parsed with expat directly (not ElementTree) so that every element keeps its line number
+  for messages.  Entity declarations (``<!ENTITY``) are refused: a configuration never needs them
+  and they are how "billion laughs" documents exhaust a server's memory.
+* "Document order" is the order of entity type mappings, then association mappings, each in
+  document order across the files.  The :class:`Mappings` shape (and its JSON) keeps the two kinds
+  apart, and a table must resolve the same from the XML and from the server.
+* Table and column names are matched case-insensitively with :meth:`str.casefold`.
+* Attribute values are taken as spelled: no trimming (``" dn"`` is not ``"dn"``), ``Connector``
+  matches exactly.  ``IsPrimaryKey`` accepts ``true``/``1``/``false``/``0`` in any case; anything
+  else is an error rather than a silent ``false``.
+* Beyond the spec's errors, these are refused because they are always mistakes: a counted
+  mapping without ``Identifier``, two counted mappings of one kind with the same ``Identifier``,
+  an empty ``ConnectionTable``/``ConnectionColumn``/``Column1``/``Column2``, a ``ConnectionTable``
+  that is not a plain file name (it names the ``.csv`` read and the files written and uploaded),
+  and an ``IsPrimaryKey`` property without ``ConnectionColumn``.  Several ``IsPrimaryKey``
+  properties naming the same column (case-insensitively) count as one primary key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from xml.parsers import expat
+
+from prepsync.errors import ConfigError
+
+__all__ = [
+    "EntityAssociationMapping",
+    "EntityTypeMapping",
+    "Mappings",
+    "OpenIdClient",
+    "TableSpec",
+    "Thresholds",
+    "connectors_in",
+    "hash_secret",
+    "load_clients",
+    "load_mappings",
+    "load_tables",
+    "resolve_tables",
+]
+
+logger = logging.getLogger(__name__)
+
+ROOT_ELEMENT = "ConfigurationFile"
+ENTITY_TYPE_MAPPING = "EntityTypeMapping"
+ENTITY_ASSOCIATION_MAPPING = "EntityAssociationMapping"
+MAPPING_ELEMENTS = (ENTITY_TYPE_MAPPING, ENTITY_ASSOCIATION_MAPPING)
+OPENID_CLIENT = "OpenIdClient"
+
+SERVER_MAPPINGS = "server mappings"
+
+_Number = TypeVar("_Number", int, float)
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds
+
+
+def _stricter(first: _Number, second: _Number) -> _Number:
+    """The smaller limit, where 0 means "no limit" and so never wins over a real one."""
+    if first == 0:
+        return second
+    if second == 0:
+        return first
+    return min(first, second)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits on one session's changes, enforced by the server (SPEC §7); 0 = off."""
+
+    max_inserted: int = 0  # MaximumInsertedLines
+    max_updated: int = 0  # MaximumUpdatedLines
+    max_deleted: int = 0  # MaximumDeletedLines
+    max_pct_inserted: float = 0.0  # MaxPercentageInsertedLines (percent of rows already stored)
+    max_pct_updated: float = 0.0  # MaxPercentageUpdatedLines
+    max_pct_deleted: float = 0.0  # MaxPercentageDeletedLines
+
+    def strictest(self, other: Thresholds) -> Thresholds:
+        """Per field, the smaller non-zero limit: several mappings on one table all hold."""
+        return Thresholds(
+            max_inserted=_stricter(self.max_inserted, other.max_inserted),
+            max_updated=_stricter(self.max_updated, other.max_updated),
+            max_deleted=_stricter(self.max_deleted, other.max_deleted),
+            max_pct_inserted=_stricter(self.max_pct_inserted, other.max_pct_inserted),
+            max_pct_updated=_stricter(self.max_pct_updated, other.max_pct_updated),
+            max_pct_deleted=_stricter(self.max_pct_deleted, other.max_pct_deleted),
+        )
+
+    def to_json(self) -> dict[str, int | float]:
+        """Keys are the XML attribute names, so the JSON reads like the configuration."""
+        return {
+            "MaximumInsertedLines": self.max_inserted,
+            "MaximumUpdatedLines": self.max_updated,
+            "MaximumDeletedLines": self.max_deleted,
+            "MaxPercentageInsertedLines": self.max_pct_inserted,
+            "MaxPercentageUpdatedLines": self.max_pct_updated,
+            "MaxPercentageDeletedLines": self.max_pct_deleted,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Thresholds:
+        """Inverse of :meth:`to_json`; every key is required (ConfigError otherwise)."""
+        return _thresholds_from_json(data, "thresholds")
+
+
+_COUNT_ATTRIBUTES = ("MaximumInsertedLines", "MaximumUpdatedLines", "MaximumDeletedLines")
+_PERCENT_ATTRIBUTES = (
+    "MaxPercentageInsertedLines",
+    "MaxPercentageUpdatedLines",
+    "MaxPercentageDeletedLines",
+)
+
+
+def _thresholds(counts: Sequence[int], percents: Sequence[float]) -> Thresholds:
+    """Build from values in the order of ``_COUNT_ATTRIBUTES`` and ``_PERCENT_ATTRIBUTES``."""
+    inserted, updated, deleted = counts
+    pct_inserted, pct_updated, pct_deleted = percents
+    return Thresholds(inserted, updated, deleted, pct_inserted, pct_updated, pct_deleted)
+
+
+# --------------------------------------------------------------------------------------------
+# Mappings
+
+
+@dataclass(frozen=True)
+class EntityTypeMapping:
+    identifier: str
+    connector: str
+    table: str  # ConnectionTable as spelled
+    columns: tuple[str, ...]  # ConnectionColumn of every Property having one, document order
+    primary_keys: tuple[str, ...]  # ConnectionColumn of the IsPrimaryKey properties
+    thresholds: Thresholds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identifier": self.identifier,
+            "connector": self.connector,
+            "connectionTable": self.table,
+            "columns": list(self.columns),
+            "primaryKeys": list(self.primary_keys),
+            "thresholds": self.thresholds.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class EntityAssociationMapping:
+    identifier: str
+    connector: str
+    table: str  # ConnectionTable as spelled
+    column1: str
+    column2: str
+    thresholds: Thresholds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identifier": self.identifier,
+            "connector": self.connector,
+            "connectionTable": self.table,
+            "column1": self.column1,
+            "column2": self.column2,
+            "thresholds": self.thresholds.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Mappings:
+    """One connector's mappings, from the XML or from the server (SPEC §7)."""
+
+    connector: str
+    entity_types: tuple[EntityTypeMapping, ...]
+    associations: tuple[EntityAssociationMapping, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of ``GET /api/connectors/{connector}/mappings``."""
+        return {
+            "connector": self.connector,
+            "entityTypeMappings": [mapping.to_json() for mapping in self.entity_types],
+            "entityAssociationMappings": [mapping.to_json() for mapping in self.associations],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Mappings:
+        """Check the server's answer strictly: the agent derives file names and keys from it.
+
+        Required keys must be present with the right types; unknown keys are ignored so that a
+        newer server can add fields.  Every mapping must belong to the top-level connector.
+        Primary-key counts and agreement are checked by :func:`resolve_tables`, as for XML.
+        """
+        document = _json_object(data, SERVER_MAPPINGS)
+        connector = _json_name(document, "connector", SERVER_MAPPINGS)
+        entity_types = tuple(
+            _entity_type_mapping_from_json(item, f"{SERVER_MAPPINGS}: entityTypeMappings[{index}]")
+            for index, item in enumerate(
+                _json_array(document, "entityTypeMappings", SERVER_MAPPINGS)
+            )
+        )
+        associations = tuple(
+            _association_mapping_from_json(
+                item, f"{SERVER_MAPPINGS}: entityAssociationMappings[{index}]"
+            )
+            for index, item in enumerate(
+                _json_array(document, "entityAssociationMappings", SERVER_MAPPINGS)
+            )
+        )
+        every_mapping: tuple[EntityTypeMapping | EntityAssociationMapping, ...] = (
+            *entity_types,
+            *associations,
+        )
+        for mapping in every_mapping:
+            if mapping.connector != connector:
+                raise ConfigError(
+                    f"{SERVER_MAPPINGS}: mapping {mapping.identifier!r} belongs to connector "
+                    f"{mapping.connector!r}, not {connector!r}"
+                )
+        return cls(connector, entity_types, associations)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What the pipeline needs to know about one ``ConnectionTable``."""
+
+    name: str  # ConnectionTable, first spelling seen in document order
+    columns: tuple[str, ...]  # kept columns, deduplicated case-insensitively, first-seen order
+    # (primary key column,) when an entity type mapping uses the table; None for an
+    # association-only table, keyed by ALL kept columns in SOURCE HEADER order (the pipeline
+    # knows the header, this module does not).
+    key: tuple[str, ...] | None
+    thresholds: Thresholds  # strictest over all mappings on the table
+
+
+# --------------------------------------------------------------------------------------------
+# OpenID clients
+
+
+@dataclass(frozen=True)
+class OpenIdClient:
+    """An API client of the reference server, from ``<OpenIdClient Identifier HashedSecret>``."""
+
+    identifier: str
+    hashed_secret: str  # base64 of the secret's SHA-256, as in the XML
+    connectors: frozenset[str] | None  # from Connectors="AD HR"; None = every connector
+
+    def check_secret(self, secret: str) -> bool:
+        """Constant-time comparison, so response times do not leak how much of a guess matched."""
+        try:
+            offered = hash_secret(secret)
+        except UnicodeEncodeError:  # a lone surrogate cannot be any configured secret
+            return False
+        return hmac.compare_digest(offered.encode("ascii"), self.hashed_secret.encode("utf-8"))
+
+    def may_use(self, connector: str) -> bool:
+        return self.connectors is None or connector in self.connectors
+
+
+def hash_secret(secret: str) -> str:
+    """base64(SHA-256(UTF-8 secret)): the ``HashedSecret`` form Identity Manager uses."""
+    return base64.b64encode(hashlib.sha256(secret.encode("utf-8")).digest()).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_mappings(path: str | os.PathLike[str], connector: str) -> Mappings:
+    """The mappings whose ``Connector`` is exactly ``connector``, in document order."""
+    entity_types: list[EntityTypeMapping] = []
+    associations: list[EntityAssociationMapping] = []
+    # identifier -> where it was first defined, one dict per kind (the kinds' identifiers are
+    # separate namespaces in Identity Manager: an entity type and an association).
+    first_definitions: dict[str, dict[str, str]] = {name: {} for name in MAPPING_ELEMENTS}
+    other_connectors: set[str] = set()
+    for file, root in _configuration_files(path):
+        for element in root.iter():
+            if element.name not in MAPPING_ELEMENTS:
+                continue
+            element_connector = element.attributes.get("Connector")
+            if element_connector != connector:
+                if element_connector:
+                    other_connectors.add(element_connector)
+                continue
+            location = _location(file, element)
+            identifier = _required_attribute(element, "Identifier", location)
+            seen = first_definitions[element.name]
+            if identifier in seen:
+                raise ConfigError(
+                    f"{location}: {element.name} {identifier!r} is defined twice "
+                    f"(first at {seen[identifier]})"
+                )
+            seen[identifier] = location
+            if element.name == ENTITY_TYPE_MAPPING:
+                entity_types.append(_entity_type_mapping(element, file, connector, identifier))
+            else:
+                associations.append(_association_mapping(element, file, connector, identifier))
+    if not entity_types and not associations:
+        hint = ""
+        if other_connectors:
+            names = ", ".join(repr(name) for name in sorted(other_connectors))
+            hint = f" (it has mappings for {names})"
+        raise ConfigError(f"no mapping for connector {connector!r} in {os.fspath(path)}{hint}")
+    return Mappings(connector, tuple(entity_types), tuple(associations))
+
+
+def resolve_tables(mappings: Mappings, source: str = "configuration") -> tuple[TableSpec, ...]:
+    """Group the mappings by table (case-insensitively) into specs, in first-seen order.
+
+    ``source`` names where the mappings came from in error messages (a path, "server mappings").
+    """
+    if not mappings.entity_types and not mappings.associations:
+        raise ConfigError(f"no mapping for connector {mappings.connector!r} in {source}")
+    tables: dict[str, _TableBuilder] = {}
+
+    def table_for(mapping: EntityTypeMapping | EntityAssociationMapping) -> _TableBuilder:
+        # Checked here too, not only when loading: Mappings may come from a server, and the
+        # name becomes a file name on this host.
+        problem = _table_name_problem(mapping.table)
+        if problem is not None:
+            raise ConfigError(f"{source}: mapping {mapping.identifier!r}: {problem}")
+        builder = tables.setdefault(_fold(mapping.table), _TableBuilder(mapping.table))
+        builder.thresholds = builder.thresholds.strictest(mapping.thresholds)
+        return builder
+
+    for entity_type in mappings.entity_types:
+        problem = _primary_key_problem(entity_type.identifier, entity_type.primary_keys)
+        if problem is not None:
+            raise ConfigError(f"{source}: {problem}")
+        builder = table_for(entity_type)
+        builder.add_columns(entity_type.columns)
+        builder.entity_types.append(entity_type)
+    for association in mappings.associations:
+        table_for(association).add_columns((association.column1, association.column2))
+
+    return tuple(builder.build(source) for builder in tables.values())
+
+
+def load_tables(path: str | os.PathLike[str], connector: str) -> tuple[TableSpec, ...]:
+    return resolve_tables(load_mappings(path, connector), os.fspath(path))
+
+
+def load_clients(path: str | os.PathLike[str]) -> dict[str, OpenIdClient]:
+    """Every ``OpenIdClient`` in the configuration, by identifier (duplicates are an error)."""
+    clients: dict[str, OpenIdClient] = {}
+    first_definitions: dict[str, str] = {}
+    for file, root in _configuration_files(path):
+        for element in root.iter():
+            if element.name != OPENID_CLIENT:
+                continue
+            location = _location(file, element)
+            client = _openid_client(element, location)
+            if client.identifier in clients:
+                raise ConfigError(
+                    f"{location}: OpenIdClient {client.identifier!r} is defined twice "
+                    f"(first at {first_definitions[client.identifier]})"
+                )
+            clients[client.identifier] = client
+            first_definitions[client.identifier] = location
+    return clients
+
+
+def connectors_in(path: str | os.PathLike[str]) -> frozenset[str]:
+    """Every non-empty ``Connector`` of a mapping element: the connectors a server can serve."""
+    return frozenset(
+        connector
+        for _file, root in _configuration_files(path)
+        for element in root.iter()
+        if element.name in MAPPING_ELEMENTS and (connector := element.attributes.get("Connector"))
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution helpers
+
+
+def _fold(name: str) -> str:
+    """The case-insensitive comparison key of a table or column name."""
+    return name.casefold()
+
+
+@dataclass
+class _TableBuilder:
+    name: str
+    columns: dict[str, str] = field(default_factory=dict)  # folded -> first spelling
+    entity_types: list[EntityTypeMapping] = field(default_factory=list)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def add_columns(self, columns: Sequence[str]) -> None:
+        for column in columns:
+            self.columns.setdefault(_fold(column), column)
+
+    def build(self, source: str) -> TableSpec:
+        key: tuple[str, ...] | None = None
+        if self.entity_types:
+            first = self.entity_types[0]
+            first_key = _fold(first.primary_keys[0])
+            for other in self.entity_types[1:]:
+                if _fold(other.primary_keys[0]) != first_key:
+                    raise ConfigError(
+                        f"{source}: table {self.name!r}: entity type mappings "
+                        f"{first.identifier!r} and {other.identifier!r} disagree on the "
+                        f"primary key ({first.primary_keys[0]!r} vs {other.primary_keys[0]!r})"
+                    )
+            # The kept column's spelling, so that key and columns always agree letter for letter.
+            key = (self.columns[first_key],)
+        return TableSpec(self.name, tuple(self.columns.values()), key, self.thresholds)
+
+
+def _primary_key_problem(identifier: str, primary_keys: Sequence[str]) -> str | None:
+    distinct = {_fold(column): column for column in primary_keys}
+    if not distinct:
+        return (
+            f"entity type mapping {identifier!r} has no primary key "
+            '(a Property with a ConnectionColumn and IsPrimaryKey="true")'
+        )
+    if len(distinct) > 1:
+        names = ", ".join(repr(column) for column in distinct.values())
+        return (
+            f"entity type mapping {identifier!r} has {len(distinct)} primary key columns "
+            f"({names}); exactly one is needed"
+        )
+    return None
+
+
+def _table_name_problem(table: str) -> str | None:
+    """Why ``table`` cannot name files in the sources/working directories, or None."""
+    if not table:
+        return "ConnectionTable is empty"
+    if table in (".", "..") or any(character in table for character in "/\\\0"):
+        return f"ConnectionTable {table!r} is not a plain file name"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# XML
+
+
+@dataclass
+class _XmlElement:
+    """Just enough of an element: local name, attributes and the line it starts on."""
+
+    name: str
+    attributes: dict[str, str]
+    line: int
+    children: list[_XmlElement] = field(default_factory=list)
+
+    def iter(self) -> Iterator[_XmlElement]:
+        """This element and its descendants in document order (iterative: no recursion limit)."""
+        pending = [self]
+        while pending:
+            element = pending.pop()
+            yield element
+            pending.extend(reversed(element.children))
+
+
+class _NotAConfigurationFile(Exception):
+    def __init__(self, root_name: str) -> None:
+        super().__init__(root_name)
+        self.root_name = root_name
+
+
+def _location(file: Path, element: _XmlElement) -> str:
+    return f"{file}, line {element.line}"
+
+
+def _configuration_files(path: str | os.PathLike[str]) -> Iterator[tuple[Path, _XmlElement]]:
+    """(file, root) of each ConfigurationFile document under ``path``.
+
+    An explicitly named file with another root is an error; in a folder such files are skipped,
+    since configuration folders often hold other XML (exports, schemas, editor settings).
+    """
+    top = Path(path)
+    if top.is_dir():
+        for file in _xml_files_below(top):
+            try:
+                yield file, _parse(file)
+            except _NotAConfigurationFile as skipped:
+                logger.debug("skipping %s: its root element is %s", file, skipped.root_name)
+    elif top.exists():
+        try:
+            yield top, _parse(top)
+        except _NotAConfigurationFile as wrong:
+            raise ConfigError(
+                f"{top}: the root element is {wrong.root_name!r}, not {ROOT_ELEMENT!r}"
+            ) from None
+    else:
+        raise ConfigError(f"{top}: no such file or directory")
+
+
+def _xml_files_below(folder: Path) -> list[Path]:
+    def on_error(error: OSError) -> None:
+        raise ConfigError(f"{error.filename}: cannot list the folder: {error.strerror}")
+
+    files = [
+        Path(directory, name)
+        for directory, _subdirectories, names in os.walk(folder, onerror=on_error)
+        for name in names
+        if name.lower().endswith(".xml")
+    ]
+    # A dangling symbolic link or a socket named *.xml is not a configuration file.
+    return sorted(file for file in files if file.is_file())
+
+
+def _local_name(expat_name: str) -> str:
+    # expat reports "namespace-uri}local" for a namespaced name (see namespace_separator).
+    return expat_name.rpartition("}")[2]
+
+
+def _parse(file: Path) -> _XmlElement:
+    """The element tree of ``file``; raises _NotAConfigurationFile as soon as the root is known."""
+    parser = expat.ParserCreate(namespace_separator="}")
+    open_elements: list[_XmlElement] = []
+    roots: list[_XmlElement] = []
+
+    def start_element(name: str, attributes: dict[str, str]) -> None:
+        element = _XmlElement(_local_name(name), attributes, parser.CurrentLineNumber)
+        if open_elements:
+            open_elements[-1].children.append(element)
+        elif element.name != ROOT_ELEMENT:
+            raise _NotAConfigurationFile(element.name)  # stop early: it may be huge
+        else:
+            roots.append(element)
+        open_elements.append(element)
+
+    def end_element(_name: str) -> None:
+        open_elements.pop()
+
+    def refuse_entity_declaration(*_declaration: object) -> None:
+        raise ConfigError(
+            f"{file}, line {parser.CurrentLineNumber}: entity declarations are not allowed"
+        )
+
+    parser.StartElementHandler = start_element
+    parser.EndElementHandler = end_element
+    parser.EntityDeclHandler = refuse_entity_declaration
+    try:
+        with file.open("rb") as stream:
+            parser.ParseFile(stream)
+    except expat.ExpatError as error:
+        raise ConfigError(
+            f"{file}, line {error.lineno}, column {error.offset + 1}: malformed XML: "
+            f"{expat.ErrorString(error.code)}"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read: {error.strerror or error}") from None
+    return roots[0]  # expat fails with "no element found" when there is no root
+
+
+def _required_attribute(element: _XmlElement, attribute: str, location: str) -> str:
+    value = element.attributes.get(attribute)
+    if value is None:
+        raise ConfigError(f"{location}: {element.name} has no {attribute}")
+    if not value:
+        raise ConfigError(f"{location}: {element.name} has an empty {attribute}")
+    return value
+
+
+def _boolean_attribute(element: _XmlElement, attribute: str, location: str) -> bool:
+    value = element.attributes.get(attribute)
+    if value is None:
+        return False
+    # xs:boolean spellings; case-insensitive because hand-written configurations vary.
+    folded = value.strip().lower()
+    if folded in ("true", "1"):
+        return True
+    if folded in ("false", "0"):
+        return False
+    raise ConfigError(f"{location}: {attribute}={value!r} is not a boolean (true, false, 1 or 0)")
+
+
+_NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
+_NON_NEGATIVE_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def _thresholds_from_attributes(element: _XmlElement, location: str) -> Thresholds:
+    counts: list[int] = []
+    for attribute in _COUNT_ATTRIBUTES:
+        value = element.attributes.get(attribute)
+        if value is None:
+            counts.append(0)
+        elif _NON_NEGATIVE_INTEGER.fullmatch(value.strip()):
+            counts.append(int(value))
+        else:
+            raise ConfigError(
+                f"{location}: {attribute}={value!r} is not a non-negative integer (0 = off)"
+            )
+    percents: list[float] = []
+    for attribute in _PERCENT_ATTRIBUTES:
+        value = element.attributes.get(attribute)
+        if value is None:
+            percents.append(0.0)
+        elif _NON_NEGATIVE_DECIMAL.fullmatch(value.strip()):
+            percents.append(float(value))
+        else:
+            raise ConfigError(
+                f"{location}: {attribute}={value!r} is not a non-negative number (0 = off)"
+            )
+    return _thresholds(counts, percents)
+
+
+def _table_attribute(element: _XmlElement, location: str) -> str:
+    table = element.attributes.get("ConnectionTable")
+    if table is None:
+        raise ConfigError(f"{location}: {element.name} has no ConnectionTable")
+    problem = _table_name_problem(table)
+    if problem is not None:
+        raise ConfigError(f"{location}: {problem}")
+    return table
+
+
+def _entity_type_mapping(
+    element: _XmlElement, file: Path, connector: str, identifier: str
+) -> EntityTypeMapping:
+    location = _location(file, element)
+    table = _table_attribute(element, location)
+    columns: list[str] = []
+    primary_keys: list[str] = []
+    for child in element.children:
+        # Properties are direct children of their mapping; a Property anywhere else belongs to
+        # something else.
+        if child.name != "Property":
+            continue
+        child_location = _location(file, child)
+        column = child.attributes.get("ConnectionColumn")
+        is_primary_key = _boolean_attribute(child, "IsPrimaryKey", child_location)
+        if column is None:
+            if is_primary_key:
+                property_name = child.attributes.get("Identifier", "")
+                raise ConfigError(
+                    f"{child_location}: property {property_name!r} of {ENTITY_TYPE_MAPPING} "
+                    f"{identifier!r} is the primary key but has no ConnectionColumn"
+                )
+            continue  # a property computed by Identity Manager, not read from the export
+        if not column:
+            raise ConfigError(f"{child_location}: Property has an empty ConnectionColumn")
+        columns.append(column)
+        if is_primary_key:
+            primary_keys.append(column)
+    problem = _primary_key_problem(identifier, primary_keys)
+    if problem is not None:
+        raise ConfigError(f"{location}: {problem}")
+    return EntityTypeMapping(
+        identifier,
+        connector,
+        table,
+        tuple(columns),
+        tuple(primary_keys),
+        _thresholds_from_attributes(element, location),
+    )
+
+
+def _association_mapping(
+    element: _XmlElement, file: Path, connector: str, identifier: str
+) -> EntityAssociationMapping:
+    location = _location(file, element)
+    return EntityAssociationMapping(
+        identifier,
+        connector,
+        _table_attribute(element, location),
+        _required_attribute(element, "Column1", location),
+        _required_attribute(element, "Column2", location),
+        _thresholds_from_attributes(element, location),
+    )
+
+
+def _openid_client(element: _XmlElement, location: str) -> OpenIdClient:
+    identifier = _required_attribute(element, "Identifier", location)
+    hashed_secret = _required_attribute(element, "HashedSecret", location)
+    try:
+        digest = base64.b64decode(hashed_secret, validate=True)
+    except binascii.Error:
+        digest = b""
+    if len(digest) != hashlib.sha256().digest_size:
+        # Most likely the secret itself was pasted in: say so without echoing it.
+        raise ConfigError(
+            f"{location}: OpenIdClient {identifier!r}: HashedSecret is not the base64 of a "
+            "SHA-256 digest (44 characters)"
+        )
+    connectors: frozenset[str] | None = None
+    listed = element.attributes.get("Connectors")
+    if listed is not None:
+        connectors = frozenset(name for name in re.split(r"[\s,]+", listed) if name)
+        if not connectors:
+            raise ConfigError(
+                f"{location}: OpenIdClient {identifier!r}: Connectors is empty "
+                "(leave it out to allow every connector)"
+            )
+    return OpenIdClient(identifier, hashed_secret, connectors)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON (server mappings)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _json_object(value: object, context: str) -> dict[str, object]:
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise ConfigError(f"{context}: expected an object, got {_json_type(value)}")
+    return value
+
+
+def _json_member(document: dict[str, object], key: str, context: str) -> object:
+    if key not in document:
+        raise ConfigError(f"{context}: {key!r} is missing")
+    return document[key]
+
+
+def _json_name(document: dict[str, object], key: str, context: str) -> str:
+    value = _json_member(document, key, context)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{context}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _json_array(document: dict[str, object], key: str, context: str) -> list[object]:
+    value = _json_member(document, key, context)
+    if not isinstance(value, list):
+        raise ConfigError(f"{context}: {key!r} must be an array, got {_json_type(value)}")
+    return value
+
+
+def _json_names(document: dict[str, object], key: str, context: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for index, name in enumerate(_json_array(document, key, context)):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{context}: {key}[{index}] must be a non-empty string, got {name!r}")
+        names.append(name)
+    return tuple(names)
+
+
+def _json_table(document: dict[str, object], context: str) -> str:
+    table = _json_name(document, "connectionTable", context)
+    problem = _table_name_problem(table)
+    if problem is not None:
+        raise ConfigError(f"{context}: {problem}")
+    return table
+
+
+def _thresholds_from_json(data: object, context: str) -> Thresholds:
+    document = _json_object(data, context)
+    counts: list[int] = []
+    for key in _COUNT_ATTRIBUTES:
+        count = _json_member(document, key, context)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{context}: {key} must be a non-negative integer, got {count!r}")
+        counts.append(count)
+    percents: list[float] = []
+    for key in _PERCENT_ATTRIBUTES:
+        percent = _json_member(document, key, context)
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, int | float)
+            or not math.isfinite(percent)
+            or percent < 0
+        ):
+            raise ConfigError(f"{context}: {key} must be a non-negative number, got {percent!r}")
+        percents.append(float(percent))
+    return _thresholds(counts, percents)
+
+
+def _entity_type_mapping_from_json(data: object, context: str) -> EntityTypeMapping:
+    document = _json_object(data, context)
+    columns = _json_names(document, "columns", context)
+    primary_keys = _json_names(document, "primaryKeys", context)
+    for primary_key in primary_keys:
+        if primary_key not in columns:
+            raise ConfigError(f"{context}: primary key {primary_key!r} is not in 'columns'")
+    return EntityTypeMapping(
+        identifier=_json_name(document, "identifier", context),
+        connector=_json_name(document, "connector", context),
+        table=_json_table(document, context),
+        columns=columns,
+        primary_keys=primary_keys,
+        thresholds=_thresholds_from_json(
+            _json_member(document, "thresholds", context), f"{context}.thresholds"
+        ),
+    )
+
+
+def _association_mapping_from_json(data: object, context: str) -> EntityAssociationMapping:
+    document = _json_object(data, context)
+    return EntityAssociationMapping(
+        identifier=_json_name(document, "identifier", context),
+        connector=_json_name(document, "connector", context),
+        table=_json_table(document, context),
+        column1=_json_name(document, "column1", context),
+        column2=_json_name(document, "column2", context),
+        thresholds=_thresholds_from_json(
+            _json_member(document, "thresholds", context), f"{context}.thresholds"
+        ),
+    )
