@@ -229,3 +229,12 @@ def prepare(
 
 main.add_command(prepare)
 prepare_main = prepare
+
+
+@main.command()
+@fail_cleanly
+def demo() -> None:
+    """Run a complete then an incremental synchronization on a bundled sample."""
+    from prepsync.demo import run_demo
+
+    run_demo(click.echo)
