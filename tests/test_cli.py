@@ -1,0 +1,259 @@
+"""`prepsync prepare` as a user runs it: exit status, messages, files left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prepsync import _cleanse
+from prepsync.cli import main, prepare_main
+from prepsync.sizes import parse_size
+
+CONFIG = """<?xml version="1.0" encoding="utf-8"?>
+<ConfigurationFile xmlns="urn:test">
+  <EntityTypeMapping Identifier="Entry" Connector="AD" ConnectionTable="Entries">
+    <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
+    <Property Identifier="name" ConnectionColumn="name" />
+  </EntityTypeMapping>
+  <EntityAssociationMapping Identifier="Member" Connector="AD" ConnectionTable="Members"
+      Column1="group" Column2="member" />
+</ConfigurationFile>
+"""
+
+ENTRIES = b"id,name,ignored\n2,Bob,x\n1,Ann,y\n,Nobody,z\n1,Ann again,w\n"
+MEMBERS = b"group,member\ng1,u2\ng1,u1\ng1,u2\n"
+
+
+class Site:
+    """A temp folder laid out as prepsync expects: Temp/ExportOutput and Work/Collect."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sources = root / "Temp" / "ExportOutput"
+        self.working = root / "Work" / "Collect"
+        self.previous = self.sources / "previous"
+        self.config = root / "conf.xml"
+        self.sources.mkdir(parents=True)
+        self.config.write_text(CONFIG, encoding="utf-8")
+        self.write("Entries.csv", ENTRIES)
+        self.write("Members.csv", MEMBERS)
+
+    def write(self, name: str, data: bytes) -> None:
+        (self.sources / name).write_bytes(data)
+
+    def args(self, mode: str = "complete", *extra: str) -> list[str]:
+        return [
+            "--connector", "AD", "--agent", "test", "--synchronization-mode", mode,
+            "--config", str(self.config),
+            "--temp-folder", str(self.root / "Temp"), "--work-folder", str(self.root / "Work"),
+            *extra,
+        ]
+
+    def run(self, mode: str = "complete", *extra: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, ["prepare", *self.args(mode, *extra)])
+        return result.exit_code, result.stdout, result.stderr
+
+    def output(self, name: str) -> bytes:
+        return (self.working / name).read_bytes()
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every file under the working directory and the baselines, by relative path."""
+        files = {}
+        for folder in (self.working, self.previous):
+            if folder.exists():
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        files[str(path.relative_to(self.root))] = path.read_bytes()
+        return files
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return Site(tmp_path)
+
+
+def test_complete_run_writes_outputs_summary_and_baseline(site: Site) -> None:
+    code, out, err = site.run("complete", "--report", str(site.root / "run.json"))
+    assert code == 0, err
+    assert site.output("Entries.sorted.csv") == b"id,name\n1,Ann\n2,Bob\n"
+    assert site.output("Entries.nullpk.csv") == b"id,name\n,Nobody\n"
+    assert site.output("Entries.duplicates.csv") == b"id,name\n1,Ann again\n"
+    assert site.output("Members.sorted.csv") == b"group,member\ng1,u1\ng1,u2\n"
+    assert site.output("Members.duplicates.csv") == b"group,member\ng1,u2\n"
+    assert (site.previous / "Entries.sorted.csv").read_bytes() == site.output("Entries.sorted.csv")
+    assert "Entries" in out and "Members" in out
+    report = json.loads((site.root / "run.json").read_text())
+    entries = report["tables"][0]
+    assert (entries["table"], entries["rows_read"], entries["kept"]) == ("Entries", 4, 2)
+    assert (entries["null_keys"], entries["duplicates"]) == (1, 1)
+    assert entries["peak_rss"] > 0 and report["peak_rss"] >= entries["peak_rss"]
+    assert not list(site.working.glob(".prepsync-spill-*"))
+    assert not list(site.working.glob("*.tmp-*"))
+
+
+def test_second_console_script_is_the_same_command(site: Site) -> None:
+    result = CliRunner().invoke(prepare_main, site.args())
+    assert result.exit_code == 0, result.stderr
+    assert site.output("Entries.sorted.csv") == b"id,name\n1,Ann\n2,Bob\n"
+
+
+def test_mode_is_case_insensitive_and_incremental_writes_delta(site: Site) -> None:
+    assert site.run("Complete")[0] == 0
+    site.write("Entries.csv", b"id,name\n1,Ann B\n3,Cy\n")
+    code, _, err = site.run("INCREMENTAL")
+    assert code == 0, err
+    assert site.output("Entries.sorted.delta.csv") == (
+        b"command,id,name\nupdate,1,Ann B\ndelete,2,Bob\ninsert,3,Cy\n"
+    )
+    assert site.output("Members.sorted.delta.csv") == b"command,group,member\n"
+    assert (site.previous / "Entries.sorted.csv").read_bytes() == b"id,name\n1,Ann B\n3,Cy\n"
+    assert (site.previous / "Entries.sorted.csv.bak").read_bytes() == b"id,name\n1,Ann\n2,Bob\n"
+
+
+BAD_INPUTS = [
+    pytest.param(b"id,name\n1,a\n2,b,c\n", 3, "expected 2 fields, found 3", id="more-fields"),
+    pytest.param(b"id,name\n1,a\n2\n", 3, "expected 2 fields, found 1", id="fewer-fields"),
+    pytest.param(b'id,name\n1,a\n2,"open\n3,c\n', 3, "unterminated quote", id="unterminated"),
+    pytest.param(b"id,name\n1,a\n2,caf\xe9\n", 3, "invalid UTF-8", id="latin1"),
+    pytest.param(b"id,name\n1,a\n2,\xed\xa0\x80\n", 3, "invalid UTF-8", id="surrogate"),
+    pytest.param(b'id,name\n1,"a"b\n', 2, "text after closing quote", id="after-quote"),
+    pytest.param(b"id,other\n1,a\n", 1, "column 'name' is missing from the header", id="missing"),
+    pytest.param(b"id,name,NAME\n1,a,b\n", 1, "duplicated header name 'NAME'", id="dup-header"),
+    pytest.param(b"", 1, "empty file (no header)", id="empty"),
+    pytest.param(b"\xef\xbb\xbf\r\n\n", 1, "empty file (no header)", id="bom-blank-only"),
+]
+
+
+@pytest.mark.parametrize(("data", "line", "problem"), BAD_INPUTS)
+def test_bad_input_fails_with_one_line_and_changes_nothing(
+    site: Site, data: bytes, line: int, problem: str
+) -> None:
+    assert site.run("complete")[0] == 0
+    before = site.snapshot()
+    site.write("Entries.csv", data)
+    code, out, err = site.run("complete")
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and "Entries.csv" in err
+    assert f"line {line}" in err and problem in err
+    assert site.snapshot() == before  # no output replaced, no temp file, baseline as it was
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+
+
+def test_missing_input_file(site: Site) -> None:
+    (site.sources / "Members.csv").unlink()
+    code, _, err = site.run()
+    assert code == 1
+    assert "Members.csv" in err and "file not found" in err
+    assert not site.working.exists() or not list(site.working.iterdir())
+
+
+def test_input_file_name_matches_case_insensitively(site: Site) -> None:
+    (site.sources / "Entries.csv").rename(site.sources / "ENTRIES.CSV")
+    code, _, err = site.run()
+    assert code == 0, err
+    assert site.output("Entries.sorted.csv") == b"id,name\n1,Ann\n2,Bob\n"
+
+
+def test_header_only_file_is_an_empty_table(site: Site) -> None:
+    site.write("Entries.csv", b"id,name\r\n")
+    assert site.run()[0] == 0
+    for suffix in ("sorted", "nullpk", "duplicates"):
+        assert site.output(f"Entries.{suffix}.csv") == b"id,name\n"
+
+
+def test_failure_in_last_table_replaces_no_output(site: Site) -> None:
+    assert site.run()[0] == 0
+    before = site.snapshot()
+    site.write("Entries.csv", b"id,name\n9,Zed\n")
+    site.write("Members.csv", b"group,member\ng1\n")
+    assert site.run()[0] == 1
+    assert site.snapshot() == before
+
+
+def test_change_file_in_complete_mode_is_refused(site: Site) -> None:
+    site.write("Entries.csv", b"Command,id,name\ninsert,1,a\n")
+    code, _, err = site.run("complete")
+    assert code == 1
+    assert "command column 'Command' found" in err and "line 1" in err
+
+
+def test_incremental_without_baseline_asks_for_complete(site: Site) -> None:
+    code, _, err = site.run("incremental")
+    assert code == 1
+    assert "table Entries" in err and "run a complete synchronization" in err
+    assert not site.previous.exists()
+
+
+def test_incremental_with_changed_header_asks_for_complete(site: Site) -> None:
+    assert site.run()[0] == 0
+    baseline = site.previous / "Entries.sorted.csv"
+    baseline.write_bytes(b"id,other\n1,Ann\n")
+    code, _, err = site.run("incremental")
+    assert code == 1
+    assert "baseline header differs" in err and "run a complete synchronization" in err
+    assert baseline.read_bytes() == b"id,other\n1,Ann\n"
+
+
+def test_offline_run_needs_config(site: Site) -> None:
+    args = [a for a in site.args() if a not in ("--config", str(site.config))]
+    result = CliRunner().invoke(main, ["prepare", *args])
+    assert result.exit_code == 2
+    assert "--config is required" in result.stderr
+
+
+def test_configuration_error_is_one_line(site: Site) -> None:
+    code, _, err = site.run("complete", "--connector", "HR")
+    assert code == 1
+    assert err.startswith("error: ") and err.count("\n") == 1 and "HR" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("500MB", 500_000_000), ("1048576", 1 << 20),
+     ("2 mib", 2 << 20), ("1.5GiB", 3 << 29)],
+)
+def test_memory_budget_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "12 parsecs", "-1MiB", "1e6"])
+def test_memory_budget_rejects_non_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_size(text)
+
+
+def test_memory_budget_below_minimum_is_a_usage_error(site: Site) -> None:
+    code, _, err = site.run("complete", "--memory-budget", "512KiB")
+    assert code == 2 and "at least 1MiB" in err
+
+
+def test_small_budget_gives_the_same_bytes(site: Site) -> None:
+    rows = [f"{(i * 7919) % 5000},name {i}" for i in range(20000)]
+    site.write("Entries.csv", ("id,name\n" + "\n".join(rows) + "\n").encode())
+    assert site.run("complete", "--memory-budget", "1GiB")[0] == 0
+    big = site.snapshot()
+    code, _, err = site.run("complete", "--memory-budget", "1MiB", "--report",
+                            str(site.root / "r.json"))
+    assert code == 0, err
+    report = json.loads((site.root / "r.json").read_text())
+    assert report["tables"][0]["runs"] > 1  # really spilled
+    small = site.snapshot()
+    assert {k: v for k, v in small.items() if not k.endswith(".bak")} == {
+        k: v for k, v in big.items() if not k.endswith(".bak")
+    }
+
+
+def test_log_level_controls_stderr(site: Site) -> None:
+    code, _, err = site.run("complete", "--log-level", "Warning")
+    assert code == 0 and err == ""
+    code, _, err = site.run("complete", "--log-level", "debug")
+    assert code == 0 and "Entries: 4 rows read" in err
+
+
+def test_api_url_is_refused_until_supported(site: Site) -> None:
+    code, _, err = site.run("complete", "--api-url", "http://127.0.0.1:9")
+    assert code == 2 and "not supported yet" in err
