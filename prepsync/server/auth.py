@@ -1,0 +1,113 @@
+"""Bearer tokens for the client-credentials flow (SPEC §7).
+
+A token is ``<payload>.<signature>``, both unpadded base64url: the payload is the JSON
+``{"sub": client id, "exp": unix seconds}``, the signature its HMAC-SHA256 under a random
+32-byte key. The key is created once in the data directory (mode 0600) and read at every start,
+so tokens outlive a restart and nothing about them is stored per token. A token is valid while
+``exp`` is in the future and its client is still in the configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import unquote_plus
+
+KEY_FILE = "token.key"
+KEY_BYTES = 32
+
+
+def load_or_create_key(data_dir: Path) -> bytes:
+    """The signing key, created with mode 0600 on first use (O_EXCL: two starts agree on one)."""
+    path = data_dir / KEY_FILE
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"{path}: not a {KEY_BYTES}-byte token key") from None
+        return key
+    key = secrets.token_bytes(KEY_BYTES)
+    try:
+        os.write(descriptor, key)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return key
+
+
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _sign(self, payload: str) -> str:
+        return _encode(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
+
+    def issue(self, client_id: str, ttl: int, now: float | None = None) -> str:
+        expiry = int(now if now is not None else time.time()) + ttl
+        payload = _encode(json.dumps({"sub": client_id, "exp": expiry}).encode("utf-8"))
+        return f"{payload}.{self._sign(payload)}"
+
+    def verify(self, token: str, now: float | None = None) -> str | None:
+        """The client id of a genuine, unexpired token; None otherwise."""
+        payload, dot, signature = token.partition(".")
+        if not dot or not payload.isascii() or not signature.isascii():
+            return None
+        # Constant time: a forger learns nothing from how long the comparison took.
+        if not hmac.compare_digest(self._sign(payload), signature):
+            return None
+        try:
+            claims = json.loads(_decode(payload))
+        except (binascii.Error, ValueError):
+            return None
+        if not isinstance(claims, dict):
+            return None
+        subject, expiry = claims.get("sub"), claims.get("exp")
+        if not isinstance(subject, str) or not isinstance(expiry, int):
+            return None
+        if expiry <= (now if now is not None else time.time()):
+            return None
+        return subject
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme case-insensitive)."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """(client id, secret) of an ``Authorization: Basic`` header (RFC 6749 §2.3.1), or None."""
+    if authorization is None:
+        return None
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon:
+        return None
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before being joined and base64-encoded.
+    return unquote_plus(client_id), unquote_plus(secret)

@@ -1,0 +1,321 @@
+"""Sessions: their states and transitions, in ``<data>/sessions.sqlite3``.
+
+Sessions live in their own database, not in the resource store, because SQLite has one writer
+per database: the worker holds the store's write lock for the whole of a (possibly long)
+session, and the API must still open sessions, record uploads and take commits meanwhile.
+The link between the two is the store's ``applied`` table (see :mod:`prepsync.server.store`).
+
+States (SPEC §7) and the only transitions made::
+
+    open -> queued (commit) | cancelled (cancel, abandoned, superseded)
+    queued -> processing (worker) | cancelled (cancel, superseded)
+    processing -> done | failed | blocked (worker); -> queued at startup (crash recovery)
+    blocked -> queued, forced (force) | cancelled (cancel, superseded)
+    done, failed, cancelled: final
+
+Every transition is one conditional UPDATE (``WHERE state IN (...)``), so the API (event loop)
+and the worker (its thread), each with its own connection, can race without a lost update.
+
+Ordering invariant: ``seq`` is the opening order; per connector, the session with the lowest
+``seq`` that is not final is the *head*, and only a queued head is ever processed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OPEN = "open"
+QUEUED = "queued"
+PROCESSING = "processing"
+DONE = "done"
+CANCELLED = "cancelled"
+BLOCKED = "blocked"
+FAILED = "failed"
+
+FINAL_STATES = frozenset({DONE, CANCELLED, FAILED})
+# "Not yet being processed": what a complete/initial opening cancels and what cancel accepts.
+CANCELLABLE_STATES = (OPEN, QUEUED, BLOCKED)
+
+MODES = ("initial", "complete", "incremental")
+FULL_MODES = frozenset({"initial", "complete"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    connector TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    forced INTEGER NOT NULL DEFAULT 0,
+    files TEXT,
+    summary TEXT,
+    opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    active_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_connector ON sessions (connector, seq);
+CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, seq);
+"""
+
+_COLUMNS = (
+    "seq, id, connector, agent, mode, state, reason, forced, files, summary, "
+    "opened_at, updated_at, active_at"
+)
+
+
+@dataclass(frozen=True)
+class Session:
+    seq: int
+    id: str
+    connector: str
+    agent: str
+    mode: str
+    state: str
+    reason: str | None
+    forced: bool
+    files: list[dict[str, Any]] | None  # as committed: name, size, xxh3_128
+    summary: dict[str, Any] | None  # per-table counts once processed
+    opened_at: float
+    updated_at: float
+    active_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """GET /api/sessions/{id}: the SPEC's four fields, plus what an operator wants to see."""
+        return {
+            "id": self.id,
+            "connector": self.connector,
+            "mode": self.mode,
+            "state": self.state,
+            "agent": self.agent,
+            "reason": self.reason,
+            "forced": self.forced,
+            "tables": self.summary,
+            "opened_at": _iso(self.opened_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _session(row: tuple[Any, ...]) -> Session:
+    return Session(
+        seq=row[0],
+        id=row[1],
+        connector=row[2],
+        agent=row[3],
+        mode=row[4],
+        state=row[5],
+        reason=row[6],
+        forced=bool(row[7]),
+        files=None if row[8] is None else json.loads(row[8]),
+        summary=None if row[9] is None else json.loads(row[9]),
+        opened_at=row[10],
+        updated_at=row[11],
+        active_at=row[12],
+    )
+
+
+def canonical_session_id(text: str) -> str | None:
+    """The session id as the server writes it (lower-case hyphenated GUID), or None.
+
+    Checked before an id is used in a path or a query: only such ids name directories.
+    """
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return None
+    canonical = str(parsed)
+    return canonical if canonical == text.lower() else None
+
+
+class Control:
+    """One connection to the sessions database. Each thread opens its own."""
+
+    def __init__(self, path: Path) -> None:
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        # A 202 to a commit lets the agent advance its baselines: it must survive power loss.
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection.execute("PRAGMA busy_timeout=30000")
+        self._connection.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def _begin(self) -> None:
+        # IMMEDIATE: take the write lock up front, so read-then-write sequences cannot interleave.
+        self._connection.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self._connection.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
+
+    # ---------------------------------------------------------------------------- reads
+
+    def get(self, session_id: str) -> Session | None:
+        row = self._connection.execute(
+            f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        return None if row is None else _session(row)
+
+    def recent(self, connector: str, limit: int) -> list[Session]:
+        """The connector's sessions, newest (last opened) first."""
+        rows = self._connection.execute(
+            f"SELECT {_COLUMNS} FROM sessions WHERE connector = ? ORDER BY seq DESC LIMIT ?",
+            (connector, limit),
+        ).fetchall()
+        return [_session(row) for row in rows]
+
+    def unfinished(self) -> list[Session]:
+        """Every session not in a final state, in opening order."""
+        placeholders = ",".join("?" * len(FINAL_STATES))
+        rows = self._connection.execute(
+            f"SELECT {_COLUMNS} FROM sessions WHERE state NOT IN ({placeholders}) ORDER BY seq",
+            tuple(FINAL_STATES),
+        ).fetchall()
+        return [_session(row) for row in rows]
+
+    # ---------------------------------------------------------------------------- writes
+
+    def open(self, connector: str, agent: str, mode: str, session_id: str) -> list[str]:
+        """Record a new open session; returns the ids it cancelled (complete/initial only)."""
+        now = time.time()
+        self._begin()
+        try:
+            cancelled: list[str] = []
+            if mode in FULL_MODES:
+                # It reloads every table: the changes still waiting are moot (SPEC §7).
+                rows = self._connection.execute(
+                    "SELECT id FROM sessions WHERE connector = ? AND state IN (?, ?, ?)",
+                    (connector, *CANCELLABLE_STATES),
+                ).fetchall()
+                cancelled = [row[0] for row in rows]
+                self._connection.execute(
+                    "UPDATE sessions SET state = ?, reason = ?, updated_at = ? "
+                    "WHERE connector = ? AND state IN (?, ?, ?)",
+                    (
+                        CANCELLED,
+                        f"superseded by {mode} session {session_id}",
+                        now,
+                        connector,
+                        *CANCELLABLE_STATES,
+                    ),
+                )
+            self._connection.execute(
+                "INSERT INTO sessions (id, connector, agent, mode, state, opened_at, updated_at, "
+                "active_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, connector, agent, mode, OPEN, now, now, now),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return cancelled
+
+    def _transition(
+        self, session_id: str, from_states: tuple[str, ...], to_state: str, **fields: Any
+    ) -> bool:
+        """Move one session if it is in ``from_states``; True when it moved."""
+        assignments = ["state = ?", "updated_at = ?"]
+        values: list[Any] = [to_state, time.time()]
+        for name, value in fields.items():
+            assignments.append(f"{name} = ?")
+            values.append(value)
+        placeholders = ",".join("?" * len(from_states))
+        cursor = self._connection.execute(
+            f"UPDATE sessions SET {', '.join(assignments)} "
+            f"WHERE id = ? AND state IN ({placeholders})",
+            (*values, session_id, *from_states),
+        )
+        return cursor.rowcount == 1
+
+    def touch(self, session_id: str) -> None:
+        """Record upload activity: an open session is abandoned only after a quiet timeout."""
+        self._connection.execute(
+            "UPDATE sessions SET active_at = ? WHERE id = ? AND state = ?",
+            (time.time(), session_id, OPEN),
+        )
+
+    def commit(self, session_id: str, files: list[dict[str, Any]]) -> bool:
+        return self._transition(session_id, (OPEN,), QUEUED, files=json.dumps(files))
+
+    def force(self, session_id: str) -> bool:
+        return self._transition(session_id, (BLOCKED,), QUEUED, forced=1, reason=None)
+
+    def cancel(self, session_id: str, reason: str) -> bool:
+        return self._transition(session_id, CANCELLABLE_STATES, CANCELLED, reason=reason)
+
+    def abandon_idle(self, idle_before: float, reason: str) -> list[str]:
+        """Cancel open sessions with no activity since ``idle_before``; returns their ids."""
+        self._begin()
+        try:
+            rows = self._connection.execute(
+                "SELECT id FROM sessions WHERE state = ? AND active_at < ?", (OPEN, idle_before)
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            for session_id in ids:
+                self._transition(session_id, (OPEN,), CANCELLED, reason=reason)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return ids
+
+    def claim_next(self) -> Session | None:
+        """Move the next session to process to ``processing`` and return it, or None.
+
+        The next one is the queued *head* (lowest seq not final, per connector) with the lowest
+        seq: a connector whose head is open, blocked or processing waits.
+        """
+        self._begin()
+        try:
+            heads: dict[str, Session] = {}
+            for session in self.unfinished():
+                heads.setdefault(session.connector, session)
+            ready = sorted(
+                (head for head in heads.values() if head.state == QUEUED), key=lambda s: s.seq
+            )
+            claimed = None
+            if ready:
+                claimed = ready[0]
+                moved = self._transition(claimed.id, (QUEUED,), PROCESSING)
+                assert moved  # we hold the write lock since reading it as queued
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return None if claimed is None else self.get(claimed.id)
+
+    def finish(
+        self, session_id: str, state: str, reason: str | None, summary: dict[str, Any] | None
+    ) -> None:
+        self._transition(
+            session_id,
+            (PROCESSING,),
+            state,
+            reason=reason,
+            summary=None if summary is None else json.dumps(summary),
+        )
+
+    def processing(self) -> list[Session]:
+        """Sessions in ``processing``: at startup, those a crash or a stop interrupted."""
+        rows = self._connection.execute(
+            f"SELECT {_COLUMNS} FROM sessions WHERE state = ? ORDER BY seq", (PROCESSING,)
+        ).fetchall()
+        return [_session(row) for row in rows]
+
+    def set_state(self, session_id: str, from_state: str, to_state: str) -> bool:
+        return self._transition(session_id, (from_state,), to_state)

@@ -1,0 +1,91 @@
+"""HTTP plumbing shared by the endpoints: JSON errors and bounded request bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+JSON_LIMIT = 1024 * 1024  # a commit lists one entry per table: far below this
+
+
+class ApiError(Exception):
+    """Answer ``{"error": message, **extra}`` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    return JSONResponse({"error": message, **(extra or {})}, status_code=status, headers=headers)
+
+
+async def api_error_handler(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return error_response(error.status, error.message, error.extra, error.headers)
+
+
+async def http_error_handler(_request: Request, error: Exception) -> Response:
+    """Starlette's own errors (no route: 404, wrong method: 405) as JSON too."""
+    assert isinstance(error, HTTPException)
+    return error_response(error.status_code, str(error.detail), headers=error.headers)
+
+
+async def server_error_handler(_request: Request, _error: Exception) -> Response:
+    # The traceback goes to the log (uvicorn logs it); the client learns nothing internal.
+    return error_response(500, "internal server error")
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    """413 at once when ``Content-Length`` announces more than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise ApiError(400, "invalid Content-Length")
+    if int(declared) > limit:
+        raise ApiError(413, f"request body larger than {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than ``limit`` bytes without reading past it."""
+    check_declared_length(request, limit)
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > limit:  # chunked encoding: no Content-Length to check up front
+            raise ApiError(413, f"request body larger than {limit} bytes")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+async def read_json_object(request: Request, limit: int = JSON_LIMIT) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "request body is not JSON") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return document

@@ -1,0 +1,275 @@
+"""The resource store: every connector table's rows, in SPEC §2 key order, in one SQLite file.
+
+Layout (``<data>/store.sqlite3``, WAL mode):
+
+* ``tables``: one row per (connector, ConnectionTable): the header the rows are stored in (kept
+  columns as spelled and ordered by the file that last loaded them) and the row count, kept up to
+  date in the same transaction as the rows (percentage thresholds need it without a scan).
+* ``rows``: ``(tid, key, line, seq)`` WITHOUT ROWID, primary key ``(tid, key)``. ``key`` is
+  :func:`encode_key` of the key values, a BLOB, so SQLite's ``ORDER BY key`` (memcmp) is the
+  SPEC §2 order and a streaming read in key order is a sequential B-tree walk. ``line`` is the row
+  as a canonical CSV record (SPEC §2 output quoting, no line end) in header order: the resources
+  endpoint writes it as it is, and two rows have equal values iff their lines are equal.
+  ``seq`` is the opening sequence of the session that last wrote the row (a complete load deletes
+  the rows it did not write).
+* ``applied``: the sessions whose changes are in the store. It is written in the same
+  transaction as the rows, so after a crash the worker can tell "applied, state not yet
+  recorded" from "not applied" and never applies a session twice.
+
+Invariant: only the worker thread writes (one connection, one transaction per session);
+readers open their own read-only connections and see a consistent snapshot (WAL).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tables (
+    tid INTEGER PRIMARY KEY,
+    connector TEXT NOT NULL,
+    name TEXT NOT NULL,
+    header TEXT NOT NULL,
+    row_count INTEGER NOT NULL,
+    UNIQUE (connector, name)
+);
+CREATE TABLE IF NOT EXISTS rows (
+    tid INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    line TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tid, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS applied (
+    session_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    applied_at REAL NOT NULL
+);
+"""
+
+# Bytes of CSV text gathered before the resources stream yields a piece.
+STREAM_PIECE = 256 * 1024
+
+
+def encode_key(values: Iterable[str]) -> bytes:
+    """Key values -> bytes whose memcmp order is SPEC §2 order.
+
+    Each value's UTF-8 bytes with 0x00 escaped as 0x00 0x01, then 0x00 0x00. A value that is a
+    prefix of another ends in 0x00 0x00 where the other goes on with a byte > 0x00 or with
+    0x00 0x01: the shorter one sorts first, and only then does the next column decide.
+    """
+    return b"".join(
+        value.encode("utf-8").replace(b"\x00", b"\x00\x01") + b"\x00\x00" for value in values
+    )
+
+
+def _quote(value: str) -> str:
+    if "," in value or '"' in value or "\r" in value or "\n" in value:
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def format_record(values: Iterable[str]) -> str:
+    """One CSV record, SPEC §2 output rules: quoted only when holding ``,``, ``"``, CR or LF."""
+    return ",".join(_quote(value) for value in values)
+
+
+@dataclass
+class TableState:
+    """A table as stored: ``header`` is None until a session first loads it."""
+
+    tid: int
+    header: tuple[str, ...] | None
+    row_count: int
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    # A crash loses nothing committed: the agent advances its baselines once the server says
+    # "done", so a committed transaction must survive power loss too.
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=30000")
+    # Large temporary B-trees (sorting, big transactions) go to files, not memory.
+    connection.execute("PRAGMA temp_store=FILE")
+
+
+def open_store(path: Path) -> Store:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # Before the first table exists; 16 KiB pages suit WITHOUT ROWID rows of a few hundred bytes.
+    connection.execute("PRAGMA page_size=16384")
+    connection.execute("PRAGMA journal_mode=WAL")
+    _configure(connection)
+    connection.executescript(_SCHEMA)
+    return Store(connection, path)
+
+
+class Store:
+    """The writer's handle (the worker's). Not thread-safe: one thread uses it at a time."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def interrupt(self) -> None:
+        """Abort the running statement (from another thread): the transaction rolls back."""
+        self.connection.interrupt()
+
+    def was_applied(self, session_id: str) -> bool:
+        row = self.connection.execute(
+            "SELECT 1 FROM applied WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return row is not None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction: committed if the block ends normally, else rolled back."""
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield Transaction(self.connection)
+        except BaseException:
+            # After an interrupt SQLite may already have rolled back; ROLLBACK then fails.
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+
+class Transaction:
+    """Row operations inside :meth:`Store.transaction`."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def table(self, connector: str, name: str) -> TableState:
+        """The stored state of a table, created empty (header None) if it is not there."""
+        row = self._connection.execute(
+            "SELECT tid, header, row_count FROM tables WHERE connector = ? AND name = ?",
+            (connector, name),
+        ).fetchone()
+        if row is None:
+            cursor = self._connection.execute(
+                "INSERT INTO tables (connector, name, header, row_count) VALUES (?, ?, 'null', 0)",
+                (connector, name),
+            )
+            assert cursor.lastrowid is not None
+            return TableState(cursor.lastrowid, None, 0)
+        header = json.loads(row[1])
+        return TableState(row[0], None if header is None else tuple(header), row[2])
+
+    def save_table(self, state: TableState) -> None:
+        self._connection.execute(
+            "UPDATE tables SET header = ?, row_count = ? WHERE tid = ?",
+            (
+                json.dumps(None if state.header is None else list(state.header)),
+                state.row_count,
+                state.tid,
+            ),
+        )
+
+    def lookup(self, tid: int, key: bytes) -> tuple[str, int] | None:
+        """(line, seq of the session that wrote it) of the row with ``key``, or None."""
+        row = self._connection.execute(
+            "SELECT line, seq FROM rows WHERE tid = ? AND key = ?", (tid, key)
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def insert(self, tid: int, key: bytes, line: str, seq: int) -> None:
+        """Insert a row whose key is known to be absent."""
+        self._connection.execute(
+            "INSERT INTO rows (tid, key, line, seq) VALUES (?, ?, ?, ?)", (tid, key, line, seq)
+        )
+
+    def update(self, tid: int, key: bytes, line: str, seq: int) -> None:
+        """Replace the values of a row whose key is known to be present."""
+        self._connection.execute(
+            "UPDATE rows SET line = ?, seq = ? WHERE tid = ? AND key = ?", (line, seq, tid, key)
+        )
+
+    def delete(self, tid: int, key: bytes) -> None:
+        self._connection.execute("DELETE FROM rows WHERE tid = ? AND key = ?", (tid, key))
+
+    def delete_not_written_by(self, tid: int, seq: int) -> int:
+        """Delete the table's rows that session ``seq`` did not write; returns how many."""
+        cursor = self._connection.execute("DELETE FROM rows WHERE tid = ? AND seq <> ?", (tid, seq))
+        return cursor.rowcount
+
+    def mark_applied(self, session_id: str, seq: int) -> None:
+        self._connection.execute(
+            "INSERT INTO applied (session_id, seq, applied_at) VALUES (?, ?, ?)",
+            (session_id, seq, time.time()),
+        )
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    # Read-only: a reader can never write, whatever the code does; check_same_thread off because
+    # a streaming response calls next() from whichever thread-pool thread is free (one at a time).
+    connection = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+def iter_table_csv(
+    path: Path, connector: str, name: str, default_header: Sequence[str]
+) -> Iterator[bytes]:
+    """The table's stored rows as CSV bytes (header first, rows in key order), in pieces.
+
+    Reads in one transaction, so header and rows come from the same snapshot even while the
+    worker commits a new load; memory is one piece whatever the table's size. A table that was
+    never loaded is ``default_header`` alone.
+    """
+    connection = _open_reader(path)
+    try:
+        connection.execute("BEGIN")
+        row = connection.execute(
+            "SELECT tid, header FROM tables WHERE connector = ? AND name = ?", (connector, name)
+        ).fetchone()
+        header = None if row is None else json.loads(row[1])
+        if header is None:
+            header = list(default_header)
+        pieces = [format_record(header), "\n"]
+        size = 0
+        if row is not None:
+            cursor = connection.execute(
+                "SELECT line FROM rows WHERE tid = ? ORDER BY key", (row[0],)
+            )
+            for (line,) in cursor:
+                pieces.append(line)
+                pieces.append("\n")
+                size += len(line) + 1
+                if size >= STREAM_PIECE:
+                    yield "".join(pieces).encode("utf-8")
+                    pieces.clear()
+                    size = 0
+        yield "".join(pieces).encode("utf-8")
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+def table_counts(path: Path) -> dict[tuple[str, str], int]:
+    """(connector, table) -> stored row count, for the status page."""
+    if not path.exists():
+        return {}
+    connection = _open_reader(path)
+    try:
+        return {
+            (str(connector), str(name)): int(count)
+            for connector, name, count in connection.execute(
+                "SELECT connector, name, row_count FROM tables"
+            )
+        }
+    finally:
+        connection.close()

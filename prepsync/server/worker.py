@@ -1,0 +1,148 @@
+"""The one background worker: processes committed sessions one at a time, in opening order.
+
+A daemon thread (SQLite work is blocking, so it stays off the event loop) with its own
+connections. Each round it (1) cancels open sessions idle for ``session_timeout`` seconds,
+(2) claims the next queued head (:meth:`Control.claim_next`) and applies it. It sleeps until
+woken (commit, force, cancel) or ``poll`` seconds pass, whichever is first.
+
+Crash safety: a session is marked ``processing`` before it is applied, and the store records
+it as ``applied`` in the same transaction as its rows. At startup, a ``processing`` session
+the store has applied is marked done; any other one is queued again and processed from the
+start (its rolled-back transaction left the store as before).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from prepsync.config import TableSpec
+from prepsync.server.apply import apply_session
+from prepsync.server.control import DONE, FAILED, PROCESSING, QUEUED, Control, Session
+from prepsync.server.store import open_store
+
+logger = logging.getLogger(__name__)
+
+
+def discard_files(sessions_dir: Path, session_id: str) -> None:
+    """Remove a finished session's uploads (its id was checked to be a canonical GUID)."""
+    shutil.rmtree(sessions_dir / session_id, ignore_errors=True)
+
+
+class Worker:
+    def __init__(
+        self,
+        control_path: Path,
+        store_path: Path,
+        sessions_dir: Path,
+        tables: Mapping[str, Mapping[str, TableSpec]],
+        session_timeout: float,
+        poll: float,
+    ) -> None:
+        self._control_path = control_path
+        self._store_path = store_path
+        self._sessions_dir = sessions_dir
+        self._tables = tables  # connector -> casefolded table -> spec
+        self._session_timeout = session_timeout
+        self._poll = poll
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._store = open_store(store_path)
+        self._control = Control(control_path)
+        self.recover()
+
+    def recover(self) -> None:
+        """Settle the sessions a crash (or a stop) left ``processing``; see the module doc."""
+        for session in self._control.processing():
+            if self._store.was_applied(session.id):
+                self._control.finish(session.id, DONE, None, None)
+                discard_files(self._sessions_dir, session.id)
+                logger.info("session %s was applied before the restart: done", session.id)
+            else:
+                self._control.set_state(session.id, PROCESSING, QUEUED)
+                logger.info("session %s was interrupted: queued again", session.id)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prepsync-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop soon; an apply cut short rolls back and is queued again at the next start."""
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        thread = self._thread
+        # interrupt() only stops the statement running at that instant: repeat until it ends.
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            self._store.interrupt()
+            thread.join(0.05)
+        if thread is None or not thread.is_alive():
+            self._store.close()
+            self._control.close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # keep serving: log, and try again after a pause
+                logger.exception("worker round failed")
+                worked = False
+            if not worked:
+                self._wake.wait(self._poll)
+                self._wake.clear()
+
+    def step(self) -> bool:
+        """One round; True when a session was processed (so look for another at once)."""
+        # Only this thread sets "processing", and not across rounds: one seen now is stale (a
+        # crash, or a failed state update), and would hold its connector's queue forever.
+        self.recover()
+        idle_before = time.time() - self._session_timeout
+        for session_id in self._control.abandon_idle(
+            idle_before, f"abandoned: no activity for {self._session_timeout:g} s"
+        ):
+            logger.info("session %s abandoned", session_id)
+            discard_files(self._sessions_dir, session_id)
+        if self._stopping.is_set():
+            return False
+        session = self._control.claim_next()
+        if session is None:
+            return False
+        self._process(session)
+        return True
+
+    def _process(self, session: Session) -> None:
+        logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
+        try:
+            outcome = apply_session(
+                self._store,
+                session,
+                self._tables.get(session.connector),
+                self._sessions_dir / session.id,
+            )
+        except sqlite3.OperationalError as error:
+            if self._stopping.is_set():
+                # Interrupted by stop(): leave it processing; recover() queues it again.
+                logger.info("session %s interrupted by shutdown", session.id)
+                return
+            self._fail(session, f"store error: {error}")
+            return
+        except Exception as error:  # a bug must not wedge the queue: fail this one, go on
+            logger.exception("session %s", session.id)
+            self._fail(session, f"internal error: {type(error).__name__}: {error}")
+            return
+        self._control.finish(session.id, outcome.state, outcome.reason, outcome.summary)
+        logger.info("session %s: %s %s", session.id, outcome.state, outcome.reason or "")
+        if outcome.state == DONE:
+            discard_files(self._sessions_dir, session.id)
+
+    def _fail(self, session: Session, reason: str) -> None:
+        self._control.finish(session.id, FAILED, reason, None)
