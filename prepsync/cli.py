@@ -220,7 +220,7 @@ def prepare(
     finally:
         if progress:
             progress.close()
-    pipeline.advance_baselines(run, sources)
+    pipeline.advance_baselines(run)
     for line in summary_lines(run):
         click.echo(line)
     if report:

@@ -70,7 +70,7 @@ def run_demo(echo: Callable[[str], None], folder: Path | None = None) -> list[pi
             run = pipeline.prepare_connector(
                 tables, sources, working, connector=CONNECTOR, mode=mode
             )
-            pipeline.advance_baselines(run, sources)
+            pipeline.advance_baselines(run)
             runs.append(run)
             for line in summary_lines(run):
                 echo(line)

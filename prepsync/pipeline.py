@@ -14,9 +14,12 @@ happens on failure:
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -175,43 +178,157 @@ def plan_columns(
     )
 
 
-class StagedFiles:
-    """Output files written under temporary names, renamed into place only on commit()."""
+JOURNAL = ".prepsync-journal.json"
+LOCK = ".prepsync.lock"
 
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path, int | None]] = []
+
+class StagedFiles:
+    """Files written under temporary names and made visible together.
+
+    commit() flushes every file, then writes a journal listing the renames (atomically: that
+    write is the commit point), performs them and deletes the journal. A crash before the
+    journal exists changes nothing visible; a crash after it is finished by :func:`recover`
+    at the start of the next run. So a set of files (all of a run's outputs, or every table's
+    baseline) is replaced all together or not at all.
+    """
+
+    def __init__(self, journal_dir: Path) -> None:
+        self.journal = journal_dir / JOURNAL
+        self._files: list[tuple[Path, Path, int | None]] = []
+        self._backups: set[Path] = set()
 
     def create(self, final: Path, header: bytes) -> int:
-        temp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        temp = temp_name(final)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        self._pending.append((final, temp, fd))
+        self._files.append((final, temp, fd))
         os.write(fd, header)
         return fd
 
+    def add(self, final: Path, temp: Path, *, backup: bool = False) -> None:
+        """Stage an already written (and flushed) file; backup keeps the replaced one as .bak."""
+        self._files.append((final, temp, None))
+        if backup:
+            self._backups.add(final)
+
     def close(self) -> None:
         """Flush every file to disk: a rename must never expose a file still in the cache only."""
-        for i, (final, temp, fd) in enumerate(self._pending):
+        for i, (final, temp, fd) in enumerate(self._files):
             if fd is not None:
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                self._pending[i] = (final, temp, None)
+                self._files[i] = (final, temp, None)
 
     def commit(self) -> None:
         self.close()
-        for final, temp, _ in self._pending:
-            os.replace(temp, final)
-        self._pending.clear()
+        renames = [
+            {"temp": str(temp), "final": str(final), "backup": final in self._backups}
+            for final, temp, _ in self._files
+        ]
+        journal_temp = temp_name(self.journal)
+        with open(journal_temp, "w", encoding="utf-8") as out:
+            json.dump({"renames": renames}, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(journal_temp, self.journal)
+        _fsync_dir(self.journal.parent)
+        crash_point("committed")
+        _apply_journal(self.journal)
+        self._files.clear()
 
     def discard(self) -> None:
-        for _, temp, fd in self._pending:
+        for _, temp, fd in self._files:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             with contextlib.suppress(OSError):
                 temp.unlink()
-        self._pending.clear()
+        self._files.clear()
+
+
+def temp_name(final: Path) -> Path:
+    return final.with_name(f"{final.name}.tmp-{os.getpid()}")
+
+
+def _apply_journal(journal: Path) -> None:
+    """Perform the journal's renames; safe to run again after a crash at any point in it."""
+    with open(journal, encoding="utf-8") as source:
+        renames = json.load(source)["renames"]
+    folders = {journal.parent}
+    for rename in renames:
+        temp, final = Path(rename["temp"]), Path(rename["final"])
+        folders.add(final.parent)
+        if not temp.exists():
+            continue  # renamed before the crash
+        if rename["backup"] and final.exists():
+            # final is still the old generation here, even when this step is being redone.
+            backup = final.with_name(final.name + ".bak")
+            backup_temp = temp_name(backup)
+            with contextlib.suppress(FileNotFoundError):
+                backup_temp.unlink()
+            os.link(final, backup_temp)
+            os.replace(backup_temp, backup)
+        os.replace(temp, final)
+        crash_point("renamed")
+    for folder in folders:
+        _fsync_dir(folder)
+    journal.unlink()
+    _fsync_dir(journal.parent)
+
+
+def recover(working_dir: Path) -> bool:
+    """Finish a commit that a crash interrupted; True if there was one."""
+    journal = working_dir / JOURNAL
+    if not journal.exists():
+        return False
+    log.warning("finishing the commit of an interrupted run (%s)", journal)
+    _apply_journal(journal)
+    return True
+
+
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Tests kill the process here (SIGKILL: no cleanup runs) to prove that every step is
+    recoverable. PREPSYNC_CRASH_AT is ``name`` (first time) or ``name:N`` (N-th time)."""
+    wanted = os.environ.get("PREPSYNC_CRASH_AT")
+    if not wanted:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    point, _, count = wanted.partition(":")
+    if point == name and _crash_hits[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def working_lock(working_dir: Path) -> Iterator[None]:
+    """One run at a time per working directory; then leftovers of killed runs can go."""
+    working_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another prepsync run is using {working_dir}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(*folders: Path) -> None:
+    """Temporary files and spill folders of killed runs (only called under the lock, after
+    recover(), when nothing can still need them)."""
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith(".prepsync-spill-") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif ".tmp-" in entry.name and entry.is_file():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
 
 
 @contextlib.contextmanager
@@ -370,7 +487,7 @@ def prepare_table(
     read_block: int | None = None,
 ) -> TableResult:
     """Cleanse one table into ``out_dir`` (SPEC §3-§4); outputs appear only on success."""
-    staged = StagedFiles()
+    staged = StagedFiles(out_dir)
     try:
         with spill_directory(out_dir) as spill:
             result = stage_table(
@@ -394,6 +511,8 @@ class RunResult:
     seconds: float
     peak_rss: int
     memory_budget: int
+    sources_dir: Path
+    working_dir: Path
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -425,25 +544,28 @@ def prepare_connector(
     """
     started = time.monotonic()
     mode = mode.lower()
-    sources = [find_source(sources_dir, spec.name) for spec in tables]
-    working_dir.mkdir(parents=True, exist_ok=True)
     baseline_dir = sources_dir / BASELINE_DIR
-    staged = StagedFiles()
-    results = []
-    try:
-        with spill_directory(working_dir) as spill:
-            for spec, source in zip(tables, sources):
-                results.append(
-                    stage_table(
-                        source, spec, working_dir, staged, mode=mode,
-                        baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
-                        command_column=command_column, separator=separator,
-                        memory_budget=memory_budget, spill_dir=spill, progress=progress,
+    with working_lock(working_dir):
+        recover(working_dir)
+        _remove_leftovers(working_dir, baseline_dir)
+        sources = [find_source(sources_dir, spec.name) for spec in tables]
+        staged = StagedFiles(working_dir)
+        results = []
+        try:
+            with spill_directory(working_dir) as spill:
+                for spec, source in zip(tables, sources):
+                    results.append(
+                        stage_table(
+                            source, spec, working_dir, staged, mode=mode,
+                            baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
+                            command_column=command_column, separator=separator,
+                            memory_budget=memory_budget, spill_dir=spill, progress=progress,
+                        )
                     )
-                )
-        staged.commit()
-    finally:
-        staged.discard()
+            crash_point("staged")
+            staged.commit()
+        finally:
+            staged.discard()
     return RunResult(
         connector=connector,
         mode=mode,
@@ -451,42 +573,36 @@ def prepare_connector(
         seconds=time.monotonic() - started,
         peak_rss=peak_rss(),
         memory_budget=memory_budget,
+        sources_dir=sources_dir,
+        working_dir=working_dir,
     )
 
 
-def advance_baselines(run: RunResult, sources_dir: Path) -> list[Path]:
-    """Make each full extract's ``.sorted.csv`` the table's baseline (SPEC §4).
-
-    Every new baseline is first staged beside its target; only when all are staged does each
-    replace its baseline by an atomic rename, keeping the one before as ``.bak``. At every
-    moment each baseline file is a complete generation, old or new.
+def advance_baselines(run: RunResult) -> list[Path]:
+    """Make each full extract's ``.sorted.csv`` its table's baseline (SPEC §4), all tables
+    together: the new baselines are staged beside the old ones and swapped in by one journaled
+    commit, each old one kept as ``.bak``. A change file's table keeps its baseline.
     """
-    baseline_dir = sources_dir / BASELINE_DIR
+    baseline_dir = run.sources_dir / BASELINE_DIR
     baseline_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for table in run.tables:
-            if table.change_file or "sorted" not in table.outputs:
-                continue  # a change file run leaves its baseline alone
-            target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
-            temp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-            _link_or_copy(Path(table.outputs["sorted"]), temp)
-            staged.append((temp, target))
-        for temp, target in staged:
-            if target.exists():
-                backup = target.with_name(target.name + ".bak")
-                backup_temp = backup.with_name(f"{backup.name}.tmp-{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    backup_temp.unlink()
-                os.link(target, backup_temp)
-                os.replace(backup_temp, backup)
-            os.replace(temp, target)
-        _fsync_dir(baseline_dir)
-        return [target for _, target in staged]
-    finally:
-        for temp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+    with working_lock(run.working_dir):
+        recover(run.working_dir)
+        staged = StagedFiles(run.working_dir)
+        targets = []
+        try:
+            for table in run.tables:
+                if table.change_file or "sorted" not in table.outputs:
+                    continue
+                target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
+                temp = temp_name(target)
+                _link_or_copy(Path(table.outputs["sorted"]), temp)
+                staged.add(target, temp, backup=True)
+                targets.append(target)
+            crash_point("baselines-staged")
+            staged.commit()
+        finally:
+            staged.discard()
+    return targets
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
