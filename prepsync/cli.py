@@ -116,22 +116,49 @@ class ProgressBar:
 
 def summary_lines(run: RunResult) -> list[str]:
     """The per-table summary printed at the end of every run."""
-    columns = ("table", "read", "kept", "null keys", "duplicates", "inserts", "updates",
-               "deletes", "merges", "seconds", "peak memory")
+    columns = (
+        "table",
+        "read",
+        "kept",
+        "null keys",
+        "duplicates",
+        "inserts",
+        "updates",
+        "deletes",
+        "merges",
+        "seconds",
+        "peak memory",
+    )
 
     def row(table: TableResult) -> tuple[str, ...]:
-        return (table.table, str(table.rows_read), str(table.kept), str(table.null_keys),
-                str(table.duplicates), str(table.inserts), str(table.updates),
-                str(table.deletes), str(table.merges), f"{table.seconds:.2f}",
-                format_size(table.peak_rss))
+        return (
+            table.table,
+            str(table.rows_read),
+            str(table.kept),
+            str(table.null_keys),
+            str(table.duplicates),
+            str(table.inserts),
+            str(table.updates),
+            str(table.deletes),
+            str(table.merges),
+            f"{table.seconds:.2f}",
+            format_size(table.peak_rss),
+        )
 
     rows = [columns, *(row(table) for table in run.tables)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.append(f"{run.mode} run of {run.connector}: {len(run.tables)} table(s) in "
-                 f"{run.seconds:.2f} s, peak memory {format_size(run.peak_rss)} "
-                 f"(budget {format_size(run.memory_budget)})")
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    lines.append(
+        f"{run.mode} run of {run.connector}: {len(run.tables)} table(s) in "
+        f"{run.seconds:.2f} s, peak memory {format_size(run.peak_rss)} "
+        f"(budget {format_size(run.memory_budget)})"
+    )
     return lines
 
 
@@ -145,31 +172,71 @@ def _prepare_options(function: F) -> F:
     options: Sequence[Callable[[F], F]] = (
         click.option("--connector", required=True, help="Connector whose mappings apply."),
         click.option("--agent", required=True, help="Agent name sent with the session."),
-        click.option("--synchronization-mode", "mode", required=True,
-                     type=click.Choice(MODES, case_sensitive=False)),
-        click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
-                     help="Identity Manager XML file or folder (required offline)."),
+        click.option(
+            "--synchronization-mode",
+            "mode",
+            required=True,
+            type=click.Choice(MODES, case_sensitive=False),
+        ),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(exists=True, path_type=Path),
+            help="Identity Manager XML file or folder (required offline).",
+        ),
         click.option("--api-url", help="Server URL; without it nothing is sent."),
         click.option("--api-client-id", help="OAuth2 client id."),
-        click.option("--api-secret", envvar="PREPSYNC_API_SECRET", show_envvar=True,
-                     help="OAuth2 client secret."),
-        click.option("--sources-directory", default="ExportOutput", show_default=True,
-                     type=click.Path(path_type=Path), help="Relative to --temp-folder."),
-        click.option("--working-directory", default="Collect", show_default=True,
-                     type=click.Path(path_type=Path), help="Relative to --work-folder."),
-        click.option("--temp-folder", default="./Temp", show_default=True,
-                     type=click.Path(path_type=Path)),
-        click.option("--work-folder", default="./Work", show_default=True,
-                     type=click.Path(path_type=Path)),
-        click.option("--memory-budget", default="256MiB", show_default=True,
-                     callback=_memory_budget, help="Bound on the data buffers."),
+        click.option(
+            "--api-secret",
+            envvar="PREPSYNC_API_SECRET",
+            show_envvar=True,
+            help="OAuth2 client secret.",
+        ),
+        click.option(
+            "--sources-directory",
+            default="ExportOutput",
+            show_default=True,
+            type=click.Path(path_type=Path),
+            help="Relative to --temp-folder.",
+        ),
+        click.option(
+            "--working-directory",
+            default="Collect",
+            show_default=True,
+            type=click.Path(path_type=Path),
+            help="Relative to --work-folder.",
+        ),
+        click.option(
+            "--temp-folder", default="./Temp", show_default=True, type=click.Path(path_type=Path)
+        ),
+        click.option(
+            "--work-folder", default="./Work", show_default=True, type=click.Path(path_type=Path)
+        ),
+        click.option(
+            "--memory-budget",
+            default="256MiB",
+            show_default=True,
+            callback=_memory_budget,
+            help="Bound on the data buffers.",
+        ),
         click.option("--separator", default=",", show_default=True, help="Field separator."),
-        click.option("--command-column", default="command", show_default=True,
-                     help="Command column of a change file (case-insensitive)."),
-        click.option("--log-level", default="Information", show_default=True,
-                     type=click.Choice([n.capitalize() for n in LOG_LEVELS], case_sensitive=False)),
-        click.option("--report", type=click.Path(path_type=Path),
-                     help="Write the run's summary as JSON here."),
+        click.option(
+            "--command-column",
+            default="command",
+            show_default=True,
+            help="Command column of a change file (case-insensitive).",
+        ),
+        click.option(
+            "--log-level",
+            default="Information",
+            show_default=True,
+            type=click.Choice([n.capitalize() for n in LOG_LEVELS], case_sensitive=False),
+        ),
+        click.option(
+            "--report",
+            type=click.Path(path_type=Path),
+            help="Write the run's summary as JSON here.",
+        ),
     )
     for option in reversed(options):
         function = option(function)
@@ -213,9 +280,15 @@ def prepare(
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
     try:
         run = pipeline.prepare_connector(
-            tables, sources, working, connector=connector, mode=mode.lower(),
-            command_column=command_column, separator=separator,
-            memory_budget=memory_budget, progress=progress,
+            tables,
+            sources,
+            working,
+            connector=connector,
+            mode=mode.lower(),
+            command_column=command_column,
+            separator=separator,
+            memory_budget=memory_budget,
+            progress=progress,
         )
     finally:
         if progress:

@@ -380,9 +380,7 @@ def stage_table(
     if not source.is_file():
         raise InputError(source, "file not found")
     header = _cleanse.read_header(source_name, separator.encode())
-    plan = plan_columns(
-        header, spec, mode=mode, command_column=command_column, source=source_name
-    )
+    plan = plan_columns(header, spec, mode=mode, command_column=command_column, source=source_name)
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
     joining = mode == "incremental" and not plan.change_file
     if joining:
@@ -395,9 +393,14 @@ def stage_table(
     # A change file is already a delta: its kept rows are the .sorted.delta.csv and there is
     # no full extract to sort (nor to become a baseline).
     main_kind = "delta" if plan.change_file else "sorted"
-    fds = {kind: staged.create(paths[kind], header_line) for kind in (main_kind, "nullpk", "duplicates")}
+    fds = {
+        kind: staged.create(paths[kind], header_line)
+        for kind in (main_kind, "nullpk", "duplicates")
+    }
     if joining:
-        fds["delta"] = staged.create(paths["delta"], format_row(["command", *plan.kept_names], separator))
+        fds["delta"] = staged.create(
+            paths["delta"], format_row(["command", *plan.kept_names], separator)
+        )
     result.outputs = {kind: str(paths[kind]) for kind in fds}
 
     baseline_file = open(baseline, "rb") if joining and baseline else None  # noqa: SIM115
@@ -421,22 +424,39 @@ def stage_table(
             baseline=str(baseline or ""),
         )
         try:
-            _run_engine(engine, source, spec.name, read_block or _cleanse.io_block(memory_budget), progress)
+            _run_engine(
+                engine, source, spec.name, read_block or _cleanse.io_block(memory_budget), progress
+            )
             stats = engine.stats()
         finally:
             engine.close()
     finally:
         if baseline_file:
             baseline_file.close()
-    for name in ("rows_read", "kept", "null_keys", "duplicates", "inserts", "updates",
-                 "deletes", "merges", "runs", "merge_passes"):
+    for name in (
+        "rows_read",
+        "kept",
+        "null_keys",
+        "duplicates",
+        "inserts",
+        "updates",
+        "deletes",
+        "merges",
+        "runs",
+        "merge_passes",
+    ):
         setattr(result, name, stats[name])
     result.seconds = time.monotonic() - started
     result.peak_rss = peak_rss()
     log.info(
         "%s: %d rows read, %d kept, %d null keys, %d duplicates (%d runs) in %.2f s",
-        spec.name, result.rows_read, result.kept, result.null_keys, result.duplicates,
-        result.runs, result.seconds,
+        spec.name,
+        result.rows_read,
+        result.kept,
+        result.null_keys,
+        result.duplicates,
+        result.runs,
+        result.seconds,
     )
     return result
 
@@ -491,9 +511,17 @@ def prepare_table(
     try:
         with spill_directory(out_dir) as spill:
             result = stage_table(
-                source, spec, out_dir, staged, mode=mode, baseline=baseline,
-                command_column=command_column, separator=separator,
-                memory_budget=memory_budget, spill_dir=spill, read_block=read_block,
+                source,
+                spec,
+                out_dir,
+                staged,
+                mode=mode,
+                baseline=baseline,
+                command_column=command_column,
+                separator=separator,
+                memory_budget=memory_budget,
+                spill_dir=spill,
+                read_block=read_block,
             )
         staged.commit()
         return result
@@ -553,13 +581,20 @@ def prepare_connector(
         results = []
         try:
             with spill_directory(working_dir) as spill:
-                for spec, source in zip(tables, sources):
+                for spec, source in zip(tables, sources, strict=True):
                     results.append(
                         stage_table(
-                            source, spec, working_dir, staged, mode=mode,
+                            source,
+                            spec,
+                            working_dir,
+                            staged,
+                            mode=mode,
                             baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
-                            command_column=command_column, separator=separator,
-                            memory_budget=memory_budget, spill_dir=spill, progress=progress,
+                            command_column=command_column,
+                            separator=separator,
+                            memory_budget=memory_budget,
+                            spill_dir=spill,
+                            progress=progress,
                         )
                     )
             crash_point("staged")

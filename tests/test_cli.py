@@ -46,9 +46,18 @@ class Site:
 
     def args(self, mode: str = "complete", *extra: str) -> list[str]:
         return [
-            "--connector", "AD", "--agent", "test", "--synchronization-mode", mode,
-            "--config", str(self.config),
-            "--temp-folder", str(self.root / "Temp"), "--work-folder", str(self.root / "Work"),
+            "--connector",
+            "AD",
+            "--agent",
+            "test",
+            "--synchronization-mode",
+            mode,
+            "--config",
+            str(self.config),
+            "--temp-folder",
+            str(self.root / "Temp"),
+            "--work-folder",
+            str(self.root / "Work"),
             *extra,
         ]
 
@@ -134,7 +143,7 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(
     assert site.run("complete")[0] == 0
     before = site.snapshot()
     site.write("Entries.csv", data)
-    code, out, err = site.run("complete")
+    code, _, err = site.run("complete")
     assert code == 1
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: ") and "Entries.csv" in err
@@ -213,8 +222,14 @@ def test_configuration_error_is_one_line(site: Site) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("500MB", 500_000_000), ("1048576", 1 << 20),
-     ("2 mib", 2 << 20), ("1.5GiB", 3 << 29)],
+    [
+        ("64MiB", 64 << 20),
+        ("1GiB", 1 << 30),
+        ("500MB", 500_000_000),
+        ("1048576", 1 << 20),
+        ("2 mib", 2 << 20),
+        ("1.5GiB", 3 << 29),
+    ],
 )
 def test_memory_budget_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
@@ -236,8 +251,9 @@ def test_small_budget_gives_the_same_bytes(site: Site) -> None:
     site.write("Entries.csv", ("id,name\n" + "\n".join(rows) + "\n").encode())
     assert site.run("complete", "--memory-budget", "1GiB")[0] == 0
     big = site.snapshot()
-    code, _, err = site.run("complete", "--memory-budget", "1MiB", "--report",
-                            str(site.root / "r.json"))
+    code, _, err = site.run(
+        "complete", "--memory-budget", "1MiB", "--report", str(site.root / "r.json")
+    )
     assert code == 0, err
     report = json.loads((site.root / "r.json").read_text())
     assert report["tables"][0]["runs"] > 1  # really spilled

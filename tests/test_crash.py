@@ -21,12 +21,16 @@ import pytest
 from prepsync import pipeline
 
 TABLES = ("alpha", "beta", "gamma")
-CONFIG = "<ConfigurationFile>" + "".join(
-    f"""<EntityTypeMapping Identifier="{t}" Connector="C" ConnectionTable="{t}">
+CONFIG = (
+    "<ConfigurationFile>"
+    + "".join(
+        f"""<EntityTypeMapping Identifier="{t}" Connector="C" ConnectionTable="{t}">
       <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
       <Property Identifier="v" ConnectionColumn="v" /></EntityTypeMapping>"""
-    for t in TABLES
-) + "</ConfigurationFile>"
+        for t in TABLES
+    )
+    + "</ConfigurationFile>"
+)
 ROWS = 60000
 
 
@@ -46,10 +50,26 @@ def export(day: int, table: str) -> bytes:
 
 def command(root: Path, mode: str) -> list[str]:
     return [
-        sys.executable, "-m", "prepsync", "prepare", "--connector", "C", "--agent", "t",
-        "--synchronization-mode", mode, "--config", str(root / "conf.xml"),
-        "--temp-folder", str(root / "Temp"), "--work-folder", str(root / "Work"),
-        "--memory-budget", "1MiB", "--log-level", "Error",
+        sys.executable,
+        "-m",
+        "prepsync",
+        "prepare",
+        "--connector",
+        "C",
+        "--agent",
+        "t",
+        "--synchronization-mode",
+        mode,
+        "--config",
+        str(root / "conf.xml"),
+        "--temp-folder",
+        str(root / "Temp"),
+        "--work-folder",
+        str(root / "Work"),
+        "--memory-budget",
+        "1MiB",
+        "--log-level",
+        "Error",
     ]
 
 
@@ -103,15 +123,27 @@ def check_recovery(root: Path, clean: dict[str, object]) -> str:
         assert delta == {t: b"command,id,v\n" for t in TABLES}
     else:
         assert delta == clean["delta"]
-    leftovers = [p.name for p in (*collect.iterdir(), *previous.iterdir())
-                 if ".tmp-" in p.name or p.name.startswith(".prepsync-spill-")]
+    leftovers = [
+        p.name
+        for p in (*collect.iterdir(), *previous.iterdir())
+        if ".tmp-" in p.name or p.name.startswith(".prepsync-spill-")
+    ]
     assert leftovers == []
     return "committed" if committed else "not committed"
 
 
 # Outputs: 3 tables x 4 files = 12 renames, then one rename per baseline.
-CRASH_POINTS = ["staged", "committed:1", "renamed:1", "renamed:7", "renamed:12",
-                "baselines-staged", "committed:2", "renamed:13", "renamed:14"]
+CRASH_POINTS = [
+    "staged",
+    "committed:1",
+    "renamed:1",
+    "renamed:7",
+    "renamed:12",
+    "baselines-staged",
+    "committed:2",
+    "renamed:13",
+    "renamed:14",
+]
 
 
 @pytest.mark.slow
@@ -125,16 +157,17 @@ def test_crash_at_each_commit_step(
     done = subprocess.run(command(root, "incremental"), env=env)
     assert done.returncode == -signal.SIGKILL
     outcome = check_recovery(root, clean)
-    expected = "not committed" if point in ("staged", "committed:1", "renamed:1",
-                                            "renamed:7", "renamed:12", "baselines-staged") \
+    expected = (
+        "not committed"
+        if point
+        in ("staged", "committed:1", "renamed:1", "renamed:7", "renamed:12", "baselines-staged")
         else "committed"
+    )
     assert outcome == expected
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments(
-    day_one: Path, clean: dict[str, object], tmp_path: Path
-) -> None:
+def test_sigkill_at_random_moments(day_one: Path, clean: dict[str, object], tmp_path: Path) -> None:
     rng = random.Random(2026)
     for attempt in range(6):
         root = tmp_path / f"site{attempt}"

@@ -59,10 +59,28 @@ def test_peak_rss_stays_under_budget_plus_48_mib(tmp_path: Path) -> None:
     (tmp_path / "conf.xml").write_text(CONFIG)
     report = tmp_path / "report.json"
     command = [
-        sys.executable, "-m", "prepsync", "prepare", "--connector", "AD", "--agent", "t",
-        "--synchronization-mode", "complete", "--config", str(tmp_path / "conf.xml"),
-        "--sources-directory", str(sources), "--working-directory", str(tmp_path / "out"),
-        "--memory-budget", "16MiB", "--report", str(report), "--log-level", "Warning",
+        sys.executable,
+        "-m",
+        "prepsync",
+        "prepare",
+        "--connector",
+        "AD",
+        "--agent",
+        "t",
+        "--synchronization-mode",
+        "complete",
+        "--config",
+        str(tmp_path / "conf.xml"),
+        "--sources-directory",
+        str(sources),
+        "--working-directory",
+        str(tmp_path / "out"),
+        "--memory-budget",
+        "16MiB",
+        "--report",
+        str(report),
+        "--log-level",
+        "Warning",
     ]
     wrapper = textwrap.dedent(
         f"""

@@ -1,0 +1,37 @@
+"""Type stubs of the native cleansing engine (prepsync/_cleanse.pyx)."""
+
+from collections.abc import Sequence
+
+def io_block(memory_budget: int) -> int: ...
+def live_counters() -> dict[str, int]: ...
+def read_header(path: str, separator: bytes, block: int = ...) -> list[str]: ...
+
+class Cleanser:
+    source: str
+    table: str
+    baseline: str
+    def __init__(
+        self,
+        *,
+        source: str,
+        table: str,
+        separator: bytes,
+        memory_budget: int,
+        spill_dir: str,
+        out_cols: Sequence[int],
+        key_cols: Sequence[int],
+        command_col: int,
+        keep_last: bool,
+        nullpk_fd: int,
+        sorted_fd: int,
+        duplicates_fd: int,
+        delta_fd: int = ...,
+        baseline_fd: int = ...,
+        baseline_key_cols: Sequence[int] = ...,
+        baseline: str = ...,
+    ) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+    def finish_input(self) -> None: ...
+    def merge_step(self, max_rows: int = ...) -> bool: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
