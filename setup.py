@@ -11,6 +11,7 @@ DEBUG = os.environ.get("PREPSYNC_DEBUG") == "1"
 
 compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"]
 link_args: list[str] = []
+macros = [("PREPSYNC_DEBUG_BUILD", "1" if DEBUG else "0")]
 if DEBUG:
     sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     compile_args += ["-O0", "-g", *sanitize]
@@ -29,6 +30,7 @@ extensions = [
         depends=[*core_headers, "prepsync/_native.pxd"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
+        define_macros=macros,
     ),
 ]
 

@@ -52,6 +52,9 @@ def io_block(Py_ssize_t memory_budget):
     return c.ps_io_block(memory_budget)
 
 
+DEBUG_BUILD = bool(c.PREPSYNC_DEBUG_BUILD)
+
+
 def live_counters():
     """Native buffers and spill files currently open; both are 0 between runs."""
     return {"buffers": c.ps_live.buffers, "spill_files": c.ps_live.spill_files}

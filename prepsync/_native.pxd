@@ -4,6 +4,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
 
 cdef extern from "ps_core.h" nogil:
     enum:
+        PREPSYNC_DEBUG_BUILD
         PS_OK
         PS_ERR_INPUT
         PS_ERR_BASELINE_CSV

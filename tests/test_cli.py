@@ -3,85 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sites import Site
 
 from prepsync import _cleanse
 from prepsync.cli import main, prepare_main
 from prepsync.sizes import parse_size
-
-CONFIG = """<?xml version="1.0" encoding="utf-8"?>
-<ConfigurationFile xmlns="urn:test">
-  <EntityTypeMapping Identifier="Entry" Connector="AD" ConnectionTable="Entries">
-    <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
-    <Property Identifier="name" ConnectionColumn="name" />
-  </EntityTypeMapping>
-  <EntityAssociationMapping Identifier="Member" Connector="AD" ConnectionTable="Members"
-      Column1="group" Column2="member" />
-</ConfigurationFile>
-"""
-
-ENTRIES = b"id,name,ignored\n2,Bob,x\n1,Ann,y\n,Nobody,z\n1,Ann again,w\n"
-MEMBERS = b"group,member\ng1,u2\ng1,u1\ng1,u2\n"
-
-
-class Site:
-    """A temp folder laid out as prepsync expects: Temp/ExportOutput and Work/Collect."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.sources = root / "Temp" / "ExportOutput"
-        self.working = root / "Work" / "Collect"
-        self.previous = self.sources / "previous"
-        self.config = root / "conf.xml"
-        self.sources.mkdir(parents=True)
-        self.config.write_text(CONFIG, encoding="utf-8")
-        self.write("Entries.csv", ENTRIES)
-        self.write("Members.csv", MEMBERS)
-
-    def write(self, name: str, data: bytes) -> None:
-        (self.sources / name).write_bytes(data)
-
-    def args(self, mode: str = "complete", *extra: str) -> list[str]:
-        return [
-            "--connector",
-            "AD",
-            "--agent",
-            "test",
-            "--synchronization-mode",
-            mode,
-            "--config",
-            str(self.config),
-            "--temp-folder",
-            str(self.root / "Temp"),
-            "--work-folder",
-            str(self.root / "Work"),
-            *extra,
-        ]
-
-    def run(self, mode: str = "complete", *extra: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(main, ["prepare", *self.args(mode, *extra)])
-        return result.exit_code, result.stdout, result.stderr
-
-    def output(self, name: str) -> bytes:
-        return (self.working / name).read_bytes()
-
-    def snapshot(self) -> dict[str, bytes]:
-        """Every file under the working directory and the baselines, by relative path."""
-        files = {}
-        for folder in (self.working, self.previous):
-            if folder.exists():
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        files[str(path.relative_to(self.root))] = path.read_bytes()
-        return files
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Site:
-    return Site(tmp_path)
 
 
 def test_complete_run_writes_outputs_summary_and_baseline(site: Site) -> None:

@@ -1,0 +1,96 @@
+"""Ctrl-C: spill files, temporary outputs and native buffers are all released."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prepsync import _cleanse, pipeline
+from prepsync.config import TableSpec, Thresholds
+
+SPEC = TableSpec(name="T", columns=("id", "v"), key=("id",), thresholds=Thresholds())
+
+
+def write_rows(path: Path, rows: int) -> None:
+    body = "".join(f"{(i * 7919) % rows:08d},value {i}\n" for i in range(rows))
+    path.write_text("id,v\n" + body)
+
+
+def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path) -> None:
+    sources, working = tmp_path / "src", tmp_path / "out"
+    sources.mkdir()
+    write_rows(sources / "T.csv", 200_000)
+    calls = []
+
+    def interrupt(table: str, phase: str, done: int, total: int) -> None:
+        calls.append(phase)
+        if phase == "write":  # after spilling: runs exist on disk now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.prepare_connector(
+            [SPEC],
+            sources,
+            working,
+            connector="C",
+            mode="complete",
+            memory_budget=1 << 20,
+            progress=interrupt,
+        )
+    assert "read" in calls
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+    assert sorted(p.name for p in working.iterdir()) == [pipeline.LOCK]
+
+
+@pytest.mark.slow
+def test_sigint_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    sources, working = tmp_path / "src", tmp_path / "out"
+    sources.mkdir()
+    write_rows(sources / "T.csv", 1_500_000)
+    (tmp_path / "conf.xml").write_text(
+        '<ConfigurationFile><EntityTypeMapping Identifier="T" Connector="C" '
+        'ConnectionTable="T"><Property Identifier="id" ConnectionColumn="id" '
+        'IsPrimaryKey="true"/><Property Identifier="v" ConnectionColumn="v"/>'
+        "</EntityTypeMapping></ConfigurationFile>"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prepsync",
+            "prepare",
+            "--connector",
+            "C",
+            "--agent",
+            "a",
+            "--synchronization-mode",
+            "complete",
+            "--config",
+            str(tmp_path / "conf.xml"),
+            "--sources-directory",
+            str(sources),
+            "--working-directory",
+            str(working),
+            "--memory-budget",
+            "1MiB",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # wait until the run has spilled
+        if any(p.is_dir() and any(p.iterdir()) for p in working.glob(".prepsync-spill-*")):
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the run never spilled")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in working.iterdir()) == [pipeline.LOCK]
