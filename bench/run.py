@@ -1,0 +1,719 @@
+#!/usr/bin/env python3
+"""Time ``prepsync prepare`` against GNU sort and DuckDB on the same generated AD export.
+
+Each measurement runs in its own fresh wrapper process (see ``MEASURE``), which starts the
+tool, waits for it and reports the wall time, the CPU time and ``ru_maxrss`` of
+``getrusage(RUSAGE_CHILDREN)``: the peak resident set of the largest process of the tool's
+process tree (every tool here is one multi-threaded process, so that is the tool's peak
+RSS). Tools alternate within every repetition (the starting tool rotates) and the median of
+``--repeat`` runs is reported. Results go to ``bench/results/<date>-<commit>.json``; compare
+two of them with ``bench/compare.py``. See ``bench/README.md`` for what each comparison does
+and does not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import filecmp
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+TOOLS = ("prepsync", "sort", "duckdb")
+SCALING_ROWS = (250_000, 1_000_000, 2_000_000, 4_000_000)
+SORT_NOTE = (
+    "GNU sort only sorts lines by the first comma-separated field: no CSV parsing (quoted "
+    "commas and line breaks), no projection, no null-key or duplicate handling, no delta. "
+    "It is a lower bound, not the same work."
+)
+
+# Runs in a fresh interpreter per measurement, so RUSAGE_CHILDREN covers that tool alone.
+MEASURE = r"""
+import json, resource, subprocess, sys, time
+spec = json.loads(sys.argv[1])
+walls, rc = [], 0
+with open(spec["log"], "ab") as log:
+    start = time.perf_counter()
+    for cmd in spec["cmds"]:
+        t = time.perf_counter()
+        rc = subprocess.call(cmd, env=spec["env"], cwd=spec["cwd"], stdout=log, stderr=log,
+                             stdin=subprocess.DEVNULL)
+        walls.append(time.perf_counter() - t)
+        if rc:
+            break
+    wall = time.perf_counter() - start
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "wall": wall, "walls": walls, "maxrss_kib": ru.ru_maxrss,
+                  "cpu": ru.ru_utime + ru.ru_stime}))
+"""
+
+
+class BenchError(Exception):
+    """A failure to report in one line (exit status 1)."""
+
+
+@dataclass
+class Table:
+    name: str  # ConnectionTable as the configuration spells it
+    source: Path
+    columns: list[str]  # kept columns, source spelling, source header order
+    keys: list[str]
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    rss_mib: float
+    walls: list[float]
+
+
+@dataclass
+class Job:
+    tool: str
+    cmds: list[list[str]]
+    work: Path
+    setup: Callable[[], None] = lambda: None
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    samples: list[Sample] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def read_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def load_tables(config: Path, connector: str, sources: Path) -> list[Table]:
+    """Tables, kept columns and keys of ``connector`` per SPEC section 1."""
+    kept: dict[str, list[str]] = {}
+    pks: dict[str, set[str]] = {}
+    entity: set[str] = set()
+    files = sorted(config.glob("*.xml")) if config.is_dir() else [config]
+    for path in files:
+        for el in ET.parse(path).getroot().iter():
+            tag = local(el.tag)
+            if el.get("Connector") != connector or "ConnectionTable" not in el.attrib:
+                continue
+            table = el.attrib["ConnectionTable"]
+            cols = kept.setdefault(table, [])
+            if tag == "EntityTypeMapping":
+                entity.add(table)
+                for prop in el:
+                    column = prop.get("ConnectionColumn")
+                    if local(prop.tag) != "Property" or not column:
+                        continue
+                    cols.append(column)
+                    if (prop.get("IsPrimaryKey") or "").lower() == "true":
+                        pks.setdefault(table, set()).add(column.lower())
+            elif tag == "EntityAssociationMapping":
+                cols += [el.attrib["Column1"], el.attrib["Column2"]]
+    tables = []
+    by_lower = {p.name.lower(): p for p in sources.iterdir() if p.is_file()}
+    for name, cols in kept.items():
+        source = by_lower.get(f"{name}.csv".lower())
+        if source is None:
+            raise BenchError(f"no {name}.csv in {sources}")
+        wanted = {c.lower() for c in cols}
+        header = read_header(source)
+        columns = [h for h in header if h.lower() in wanted]
+        if len(columns) != len(wanted):
+            raise BenchError(f"{source}: header lacks some of {sorted(wanted)}")
+        if name in entity:
+            if len(pks.get(name, ())) != 1:
+                raise BenchError(f"{config}: table {name} needs exactly one IsPrimaryKey")
+            keys = [c for c in columns if c.lower() in pks[name]]
+        else:
+            keys = list(columns)
+        tables.append(Table(name, source, columns, keys))
+    if not tables:
+        raise BenchError(f"{config}: no mapping for connector {connector}")
+    return tables
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def measure(job: Job, log: Path) -> Sample:
+    spec = {"cmds": job.cmds, "env": job.env, "cwd": str(REPO), "log": str(log)}
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        raise BenchError(f"measurement wrapper failed: {out.stderr.strip()}")
+    res = json.loads(out.stdout)
+    if res["rc"]:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise BenchError(
+            f"{job.tool} exited with status {res['rc']}; see {log}:\n  " + "\n  ".join(tail)
+        )
+    return Sample(res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"])
+
+
+def run_jobs(
+    jobs: list[Job], repeat: int, logs: Path, after_first: Callable[[], None] | None = None
+) -> None:
+    """``repeat`` rounds; in each every job runs once, the first job rotating."""
+    for r in range(repeat):
+        for job in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
+            if job.work.exists():
+                shutil.rmtree(job.work)
+            job.work.mkdir(parents=True)
+            job.setup()
+            sample = measure(job, logs / f"{job.work.name}.log")
+            job.samples.append(sample)
+            print(
+                f"  [{r + 1}/{repeat}] {job.tool:<9} {sample.wall:8.2f} s "
+                f"{sample.rss_mib:8.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+        if r == 0 and after_first is not None:
+            after_first()
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def warm_cache(paths: Sequence[Path]) -> None:
+    """Read the inputs once so that no tool pays for the first read from disk."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(16 << 20):
+                pass
+
+
+def sort_size(budget: str) -> str:
+    """``256MiB`` -> ``256M`` for sort -S (whose K/M/G are powers of 1024)."""
+    text = budget.strip().lower()
+    for suffix, unit in (("gib", "G"), ("mib", "M"), ("kib", "K")):
+        if text.endswith(suffix):
+            return text[: -len(suffix)] + unit
+    for suffix, mult in (("gb", 10**9), ("mb", 10**6), ("kb", 10**3), ("b", 1)):
+        if text.endswith(suffix):
+            return str(int(float(text[: -len(suffix)]) * mult // 1024)) + "K"
+    return str(int(text) // 1024) + "K"
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def dataset_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta: dict[str, Any] = json.loads((path / "gen.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta
+
+
+def ensure_dataset(path: Path, rows: int, seed: int, order: str) -> dict[str, Any]:
+    meta = dataset_meta(path)
+    if (
+        meta.get("rows") == rows
+        and meta.get("seed") == seed
+        and meta.get("order") == order
+        and not meta.get("mutations")
+        and (path / "ADExport_entries.csv").is_file()
+    ):
+        return meta
+    print(f"generating {path} ({rows} rows)", file=sys.stderr, flush=True)
+    gen = [sys.executable, str(BENCH / "gen_ad.py"), "--rows", str(rows), "--out", str(path)]
+    subprocess.run([*gen, "--seed", str(seed), "--order", order], check=True)
+    return dataset_meta(path)
+
+
+def ensure_next_day(day1: Path, day2: Path) -> dict[str, Any]:
+    meta = dataset_meta(day2)
+    muts = meta.get("mutations") or [{}]
+    fresh = (day2 / "gen.json").is_file() and (
+        (day2 / "gen.json").stat().st_mtime >= (day1 / "gen.json").stat().st_mtime
+    )
+    if muts[-1].get("from") == str(day1) and len(muts) == 1 and fresh:
+        return meta
+    print(f"generating {day2} (next day of {day1})", file=sys.stderr, flush=True)
+    gen = [sys.executable, str(BENCH / "gen_ad.py"), "--mutate", str(day1), "--out", str(day2)]
+    subprocess.run(gen, check=True)
+    return dataset_meta(day2)
+
+
+# ----------------------------------------------------------------------------- the tools
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.config = Path(args.config).resolve()
+        self.work_root = Path(args.work_dir).resolve()
+        self.logs = self.work_root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.tools: list[str] = args.tools
+        self.prepsync = shlex.split(args.prepsync_cmd) if args.prepsync_cmd else []
+        if not self.prepsync:
+            self.prepsync = [sys.executable, "-m", "prepsync"]
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.checks: dict[str, str] = {}
+        self.reports: dict[str, Any] = {}
+        self.datasets: dict[str, dict[str, Any]] = {}
+        self.lines: list[str] = []
+
+    def say(self, line: str = "") -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def jobs(self, section: str, sources: Path, tables: list[Table], mode: str) -> list[Job]:
+        out: list[Job] = []
+        for tool in self.tools:
+            work = self.work_root / f"{section}-{tool}"
+            if tool == "prepsync":
+                report = self.work_root / f"{section}-prepsync-report.json"
+                cmd = [
+                    *self.prepsync, "prepare", "--connector", self.args.connector,
+                    "--agent", "bench", "--synchronization-mode", mode,
+                    "--config", str(self.config), "--sources-directory", str(sources),
+                    "--working-directory", str(work),
+                    "--memory-budget", self.args.memory_budget, "--report", str(report),
+                ]  # fmt: skip
+                out.append(Job(tool, [cmd], work))
+            elif tool == "sort":
+                env = dict(os.environ, LC_ALL="C")
+                size = sort_size(self.args.memory_budget)
+                cmds = [
+                    ["sort", "-S", size, "-t", ",", "-k1,1", "--parallel=2", "-T", str(work),
+                     "-o", str(work / f"{t.name}.sort.out"), str(t.source)]
+                    for t in tables
+                ]  # fmt: skip
+                out.append(Job(tool, cmds, work, env=env))
+            else:
+                spec_path = self.work_root / f"{section}-duckdb.json"
+                spec = {
+                    "mode": mode,
+                    "work": str(work),
+                    "memory_limit": self.args.duckdb_memory,
+                    "threads": self.args.duckdb_threads,
+                    "tables": [
+                        {
+                            "name": t.name,
+                            "source": str(t.source),
+                            "columns": t.columns,
+                            "keys": t.keys,
+                            "baseline": str(self.baseline / f"{t.name}.sorted.csv"),
+                        }
+                        for t in tables
+                    ],
+                }
+                spec_path.write_text(json.dumps(spec, indent=2))
+                cmd = [sys.executable, str(BENCH / "duckdb_prepare.py"), str(spec_path)]
+                out.append(Job(tool, [cmd], work))
+        return out
+
+    @property
+    def baseline(self) -> Path:
+        return self.work_root / "baseline"
+
+    def record(self, section: str, jobs: list[Job], rows: int | None) -> None:
+        fig = self.figures
+        for job in jobs:
+            wall = median([s.wall for s in job.samples])
+            rss = median([s.rss_mib for s in job.samples])
+            cpu = median([s.cpu for s in job.samples])
+            fig[f"{section}.{job.tool}.wall_s"] = {"value": wall, "unit": "s", "kind": "time"}
+            fig[f"{section}.{job.tool}.cpu_s"] = {"value": cpu, "unit": "s", "kind": "time"}
+            fig[f"{section}.{job.tool}.peak_rss_mib"] = {"value": rss, "unit": "MiB", "kind": "rss"}
+            if rows:
+                fig[f"{section}.{job.tool}.us_per_row"] = {
+                    "value": wall / rows * 1e6, "unit": "us/row", "kind": "time"
+                }  # fmt: skip
+            self.samples.setdefault(section, {})[job.tool] = [s.__dict__ for s in job.samples]
+        if "prepsync" in self.tools:
+            for other in ("sort", "duckdb"):
+                if other not in self.tools:
+                    continue
+                for what, key in (("wall", "wall_s"), ("rss", "peak_rss_mib")):
+                    p = fig[f"{section}.prepsync.{key}"]["value"]
+                    o = fig[f"{section}.{other}.{key}"]["value"]
+                    fig[f"{section}.ratio.prepsync/{other}.{what}"] = {
+                        "value": p / o if o else float("nan"), "unit": "x", "kind": "ratio"
+                    }  # fmt: skip
+
+    def print_section(self, title: str, section: str, jobs: list[Job]) -> None:
+        fig = self.figures
+        self.say(title)
+        self.say(f"  {'tool':<10}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}   runs (wall s)")
+        for job in jobs:
+            name = job.tool + ("*" if job.tool == "sort" else "")
+            runs = " ".join(f"{s.wall:.2f}" for s in job.samples)
+            self.say(
+                f"  {name:<10}{fig[f'{section}.{job.tool}.wall_s']['value']:>9.2f}"
+                f"{fig[f'{section}.{job.tool}.cpu_s']['value']:>9.2f}"
+                f"{fig[f'{section}.{job.tool}.peak_rss_mib']['value']:>14.1f}   {runs}"
+            )
+        for other in ("sort", "duckdb"):
+            wall = fig.get(f"{section}.ratio.prepsync/{other}.wall")
+            rss = fig.get(f"{section}.ratio.prepsync/{other}.rss")
+            if wall and rss:
+                self.say(
+                    f"  prepsync/{other}: {wall['value']:.2f}x wall, {rss['value']:.2f}x peak RSS"
+                )
+        if "sort" in self.tools:
+            self.say(f"  * {SORT_NOTE}")
+
+    def cross_check(self, section: str, tables: list[Table], suffix: str) -> None:
+        """prepsync's and DuckDB's outputs should be byte-identical."""
+        if "prepsync" not in self.tools or "duckdb" not in self.tools:
+            return
+        for t in tables:
+            name = f"{t.name}{suffix}"
+            a = self.work_root / f"{section}-prepsync" / name
+            b = self.work_root / f"{section}-duckdb" / name
+            if not a.is_file() or not b.is_file():
+                verdict = "missing"
+            else:
+                verdict = "identical" if filecmp.cmp(a, b, shallow=False) else "DIFFERENT"
+            self.checks[f"{section}.{name}"] = verdict
+            self.say(f"  check {name}: prepsync vs duckdb output {verdict}")
+
+    def save_baselines(self, section: str, tables: list[Table]) -> None:
+        """Keep the complete run's sorted outputs as the incremental runs' baselines."""
+        src_tool = "prepsync" if "prepsync" in self.tools else "duckdb"
+        if src_tool not in self.tools:
+            return
+        self.baseline.mkdir(parents=True, exist_ok=True)
+        for t in tables:
+            name = f"{t.name}.sorted.csv"
+            shutil.copyfile(self.work_root / f"{section}-{src_tool}" / name, self.baseline / name)
+
+    def load_report(self, section: str) -> None:
+        path = self.work_root / f"{section}-prepsync-report.json"
+        if path.is_file():
+            try:
+                self.reports[section] = json.loads(path.read_text())
+            except ValueError:
+                self.reports[section] = {"unreadable": path.read_text(errors="replace")[:2000]}
+
+    def cleanup(self, jobs: list[Job]) -> None:
+        if not self.args.keep_work:
+            for job in jobs:
+                shutil.rmtree(job.work, ignore_errors=True)
+
+    # ------------------------------------------------------------------------- sections
+
+    def complete(self, data: Path, meta: dict[str, Any]) -> list[Table]:
+        self.datasets["complete"] = meta
+        tables = load_tables(self.config, self.args.connector, data)
+        warm_cache([t.source for t in tables])
+        jobs = self.jobs("complete", data, tables, "complete")
+
+        def after_first() -> None:
+            self.cross_check("complete", tables, ".sorted.csv")
+            self.save_baselines("complete", tables)
+
+        run_jobs(jobs, self.args.repeat, self.logs, after_first)
+        self.record("complete", jobs, meta.get("entries_rows"))
+        self.load_report("complete")
+        self.say()
+        self.print_section(f"complete synchronization: {describe(data, meta)}", "complete", jobs)
+        self.cleanup(jobs)
+        return tables
+
+    def incremental(self, day2: Path, meta: dict[str, Any]) -> None:
+        self.datasets["incremental"] = meta
+        tables = load_tables(self.config, self.args.connector, day2)
+        have = all((self.baseline / f"{t.name}.sorted.csv").is_file() for t in tables)
+        if not have and self.tools != ["sort"]:
+            raise BenchError("no baselines: the complete run did not produce them")
+        previous = day2 / "previous"
+
+        def restore() -> None:
+            previous.mkdir(exist_ok=True)
+            for t in tables:
+                name = f"{t.name}.sorted.csv"
+                shutil.copyfile(self.baseline / name, previous / name)
+
+        warm_cache([t.source for t in tables])
+        jobs = self.jobs("incremental", day2, tables, "incremental")
+        for job in jobs:
+            if job.tool == "prepsync":
+                job.setup = restore  # prepsync advances the baseline: put it back every run
+        run_jobs(
+            jobs,
+            self.args.repeat,
+            self.logs,
+            lambda: self.cross_check("incremental", tables, ".sorted.delta.csv"),
+        )
+        self.record("incremental", jobs, meta.get("entries_rows"))
+        self.load_report("incremental")
+        self.say()
+        self.print_section(
+            f"incremental synchronization: {describe(day2, meta)}, baselines in previous/",
+            "incremental",
+            jobs,
+        )
+        self.say("  (sort* sorts the new export only; DuckDB reads the same baselines)")
+        shutil.rmtree(previous, ignore_errors=True)
+        self.cleanup(jobs)
+
+    def scaling(self, sizes: Sequence[int]) -> None:
+        per: dict[int, list[Job]] = {}
+        for rows in sizes:
+            data = self.data_dir(rows)
+            self.datasets[f"scaling-{rows}"] = ensure_dataset(
+                data, rows, self.args.seed, self.args.order
+            )
+            tables = load_tables(self.config, self.args.connector, data)
+            warm_cache([t.source for t in tables])
+            section = f"scaling-{rows}"
+            jobs = self.jobs(section, data, tables, "complete")
+            print(f"scaling: {rows} rows", file=sys.stderr, flush=True)
+            run_jobs(jobs, self.args.repeat, self.logs)
+            self.record(section, jobs, rows)
+            self.cleanup(jobs)
+            per[rows] = jobs
+        self.say()
+        self.say("scaling (complete synchronization, median wall time per entries row)")
+        self.say(f"  {'rows':>10}" + "".join(f"{t + ' us/row':>18}" for t in self.tools))
+        for rows in sizes:
+            cells = "".join(
+                f"{self.figures[f'scaling-{rows}.{t}.us_per_row']['value']:>18.2f}"
+                for t in self.tools
+            )
+            self.say(f"  {rows:>10}{cells}")
+
+    def data_dir(self, rows: int) -> Path:
+        return BENCH / "data" / f"ad-{rows}-s{self.args.seed}-{self.args.order}"
+
+
+def describe(path: Path, meta: dict[str, Any]) -> str:
+    if not meta:
+        return str(path)
+    return (
+        f"{meta.get('entries_rows', '?'):,} entries ({meta.get('entries_bytes', 0) / 1e9:.2f} GB)"
+        f" + {meta.get('members_rows', '?'):,} members"
+        f" ({meta.get('members_bytes', 0) / 1e9:.2f} GB), {meta.get('order')}"
+    )
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def command_output(cmd: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+    except OSError:
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "sort": command_output(["sort", "--version"]).splitlines()[:1],
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["mem_total_kib"] = int(line.split()[1])
+    except OSError:
+        pass
+    if importlib.util.find_spec("duckdb") is not None:
+        import duckdb
+
+        info["duckdb"] = duckdb.__version__
+    return info
+
+
+def git_info() -> dict[str, Any]:
+    commit = command_output(["git", "rev-parse", "--short", "HEAD"]) or "nogit"
+    dirty = bool(command_output(["git", "status", "--porcelain", "--untracked-files=no"]))
+    return {"commit": commit, "dirty": dirty}
+
+
+def results_path(directory: Path, commit: str) -> Path:
+    stem = f"{dt.date.today().isoformat()}-{commit}"
+    path = directory / f"{stem}.json"
+    n = 2
+    while path.exists():
+        path = directory / f"{stem}-{n}.json"
+        n += 1
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def check_tools(bench: Bench) -> None:
+    if "duckdb" in bench.tools and importlib.util.find_spec("duckdb") is None:
+        raise SystemExit(
+            "error: the python package 'duckdb' is not installed: "
+            "pip install -r bench/requirements.txt, or leave it out with --tools prepsync,sort"
+        )
+    if "sort" in bench.tools and "GNU" not in command_output(["sort", "--version"]):
+        raise SystemExit("error: GNU sort not found on PATH (or leave it out with --tools)")
+    if "prepsync" in bench.tools:
+        probe = subprocess.run(
+            [*bench.prepsync, "prepare", "--help"], capture_output=True, cwd=REPO, check=False
+        )
+        if probe.returncode:
+            raise SystemExit(
+                f"error: `{shlex.join(bench.prepsync)} prepare --help` failed "
+                f"(status {probe.returncode}): install prepsync (pip install -e .), "
+                "pass --prepsync-cmd, or leave it out with --tools sort,duckdb"
+            )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=2_000_000,
+        help="entries rows of the generated export (default 2000000)",
+    )
+    ap.add_argument("--data", help="use this export directory instead of generating one")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--order", choices=["shuffled", "sorted"], default="shuffled")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per tool; the median is kept")
+    ap.add_argument(
+        "--tools", default=",".join(TOOLS), help="comma-separated subset of prepsync,sort,duckdb"
+    )
+    ap.add_argument(
+        "--memory-budget",
+        default="256MiB",
+        help="prepsync --memory-budget, and sort -S (default 256MiB)",
+    )
+    ap.add_argument("--duckdb-memory", default="1GB", help="DuckDB memory_limit (default 1GB)")
+    ap.add_argument("--duckdb-threads", type=int, default=2)
+    ap.add_argument(
+        "--incremental",
+        action="store_true",
+        help="also time an incremental run on the next day's export",
+    )
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also time 0.25M, 1M, 2M and 4M rows (generated as needed)",
+    )
+    ap.add_argument(
+        "--scaling-rows",
+        default=",".join(map(str, SCALING_ROWS)),
+        help="comma-separated sizes for --scaling",
+    )
+    ap.add_argument("--config", default=str(BENCH / "config" / "ad.xml"))
+    ap.add_argument("--connector", default="AD")
+    ap.add_argument(
+        "--prepsync-cmd", help="command to run instead of `python -m prepsync` (e.g. prepsync)"
+    )
+    ap.add_argument(
+        "--work-dir",
+        default=str(BENCH / "data" / "work"),
+        help="where outputs and spill files go (default bench/data/work)",
+    )
+    ap.add_argument("--keep-work", action="store_true", help="keep the last outputs")
+    ap.add_argument("--results-dir", default=str(BENCH / "results"))
+    ap.add_argument(
+        "--output", help="results JSON path (default <results-dir>/<date>-<commit>.json)"
+    )
+    args = ap.parse_args(argv)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if not args.tools or any(t not in TOOLS for t in args.tools):
+        ap.error(f"--tools takes a subset of {','.join(TOOLS)}")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    check_tools(bench)
+    load_start = os.getloadavg()
+    started = time.time()
+    try:
+        if args.data:
+            data = Path(args.data).resolve()
+            meta = dataset_meta(data)
+        else:
+            data = bench.data_dir(args.rows)
+            meta = ensure_dataset(data, args.rows, args.seed, args.order)
+        if load_start[0] > 0.5:
+            bench.say(f"warning: the machine is not idle (load {load_start[0]:.2f}): noisy figures")
+        bench.complete(data, meta)
+        if args.incremental:
+            day2 = data.with_name(data.name + "-next")
+            bench.incremental(day2, ensure_next_day(data, day2))
+        if args.scaling:
+            bench.scaling([int(s) for s in args.scaling_rows.split(",") if s.strip()])
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    git = git_info()
+    results = {
+        "schema": 1,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "git": git,
+        "machine": machine_info(),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "seconds": round(time.time() - started, 1),
+        "parameters": {
+            "tools": bench.tools,
+            "repeat": args.repeat,
+            "memory_budget": args.memory_budget,
+            "sort_S": sort_size(args.memory_budget),
+            "duckdb_memory": args.duckdb_memory,
+            "duckdb_threads": args.duckdb_threads,
+            "prepsync_cmd": bench.prepsync,
+            "config": str(bench.config),
+            "connector": args.connector,
+            "incremental": args.incremental,
+            "scaling": args.scaling,
+            "rss": "ru_maxrss of RUSAGE_CHILDREN in a fresh wrapper per run (largest process)",
+        },
+        "datasets": bench.datasets,
+        "figures": bench.figures,
+        "samples": bench.samples,
+        "checks": bench.checks,
+        "prepsync_reports": bench.reports,
+        "notes": {"sort": SORT_NOTE},
+    }
+    out = Path(args.output) if args.output else results_path(Path(args.results_dir), git["commit"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    bench.say()
+    bench.say(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
