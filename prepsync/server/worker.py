@@ -91,6 +91,9 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the round, not after the wait: a wake() during the round then
+            # starts the next one at once instead of being lost until the next poll.
+            self._wake.clear()
             try:
                 worked = self.step()
             except Exception:  # keep serving: log, and try again after a pause
@@ -98,7 +101,6 @@ class Worker:
                 worked = False
             if not worked:
                 self._wake.wait(self._poll)
-                self._wake.clear()
 
     def step(self) -> bool:
         """One round; True when a session was processed (so look for another at once)."""
