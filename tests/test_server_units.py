@@ -15,12 +15,7 @@ from serverutil import csv_bytes
 
 from prepsync.config import Thresholds
 from prepsync.server.apply import TableCounts, threshold_problem
-from prepsync.server.auth import (
-    TokenSigner,
-    basic_credentials,
-    bearer_token,
-    load_or_create_key,
-)
+from prepsync.server.auth import TokenSigner, basic_credentials, bearer_token, load_or_create_key
 from prepsync.server.control import canonical_session_id
 from prepsync.server.store import encode_key, format_record
 from prepsync.server.uploads import file_name_problem, parse_content_range

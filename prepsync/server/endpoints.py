@@ -1,0 +1,175 @@
+"""Token, mappings, session and resources endpoints (SPEC §7); uploads are in transfer.py."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from prepsync.config import OpenIdClient
+from prepsync.server.auth import basic_credentials
+from prepsync.server.control import CANCELLED, MODES
+from prepsync.server.http import ApiError, error_response, read_body, read_json_object
+from prepsync.server.state import authenticate, conflict, connector_of, session_of, state_of
+from prepsync.server.status import RECENT_SESSIONS, render_status
+from prepsync.server.store import iter_table_csv, table_counts
+from prepsync.server.worker import discard_files
+
+SCOPE = "usercube_api"
+FORM_LIMIT = 64 * 1024
+AGENT_MAX = 256
+LIST_DEFAULT, LIST_MAX = 100, 10_000
+# Stands in for an unknown client id; its hash is of no secret (32 zero bytes, base64).
+_NO_CLIENT = OpenIdClient("", "A" * 43 + "=", None)
+
+
+async def token(request: Request) -> Response:
+    """POST /connect/token: OAuth 2 client credentials (RFC 6749 §4.4)."""
+    state = state_of(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return _oauth_error(400, "invalid_request", "expected a form-urlencoded body")
+    body = await read_body(request, FORM_LIMIT)
+    try:
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        return _oauth_error(400, "invalid_request", "form is not UTF-8")
+    if any(len(values) > 1 for values in form.values()):
+        return _oauth_error(400, "invalid_request", "a parameter is repeated")
+    fields = {name: values[0] for name, values in form.items()}
+    if fields.get("grant_type") != "client_credentials":
+        return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+    if SCOPE not in fields.get("scope", "").split():
+        return _oauth_error(400, "invalid_scope", f"scope must include {SCOPE}")
+    credentials = basic_credentials(request.headers.get("authorization"))
+    if credentials is None:
+        credentials = (fields.get("client_id", ""), fields.get("client_secret", ""))
+    client = state.clients.get(credentials[0])
+    # The secret is checked for unknown clients too (against a dummy), so response times do
+    # not reveal which client ids exist.
+    if not (client or _NO_CLIENT).check_secret(credentials[1]) or client is None:
+        return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
+    return JSONResponse(
+        {
+            "access_token": state.signer.issue(client.identifier, state.token_ttl),
+            "token_type": "Bearer",
+            "expires_in": state.token_ttl,
+            "scope": SCOPE,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _oauth_error(status: int, code: str, description: str) -> Response:
+    return error_response(status, code, {"error_description": description})
+
+
+async def mappings(request: Request) -> Response:
+    client = authenticate(request)
+    connector = connector_of(request, client)
+    return JSONResponse(state_of(request).mappings[connector].to_json())
+
+
+async def open_session(request: Request) -> Response:
+    """POST /api/connectors/{c}/sessions {"agent", "mode"} -> 201 {"id", ...}."""
+    client = authenticate(request)
+    connector = connector_of(request, client)
+    state = state_of(request)
+    control, worker = state.running()
+    document = await read_json_object(request)
+    agent, mode = document.get("agent"), document.get("mode")
+    if not isinstance(agent, str) or not agent or len(agent) > AGENT_MAX:
+        raise ApiError(400, f"'agent' must be a non-empty string of at most {AGENT_MAX} characters")
+    if not isinstance(mode, str) or mode.lower() not in MODES:
+        raise ApiError(400, f"'mode' must be one of {', '.join(MODES)}")
+    session_id = str(uuid.uuid4())
+    # Directory first: a recorded session always has its directory.
+    (state.sessions_dir / session_id).mkdir(mode=0o700)
+    try:
+        cancelled = control.open(connector, agent, mode.lower(), session_id)
+    except BaseException:
+        discard_files(state.sessions_dir, session_id)
+        raise
+    for other in cancelled:
+        state.sealed.add(other)
+        discard_files(state.sessions_dir, other)
+    worker.wake()
+    session = control.get(session_id)
+    assert session is not None
+    return JSONResponse(
+        session.to_json(),
+        status_code=201,
+        headers={"Location": f"/api/sessions/{session_id}"},
+    )
+
+
+async def list_sessions(request: Request) -> Response:
+    client = authenticate(request)
+    connector = connector_of(request, client)
+    control, _worker = state_of(request).running()
+    limit_text = request.query_params.get("limit", str(LIST_DEFAULT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_MAX:
+        raise ApiError(400, f"'limit' must be an integer from 1 to {LIST_MAX}")
+    sessions = control.recent(connector, int(limit_text))
+    return JSONResponse([session.to_json() for session in sessions])
+
+
+async def get_session(request: Request) -> Response:
+    client = authenticate(request)
+    return JSONResponse(session_of(request, client).to_json())
+
+
+async def force(request: Request) -> Response:
+    """POST /api/sessions/{id}/force: a blocked session is queued again, thresholds off."""
+    client = authenticate(request)
+    session = session_of(request, client)
+    control, worker = state_of(request).running()
+    if not control.force(session.id):
+        raise conflict(session, f"only a blocked session can be forced; it is {session.state}")
+    worker.wake()
+    forced = control.get(session.id)
+    assert forced is not None
+    return JSONResponse(forced.to_json(), status_code=202)
+
+
+async def cancel(request: Request) -> Response:
+    """POST /api/sessions/{id}/cancel: an open, queued or blocked session is cancelled."""
+    client = authenticate(request)
+    session = session_of(request, client)
+    state = state_of(request)
+    control, worker = state.running()
+    if not control.cancel(session.id, f"cancelled by client {client.identifier}"):
+        current = control.get(session.id) or session
+        raise conflict(current, f"a {current.state} session cannot be cancelled")
+    state.sealed.add(session.id)
+    discard_files(state.sessions_dir, session.id)
+    worker.wake()  # the next session of its connector may now go
+    cancelled = control.get(session.id)
+    assert cancelled is not None and cancelled.state == CANCELLED
+    return JSONResponse(cancelled.to_json())
+
+
+async def resources(request: Request) -> Response:
+    """GET /api/connectors/{c}/tables/{table}/resources: stored rows as CSV, in key order."""
+    client = authenticate(request)
+    connector = connector_of(request, client)
+    state = state_of(request)
+    state.running()
+    table: str = request.path_params["table"]
+    spec = state.folded_tables(connector).get(table.casefold())
+    if spec is None:
+        raise ApiError(404, f"connector {connector!r} has no table {table!r}")
+    # A sync iterator: Starlette pulls it from a worker thread, so SQLite never blocks the loop.
+    rows = iter_table_csv(state.data_dir / "store.sqlite3", connector, spec.name, spec.columns)
+    return StreamingResponse(rows, media_type="text/csv; charset=utf-8")
+
+
+async def status_page(request: Request) -> Response:
+    state = state_of(request)
+    control, _worker = state.running()
+    sessions = {connector: control.recent(connector, RECENT_SESSIONS) for connector in state.tables}
+    counts = await anyio.to_thread.run_sync(table_counts, state.data_dir / "store.sqlite3")
+    return HTMLResponse(render_status(state.tables, counts, sessions))
