@@ -340,23 +340,59 @@ def test_failed_incremental_is_rolled_back(api: Api) -> None:
     delta = entries_delta(("insert", "c", "3"), ("delete", "a", "1"), ("update", "zz", "missing"))
     session_id = api.send("AD", "incremental", {f"{ENTRIES}.sorted.delta.csv": delta})
     state = api.state(session_id)
-    assert (
-        state["state"] == "failed" and "line 4" in state["reason"] and "update" in state["reason"]
-    )
+    assert state["state"] == "failed"
+    assert "line 4" in state["reason"] and "update" in state["reason"]
     assert api.resources("AD", ENTRIES) == before
-    for bad, reason in [
+
+
+@pytest.mark.parametrize(
+    ("delta", "reason"),
+    [
         (entries_delta(("insert", "a", "dup")), "insert of a key already stored"),
+        (entries_delta(("delete", "zz", "")), "delete of a key not stored"),
         (entries_delta(("upsert", "q", "1")), "invalid command"),
         (entries_delta(("insert", "", "1")), "null key"),
         (csv_bytes(["command", "objectGUID"], [("insert", "q")]), "header differs"),
+        (csv_bytes(["objectGUID", "dn"], [("q", "1")]), "first column must be 'command'"),
         (b"command,objectGUID,dn\ninsert,q\n", "expected 3 fields"),
         (b'command,objectGUID,dn\ninsert,"q,1\n', "line 2"),
         (b"command,objectGUID,dn\ninsert,\xff,1\n", "invalid UTF-8"),
-    ]:
-        session_id = api.send("AD", "incremental", {f"{ENTRIES}.sorted.delta.csv": bad})
-        state = api.state(session_id)
-        assert state["state"] == "failed" and reason in state["reason"], state
+        (b"", "empty file"),
+    ],
+)
+def test_bad_deltas_fail_with_a_reason(api: Api, delta: bytes, reason: str) -> None:
+    load_ad(api, [("a", "1"), ("b", "2")], [])
+    before = api.resources("AD", ENTRIES)
+    session_id = api.open("AD", "incremental")
+    name = f"{ENTRIES}.sorted.delta.csv"
+    assert api.put(f"/api/sessions/{session_id}/files/{name}", delta).status_code == 200
+    assert api.commit(session_id, {name: delta}).status_code == 202
+    state = api.wait(session_id)
+    assert state["state"] == "failed" and reason in state["reason"], state
     assert api.resources("AD", ENTRIES) == before
+
+
+def test_after_lost_changes_deltas_fail_until_a_complete_load(api: Api) -> None:
+    load_ad(api, [("a", "1")], [])
+    name = f"{ENTRIES}.sorted.delta.csv"
+    bad = api.send("AD", "incremental", {name: entries_delta(("update", "zz", "x"))})
+    assert api.state(bad)["state"] == "failed"
+    # The agent advanced its baseline at the commit: the next delta builds on lost changes.
+    good = api.send("AD", "incremental", {name: entries_delta(("insert", "b", "2"))})
+    state = api.state(good)
+    assert state["state"] == "failed" and bad in state["reason"]
+    assert "complete synchronization" in state["reason"]
+    load_ad(api, [("a", "1"), ("b", "2")], [])
+    after = api.send("AD", "incremental", {name: entries_delta(("insert", "c", "3"))})
+    assert api.state(after)["state"] == "done"
+    # A committed delta cancelled by hand is lost too.
+    holder = api.open("AD", "incremental")
+    waiting = api.send("AD", "incremental", {name: entries_delta(("insert", "d", "4"))}, wait=False)
+    assert api.post(f"/api/sessions/{waiting}/cancel").status_code == 200
+    assert api.post(f"/api/sessions/{holder}/cancel").status_code == 200
+    next_one = api.send("AD", "incremental", {name: entries_delta(("insert", "e", "5"))})
+    assert waiting in api.state(next_one)["reason"]
+    assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"), ("c", "3"))
 
 
 def test_complete_must_carry_every_table_and_unique_keys(api: Api) -> None:

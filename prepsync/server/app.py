@@ -5,7 +5,8 @@ Data directory layout (created on first start)::
     <data>/token.key            token signing key (0600)
     <data>/sessions.sqlite3     sessions and their states (control.py)
     <data>/store.sqlite3        stored rows (store.py)
-    <data>/sessions/<GUID>/     each session's uploads, removed once done or cancelled
+    <data>/sessions/<GUID>/     each session's uploads, removed once it is final (done,
+                                failed, cancelled)
 
 The configuration (clients and mappings) is read once, by :func:`create_app`: a bad one fails
 at start, and a change needs a restart.

@@ -179,6 +179,29 @@ class Control:
         ).fetchall()
         return [_session(row) for row in rows]
 
+    def unapplied_before(self, session: Session) -> Session | None:
+        """The latest committed session before ``session`` (same connector) whose changes did
+        not reach the store (failed, or cancelled after its commit) since the last done full
+        load; None when the store holds every committed change.
+
+        The agent advances its baselines once a commit is accepted, so such a session's
+        changes will never be sent again: a delta computed after it cannot be applied on top.
+        """
+        rows = self._connection.execute(
+            f"SELECT {_COLUMNS} FROM sessions WHERE connector = ? AND seq < ? "
+            "AND files IS NOT NULL ORDER BY seq DESC",
+            (session.connector, session.seq),
+        ).fetchall()
+        for row in rows:
+            earlier = _session(row)
+            if earlier.state == DONE:
+                if earlier.mode in FULL_MODES:
+                    return None
+                continue
+            if earlier.state in (FAILED, CANCELLED):
+                return earlier
+        return None
+
     def unfinished(self) -> list[Session]:
         """Every session not in a final state, in opening order."""
         placeholders = ",".join("?" * len(FINAL_STATES))

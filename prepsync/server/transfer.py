@@ -178,6 +178,7 @@ async def commit(request: Request) -> Response:
             if current.files is None:  # never committed: cancelled (or abandoned) first
                 raise conflict(current, f"session is {current.state}")
             return JSONResponse(current.to_json())
+        control.touch(session.id)  # a long verification is activity, not abandonment
         tables = state.folded_tables(session.connector)
         seen: set[str] = set()
         for entry in entries:

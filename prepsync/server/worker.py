@@ -20,13 +20,16 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from prepsync.config import TableSpec
 from prepsync.server.apply import apply_session
-from prepsync.server.control import DONE, FAILED, PROCESSING, QUEUED, Control, Session
+from prepsync.server.control import BLOCKED, DONE, FAILED, PROCESSING, QUEUED, Control, Session
 from prepsync.server.store import open_store
 
 logger = logging.getLogger(__name__)
+
+STORE_RETRY_DELAY = 10.0  # seconds before a session is tried again after a store error
 
 
 def discard_files(sessions_dir: Path, session_id: str) -> None:
@@ -123,6 +126,17 @@ class Worker:
 
     def _process(self, session: Session) -> None:
         logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
+        if session.mode == "incremental":
+            earlier = self._control.unapplied_before(session)
+            if earlier is not None:
+                self._finish(
+                    session,
+                    FAILED,
+                    f"earlier {earlier.mode} session {earlier.id} was {earlier.state}, so its "
+                    "changes are not in the store and this delta cannot be applied on top of "
+                    "them; run a complete synchronization",
+                )
+                return
         try:
             outcome = apply_session(
                 self._store,
@@ -135,16 +149,31 @@ class Worker:
                 # Interrupted by stop(): leave it processing; recover() queues it again.
                 logger.info("session %s interrupted by shutdown", session.id)
                 return
-            self._fail(session, f"store error: {error}")
+            # Disk full, I/O error, lock timeout: the session is fine, the store is not. Failing
+            # it would lose its changes (the agent has moved on), so queue it again and pause.
+            logger.error(
+                "session %s: store error, retrying in %g s: %s",
+                session.id,
+                STORE_RETRY_DELAY,
+                error,
+            )
+            self._control.set_state(session.id, PROCESSING, QUEUED)
+            self._stopping.wait(STORE_RETRY_DELAY)
             return
         except Exception as error:  # a bug must not wedge the queue: fail this one, go on
             logger.exception("session %s", session.id)
-            self._fail(session, f"internal error: {type(error).__name__}: {error}")
+            self._finish(session, FAILED, f"internal error: {type(error).__name__}: {error}")
             return
-        self._control.finish(session.id, outcome.state, outcome.reason, outcome.summary)
-        logger.info("session %s: %s %s", session.id, outcome.state, outcome.reason or "")
-        if outcome.state == DONE:
-            discard_files(self._sessions_dir, session.id)
+        self._finish(session, outcome.state, outcome.reason, outcome.summary)
 
-    def _fail(self, session: Session, reason: str) -> None:
-        self._control.finish(session.id, FAILED, reason, None)
+    def _finish(
+        self,
+        session: Session,
+        state: str,
+        reason: str | None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        self._control.finish(session.id, state, reason, summary)
+        logger.info("session %s: %s %s", session.id, state, reason or "")
+        if state != BLOCKED:  # a blocked session's files wait for force
+            discard_files(self._sessions_dir, session.id)
