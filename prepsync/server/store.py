@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS applied (
 );
 """
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Bytes of CSV text gathered before the resources stream yields a piece.
 STREAM_PIECE = 256 * 1024
 
@@ -96,6 +97,8 @@ def _configure(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA busy_timeout=30000")
     # Large temporary B-trees (sorting, big transactions) go to files, not memory.
     connection.execute("PRAGMA temp_store=FILE")
+    # A big load grows the WAL to the transaction's size; give the space back after checkpoints.
+    connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
 def open_store(path: Path) -> Store:

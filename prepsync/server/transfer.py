@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,10 @@ async def _write_body(
     seal check before each piece this is atomic with respect to a commit on the same loop.
     """
     limit = length if length is not None else state.max_body
-    descriptor = open_for_write(path)
+    try:
+        descriptor = open_for_write(path)
+    except FileNotFoundError:  # the directory went with a cancellation since the state check
+        raise conflict(session, "session was cancelled") from None
     written = 0
     try:
         async for piece in request.stream():
@@ -135,6 +139,9 @@ async def _write_body(
             os.ftruncate(descriptor, written)
     except ClientDisconnect:
         pass  # what arrived is kept: the agent asks for the size and resumes from there
+    except OSError as error:
+        status = 507 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+        raise ApiError(status, f"cannot store the chunk: {error.strerror or error}") from None
     finally:
         os.close(descriptor)
     return written
@@ -195,6 +202,14 @@ async def commit(request: Request) -> Response:
         state.sealed.add(session.id)
         try:
             await anyio.to_thread.run_sync(_verify, state.sessions_dir / session.id, entries)
+        except OSError as error:
+            # Most likely the files went with a cancellation (a complete session opened).
+            current = control.get(session.id)
+            assert current is not None
+            if current.state != OPEN:
+                raise conflict(current, f"session is {current.state}") from None
+            state.sealed.discard(session.id)
+            raise ApiError(500, f"cannot read the uploads: {error.strerror or error}") from None
         except BaseException:
             state.sealed.discard(session.id)
             raise
@@ -215,15 +230,16 @@ def _verify(directory: Path, entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         name = entry["name"]
         path = directory / name
-        if file_size(path) is None:
-            raise ApiError(422, f"{name}: not uploaded", extra={"file": name})
-        size, digest = hash_and_sync(path)
-        if size != entry["size"]:
+        size = file_size(path)
+        if size is None:
+            raise ApiError(422, f"{name}: not uploaded", extra={"file": name, "size": 0})
+        if size != entry["size"]:  # checked first: hashing reads the whole file
             raise ApiError(
                 422,
                 f"{name}: {size} bytes arrived, commit says {entry['size']}",
                 extra={"file": name, "size": size},
             )
+        _size, digest = hash_and_sync(path)  # the same size: the session is sealed
         if digest != entry["xxh3_128"]:
             raise ApiError(
                 422,
