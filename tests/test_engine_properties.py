@@ -1,0 +1,201 @@
+"""The native engine against the plain-Python reference (tests/reference.py).
+
+Hypothesis draws tables (quoting, CRLF, BOM, unicode, NUL, duplicate and null keys, composite
+keys), feeds them in blocks of every size from 1 byte, and runs them at budgets from a few
+hundred bytes (dozens of runs, multi-pass merges) to 1 GiB (one run in memory): every output
+byte, count and error must be the reference's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import ReferenceResult, parse_csv, reference_prepare
+from strategies import (
+    change_file_cases,
+    csv_cases,
+    incremental_cases,
+    malformed_cases,
+)
+
+from prepsync import _cleanse
+from prepsync.errors import BaselineError, InputError
+from prepsync.pipeline import SUFFIXES, prepare_table
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+budgets = st.sampled_from([256, 700, 4096, 1 << 20, 1 << 30])
+read_blocks = st.one_of(st.integers(1, 64), st.just(None))
+
+Outcome = dict[str, Any] | tuple[Any, ...]
+
+
+def native(data: bytes, spec: Any, budget: int, read_block: int | None, **options: Any) -> Outcome:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        source, out = root / "in.csv", root / "out"
+        source.write_bytes(data)
+        out.mkdir()
+        baseline = options.pop("baseline", None)
+        baseline_path = None
+        if options.get("mode") == "incremental":
+            baseline_path = root / "previous.csv"
+            if baseline is not None:
+                baseline_path.write_bytes(baseline)
+        try:
+            result = prepare_table(
+                source,
+                spec,
+                out,
+                baseline=baseline_path,
+                memory_budget=budget,
+                read_block=read_block,
+                **options,
+            )
+        except InputError as error:
+            return ("InputError", error.line, error.problem, error.offset)
+        except BaselineError as error:
+            return ("BaselineError", error.problem.split(":")[0])
+        finally:
+            assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+        files = {
+            kind: (out / f"{spec.name}{suffix}").read_bytes()
+            for kind, suffix in SUFFIXES.items()
+            if (out / f"{spec.name}{suffix}").exists()
+        }
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            f"{spec.name}{SUFFIXES[kind]}" for kind in files
+        ), "no temporary or spill file may be left"
+        return {"files": files, "counts": counts(result)}
+
+
+def reference(data: bytes, spec: Any, **options: Any) -> Outcome:
+    try:
+        result = reference_prepare(data, spec, **options)
+    except InputError as error:
+        return ("InputError", error.line, error.problem, error.offset)
+    except BaselineError as error:
+        return ("BaselineError", error.problem.split(":")[0])
+    return {"files": result.files, "counts": counts(result)}
+
+
+def counts(result: Any) -> tuple[int, ...]:
+    names = (
+        "rows_read",
+        "kept",
+        "null_keys",
+        "duplicates",
+        "inserts",
+        "updates",
+        "deletes",
+        "merges",
+    )
+    return tuple(getattr(result, name) for name in names)
+
+
+@SETTINGS
+@given(case=csv_cases(max_rows=40), budget=budgets, read_block=read_blocks)
+def test_full_extract_matches_reference(case: Any, budget: int, read_block: int | None) -> None:
+    options = {"separator": case.separator}
+    assert native(case.data, case.spec, budget, read_block, **options) == reference(
+        case.data, case.spec, **options
+    )
+
+
+@SETTINGS
+@given(case=change_file_cases(), budget=budgets, read_block=read_blocks)
+def test_change_file_matches_reference(case: Any, budget: int, read_block: int | None) -> None:
+    options = {
+        "mode": "incremental",
+        "separator": case.separator,
+        "command_column": case.command_column,
+    }
+    assert native(case.data, case.spec, budget, read_block, **options) == reference(
+        case.data, case.spec, **options
+    )
+
+
+@SETTINGS
+@given(case=incremental_cases(), budget=budgets, read_block=read_blocks)
+def test_delta_matches_reference_and_applies(
+    case: Any, budget: int, read_block: int | None
+) -> None:
+    baseline = reference_prepare(case.old.data, case.spec, separator=case.old.separator)
+    old_sorted = baseline.files["sorted"]
+    options = {"mode": "incremental", "separator": case.new.separator, "baseline": old_sorted}
+    got = native(case.new.data, case.spec, budget, read_block, **dict(options))
+    assert got == reference(case.new.data, case.spec, **options)
+    if isinstance(got, dict):
+        assert apply_delta(old_sorted, got["files"]["delta"], case) == rows_of(
+            got["files"]["sorted"], case
+        )
+
+
+def rows_of(data: bytes, case: Any) -> dict[tuple[bytes, ...], list[bytes]]:
+    """A sorted file's rows by key (key columns found by the spec, in header order)."""
+    records = parse_csv(data, case.new.separator.encode(), "<file>")
+    header = [name.decode() for name in records[0][1]]
+    if case.spec.key is None:
+        key_at = list(range(len(header)))
+    else:
+        key_at = [[h.casefold() for h in header].index(k.casefold()) for k in case.spec.key]
+    return {tuple(fields[i] for i in key_at): fields for _, fields in records[1:]}
+
+
+def apply_delta(old: bytes, delta: bytes, case: Any) -> dict[tuple[bytes, ...], list[bytes]]:
+    """The old table with the delta applied as the server would, refusing impossible commands."""
+    table = rows_of(old, case)
+    records = parse_csv(delta, case.new.separator.encode(), "<delta>")
+    header = [name.decode() for name in records[0][1]][1:]
+    key_at = (
+        list(range(len(header)))
+        if case.spec.key is None
+        else [[h.casefold() for h in header].index(k.casefold()) for k in case.spec.key]
+    )
+    for _, fields in records[1:]:
+        command, values = fields[0], fields[1:]
+        key = tuple(values[i] for i in key_at)
+        if command == b"insert":
+            assert key not in table
+            table[key] = values
+        elif command == b"update":
+            assert table.get(key) not in (None, values)
+            table[key] = values
+        else:
+            assert command == b"delete" and table.pop(key) == values
+    return table
+
+
+@SETTINGS
+@given(case=malformed_cases(), budget=budgets, read_block=read_blocks)
+def test_bad_input_matches_reference(case: Any, budget: int, read_block: int | None) -> None:
+    options = {
+        "mode": case.mode,
+        "separator": case.separator,
+        "command_column": case.command_column,
+    }
+    got = native(case.data, case.spec, budget, read_block, **options)
+    assert got == reference(case.data, case.spec, **options)
+    assert got[:3] == ("InputError", case.line, case.problem)
+
+
+@pytest.mark.parametrize("budget", [256, 1 << 30])
+def test_tiny_budget_really_spills_and_merges_in_passes(tmp_path: Path, budget: int) -> None:
+    """The property tests' small budgets are only meaningful if they do force many runs."""
+    from prepsync.config import TableSpec, Thresholds
+
+    spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"k,v\n" + b"".join(b"%d,%d\n" % ((i * 37) % 41, i) for i in range(80)))
+    result = prepare_table(source, spec, tmp_path, memory_budget=budget)
+    if budget == 256:
+        assert result.runs >= 8 and result.merge_passes >= 2
+    else:
+        assert result.runs == 0
+    expected = reference_prepare(source.read_bytes(), spec)
+    assert isinstance(expected, ReferenceResult)
+    assert (tmp_path / "t.sorted.csv").read_bytes() == expected.files["sorted"]
