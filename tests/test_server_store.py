@@ -1,0 +1,113 @@
+"""The store and apply logic against a plain-Python model: random loads and deltas."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serverutil import csv_bytes
+
+from prepsync.config import TableSpec, Thresholds
+from prepsync.server.apply import apply_session
+from prepsync.server.control import DONE, FAILED, Session
+from prepsync.server.store import iter_table_csv, open_store
+
+SPEC = TableSpec("T", ("id", "v"), ("id",), Thresholds())
+PAIR = TableSpec("P", ("a", "b"), None, Thresholds())
+TABLES = {"t": SPEC, "p": PAIR}
+
+# Keys from a small alphabet, so that prefixes, shared keys and non-ASCII order all come up.
+# NUL only where the csv module reads it (Python 3.11+).
+_KEY_CHARACTERS = ["a", "b", "é", "中", ",", '"', "\n"]
+if sys.version_info >= (3, 11):
+    _KEY_CHARACTERS.append("\x00")
+keys = st.text(st.sampled_from(_KEY_CHARACTERS), min_size=1, max_size=3)
+values = st.text(st.sampled_from(["x", " ", ",", '"', "\r", "\n", "é"]), max_size=3)
+
+
+def session(seq: int, mode: str, names: list[str]) -> Session:
+    files = [{"name": name, "size": 0, "xxh3_128": "0" * 32} for name in names]
+    return Session(
+        seq, f"s{seq}", "C", "agent", mode, "processing", None, False, files, None, 0, 0, 0
+    )
+
+
+def ordered(rows: dict[str, str]) -> list[tuple[str, str]]:
+    return sorted(rows.items(), key=lambda row: row[0].encode("utf-8"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_loads_and_deltas_match_a_model(data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as temporary:
+        root = Path(temporary)
+        store = open_store(root / "store.sqlite3")
+        model: dict[str, str] = {}
+        pairs: set[tuple[str, str]] = set()
+        try:
+            for seq in range(1, data.draw(st.integers(1, 5), "steps") + 1):
+                directory = root / str(seq)
+                directory.mkdir()
+                if seq == 1 or data.draw(st.booleans(), "complete"):
+                    model = data.draw(st.dictionaries(keys, values, max_size=8), "rows")
+                    pairs = data.draw(st.sets(st.tuples(keys, keys), max_size=6), "pairs")
+                    (directory / "T.sorted.csv").write_bytes(csv_bytes(["id", "v"], ordered(model)))
+                    (directory / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], sorted(pairs)))
+                    names = ["T.sorted.csv", "P.sorted.csv"]
+                    outcome = apply_session(
+                        store, session(seq, "complete", names), TABLES, directory
+                    )
+                    assert (outcome.state, outcome.reason) == (DONE, None)
+                else:
+                    commands = []
+                    for key in data.draw(st.lists(keys, max_size=6, unique=True), "keys"):
+                        value = data.draw(values, "value")
+                        if key in model:
+                            command = data.draw(st.sampled_from(["update", "delete", "merge"]))
+                        else:
+                            command = data.draw(st.sampled_from(["insert", "merge"]))
+                        commands.append((command, key, value))
+                        if command == "delete":
+                            del model[key]
+                        else:
+                            model[key] = value
+                    delta = csv_bytes(["command", "id", "v"], commands)
+                    (directory / "T.sorted.delta.csv").write_bytes(delta)
+                    outcome = apply_session(
+                        store,
+                        session(seq, "incremental", ["T.sorted.delta.csv"]),
+                        TABLES,
+                        directory,
+                    )
+                    assert (outcome.state, outcome.reason) == (DONE, None)
+                csv = b"".join(iter_table_csv(store.path, "C", "T", SPEC.columns))
+                assert csv == csv_bytes(["id", "v"], ordered(model))
+                pair_order = sorted(pairs, key=lambda row: [value.encode() for value in row])
+                assert b"".join(iter_table_csv(store.path, "C", "P", PAIR.columns)) == csv_bytes(
+                    ["a", "b"], pair_order
+                )
+        finally:
+            store.close()
+
+
+def test_a_failing_delta_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "store.sqlite3")
+    try:
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v"], [("a", "1")]))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
+        apply_session(
+            store, session(1, "initial", ["T.sorted.csv", "P.sorted.csv"]), TABLES, tmp_path
+        )
+        delta = csv_bytes(["command", "id", "v"], [("insert", "b", "2"), ("insert", "a", "dup")])
+        (tmp_path / "T.sorted.delta.csv").write_bytes(delta)
+        outcome = apply_session(
+            store, session(2, "incremental", ["T.sorted.delta.csv"]), TABLES, tmp_path
+        )
+        assert outcome.state == FAILED and "line 3" in (outcome.reason or "")
+        assert not store.was_applied("s2") and store.was_applied("s1")
+        assert b"".join(iter_table_csv(store.path, "C", "T", SPEC.columns)) == b"id,v\na,1\n"
+    finally:
+        store.close()
