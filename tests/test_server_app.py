@@ -545,7 +545,7 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
 
 
 def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
-    with running(tmp_path, session_timeout=0.5) as api:
+    with running(tmp_path, session_timeout=1.0) as api:
         load_ad(api, [("a", "1")], [])
         idle = api.open("AD", "incremental")
         later = api.send(
