@@ -302,17 +302,37 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+_held_locks: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth) held by this process
+
+
 @contextlib.contextmanager
 def working_lock(working_dir: Path) -> Iterator[None]:
-    """One run at a time per working directory; then leftovers of killed runs can go."""
+    """One run at a time per working directory; then leftovers of killed runs can go.
+
+    Re-entrant within a process, so that an online run can hold it from the first step to the
+    baseline advance while prepare_connector() and advance_baselines() take it too.
+    """
     working_dir.mkdir(parents=True, exist_ok=True)
+    key = working_dir.resolve()
+    if key in _held_locks:
+        fd, depth = _held_locks[key]
+        _held_locks[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _held_locks[key] = (fd, depth)
+        return
     fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"another prepsync run is using {working_dir}") from None
-        yield
+        _held_locks[key] = (fd, 1)
+        try:
+            yield
+        finally:
+            del _held_locks[key]
     finally:
         os.close(fd)
 
