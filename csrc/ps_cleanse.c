@@ -13,6 +13,8 @@
 #include "ps_tokenizer.h"
 
 #define MIN_READER_BUF ((size_t)64 << 10)
+/* Well under the usual 1024 open files; more runs than this are merged in passes. */
+#define MAX_FAN_IN 500
 #define REC_HEADER 8 /* u32 key length, u32 line length */
 
 /* ---------------------------------------------------------------- projection */
@@ -247,7 +249,7 @@ static int spill_arena(ps_cleanse *c, ps_error *err) {
     int rc = open_new_run(c, &run_id, &fd, err);
     if (rc) return rc;
     ps_writer w;
-    rc = ps_writer_init(&w, fd, c->io_block, err);
+    rc = ps_writer_init(&w, fd, "spill file", c->io_block, err);
     for (size_t i = 0; !rc && i < c->n_entries; i++) {
         const char *r = c->arena + e[i].off;
         rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), err);
@@ -444,6 +446,7 @@ static size_t merge_memory(const ps_cleanse *c) {
 
 static size_t fan_in(const ps_cleanse *c) {
     size_t f = merge_memory(c) / MIN_READER_BUF;
+    if (f > MAX_FAN_IN) f = MAX_FAN_IN;
     return f < 2 ? 2 : f;
 }
 
@@ -501,7 +504,7 @@ static int start_next_merge(ps_cleanse *c, ps_error *err) {
     }
     int run_id, rc = open_new_run(c, &run_id, &c->run_out_fd, err);
     if (rc) return rc;
-    rc = ps_writer_init(&c->run_out, c->run_out_fd, c->io_block, err);
+    rc = ps_writer_init(&c->run_out, c->run_out_fd, "spill file", c->io_block, err);
     if (rc) return rc;
     /* Record the id now so that cleanup removes the file if anything fails from here on. */
     rc = push_run(&c->next_runs, &c->n_next_runs, &c->next_runs_cap, run_id, err);
@@ -879,11 +882,11 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     if (!c->arena) goto nomem;
     if (ps_tok_init(&c->tok, o->separator, 2 * c->io_block, PS_ERR_INPUT, err)) goto fail;
     c->tok_live = 1;
-    if (ps_writer_init(&c->nullpk, o->nullpk_fd, c->io_block, err)) goto fail;
-    if (ps_writer_init(&c->sorted, o->sorted_fd, c->io_block, err)) goto fail;
-    if (ps_writer_init(&c->duplicates, o->duplicates_fd, c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->nullpk, o->nullpk_fd, "the null-key output", c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->sorted, o->sorted_fd, "the sorted output", c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->duplicates, o->duplicates_fd, "the duplicates output", c->io_block, err)) goto fail;
     if (c->joining) {
-        if (ps_writer_init(&c->delta, o->delta_fd, c->io_block, err)) goto fail;
+        if (ps_writer_init(&c->delta, o->delta_fd, "the delta output", c->io_block, err)) goto fail;
         if (ps_tok_init(&c->btok, o->separator, 2 * c->io_block, PS_ERR_BASELINE_CSV, err)) goto fail;
         c->btok_live = 1;
     }

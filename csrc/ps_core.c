@@ -55,12 +55,12 @@ void ps_free(void *block, size_t size) {
     __atomic_sub_fetch(&ps_live.buffers, 1, __ATOMIC_RELAXED);
 }
 
-int ps_write_all(int fd, const char *data, size_t n, ps_error *err) {
+int ps_write_all(int fd, const char *what, const char *data, size_t n, ps_error *err) {
     while (n > 0) {
         ssize_t done = write(fd, data, n);
         if (done < 0) {
             if (errno == EINTR) continue;
-            return ps_fail_errno(err, "writing", "output");
+            return ps_fail_errno(err, "writing", what);
         }
         data += done;
         n -= (size_t)done;
@@ -68,13 +68,14 @@ int ps_write_all(int fd, const char *data, size_t n, ps_error *err) {
     return PS_OK;
 }
 
-int ps_writer_init(ps_writer *w, int fd, size_t cap, ps_error *err) {
+int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error *err) {
     w->fd = fd;
+    w->what = what;
     w->len = 0;
     w->bytes_written = 0;
     w->cap = cap;
     w->buf = ps_alloc(cap);
-    if (!w->buf) return ps_fail_errno(err, "allocating", "output buffer");
+    if (!w->buf) return ps_fail_errno(err, "allocating a buffer for", what);
     return PS_OK;
 }
 
@@ -86,7 +87,7 @@ void ps_writer_release(ps_writer *w) {
 
 int ps_writer_flush(ps_writer *w, ps_error *err) {
     if (w->len == 0) return PS_OK;
-    int rc = ps_write_all(w->fd, w->buf, w->len, err);
+    int rc = ps_write_all(w->fd, w->what, w->buf, w->len, err);
     if (rc) return rc;
     w->bytes_written += (int64_t)w->len;
     w->len = 0;

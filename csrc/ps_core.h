@@ -48,12 +48,13 @@ void ps_free(void *block, size_t size);
 
 typedef struct ps_writer {
     int fd;
+    const char *what; /* names the file in errors: "output", "spill file" */
     char *buf;
     size_t cap, len;
     int64_t bytes_written;
 } ps_writer;
 
-int ps_writer_init(ps_writer *w, int fd, size_t cap, ps_error *err);
+int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error *err);
 void ps_writer_release(ps_writer *w); /* frees the buffer; does not close fd */
 int ps_writer_flush(ps_writer *w, ps_error *err);
 /* Make room for n contiguous bytes at w->buf + w->len (flushing, or growing for one huge row). */
@@ -69,6 +70,6 @@ static inline int ps_writer_put(ps_writer *w, const char *data, size_t n, ps_err
     return PS_OK;
 }
 
-int ps_write_all(int fd, const char *data, size_t n, ps_error *err);
+int ps_write_all(int fd, const char *what, const char *data, size_t n, ps_error *err);
 
 #endif
