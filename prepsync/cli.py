@@ -79,6 +79,13 @@ def _memory_budget(ctx: click.Context, param: click.Parameter, value: str) -> in
     return size
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _configure_logging(level_name: str) -> int:
     logging.addLevelName(VERBOSE, "VERBOSE")
     level = LOG_LEVELS[level_name.lower()]
@@ -237,6 +244,20 @@ def _prepare_options(function: F) -> F:
             type=click.Path(path_type=Path),
             help="Write the run's summary as JSON here.",
         ),
+        click.option(
+            "--upload-chunk-size",
+            default="8MiB",
+            show_default=True,
+            callback=_size,
+            help="Size of each upload request.",
+        ),
+        click.option(
+            "--api-retry-seconds",
+            default=300.0,
+            show_default=True,
+            type=float,
+            help="Total time to keep retrying the server before giving up.",
+        ),
     )
     for option in reversed(options):
         function = option(function)
@@ -263,45 +284,132 @@ def prepare(
     command_column: str,
     log_level: str,
     report: Path | None,
+    upload_chunk_size: int,
+    api_retry_seconds: float,
 ) -> None:
-    """Cleanse, sort and (incrementally) diff a connector's exported CSV files."""
+    """Cleanse, sort and (incrementally) diff a connector's exported CSV files, and send them
+    to the server when --api-url is given."""
     from prepsync import config as configuration
     from prepsync import pipeline
 
     level = _configure_logging(log_level)
     separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
-    if api_url:
-        raise click.UsageError("--api-url: sending to a server is not supported yet")
-    if config_path is None:
+    if config_path is None and not api_url:
         raise click.UsageError("--config is required when no --api-url is given")
+    if api_url and not (api_client_id and api_secret):
+        raise click.UsageError(
+            "--api-url needs --api-client-id and --api-secret (or PREPSYNC_API_SECRET)"
+        )
     sources = _under(temp_folder, sources_directory)
     working = _under(work_folder, working_directory)
-    tables = configuration.load_tables(config_path, connector)
+    tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
+    delivery = None
     try:
-        run = pipeline.prepare_connector(
-            tables,
-            sources,
-            working,
-            connector=connector,
-            mode=mode.lower(),
-            command_column=command_column,
-            separator=separator,
-            memory_budget=memory_budget,
-            progress=progress,
-        )
+        if api_url:
+            from prepsync.client import ApiClient, RetryPolicy
+            from prepsync.sync import synchronize
+
+            assert api_client_id and api_secret  # checked above
+            with ApiClient(
+                api_url,
+                api_client_id,
+                api_secret,
+                chunk_size=upload_chunk_size,
+                retry=RetryPolicy(total_seconds=api_retry_seconds),
+            ) as api:
+                run, delivery = synchronize(
+                    api,
+                    connector=connector,
+                    agent=agent,
+                    mode=mode,
+                    tables=tables,
+                    sources_dir=sources,
+                    working_dir=working,
+                    command_column=command_column,
+                    separator=separator,
+                    memory_budget=memory_budget,
+                    progress=progress,
+                )
+        else:
+            assert tables is not None
+            with pipeline.working_lock(working):
+                run = pipeline.prepare_connector(
+                    tables,
+                    sources,
+                    working,
+                    connector=connector,
+                    mode=mode.lower(),
+                    command_column=command_column,
+                    separator=separator,
+                    memory_budget=memory_budget,
+                    progress=progress,
+                )
+                pipeline.advance_baselines(run)
     finally:
         if progress:
             progress.close()
-    pipeline.advance_baselines(run)
     for line in summary_lines(run):
         click.echo(line)
+    if delivery:
+        click.echo(
+            f"session {delivery.session_id}: {delivery.state}, {len(delivery.files)} file(s) sent"
+        )
     if report:
-        report.write_text(json.dumps(run.to_json(), indent=2) + "\n", encoding="utf-8")
+        document = run.to_json()
+        if delivery:
+            document["delivery"] = delivery.to_json()
+        report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 main.add_command(prepare)
 prepare_main = prepare
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="XML file or folder: mappings, thresholds and OpenIdClients.",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the server keeps its store and the sessions' files.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option(
+    "--session-timeout",
+    default=3600.0,
+    show_default=True,
+    type=float,
+    help="Seconds after which an idle open session is abandoned.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@fail_cleanly
+def serve(
+    config_path: Path, data_dir: Path, host: str, port: int, session_timeout: float, log_level: str
+) -> None:
+    """Run the reference server that receives prepared files (SPEC §7)."""
+    from prepsync.server import serve as run_server
+
+    run_server(
+        config_path,
+        data_dir,
+        host=host,
+        port=port,
+        session_timeout=session_timeout,
+        log_level=log_level,
+    )
 
 
 @main.command()

@@ -199,6 +199,7 @@ def test_log_level_controls_stderr(site: Site) -> None:
     assert code == 0 and "Entries: 4 rows read" in err
 
 
-def test_api_url_is_refused_until_supported(site: Site) -> None:
+def test_api_url_needs_client_credentials(site: Site) -> None:
     code, _, err = site.run("complete", "--api-url", "http://127.0.0.1:9")
-    assert code == 2 and "not supported yet" in err
+    assert code == 2
+    assert "--api-url needs --api-client-id and --api-secret" in err

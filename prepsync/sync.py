@@ -1,0 +1,228 @@
+"""Delivering a run to the server exactly once (SPEC §7).
+
+The order of the steps is what makes it exactly once:
+
+1. finish whatever an interrupted earlier run left (its local commit, then its session);
+2. open a session and write the session journal (``<working>/.prepsync-session.json``);
+3. cleanse every table (outputs committed locally, baselines untouched);
+4. upload the files, resuming where an interrupted upload stopped;
+5. commit the session: from the server's 202 on, the server has the changes;
+6. advance the baselines, then delete the journal.
+
+A crash before step 5 leaves the baselines as they were, so the next run computes and sends
+the same changes again (the abandoned session is cancelled). A crash between steps 5 and 6
+leaves a journal naming a committed session: the next run asks the server, sees it committed,
+and only advances the baselines from that run's outputs - it does not send them twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prepsync import pipeline
+from prepsync.config import TableSpec, resolve_tables
+from prepsync.errors import PrepsyncError, ServerError
+
+if TYPE_CHECKING:
+    from prepsync.client import ApiClient, FileReceipt
+
+log = logging.getLogger("prepsync")
+
+SESSION_JOURNAL = ".prepsync-session.json"
+# States in which the server holds the session's files for good: it was committed.
+COMMITTED_STATES = frozenset({"queued", "processing", "done", "blocked"})
+
+
+@dataclass
+class Delivery:
+    """What the server was sent and what it said."""
+
+    session_id: str
+    state: str
+    files: list[FileReceipt]
+    recovered_session: str | None  # a crashed run's committed session whose baselines we moved
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "session": self.session_id,
+            "state": self.state,
+            "files": [{"name": f.name, "size": f.size, "xxh3_128": f.xxh3_128} for f in self.files],
+            "recovered_session": self.recovered_session,
+        }
+
+
+class SessionJournal:
+    """The open session of the current run, on disk so a crashed run can be finished."""
+
+    def __init__(self, working_dir: Path) -> None:
+        self.path = working_dir / SESSION_JOURNAL
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, encoding="utf-8") as source:
+                data: dict[str, Any] = json.load(source)
+                return data
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise PrepsyncError(f"unreadable session journal {self.path}: {error}") from None
+
+    def write(self, data: dict[str, Any]) -> None:
+        temp = pipeline.temp_name(self.path)
+        with open(temp, "w", encoding="utf-8") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def files_to_send(run: pipeline.RunResult) -> list[Path]:
+    """The ``.sorted.csv`` of each table (initial/complete) or its delta (incremental)."""
+    kind = "delta" if run.mode == "incremental" else "sorted"
+    return [Path(table.outputs[kind]) for table in run.tables]
+
+
+def _run_from_journal(entry: dict[str, Any], sources: Path, working: Path) -> pipeline.RunResult:
+    tables = [
+        pipeline.TableResult(
+            table=t["table"],
+            source="",
+            change_file=t["change_file"],
+            outputs={"sorted": t["sorted"]} if t["sorted"] else {},
+        )
+        for t in entry["tables"]
+    ]
+    return pipeline.RunResult(
+        connector=entry["connector"],
+        mode=entry["mode"],
+        tables=tables,
+        seconds=0.0,
+        peak_rss=0,
+        memory_budget=0,
+        sources_dir=sources,
+        working_dir=working,
+    )
+
+
+def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | None:
+    """Settle the session a crashed run left; returns its id if it had been committed."""
+    journal = SessionJournal(working)
+    entry = journal.read()
+    if entry is None:
+        return None
+    session_id = entry["session"]
+    try:
+        state = api.session(session_id)["state"]
+    except ServerError as error:
+        if " 404 " not in f" {error} ":
+            raise
+        state = "unknown"
+    if state in COMMITTED_STATES and entry.get("tables") is not None:
+        log.warning(
+            "session %s of an interrupted run was committed (%s): advancing its baselines",
+            session_id,
+            state,
+        )
+        pipeline.advance_baselines(_run_from_journal(entry, sources, working))
+        journal.remove()
+        return str(session_id)
+    if state == "open":
+        log.warning("cancelling session %s left open by an interrupted run", session_id)
+        api.cancel(session_id)
+    # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
+    journal.remove()
+    return None
+
+
+def synchronize(
+    api: ApiClient,
+    *,
+    connector: str,
+    agent: str,
+    mode: str,
+    tables: Sequence[TableSpec] | None,
+    sources_dir: Path,
+    working_dir: Path,
+    command_column: str = "command",
+    separator: str = ",",
+    memory_budget: int = pipeline.DEFAULT_MEMORY_BUDGET,
+    progress: pipeline.Progress | None = None,
+) -> tuple[pipeline.RunResult, Delivery]:
+    """Prepare every table and deliver the result to the server exactly once."""
+    mode = mode.lower()
+    journal = SessionJournal(working_dir)
+    with pipeline.working_lock(working_dir):
+        pipeline.recover(working_dir)
+        recovered = finish_interrupted(api, sources_dir, working_dir)
+        if tables is None:
+            tables = resolve_tables(
+                api.mappings(connector), source=f"server mappings of {connector}"
+            )
+        session_id = api.open_session(connector, agent, mode)
+        log.info("opened session %s (%s)", session_id, mode)
+        journal.write({"session": session_id, "connector": connector, "mode": mode, "tables": None})
+        committing = False
+        try:
+            run = pipeline.prepare_connector(
+                tables,
+                sources_dir,
+                working_dir,
+                connector=connector,
+                mode=mode,
+                command_column=command_column,
+                separator=separator,
+                memory_budget=memory_budget,
+                progress=progress,
+            )
+            journal.write(
+                {
+                    "session": session_id,
+                    "connector": connector,
+                    "mode": mode,
+                    "tables": [
+                        {
+                            "table": t.table,
+                            "sorted": t.outputs.get("sorted"),
+                            "change_file": t.change_file,
+                        }
+                        for t in run.tables
+                    ],
+                }
+            )
+            receipts = [api.upload(session_id, path, path.name) for path in files_to_send(run)]
+            pipeline.crash_point("uploaded")
+            committing = True
+            state = api.commit(session_id, receipts)["state"]
+            pipeline.crash_point("server-committed")
+        except BaseException:
+            if not committing:
+                _abandon(api, journal, session_id)
+            # else: whether the commit reached the server is unknown; the journal stays and
+            # the next run asks the server before doing anything.
+            raise
+        pipeline.advance_baselines(run)
+        journal.remove()
+        log.info("session %s committed (%s); baselines advanced", session_id, state)
+    return run, Delivery(session_id, state, receipts, recovered)
+
+
+def _abandon(api: ApiClient, journal: SessionJournal, session_id: str) -> None:
+    """Best effort: cancel the session now; if the server can't be told, the journal stays
+    and the next run cancels it."""
+    try:
+        api.cancel(session_id)
+    except (ServerError, OSError) as error:
+        log.warning("could not cancel session %s now (%s); the next run will", session_id, error)
+        return
+    journal.remove()
