@@ -49,6 +49,18 @@ SUFFIXES = {
     "delta": ".sorted.delta.csv",
 }
 
+#: The counts a table's cleansing reports, as named in TableResult and the engine's stats.
+COUNTS = (
+    "rows_read",
+    "kept",
+    "null_keys",
+    "duplicates",
+    "inserts",
+    "updates",
+    "deletes",
+    "merges",
+)
+
 #: progress(table, phase, done, total): phase "read" counts bytes, "write" counts rows.
 Progress = Callable[[str, str, int, int], None]
 
@@ -453,18 +465,7 @@ def stage_table(
     finally:
         if baseline_file:
             baseline_file.close()
-    for name in (
-        "rows_read",
-        "kept",
-        "null_keys",
-        "duplicates",
-        "inserts",
-        "updates",
-        "deletes",
-        "merges",
-        "runs",
-        "merge_passes",
-    ):
+    for name in (*COUNTS, "runs", "merge_passes"):
         setattr(result, name, stats[name])
     result.seconds = time.monotonic() - started
     result.peak_rss = peak_rss()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -73,3 +75,50 @@ class Site:
                     if path.is_file():
                         files[str(path.relative_to(self.root))] = path.read_bytes()
         return files
+
+
+def entity_config(connector: str, tables: Mapping[str, Sequence[str]]) -> str:
+    """XML mapping each table's columns, the first one its primary key."""
+    mappings = []
+    for table, columns in tables.items():
+        properties = "".join(
+            f'<Property Identifier="{c}" ConnectionColumn="{c}"'
+            + (' IsPrimaryKey="true"' if i == 0 else "")
+            + " />"
+            for i, c in enumerate(columns)
+        )
+        mappings.append(
+            f'<EntityTypeMapping Identifier="{table}" Connector="{connector}" '
+            f'ConnectionTable="{table}">{properties}</EntityTypeMapping>'
+        )
+    return "<ConfigurationFile>" + "".join(mappings) + "</ConfigurationFile>"
+
+
+def prepare_command(
+    config: Path,
+    sources: Path,
+    working: Path,
+    *extra: str,
+    connector: str = "C",
+    mode: str = "complete",
+) -> list[str]:
+    """`prepsync prepare` as a child process runs it, offline."""
+    return [
+        sys.executable,
+        "-m",
+        "prepsync",
+        "prepare",
+        "--connector",
+        connector,
+        "--agent",
+        "test",
+        "--synchronization-mode",
+        mode,
+        "--config",
+        str(config),
+        "--sources-directory",
+        str(sources),
+        "--working-directory",
+        str(working),
+        *extra,
+    ]

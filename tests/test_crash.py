@@ -12,25 +12,16 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from sites import entity_config, prepare_command
 
 from prepsync import pipeline
 
 TABLES = ("alpha", "beta", "gamma")
-CONFIG = (
-    "<ConfigurationFile>"
-    + "".join(
-        f"""<EntityTypeMapping Identifier="{t}" Connector="C" ConnectionTable="{t}">
-      <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
-      <Property Identifier="v" ConnectionColumn="v" /></EntityTypeMapping>"""
-        for t in TABLES
-    )
-    + "</ConfigurationFile>"
-)
+CONFIG = entity_config("C", {t: ("id", "v") for t in TABLES})
 ROWS = 60000
 
 
@@ -44,33 +35,22 @@ def export(day: int, table: str) -> bytes:
         lines.append(f"{(i * 7919) % (ROWS * 3):07d},{value}")
     if day:
         lines += [f"{ROWS * 3 + i:07d},new-{table}" for i in range(500)]
-    rng.shuffle(lines[1:])
-    return ("\n".join(lines) + "\n").encode()
+    body = lines[1:]
+    rng.shuffle(body)
+    return ("\n".join([lines[0], *body]) + "\n").encode()
 
 
 def command(root: Path, mode: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "prepsync",
-        "prepare",
-        "--connector",
-        "C",
-        "--agent",
-        "t",
-        "--synchronization-mode",
-        mode,
-        "--config",
-        str(root / "conf.xml"),
-        "--temp-folder",
-        str(root / "Temp"),
-        "--work-folder",
-        str(root / "Work"),
+    return prepare_command(
+        root / "conf.xml",
+        root / "Temp" / "ExportOutput",
+        root / "Work" / "Collect",
         "--memory-budget",
         "1MiB",
         "--log-level",
         "Error",
-    ]
+        mode=mode,
+    )
 
 
 def files(folder: Path, suffix: str) -> dict[str, bytes]:

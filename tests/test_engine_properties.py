@@ -25,7 +25,7 @@ from strategies import (
 
 from prepsync import _cleanse
 from prepsync.errors import BaselineError, InputError
-from prepsync.pipeline import SUFFIXES, prepare_table
+from prepsync.pipeline import COUNTS, SUFFIXES, prepare_table
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 budgets = st.sampled_from([256, 700, 4096, 1 << 20, 1 << 30])
@@ -84,17 +84,7 @@ def reference(data: bytes, spec: Any, **options: Any) -> Outcome:
 
 
 def counts(result: Any) -> tuple[int, ...]:
-    names = (
-        "rows_read",
-        "kept",
-        "null_keys",
-        "duplicates",
-        "inserts",
-        "updates",
-        "deletes",
-        "merges",
-    )
-    return tuple(getattr(result, name) for name in names)
+    return tuple(getattr(result, name) for name in COUNTS)
 
 
 @SETTINGS

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from sites import entity_config, prepare_command
 
 from prepsync import _cleanse, pipeline
 from prepsync.config import TableSpec, Thresholds
@@ -52,33 +52,9 @@ def test_sigint_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
     sources, working = tmp_path / "src", tmp_path / "out"
     sources.mkdir()
     write_rows(sources / "T.csv", 1_500_000)
-    (tmp_path / "conf.xml").write_text(
-        '<ConfigurationFile><EntityTypeMapping Identifier="T" Connector="C" '
-        'ConnectionTable="T"><Property Identifier="id" ConnectionColumn="id" '
-        'IsPrimaryKey="true"/><Property Identifier="v" ConnectionColumn="v"/>'
-        "</EntityTypeMapping></ConfigurationFile>"
-    )
+    (tmp_path / "conf.xml").write_text(entity_config("C", {"T": ("id", "v")}))
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prepsync",
-            "prepare",
-            "--connector",
-            "C",
-            "--agent",
-            "a",
-            "--synchronization-mode",
-            "complete",
-            "--config",
-            str(tmp_path / "conf.xml"),
-            "--sources-directory",
-            str(sources),
-            "--working-directory",
-            str(working),
-            "--memory-budget",
-            "1MiB",
-        ],
+        prepare_command(tmp_path / "conf.xml", sources, working, "--memory-budget", "1MiB"),
         stderr=subprocess.PIPE,
         text=True,
     )

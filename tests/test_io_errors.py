@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-CONFIG = (
-    '<ConfigurationFile><EntityTypeMapping Identifier="T" Connector="C" ConnectionTable="T">'
-    '<Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true"/>'
-    '<Property Identifier="v" ConnectionColumn="v"/></EntityTypeMapping></ConfigurationFile>'
-)
+from sites import entity_config, prepare_command
 
 
 @pytest.mark.parametrize(
@@ -27,34 +21,21 @@ def test_failing_write_is_reported_and_cleaned_up(
     sources.mkdir()
     rows = "".join(f"{(i * 7919) % 100_000:06d},{'v' * 20}\n" for i in range(100_000))
     (sources / "T.csv").write_text("id,v\n" + rows)
-    (tmp_path / "conf.xml").write_text(CONFIG)
+    (tmp_path / "conf.xml").write_text(entity_config("C", {"T": ("id", "v")}))
 
     def limit_file_size() -> None:  # in the child: writes past `limit` bytes fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prepsync",
-            "prepare",
-            "--connector",
-            "C",
-            "--agent",
-            "a",
-            "--synchronization-mode",
-            "complete",
-            "--config",
-            str(tmp_path / "conf.xml"),
-            "--sources-directory",
-            str(sources),
-            "--working-directory",
-            str(working),
+        prepare_command(
+            tmp_path / "conf.xml",
+            sources,
+            working,
             "--memory-budget",
             budget,
             "--log-level",
             "Error",
-        ],
+        ),
         capture_output=True,
         text=True,
         preexec_fn=limit_file_size,

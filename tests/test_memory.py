@@ -15,22 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from sites import entity_config, prepare_command
 
 from prepsync import _cleanse
 
 MIB = 1 << 20
 BUDGET = 16 * MIB
 SLACK = 48 * MIB
-
-CONFIG = """<ConfigurationFile>
-  <EntityTypeMapping Identifier="E" Connector="AD" ConnectionTable="entries">
-    <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
-    <Property Identifier="dn" ConnectionColumn="dn" />
-    <Property Identifier="mail" ConnectionColumn="mail" />
-    <Property Identifier="note" ConnectionColumn="note" />
-  </EntityTypeMapping>
-</ConfigurationFile>
-"""
 
 
 def write_export(path: Path, size: int) -> None:
@@ -59,32 +50,22 @@ def test_peak_rss_stays_under_budget_plus_48_mib(tmp_path: Path) -> None:
     sources = tmp_path / "src"
     sources.mkdir()
     write_export(sources / "entries.csv", 10 * BUDGET + 8 * MIB)
-    (tmp_path / "conf.xml").write_text(CONFIG)
+    (tmp_path / "conf.xml").write_text(
+        entity_config("AD", {"entries": ("id", "dn", "mail", "note")})
+    )
     report = tmp_path / "report.json"
-    command = [
-        sys.executable,
-        "-m",
-        "prepsync",
-        "prepare",
-        "--connector",
-        "AD",
-        "--agent",
-        "t",
-        "--synchronization-mode",
-        "complete",
-        "--config",
-        str(tmp_path / "conf.xml"),
-        "--sources-directory",
-        str(sources),
-        "--working-directory",
-        str(tmp_path / "out"),
+    command = prepare_command(
+        tmp_path / "conf.xml",
+        sources,
+        tmp_path / "out",
         "--memory-budget",
         "16MiB",
         "--report",
         str(report),
         "--log-level",
         "Warning",
-    ]
+        connector="AD",
+    )
     wrapper = textwrap.dedent(
         f"""
         import resource, subprocess, sys
