@@ -4,7 +4,7 @@
 Prints every figure of either file side by side and flags each one that got more than
 ``--threshold`` percent (default 10) worse. Every figure is lower-is-better: wall and CPU
 seconds, microseconds per row, peak RSS, and the prepsync/other ratios. An output check
-(prepsync vs DuckDB) that was identical and no longer is is flagged too. Exits 1 when
+(prepsync vs DuckDB) that was identical and is now different or missing is flagged too. Exits 1 when
 anything is flagged, 0 otherwise (2 on unreadable input).
 """
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a_check = old.get("checks", {}).get(key, "-")
         b_check = new.get("checks", {}).get(key, "-")
         mark = ""
-        if a_check == "identical" and b_check != "identical":
+        if a_check == "identical" and b_check not in ("identical", "-"):
             mark = "  WORSE"
             flagged.append(f"check {key}")
         print(f"check {key}: {a_check} -> {b_check}{mark}")

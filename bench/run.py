@@ -82,6 +82,7 @@ class Sample:
     cpu: float
     rss_mib: float
     walls: list[float]
+    load: float  # 1-minute load average just before the run (other work on the machine)
 
 
 @dataclass
@@ -158,6 +159,7 @@ def load_tables(config: Path, connector: str, sources: Path) -> list[Table]:
 
 def measure(job: Job, log: Path) -> Sample:
     spec = {"cmds": job.cmds, "env": job.env, "cwd": str(REPO), "log": str(log)}
+    load = os.getloadavg()[0]
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, json.dumps(spec)],
         capture_output=True,
@@ -172,7 +174,7 @@ def measure(job: Job, log: Path) -> Sample:
         raise BenchError(
             f"{job.tool} exited with status {res['rc']}; see {log}:\n  " + "\n  ".join(tail)
         )
-    return Sample(res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"])
+    return Sample(res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"], load)
 
 
 def run_jobs(
@@ -189,12 +191,23 @@ def run_jobs(
             job.samples.append(sample)
             print(
                 f"  [{r + 1}/{repeat}] {job.tool:<9} {sample.wall:8.2f} s "
-                f"{sample.rss_mib:8.1f} MiB",
+                f"{sample.rss_mib:8.1f} MiB   (load {sample.load:.2f})",
                 file=sys.stderr,
                 flush=True,
             )
         if r == 0 and after_first is not None:
             after_first()
+
+
+def remove_previous(sources: Path) -> None:
+    """Remove the baselines prepsync keeps in ``sources/previous/`` (benchmark data only)."""
+    if (sources / "previous").exists():
+        if not (sources / "gen.json").is_file():
+            raise BenchError(
+                f"{sources / 'previous'} holds baselines and {sources} was not made by "
+                "gen_ad.py: move them away first (the benchmark replaces them)"
+            )
+        shutil.rmtree(sources / "previous")
 
 
 def median(values: Sequence[float]) -> float:
@@ -300,7 +313,10 @@ class Bench:
                     "--working-directory", str(work),
                     "--memory-budget", self.args.memory_budget, "--report", str(report),
                 ]  # fmt: skip
-                out.append(Job(tool, [cmd], work))
+                # prepsync advances its baseline in sources/previous/ after every run: start
+                # each run from the same state (none for complete, the saved one for
+                # incremental, see incremental()).
+                out.append(Job(tool, [cmd], work, setup=lambda: remove_previous(sources)))
             elif tool == "sort":
                 env = dict(os.environ, LC_ALL="C")
                 size = sort_size(self.args.memory_budget)
@@ -417,7 +433,8 @@ class Bench:
             except ValueError:
                 self.reports[section] = {"unreadable": path.read_text(errors="replace")[:2000]}
 
-    def cleanup(self, jobs: list[Job]) -> None:
+    def cleanup(self, jobs: list[Job], sources: Path) -> None:
+        remove_previous(sources)
         if not self.args.keep_work:
             for job in jobs:
                 shutil.rmtree(job.work, ignore_errors=True)
@@ -426,6 +443,7 @@ class Bench:
 
     def complete(self, data: Path, meta: dict[str, Any]) -> list[Table]:
         self.datasets["complete"] = meta
+        remove_previous(data)
         tables = load_tables(self.config, self.args.connector, data)
         warm_cache([t.source for t in tables])
         jobs = self.jobs("complete", data, tables, "complete")
@@ -439,11 +457,12 @@ class Bench:
         self.load_report("complete")
         self.say()
         self.print_section(f"complete synchronization: {describe(data, meta)}", "complete", jobs)
-        self.cleanup(jobs)
+        self.cleanup(jobs, data)
         return tables
 
     def incremental(self, day2: Path, meta: dict[str, Any]) -> None:
         self.datasets["incremental"] = meta
+        remove_previous(day2)
         tables = load_tables(self.config, self.args.connector, day2)
         have = all((self.baseline / f"{t.name}.sorted.csv").is_file() for t in tables)
         if not have and self.tools != ["sort"]:
@@ -451,7 +470,8 @@ class Bench:
         previous = day2 / "previous"
 
         def restore() -> None:
-            previous.mkdir(exist_ok=True)
+            remove_previous(day2)
+            previous.mkdir()
             for t in tables:
                 name = f"{t.name}.sorted.csv"
                 shutil.copyfile(self.baseline / name, previous / name)
@@ -476,8 +496,7 @@ class Bench:
             jobs,
         )
         self.say("  (sort* sorts the new export only; DuckDB reads the same baselines)")
-        shutil.rmtree(previous, ignore_errors=True)
-        self.cleanup(jobs)
+        self.cleanup(jobs, day2)
 
     def scaling(self, sizes: Sequence[int]) -> None:
         per: dict[int, list[Job]] = {}
@@ -493,7 +512,7 @@ class Bench:
             print(f"scaling: {rows} rows", file=sys.stderr, flush=True)
             run_jobs(jobs, self.args.repeat, self.logs)
             self.record(section, jobs, rows)
-            self.cleanup(jobs)
+            self.cleanup(jobs, data)
             per[rows] = jobs
         self.say()
         self.say("scaling (complete synchronization, median wall time per entries row)")
@@ -678,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not args.keep_work:
+        shutil.rmtree(bench.baseline, ignore_errors=True)
     git = git_info()
     results = {
         "schema": 1,
