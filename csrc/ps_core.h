@@ -52,6 +52,10 @@ typedef struct ps_writer {
     char *buf;
     size_t cap, len;
     int64_t bytes_written;
+    /* Outputs are fsync'ed before they are renamed into place. Starting their writeback as
+     * they grow overlaps that I/O with the work instead of paying it all at the end. */
+    int eager_writeback;
+    int64_t writeback_from; /* first byte not yet handed to writeback */
 } ps_writer;
 
 int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error *err);

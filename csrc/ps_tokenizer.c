@@ -3,6 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define PS_MIN_RETRY_STEP ((size_t)64 << 10)
 #define PS_MAX_RETRY_STEP ((size_t)8 << 20)
 
@@ -72,15 +76,68 @@ void ps_tok_set_eof(ps_tokenizer *t) {
     t->retry_at = 0;
 }
 
-static inline const char *scan_plain(const char *p, const char *end, const uint8_t *stop) {
-    while (p < end && !stop[(unsigned char)*p]) p++;
+/* The first byte at or after p that is the separator, a quote, CR or LF (or end). Fields are
+ * mostly plain bytes, so this is the tokenizer's hot loop: 16 bytes a step with SSE2 (always
+ * there on x86-64), then a table lookup per byte for the tail. */
+static inline const char *scan_plain(const char *p, const char *end, const ps_tokenizer *t) {
+#if defined(__SSE2__)
+    const __m128i sep = _mm_set1_epi8(t->separator), quote = _mm_set1_epi8('"');
+    const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+    while (end - p >= 16) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)p);
+        __m128i hits = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(bytes, sep), _mm_cmpeq_epi8(bytes, quote)),
+            _mm_or_si128(_mm_cmpeq_epi8(bytes, lf), _mm_cmpeq_epi8(bytes, cr)));
+        int mask = _mm_movemask_epi8(hits);
+        if (mask) return p + __builtin_ctz((unsigned)mask);
+        p += 16;
+    }
+#endif
+    while (p < end && !t->stop[(unsigned char)*p]) p++;
     return p;
+}
+
+/* Inside quotes: the first quote at or after p (or end). On the way it notes whether the
+ * value holds the separator, CR or LF (then it must be quoted again on output) and counts
+ * the LFs, so that a DN full of commas is one sweep, not one stop per comma. */
+static inline const char *scan_quoted(const char *p, const char *end, const ps_tokenizer *t,
+                                      int *special, int64_t *line_feeds) {
+#if defined(__SSE2__)
+    const __m128i sep = _mm_set1_epi8(t->separator), quote = _mm_set1_epi8('"');
+    const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+    while (end - p >= 16) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)p);
+        unsigned quotes = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, quote));
+        unsigned feeds = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, lf));
+        unsigned others = (unsigned)_mm_movemask_epi8(
+            _mm_or_si128(_mm_cmpeq_epi8(bytes, sep), _mm_cmpeq_epi8(bytes, cr)));
+        unsigned before = quotes ? (1u << __builtin_ctz(quotes)) - 1 : 0xFFFFu;
+        if ((feeds | others) & before) *special = 1;
+        *line_feeds += __builtin_popcount(feeds & before);
+        if (quotes) return p + __builtin_ctz(quotes);
+        p += 16;
+    }
+#endif
+    for (; p < end; p++) {
+        char ch = *p;
+        if (ch == '"') return p;
+        if (ch == t->separator || ch == '\r' || ch == '\n') {
+            *special = 1;
+            *line_feeds += ch == '\n';
+        }
+    }
+    return end;
 }
 
 int ps_utf8_valid(const unsigned char *s, size_t n, size_t *bad) {
     size_t i = 0;
     while (i < n) {
-        /* ASCII fast path, 8 bytes at a time. */
+        /* ASCII fast path: 16 bytes at a time, then 8. */
+#if defined(__SSE2__)
+        while (i + 16 <= n &&
+               !_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(s + i))))
+            i += 16;
+#endif
         while (i + 8 <= n) {
             uint64_t word;
             memcpy(&word, s + i, 8);
@@ -177,35 +234,31 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
         }
         ps_field *f = &t->fields[nf++];
         if (p < end && *p == '"') {
+            /* One pass finds the closing quote and notes whether the value holds anything
+             * that must be quoted again on output (doubled quotes, separators, CR, LF). */
             const char *open = p, *close;
             const char *q = p + 1;
-            int escaped = 0;
+            int escaped = 0, special = 0;
             for (;;) {
-                close = memchr(q, '"', (size_t)(end - q));
-                if (!close) {
+                const char *hit = scan_quoted(q, end, t, &special, &lines_inside);
+                if (hit == end) {
                     if (!eof) goto need_more;
                     return ps_fail(err, t->error_code, t->line, t->base_offset + (open - buf),
                                    "unterminated quote");
                 }
-                if (close + 1 == end) {
-                    if (!eof) goto need_more;
-                    break;
+                if (hit + 1 == end && !eof) goto need_more;
+                if (hit + 1 < end && hit[1] == '"') {
+                    escaped = special = 1;
+                    q = hit + 2;
+                    continue;
                 }
-                if (close[1] != '"') break;
-                escaped = 1;
-                q = close + 2;
+                close = hit;
+                break;
             }
             f->data = open + 1;
             f->len = (uint32_t)(close - open - 1);
             f->quoted = 1;
             f->escaped = (uint8_t)escaped;
-            int special = escaped;
-            for (const char *s = open + 1;; s++) {
-                s = scan_plain(s, close, t->stop);
-                if (s == close) break;
-                special = 1;
-                if (*s == '\n') lines_inside++;
-            }
             f->special = (uint8_t)special;
             p = close + 1;
             if (p == end) break; /* only reachable at EOF */
@@ -237,7 +290,7 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
         int special = 0;
         int ends_record = 0;
         for (;;) {
-            p = scan_plain(p, end, t->stop);
+            p = scan_plain(p, end, t);
             if (p == end) {
                 if (!eof) goto need_more;
                 f->data = value;

@@ -184,6 +184,16 @@ cdef class Cleanser:
             rc = c.ps_cleanse_feed(engine, <const char *>&data[0], n, &self.err)
         self.check(rc)
 
+    def read_from(self, int fd, Py_ssize_t max_bytes):
+        """Reads up to max_bytes from fd into the engine; returns how many (0 at the end)."""
+        cdef c.ps_cleanse *engine = self.live()
+        cdef size_t got = 0
+        cdef int rc
+        with nogil:
+            rc = c.ps_cleanse_read(engine, fd, max_bytes, &got, &self.err)
+        self.check(rc)
+        return got
+
     def finish_input(self):
         cdef c.ps_cleanse *engine = self.live()
         cdef int rc
