@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,18 +103,25 @@ def _under(base: Path, path: Path) -> Path:
 
 
 class ProgressBar:
-    """A one-line progress display on stderr, shown only when stderr is a terminal."""
+    """A one-line progress display on stderr, shown only when stderr is a terminal; tables
+    cleansed at the same time share the line."""
 
     def __init__(self) -> None:
         self._last = ""
+        self._tables: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, table: str, phase: str, done: int, total: int) -> None:
         percent = 100 * done // total if total else 100
-        text = f"\r{table}: {'reading' if phase == 'read' else 'writing'} {percent:3d}%"
-        if text != self._last:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            self._last = text
+        with self._lock:
+            self._tables[table] = (
+                f"{table}: {'reading' if phase == 'read' else 'writing'} {percent:3d}%"
+            )
+            text = "\r" + "  ".join(self._tables.values())
+            if text != self._last:
+                sys.stderr.write(text.ljust(len(self._last)))
+                sys.stderr.flush()
+                self._last = text
 
     def close(self) -> None:
         if self._last:

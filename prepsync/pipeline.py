@@ -21,8 +21,10 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -400,6 +402,7 @@ def stage_table(
     spill_dir: Path | None = None,
     read_block: int | None = None,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TableResult:
     """Cleanse one table into files staged in ``staged`` (committed by the caller)."""
     mode = mode.lower()
@@ -456,9 +459,8 @@ def stage_table(
             baseline=str(baseline or ""),
         )
         try:
-            _run_engine(
-                engine, source, spec.name, read_block or _cleanse.io_block(memory_budget), progress
-            )
+            block = read_block or _cleanse.io_block(memory_budget)
+            _run_engine(engine, source, spec.name, block, progress, should_stop)
             stats = engine.stats()
         finally:
             engine.close()
@@ -469,7 +471,7 @@ def stage_table(
         setattr(result, name, stats[name])
     result.seconds = time.monotonic() - started
     result.peak_rss = peak_rss()
-    log.info(
+    log.debug(
         "%s: %d rows read, %d kept, %d null keys, %d duplicates (%d runs) in %.2f s",
         spec.name,
         result.rows_read,
@@ -488,26 +490,29 @@ def _run_engine(
     table: str,
     block: int,
     progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
 ) -> None:
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise _Stopped(table)
+
     total = source.stat().st_size
     done = 0
-    buffer = bytearray(block)
-    view = memoryview(buffer)
     with open(source, "rb", buffering=0) as reader:
         with contextlib.suppress(OSError):
             os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while True:
-            n = reader.readinto(buffer)
-            if not n:
-                break
-            engine.feed(view[:n])
-            done += n
+        # The engine reads into its own buffer: no copy through Python. Ctrl-C is seen
+        # between blocks.
+        while got := engine.read_from(reader.fileno(), block):
+            check_stop()
+            done += got
             if progress:
                 progress(table, "read", done, total)
     engine.finish_input()
     rows = engine.stats()["rows_read"]
     written = 0
     while not engine.merge_step(MERGE_STEP_ROWS):
+        check_stop()
         written += MERGE_STEP_ROWS
         if progress:
             progress(table, "write", min(written, rows), rows)
@@ -574,6 +579,11 @@ class RunResult:
         }
 
 
+def default_parallelism(tables: int) -> int:
+    """One table per core, never more workers than tables."""
+    return max(1, min(tables, os.cpu_count() or 1))
+
+
 def prepare_connector(
     tables: Sequence[TableSpec],
     sources_dir: Path,
@@ -585,39 +595,49 @@ def prepare_connector(
     separator: str = ",",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Progress | None = None,
+    parallel: int | None = None,
 ) -> RunResult:
     """Cleanse every table; all outputs appear together, only if every table succeeded.
 
-    The baselines are not touched: call :func:`advance_baselines` once the outputs have been
-    accepted (at once for an offline run, after the server's commit otherwise).
+    Up to ``parallel`` tables (default: one per core) are cleansed at once, each with an equal
+    share of the memory budget, so the whole run stays within it. The baselines are not touched:
+    call :func:`advance_baselines` once the outputs have been accepted (at once for an offline
+    run, after the server's commit otherwise).
     """
     started = time.monotonic()
     mode = mode.lower()
     baseline_dir = sources_dir / BASELINE_DIR
+    workers = max(1, min(parallel or default_parallelism(len(tables)), len(tables) or 1))
+    share = memory_budget // workers
     with working_lock(working_dir):
         recover(working_dir)
         _remove_leftovers(working_dir, baseline_dir)
         sources = [find_source(sources_dir, spec.name) for spec in tables]
         staged = StagedFiles(working_dir)
-        results = []
+        failure = _FirstFailure(len(tables))
         try:
             with spill_directory(working_dir) as spill:
-                for spec, source in zip(tables, sources, strict=True):
-                    results.append(
-                        stage_table(
-                            source,
-                            spec,
-                            working_dir,
-                            staged,
-                            mode=mode,
-                            baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
-                            command_column=command_column,
-                            separator=separator,
-                            memory_budget=memory_budget,
-                            spill_dir=spill,
-                            progress=progress,
-                        )
+
+                def cleanse(index: int) -> TableResult:
+                    own_spill = spill / str(index)  # run file names are per engine
+                    own_spill.mkdir()
+                    spec = tables[index]
+                    return stage_table(
+                        sources[index],
+                        spec,
+                        working_dir,
+                        staged,
+                        mode=mode,
+                        baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
+                        command_column=command_column,
+                        separator=separator,
+                        memory_budget=share,
+                        spill_dir=own_spill,
+                        progress=progress,
+                        should_stop=lambda: failure.stops(index),
                     )
+
+                results = _run_all(cleanse, len(tables), workers, failure)
             crash_point("staged")
             staged.commit()
         finally:
@@ -632,6 +652,59 @@ def prepare_connector(
         sources_dir=sources_dir,
         working_dir=working_dir,
     )
+
+
+class _Stopped(Exception):
+    """An earlier table failed (or Ctrl-C): this one stops at its next block."""
+
+
+class _FirstFailure:
+    """The lowest index of a table that failed. Tables after it stop; tables before it run to
+    the end, and if one of them fails too its error is the one reported. So the error a run
+    reports is always that of the first failing table in configuration order, whatever the
+    timing of the threads."""
+
+    def __init__(self, count: int) -> None:
+        self.index = count
+        self._lock = threading.Lock()
+
+    def record(self, index: int) -> None:
+        with self._lock:
+            self.index = min(self.index, index)
+
+    def stops(self, index: int) -> bool:
+        return self.index < index
+
+
+def _run_all(
+    work: Callable[[int], TableResult], count: int, workers: int, failure: _FirstFailure
+) -> list[TableResult]:
+    """work(0..count-1) on `workers` threads (the engine releases the GIL)."""
+    if workers == 1:
+        return [work(index) for index in range(count)]
+
+    def guarded(index: int) -> TableResult:
+        try:
+            return work(index)
+        except _Stopped:
+            raise
+        except BaseException:
+            failure.record(index)
+            raise
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepsync") as pool:
+        futures = [pool.submit(guarded, index) for index in range(count)]
+        try:
+            wait(futures)
+        except BaseException:  # Ctrl-C reaches the main thread only: stop every table
+            failure.record(-1)
+            wait(futures)
+            raise
+    for future in futures:
+        error = future.exception()
+        if error is not None and not isinstance(error, _Stopped):
+            raise error
+    return [future.result() for future in futures]
 
 
 def advance_baselines(run: RunResult) -> list[Path]:
