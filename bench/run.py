@@ -187,6 +187,10 @@ def run_jobs(
                 shutil.rmtree(job.work)
             job.work.mkdir(parents=True)
             job.setup()
+            # Flush the previous tool's writes first (untimed): GNU sort and DuckDB leave their
+            # output dirty in the page cache, and its writeback would otherwise slow down
+            # whichever tool runs next. prepsync pays for its own fsync inside its timing.
+            os.sync()
             sample = measure(job, logs / f"{job.work.name}.log")
             job.samples.append(sample)
             print(

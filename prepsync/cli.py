@@ -253,6 +253,11 @@ def _prepare_options(function: F) -> F:
             help="Write the run's summary as JSON here.",
         ),
         click.option(
+            "--parallel",
+            type=click.IntRange(min=1),
+            help="Tables cleansed at once, sharing the budget [default: one per core].",
+        ),
+        click.option(
             "--upload-chunk-size",
             default="8MiB",
             show_default=True,
@@ -292,6 +297,7 @@ def prepare(
     command_column: str,
     log_level: str,
     report: Path | None,
+    parallel: int | None,
     upload_chunk_size: int,
     api_retry_seconds: float,
 ) -> None:
@@ -338,6 +344,7 @@ def prepare(
                     separator=separator,
                     memory_budget=memory_budget,
                     progress=progress,
+                    parallel=parallel,
                 )
         else:
             assert tables is not None
@@ -352,6 +359,7 @@ def prepare(
                     separator=separator,
                     memory_budget=memory_budget,
                     progress=progress,
+                    parallel=parallel,
                 )
                 pipeline.advance_baselines(run)
     finally:

@@ -158,6 +158,7 @@ def synchronize(
     separator: str = ",",
     memory_budget: int = pipeline.DEFAULT_MEMORY_BUDGET,
     progress: pipeline.Progress | None = None,
+    parallel: int | None = None,
 ) -> tuple[pipeline.RunResult, Delivery]:
     """Prepare every table and deliver the result to the server exactly once."""
     mode = mode.lower()
@@ -184,6 +185,7 @@ def synchronize(
                 separator=separator,
                 memory_budget=memory_budget,
                 progress=progress,
+                parallel=parallel,
             )
             journal.write(
                 {
