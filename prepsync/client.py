@@ -543,7 +543,8 @@ class ApiClient:
     @staticmethod
     def _refusal(method: str, path: str, response: httpx.Response) -> ServerError:
         return ServerError(
-            f"server {method} {path}: {response.status_code} {_error_text(response)}"
+            f"server {method} {path}: {response.status_code} {_error_text(response)}",
+            status=response.status_code,
         )
 
     def _authorization(self) -> dict[str, str]:

@@ -53,3 +53,7 @@ class BaselineError(PrepsyncError):
 
 class ServerError(PrepsyncError):
     """The server refused a request or could not be reached within the retry budget."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refusal; None when there was no answer

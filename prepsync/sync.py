@@ -125,9 +125,9 @@ def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | No
     try:
         state = api.session(session_id)["state"]
     except ServerError as error:
-        if " 404 " not in f" {error} ":
+        if error.status != 404:
             raise
-        state = "unknown"
+        state = "unknown"  # e.g. the server's data was reset: nothing of it is applied
     if state in COMMITTED_STATES and entry.get("tables") is not None:
         log.warning(
             "session %s of an interrupted run was committed (%s): advancing its baselines",

@@ -1,0 +1,81 @@
+"""Settling the session an interrupted run left behind (prepsync.sync.finish_interrupted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prepsync.client import ApiClient, RetryPolicy
+from prepsync.errors import ServerError
+from prepsync.sync import SessionJournal, finish_interrupted
+
+SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def client(answers: dict[tuple[str, str], httpx.Response], calls: list[str]) -> ApiClient:
+    def handle(request: httpx.Request) -> httpx.Response:
+        key = (request.method, request.url.path)
+        calls.append(f"{request.method} {request.url.path}")
+        if key == ("POST", "/connect/token"):
+            return httpx.Response(
+                200, json={"access_token": "t", "token_type": "Bearer", "expires_in": 3600}
+            )
+        return answers.get(key, httpx.Response(500, json={"error": "unexpected"}))
+
+    return ApiClient(
+        "http://127.0.0.1:9",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(handle),
+        retry=RetryPolicy(total_seconds=0),
+        sleep=lambda _: None,
+    )
+
+
+def journal(working: Path, tables: list[dict[str, object]] | None) -> SessionJournal:
+    entry = {"session": SESSION, "connector": "AD", "mode": "incremental", "tables": tables}
+    (working / ".prepsync-session.json").write_text(json.dumps(entry))
+    return SessionJournal(working)
+
+
+def test_no_journal_asks_nothing(tmp_path: Path) -> None:
+    calls: list[str] = []
+    assert finish_interrupted(client({}, calls), tmp_path, tmp_path) is None
+    assert calls == []
+
+
+def test_session_unknown_to_the_server_is_forgotten(tmp_path: Path) -> None:
+    calls: list[str] = []
+    saved = journal(tmp_path, [{"table": "T", "sorted": "x", "change_file": False}])
+    gone = {("GET", f"/api/sessions/{SESSION}"): httpx.Response(404, json={"error": "no"})}
+    assert finish_interrupted(client(gone, calls), tmp_path, tmp_path) is None
+    assert saved.read() is None
+    assert not (tmp_path / "previous").exists()  # nothing was applied: baselines stay
+
+
+def test_open_session_is_cancelled(tmp_path: Path) -> None:
+    calls: list[str] = []
+    saved = journal(tmp_path, None)
+    answers = {
+        ("GET", f"/api/sessions/{SESSION}"): httpx.Response(
+            200, json={"id": SESSION, "connector": "AD", "mode": "incremental", "state": "open"}
+        ),
+        ("POST", f"/api/sessions/{SESSION}/cancel"): httpx.Response(
+            200, json={"id": SESSION, "state": "cancelled"}
+        ),
+    }
+    assert finish_interrupted(client(answers, calls), tmp_path, tmp_path) is None
+    assert f"POST /api/sessions/{SESSION}/cancel" in calls
+    assert saved.read() is None
+
+
+def test_other_refusals_keep_the_journal(tmp_path: Path) -> None:
+    saved = journal(tmp_path, None)
+    forbidden = {("GET", f"/api/sessions/{SESSION}"): httpx.Response(403, json={"error": "no"})}
+    with pytest.raises(ServerError) as refusal:
+        finish_interrupted(client(forbidden, []), tmp_path, tmp_path)
+    assert refusal.value.status == 403
+    assert saved.read() is not None  # still unsettled: the next run asks again
