@@ -602,28 +602,22 @@ _NON_NEGATIVE_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
 def _thresholds_from_attributes(element: _XmlElement, location: str) -> Thresholds:
-    counts: list[int] = []
-    for attribute in _COUNT_ATTRIBUTES:
-        value = element.attributes.get(attribute)
-        if value is None:
-            counts.append(0)
-        elif _NON_NEGATIVE_INTEGER.fullmatch(value.strip()):
-            counts.append(int(value))
-        else:
-            raise ConfigError(
-                f"{location}: {attribute}={value!r} is not a non-negative integer (0 = off)"
-            )
-    percents: list[float] = []
-    for attribute in _PERCENT_ATTRIBUTES:
-        value = element.attributes.get(attribute)
-        if value is None:
-            percents.append(0.0)
-        elif _NON_NEGATIVE_DECIMAL.fullmatch(value.strip()):
-            percents.append(float(value))
-        else:
-            raise ConfigError(
-                f"{location}: {attribute}={value!r} is not a non-negative number (0 = off)"
-            )
+    def value(attribute: str, pattern: re.Pattern[str], description: str) -> str:
+        text = element.attributes.get(attribute)
+        if text is None:
+            return "0"
+        if not pattern.fullmatch(text.strip()):
+            raise ConfigError(f"{location}: {attribute}={text!r} is not a {description} (0 = off)")
+        return text
+
+    counts = [
+        int(value(name, _NON_NEGATIVE_INTEGER, "non-negative integer"))
+        for name in _COUNT_ATTRIBUTES
+    ]
+    percents = [
+        float(value(name, _NON_NEGATIVE_DECIMAL, "non-negative number"))
+        for name in _PERCENT_ATTRIBUTES
+    ]
     return _thresholds(counts, percents)
 
 

@@ -330,8 +330,11 @@ def test_agent_killed_around_commit_sends_each_change_once(
     agent.assert_store_matches_export()
 
 
-@pytest.mark.slow
-def test_blocked_session_changes_nothing_until_forced(tmp_path: Path) -> None:
+@pytest.fixture
+def blocked(tmp_path: Path) -> Iterator[tuple[Server, Agent, Export, str, bytes]]:
+    """A server with MaximumDeletedLines=3, a complete load done, then an incremental run
+    deleting 5 entries: accepted by the agent, blocked by the server. Yields the chain, the
+    blocked session and the entries the store held before it."""
     config = tmp_path / "server.xml"
     config.write_text(config_xml(max_deleted=3))
     server = Server(tmp_path, config)
@@ -345,50 +348,46 @@ def test_blocked_session_changes_nothing_until_forced(tmp_path: Path) -> None:
         export.next_day(deletes=5)
         export.write(agent.sources)
         assert agent.run("incremental").returncode == 0  # accepted: the baselines move
-        blocked = latest_session(server)
-        assert server.wait(blocked, ("blocked",)) == "blocked"
-        assert server.resources("ADExport_entries") == before
-        with server.api() as api:
-            assert api.post(f"/api/sessions/{blocked}/force").status_code == 202
-        assert server.wait(blocked) == "done"
-        agent.assert_store_matches_export()
+        session = latest_session(server)
+        assert server.wait(session, ("blocked",)) == "blocked"
+        yield server, agent, export, session, before
     finally:
         server.stop()
 
 
 @pytest.mark.slow
-def test_complete_session_cancels_blocked_and_queued_incrementals(tmp_path: Path) -> None:
-    config = tmp_path / "server.xml"
-    config.write_text(config_xml(max_deleted=3))
-    server = Server(tmp_path, config)
-    server.start()
-    try:
-        agent, export = Agent(tmp_path / "agent", server), Export(seed=9)
-        export.write(agent.sources)
-        assert agent.run("complete").returncode == 0
-        export.next_day(deletes=5)
-        export.write(agent.sources)
-        assert agent.run("incremental").returncode == 0
-        blocked = latest_session(server)
-        assert server.wait(blocked, ("blocked",)) == "blocked"
-        export.next_day(deletes=1)
-        export.write(agent.sources)
-        assert agent.run("incremental").returncode == 0
-        queued = latest_session(server)
-        time.sleep(0.3)
-        assert server.wait(queued, ("queued",)) == "queued"  # waits behind the blocked one
-        assert agent.run("complete").returncode == 0
-        complete = latest_session(server)
-        # The complete load implies 6 deletes against the store: past the limit itself.
-        assert server.wait(complete, ("blocked", "done")) == "blocked"
-        states = {s["id"]: s["state"] for s in server.sessions()}
-        assert states[blocked] == "cancelled" and states[queued] == "cancelled"
-        with server.api() as api:
-            assert api.post(f"/api/sessions/{complete}/force").status_code == 202
-        assert server.wait(complete) == "done"
-        agent.assert_store_matches_export()
-    finally:
-        server.stop()
+def test_blocked_session_changes_nothing_until_forced(
+    blocked: tuple[Server, Agent, Export, str, bytes],
+) -> None:
+    server, agent, _, session, before = blocked
+    assert server.resources("ADExport_entries") == before
+    with server.api() as api:
+        assert api.post(f"/api/sessions/{session}/force").status_code == 202
+    assert server.wait(session) == "done"
+    agent.assert_store_matches_export()
+
+
+@pytest.mark.slow
+def test_complete_session_cancels_blocked_and_queued_incrementals(
+    blocked: tuple[Server, Agent, Export, str, bytes],
+) -> None:
+    server, agent, export, held, _ = blocked
+    export.next_day(deletes=1)
+    export.write(agent.sources)
+    assert agent.run("incremental").returncode == 0
+    queued = latest_session(server)
+    time.sleep(0.3)
+    assert server.wait(queued, ("queued",)) == "queued"  # waits behind the blocked one
+    assert agent.run("complete").returncode == 0
+    complete = latest_session(server)
+    # The complete load implies 6 deletes against the store: past the limit itself.
+    assert server.wait(complete, ("blocked", "done")) == "blocked"
+    states = {s["id"]: s["state"] for s in server.sessions()}
+    assert states[held] == "cancelled" and states[queued] == "cancelled"
+    with server.api() as api:
+        assert api.post(f"/api/sessions/{complete}/force").status_code == 202
+    assert server.wait(complete) == "done"
+    agent.assert_store_matches_export()
 
 
 def test_refused_credentials_fail_cleanly_without_leaking(
