@@ -370,14 +370,6 @@ int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_err
     return n ? drain_tokenizer(c, err) : PS_OK;
 }
 
-int ps_cleanse_feed(ps_cleanse *c, const char *data, size_t n, ps_error *err) {
-    if (c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "feed after the end of input");
-    int rc = ps_tok_feed(&c->tok, data, n, err);
-    if (rc) return rc;
-    c->stats.bytes_fed += (int64_t)n;
-    return drain_tokenizer(c, err);
-}
-
 /* ---------------------------------------------------------------- merge */
 
 static int reader_fill(run_reader *r, size_t need, ps_error *err) {

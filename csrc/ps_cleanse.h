@@ -1,6 +1,6 @@
 /* The cleansing engine of SPEC §3-§4 for one table.
  *
- * Input is pushed with ps_cleanse_feed() (the first record is the header). Each row is projected
+ * Input is read with ps_cleanse_read() (the first record is the header). Each row is projected
  * to the kept columns and turned into a record {key, line}: `key` is the key columns encoded so
  * that memcmp order is SPEC §2 order, `line` is the row already formatted as output CSV. Rows with
  * a null key are written to the nullpk output at once; the others fill an arena up to the memory
@@ -47,9 +47,9 @@ typedef struct ps_cleanse ps_cleanse;
 size_t ps_io_block(size_t memory_budget);
 
 ps_cleanse *ps_cleanse_new(const ps_cleanse_options *options, ps_error *err);
-int ps_cleanse_feed(ps_cleanse *c, const char *data, size_t n, ps_error *err);
 /* Reads up to max_bytes of the source from fd straight into the tokenizer's buffer and
- * processes them; *got is 0 at the end of the file. */
+ * processes every complete record; *got is 0 at the end of the file. Small max_bytes put
+ * block ends anywhere, which the tests use to cut quotes and CRLFs at every position. */
 int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err);
 int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err);
 /* Emits up to max_rows rows; *done is set once every output is complete and flushed. */

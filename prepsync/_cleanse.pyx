@@ -103,7 +103,7 @@ def read_header(str path, bytes separator, Py_ssize_t block=65536):
 
 
 cdef class Cleanser:
-    """One table's engine: feed() the source (header included), finish_input(), then
+    """One table's engine: read_from() the source (header included), finish_input(), then
     merge_step() until it returns True. close() (or garbage collection) frees everything and
     deletes any spill file left."""
 
@@ -173,16 +173,6 @@ cdef class Cleanser:
         if self.engine == NULL:
             raise ValueError("the engine is closed")
         return self.engine
-
-    def feed(self, const unsigned char[::1] data):
-        cdef c.ps_cleanse *engine = self.live()
-        cdef Py_ssize_t n = data.shape[0]
-        cdef int rc
-        if n == 0:
-            return
-        with nogil:
-            rc = c.ps_cleanse_feed(engine, <const char *>&data[0], n, &self.err)
-        self.check(rc)
 
     def read_from(self, int fd, Py_ssize_t max_bytes):
         """Reads up to max_bytes from fd into the engine; returns how many (0 at the end)."""

@@ -84,7 +84,6 @@ cdef extern from "ps_cleanse.h" nogil:
 
     size_t ps_io_block(size_t memory_budget)
     ps_cleanse *ps_cleanse_new(const ps_cleanse_options *options, ps_error *err)
-    int ps_cleanse_feed(ps_cleanse *c, const char *data, size_t n, ps_error *err)
     int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err)
     int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err)
     int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
