@@ -68,7 +68,7 @@ static size_t build_line(const projection *pj, const ps_field *f, int command, c
     }
     for (; i < pj->n_out; i++) {
         if (i) out[n++] = sep;
-        n += ps_field_format(&f[pj->out_cols[i]], sep, out + n);
+        n += ps_field_format(&f[pj->out_cols[i]], out + n);
     }
     return n;
 }
@@ -183,8 +183,7 @@ struct ps_cleanse {
     char *base_cur, *base_prev;
     size_t base_cur_cap, base_prev_cap;
     size_t base_klen, base_llen, base_prev_klen;
-    int64_t base_line;
-    int base_have, base_prev_have, base_header_seen, base_eof;
+    int base_have, base_prev_have, base_header_seen;
     int finished;
 };
 
@@ -632,7 +631,6 @@ static int baseline_advance(ps_cleanse *c, ps_error *err) {
         if (rc) return rc;
         c->base_klen = build_key(&c->bpj, rec.fields, c->base_cur);
         c->base_llen = build_line(&c->bpj, rec.fields, 0, c->sep, c->base_cur + c->base_klen);
-        c->base_line = rec.line;
         c->base_have = 1;
         if (c->base_prev_have) {
             int order = key_cmp(c->base_prev, c->base_prev_klen, c->base_cur, c->base_klen);

@@ -386,8 +386,7 @@ size_t ps_field_unescape(const ps_field *f, char *out) {
     return n;
 }
 
-size_t ps_field_format(const ps_field *f, char separator, char *out) {
-    (void)separator;
+size_t ps_field_format(const ps_field *f, char *out) {
     if (!f->special) {
         /* Not special means no quote inside, so the bytes are the value as they are. */
         memcpy(out, f->data, f->len);

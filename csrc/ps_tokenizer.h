@@ -64,7 +64,7 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err);
 /* Length of the value once doubled quotes are undone (== f->len unless escaped). */
 size_t ps_field_unescape(const ps_field *f, char *out);
 /* Write the field as SPEC §2 output (quoted only when needed); out needs 2*len+2 bytes. */
-size_t ps_field_format(const ps_field *f, char separator, char *out);
+size_t ps_field_format(const ps_field *f, char *out);
 
 /* 1 when data[0, n) is valid UTF-8; otherwise 0 and *bad is the offset of the first bad byte. */
 int ps_utf8_valid(const unsigned char *data, size_t n, size_t *bad);

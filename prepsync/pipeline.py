@@ -438,7 +438,7 @@ def stage_table(
         )
     result.outputs = {kind: str(paths[kind]) for kind in fds}
 
-    baseline_file = open(baseline, "rb") if joining and baseline else None  # noqa: SIM115
+    baseline_file = open(baseline, "rb") if joining and baseline is not None else None  # noqa: SIM115
     try:
         engine = _cleanse.Cleanser(
             source=source_name,
