@@ -275,7 +275,7 @@ class ApiClient:
             )
         return mappings
 
-    def open_session(self, connector: str, agent: str, mode: str) -> str:
+    def open_session(self, connector: str, agent: str, mode: str, separator: str = ",") -> str:
         """Open a session and return its id; see the module notes on lost answers."""
         path = f"/api/connectors/{_q(connector)}/sessions"
         backoff = self._backoff()
@@ -283,7 +283,9 @@ class ApiClient:
         failed = False
         while True:
             try:
-                response = self._send("POST", path, json={"agent": agent, "mode": mode})
+                response = self._send(
+                    "POST", path, json={"agent": agent, "mode": mode, "separator": separator}
+                )
             except _Retry as failure:
                 backoff.pause(failure)
                 failed = True

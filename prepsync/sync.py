@@ -170,7 +170,7 @@ def synchronize(
             tables = resolve_tables(
                 api.mappings(connector), source=f"server mappings of {connector}"
             )
-        session_id = api.open_session(connector, agent, mode)
+        session_id = api.open_session(connector, agent, mode, separator)
         log.info("opened session %s (%s)", session_id, mode)
         journal.write({"session": session_id, "connector": connector, "mode": mode, "tables": None})
         committing = False

@@ -109,9 +109,13 @@ def apply_session(
                 state = transaction.table(session.connector, spec.name)
                 before = state.row_count
                 if session.mode in FULL_MODES:
-                    counts = _load_full(transaction, state, spec, path, session.seq)
+                    counts = _load_full(
+                        transaction, state, spec, path, session.seq, session.separator
+                    )
                 else:
-                    counts = _apply_delta(transaction, state, spec, path, session.seq)
+                    counts = _apply_delta(
+                        transaction, state, spec, path, session.seq, session.separator
+                    )
                 counts.rows = state.row_count
                 summary[spec.name] = counts.to_json()
                 if check_thresholds:
@@ -168,15 +172,26 @@ def threshold_problem(limits: Thresholds, counts: TableCounts, stored_before: in
 # ------------------------------------------------------------------------------------ reading
 
 
-def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
+def separator_problem(separator: str) -> str | None:
+    """Why ``separator`` cannot separate the fields of a session's files, or None.
+
+    The agent's own rule for ``--separator``: one ASCII character, not a quote, CR or LF.
+    """
+    if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
+        return "must be one ASCII character other than a quote, CR or LF"
+    return None
+
+
+def _records(path: Path, separator: str) -> Iterator[tuple[int, list[str]]]:
     """(line the record starts on, fields) of every record, header included; blank lines skipped.
 
-    The files are prepsync's canonical output: UTF-8, LF, RFC 4180 quoting.
+    The files are prepsync's canonical output: UTF-8, LF, RFC 4180 quoting, fields separated
+    by the session's separator.
     """
     name = path.name
     try:
         with path.open(encoding="utf-8", newline="") as stream:
-            reader = csv.reader(stream, strict=True)
+            reader = csv.reader(stream, delimiter=separator, strict=True)
             line = 1
             while True:
                 try:
@@ -247,11 +262,16 @@ def _check_width(fields: Sequence[str], width: int, name: str, line: int) -> Non
 
 
 def _load_full(
-    transaction: Transaction, state: TableState, spec: TableSpec, path: Path, seq: int
+    transaction: Transaction,
+    state: TableState,
+    spec: TableSpec,
+    path: Path,
+    seq: int,
+    separator: str,
 ) -> TableCounts:
     """Replace the table's rows by the file's; counts are the implied changes."""
     name = path.name
-    records = _records(path)
+    records = _records(path, separator)
     header = _header(records, name, spec, command=False)
     positions = _key_positions(spec, header)
     counts = TableCounts()
@@ -273,7 +293,7 @@ def _load_full(
                 transaction.update(state.tid, key, record, seq)
         counts.deleted = transaction.delete_not_written_by(state.tid, seq)
     else:
-        counts = _relayout(transaction, state, spec, path, header, positions, seq)
+        counts = _relayout(transaction, state, spec, path, header, positions, seq, separator)
     state.header = tuple(header)
     state.row_count += counts.inserted - counts.deleted
     return counts
@@ -287,6 +307,7 @@ def _relayout(
     header: list[str],
     positions: list[int],
     seq: int,
+    separator: str,
 ) -> TableCounts:
     """A complete load whose header order or spelling differs from the stored one.
 
@@ -305,7 +326,7 @@ def _relayout(
     old_positions = _key_positions(spec, state.header) if same_columns else []
     counts = TableCounts()
     matched = 0
-    for line, fields in _skip_header(_records(path)):
+    for line, fields in _skip_header(_records(path, separator)):
         _check_width(fields, len(header), name, line)
         _key(fields, positions, name, line)  # null keys fail before anything is counted
         if not same_columns:
@@ -321,7 +342,7 @@ def _relayout(
                 counts.updated += 1
     counts.deleted = state.row_count - matched
     transaction.delete_not_written_by(state.tid, seq)
-    for line, fields in _skip_header(_records(path)):
+    for line, fields in _skip_header(_records(path, separator)):
         key = _key(fields, positions, name, line)
         if transaction.lookup(state.tid, key) is not None:
             raise _Stop(FAILED, f"{name}, line {line}: duplicate key")
@@ -335,11 +356,16 @@ def _skip_header(records: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int
 
 
 def _apply_delta(
-    transaction: Transaction, state: TableState, spec: TableSpec, path: Path, seq: int
+    transaction: Transaction,
+    state: TableState,
+    spec: TableSpec,
+    path: Path,
+    seq: int,
+    separator: str,
 ) -> TableCounts:
     """Apply the delta's commands in file order, values mapped to the stored column order."""
     name = path.name
-    records = _records(path)
+    records = _records(path, separator)
     header = _header(records, name, spec, command=True)
     if state.header is None:
         state.header = tuple(header)

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     summary TEXT,
     opened_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    active_at REAL NOT NULL
+    active_at REAL NOT NULL,
+    separator TEXT NOT NULL DEFAULT ','
 );
 CREATE INDEX IF NOT EXISTS sessions_by_connector ON sessions (connector, seq);
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, seq);
@@ -67,7 +68,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, seq);
 
 _COLUMNS = (
     "seq, id, connector, agent, mode, state, reason, forced, files, summary, "
-    "opened_at, updated_at, active_at"
+    "opened_at, updated_at, active_at, separator"
 )
 
 
@@ -86,6 +87,9 @@ class Session:
     opened_at: float
     updated_at: float
     active_at: float
+    # The field separator of the session's files: the agent's --separator (store rows are
+    # always kept with ",").
+    separator: str = ","
 
     def to_json(self) -> dict[str, Any]:
         """GET /api/sessions/{id}: the SPEC's four fields, plus what an operator wants to see."""
@@ -122,6 +126,7 @@ def _session(row: tuple[Any, ...]) -> Session:
         opened_at=row[10],
         updated_at=row[11],
         active_at=row[12],
+        separator=row[13],
     )
 
 
@@ -148,6 +153,11 @@ class Control:
         self._connection.execute("PRAGMA synchronous=FULL")
         self._connection.execute("PRAGMA busy_timeout=30000")
         self._connection.executescript(_SCHEMA)
+        columns = {row[1] for row in self._connection.execute("PRAGMA table_info(sessions)")}
+        if "separator" not in columns:  # a data directory from before the column existed
+            self._connection.execute(
+                "ALTER TABLE sessions ADD COLUMN separator TEXT NOT NULL DEFAULT ','"
+            )
 
     def close(self) -> None:
         self._connection.close()
@@ -213,7 +223,9 @@ class Control:
 
     # ---------------------------------------------------------------------------- writes
 
-    def open(self, connector: str, agent: str, mode: str, session_id: str) -> list[str]:
+    def open(
+        self, connector: str, agent: str, mode: str, session_id: str, separator: str = ","
+    ) -> list[str]:
         """Record a new open session; returns the ids it cancelled (complete/initial only)."""
         now = time.time()
         self._begin()
@@ -239,8 +251,8 @@ class Control:
                 )
             self._connection.execute(
                 "INSERT INTO sessions (id, connector, agent, mode, state, opened_at, updated_at, "
-                "active_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (session_id, connector, agent, mode, OPEN, now, now, now),
+                "active_at, separator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, connector, agent, mode, OPEN, now, now, now, separator),
             )
             self._commit()
         except BaseException:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from prepsync.config import OpenIdClient
+from prepsync.server.apply import separator_problem
 from prepsync.server.auth import basic_credentials
 from prepsync.server.control import CANCELLED, MODES
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
@@ -85,11 +86,14 @@ async def open_session(request: Request) -> Response:
         raise ApiError(400, f"'agent' must be a non-empty string of at most {AGENT_MAX} characters")
     if not isinstance(mode, str) or mode.lower() not in MODES:
         raise ApiError(400, f"'mode' must be one of {', '.join(MODES)}")
+    separator = document.get("separator", ",")
+    if not isinstance(separator, str) or separator_problem(separator):
+        raise ApiError(400, f"'separator': {separator_problem(str(separator))}")
     session_id = str(uuid.uuid4())
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
     try:
-        cancelled = control.open(connector, agent, mode.lower(), session_id)
+        cancelled = control.open(connector, agent, mode.lower(), session_id, separator)
     except BaseException:
         discard_files(state.sessions_dir, session_id)
         raise
