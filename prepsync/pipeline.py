@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -108,17 +109,8 @@ class ColumnPlan:
 
 
 def peak_rss() -> int:
-    """The process's peak resident memory in bytes (VmHWM), or its current RSS elsewhere."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
+    """The process's peak resident memory in bytes (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def format_row(values: Sequence[str], separator: str) -> bytes:
