@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sites import Site
+
+from prepsync import _cleanse
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -14,3 +17,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def site(tmp_path: Path) -> Site:
     """Temp/ExportOutput with two tables' exports, Work/Collect, and conf.xml."""
     return Site(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def native_resources_released() -> Iterator[None]:
+    """Every test leaves the native core as it found it: no buffer and no spill file still open
+    (the core counts both; a leak here is a leak on every agent run)."""
+    yield
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
