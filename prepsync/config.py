@@ -21,7 +21,17 @@ Decisions where the spec is silent (docs/DESIGN.md, "Configuration"):
   Symbolic links to folders are not followed (no cycles).
 * XML is parsed with expat directly (not ElementTree) so that every element keeps its line number
   for messages.  Entity declarations (``<!ENTITY``) are refused: a configuration never needs them
-  and they are how "billion laughs" documents exhaust a server's memory.
+  and they are how "billion laughs" documents exhaust a server's memory.  So is a ``<!DOCTYPE>``
+  naming an external DTD (``SYSTEM`` or ``PUBLIC``): it is never fetched, and what it would
+  declare would silently not apply.
+* A ``ConnectionTable`` ending in ``.csv`` (any case) names the same table as without it
+  (Identity Manager's LDAP example writes ``LDAPExport_entries.csv``), and spellings differing
+  only in case name one table, called by its first spelling without ``.csv``
+  (:func:`table_name`, :func:`table_key`).
+* An ``EntityTypeMapping`` with neither ``ConnectionTable`` nor any ``ConnectionColumn`` is not a
+  table (Identity Manager fills such entity types itself) and is ignored; one with columns but
+  no table is an error.  An ``EntityAssociationMapping`` without ``ConnectionTable`` takes the
+  table of the entity type mapping named before the ``:`` of its ``EntityPropertyMapping1``.
 * "Document order" is the order of entity type mappings, then association mappings, each in
   document order across the files.  The :class:`Mappings` shape (and its JSON) keeps the two kinds
   apart, and a table must resolve the same from the XML and from the server.
@@ -178,13 +188,17 @@ class EntityTypeMapping:
 class EntityAssociationMapping:
     identifier: str
     connector: str
-    table: str  # ConnectionTable as spelled
+    # ConnectionTable as spelled; when the mapping has none, the ConnectionTable of the entity
+    # type mapping its EntityPropertyMapping1 names (resolved when loading, so every consumer
+    # sees a table).
+    table: str
     column1: str
     column2: str
     thresholds: Thresholds
+    entity_property_mapping1: str | None = None  # "<EntityTypeMapping>:<Property>", as spelled
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "identifier": self.identifier,
             "connector": self.connector,
             "connectionTable": self.table,
@@ -192,6 +206,9 @@ class EntityAssociationMapping:
             "column2": self.column2,
             "thresholds": self.thresholds.to_json(),
         }
+        if self.entity_property_mapping1 is not None:
+            document["entityPropertyMapping1"] = self.entity_property_mapping1
+        return document
 
 
 @dataclass(frozen=True)
@@ -226,9 +243,12 @@ class Mappings:
                 _json_array(document, "entityTypeMappings", SERVER_MAPPINGS)
             )
         )
+        entity_tables: dict[str, str | None] = {
+            mapping.identifier: mapping.table for mapping in entity_types
+        }
         associations = tuple(
             _association_mapping_from_json(
-                item, f"{SERVER_MAPPINGS}: entityAssociationMappings[{index}]"
+                item, f"{SERVER_MAPPINGS}: entityAssociationMappings[{index}]", entity_tables
             )
             for index, item in enumerate(
                 _json_array(document, "entityAssociationMappings", SERVER_MAPPINGS)
@@ -251,7 +271,7 @@ class Mappings:
 class TableSpec:
     """What the pipeline needs to know about one ``ConnectionTable``."""
 
-    name: str  # ConnectionTable, first spelling seen in document order
+    name: str  # ConnectionTable, first spelling seen in document order, without ".csv"
     columns: tuple[str, ...]  # kept columns, deduplicated case-insensitively, first-seen order
     # (primary key column,) when an entity type mapping uses the table; None for an
     # association-only table, keyed by ALL kept columns in SOURCE HEADER order (the pipeline
@@ -296,7 +316,13 @@ def hash_secret(secret: str) -> str:
 def load_mappings(path: str | os.PathLike[str], connector: str) -> Mappings:
     """The mappings whose ``Connector`` is exactly ``connector``, in document order."""
     entity_types: list[EntityTypeMapping] = []
-    associations: list[EntityAssociationMapping] = []
+    # identifier -> ConnectionTable, None for an entity type mapping that is not a table (it
+    # names no ConnectionTable and no ConnectionColumn: Identity Manager fills that entity
+    # type otherwise, so there is nothing to read for it).
+    entity_tables: dict[str, str | None] = {}
+    # Associations are resolved once every file is read: the entity type mapping that lends
+    # its table may come later, or from another file.
+    pending_associations: list[tuple[_XmlElement, str, str]] = []  # element, location, id
     # identifier -> where it was first defined, one dict per kind (the kinds' identifiers are
     # separate namespaces in Identity Manager: an entity type and an association).
     first_definitions: dict[str, dict[str, str]] = {name: {} for name in MAPPING_ELEMENTS}
@@ -320,16 +346,42 @@ def load_mappings(path: str | os.PathLike[str], connector: str) -> Mappings:
                 )
             seen[identifier] = location
             if element.name == ENTITY_TYPE_MAPPING:
-                entity_types.append(_entity_type_mapping(element, file, connector, identifier))
+                entity_type = _entity_type_mapping(element, file, connector, identifier)
+                entity_tables[identifier] = entity_type.table if entity_type else None
+                if entity_type is None:
+                    logger.debug(
+                        "%s: %s %r names no table: ignored", location, element.name, identifier
+                    )
+                else:
+                    entity_types.append(entity_type)
             else:
-                associations.append(_association_mapping(element, file, connector, identifier))
+                pending_associations.append((element, location, identifier))
+    associations = [
+        _association_mapping(element, location, connector, identifier, entity_tables)
+        for element, location, identifier in pending_associations
+    ]
     if not entity_types and not associations:
         hint = ""
-        if other_connectors:
+        if entity_tables:
+            hint = " (its entity type mappings name no ConnectionTable)"
+        elif other_connectors:
             names = ", ".join(repr(name) for name in sorted(other_connectors))
             hint = f" (it has mappings for {names})"
         raise ConfigError(f"no mapping for connector {connector!r} in {os.fspath(path)}{hint}")
     return Mappings(connector, tuple(entity_types), tuple(associations))
+
+
+def table_name(connection_table: str) -> str:
+    """The table a ``ConnectionTable`` names: a trailing ``.csv`` (any case) is the file's
+    extension, as Identity Manager's own examples write it, not part of the name."""
+    if connection_table[-4:].lower() == ".csv":
+        return connection_table[:-4]
+    return connection_table
+
+
+def table_key(connection_table: str) -> str:
+    """Two ``ConnectionTable`` values name one table exactly when their keys are equal."""
+    return _fold(table_name(connection_table))
 
 
 def resolve_tables(mappings: Mappings, source: str = "configuration") -> tuple[TableSpec, ...]:
@@ -347,7 +399,9 @@ def resolve_tables(mappings: Mappings, source: str = "configuration") -> tuple[T
         problem = _table_name_problem(mapping.table)
         if problem is not None:
             raise ConfigError(f"{source}: mapping {mapping.identifier!r}: {problem}")
-        builder = tables.setdefault(_fold(mapping.table), _TableBuilder(mapping.table))
+        builder = tables.setdefault(
+            table_key(mapping.table), _TableBuilder(table_name(mapping.table))
+        )
         builder.thresholds = builder.thresholds.strictest(mapping.thresholds)
         return builder
 
@@ -455,7 +509,10 @@ def _table_name_problem(table: str) -> str | None:
     """Why ``table`` cannot name files in the sources/working directories, or None."""
     if not table:
         return "ConnectionTable is empty"
-    if table in (".", "..") or any(character in table for character in "/\\\0"):
+    name = table_name(table)
+    if not name:
+        return f"ConnectionTable {table!r} is only the .csv extension"
+    if name in (".", "..") or any(character in table for character in "/\\\0"):
         return f"ConnectionTable {table!r} is not a plain file name"
     return None
 
@@ -559,9 +616,22 @@ def _parse(file: Path) -> _XmlElement:
             f"{file}, line {parser.CurrentLineNumber}: entity declarations are not allowed"
         )
 
+    def refuse_external_dtd(
+        name: str, system_id: str | None, public_id: str | None, _has_internal_subset: int
+    ) -> None:
+        # expat never fetches it, but a configuration naming one expects declarations
+        # (defaults, entities) that would silently not apply; and a reader that did fetch it
+        # would make an HTTP request on the configuration's say-so.
+        if system_id is not None or public_id is not None:
+            raise ConfigError(
+                f"{file}, line {parser.CurrentLineNumber}: external DTDs are not allowed "
+                f"(<!DOCTYPE {name} {'PUBLIC' if public_id is not None else 'SYSTEM'} ...>)"
+            )
+
     parser.StartElementHandler = start_element
     parser.EndElementHandler = end_element
     parser.EntityDeclHandler = refuse_entity_declaration
+    parser.StartDoctypeDeclHandler = refuse_external_dtd
     try:
         with file.open("rb") as stream:
             parser.ParseFile(stream)
@@ -621,10 +691,11 @@ def _thresholds_from_attributes(element: _XmlElement, location: str) -> Threshol
     return _thresholds(counts, percents)
 
 
-def _table_attribute(element: _XmlElement, location: str) -> str:
+def _table_attribute(element: _XmlElement, location: str) -> str | None:
+    """The ``ConnectionTable`` attribute, checked; None when the element has none."""
     table = element.attributes.get("ConnectionTable")
     if table is None:
-        raise ConfigError(f"{location}: {element.name} has no ConnectionTable")
+        return None
     problem = _table_name_problem(table)
     if problem is not None:
         raise ConfigError(f"{location}: {problem}")
@@ -633,7 +704,8 @@ def _table_attribute(element: _XmlElement, location: str) -> str:
 
 def _entity_type_mapping(
     element: _XmlElement, file: Path, connector: str, identifier: str
-) -> EntityTypeMapping:
+) -> EntityTypeMapping | None:
+    """The mapping, or None for one that is not a table (no ConnectionTable, no column)."""
     location = _location(file, element)
     table = _table_attribute(element, location)
     columns: list[str] = []
@@ -659,6 +731,13 @@ def _entity_type_mapping(
         columns.append(column)
         if is_primary_key:
             primary_keys.append(column)
+    if table is None:
+        if not columns:
+            return None
+        raise ConfigError(
+            f"{location}: {ENTITY_TYPE_MAPPING} {identifier!r} has ConnectionColumn properties "
+            "but no ConnectionTable naming the file they are read from"
+        )
     problem = _primary_key_problem(identifier, primary_keys)
     if problem is not None:
         raise ConfigError(f"{location}: {problem}")
@@ -673,17 +752,59 @@ def _entity_type_mapping(
 
 
 def _association_mapping(
-    element: _XmlElement, file: Path, connector: str, identifier: str
+    element: _XmlElement,
+    location: str,
+    connector: str,
+    identifier: str,
+    entity_tables: dict[str, str | None],
 ) -> EntityAssociationMapping:
-    location = _location(file, element)
+    column1 = _required_attribute(element, "Column1", location)
+    column2 = _required_attribute(element, "Column2", location)
+    property_mapping1 = element.attributes.get("EntityPropertyMapping1")
+    table = _table_attribute(element, location)
+    if table is None:
+        table = _association_table(identifier, property_mapping1, entity_tables, location)
     return EntityAssociationMapping(
         identifier,
         connector,
-        _table_attribute(element, location),
-        _required_attribute(element, "Column1", location),
-        _required_attribute(element, "Column2", location),
+        table,
+        column1,
+        column2,
         _thresholds_from_attributes(element, location),
+        property_mapping1,
     )
+
+
+def _association_table(
+    identifier: str,
+    property_mapping1: str | None,
+    entity_tables: dict[str, str | None],
+    context: str,
+) -> str:
+    """The table of an association mapping without ``ConnectionTable``: that of the entity type
+    mapping named before the ``:`` of its ``EntityPropertyMapping1`` (``HR_Person:Employee_Id``
+    names ``HR_Person``), whose export holds the association's columns."""
+    what = f"{ENTITY_ASSOCIATION_MAPPING} {identifier!r} has no ConnectionTable"
+    if property_mapping1 is None:
+        raise ConfigError(f"{context}: {what} and no EntityPropertyMapping1 to take it from")
+    entity, colon, _property = property_mapping1.partition(":")
+    if not colon or not entity:
+        raise ConfigError(
+            f"{context}: {what}, and its EntityPropertyMapping1={property_mapping1!r} is not "
+            "'<entity type mapping>:<property>'"
+        )
+    if entity not in entity_tables:
+        raise ConfigError(
+            f"{context}: {what}, and the entity type mapping {entity!r} its "
+            "EntityPropertyMapping1 names is not a mapping of this connector"
+        )
+    table = entity_tables[entity]
+    if table is None:
+        raise ConfigError(
+            f"{context}: {what}, and the entity type mapping {entity!r} its "
+            "EntityPropertyMapping1 names has none either"
+        )
+    return table
 
 
 def _openid_client(element: _XmlElement, location: str) -> OpenIdClient:
@@ -815,15 +936,28 @@ def _entity_type_mapping_from_json(data: object, context: str) -> EntityTypeMapp
     )
 
 
-def _association_mapping_from_json(data: object, context: str) -> EntityAssociationMapping:
+def _association_mapping_from_json(
+    data: object, context: str, entity_tables: dict[str, str | None]
+) -> EntityAssociationMapping:
+    """As from XML: a missing (or null) ``connectionTable`` is taken from the entity type
+    mapping ``entityPropertyMapping1`` names."""
     document = _json_object(data, context)
+    identifier = _json_name(document, "identifier", context)
+    property_mapping1: str | None = None
+    if document.get("entityPropertyMapping1") is not None:
+        property_mapping1 = _json_name(document, "entityPropertyMapping1", context)
+    if document.get("connectionTable") is None:
+        table = _association_table(identifier, property_mapping1, entity_tables, context)
+    else:
+        table = _json_table(document, context)
     return EntityAssociationMapping(
-        identifier=_json_name(document, "identifier", context),
+        identifier=identifier,
         connector=_json_name(document, "connector", context),
-        table=_json_table(document, context),
+        table=table,
         column1=_json_name(document, "column1", context),
         column2=_json_name(document, "column2", context),
         thresholds=_thresholds_from_json(
             _json_member(document, "thresholds", context), f"{context}.thresholds"
         ),
+        entity_property_mapping1=property_mapping1,
     )

@@ -27,6 +27,8 @@ from prepsync.config import (
     load_mappings,
     load_tables,
     resolve_tables,
+    table_key,
+    table_name,
 )
 from prepsync.errors import ConfigError
 
@@ -274,13 +276,16 @@ def test_explicit_file_with_another_root_is_an_error() -> None:
     assert message == f"{path}: the root element is 'Settings', not 'ConfigurationFile'"
 
 
-def test_counted_mapping_without_connection_table_is_an_error(tmp_path: Path) -> None:
+def test_association_without_table_or_entity_property_mapping_is_an_error(
+    tmp_path: Path,
+) -> None:
     path = write_config(
         tmp_path,
         '<EntityAssociationMapping Identifier="m" Connector="AD" Column1="a" Column2="b" />',
     )
     assert config_error(path) == (
-        f"{path}, line 2: EntityAssociationMapping has no ConnectionTable"
+        f"{path}, line 2: EntityAssociationMapping 'm' has no ConnectionTable and no "
+        "EntityPropertyMapping1 to take it from"
     )
 
 
@@ -418,6 +423,184 @@ def test_entity_declarations_are_refused(tmp_path: Path) -> None:
     assert config_error(path) == f"{path}, line 3: entity declarations are not allowed"
 
 
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        '<!DOCTYPE ConfigurationFile SYSTEM "http://example.com/configuration.dtd">',
+        '<!DOCTYPE ConfigurationFile PUBLIC "-//Example//DTD Configuration//EN" "conf.dtd">',
+    ],
+)
+def test_external_dtd_is_refused(tmp_path: Path, doctype: str) -> None:
+    path = tmp_path / "dtd.xml"
+    path.write_text(f'<?xml version="1.0"?>\n{doctype}\n<ConfigurationFile/>\n')
+    message = config_error(path)
+    assert message.startswith(f"{path}, line 2: external DTDs are not allowed")
+
+
+def test_doctype_without_external_dtd_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "doctype.xml"
+    path.write_text(
+        "<!DOCTYPE ConfigurationFile>\n<ConfigurationFile>\n"
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />\n</ConfigurationFile>\n'
+    )
+    assert [table.name for table in load_tables(path, "AD")] == ["T"]
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations as Identity Manager's documentation writes them
+
+
+@pytest.mark.parametrize(
+    ("spelled", "name"),
+    [("T", "T"), ("T.csv", "T"), ("T.CSV", "T"), ("T.Csv", "T"), ("T.csv.csv", "T.csv")],
+)
+def test_table_name_drops_one_csv_extension(spelled: str, name: str) -> None:
+    assert table_name(spelled) == name
+    assert table_key(spelled) == table_key(name.upper() + ".csv")
+
+
+def test_csv_extension_and_case_name_one_table_spelled_first_without_csv(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """<EntityTypeMapping Identifier="E" Connector="AD" ConnectionTable="Entries.CSV">
+  <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
+</EntityTypeMapping>
+<EntityAssociationMapping Identifier="A" Connector="AD" ConnectionTable="ENTRIES"
+    Column1="parent" Column2="id" />
+<EntityAssociationMapping Identifier="B" Connector="AD" ConnectionTable="entries.csv"
+    Column1="id" Column2="owner" />""",
+    )
+    assert load_tables(path, "AD") == (
+        TableSpec("Entries", ("id", "parent", "owner"), ("id",), NO_LIMITS),
+    )
+
+
+def test_connection_table_that_is_only_the_extension_is_an_error(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable=".csv" '
+        'Column1="a" Column2="b" />',
+    )
+    assert config_error(path) == (
+        f"{path}, line 2: ConnectionTable '.csv' is only the .csv extension"
+    )
+
+
+def test_entity_type_mapping_without_table_or_column_is_ignored(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """<EntityTypeMapping Identifier="AD_State" Connector="AD" />
+<EntityTypeMapping Identifier="AD_Computed" Connector="AD">
+  <Property Identifier="label" />
+</EntityTypeMapping>
+<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T"
+    Column1="a" Column2="b" />""",
+    )
+    mappings = load_mappings(path, "AD")
+    assert mappings.entity_types == ()
+    assert [table.name for table in resolve_tables(mappings)] == ["T"]
+
+
+def test_connector_whose_only_entity_type_mappings_have_no_table_has_no_mapping(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path, '<EntityTypeMapping Identifier="AD_State" Connector="AD" />')
+    assert config_error(path) == (
+        f"no mapping for connector 'AD' in {path} "
+        "(its entity type mappings name no ConnectionTable)"
+    )
+
+
+def test_entity_type_mapping_with_columns_but_no_table_is_an_error(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """<EntityTypeMapping Identifier="AD_Entry" Connector="AD">
+  <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
+</EntityTypeMapping>""",
+    )
+    assert config_error(path) == (
+        f"{path}, line 2: EntityTypeMapping 'AD_Entry' has ConnectionColumn properties but no "
+        "ConnectionTable naming the file they are read from"
+    )
+
+
+def test_association_without_table_uses_its_first_entity_type_mappings_table(
+    tmp_path: Path,
+) -> None:
+    # The association comes first and its entity in another file: resolution waits for all.
+    write_config(
+        tmp_path,
+        '<EntityAssociationMapping Identifier="HR_Person_Manager" Connector="HR" '
+        'Column1="id" Column2="manager" EntityPropertyMapping1="HR_Person:id" '
+        'EntityPropertyMapping2="HR_Person:id" />',
+        name="a.xml",
+    )
+    write_config(
+        tmp_path,
+        """<EntityTypeMapping Identifier="HR_Person" Connector="HR" ConnectionTable="people.csv">
+  <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
+</EntityTypeMapping>""",
+        name="b.xml",
+    )
+    mappings = load_mappings(tmp_path, "HR")
+    assert mappings.associations[0].table == "people.csv"
+    assert mappings.associations[0].entity_property_mapping1 == "HR_Person:id"
+    assert load_tables(tmp_path, "HR") == (
+        TableSpec("people", ("id", "manager"), ("id",), NO_LIMITS),
+    )
+
+
+@pytest.mark.parametrize(
+    ("entity_type", "property_mapping1", "problem"),
+    [
+        (
+            '<EntityTypeMapping Identifier="HR_State" Connector="HR" />',
+            "HR_State:id",
+            "and the entity type mapping 'HR_State' its EntityPropertyMapping1 names has none "
+            "either",
+        ),
+        (
+            "",
+            "HR_Person:id",
+            "and the entity type mapping 'HR_Person' its EntityPropertyMapping1 names is not a "
+            "mapping of this connector",
+        ),
+        (
+            "",
+            "HR_Person",
+            "and its EntityPropertyMapping1='HR_Person' is not '<entity type mapping>:<property>'",
+        ),
+    ],
+)
+def test_association_whose_table_cannot_be_found_is_an_error_naming_it(
+    tmp_path: Path, entity_type: str, property_mapping1: str, problem: str
+) -> None:
+    path = write_config(
+        tmp_path,
+        '<EntityAssociationMapping Identifier="HR_Link" Connector="HR" ConnectionTable="T" '
+        'Column1="a" Column2="b" />\n'
+        '<EntityAssociationMapping Identifier="HR_Person_Manager" Connector="HR" Column1="id" '
+        f'Column2="manager" EntityPropertyMapping1="{property_mapping1}" />\n{entity_type}',
+    )
+    assert config_error(path, "HR") == (
+        f"{path}, line 3: EntityAssociationMapping 'HR_Person_Manager' has no ConnectionTable, "
+        + problem
+    )
+
+
+def test_server_json_association_without_table_takes_its_entity_types_table() -> None:
+    wire: dict[str, Any] = load_mappings(SPEC_EXAMPLE, "AD").to_json()
+    association = wire["entityAssociationMappings"][0]
+    del association["connectionTable"]
+    association["entityPropertyMapping1"] = "AD_Entry:dn"
+    wire["entityAssociationMappings"][1]["connectionTable"] = "ADExport_members.CSV"
+    assert resolve_tables(Mappings.from_json(wire)) == load_tables(SPEC_EXAMPLE, "AD")
+    del association["entityPropertyMapping1"]
+    with pytest.raises(ConfigError, match=r"entityAssociationMappings\[0\]: .*'AD_Entry_parentdn'"):
+        Mappings.from_json(wire)
+
+
 # --------------------------------------------------------------------------------------------
 # JSON (GET /api/connectors/{connector}/mappings)
 
@@ -467,7 +650,9 @@ def test_tables_from_server_json_equal_tables_from_xml() -> None:
 
 
 _names = st.text(min_size=1, max_size=12)
-_table_names = _names.filter(lambda name: name not in (".", "..") and not set(name) & set("/\\\0"))
+_table_names = _names.filter(
+    lambda name: table_name(name) not in ("", ".", "..") and not set(name) & set("/\\\0")
+)
 _thresholds = st.builds(
     Thresholds,
     st.integers(min_value=0, max_value=10**12),
@@ -498,7 +683,13 @@ def _mappings(draw: st.DrawFn) -> Mappings:
         )
     associations = [
         EntityAssociationMapping(
-            draw(_names), connector, draw(_table_names), draw(_names), draw(_names), thresholds
+            draw(_names),
+            connector,
+            draw(_table_names),
+            draw(_names),
+            draw(_names),
+            thresholds,
+            draw(st.none() | _names),
         )
         for thresholds in draw(st.lists(_thresholds, max_size=3))
     ]
