@@ -21,6 +21,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -124,16 +125,58 @@ def format_row(values: Sequence[str], separator: str) -> bytes:
 
 
 def find_source(sources_dir: Path, table: str) -> Path:
-    """``<sources>/<table>.csv``, the file name matched case-insensitively."""
-    wanted = f"{table}.csv".casefold()
+    """``<sources>/<table>.csv``: the exact name wins, else the one name matching it
+    case-insensitively; several such names are an error naming them all (picking one would
+    silently drop the other's data), and so is a match that is not a regular file."""
     exact = sources_dir / f"{table}.csv"
-    if exact.is_file():
+    if os.path.lexists(exact):
+        _check_regular_file(exact)
         return exact
-    with contextlib.suppress(OSError):
-        for entry in sorted(sources_dir.iterdir()):
-            if entry.name.casefold() == wanted and entry.is_file():
-                return entry
-    raise InputError(exact, "file not found")
+    wanted = exact.name.casefold()
+    try:
+        matches = sorted(
+            entry for entry in sources_dir.iterdir() if entry.name.casefold() == wanted
+        )
+    except FileNotFoundError:
+        matches = []
+    except OSError as error:
+        raise InputError(sources_dir, f"cannot list the folder: {error.strerror}") from None
+    if not matches:
+        raise InputError(exact, "file not found")
+    if len(matches) > 1:
+        names = ", ".join(entry.name for entry in matches)
+        raise InputError(
+            sources_dir,
+            f"{len(matches)} files match table {table} case-insensitively ({names}); keep only one",
+        )
+    _check_regular_file(matches[0])
+    return matches[0]
+
+
+def _check_regular_file(path: Path) -> None:
+    """An InputError saying what ``path`` is when it is not a readable regular file (a FIFO
+    would block the read forever; a directory or a dangling link is not "missing")."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(
+                path, f"is a symbolic link to {os.readlink(path)}, which does not exist"
+            ) from None
+        raise InputError(path, "file not found") from None
+    except OSError as error:
+        raise InputError(path, f"cannot read: {error.strerror}") from None
+    if stat.S_ISREG(mode):
+        return
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    kind = next((name for test, name in kinds if test(mode)), None)
+    raise InputError(path, f"is {kind}, not a regular file" if kind else "is not a regular file")
 
 
 def plan_columns(
@@ -404,8 +447,7 @@ def stage_table(
         raise UsageError("the separator must be one ASCII character other than a quote, CR or LF")
     started = time.monotonic()
     source_name = str(source)
-    if not source.is_file():
-        raise InputError(source, "file not found")
+    _check_regular_file(source)
     header = _cleanse.read_header(source_name, separator.encode())
     plan = plan_columns(header, spec, mode=mode, command_column=command_column, source=source_name)
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
