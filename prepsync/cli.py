@@ -199,7 +199,10 @@ def _prepare_options(function: F) -> F:
             type=click.Path(exists=True, path_type=Path),
             help="Identity Manager XML file or folder (required offline).",
         ),
-        click.option("--api-url", help="Server URL; without it nothing is sent."),
+        click.option(
+            "--api-url",
+            help="Server URL, or a bare host meaning https://host; without it nothing is sent.",
+        ),
         click.option("--api-client-id", help="OAuth2 client id."),
         click.option(
             "--api-secret",
@@ -310,6 +313,10 @@ def prepare(
     separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
     if config_path is None and not api_url:
         raise click.UsageError("--config is required when no --api-url is given")
+    if api_url is not None:
+        from prepsync.client import parse_api_url
+
+        api_url = parse_api_url(api_url)
     if api_url and not (api_client_id and api_secret):
         raise click.UsageError(
             "--api-url needs --api-client-id and --api-secret (or PREPSYNC_API_SECRET)"
