@@ -601,6 +601,9 @@ class RunResult:
     memory_budget: int
     sources_dir: Path
     working_dir: Path
+    # Legal but suspicious outcomes, each logged as a warning when found: {"table", "kind",
+    # "message", ...}; kind "shrink" adds "rows" and "baseline_rows".
+    warnings: list[dict[str, object]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -610,7 +613,54 @@ class RunResult:
             "seconds": self.seconds,
             "peak_rss": self.peak_rss,
             "tables": [table.to_json() for table in self.tables],
+            "warnings": self.warnings,
         }
+
+
+#: Beside each baseline, ``<table>.rows.json`` = {"rows": N, "bytes": S}: the baseline's row
+#: count, so that comparing a run with it costs nothing. Trusted only while the baseline still
+#: has S bytes; "rows" is null when the run that advanced it did not know its count.
+BASELINE_ROWS_SUFFIX = ".rows.json"
+
+
+def baseline_rows(baseline: Path) -> int:
+    """Data rows of a baseline: from its sidecar, else by counting its line ends (a value
+    holding a line break then counts twice: fine for a warning, not for arithmetic)."""
+    size = baseline.stat().st_size
+    sidecar = baseline.with_name(
+        baseline.name.removesuffix(SUFFIXES["sorted"]) + BASELINE_ROWS_SUFFIX
+    )
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        recorded = json.loads(sidecar.read_text(encoding="utf-8"))
+        if recorded["bytes"] == size and isinstance(recorded["rows"], int):
+            return int(recorded["rows"])
+    line_ends = 0
+    with open(baseline, "rb") as reader:
+        while block := reader.read(MIB):
+            line_ends += block.count(b"\n")
+    return max(0, line_ends - 1)  # the header
+
+
+def shrink_warning(result: TableResult, baseline: Path) -> dict[str, object] | None:
+    """A warning when a full extract kept fewer than half its baseline's rows: legal (a header-
+    only file is an empty table) but the usual sign of a truncated or failed export."""
+    if "sorted" not in result.outputs or not baseline.is_file():
+        return None
+    previous = baseline_rows(baseline)
+    if result.kept * 2 >= previous:
+        return None
+    message = (
+        f"table {result.table}: {result.kept} rows where the baseline has {previous}; "
+        "it shrank by more than half: check that the export is complete"
+    )
+    log.warning("%s", message)
+    return {
+        "table": result.table,
+        "kind": "shrink",
+        "rows": result.kept,
+        "baseline_rows": previous,
+        "message": message,
+    }
 
 
 def default_parallelism(tables: int) -> int:
@@ -676,6 +726,15 @@ def prepare_connector(
             staged.commit()
         finally:
             staged.discard()
+        warnings = [
+            warning
+            for result in results
+            if (
+                warning := shrink_warning(
+                    result, baseline_dir / f"{result.table}{SUFFIXES['sorted']}"
+                )
+            )
+        ]
     return RunResult(
         connector=connector,
         mode=mode,
@@ -685,6 +744,7 @@ def prepare_connector(
         memory_budget=memory_budget,
         sources_dir=sources_dir,
         working_dir=working_dir,
+        warnings=warnings,
     )
 
 
@@ -761,11 +821,26 @@ def advance_baselines(run: RunResult) -> list[Path]:
                 _link_or_copy(Path(table.outputs["sorted"]), temp)
                 staged.add(target, temp, backup=True)
                 targets.append(target)
+                # Its row count, in the same commit. A result rebuilt from the session journal
+                # after a crash (no source) has no counts: null makes the next run count.
+                sidecar = baseline_dir / f"{table.table}{BASELINE_ROWS_SUFFIX}"
+                _write_synced(
+                    temp_name(sidecar),
+                    {"rows": table.kept if table.source else None, "bytes": temp.stat().st_size},
+                )
+                staged.add(sidecar, temp_name(sidecar))
             crash_point("baselines-staged")
             staged.commit()
         finally:
             staged.discard()
     return targets
+
+
+def _write_synced(path: Path, document: object) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(document, out)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
