@@ -307,6 +307,10 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"ApiClient({self._base_url!r}, client_id={self._client_id!r})"
 
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
     def close(self) -> None:
         self._http.close()
 

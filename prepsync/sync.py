@@ -3,14 +3,19 @@
 The order of the steps is what makes it exactly once:
 
 1. finish whatever an interrupted earlier run left (its local commit, then its session);
-2. open a session and write the session journal (``<working>/.prepsync-session.json``);
+2. write the intent to open a session in the session journal
+   (``<working>/.prepsync-session.json``), open it, and write its id there;
 3. cleanse every table (outputs committed locally, baselines untouched);
 4. upload the files, resuming where an interrupted upload stopped;
 5. commit the session: from the server's 202 on, the server has the changes;
 6. advance the baselines, then delete the journal.
 
 A crash before step 5 leaves the baselines as they were, so the next run computes and sends
-the same changes again (the abandoned session is cancelled). A crash between steps 5 and 6
+the same changes again (the abandoned session is cancelled). A crash between the opening and
+the journal's id (the server answered, the id was never written) leaves only the intent: the
+next run cancels this agent's ``open`` sessions of the connector, since an orphan would hold
+every later session back until the server's session timeout (the server also cancels them
+when the next session of this agent opens). A crash between steps 5 and 6
 leaves a journal naming a committed session: the next run asks the server, sees it committed,
 and only advances the baselines from that run's outputs - it does not send them twice.
 """
@@ -122,6 +127,16 @@ def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | No
     if entry is None:
         return None
     session_id = entry["session"]
+    if session_id is None:  # killed while opening: the session, if any, is an orphan
+        try:
+            _cancel_orphans(api, entry["connector"], entry.get("agent"))
+        except ServerError as error:
+            if error.status not in (403, 404):
+                raise
+            # The connector is gone or closed to us: nothing of ours can be cancelled there.
+            log.warning("could not look for sessions left open by an interrupted run: %s", error)
+        journal.remove()
+        return None
     try:
         state = api.session(session_id)["state"]
     except ServerError as error:
@@ -143,6 +158,23 @@ def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | No
     # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
     journal.remove()
     return None
+
+
+def _cancel_orphans(api: ApiClient, connector: str, agent: str | None) -> None:
+    """Cancel this agent's (and client's) ``open`` sessions of the connector."""
+    for session in api.sessions(connector):
+        if (
+            session.get("state") != "open"
+            or session.get("agent") != agent
+            or session.get("client") not in (None, api.client_id)
+        ):
+            continue
+        log.warning("cancelling session %s left open by an interrupted run", session["id"])
+        try:
+            api.cancel(str(session["id"]))
+        except ServerError as error:
+            if error.status != 409:  # 409: it was settled meanwhile (abandoned, superseded)
+                raise
 
 
 def synchronize(
@@ -170,9 +202,17 @@ def synchronize(
             tables = resolve_tables(
                 api.mappings(connector), source=f"server mappings of {connector}"
             )
-        session_id = api.open_session(connector, agent, mode, separator)
+        intent = {"session": None, "connector": connector, "agent": agent, "mode": mode}
+        journal.write({**intent, "tables": None})
+        try:
+            session_id = api.open_session(connector, agent, mode, separator)
+        except ServerError as error:
+            if error.status is not None:  # refused: no session was opened
+                journal.remove()
+            raise  # else: gave up retrying; a post may have opened one, the intent stays
         log.info("opened session %s (%s)", session_id, mode)
-        journal.write({"session": session_id, "connector": connector, "mode": mode, "tables": None})
+        pipeline.crash_point("session-opened")
+        journal.write({**intent, "session": session_id, "tables": None})
         committing = False
         try:
             run = pipeline.prepare_connector(
@@ -189,9 +229,8 @@ def synchronize(
             )
             journal.write(
                 {
+                    **intent,
                     "session": session_id,
-                    "connector": connector,
-                    "mode": mode,
                     "tables": [
                         {
                             "table": t.table,

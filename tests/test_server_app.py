@@ -221,7 +221,7 @@ def test_upload_without_content_range_is_the_whole_file(api: Api) -> None:
 
 def test_file_names_must_be_the_sessions_tables(api: Api) -> None:
     complete = api.open("AD", "complete")
-    incremental = api.open("AD", "incremental")
+    incremental = api.open("AD", "incremental", agent="agent-2")  # agent-1's would cancel it
     for session_id, name in [
         (complete, f"{ENTRIES}.sorted.delta.csv"),
         (incremental, f"{ENTRIES}.sorted.csv"),
@@ -386,7 +386,7 @@ def test_after_lost_changes_deltas_fail_until_a_complete_load(api: Api) -> None:
     after = api.send("AD", "incremental", {name: entries_delta(("insert", "c", "3"))})
     assert api.state(after)["state"] == "done"
     # A committed delta cancelled by hand is lost too.
-    holder = api.open("AD", "incremental")
+    holder = api.open("AD", "incremental", agent="holder")  # not the sender: kept open
     waiting = api.send("AD", "incremental", {name: entries_delta(("insert", "d", "4"))}, wait=False)
     assert api.post(f"/api/sessions/{waiting}/cancel").status_code == 200
     assert api.post(f"/api/sessions/{holder}/cancel").status_code == 200
@@ -523,7 +523,7 @@ def test_cancel(api: Api, tmp_path: Path) -> None:
 
 def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     load_ad(api, [("a", "1")], [])
-    earlier = api.open("AD", "incremental")
+    earlier = api.open("AD", "incremental", agent="earlier")  # not the sender: kept open
     later = api.send(
         "AD",
         "incremental",
@@ -547,7 +547,7 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
 def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
     with running(tmp_path, session_timeout=1.0) as api:
         load_ad(api, [("a", "1")], [])
-        idle = api.open("AD", "incremental")
+        idle = api.open("AD", "incremental", agent="idle")  # not the sender: kept open
         later = api.send(
             "AD",
             "incremental",
@@ -566,7 +566,7 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> 
 def test_state_survives_a_restart_and_interrupted_sessions_run_again(tmp_path: Path) -> None:
     with running(tmp_path) as api:
         load_ad(api, [("a", "1")], [])
-        holder = api.open("AD", "incremental")
+        holder = api.open("AD", "incremental", agent="holder")  # not the sender: kept open
         waiting = api.send(
             "AD",
             "incremental",

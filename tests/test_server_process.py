@@ -94,7 +94,8 @@ def test_sigkill_while_processing_and_queued_then_restart_completes(tmp_path: Pa
                 )
             }
             complete = api.open("AD", "complete")
-            incremental = api.open("AD", "incremental")  # opened after: applied after
+            # Opened after: applied after (another agent: the same one's would cancel it).
+            incremental = api.open("AD", "incremental", agent="agent-2")
             for session_id, files in ((complete, full), (incremental, delta)):
                 for name, data in files.items():
                     api.upload(session_id, name, data)

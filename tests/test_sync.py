@@ -79,3 +79,50 @@ def test_other_refusals_keep_the_journal(tmp_path: Path) -> None:
         finish_interrupted(client(forbidden, []), tmp_path, tmp_path)
     assert refusal.value.status == 403
     assert saved.read() is not None  # still unsettled: the next run asks again
+
+
+def intent(working: Path) -> SessionJournal:
+    """What a run killed between opening its session and recording the id leaves."""
+    entry = {"session": None, "connector": "AD", "agent": "host-1", "mode": "incremental"}
+    (working / ".prepsync-session.json").write_text(json.dumps({**entry, "tables": None}))
+    return SessionJournal(working)
+
+
+def listed(session_id: str, state: str, agent: str = "host-1", owner: str = "id") -> dict[str, str]:
+    return {"id": session_id, "state": state, "agent": agent, "client": owner}
+
+
+def test_an_opening_intent_cancels_only_this_agents_open_sessions(tmp_path: Path) -> None:
+    calls: list[str] = []
+    saved = intent(tmp_path)
+    orphan, done, other_agent, other_client = (f"{n}{SESSION[1:]}" for n in "1234")
+    sessions = [
+        listed(orphan, "open"),
+        listed(done, "done"),
+        listed(other_agent, "open", agent="host-2"),
+        listed(other_client, "open", owner="someone-else"),
+    ]
+    answers = {
+        ("GET", "/api/connectors/AD/sessions"): httpx.Response(200, json=sessions),
+        ("POST", f"/api/sessions/{orphan}/cancel"): httpx.Response(
+            200, json={"id": orphan, "state": "cancelled"}
+        ),
+    }
+    assert finish_interrupted(client(answers, calls), tmp_path, tmp_path) is None
+    cancels = [call for call in calls if call.endswith("/cancel")]
+    assert cancels == [f"POST /api/sessions/{orphan}/cancel"]
+    assert saved.read() is None
+
+
+def test_an_opening_intent_on_a_connector_closed_to_us_is_dropped(tmp_path: Path) -> None:
+    saved = intent(tmp_path)
+    closed = {("GET", "/api/connectors/AD/sessions"): httpx.Response(403, json={"error": "no"})}
+    assert finish_interrupted(client(closed, []), tmp_path, tmp_path) is None
+    assert saved.read() is None
+
+
+def test_an_opening_intent_survives_an_unreachable_server(tmp_path: Path) -> None:
+    saved = intent(tmp_path)
+    with pytest.raises(ServerError):
+        finish_interrupted(client({}, []), tmp_path, tmp_path)  # 500s until the budget is out
+    assert saved.read() is not None

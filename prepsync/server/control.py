@@ -7,7 +7,7 @@ The link between the two is the store's ``applied`` table (see :mod:`prepsync.se
 
 States (SPEC §7) and the only transitions made::
 
-    open -> queued (commit) | cancelled (cancel, abandoned, superseded)
+    open -> queued (commit) | cancelled (cancel, abandoned, superseded, orphaned)
     queued -> processing (worker) | cancelled (cancel, superseded)
     processing -> done | failed | blocked (worker); -> queued at startup (crash recovery)
     blocked -> queued, forced (force) | cancelled (cancel, superseded)
@@ -18,6 +18,10 @@ and the worker (its thread), each with its own connection, can race without a lo
 
 Ordering invariant: ``seq`` is the opening order; per connector, the session with the lowest
 ``seq`` that is not final is the *head*, and only a queued head is ever processed.
+
+Ownership: ``client`` is the OpenID client that opened the session; only it may upload and
+commit (see :func:`prepsync.server.state.owned_session_of`). Sessions recorded before the
+column existed have none, and stay open to every client allowed on their connector.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     opened_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     active_at REAL NOT NULL,
-    separator TEXT NOT NULL DEFAULT ','
+    separator TEXT NOT NULL DEFAULT ',',
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_connector ON sessions (connector, seq);
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, seq);
@@ -68,7 +73,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, seq);
 
 _COLUMNS = (
     "seq, id, connector, agent, mode, state, reason, forced, files, summary, "
-    "opened_at, updated_at, active_at, separator"
+    "opened_at, updated_at, active_at, separator, client"
 )
 
 
@@ -90,6 +95,7 @@ class Session:
     # The field separator of the session's files: the agent's --separator (store rows are
     # always kept with ",").
     separator: str = ","
+    client: str | None = None  # the OpenID client that opened it (None: before ownership)
 
     def to_json(self) -> dict[str, Any]:
         """GET /api/sessions/{id}: the SPEC's four fields, plus what an operator wants to see."""
@@ -99,6 +105,7 @@ class Session:
             "mode": self.mode,
             "state": self.state,
             "agent": self.agent,
+            "client": self.client,
             "reason": self.reason,
             "forced": self.forced,
             "tables": self.summary,
@@ -127,6 +134,7 @@ def _session(row: tuple[Any, ...]) -> Session:
         updated_at=row[11],
         active_at=row[12],
         separator=row[13],
+        client=row[14],
     )
 
 
@@ -158,6 +166,8 @@ class Control:
             self._connection.execute(
                 "ALTER TABLE sessions ADD COLUMN separator TEXT NOT NULL DEFAULT ','"
             )
+        if "client" not in columns:  # a data directory from before sessions were owned
+            self._connection.execute("ALTER TABLE sessions ADD COLUMN client TEXT")
 
     def close(self) -> None:
         self._connection.close()
@@ -224,35 +234,45 @@ class Control:
     # ---------------------------------------------------------------------------- writes
 
     def open(
-        self, connector: str, agent: str, mode: str, session_id: str, separator: str = ","
+        self,
+        connector: str,
+        agent: str,
+        mode: str,
+        session_id: str,
+        client: str,
+        separator: str = ",",
     ) -> list[str]:
-        """Record a new open session; returns the ids it cancelled (complete/initial only)."""
+        """Record a new open session; returns the ids of the sessions it cancelled.
+
+        A complete/initial session cancels every session of its connector not yet processed
+        (it reloads every table: their changes are moot). Any session cancels the ``open``
+        sessions of the same agent and client on its connector: one agent runs one prepare per
+        connector at a time, so those are orphans of a killed run, and an orphan would hold
+        every later session of the connector back until the session timeout.
+        """
         now = time.time()
         self._begin()
         try:
-            cancelled: list[str] = []
             if mode in FULL_MODES:
-                # It reloads every table: the changes still waiting are moot (SPEC §7).
-                rows = self._connection.execute(
-                    "SELECT id FROM sessions WHERE connector = ? AND state IN (?, ?, ?)",
-                    (connector, *CANCELLABLE_STATES),
-                ).fetchall()
-                cancelled = [row[0] for row in rows]
-                self._connection.execute(
-                    "UPDATE sessions SET state = ?, reason = ?, updated_at = ? "
-                    "WHERE connector = ? AND state IN (?, ?, ?)",
-                    (
-                        CANCELLED,
-                        f"superseded by {mode} session {session_id}",
-                        now,
-                        connector,
-                        *CANCELLABLE_STATES,
-                    ),
-                )
+                reason = f"superseded by {mode} session {session_id}"
+                condition = "connector = ? AND state IN (?, ?, ?)"
+                arguments: tuple[str, ...] = (connector, *CANCELLABLE_STATES)
+            else:
+                reason = f"left open by an interrupted run: agent {agent} opened {session_id}"
+                condition = "connector = ? AND state = ? AND agent = ? AND client IS ?"
+                arguments = (connector, OPEN, agent, client)
+            rows = self._connection.execute(
+                f"SELECT id FROM sessions WHERE {condition} ORDER BY seq", arguments
+            ).fetchall()
+            cancelled = [row[0] for row in rows]
+            self._connection.execute(
+                f"UPDATE sessions SET state = ?, reason = ?, updated_at = ? WHERE {condition}",
+                (CANCELLED, reason, now, *arguments),
+            )
             self._connection.execute(
                 "INSERT INTO sessions (id, connector, agent, mode, state, opened_at, updated_at, "
-                "active_at, separator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (session_id, connector, agent, mode, OPEN, now, now, now, separator),
+                "active_at, separator, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, connector, agent, mode, OPEN, now, now, now, separator, client),
             )
             self._commit()
         except BaseException:

@@ -93,7 +93,9 @@ async def open_session(request: Request) -> Response:
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
     try:
-        cancelled = control.open(connector, agent, mode.lower(), session_id, separator)
+        cancelled = control.open(
+            connector, agent, mode.lower(), session_id, client.identifier, separator
+        )
     except BaseException:
         discard_files(state.sessions_dir, session_id)
         raise

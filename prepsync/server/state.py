@@ -81,6 +81,8 @@ def connector_of(request: Request, client: OpenIdClient) -> str:
 
 
 def session_of(request: Request, client: OpenIdClient) -> Session:
+    """The session named in the path, for reading it or for an operator's action (force,
+    cancel): any client allowed on its connector (403 otherwise); 404 when unknown."""
     control, _worker = state_of(request).running()
     session_id = canonical_session_id(request.path_params["session_id"])
     session = None if session_id is None else control.get(session_id)
@@ -90,6 +92,16 @@ def session_of(request: Request, client: OpenIdClient) -> Session:
         raise ApiError(
             403, f"client {client.identifier!r} may not use connector {session.connector!r}"
         )
+    return session
+
+
+def owned_session_of(request: Request, client: OpenIdClient) -> Session:
+    """The session named in the path, for its files and its commit: only the client that
+    opened it. Another client gets the 404 of an unknown session, so it learns nothing about
+    sessions it cannot write (a client not allowed on the connector still gets 403)."""
+    session = session_of(request, client)
+    if session.client is not None and session.client != client.identifier:
+        raise ApiError(404, "unknown session")
     return session
 
 

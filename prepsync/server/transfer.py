@@ -14,7 +14,13 @@ from starlette.responses import JSONResponse, Response
 
 from prepsync.server.control import OPEN, Session
 from prepsync.server.http import ApiError, check_declared_length, read_json_object
-from prepsync.server.state import ServerState, authenticate, conflict, session_of, state_of
+from prepsync.server.state import (
+    ServerState,
+    authenticate,
+    conflict,
+    owned_session_of,
+    state_of,
+)
 from prepsync.server.uploads import (
     file_name_problem,
     file_size,
@@ -43,7 +49,7 @@ def _upload_path(request: Request, session: Session) -> tuple[str, Path]:
 async def file_status(request: Request) -> Response:
     """GET /api/sessions/{id}/files/{name} -> {"name", "size"}: bytes arrived so far."""
     client = authenticate(request)
-    session = session_of(request, client)
+    session = owned_session_of(request, client)
     control, _worker = state_of(request).running()
     name, path = _upload_path(request, session)
     size = file_size(path)
@@ -61,7 +67,7 @@ async def upload(request: Request) -> Response:
     current size. Without Content-Range the body is the whole file.
     """
     client = authenticate(request)
-    session = session_of(request, client)
+    session = owned_session_of(request, client)
     state = state_of(request)
     control, _worker = state.running()
     if session.state != OPEN or session.id in state.sealed:
@@ -173,7 +179,7 @@ async def commit(request: Request) -> Response:
     committed answers 409. Files uploaded but not listed are ignored.
     """
     client = authenticate(request)
-    session = session_of(request, client)
+    session = owned_session_of(request, client)
     state = state_of(request)
     control, worker = state.running()
     entries = _commit_entries(await read_json_object(request))
