@@ -115,7 +115,8 @@ def test_opening_cancels_the_same_agents_open_sessions(clients: tuple[Api, Api])
     state = hr.state(orphan)
     assert state["state"] == "cancelled"
     assert "interrupted run" in state["reason"] and rerun in state["reason"]
-    assert hr.state(other_agent)["state"] == "queued"  # committed: never an orphan
+    # Committed: never an orphan (and, the orphan gone, the worker may already take it).
+    assert hr.state(other_agent)["state"] in ("queued", "processing", "done")
     assert operator.state(other_client)["state"] == "open"
     assert operator.post(f"/api/sessions/{other_client}/cancel").status_code == 200
     # Nothing holds the rerun back: it is applied as soon as it is committed.
