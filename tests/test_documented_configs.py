@@ -7,16 +7,20 @@ The XML files are in tests/data/config/docs/, each with a comment naming the pag
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
+from serverutil import SECRET, Api, ServerProcess
 
 from prepsync.cli import main
 from prepsync.config import (
     Mappings,
     TableSpec,
     Thresholds,
+    hash_secret,
     load_mappings,
     load_tables,
     resolve_tables,
@@ -325,3 +329,60 @@ def test_prepare_hr_export_as_the_connector_page_models_it(tmp_path: Path) -> No
         b'ORG-B,Board,Conseil,"Vorstand, Geschaeftsfuehrung",+33 1 01,,Direction,Paris',
         b"ORG-RD,R&D,R&D,F&E,+33 1 00,,Department,Paris",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# online: the server serves the documented LDAP mappings, the agent has no --config
+
+
+def test_ldap_export_online_with_mappings_from_the_server(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    shutil.copy(DOCS / "ldap.xml", config / "ldap.xml")
+    (config / "clients.xml").write_text(
+        '<ConfigurationFile><OpenIdClient Identifier="agent" '
+        f'HashedSecret="{hash_secret(SECRET)}" /></ConfigurationFile>'
+    )
+    server = ServerProcess(config, tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        sources = tmp_path / "Temp" / "ExportOutput"
+        sources.mkdir(parents=True)
+        (sources / "ldapexport_ENTRIES.csv").write_bytes(
+            b"displayName,dn,entryUuid,objectClass,ou,parentdn\n"
+            b'Bob,"CN=Bob,DC=corp",u-2,person,People,DC=corp\n'
+            b'Ann,"CN=Ann,DC=corp",u-1,person,People,DC=corp\n'
+        )
+        (sources / "LDAPExport_member.csv").write_bytes(b'dn,member\nCN=Staff,"CN=Bob,DC=corp"\n')
+        result = CliRunner().invoke(
+            main,
+            [
+                "prepare",
+                "--connector",
+                "LDAP",
+                "--agent",
+                "docs",
+                "--synchronization-mode",
+                "complete",
+                "--api-url",
+                server.url,
+                "--api-client-id",
+                "agent",
+                "--api-secret",
+                SECRET,
+                "--temp-folder",
+                str(tmp_path / "Temp"),
+                "--work-folder",
+                str(tmp_path / "Work"),
+            ],
+        )
+        assert result.exit_code == 0, result.stderr
+        with httpx.Client(base_url=server.url) as http:
+            api = Api(http)
+            api.wait(api.get("/api/connectors/LDAP/sessions").json()[0]["id"])
+            working = tmp_path / "Work" / "Collect"
+            for table in ("LDAPExport_entries", "LDAPExport_member"):
+                stored = api.resources("LDAP", table)
+                assert stored == (working / f"{table}.sorted.csv").read_bytes(), table
+    finally:
+        server.stop()
