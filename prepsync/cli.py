@@ -307,7 +307,7 @@ def prepare(
     """Cleanse, sort and (incrementally) diff a connector's exported CSV files, and send them
     to the server when --api-url is given."""
     from prepsync import config as configuration
-    from prepsync import pipeline
+    from prepsync import pipeline, staging
 
     level = _configure_logging(log_level)
     separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
@@ -355,7 +355,7 @@ def prepare(
                 )
         else:
             assert tables is not None
-            with pipeline.working_lock(working):
+            with staging.working_lock(working):
                 run = pipeline.prepare_connector(
                     tables,
                     sources,

@@ -25,13 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prepsync import pipeline
+from prepsync import pipeline, staging
 from prepsync.config import TableSpec, resolve_tables
 from prepsync.errors import PrepsyncError, ServerError
 
@@ -80,12 +79,7 @@ class SessionJournal:
             raise PrepsyncError(f"unreadable session journal {self.path}: {error}") from None
 
     def write(self, data: dict[str, Any]) -> None:
-        temp = pipeline.temp_name(self.path)
-        with open(temp, "w", encoding="utf-8") as out:
-            json.dump(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, self.path)
+        staging.atomic_write_json(self.path, data)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -195,8 +189,8 @@ def synchronize(
     """Prepare every table and deliver the result to the server exactly once."""
     mode = mode.lower()
     journal = SessionJournal(working_dir)
-    with pipeline.working_lock(working_dir):
-        pipeline.recover(working_dir)
+    with staging.working_lock(working_dir):
+        staging.recover(working_dir)
         recovered = finish_interrupted(api, sources_dir, working_dir)
         if tables is None:
             tables = resolve_tables(
@@ -211,7 +205,7 @@ def synchronize(
                 journal.remove()
             raise  # else: gave up retrying; a post may have opened one, the intent stays
         log.info("opened session %s (%s)", session_id, mode)
-        pipeline.crash_point("session-opened")
+        staging.crash_point("session-opened")
         journal.write({**intent, "session": session_id, "tables": None})
         committing = False
         try:
@@ -242,10 +236,10 @@ def synchronize(
                 }
             )
             receipts = [api.upload(session_id, path, path.name) for path in files_to_send(run)]
-            pipeline.crash_point("uploaded")
+            staging.crash_point("uploaded")
             committing = True
             state = api.commit(session_id, receipts)["state"]
-            pipeline.crash_point("server-committed")
+            staging.crash_point("server-committed")
         except BaseException:
             if not committing:
                 _abandon(api, journal, session_id)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sites import entity_config, prepare_command
 
-from prepsync import pipeline
+from prepsync import staging
 
 TABLES = ("alpha", "beta", "gamma")
 CONFIG = entity_config("C", {t: ("id", "v") for t in TABLES})
@@ -90,7 +90,7 @@ def check_recovery(root: Path, clean: dict[str, object]) -> str:
     """After a kill: recover, classify, rerun, and check the outcome; returns the class."""
     collect = root / "Work" / "Collect"
     previous = root / "Temp" / "ExportOutput" / "previous"
-    pipeline.recover(collect)
+    staging.recover(collect)
     baselines = files(previous, ".sorted.csv")
     assert baselines in (clean["old"], clean["baseline"]), "baselines of mixed generations"
     committed = baselines == clean["baseline"]

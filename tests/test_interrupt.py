@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sites import entity_config, prepare_command
 
-from prepsync import _cleanse, pipeline
+from prepsync import _cleanse, pipeline, staging
 from prepsync.config import TableSpec, Thresholds
 
 SPEC = TableSpec(name="T", columns=("id", "v"), key=("id",), thresholds=Thresholds())
@@ -44,7 +44,7 @@ def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path) -> None:
         )
     assert "read" in calls
     assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
-    assert sorted(p.name for p in working.iterdir()) == [pipeline.LOCK]
+    assert sorted(p.name for p in working.iterdir()) == [staging.LOCK]
 
 
 @pytest.mark.slow
@@ -69,4 +69,4 @@ def test_sigint_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
-    assert sorted(p.name for p in working.iterdir()) == [pipeline.LOCK]
+    assert sorted(p.name for p in working.iterdir()) == [staging.LOCK]

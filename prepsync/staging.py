@@ -1,0 +1,239 @@
+"""Durability: how a run makes files visible, survives a crash, and keeps one run per folder.
+
+- :class:`StagedFiles` writes files under temporary names and makes a whole set visible at once
+  through a rename journal; :func:`recover` finishes a commit that a crash interrupted.
+- :func:`atomic_write_json` replaces a small JSON file so that a crash leaves the old or the new
+  content, never a mix or nothing (the rename itself is made durable by :func:`fsync_dir`).
+- :func:`working_lock` allows one run per working directory, which is what makes removing a
+  killed run's leftovers (:func:`remove_leftovers`) safe.
+- :func:`crash_point` is where tests SIGKILL the process to prove every step recoverable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prepsync.errors import UsageError
+
+log = logging.getLogger("prepsync")
+
+JOURNAL = ".prepsync-journal.json"
+LOCK = ".prepsync.lock"
+
+
+class StagedFiles:
+    """Files written under temporary names and made visible together.
+
+    commit() flushes every file, then writes a journal listing the renames (atomically: that
+    write is the commit point), performs them and deletes the journal. A crash before the
+    journal exists changes nothing visible; a crash after it is finished by :func:`recover`
+    at the start of the next run. So a set of files (all of a run's outputs, or every table's
+    baseline) is replaced all together or not at all.
+    """
+
+    def __init__(self, journal_dir: Path) -> None:
+        self.journal = journal_dir / JOURNAL
+        self._files: list[tuple[Path, Path, int | None]] = []
+        self._backups: set[Path] = set()
+
+    def create(self, final: Path, header: bytes) -> int:
+        temp = temp_name(final)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._files.append((final, temp, fd))
+        os.write(fd, header)
+        return fd
+
+    def add(self, final: Path, temp: Path, *, backup: bool = False) -> None:
+        """Stage an already written (and flushed) file; backup keeps the replaced one as .bak."""
+        self._files.append((final, temp, None))
+        if backup:
+            self._backups.add(final)
+
+    def close(self) -> None:
+        """Flush every file to disk: a rename must never expose a file still in the cache only."""
+        for i, (final, temp, fd) in enumerate(self._files):
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._files[i] = (final, temp, None)
+
+    def commit(self) -> None:
+        self.close()
+        renames = [
+            {"temp": str(temp), "final": str(final), "backup": final in self._backups}
+            for final, temp, _ in self._files
+        ]
+        atomic_write_json(self.journal, {"renames": renames})
+        crash_point("committed")
+        _apply_journal(self.journal)
+        self._files.clear()
+
+    def discard(self) -> None:
+        for _, temp, fd in self._files:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        self._files.clear()
+
+
+def temp_name(final: Path) -> Path:
+    return final.with_name(f"{final.name}.tmp-{os.getpid()}")
+
+
+def _apply_journal(journal: Path) -> None:
+    """Perform the journal's renames; safe to run again after a crash at any point in it."""
+    with open(journal, encoding="utf-8") as source:
+        renames = json.load(source)["renames"]
+    folders = {journal.parent}
+    for rename in renames:
+        temp, final = Path(rename["temp"]), Path(rename["final"])
+        folders.add(final.parent)
+        if not temp.exists():
+            continue  # renamed before the crash
+        if rename["backup"] and final.exists():
+            # final is still the old generation here, even when this step is being redone.
+            backup = final.with_name(final.name + ".bak")
+            backup_temp = temp_name(backup)
+            with contextlib.suppress(FileNotFoundError):
+                backup_temp.unlink()
+            os.link(final, backup_temp)
+            os.replace(backup_temp, backup)
+        os.replace(temp, final)
+        crash_point("renamed")
+    for folder in folders:
+        fsync_dir(folder)
+    journal.unlink()
+    fsync_dir(journal.parent)
+
+
+def recover(working_dir: Path) -> bool:
+    """Finish a commit that a crash interrupted; True if there was one."""
+    journal = working_dir / JOURNAL
+    if not journal.exists():
+        return False
+    log.warning("finishing the commit of an interrupted run (%s)", journal)
+    _apply_journal(journal)
+    return True
+
+
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Tests kill the process here (SIGKILL: no cleanup runs) to prove that every step is
+    recoverable. PREPSYNC_CRASH_AT is ``name`` (first time) or ``name:N`` (N-th time)."""
+    wanted = os.environ.get("PREPSYNC_CRASH_AT")
+    if not wanted:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    point, _, count = wanted.partition(":")
+    if point == name and _crash_hits[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_held_locks: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth) held by this process
+
+
+@contextlib.contextmanager
+def working_lock(working_dir: Path) -> Iterator[None]:
+    """One run at a time per working directory; then leftovers of killed runs can go.
+
+    Re-entrant within a process, so that an online run can hold it from the first step to the
+    baseline advance while prepare_connector() and advance_baselines() take it too.
+    """
+    working_dir.mkdir(parents=True, exist_ok=True)
+    key = working_dir.resolve()
+    if key in _held_locks:
+        fd, depth = _held_locks[key]
+        _held_locks[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _held_locks[key] = (fd, depth)
+        return
+    fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another prepsync run is using {working_dir}") from None
+        _held_locks[key] = (fd, 1)
+        try:
+            yield
+        finally:
+            del _held_locks[key]
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(*folders: Path) -> None:
+    """Temporary files and spill folders of killed runs (only called under the lock, after
+    recover(), when nothing can still need them)."""
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith(".prepsync-spill-") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif ".tmp-" in entry.name and entry.is_file():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+@contextlib.contextmanager
+def spill_directory(working_dir: Path) -> Iterator[Path]:
+    """A private directory for sorted runs, gone afterwards whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=".prepsync-spill-", dir=working_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON: written to a temporary name, flushed, renamed, and
+    the rename flushed too (without the directory fsync a crash could undo the rename)."""
+    temp = temp_name(path)
+    with open(temp, "w", encoding="utf-8") as out:
+        json.dump(data, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both sit on one file system (outputs are only ever replaced by
+    rename, never rewritten in place, so the linked inode never changes), else a copy."""
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        with open(target, "rb") as copied:
+            os.fsync(copied.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames and creations in ``directory`` durable (best effort where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
