@@ -6,10 +6,8 @@ exit status 1; Ctrl-C exits with 130 after the cleanup has run.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,8 +16,9 @@ import click
 
 from prepsync import __version__
 from prepsync.errors import PrepsyncError
-from prepsync.pipeline import MODES, RunResult, TableResult
-from prepsync.sizes import format_size, parse_size
+from prepsync.pipeline import MODES
+from prepsync.report import ProgressBar, summary_lines, write_report
+from prepsync.sizes import parse_size
 
 log = logging.getLogger("prepsync")
 
@@ -100,81 +99,6 @@ def _configure_logging(level_name: str) -> int:
 
 def _under(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else base / path
-
-
-class ProgressBar:
-    """A one-line progress display on stderr, shown only when stderr is a terminal; tables
-    cleansed at the same time share the line."""
-
-    def __init__(self) -> None:
-        self._last = ""
-        self._tables: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, table: str, phase: str, done: int, total: int) -> None:
-        percent = 100 * done // total if total else 100
-        with self._lock:
-            self._tables[table] = (
-                f"{table}: {'reading' if phase == 'read' else 'writing'} {percent:3d}%"
-            )
-            text = "\r" + "  ".join(self._tables.values())
-            if text != self._last:
-                sys.stderr.write(text.ljust(len(self._last)))
-                sys.stderr.flush()
-                self._last = text
-
-    def close(self) -> None:
-        if self._last:
-            sys.stderr.write("\r" + " " * len(self._last) + "\r")
-            sys.stderr.flush()
-
-
-def summary_lines(run: RunResult) -> list[str]:
-    """The per-table summary printed at the end of every run."""
-    columns = (
-        "table",
-        "read",
-        "kept",
-        "null keys",
-        "duplicates",
-        "inserts",
-        "updates",
-        "deletes",
-        "merges",
-        "seconds",
-        "peak memory",
-    )
-
-    def row(table: TableResult) -> tuple[str, ...]:
-        return (
-            table.table,
-            str(table.rows_read),
-            str(table.kept),
-            str(table.null_keys),
-            str(table.duplicates),
-            str(table.inserts),
-            str(table.updates),
-            str(table.deletes),
-            str(table.merges),
-            f"{table.seconds:.2f}",
-            format_size(table.peak_rss),
-        )
-
-    rows = [columns, *(row(table) for table in run.tables)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
-    lines.append(
-        f"{run.mode} run of {run.connector}: {len(run.tables)} table(s) in "
-        f"{run.seconds:.2f} s, peak memory {format_size(run.peak_rss)} "
-        f"(budget {format_size(run.memory_budget)})"
-    )
-    return lines
 
 
 @click.group()
@@ -379,10 +303,7 @@ def prepare(
             f"session {delivery.session_id}: {delivery.state}, {len(delivery.files)} file(s) sent"
         )
     if report:
-        document = run.to_json()
-        if delivery:
-            document["delivery"] = delivery.to_json()
-        report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_report(report, run, delivery)
 
 
 main.add_command(prepare)

@@ -22,6 +22,7 @@ from pathlib import Path
 from prepsync import pipeline
 from prepsync.client import ApiClient
 from prepsync.errors import PrepsyncError
+from prepsync.report import summary_lines
 from prepsync.sync import synchronize
 
 SAMPLE = Path(__file__).with_name("samples") / "ad"
@@ -92,8 +93,6 @@ def _wait_until_processed(api: ApiClient, session_id: str, timeout: float = 60) 
 
 def run_demo(echo: Callable[[str], None], folder: Path | None = None) -> list[pipeline.RunResult]:
     """Run the demo in ``folder`` (a fresh temporary folder by default) and report to echo."""
-    from prepsync.cli import summary_lines
-
     own_folder = folder is None
     root = Path(tempfile.mkdtemp(prefix="prepsync-demo-")) if folder is None else folder
     try:
