@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test compile debug test-debug lint typecheck bench clean
+.PHONY: demo test compile debug test-debug test-asan lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,18 @@ compile: $(PY)
 debug: $(PY)
 	PREPSYNC_DEBUG=1 $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 
+ASAN_RUN = LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+	$(PY) -m pytest -q -p no:cacheprovider
+
 test-debug: debug
-	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
-		$(PY) -m pytest -q -p no:cacheprovider
+	$(ASAN_RUN)
+
+# The tests that drive the native engine hardest, under the sanitizers: short enough for CI.
+# (Peak-RSS tests are left out: ASan's shadow memory is not the engine's.)
+ASAN_TESTS = tests/test_engine_properties.py tests/test_cli.py tests/test_incremental.py \
+	tests/test_parallel.py tests/test_interrupt.py tests/test_io_errors.py
+test-asan: debug
+	$(ASAN_RUN) $(ASAN_TESTS)
 
 lint: $(PY)
 	$(VENV)/bin/ruff check prepsync tests bench
