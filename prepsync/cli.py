@@ -7,10 +7,11 @@ exit status 1; Ctrl-C exits with 130 after the cleanup has run.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -19,6 +20,10 @@ from prepsync.errors import PrepsyncError
 from prepsync.pipeline import MODES
 from prepsync.report import ProgressBar, summary_lines, write_report
 from prepsync.sizes import parse_size
+
+if TYPE_CHECKING:
+    from prepsync.client import ApiClient
+    from prepsync.sync import Delivery
 
 log = logging.getLogger("prepsync")
 
@@ -198,6 +203,18 @@ def _prepare_options(function: F) -> F:
             type=float,
             help="Total time to keep retrying the server before giving up.",
         ),
+        click.option(
+            "--no-wait",
+            is_flag=True,
+            help="Return once the session is queued, without waiting for the server's verdict.",
+        ),
+        click.option(
+            "--wait-timeout",
+            default=3600.0,
+            show_default=True,
+            type=click.FloatRange(min=0),
+            help="Seconds to wait for the verdict before exiting with status 5.",
+        ),
     )
     for option in reversed(options):
         function = option(function)
@@ -227,9 +244,27 @@ def prepare(
     parallel: int | None,
     upload_chunk_size: int,
     api_retry_seconds: float,
+    no_wait: bool,
+    wait_timeout: float,
 ) -> None:
     """Cleanse, sort and (incrementally) diff a connector's exported CSV files, and send them
-    to the server when --api-url is given."""
+    to the server when --api-url is given.
+
+    Online, the run then waits for the server's verdict on its session (progress on stderr
+    when it is a terminal); the baselines advance once the server accepted the commit,
+    whatever the verdict.
+
+    \b
+    Exit status:
+      0    done (offline: the outputs are written; --no-wait: the session is queued)
+      1    bad input, configuration, baseline or server error (one line on stderr)
+      2    command-line usage error
+      3    the session is blocked by a threshold (the reason and the commands to review,
+           force or cancel it are printed)
+      4    the session failed or was cancelled (the reason is printed)
+      5    no verdict within --wait-timeout (the session is committed and will be settled)
+      130  interrupted (Ctrl-C)
+    """
     from prepsync import config as configuration
     from prepsync import pipeline, staging
 
@@ -250,6 +285,7 @@ def prepare(
     tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
     delivery = None
+    exit_status = 0
     try:
         if api_url:
             from prepsync.client import ApiClient, RetryPolicy
@@ -277,6 +313,19 @@ def prepare(
                     progress=progress,
                     parallel=parallel,
                 )
+                if progress:
+                    progress.close()
+                for line in summary_lines(run):
+                    click.echo(line)
+                if not no_wait:
+                    status_line = StatusLine() if progress else None
+                    try:
+                        exit_status = _await_verdict(api, delivery, wait_timeout, status_line)
+                    finally:
+                        if status_line:
+                            status_line.close()
+                    if exit_status == 3:
+                        _print_review_commands(delivery, api_url, api_client_id)
         else:
             assert tables is not None
             with staging.working_lock(working):
@@ -293,17 +342,84 @@ def prepare(
                     parallel=parallel,
                 )
                 pipeline.advance_baselines(run)
+            if progress:
+                progress.close()
+            for line in summary_lines(run):
+                click.echo(line)
     finally:
         if progress:
             progress.close()
-    for line in summary_lines(run):
-        click.echo(line)
     if delivery:
         click.echo(
             f"session {delivery.session_id}: {delivery.state}, {len(delivery.files)} file(s) sent"
         )
     if report:
         write_report(report, run, delivery)
+    if exit_status:
+        sys.exit(exit_status)
+
+
+class StatusLine:
+    """One line on stderr, rewritten in place (stderr is a terminal)."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def __call__(self, text: str) -> None:
+        sys.stderr.write("\r" + text.ljust(len(self._last)))
+        sys.stderr.flush()
+        self._last = text
+
+    def close(self) -> None:
+        if self._last:
+            sys.stderr.write("\r" + " " * len(self._last) + "\r")
+            sys.stderr.flush()
+            self._last = ""
+
+
+def _await_verdict(
+    api: ApiClient, delivery: Delivery, timeout: float, status_line: StatusLine | None
+) -> int:
+    """Wait for the session's verdict, say it on stderr unless done; the exit status."""
+    from prepsync.sync import NO_VERDICT_EXIT_STATUS, VERDICT_EXIT_STATUS, NoVerdict, await_verdict
+
+    try:
+        await_verdict(api, delivery, timeout=timeout, progress=status_line)
+    except NoVerdict as waiting:
+        if status_line:
+            status_line.close()
+        click.echo(str(waiting), err=True)
+        return NO_VERDICT_EXIT_STATUS
+    if status_line:
+        status_line.close()
+    if delivery.state != "done":
+        reason = delivery.reason or "no reason given"
+        click.echo(f"session {delivery.session_id} {delivery.state}: {reason}", err=True)
+    return VERDICT_EXIT_STATUS[delivery.state]
+
+
+def _print_review_commands(delivery: Delivery, api_url: str, client_id: str) -> None:
+    """How an operator reviews and settles a blocked session (secret from the environment)."""
+    session_id = delivery.session_id
+    options = f"--api-url {shlex.quote(api_url)} --api-client-id {shlex.quote(client_id)}"
+    tables = (delivery.server_session or {}).get("tables")
+    names = sorted(tables) if isinstance(tables, dict) else []
+    lines = [
+        "review it (with PREPSYNC_API_SECRET set):",
+        f"  prepsync sessions show {session_id} {options}",
+        *(
+            f"  prepsync sessions changes {session_id} --table {shlex.quote(name)} {options}"
+            for name in names
+        ),
+        "then apply it anyway, or reject it (a rejected incremental session's changes are lost:",
+        "the next synchronization of the connector must then be complete):",
+        f"  prepsync sessions force {session_id} {options}",
+        f"  prepsync sessions cancel {session_id} {options}",
+    ]
+    if not names:
+        lines.insert(2, f"  prepsync sessions changes {session_id} {options}")
+    for line in lines:
+        click.echo(line, err=True)
 
 
 main.add_command(prepare)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,12 @@ log = logging.getLogger("prepsync")
 SESSION_JOURNAL = ".prepsync-session.json"
 # States in which the server holds the session's files for good: it was committed.
 COMMITTED_STATES = frozenset({"queued", "processing", "done", "blocked"})
+# The server's verdicts on a committed session, and the exit status that says each.
+VERDICT_EXIT_STATUS = {"done": 0, "blocked": 3, "failed": 4, "cancelled": 4}
+NO_VERDICT_EXIT_STATUS = 5  # --wait-timeout ran out: committed, verdict not known yet
+# Polling for the verdict: quick at first (small sessions are applied in well under a
+# second), then every few seconds, so a session applied for hours costs a request per 5 s.
+POLL_FIRST, POLL_MAX = 0.2, 5.0
 
 
 @dataclass
@@ -49,17 +56,40 @@ class Delivery:
     """What the server was sent and what it said."""
 
     session_id: str
-    state: str
+    state: str  # at the commit (queued, ...), then the verdict once waited for
     files: list[FileReceipt]
     recovered_session: str | None  # a crashed run's committed session whose baselines we moved
+    # The server's last answer on the session (GET /api/sessions/{id}): its state, reason and
+    # counts, passed through as the server words them; None until the verdict was waited for.
+    server_session: dict[str, Any] | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        return self.state if self.state in VERDICT_EXIT_STATUS else None
+
+    @property
+    def reason(self) -> str | None:
+        reason = (self.server_session or {}).get("reason")
+        return reason if isinstance(reason, str) else None
 
     def to_json(self) -> dict[str, object]:
         return {
             "session": self.session_id,
             "state": self.state,
+            "verdict": self.verdict,
+            "reason": self.reason,
             "files": [{"name": f.name, "size": f.size, "xxh3_128": f.xxh3_128} for f in self.files],
             "recovered_session": self.recovered_session,
+            "server_session": self.server_session,
         }
+
+
+class NoVerdict(PrepsyncError):
+    """The session is committed (baselines advanced) but no verdict came within the wait."""
+
+    def __init__(self, message: str, session: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.session = session
 
 
 class SessionJournal:
@@ -261,3 +291,78 @@ def _abandon(api: ApiClient, journal: SessionJournal, session_id: str) -> None:
         log.warning("could not cancel session %s now (%s); the next run will", session_id, error)
         return
     journal.remove()
+
+
+def await_verdict(
+    api: ApiClient,
+    delivery: Delivery,
+    *,
+    timeout: float,
+    progress: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Delivery:
+    """Poll the committed session until the server settles it (done, blocked, failed,
+    cancelled); returns the delivery with the verdict and the server's answer.
+
+    ``progress(text)`` is told the state while the session is queued or processing, and
+    which earlier session holds a queued one back. Raises :class:`NoVerdict` once ``timeout``
+    seconds pass without a verdict, and ServerError (the commit and the baselines stand) when
+    the server cannot be asked.
+    """
+    session_id = delivery.session_id
+    started = clock()
+    delay = POLL_FIRST
+    last_state = None
+    while True:
+        try:
+            document = api.session(session_id)
+        except ServerError as error:
+            raise ServerError(
+                f"session {session_id} is committed (baselines advanced), but its verdict "
+                f"could not be read: {error}",
+                status=error.status,
+            ) from None
+        state = str(document.get("state"))
+        if state in VERDICT_EXIT_STATUS:
+            delivery.state, delivery.server_session = state, document
+            return delivery
+        waited = clock() - started
+        holder = _held_behind(api, document) if state == "queued" else None
+        if progress is not None:
+            behind = f" behind {holder['state']} session {holder['id']}" if holder else ""
+            progress(f"session {session_id}: {state}{behind} ({waited:.0f} s)")
+        if waited >= timeout:
+            behind = ""
+            if holder is not None:
+                behind = f" behind {holder['state']} session {holder['id']}"
+                if holder.get("reason"):
+                    behind += f" ({holder['reason']})"
+            delivery.state, delivery.server_session = state, document
+            raise NoVerdict(
+                f"session {session_id} is still {state}{behind} after {waited:.0f} s; it is "
+                "committed and the baselines advanced: the server will settle it",
+                document,
+            )
+        if state != last_state:  # a change (queued -> processing): look again soon
+            delay, last_state = POLL_FIRST, state
+        sleep(min(delay, max(timeout - waited, 0.0)))
+        delay = min(delay * 2, POLL_MAX)
+
+
+def _held_behind(api: ApiClient, session: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier unsettled session of the connector that a queued one waits for (the
+    oldest one still open, blocked or processing), or None; best effort, for the message."""
+    connector = session.get("connector")
+    if not isinstance(connector, str):
+        return None
+    try:
+        listing = api.sessions(connector)  # newest first
+    except ServerError:
+        return None
+    ids = [item.get("id") for item in listing]
+    if session.get("id") not in ids:
+        return None
+    earlier = listing[ids.index(session.get("id")) + 1 :]
+    holders = [s for s in earlier if s.get("state") in ("open", "blocked", "processing")]
+    return holders[-1] if holders else None

@@ -347,7 +347,8 @@ def blocked(tmp_path: Path) -> Iterator[tuple[Server, Agent, Export, str, bytes]
         before = server.resources("ADExport_entries")
         export.next_day(deletes=5)
         export.write(agent.sources)
-        assert agent.run("incremental").returncode == 0  # accepted: the baselines move
+        # Accepted (the baselines move), then blocked: the run says so with status 3.
+        assert agent.run("incremental").returncode == 3
         session = latest_session(server)
         assert server.wait(session, ("blocked",)) == "blocked"
         yield server, agent, export, session, before
@@ -374,11 +375,11 @@ def test_complete_session_cancels_blocked_and_queued_incrementals(
     server, agent, export, held, _ = blocked
     export.next_day(deletes=1)
     export.write(agent.sources)
-    assert agent.run("incremental").returncode == 0
+    assert agent.run("incremental", "--no-wait").returncode == 0
     queued = latest_session(server)
     time.sleep(0.3)
     assert server.wait(queued, ("queued",)) == "queued"  # waits behind the blocked one
-    assert agent.run("complete").returncode == 0
+    assert agent.run("complete").returncode == 3  # blocked too (see below)
     complete = latest_session(server)
     # The complete load implies 6 deletes against the store: past the limit itself.
     assert server.wait(complete, ("blocked", "done")) == "blocked"

@@ -1,0 +1,131 @@
+"""Waiting for the server's verdict on a committed session (prepsync.sync.await_verdict)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from prepsync.client import ApiClient, RetryPolicy
+from prepsync.errors import ServerError
+from prepsync.sync import POLL_FIRST, POLL_MAX, Delivery, NoVerdict, await_verdict
+
+SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
+BLOCKER = "1f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+class Clock:
+    """A fake clock the fake sleep advances."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def api_answering(states: Iterator[str], extra: dict[str, object] | None = None) -> ApiClient:
+    """GET /api/sessions/SESSION answers the next state each time; the list shows our session
+    queued behind a blocked one."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/connect/token":
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
+        if path == f"/api/sessions/{SESSION}":
+            state = next(states)
+            return httpx.Response(
+                200, json={"id": SESSION, "connector": "AD", "state": state, **(extra or {})}
+            )
+        if path == "/api/connectors/AD/sessions":
+            return httpx.Response(
+                200,
+                json=[
+                    {"id": SESSION, "state": "queued"},
+                    {"id": BLOCKER, "state": "blocked", "reason": "MaximumDeletedLines 3 < 5"},
+                    {"id": "old", "state": "done"},
+                ],
+            )
+        return httpx.Response(503, json={"error": "down"})
+
+    return ApiClient(
+        "http://127.0.0.1:9",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(handle),
+        retry=RetryPolicy(total_seconds=0),
+        sleep=lambda _: None,
+    )
+
+
+def delivery() -> Delivery:
+    return Delivery(SESSION, "queued", [], None)
+
+
+@pytest.mark.parametrize("verdict", ["done", "blocked", "failed", "cancelled"])
+def test_polls_until_a_verdict_with_a_growing_pause(verdict: str) -> None:
+    states = iter(["queued", "queued", "queued", "processing", "processing", verdict])
+    counts = {"tables": {"T": {"inserted": 1, "updated": 0, "deleted": 5}}, "reason": "why"}
+    clock, seen = Clock(), []
+    result = await_verdict(
+        api_answering(states, counts),
+        delivery(),
+        timeout=60,
+        progress=seen.append,
+        sleep=clock.sleep,
+        clock=lambda: clock.now,
+    )
+    assert result.state == verdict and result.verdict == verdict
+    assert result.reason == "why"
+    assert result.server_session is not None
+    assert result.server_session["tables"] == counts["tables"]  # passed through as it is
+    # Doubling while the state stays, back to the first pause when it changes.
+    assert clock.sleeps == [POLL_FIRST, POLL_FIRST * 2, POLL_FIRST * 4, POLL_FIRST, POLL_FIRST * 2]
+    assert seen[0] == f"session {SESSION}: queued behind blocked session {BLOCKER} (0 s)"
+    assert seen[-1].startswith(f"session {SESSION}: processing (")
+
+
+def test_pauses_are_capped() -> None:
+    clock = Clock()
+    states = iter(["processing"] * 12 + ["done"])
+    await_verdict(
+        api_answering(states), delivery(), timeout=600, sleep=clock.sleep, clock=lambda: clock.now
+    )
+    assert max(clock.sleeps) == POLL_MAX
+    assert clock.sleeps[-3:] == [POLL_MAX] * 3
+
+
+def test_no_verdict_within_the_timeout_names_what_holds_it_back() -> None:
+    clock = Clock()
+    states = iter(["queued"] * 100)
+    with pytest.raises(NoVerdict) as waiting:
+        await_verdict(
+            api_answering(states), delivery(), timeout=7, sleep=clock.sleep, clock=lambda: clock.now
+        )
+    message = str(waiting.value)
+    assert f"session {SESSION} is still queued behind blocked session {BLOCKER}" in message
+    assert "MaximumDeletedLines 3 < 5" in message and "baselines advanced" in message
+    assert clock.now == pytest.approx(7)  # the last pause is cut to the timeout
+
+
+def test_an_unreachable_server_says_the_commit_stands() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/connect/token":
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
+        return httpx.Response(503, json={"error": "down"})
+
+    api = ApiClient(
+        "http://127.0.0.1:9",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(down),
+        retry=RetryPolicy(total_seconds=0),
+        sleep=lambda _: None,
+    )
+    with pytest.raises(ServerError) as error:
+        await_verdict(api, delivery(), timeout=60, sleep=lambda _: None)
+    assert f"session {SESSION} is committed (baselines advanced)" in str(error.value)
+    assert "503" in str(error.value)
