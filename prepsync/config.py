@@ -597,6 +597,9 @@ def _parse(file: Path) -> _XmlElement:
     parser = expat.ParserCreate(namespace_separator="}")
     open_elements: list[_XmlElement] = []
     roots: list[_XmlElement] = []
+    # Why the document's external DTD is refused, raised once the root shows it is a
+    # configuration: other XML in a configuration folder (XHTML, schemas) is skipped, DTD or not.
+    external_dtd: list[str] = []
 
     def start_element(name: str, attributes: dict[str, str]) -> None:
         element = _XmlElement(_local_name(name), attributes, parser.CurrentLineNumber)
@@ -604,6 +607,8 @@ def _parse(file: Path) -> _XmlElement:
             open_elements[-1].children.append(element)
         elif element.name != ROOT_ELEMENT:
             raise _NotAConfigurationFile(element.name)  # stop early: it may be huge
+        elif external_dtd:
+            raise ConfigError(external_dtd[0])
         else:
             roots.append(element)
         open_elements.append(element)
@@ -623,7 +628,7 @@ def _parse(file: Path) -> _XmlElement:
         # (defaults, entities) that would silently not apply; and a reader that did fetch it
         # would make an HTTP request on the configuration's say-so.
         if system_id is not None or public_id is not None:
-            raise ConfigError(
+            external_dtd.append(
                 f"{file}, line {parser.CurrentLineNumber}: external DTDs are not allowed "
                 f"(<!DOCTYPE {name} {'PUBLIC' if public_id is not None else 'SYSTEM'} ...>)"
             )

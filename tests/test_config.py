@@ -437,6 +437,19 @@ def test_external_dtd_is_refused(tmp_path: Path, doctype: str) -> None:
     assert message.startswith(f"{path}, line 2: external DTDs are not allowed")
 
 
+def test_other_xml_with_an_external_dtd_in_a_folder_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "page.xml").write_text(
+        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+        '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n<html/>\n'
+    )
+    write_config(
+        tmp_path,
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />',
+    )
+    assert [table.name for table in load_tables(tmp_path, "AD")] == ["T"]
+
+
 def test_doctype_without_external_dtd_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "doctype.xml"
     path.write_text(

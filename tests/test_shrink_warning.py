@@ -7,7 +7,7 @@ import json
 
 from sites import Site
 
-from prepsync.pipeline import baseline_rows
+from prepsync.pipeline import RunResult, TableResult, advance_baselines, baseline_rows
 
 ENTRIES_HEADER = b"id,name,ignored\n"
 
@@ -93,3 +93,30 @@ def test_without_a_trusted_sidecar_the_baseline_is_counted(site: Site) -> None:
     site.write("Entries.csv", entries(3))
     shrunk, _ = report(site, "complete")
     assert [(w["rows"], w["baseline_rows"]) for w in shrunk["warnings"]] == [(3, 7)]
+
+
+def test_a_run_rebuilt_from_the_session_journal_records_no_count(site: Site) -> None:
+    # After a crash past the commit, the next run advances the baselines from a result rebuilt
+    # from the journal, whose counts are unknown (no source): the sidecar says so.
+    site.write("Entries.csv", entries(4))
+    report(site, "complete")
+    run = RunResult(
+        connector="AD",
+        mode="complete",
+        tables=[
+            TableResult(
+                table="Entries",
+                source="",
+                outputs={"sorted": str(site.working / "Entries.sorted.csv")},
+            )
+        ],
+        seconds=0.0,
+        peak_rss=0,
+        memory_budget=0,
+        sources_dir=site.sources,
+        working_dir=site.working,
+    )
+    advance_baselines(run)
+    sidecar = json.loads((site.previous / "Entries.rows.json").read_text())
+    assert sidecar["rows"] is None
+    assert baseline_rows(site.previous / "Entries.sorted.csv") == 4
