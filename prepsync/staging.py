@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,19 @@ class StagedFiles:
         self.journal = journal_dir / JOURNAL
         self._files: list[tuple[Path, Path, int | None]] = []
         self._backups: set[Path] = set()
+        self._lock = threading.Lock()
 
     def create(self, final: Path, header: bytes) -> int:
         temp = temp_name(final)
+        # Listed before it exists: a Ctrl-C landing between the open and the listing would
+        # otherwise leave a temporary file that discard() does not know of. Tables are staged
+        # from several threads, hence the lock around the slot.
+        with self._lock:
+            slot = len(self._files)
+            self._files.append((final, temp, None))
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        self._files.append((final, temp, fd))
+        with self._lock:
+            self._files[slot] = (final, temp, fd)
         os.write(fd, header)
         return fd
 
