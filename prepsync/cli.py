@@ -426,6 +426,158 @@ main.add_command(prepare)
 prepare_main = prepare
 
 
+# ------------------------------------------------------------------------------ sessions
+
+
+@main.group()
+def sessions() -> None:
+    """Review and settle the server's sessions: list, show, changes, force, cancel.
+
+    Every command takes the same --api-url, --api-client-id and --api-secret (or
+    PREPSYNC_API_SECRET) as prepare; any client allowed on the connector may use them.
+    Exit status 0, or 1 with one line on stderr on any error.
+    """
+
+
+def _api_options(function: F) -> F:
+    options: Sequence[Callable[[F], F]] = (
+        click.option("--api-url", required=True, help="Server URL (or bare host: https)."),
+        click.option("--api-client-id", required=True, help="OAuth2 client id."),
+        click.option(
+            "--api-secret",
+            envvar="PREPSYNC_API_SECRET",
+            show_envvar=True,
+            required=True,
+            help="OAuth2 client secret.",
+        ),
+        click.option(
+            "--api-retry-seconds",
+            default=30.0,
+            show_default=True,
+            type=float,
+            help="Total time to keep retrying the server before giving up.",
+        ),
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _operator_api(
+    api_url: str, api_client_id: str, api_secret: str, api_retry_seconds: float
+) -> ApiClient:
+    from prepsync.client import ApiClient, RetryPolicy, parse_api_url
+
+    return ApiClient(
+        parse_api_url(api_url),
+        api_client_id,
+        api_secret,
+        retry=RetryPolicy(total_seconds=api_retry_seconds),
+    )
+
+
+@sessions.command("list")
+@click.option("--connector", required=True, help="Connector whose sessions are listed.")
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(1, 10_000), help="Newest N."
+)
+@_api_options
+@fail_cleanly
+def list_sessions(connector: str, limit: int, **api: Any) -> None:
+    """The connector's sessions, newest first: state, mode, agent, age, changes, reason."""
+    import time
+
+    from prepsync.operator import session_table
+
+    with _operator_api(**api) as client:
+        listing = client.sessions(connector, limit)
+    for line in session_table(listing, time.time()):
+        click.echo(line)
+
+
+@sessions.command("show")
+@click.argument("session_id", metavar="ID")
+@_api_options
+@fail_cleanly
+def show_session(session_id: str, **api: Any) -> None:
+    """A session: its state and reason, per-table counts and the thresholds it crossed."""
+    import time
+
+    from prepsync.operator import session_detail
+
+    with _operator_api(**api) as client:
+        session = client.session(session_id)
+    for line in session_detail(session, time.time()):
+        click.echo(line)
+
+
+@sessions.command("changes")
+@click.argument("session_id", metavar="ID")
+@click.option("--table", help="The table (needed when the session carries several).")
+@click.option(
+    "--command",
+    "command_name",
+    type=click.Choice(["insert", "update", "delete"], case_sensitive=False),
+    help="Only this kind of change.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="At most N rows (the next page is named)."
+)
+@click.option("--after", help="Start after this key (as the previous page named it).")
+@_api_options
+@fail_cleanly
+def session_changes(
+    session_id: str,
+    table: str | None,
+    command_name: str | None,
+    limit: int | None,
+    after: str | None,
+    **api: Any,
+) -> None:
+    """The changes the session makes (or, blocked, would make if forced) against the store
+    as it is now, as CSV on stdout: command, then the table's columns, in key order."""
+    from prepsync.operator import write_changes
+
+    out = sys.stdout.buffer
+    with _operator_api(**api) as client:
+        next_after = write_changes(
+            client,
+            session_id,
+            out,
+            table=table,
+            command=command_name.lower() if command_name else None,
+            limit=limit,
+            after=after,
+        )
+    out.flush()
+    if next_after is not None:
+        click.echo(f"more changes follow: add --after {shlex.quote(next_after)}", err=True)
+
+
+@sessions.command("force")
+@click.argument("session_id", metavar="ID")
+@_api_options
+@fail_cleanly
+def force_session(session_id: str, **api: Any) -> None:
+    """Apply a blocked session anyway: it is queued again with its thresholds off."""
+    with _operator_api(**api) as client:
+        session = client.force(session_id)
+    click.echo(f"session {session_id}: {session.get('state')} (forced)")
+
+
+@sessions.command("cancel")
+@click.argument("session_id", metavar="ID")
+@_api_options
+@fail_cleanly
+def cancel_session(session_id: str, **api: Any) -> None:
+    """Reject an open, queued or blocked session: nothing of it is applied. A cancelled
+    incremental session's changes are lost (the agent's baselines already moved): the next
+    synchronization of its connector must be complete."""
+    with _operator_api(**api) as client:
+        session = client.cancel(session_id)
+    click.echo(f"session {session_id}: {session.get('state')}")
+
+
 @main.command()
 @click.option(
     "--config",

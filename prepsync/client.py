@@ -80,6 +80,8 @@ TOKEN_PATH = "/connect/token"
 SCOPE = "usercube_api"
 _HASH_BLOCK = 1 << 20
 _SESSION_LIST_LIMIT = 100
+# The changes endpoint names the next page's ``after`` in this header when a page is cut short.
+CHANGES_NEXT_HEADER = "Prepsync-Next-After"
 # Transport errors that no retry can cure: a wrong URL scheme, a malformed request.
 _PERMANENT_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
@@ -370,9 +372,26 @@ class ApiClient:
         path = f"/api/sessions/{_q(session_id)}"
         return self._object("GET", path, self._call("GET", path))
 
-    def sessions(self, connector: str) -> list[dict[str, Any]]:
-        """The connector's sessions, newest first (the server's default page)."""
-        return self._list(connector, self._backoff())
+    def sessions(self, connector: str, limit: int = _SESSION_LIST_LIMIT) -> list[dict[str, Any]]:
+        """The connector's latest ``limit`` sessions, newest first."""
+        return self._list(connector, self._backoff(), limit)
+
+    def changes(
+        self,
+        session_id: str,
+        *,
+        table: str | None = None,
+        command: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> tuple[bytes, str | None]:
+        """One page of the changes a session makes (or would make if forced), as CSV, and the
+        ``after`` value of the next page (None when this page is the last)."""
+        query = {"table": table, "command": command, "limit": limit, "after": after}
+        params = {name: str(value) for name, value in query.items() if value is not None}
+        path = f"/api/sessions/{_q(session_id)}/changes"
+        response = self._call("GET", path, params=params)
+        return response.content, response.headers.get(CHANGES_NEXT_HEADER)
 
     def cancel(self, session_id: str) -> dict[str, Any]:
         return self._transition(session_id, "cancel", lambda s: s.get("state") == "cancelled")
@@ -489,8 +508,10 @@ class ApiClient:
 
     # ------------------------------------------------------------------------ sessions
 
-    def _list(self, connector: str, backoff: _Backoff) -> list[dict[str, Any]]:
-        path = f"/api/connectors/{_q(connector)}/sessions?limit={_SESSION_LIST_LIMIT}"
+    def _list(
+        self, connector: str, backoff: _Backoff, limit: int = _SESSION_LIST_LIMIT
+    ) -> list[dict[str, Any]]:
+        path = f"/api/connectors/{_q(connector)}/sessions?limit={limit}"
         listing = self._json("GET", path, self._call("GET", path, backoff=backoff))
         if not isinstance(listing, list) or not all(isinstance(s, dict) for s in listing):
             raise ServerError(f"server GET {path}: answer is not a list of sessions")
