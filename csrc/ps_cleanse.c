@@ -28,20 +28,37 @@ typedef struct projection {
     int command_first; /* out_cols[0] is a change file's command column */
 } projection;
 
-enum { CMD_INSERT, CMD_UPDATE, CMD_DELETE, CMD_MERGE };
+enum { CMD_INSERT, CMD_UPDATE, CMD_DELETE, CMD_MERGE, CMD_EMPTY = -2, CMD_INVALID = -1 };
+/* How a command is written out (lower case); "add", Workday's spelling, is written "merge". */
 static const char *const command_words[] = {"insert", "update", "delete", "merge"};
 static const size_t command_lengths[] = {6, 6, 6, 5};
+static const struct {
+    const char *word;
+    size_t len;
+    int command;
+} command_spellings[] = {
+    {"insert", 6, CMD_INSERT}, {"update", 6, CMD_UPDATE}, {"delete", 6, CMD_DELETE},
+    {"merge", 5, CMD_MERGE},   {"add", 3, CMD_MERGE},
+};
 
+/* The command a field spells, in any ASCII case; CMD_EMPTY or CMD_INVALID otherwise. */
 static int parse_command(const ps_field *f) {
-    if (f->escaped || f->len < 5 || f->len > 6) return -1;
+    if (f->len == 0) return CMD_EMPTY;
+    if (f->escaped || f->len < 3 || f->len > 6) return CMD_INVALID;
     char lower[6];
     for (uint32_t i = 0; i < f->len; i++) {
         char ch = f->data[i];
         lower[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
     }
-    for (int k = 0; k < 4; k++)
-        if (command_lengths[k] == f->len && memcmp(lower, command_words[k], f->len) == 0) return k;
-    return -1;
+    for (size_t k = 0; k < sizeof command_spellings / sizeof command_spellings[0]; k++)
+        if (command_spellings[k].len == f->len && memcmp(lower, command_spellings[k].word, f->len) == 0)
+            return command_spellings[k].command;
+    return CMD_INVALID;
+}
+
+/* Length of the "<command><sep>" a change row's line starts with (its word tells which). */
+static inline size_t command_prefix_length(const char *line) {
+    return (line[0] == 'm' ? 5 : 6) + 1;
 }
 
 static size_t line_bound(const projection *pj, const ps_field *f) {
@@ -57,7 +74,8 @@ static size_t key_bound(const projection *pj, const ps_field *f) {
     return n;
 }
 
-/* The output line, without its LF. `command` is the parsed command when command_first. */
+/* The output line, without its LF. `command` is the parsed command when command_first.
+ * A row of one empty field is written `""`: as an empty line it would read back as no row. */
 static size_t build_line(const projection *pj, const ps_field *f, int command, char sep, char *out) {
     size_t n = 0;
     size_t i = 0;
@@ -69,6 +87,10 @@ static size_t build_line(const projection *pj, const ps_field *f, int command, c
     for (; i < pj->n_out; i++) {
         if (i) out[n++] = sep;
         n += ps_field_format(&f[pj->out_cols[i]], out + n);
+    }
+    if (n == 0) {
+        out[n++] = '"';
+        out[n++] = '"';
     }
     return n;
 }
@@ -140,6 +162,8 @@ struct ps_cleanse {
     projection pj;
     int32_t command_col;
     int keep_last;
+    int replay;        /* initial/complete change file: kept rows lose the command */
+    size_t record_room; /* the largest record the tokenizer accepts (ps_record_limit) */
     int header_seen;
     ps_stats stats;
 
@@ -296,7 +320,12 @@ static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
     int command = 0;
     if (c->command_col >= 0) {
         command = parse_command(&f[c->command_col]);
-        if (command < 0) {
+        if (command == CMD_EMPTY && c->replay) {
+            command = CMD_INSERT; /* replayed from empty, a bare row is an insert */
+        } else if (command == CMD_EMPTY) {
+            return ps_fail(err, PS_ERR_INPUT, rec->line, rec->offset,
+                           "empty command (expected insert, update, delete, merge or add)");
+        } else if (command < 0) {
             const ps_field *cf = &f[c->command_col];
             char shown[101];
             size_t n = cf->len > 100 ? 100 : cf->len;
@@ -306,7 +335,7 @@ static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
             for (size_t i = 0; i < n; i++)
                 if (shown[i] == '\n' || shown[i] == '\r') shown[i] = ' ';
             return ps_fail(err, PS_ERR_INPUT, rec->line, rec->offset,
-                           "invalid command '%.*s%s' (expected insert, update, delete or merge)",
+                           "invalid command '%.*s%s' (expected insert, update, delete, merge or add)",
                            (int)n, shown, cf->len > 100 ? "..." : "");
         }
     }
@@ -448,8 +477,10 @@ static void close_readers(ps_cleanse *c, int remove_files) {
 }
 
 static size_t merge_memory(const ps_cleanse *c) {
-    /* What the readers may use: the budget less the writers and the baseline's tokenizer. */
-    size_t reserved = 6 * c->io_block;
+    /* What the readers may use: the budget less the writers and the baseline's tokenizer, and
+     * room for the largest record to pass through one reader and the held row beyond their
+     * shares (twice more for the baseline's tokenizer and rows when joining). */
+    size_t reserved = 6 * c->io_block + (c->joining ? 4 : 2) * c->record_room;
     return c->budget > reserved + MIN_READER_BUF * 2 ? c->budget - reserved : MIN_READER_BUF * 2;
 }
 
@@ -550,7 +581,7 @@ static int hold(ps_cleanse *c, const char *key, size_t klen, const char *line, s
                 ps_error *err) {
     size_t need = klen + llen + 1;
     if (need > c->held_cap) {
-        size_t cap = need * 2;
+        size_t cap = need + need / 4; /* amortized growth, without doubling a huge row */
         char *grown = realloc(c->held, cap);
         if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a row");
         c->held = grown;
@@ -583,7 +614,7 @@ static int put_line(ps_writer *w, const char *prefix, size_t plen, char sep, con
 
 static int grow_buffer(char **buf, size_t *cap, size_t need, ps_error *err) {
     if (need <= *cap) return PS_OK;
-    size_t new_cap = need * 2;
+    size_t new_cap = need + need / 4; /* need is already a bound: no doubling on top */
     char *grown = realloc(*buf, new_cap);
     if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a baseline row");
     *buf = grown;
@@ -674,6 +705,11 @@ static int join_row(ps_cleanse *c, const char *key, size_t klen, const char *lin
 static int emit_kept(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
                      ps_error *err) {
     c->stats.kept++;
+    if (c->replay) {
+        /* The replayed table is a full extract: its rows carry no command. */
+        size_t skip = command_prefix_length(line);
+        return put_line(&c->sorted, NULL, 0, c->sep, line + skip, llen - skip, err);
+    }
     int rc = put_line(&c->sorted, NULL, 0, c->sep, line, llen, err);
     if (rc) return rc;
     if (c->pj.command_first) {
@@ -685,6 +721,17 @@ static int emit_kept(ps_cleanse *c, const char *key, size_t klen, const char *li
         }
     }
     return c->joining ? join_row(c, key, klen, line, llen, err) : PS_OK;
+}
+
+/* The held row is its key's last: it is kept, unless a replay ends the key with a delete, which
+ * leaves the key absent and the row with the duplicates (every input row lands in one file). */
+static int settle_held(ps_cleanse *c, ps_error *err) {
+    const char *line = c->held + c->held_klen;
+    if (c->replay && line[0] == 'd') {
+        c->stats.duplicates++;
+        return put_line(&c->duplicates, NULL, 0, c->sep, line, c->held_llen, err);
+    }
+    return emit_kept(c, c->held, c->held_klen, line, c->held_llen, err);
 }
 
 /* Rows arrive in (key, input order); split them into kept rows and duplicates. */
@@ -704,15 +751,14 @@ static int consume(ps_cleanse *c, const char *key, size_t klen, const char *line
         c->stats.duplicates++;
         rc = put_line(&c->duplicates, NULL, 0, c->sep, c->held + c->held_klen, c->held_llen, err);
     } else if (c->have_held) {
-        rc = emit_kept(c, c->held, c->held_klen, c->held + c->held_klen, c->held_llen, err);
+        rc = settle_held(c, err);
     }
     return rc ? rc : hold(c, key, klen, line, llen, err);
 }
 
 static int finish_outputs(ps_cleanse *c, ps_error *err) {
     int rc = PS_OK;
-    if (c->keep_last && c->have_held)
-        rc = emit_kept(c, c->held, c->held_klen, c->held + c->held_klen, c->held_llen, err);
+    if (c->keep_last && c->have_held) rc = settle_held(c, err);
     while (!rc && c->joining && c->base_have) {
         rc = emit_delete(c, err);
         if (!rc) rc = baseline_advance(c, err);
@@ -848,7 +894,8 @@ static int32_t *copy_cols(const int32_t *cols, size_t n) {
 
 ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     if (o->n_out == 0 || o->n_key == 0 || (o->command_col >= 0 && o->out_cols[0] != o->command_col) ||
-        ((o->baseline_fd >= 0) != (o->delta_fd >= 0)) || (o->baseline_fd >= 0 && o->command_col >= 0)) {
+        ((o->baseline_fd >= 0) != (o->delta_fd >= 0)) || (o->baseline_fd >= 0 && o->command_col >= 0) ||
+        (o->replay && (o->command_col < 0 || !o->keep_last))) {
         ps_fail(err, PS_ERR_ARG, 0, -1, "inconsistent cleanse options");
         return NULL;
     }
@@ -862,6 +909,8 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     c->io_block = ps_io_block(o->memory_budget);
     c->command_col = o->command_col;
     c->keep_last = o->keep_last;
+    c->replay = o->replay;
+    c->record_room = ps_record_limit(o->memory_budget);
     c->run_out_fd = -1;
     c->baseline_fd = o->baseline_fd;
     c->joining = o->baseline_fd >= 0;
@@ -883,15 +932,16 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     }
 
     /* Sort phase: the arena gets what the input buffer, the caller's read block and the
-     * null-key writer leave of the budget. Buffers come from mmap: untouched pages cost no
+     * null-key writer leave of the budget, less room for the tokenizer to hold the largest
+     * record (and its fields) it accepts. Buffers come from mmap: untouched pages cost no
      * memory, so writers that only work later do not count now. */
-    size_t reserved = 4 * c->io_block;
+    size_t reserved = 4 * c->io_block + c->record_room + ps_field_limit(o->memory_budget) * sizeof(ps_field);
     c->arena_size = o->memory_budget > 2 * reserved ? o->memory_budget - reserved : o->memory_budget / 2;
     c->arena_size = (c->arena_size + 15) & ~(size_t)15;
     if (c->arena_size < 256) c->arena_size = 256; /* tests use tiny budgets to force many runs */
     c->arena = ps_alloc(c->arena_size);
     if (!c->arena) goto nomem;
-    if (ps_tok_init(&c->tok, o->separator, 2 * c->io_block, PS_ERR_INPUT, err)) goto fail;
+    if (ps_tok_init(&c->tok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_INPUT, err)) goto fail;
     c->tok_live = 1;
     if (ps_writer_init(&c->nullpk, o->nullpk_fd, "the null-key output", c->io_block, err)) goto fail;
     if (ps_writer_init(&c->sorted, o->sorted_fd, "the sorted output", c->io_block, err)) goto fail;
@@ -900,7 +950,8 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     if (c->joining) {
         if (ps_writer_init(&c->delta, o->delta_fd, "the delta output", c->io_block, err)) goto fail;
         c->delta.eager_writeback = 1;
-        if (ps_tok_init(&c->btok, o->separator, 2 * c->io_block, PS_ERR_BASELINE_CSV, err)) goto fail;
+        if (ps_tok_init(&c->btok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_BASELINE_CSV, err))
+            goto fail;
         c->btok_live = 1;
     }
     return c;

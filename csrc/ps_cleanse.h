@@ -29,6 +29,9 @@ typedef struct ps_cleanse_options {
     size_t n_key;
     int32_t command_col;     /* source column of a change file's command, else -1; must be out_cols[0] */
     int keep_last;           /* change file: the last row of a key wins */
+    int replay;              /* initial/complete change file (needs keep_last): the last row of
+                                a key is kept without its command unless it is a delete, and an
+                                empty command is an insert */
     int nullpk_fd, sorted_fd, duplicates_fd;
     int delta_fd;            /* -1 unless a baseline is joined */
     int baseline_fd;         /* -1, or the baseline positioned at its start */

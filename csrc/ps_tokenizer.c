@@ -1,5 +1,6 @@
 #include "ps_tokenizer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,16 +11,40 @@
 #define PS_MIN_RETRY_STEP ((size_t)64 << 10)
 #define PS_MAX_RETRY_STEP ((size_t)8 << 20)
 
-int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, int error_code, ps_error *err) {
+size_t ps_record_limit(size_t budget) {
+    size_t limit = budget / 16;
+    return limit < ((size_t)64 << 10) ? (size_t)64 << 10 : limit;
+}
+
+size_t ps_field_limit(size_t budget) {
+    size_t limit = budget / 512;
+    return limit < 4096 ? 4096 : limit;
+}
+
+void ps_format_size(size_t n, char *out, size_t cap) {
+    if (n >= ((size_t)1 << 20) && n % ((size_t)1 << 20) == 0)
+        snprintf(out, cap, "%zu MiB", n >> 20);
+    else if (n >= 1024 && n % 1024 == 0)
+        snprintf(out, cap, "%zu KiB", n >> 10);
+    else
+        snprintf(out, cap, "%zu bytes", n);
+}
+
+int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,
+                int error_code, ps_error *err) {
     memset(t, 0, sizeof *t);
     t->separator = separator;
     t->line = 1;
     t->error_code = error_code;
+    t->budget = memory_budget;
+    t->max_record = ps_record_limit(memory_budget);
+    t->max_fields = ps_field_limit(memory_budget);
     t->stop[(unsigned char)separator] = 1;
     t->stop['\n'] = 1;
     t->stop['\r'] = 1;
     t->stop['"'] = 1;
     t->cap = initial_cap < 4096 ? 4096 : initial_cap;
+    t->initial_cap = t->cap;
     t->buf = ps_alloc(t->cap);
     t->fields_cap = 64;
     t->fields = malloc(t->fields_cap * sizeof *t->fields);
@@ -47,8 +72,13 @@ char *ps_tok_reserve(ps_tokenizer *t, size_t want, ps_error *err) {
         t->pos = 0;
     }
     if (t->cap - t->len < want) {
-        size_t cap = t->cap;
-        while (cap - t->len < want) cap *= 2;
+        /* Double, but never past what the largest record allows (plus the read in progress):
+         * a record over the limit is refused before the buffer would need more. */
+        size_t need = t->len + want;
+        size_t ceiling = t->max_record + t->initial_cap + want;
+        size_t cap = 2 * t->cap;
+        if (cap > ceiling) cap = ceiling;
+        if (cap < need) cap = need;
         char *grown = ps_realloc(t->buf, t->cap, cap);
         if (!grown) {
             ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the CSV buffer");
@@ -183,22 +213,72 @@ int ps_utf8_valid(const unsigned char *s, size_t n, size_t *bad) {
     return 1;
 }
 
+/* The encodings a byte-order mark betrays. UTF-32 LE starts like UTF-16 LE, so it goes first. */
+static const struct {
+    const char *mark;
+    size_t len;
+    const char *name, *shown;
+} foreign_marks[] = {
+    {"\xFF\xFE\x00\x00", 4, "UTF-32 LE", "FF FE 00 00"},
+    {"\x00\x00\xFE\xFF", 4, "UTF-32 BE", "00 00 FE FF"},
+    {"\xFF\xFE", 2, "UTF-16 LE", "FF FE"},
+    {"\xFE\xFF", 2, "UTF-16 BE", "FE FF"},
+};
+
+#define CR_ONLY_PROBLEM                                                                           \
+    "bare CR in the header line: the file has CR-only line ends (classic Mac OS, Excel's "      \
+    "\"CSV (Macintosh)\"); save it with LF or CRLF line ends"
+
+static int check_start_of_file(ps_tokenizer *t, ps_error *err) {
+    size_t avail = t->len - t->pos;
+    if (avail < 4 && !t->eof) return PS_TOK_NEED_MORE;
+    const char *b = t->buf + t->pos;
+    for (size_t i = 0; i < sizeof foreign_marks / sizeof foreign_marks[0]; i++) {
+        if (avail >= foreign_marks[i].len && memcmp(b, foreign_marks[i].mark, foreign_marks[i].len) == 0)
+            return ps_fail(err, t->error_code, 1, t->base_offset + (int64_t)t->pos,
+                           "%s file (byte-order mark %s): save it as UTF-8 (Windows PowerShell: "
+                           "Export-Csv -Encoding UTF8)",
+                           foreign_marks[i].name, foreign_marks[i].shown);
+    }
+    if (avail >= 3 && memcmp(b, "\xEF\xBB\xBF", 3) == 0) t->pos += 3;
+    t->bom_checked = 1;
+    return PS_OK;
+}
+
+static int fail_too_large(ps_tokenizer *t, int header, ps_error *err) {
+    char budget[32], limit[32];
+    ps_format_size(t->budget, budget, sizeof budget);
+    ps_format_size(t->max_record, limit, sizeof limit);
+    return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
+                   header ? "header line too large for the %s memory budget (over %s)"
+                          : "row too large for the %s memory budget (over %s); unterminated quote?",
+                   budget, limit);
+}
+
+static int fail_too_many_fields(ps_tokenizer *t, int header, ps_error *err) {
+    char budget[32];
+    ps_format_size(t->budget, budget, sizeof budget);
+    return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
+                   "%s more than %zu fields, too many for the %s memory budget",
+                   header ? "header has" : "row has", t->max_fields, budget);
+}
+
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     if (!t->bom_checked) {
-        size_t avail = t->len - t->pos;
-        if (avail < 3 && !t->eof) return PS_TOK_NEED_MORE;
-        if (avail >= 3 && memcmp(t->buf + t->pos, "\xEF\xBB\xBF", 3) == 0) t->pos += 3;
-        t->bom_checked = 1;
+        int st = check_start_of_file(t, err);
+        if (st) return st;
     }
     if (!t->eof && t->len - t->pos < t->retry_at) return PS_TOK_NEED_MORE;
 
     const char sep = t->separator;
     const int eof = t->eof;
+    const int header = t->expected_fields == 0;
     const char *const buf = t->buf;
     const char *const end = buf + t->len;
     const char *p = buf + t->pos;
 
-    /* Blank lines are not records (docs/DESIGN.md); consume them for good. */
+    /* Blank lines are not records (docs/DESIGN.md); consume them for good. A lone CR is not a
+     * line end, so it starts a record (of one value byte, at the end of the file). */
     for (;;) {
         if (p == end) {
             t->pos = (size_t)(p - buf);
@@ -207,13 +287,10 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
         if (*p == '\n') {
             p++;
             t->line++;
-        } else if (*p == '\r' && p + 1 == end) {
-            if (!eof) {
-                t->pos = (size_t)(p - buf);
-                return PS_TOK_NEED_MORE;
-            }
-            p++; /* a lone CR closing the file: a line end, nothing more */
-        } else if (*p == '\r' && p[1] == '\n') {
+        } else if (*p == '\r' && p + 1 == end && !eof) {
+            t->pos = (size_t)(p - buf);
+            return PS_TOK_NEED_MORE;
+        } else if (*p == '\r' && p + 1 < end && p[1] == '\n') {
             p += 2;
             t->line++;
         } else {
@@ -222,15 +299,28 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     }
     t->pos = (size_t)(p - buf);
 
+    if (header) {
+        /* Windows PowerShell's Export-Csv writes its type line above the header unless told
+         * -NoTypeInformation; taken as the header it would make every row "too many fields". */
+        if ((size_t)(end - p) < 6 && !eof) goto need_more;
+        if ((size_t)(end - p) >= 6 && memcmp(p, "#TYPE ", 6) == 0)
+            return ps_fail(err, t->error_code, t->line, t->base_offset + (p - buf),
+                           "the first line is PowerShell type information ('#TYPE ...'), not a "
+                           "header: export with Export-Csv -NoTypeInformation");
+    }
+
     const char *const start = p;
     int64_t lines_inside = 0; /* LFs the record spans, its own line end included */
     size_t nf = 0;
     for (;;) {
         if (nf == t->fields_cap) {
-            ps_field *grown = realloc(t->fields, 2 * t->fields_cap * sizeof *grown);
+            if (nf >= t->max_fields) return fail_too_many_fields(t, header, err);
+            size_t cap = 2 * t->fields_cap;
+            if (cap > t->max_fields) cap = t->max_fields;
+            ps_field *grown = realloc(t->fields, cap * sizeof *grown);
             if (!grown) return ps_fail(err, PS_ERR_NOMEM, t->line, -1, "out of memory for fields");
             t->fields = grown;
-            t->fields_cap *= 2;
+            t->fields_cap = cap;
         }
         ps_field *f = &t->fields[nf++];
         if (p < end && *p == '"') {
@@ -272,16 +362,15 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
                 break;
             }
             if (*p == '\r') {
-                if (p + 1 == end) {
-                    if (!eof) goto need_more;
-                    p++;
-                    break;
-                }
-                if (p[1] == '\n') {
+                if (p + 1 == end && !eof) goto need_more;
+                if (p + 1 < end && p[1] == '\n') {
                     p += 2;
                     lines_inside++;
                     break;
                 }
+                if (header)
+                    return ps_fail(err, t->error_code, t->line, t->base_offset + (p - buf),
+                                   CR_ONLY_PROBLEM);
             }
             return ps_fail(err, t->error_code, t->line, t->base_offset + (p - buf),
                            "text after closing quote");
@@ -314,15 +403,8 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
                 break;
             }
             if (c == '\r') {
-                if (p + 1 == end) {
-                    if (!eof) goto need_more;
-                    f->data = value;
-                    f->len = (uint32_t)(p - value);
-                    p++;
-                    ends_record = 1;
-                    break;
-                }
-                if (p[1] == '\n') {
+                if (p + 1 == end && !eof) goto need_more;
+                if (p + 1 < end && p[1] == '\n') {
                     f->data = value;
                     f->len = (uint32_t)(p - value);
                     p += 2;
@@ -330,6 +412,9 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
                     ends_record = 1;
                     break;
                 }
+                if (header)
+                    return ps_fail(err, t->error_code, t->line, t->base_offset + (p - buf),
+                                   CR_ONLY_PROBLEM);
             }
             special = 1; /* a quote, or a CR that does not end the line: kept as value bytes */
             p++;
@@ -344,7 +429,7 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     if (!ps_utf8_valid((const unsigned char *)start, (size_t)(p - start), &bad))
         return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf) + (int64_t)bad,
                        "invalid UTF-8");
-    if (t->expected_fields == 0) {
+    if (header) {
         t->expected_fields = nf; /* the header fixes the width of every row */
     } else if (nf != t->expected_fields) {
         return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf),
@@ -361,14 +446,14 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
 
 need_more: {
     size_t unread = t->len - t->pos;
-    if (unread > PS_MAX_RECORD)
-        return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
-                       "row too large (over 64 MiB); unterminated quote?");
+    if (unread > t->max_record) return fail_too_large(t, header, err);
     /* Parse again only once the unread part has grown enough that re-scanning a long record
-     * costs linear time overall, not quadratic. */
+     * costs linear time overall, not quadratic; but no later than the record limit, so that
+     * the buffer never holds much more than a record may. */
     size_t step = unread < PS_MIN_RETRY_STEP ? 0 : unread;
     if (step > PS_MAX_RETRY_STEP) step = PS_MAX_RETRY_STEP;
     t->retry_at = unread + (step ? step : 1);
+    if (t->retry_at > t->max_record + 1) t->retry_at = t->max_record + 1;
     return PS_TOK_NEED_MORE;
 }
 }

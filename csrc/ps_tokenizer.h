@@ -7,15 +7,25 @@
  *
  * Dialect (SPEC §2 and docs/DESIGN.md): optional UTF-8 BOM dropped; LF or CRLF ends a record;
  * blank lines are skipped; a quoted field may hold separators, doubled quotes, CR and LF; a quote
- * inside an unquoted field and a CR not followed by LF are plain value bytes. Every record is
- * checked to be UTF-8 (the whole record at once: separators, quotes and line ends are ASCII and
- * can never sit inside a multi-byte sequence, so this equals checking each field). */
+ * inside an unquoted field and a CR not followed by LF (end of file included) are plain value
+ * bytes. Every record is checked to be UTF-8 (the whole record at once: separators, quotes and
+ * line ends are ASCII and can never sit inside a multi-byte sequence, so this equals checking
+ * each field).
+ *
+ * Refused with their cause named, before they can pass for something else: a UTF-16/UTF-32
+ * byte-order mark, a first line `#TYPE ...` (PowerShell's type information), and a bare CR
+ * outside quotes in the header line (CR-only line ends: the whole file would read as one
+ * header line). The last is caught at the first such CR, so it never depends on how much of the
+ * file is buffered.
+ *
+ * Memory: one record may hold at most max_record bytes and max_fields fields, both derived from
+ * the memory budget (ps_record_limit, ps_field_limit); the buffer and the field array never grow
+ * past what those need, and a record over either limit is an error naming the budget. */
 #ifndef PS_TOKENIZER_H
 #define PS_TOKENIZER_H
 
 #include "ps_core.h"
 
-#define PS_MAX_RECORD ((size_t)64 << 20)
 
 typedef struct ps_field {
     const char *data; /* unquoted: the value; quoted: the bytes between the quotes */
@@ -48,9 +58,21 @@ typedef struct ps_tokenizer {
     size_t fields_cap;
     int error_code;         /* PS_ERR_INPUT normally; PS_ERR_BASELINE_CSV for a baseline */
     size_t expected_fields; /* set by the first record (the header); 0 before it */
+    size_t budget;          /* the memory budget the limits derive from (named in errors) */
+    size_t max_record;      /* bytes of one record, line end included */
+    size_t max_fields;      /* fields of one record */
+    size_t initial_cap;
 } ps_tokenizer;
 
-int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, int error_code, ps_error *err);
+/* The largest record and field count a budget affords: budget/16 bytes and budget/512 fields
+ * (16 bytes each), with floors that only matter below the 1 MiB the command line allows. */
+size_t ps_record_limit(size_t memory_budget);
+size_t ps_field_limit(size_t memory_budget);
+/* "16 MiB", "300 KiB" or "1000 bytes": sizes as errors show them. */
+void ps_format_size(size_t n, char *out, size_t cap);
+
+int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,
+                int error_code, ps_error *err);
 void ps_tok_release(ps_tokenizer *t);
 /* Append bytes to the buffer; data may be NULL with n == 0. */
 int ps_tok_feed(ps_tokenizer *t, const char *data, size_t n, ps_error *err);

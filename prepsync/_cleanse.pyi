@@ -6,7 +6,9 @@ DEBUG_BUILD: bool
 
 def io_block(memory_budget: int) -> int: ...
 def live_counters() -> dict[str, int]: ...
-def read_header(path: str, separator: bytes, block: int = ...) -> list[str]: ...
+def read_header(
+    path: str, separator: bytes, memory_budget: int, block: int = ...
+) -> tuple[list[str], list[int], int]: ...
 
 class Cleanser:
     source: str
@@ -24,6 +26,7 @@ class Cleanser:
         key_cols: Sequence[int],
         command_col: int,
         keep_last: bool,
+        replay: bool = ...,
         nullpk_fd: int,
         sorted_fd: int,
         duplicates_fd: int,

@@ -60,8 +60,9 @@ def live_counters():
     return {"buffers": c.ps_live.buffers, "spill_files": c.ps_live.spill_files}
 
 
-def read_header(str path, bytes separator, Py_ssize_t block=65536):
-    """The header fields of a CSV file, parsed and checked exactly as the engine does."""
+def read_header(str path, bytes separator, Py_ssize_t memory_budget, Py_ssize_t block=65536):
+    """The header of a CSV file, parsed and checked exactly as the engine does (with the same
+    size limits for the budget): (names, the byte offset of each name, the header's line)."""
     cdef c.ps_tokenizer tok
     cdef c.ps_record rec
     cdef c.ps_error err
@@ -69,24 +70,30 @@ def read_header(str path, bytes separator, Py_ssize_t block=65536):
     cdef Py_ssize_t i
     cdef bytes chunk
     cdef char *scratch
-    if c.ps_tok_init(&tok, separator_byte(separator), block, c.PS_ERR_INPUT, &err):
+    cdef const c.ps_field *f
+    if c.ps_tok_init(&tok, separator_byte(separator), block, memory_budget, c.PS_ERR_INPUT, &err):
         raise MemoryError()
     try:
         with open(path, "rb") as source:
             while True:
                 status = c.ps_tok_next(&tok, &rec, &err)
                 if status == c.PS_TOK_RECORD:
-                    fields = []
+                    names = []
+                    offsets = []
                     for i in range(<Py_ssize_t>rec.nfields):
-                        scratch = <char *>malloc(rec.fields[i].len + 1)
+                        f = &rec.fields[i]
+                        scratch = <char *>malloc(f.len + 1)
                         if scratch == NULL:
                             raise MemoryError()
                         try:
-                            n = c.ps_field_unescape(&rec.fields[i], scratch)
-                            fields.append(scratch[:n].decode("utf-8"))
+                            n = c.ps_field_unescape(f, scratch)
+                            names.append(scratch[:n].decode("utf-8"))
                         finally:
                             free(scratch)
-                    return fields
+                        # A quoted name starts at its opening quote.
+                        offsets.append(rec.offset + (f.data - rec.fields[0].data) - f.quoted
+                                       + rec.fields[0].quoted)
+                    return names, offsets, rec.line
                 if status == c.PS_TOK_END:
                     raise InputError(path, "empty file (no header)", 1, 0)
                 if status == c.PS_TOK_NEED_MORE:
@@ -125,6 +132,7 @@ cdef class Cleanser:
         key_cols,
         int command_col,
         bint keep_last,
+        bint replay=False,
         int nullpk_fd,
         int sorted_fd,
         int duplicates_fd,
@@ -145,6 +153,7 @@ cdef class Cleanser:
         options.n_key = len(key_cols)
         options.command_col = command_col
         options.keep_last = keep_last
+        options.replay = replay
         options.nullpk_fd = nullpk_fd
         options.sorted_fd = sorted_fd
         options.duplicates_fd = duplicates_fd

@@ -48,7 +48,8 @@ cdef extern from "ps_tokenizer.h" nogil:
     ctypedef struct ps_tokenizer:
         pass
 
-    int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, int error_code, ps_error *err)
+    int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,
+                    int error_code, ps_error *err)
     void ps_tok_release(ps_tokenizer *t)
     int ps_tok_feed(ps_tokenizer *t, const char *data, size_t n, ps_error *err)
     void ps_tok_set_eof(ps_tokenizer *t)
@@ -67,6 +68,7 @@ cdef extern from "ps_cleanse.h" nogil:
         size_t n_key
         int32_t command_col
         int keep_last
+        int replay
         int nullpk_fd
         int sorted_fd
         int duplicates_fd

@@ -104,8 +104,8 @@ class TableResult:
 class ColumnPlan:
     """How a source header maps onto a table's outputs."""
 
-    kept_names: list[str]  # output header: source spellings, command first for a change file
-    out_cols: list[int]  # source column of each output column
+    kept_names: list[str]  # the kept columns as the source spells them, in source order
+    out_cols: list[int]  # source column of each output column (the command first, if any)
     key_cols: list[int]  # source columns of the key, in key order
     command_col: int  # source column of the command, -1 for a full extract
     baseline_key_cols: list[int]  # key columns' positions among the kept columns
@@ -114,6 +114,11 @@ class ColumnPlan:
     def change_file(self) -> bool:
         return self.command_col >= 0
 
+    @property
+    def change_names(self) -> list[str]:
+        """Header of the files that carry the command: always spelled ``command``."""
+        return ["command", *self.kept_names] if self.change_file else self.kept_names
+
 
 def peak_rss() -> int:
     """The process's peak resident memory in bytes (``ru_maxrss`` is in KiB on Linux)."""
@@ -121,7 +126,10 @@ def peak_rss() -> int:
 
 
 def format_row(values: Sequence[str], separator: str) -> bytes:
-    """One output line (SPEC §2): a field is quoted only when it must be."""
+    """One output line: a field is quoted only when it must be, and a row of one empty field
+    is ``""`` (an empty line would read back as no row at all)."""
+    if len(values) == 1 and values[0] == "":
+        return b'""\n'
     cells = []
     for value in values:
         if separator in value or '"' in value or "\r" in value or "\n" in value:
@@ -189,55 +197,60 @@ def plan_columns(
     header: Sequence[str],
     spec: TableSpec,
     *,
-    mode: str,
     command_column: str,
     source: str,
+    offsets: Sequence[int] | None = None,
+    line: int = 1,
 ) -> ColumnPlan:
-    """Check a source header against the table's configuration (SPEC §1, §4, §5)."""
+    """Check a source header against the table's configuration.
+
+    Only the names prepsync reads must be unambiguous: a kept column or the command column
+    found twice (case-insensitively) is an error; other names may be empty or repeated. A
+    command column that is also a kept column is data, and the file a full extract.
+    ``offsets`` (each name's byte offset) and ``line`` place errors in the file.
+    """
+    at = list(offsets) if offsets is not None else [0] * len(header)
+    wanted = {name.casefold() for name in spec.columns}
+    folded_command = command_column.casefold()
+    read = wanted | {folded_command}
     seen: dict[str, int] = {}
     for index, name in enumerate(header):
         folded = name.casefold()
+        if folded not in read:
+            continue
         if folded in seen:
-            raise InputError(source, f"duplicated header name '{name}'", 1)
+            raise InputError(source, f"duplicated header name '{name}'", line, at[index])
         seen[folded] = index
 
-    wanted = {name.casefold() for name in spec.columns}
     for name in spec.columns:
         if name.casefold() not in seen:
-            raise InputError(source, f"column '{name}' is missing from the header", 1)
+            raise InputError(source, f"column '{name}' is missing from the header", line, at[0])
     kept = [i for i, name in enumerate(header) if name.casefold() in wanted]
 
     command_col = -1
-    folded_command = command_column.casefold()
     if folded_command in seen and folded_command not in wanted:
-        if mode != "incremental":
-            raise InputError(
-                source,
-                f"command column '{header[seen[folded_command]]}' found: a change file needs "
-                "--synchronization-mode incremental",
-                1,
-            )
         command_col = seen[folded_command]
 
     if spec.key is None:
         key_cols = list(kept)  # association table: every kept column, in source order
     else:
         key_cols = [seen[name.casefold()] for name in spec.key]
-    out_cols = ([command_col] if command_col >= 0 else []) + kept
     return ColumnPlan(
-        kept_names=[header[i] for i in out_cols],
-        out_cols=out_cols,
+        kept_names=[header[i] for i in kept],
+        out_cols=([command_col] if command_col >= 0 else []) + kept,
         key_cols=key_cols,
         command_col=command_col,
         baseline_key_cols=[kept.index(i) for i in key_cols],
     )
 
 
-def _check_baseline_header(baseline: Path, table: str, plan: ColumnPlan, separator: str) -> None:
+def _check_baseline_header(
+    baseline: Path, table: str, plan: ColumnPlan, separator: str, memory_budget: int
+) -> None:
     if not baseline.is_file():
         raise BaselineError(table, f"no baseline {baseline}")
     try:
-        header = _cleanse.read_header(str(baseline), separator.encode())
+        header, _, _ = _cleanse.read_header(str(baseline), separator.encode(), memory_budget)
     except InputError as error:
         raise BaselineError(
             table, f"baseline {baseline}, line {error.line}: {error.problem}"
@@ -271,23 +284,39 @@ def stage_table(
     started = time.monotonic()
     source_name = str(source)
     _check_regular_file(source)
-    header = _cleanse.read_header(source_name, separator.encode())
-    plan = plan_columns(header, spec, mode=mode, command_column=command_column, source=source_name)
+    header, offsets, header_line_number = _cleanse.read_header(
+        source_name, separator.encode(), memory_budget
+    )
+    plan = plan_columns(
+        header,
+        spec,
+        command_column=command_column,
+        source=source_name,
+        offsets=offsets,
+        line=header_line_number,
+    )
+    del header, offsets  # a wide header's names are not needed past this point
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
     joining = mode == "incremental" and not plan.change_file
     if joining:
         if baseline is None:
             raise BaselineError(spec.name, "no baseline given")
-        _check_baseline_header(baseline, spec.name, plan, separator)
+        _check_baseline_header(baseline, spec.name, plan, separator, memory_budget)
+    # In initial/complete mode a change file is replayed from empty into a full extract: its
+    # .sorted.csv (no command) is sent and becomes the baseline. In incremental mode it is
+    # already a delta: its kept rows are the .sorted.delta.csv, and there is no full extract
+    # to sort (nor to become a baseline).
+    replay = plan.change_file and mode != "incremental"
+    main_kind = "delta" if plan.change_file and not replay else "sorted"
 
-    header_line = format_row(plan.kept_names, separator)
+    change_line = format_row(plan.change_names, separator)
     paths = {kind: out_dir / f"{spec.name}{suffix}" for kind, suffix in SUFFIXES.items()}
-    # A change file is already a delta: its kept rows are the .sorted.delta.csv and there is
-    # no full extract to sort (nor to become a baseline).
-    main_kind = "delta" if plan.change_file else "sorted"
     fds = {
-        kind: staged.create(paths[kind], header_line)
-        for kind in (main_kind, "nullpk", "duplicates")
+        main_kind: staged.create(
+            paths[main_kind], format_row(plan.kept_names, separator) if replay else change_line
+        ),
+        "nullpk": staged.create(paths["nullpk"], change_line),
+        "duplicates": staged.create(paths["duplicates"], change_line),
     }
     if joining:
         fds["delta"] = staged.create(
@@ -307,6 +336,7 @@ def stage_table(
             key_cols=plan.key_cols,
             command_col=plan.command_col,
             keep_last=plan.change_file,
+            replay=replay,
             nullpk_fd=fds["nullpk"],
             sorted_fd=fds[main_kind],
             duplicates_fd=fds["duplicates"],
@@ -625,9 +655,11 @@ def _run_all(
 
 
 def advance_baselines(run: RunResult) -> list[Path]:
-    """Make each full extract's ``.sorted.csv`` its table's baseline (SPEC §4), all tables
-    together: the new baselines are staged beside the old ones and swapped in by one journaled
-    commit, each old one kept as ``.bak``. A change file's table keeps its baseline.
+    """Make each table's new ``.sorted.csv`` its baseline, all tables together: the new
+    baselines are staged beside the old ones and swapped in by one journaled commit, each old
+    one kept as ``.bak``. A full extract, and a change file replayed in initial/complete mode,
+    have a ``.sorted.csv``; an incremental change file has none and its table keeps its
+    baseline.
     """
     baseline_dir = run.sources_dir / BASELINE_DIR
     baseline_dir.mkdir(parents=True, exist_ok=True)
@@ -637,7 +669,7 @@ def advance_baselines(run: RunResult) -> list[Path]:
         targets = []
         try:
             for table in run.tables:
-                if table.change_file or "sorted" not in table.outputs:
+                if "sorted" not in table.outputs:
                     continue
                 target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
                 temp = temp_name(target)

@@ -18,7 +18,25 @@ from prepsync.errors import BaselineError, InputError
 
 BOM = b"\xef\xbb\xbf"
 COMMANDS = (b"insert", b"update", b"delete", b"merge")
+# Accepted spellings (any ASCII case) and the command each means: Workday writes "Add".
+SPELLINGS = {**{command: command for command in COMMANDS}, b"add": b"merge"}
+EXPECTED_COMMANDS = "insert, update, delete, merge or add"
 MODES = ("initial", "complete", "incremental")
+# Byte-order marks of encodings that are not UTF-8 (UTF-32 LE first: it starts like UTF-16 LE).
+FOREIGN_MARKS = (
+    (b"\xff\xfe\x00\x00", "UTF-32 LE", "FF FE 00 00"),
+    (b"\x00\x00\xfe\xff", "UTF-32 BE", "00 00 FE FF"),
+    (b"\xff\xfe", "UTF-16 LE", "FF FE"),
+    (b"\xfe\xff", "UTF-16 BE", "FE FF"),
+)
+TYPE_LINE_PROBLEM = (
+    "the first line is PowerShell type information ('#TYPE ...'), not a header: "
+    "export with Export-Csv -NoTypeInformation"
+)
+CR_ONLY_PROBLEM = (
+    "bare CR in the header line: the file has CR-only line ends (classic Mac OS, Excel's "
+    '"CSV (Macintosh)"); save it with LF or CRLF line ends'
+)
 
 
 class TableSpecLike(Protocol):
@@ -38,8 +56,8 @@ class TableSpecLike(Protocol):
 class ReferenceResult:
     """Expected output files (by kind) and per-table counts of one prepare."""
 
-    # "sorted", "nullpk", "duplicates"; "delta" in incremental mode.  A change file has no
-    # "sorted" (it is not a full extract and must never become a baseline).
+    # "sorted", "nullpk", "duplicates"; "delta" in incremental mode.  An incremental change
+    # file has no "sorted" (it is not a full extract and must never become a baseline).
     files: dict[str, bytes]
     rows_read: int
     kept: int
@@ -62,6 +80,7 @@ class Record:
     line: int
     offset: int
     fields: list[bytes]
+    starts: list[int] = field(default_factory=list)  # file offset of each field (its quote)
 
 
 def parse_csv(data: bytes, separator: bytes, path: str) -> list[tuple[int, list[bytes]]]:
@@ -74,8 +93,19 @@ def iter_records(data: bytes, separator: bytes, path: str) -> Iterator[Record]:
 
     Within a row the checks run in DESIGN.md's order: the row is tokenized first (text after
     closing quote / unterminated quote), then checked to be UTF-8, then its width is checked.
+    Before anything, a UTF-16/32 byte-order mark is refused; before the header is tokenized, a
+    PowerShell ``#TYPE`` line; while it is, a bare CR outside quotes (CR-only line ends).
     """
     _check_separator(separator)
+    for mark, encoding, shown in FOREIGN_MARKS:
+        if data.startswith(mark):
+            raise InputError(
+                path,
+                f"{encoding} file (byte-order mark {shown}): save it as UTF-8 "
+                "(Windows PowerShell: Export-Csv -Encoding UTF8)",
+                1,
+                0,
+            )
     pos = len(BOM) if data.startswith(BOM) else 0
     width: int | None = None
     while True:
@@ -83,13 +113,16 @@ def iter_records(data: bytes, separator: bytes, path: str) -> Iterator[Record]:
         if pos >= len(data):
             break
         line = _line_at(data, pos)
-        fields, end = _read_record(data, pos, separator, path, line)
+        header = width is None
+        if header and data.startswith(b"#TYPE ", pos):
+            raise InputError(path, TYPE_LINE_PROBLEM, line, pos)
+        fields, starts, end = _read_record(data, pos, separator, path, line, header)
         _check_utf8(data, pos, end, path, line)
         if width is None:
             width = len(fields)  # the header fixes the width of every row
         elif len(fields) != width:
             raise InputError(path, f"expected {width} fields, found {len(fields)}", line, pos)
-        yield Record(line, pos, fields)
+        yield Record(line, pos, fields, starts)
         pos = end
     if width is None:
         # 0 bytes, only a BOM, or only blank lines.
@@ -127,25 +160,33 @@ def _line_end_length(data: bytes, pos: int) -> int:
 
 
 def _read_record(
-    data: bytes, pos: int, separator: bytes, path: str, line: int
-) -> tuple[list[bytes], int]:
-    """The values of the row starting at ``pos`` and the offset just past its line end."""
+    data: bytes, pos: int, separator: bytes, path: str, line: int, header: bool = False
+) -> tuple[list[bytes], list[int], int]:
+    """The values of the row starting at ``pos``, where each starts, and the offset just past
+    its line end.  In the header, a CR outside quotes that is no CRLF is refused."""
     fields: list[bytes] = []
+    starts: list[int] = []
     while True:
+        starts.append(pos)
         if data[pos : pos + 1] == b'"':
             value, pos = _read_quoted(data, pos, path, line)
         else:
+            start = pos
             value, pos = _read_unquoted(data, pos, separator)
+            if header and b"\r" in value:
+                raise InputError(path, CR_ONLY_PROBLEM, line, start + value.index(b"\r"))
         fields.append(value)
         if pos >= len(data):
-            return fields, pos  # last row without a line end
+            return fields, starts, pos  # last row without a line end
         if data[pos : pos + 1] == separator:
             pos += 1  # a separator always starts one more field (so "a," is two fields)
             continue
         ending = _line_end_length(data, pos)
         if ending:
-            return fields, pos + ending
+            return fields, starts, pos + ending
         # Only reachable after a quoted field: an unquoted one stops only at these three.
+        if header and data[pos : pos + 1] == b"\r":
+            raise InputError(path, CR_ONLY_PROBLEM, line, pos)
         raise InputError(path, "text after closing quote", line, pos)
 
 
@@ -197,8 +238,10 @@ def _check_utf8(data: bytes, start: int, end: int, path: str, line: int) -> None
 def format_row(values: Sequence[bytes], separator: bytes) -> bytes:
     """One output line with its LF; a field is quoted only when it holds sep, '"', CR or LF.
 
-    A single empty value therefore comes out as an empty line (DESIGN.md "Outputs").
+    A single empty value is written ``""``: an empty line would read back as no row.
     """
+    if list(values) == [b""]:
+        return b'""\n'
     return separator.join(_format_field(value, separator) for value in values) + b"\n"
 
 
@@ -232,48 +275,34 @@ class Layout:
     command: int | None  # a change file's command column
 
 
-def _check_duplicate_names(header: Sequence[str], path: str) -> None:
-    """Fails on the first name equal (case-insensitively) to an earlier one, as spelled later."""
-    seen: set[str] = set()
-    for name in header:
-        if fold(name) in seen:
-            raise InputError(path, f"duplicated header name '{name}'", 1)
-        seen.add(fold(name))
+def _layout(header: Record, spec: TableSpecLike, command_column: str, path: str) -> Layout:
+    """Header checks in this order: names read twice, missing columns (config order).
 
-
-def _find_column(header: Sequence[str], name: str, path: str) -> int:
-    for index, header_name in enumerate(header):
-        if fold(header_name) == fold(name):
-            return index
-    raise InputError(path, f"column '{name}' is missing from the header", 1)
-
-
-def _layout(
-    header: Sequence[str], spec: TableSpecLike, mode: str, command_column: str, path: str
-) -> Layout:
-    """Header checks in this order: duplicated names, missing columns (config order), command.
-
-    DECISION: header problems are reported on line 1 with no byte offset (they are about names,
-    not bytes; DESIGN.md only says "line 1").  The check order is also ours.
+    Only the kept columns and the command column are read, so only they must be unambiguous:
+    other names may be empty or repeated.  A repeated one is named as spelled the second time,
+    at that name's offset; a missing one at the header's start.  DECISION: a command column
+    that is also a kept column is that kept column, and the input is a plain full extract (the
+    configuration asked for the column as data).
     """
-    _check_duplicate_names(header, path)
-    kept = sorted({_find_column(header, name, path) for name in spec.columns})
-    if spec.key is None:
-        key = list(kept)
-    else:
-        key = [_find_column(header, name, path) for name in spec.key]
-    # DECISION: a command column that is also a kept column is that kept column, and the input
-    # is a plain full extract (the configuration asked for the column as data).
-    command = next((i for i, name in enumerate(header) if fold(name) == fold(command_column)), None)
+    names = [value.decode("utf-8") for value in header.fields]
+    wanted = {fold(name) for name in spec.columns}
+    read = wanted | {fold(command_column)}
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if fold(name) in read:
+            if fold(name) in seen:
+                problem = f"duplicated header name '{name}'"
+                raise InputError(path, problem, header.line, header.starts[index])
+            seen[fold(name)] = index
+    for name in spec.columns:
+        if fold(name) not in seen:
+            problem = f"column '{name}' is missing from the header"
+            raise InputError(path, problem, header.line, header.offset)
+    kept = sorted({seen[fold(name)] for name in spec.columns})
+    key = list(kept) if spec.key is None else [seen[fold(name)] for name in spec.key]
+    command = seen.get(fold(command_column))
     if command in kept:
         command = None
-    if command is not None and mode != "incremental":
-        raise InputError(
-            path,
-            f"command column '{header[command]}' found: "
-            "a change file needs --synchronization-mode incremental",
-            1,
-        )
     return Layout(kept=kept, key=key, command=command)
 
 
@@ -294,27 +323,38 @@ class Row:
     command: bytes | None = None  # lower-cased, change files only
 
 
-def _command_of(record: Record, layout: Layout, path: str) -> bytes | None:
+def _command_of(record: Record, layout: Layout, replay: bool, path: str) -> bytes | None:
+    """The row's command as written out (lower case; "add" is "merge").
+
+    An empty command is an insert when the file is replayed (initial/complete) and an error in
+    an incremental change file, where it would leave the change undefined.
+    """
     if layout.command is None:
         return None
     value = record.fields[layout.command]
-    if value.lower() in COMMANDS:  # ASCII-only folding: the four words are ASCII
-        return value.lower()
+    if value == b"" and replay:
+        return b"insert"
+    if value == b"":
+        raise InputError(
+            path, f"empty command (expected {EXPECTED_COMMANDS})", record.line, record.offset
+        )
+    if value.lower() in SPELLINGS:  # ASCII-only folding: the spellings are ASCII
+        return SPELLINGS[value.lower()]
     # DECISION: shown whole (no truncation), with CR/LF as spaces so the message stays one
     # line; offset = the row's start, like a field-count error.
     shown = value.decode("utf-8").replace("\r", " ").replace("\n", " ")
     raise InputError(
         path,
-        f"invalid command '{shown}' (expected insert, update, delete or merge)",
+        f"invalid command '{shown}' (expected {EXPECTED_COMMANDS})",
         record.line,
         record.offset,
     )
 
 
-def _project(records: Iterator[Record], layout: Layout, path: str) -> list[Row]:
+def _project(records: Iterator[Record], layout: Layout, replay: bool, path: str) -> list[Row]:
     rows = []
     for record in records:
-        command = _command_of(record, layout, path)
+        command = _command_of(record, layout, replay, path)
         values = tuple(record.fields[i] for i in layout.kept)
         if command is not None:
             values = (command, *values)
@@ -330,8 +370,12 @@ class Cleansed:
     duplicates: list[Row] = field(default_factory=list)  # by key, then input order
 
 
-def cleanse(rows: list[Row], keep_last: bool) -> Cleansed:
-    """SPEC §3.2-3.4: null keys apart, one row per key (first, or last for change files)."""
+def cleanse(rows: list[Row], keep_last: bool, replay: bool = False) -> Cleansed:
+    """SPEC §3.2-3.4: null keys apart, one row per key (first, or last for change files).
+
+    ``replay`` (a change file in initial/complete mode): the stream is replayed from empty, so
+    a key whose last command is ``delete`` is absent and that row joins the duplicates.
+    """
     result = Cleansed()
     result.nullpk = [row for row in rows if b"" in row.key]  # null = ANY key value empty
     by_key: dict[tuple[bytes, ...], list[Row]] = {}
@@ -341,6 +385,9 @@ def cleanse(rows: list[Row], keep_last: bool) -> Cleansed:
     for key in sorted(by_key):  # tuple-of-bytes order is exactly SPEC §2's order
         group = by_key[key]
         winner = group[-1] if keep_last else group[0]
+        if replay and winner.command == b"delete":
+            result.duplicates += group  # superseded rows, then the final delete
+            continue
         result.kept.append(winner)
         result.duplicates += [row for row in group if row is not winner]
     return result
@@ -376,9 +423,11 @@ def reference_prepare(
         baseline_path = f"previous/{spec.name}.sorted.csv"
 
     records = iter_records(data, sep, path)
-    header = [value.decode("utf-8") for value in next(records).fields]
-    layout = _layout(header, spec, mode, command_column, path)
+    header_record = next(records)
+    header = [value.decode("utf-8") for value in header_record.fields]
+    layout = _layout(header_record, spec, command_column, path)
     change_file = layout.command is not None
+    replay = change_file and mode != "incremental"
     kept_names = [header[i] for i in layout.kept]
     old_records = None
     if mode == "incremental" and not change_file:
@@ -386,10 +435,10 @@ def reference_prepare(
             raise BaselineError(spec.name, f"no baseline {baseline_path}")
         old_records = _open_baseline(baseline, sep, spec.name, baseline_path, kept_names)
 
-    rows = _project(records, layout, path)
-    cleansed = cleanse(rows, keep_last=change_file)
-    out_header = [header[i] for i in ([] if layout.command is None else [layout.command])]
-    out_header += kept_names
+    rows = _project(records, layout, replay, path)
+    cleansed = cleanse(rows, keep_last=change_file, replay=replay)
+    # The command's header is "command" whatever the source spelled (SPEC §4).
+    out_header = (["command"] if change_file else []) + kept_names
     result = ReferenceResult(
         files={
             "nullpk": _format_file(out_header, [row.values for row in cleansed.nullpk], sep),
@@ -402,11 +451,12 @@ def reference_prepare(
         null_keys=len(cleansed.nullpk),
         duplicates=len(cleansed.duplicates),
     )
-    if change_file:
+    if change_file and not replay:
         _add_change_delta(result, out_header, cleansed.kept, sep)
         return result
-    kept_rows = [row.values for row in cleansed.kept]
-    result.files["sorted"] = _format_file(out_header, kept_rows, sep)
+    # A full extract, or the table a replayed change file leaves: kept columns only.
+    kept_rows = [row.values[1:] if replay else row.values for row in cleansed.kept]
+    result.files["sorted"] = _format_file(kept_names, kept_rows, sep)
     if old_records is not None:
         key_positions = [layout.kept.index(i) for i in layout.key]
         old_rows = _baseline_rows(old_records, spec.name, key_positions)

@@ -82,9 +82,27 @@ KEY_POOL = (
     b"\x00",
     b" a",
 )
-COMMAND_WORDS = ("insert", "update", "delete", "merge")
-# Not a command: misspelt, empty, padded, with a line break, non-ASCII, with a separator.
-BAD_COMMANDS = (b"insrt", b"", b"insert ", b"delete\n", b"upsert", b"m\xc3\xa9rge", b"x,y")
+COMMAND_WORDS = ("insert", "update", "delete", "merge", "add")
+# Not a command: misspelt, padded, with a line break, non-ASCII, with a separator, too short.
+BAD_COMMANDS = (
+    b"insrt",
+    b"insert ",
+    b"delete\n",
+    b"upsert",
+    b"m\xc3\xa9rge",
+    b"x,y",
+    b"ad",
+    b"addd",
+)
+# Names of columns nobody reads: empty, or repeated (case-insensitively) - both allowed.
+FILLER_NAMES = ("", "x", "X", "junk")
+# Foreign encodings as their byte-order marks betray them, with the name the error gives.
+FOREIGN_MARKS = (
+    (b"\xff\xfe", "UTF-16 LE", "FF FE", "utf-16-le"),
+    (b"\xfe\xff", "UTF-16 BE", "FE FF", "utf-16-be"),
+    (b"\xff\xfe\x00\x00", "UTF-32 LE", "FF FE 00 00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "UTF-32 BE", "00 00 FE FF", "utf-32-be"),
+)
 # Not UTF-8: stray continuation, invalid byte, truncated 2/3/4-byte sequences, surrogate,
 # overlong, above U+10FFFF.
 BAD_UTF8 = (
@@ -181,17 +199,21 @@ def spelled(draw: st.DrawFn, name: str) -> str:
 
 @st.composite
 def table_specs(draw: st.DrawFn, max_columns: int = 5) -> tuple[Spec, tuple[str, ...]]:
-    """(spec, source header): some header columns kept, config spelling and order differing."""
+    """(spec, source header): some header columns kept, config spelling and order differing;
+    sometimes unkept columns with empty or repeated names among them."""
     names = draw(
         st.lists(st.sampled_from(NAME_POOL), min_size=1, max_size=max_columns, unique=True)
     )
-    header = tuple([draw(spelled(name)) for name in names])
+    header = [draw(spelled(name)) for name in names]
     flags = draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)))
     kept = [i for i, flag in enumerate(flags) if flag] or [draw(st.integers(0, len(names) - 1))]
     config_names = [draw(spelled(names[i])) for i in kept]
     columns = tuple(draw(st.permutations(config_names)))
     key = (draw(st.sampled_from(columns)),) if draw(st.booleans()) else None
-    return Spec(draw(st.sampled_from(TABLE_NAMES)), columns, key), header
+    if draw(st.integers(0, 3)) == 0:
+        for filler in draw(st.lists(st.sampled_from(FILLER_NAMES), min_size=1, max_size=3)):
+            header.insert(draw(st.integers(0, len(header))), filler)
+    return Spec(draw(st.sampled_from(TABLE_NAMES)), columns, key), tuple(header)
 
 
 def key_indexes(spec: Spec, header: Sequence[str]) -> set[int]:
@@ -298,13 +320,39 @@ def separators() -> st.SearchStrategy[str]:
 
 @st.composite
 def csv_cases(draw: st.DrawFn, max_rows: int = 8, min_rows: int = 0) -> CsvCase:
-    """A full extract: entity or association table, small key pool, random encoding."""
+    """A full extract: entity or association table, small key pool, random encoding;
+    sometimes the file ends in a lone CR that belongs to the last value."""
     separator = draw(separators())
     spec, header = draw(table_specs())
     pool = draw(key_pools())
     rows = draw(st.lists(row_strategy(spec, header, pool), min_size=min_rows, max_size=max_rows))
+    if rows and draw(st.integers(0, 3)) == 0:
+        return draw(_ending_in_lone_cr(spec, header, rows, separator))
     encoded = draw(encoded_csv(header, rows, separator))
     return CsvCase(spec, header, tuple(rows), encoded.data, separator)
+
+
+@st.composite
+def _ending_in_lone_cr(
+    draw: st.DrawFn,
+    spec: Spec,
+    header: Sequence[str],
+    rows: list[tuple[bytes, ...]],
+    separator: str,
+) -> CsvCase:
+    """The last value gets a CR and is written unquoted, with no line end after it: that CR
+    is a value byte like any CR not followed by LF."""
+    sep = separator.encode()
+    last = rows[-1][-1]
+    rows = [*rows[:-1], (*rows[-1][:-1], last + b"\r")]
+    bodies = [draw(encoded_body(row, sep)) for row in [[n.encode() for n in header], *rows]]
+    head = [draw(encoded_field(value, sep, len(header))) for value in rows[-1][:-1]]
+    plain = last + b"\r"
+    if needs_quotes(last, sep, 2):
+        plain = quote(plain)
+    bodies[-1] = b"".join(field + sep for field in head) + plain
+    encoded = draw(assembled(bodies, tail=b""))
+    return CsvCase(spec, tuple(header), tuple(rows), encoded.data, separator)
 
 
 @st.composite
@@ -352,9 +400,10 @@ def incremental_cases(draw: st.DrawFn) -> IncrementalCase:
 
 @st.composite
 def _change_table(
-    draw: st.DrawFn, min_rows: int = 0
+    draw: st.DrawFn, min_rows: int = 0, empty_commands: bool = False
 ) -> tuple[Spec, list[str], list[list[bytes]], str, int]:
-    """(spec, header, rows, command_column, command position) of a change file."""
+    """(spec, header, rows, command_column, command position) of a change file; commands in
+    any case, Workday's "add" among them, and empty ones if ``empty_commands``."""
     spec, header = draw(table_specs())
     pool = draw(key_pools())
     rows = draw(st.lists(row_strategy(spec, header, pool), min_size=min_rows, max_size=8))
@@ -363,17 +412,19 @@ def _change_table(
     full_header = list(header)
     full_header.insert(position, draw(spelled(command_column.lower())))
     full_rows = []
+    words = (*COMMAND_WORDS, "") if empty_commands else COMMAND_WORDS
     for row in rows:
-        command = draw(spelled(draw(st.sampled_from(COMMAND_WORDS)))).encode()
+        command = draw(spelled(draw(st.sampled_from(words)))).encode()
         full_rows.append([*row[:position], command, *row[position:]])
     return spec, full_header, full_rows, command_column, position
 
 
 @st.composite
-def change_file_cases(draw: st.DrawFn) -> CsvCase:
-    """An exported change file: a command column (any case, anywhere) of valid commands."""
+def change_file_cases(draw: st.DrawFn, replay: bool = False) -> CsvCase:
+    """An exported change file: a command column (any case, anywhere) of valid commands; for
+    a replay (initial/complete mode) empty commands too."""
     separator = draw(separators())
-    spec, header, rows, command_column, _ = draw(_change_table())
+    spec, header, rows, command_column, _ = draw(_change_table(empty_commands=replay))
     encoded = draw(encoded_csv(header, rows, separator))
     return CsvCase(
         spec, tuple(header), tuple(map(tuple, rows)), encoded.data, separator, command_column
@@ -496,7 +547,9 @@ def _text_after_quote(draw: st.DrawFn) -> MalformedCase:
     before = [draw(encoded_field(value, sep, len(row))) for value in row[:column]]
     prefix = b"".join(field + sep for field in before) + quote(row[column])
     after = [draw(encoded_field(value, sep, len(row))) for value in row[column + 1 :]]
-    body = prefix + draw(st.sampled_from(AFTER_QUOTE_JUNK)) + b"".join(sep + f for f in after)
+    # In the header a CR after the quote is refused as CR-only line ends instead (cr_only).
+    junk = [j for j in AFTER_QUOTE_JUNK if index > 0 or not j.startswith(b"\r")]
+    body = prefix + draw(st.sampled_from(junk)) + b"".join(sep + f for f in after)
     bodies = [draw(encoded_body(r, sep)) for r in table]
     bodies[index] = body
     encoded = draw(assembled(bodies))
@@ -526,24 +579,32 @@ def _missing_column(draw: st.DrawFn) -> MalformedCase:
     sep = separator.encode()
     encoded = draw(assembled([draw(encoded_body(row, sep)) for row in table]))
     problem = f"column '{missing}' is missing from the header"
-    return _case("missing_column", spec, encoded.data, separator, 1, problem, None)
+    return _case("missing_column", spec, encoded.data, separator, 1, problem, encoded.offsets[0])
 
 
 @st.composite
 def _duplicated_header(draw: st.DrawFn) -> MalformedCase:
-    """A header name repeated (in another case) somewhere; the later spelling is named."""
+    """A kept column's name repeated (in another case) somewhere; the later spelling is named,
+    at its offset. (Unkept names may repeat: table_specs draws such headers as valid.)"""
     spec, header, rows, separator = draw(_base())
-    original = draw(st.integers(0, len(header) - 1))
+    wanted = {fold(name) for name in spec.columns}
+    original = draw(
+        st.sampled_from([i for i, n in enumerate(header) if fold(n.decode()) in wanted])
+    )
     copy = draw(spelled(ascii_lower(header[original].decode()))).encode()
     position = draw(st.integers(0, len(header)))
-    later = header[original] if position <= original else copy
+    later = original + 1 if position <= original else position
     header.insert(position, copy)
     for row in rows:
         row.insert(position, draw(values()))
     sep = separator.encode()
-    encoded = draw(assembled([draw(encoded_body(row, sep)) for row in [header, *rows]]))
-    problem = f"duplicated header name '{later.decode()}'"
-    return _case("duplicated_header", spec, encoded.data, separator, 1, problem, None)
+    fields = [draw(encoded_field(name, sep, len(header))) for name in header]
+    start = sum(len(field) + 1 for field in fields[:later])
+    bodies = [sep.join(fields)] + [draw(encoded_body(row, sep)) for row in rows]
+    encoded = draw(assembled(bodies))
+    problem = f"duplicated header name '{header[later].decode()}'"
+    offset = encoded.offsets[0] + start
+    return _case("duplicated_header", spec, encoded.data, separator, 1, problem, offset)
 
 
 @st.composite
@@ -555,14 +616,21 @@ def _empty_file(draw: st.DrawFn) -> MalformedCase:
 
 @st.composite
 def _invalid_command(draw: st.DrawFn) -> MalformedCase:
+    """A command no spelling means, in any mode; or an empty one in an incremental file."""
     separator = draw(separators())
     spec, header, rows, command_column, position = draw(_change_table(min_rows=1))
     index = draw(st.integers(0, len(rows) - 1))
-    bad = draw(st.sampled_from(BAD_COMMANDS))
+    mode = draw(st.sampled_from(["incremental", "Incremental", "complete", "initial"]))
+    bad = b"" if mode.lower() == "incremental" and draw(st.booleans()) else None
+    if bad is None:
+        bad = draw(st.sampled_from(BAD_COMMANDS))
     rows[index][position] = bad
     encoded = draw(encoded_csv(header, rows, separator))
+    expected = "insert, update, delete, merge or add"
     shown = bad.decode().replace("\r", " ").replace("\n", " ")
-    problem = f"invalid command '{shown}' (expected insert, update, delete or merge)"
+    problem = f"invalid command '{shown}' (expected {expected})"
+    if bad == b"":
+        problem = f"empty command (expected {expected})"
     line, offset = encoded.lines[index + 1], encoded.offsets[index + 1]
     return _case(
         "invalid_command",
@@ -572,32 +640,66 @@ def _invalid_command(draw: st.DrawFn) -> MalformedCase:
         line,
         problem,
         offset,
-        mode="incremental",
+        mode=mode,
         command_column=command_column,
     )
 
 
 @st.composite
-def _command_in_complete(draw: st.DrawFn) -> MalformedCase:
-    separator = draw(separators())
-    spec, header, rows, command_column, position = draw(_change_table())
-    encoded = draw(encoded_csv(header, rows, separator))
+def _foreign_encoding(draw: st.DrawFn) -> MalformedCase:
+    """A whole file encoded in UTF-16/32 with its byte-order mark, as Windows tools write it."""
+    spec, header, rows, separator = draw(_base())
+    mark, name, shown, codec = draw(st.sampled_from(FOREIGN_MARKS))
+    text = b"\r\n".join(separator.encode().join(r) for r in [header, *rows]).decode("utf-8")
+    data = mark + text.encode(codec)
     problem = (
-        f"command column '{header[position]}' found: "
-        "a change file needs --synchronization-mode incremental"
+        f"{name} file (byte-order mark {shown}): save it as UTF-8 "
+        "(Windows PowerShell: Export-Csv -Encoding UTF8)"
     )
-    mode = draw(st.sampled_from(["initial", "complete", "Complete"]))
-    return _case(
-        "command_in_complete",
-        spec,
-        encoded.data,
-        separator,
-        1,
-        problem,
-        None,
-        mode=mode,
-        command_column=command_column,
+    return _case("foreign_encoding", spec, data, separator, 1, problem, 0)
+
+
+@st.composite
+def _type_line(draw: st.DrawFn) -> MalformedCase:
+    """Windows PowerShell's Export-Csv without -NoTypeInformation: a '#TYPE' line first."""
+    spec, header, rows, separator = draw(_base())
+    sep = separator.encode()
+    type_line = draw(
+        st.sampled_from(
+            [
+                b"#TYPE System.Management.Automation.PSCustomObject",
+                b"#TYPE Selected.Microsoft.ActiveDirectory.Management.ADUser",
+            ]
+        )
     )
+    bodies = [type_line] + [draw(encoded_body(row, sep)) for row in [header, *rows]]
+    encoded = draw(assembled(bodies))
+    problem = (
+        "the first line is PowerShell type information ('#TYPE ...'), not a header: "
+        "export with Export-Csv -NoTypeInformation"
+    )
+    return _case("type_line", spec, encoded.data, separator, 1, problem, encoded.offsets[0])
+
+
+@st.composite
+def _cr_only_line_ends(draw: st.DrawFn) -> MalformedCase:
+    """Every line ended by a lone CR (classic Mac OS, Excel's "CSV (Macintosh)"): the header
+    line reaches its first CR, which is refused there, whatever follows."""
+    spec, header, rows, separator = draw(_base(min_rows=1))
+    sep = separator.encode()
+    # Header names hold no CR or LF; a quoted one is fine, the CR after it is what counts.
+    body = draw(encoded_body(header, sep))
+    data = (b"\xef\xbb\xbf" if draw(st.booleans()) else b"") + body
+    cr_at = len(data)
+    data += b"\r" + b"\r".join(draw(encoded_body(row, sep)) for row in rows)
+    data += draw(st.sampled_from([b"", b"\r"]))
+    problem = (
+        "bare CR in the header line: the file has CR-only line ends (classic Mac OS, Excel's "
+        '"CSV (Macintosh)"); save it with LF or CRLF line ends'
+    )
+    if b"\n" in data[:cr_at]:
+        raise AssertionError("header names hold no line feed")
+    return _case("cr_only", spec, data, separator, 1, problem, cr_at)
 
 
 DEFECTS = {
@@ -609,7 +711,9 @@ DEFECTS = {
     "duplicated_header": _duplicated_header,
     "empty_file": _empty_file,
     "invalid_command": _invalid_command,
-    "command_in_complete": _command_in_complete,
+    "foreign_encoding": _foreign_encoding,
+    "type_line": _type_line,
+    "cr_only": _cr_only_line_ends,
 }
 
 

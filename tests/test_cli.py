@@ -112,11 +112,13 @@ def test_failure_in_last_table_replaces_no_output(site: Site) -> None:
     assert site.snapshot() == before
 
 
-def test_change_file_in_complete_mode_is_refused(site: Site) -> None:
-    site.write("Entries.csv", b"Command,id,name\ninsert,1,a\n")
+def test_change_file_in_complete_mode_is_replayed_into_the_baseline(site: Site) -> None:
+    site.write("Entries.csv", b"Command,id,name\nAdd,2,Bob\ninsert,1,Ann\ndelete,2,Bob\n,3,Cy\n")
     code, _, err = site.run("complete")
-    assert code == 1
-    assert "command column 'Command' found" in err and "line 1" in err
+    assert code == 0, err
+    assert site.output("Entries.sorted.csv") == b"id,name\n1,Ann\n3,Cy\n"
+    assert site.output("Entries.duplicates.csv") == b"command,id,name\nmerge,2,Bob\ndelete,2,Bob\n"
+    assert (site.previous / "Entries.sorted.csv").read_bytes() == b"id,name\n1,Ann\n3,Cy\n"
 
 
 def test_incremental_without_baseline_asks_for_complete(site: Site) -> None:

@@ -110,6 +110,23 @@ def test_change_file_matches_reference(case: Any, budget: int, read_block: int |
 
 
 @SETTINGS
+@given(
+    case=change_file_cases(replay=True),
+    mode=st.sampled_from(["initial", "complete", "Complete"]),
+    budget=budgets,
+    read_block=read_blocks,
+)
+def test_replayed_change_file_matches_reference(
+    case: Any, mode: str, budget: int, read_block: int | None
+) -> None:
+    """initial/complete: the change stream replayed from empty into a full extract."""
+    options = {"mode": mode, "separator": case.separator, "command_column": case.command_column}
+    assert native(case.data, case.spec, budget, read_block, **options) == reference(
+        case.data, case.spec, **options
+    )
+
+
+@SETTINGS
 @given(case=incremental_cases(), budget=budgets, read_block=read_blocks)
 def test_delta_matches_reference_and_applies(
     case: Any, budget: int, read_block: int | None

@@ -66,11 +66,12 @@ def test_change_file_keeps_last_change_per_key(site: Site) -> None:
     )
     code, out, err = site.run("incremental", "--command-column", "command")
     assert code == 0, err
+    # the command's header is "command" whatever the source spelled
     assert site.output("Entries.sorted.delta.csv") == (
-        b"COMMAND,id,name\ndelete,1,\nupdate,2,Bob\nmerge,3,Cy\n"
+        b"command,id,name\ndelete,1,\nupdate,2,Bob\nmerge,3,Cy\n"
     )
-    assert site.output("Entries.duplicates.csv") == b"COMMAND,id,name\ninsert,2,Bo\n"
-    assert site.output("Entries.nullpk.csv") == b"COMMAND,id,name\nmerge,,x\n"
+    assert site.output("Entries.duplicates.csv") == b"command,id,name\ninsert,2,Bo\n"
+    assert site.output("Entries.nullpk.csv") == b"command,id,name\nmerge,,x\n"
     assert baseline_of(site) == baseline  # a change file never moves the baseline
     assert "Entries" in out
 
@@ -92,7 +93,17 @@ def test_invalid_command_names_file_and_line(site: Site) -> None:
     code, _, err = site.run("incremental")
     assert code == 1
     assert "Entries.csv, line 4" in err
-    assert "invalid command 'upsert' (expected insert, update, delete or merge)" in err
+    assert "invalid command 'upsert' (expected insert, update, delete, merge or add)" in err
+    assert site.snapshot() == before
+
+
+def test_empty_command_in_an_incremental_change_file_names_file_and_line(site: Site) -> None:
+    assert site.run("complete")[0] == 0
+    before = site.snapshot()
+    site.write("Entries.csv", b"command,id,name\ninsert,1,a\n,2,b\n")
+    code, _, err = site.run("incremental")
+    assert code == 1
+    assert "Entries.csv, line 3 (byte 27): empty command" in err
     assert site.snapshot() == before
 
 
@@ -101,7 +112,7 @@ def test_custom_command_column(site: Site) -> None:
     site.write("Members.csv", b"Op,group,member\nmerge,g,u\n")
     code, _, err = site.run("incremental", "--command-column", "op")
     assert code == 0, err
-    assert site.output("Entries.sorted.delta.csv") == b"Op,id,name\ninsert,1,a\n"
+    assert site.output("Entries.sorted.delta.csv") == b"command,id,name\ninsert,1,a\n"
 
 
 def test_failure_in_one_table_leaves_every_baseline(site: Site) -> None:

@@ -142,11 +142,38 @@ def test_other_separator() -> None:
         (b"", 1, 0, "empty file (no header)"),
         (BOM, 1, 0, "empty file (no header)"),
         (b"\r\n\n", 1, 0, "empty file (no header)"),
+        (b'a,b\n1,"x"\r', 2, 9, "text after closing quote"),  # a CR at the end is no line end
     ],
 )
 def test_parse_errors(data: bytes, line: int, offset: int, problem: str) -> None:
     error = parse_error(data)
     assert (error.line, error.offset, error.problem) == (line, offset, problem)
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "offset", "problem"),
+    [
+        ("\ufeffid,name\r\n".encode("utf-16-le"), 1, 0, "UTF-16 LE file (byte-order mark FF FE)"),
+        ("\ufeffid\r\n".encode("utf-16-be"), 1, 0, "UTF-16 BE file (byte-order mark FE FF)"),
+        ("\ufeffid\n".encode("utf-32-le"), 1, 0, "UTF-32 LE file (byte-order mark FF FE 00 00)"),
+        ("\ufeffid\n".encode("utf-32-be"), 1, 0, "UTF-32 BE file (byte-order mark 00 00 FE FF)"),
+        (b"#TYPE System.Management.Automation.PSCustomObject\r\n", 1, 0, "the first line is"),
+        (BOM + b'\n#TYPE x\n"id"\n', 2, 4, "the first line is PowerShell type information"),
+        (b"id,name,dept\rE1,al,IT\r", 1, 12, "bare CR in the header line"),
+        (b'"id","name"\r"1","x"\r', 1, 11, "bare CR in the header line"),  # after a quote
+        (b"a\r", 1, 1, "bare CR in the header line"),  # at the very end too
+    ],
+)
+def test_refused_exports_name_their_cause(
+    data: bytes, line: int, offset: int, problem: str
+) -> None:
+    error = parse_error(data)
+    assert (error.line, error.offset) == (line, offset)
+    assert error.problem.startswith(problem)
+
+
+def test_a_cr_inside_quotes_in_the_header_is_a_value_byte() -> None:
+    assert rows_of(b'"a\rb",c\n1,2\n') == [[b"a\rb", b"c"], [b"1", b"2"]]
 
 
 def test_input_error_message_names_file_line_and_byte() -> None:
@@ -156,13 +183,24 @@ def test_input_error_message_names_file_line_and_byte() -> None:
 
 def test_header_errors() -> None:
     error = input_error(b"id,Name,ID\n")
-    assert (error.line, error.offset, error.problem) == (1, None, "duplicated header name 'ID'")
-    # an unkept, empty name is fine once; twice it is duplicated
-    assert reference_prepare(b",id,name\n", ENTITY).kept == 0
-    assert input_error(b",id,,name\n").problem == "duplicated header name ''"
+    assert (error.line, error.offset, error.problem) == (1, 8, "duplicated header name 'ID'")
+    error = input_error(BOM + b'"id",x,"Id"\n')  # the offset of the later name's quote
+    assert (error.line, error.offset, error.problem) == (1, 10, "duplicated header name 'Id'")
+    # the command column is read too, so it must be unambiguous
+    error = input_error(b"id,command,name,COMMAND\n")
+    assert (error.offset, error.problem) == (16, "duplicated header name 'COMMAND'")
     spec = Spec("T", ("id", "Mail"), ("id",))
-    error = input_error(b"id,name\n", spec)
-    assert (error.line, error.problem) == (1, "column 'Mail' is missing from the header")
+    error = input_error(BOM + b"id,name\n", spec)
+    assert (error.line, error.offset, error.problem) == (
+        1,
+        3,
+        "column 'Mail' is missing from the header",
+    )
+
+
+def test_unread_header_names_may_be_empty_or_repeated() -> None:
+    result = reference_prepare(b",id,,name,x,X\na,1,,n,2,3\n", ENTITY)
+    assert result.files["sorted"] == b"id,name\n1,n\n"
 
 
 def test_the_header_is_checked_before_later_rows() -> None:
@@ -182,7 +220,7 @@ def test_the_header_is_checked_before_later_rows() -> None:
         ([b"a,b", b"c;d"], b";", b'a,b;"c;d"\n'),
         ([b" a ", b"\x00\xc3\xa9\xf0\x9f\x98\x80"], b",", b" a ,\x00\xc3\xa9\xf0\x9f\x98\x80\n"),
         ([b'"'], b",", b'""""\n'),
-        ([b""], b",", b"\n"),  # DESIGN.md: a one-column null row is an empty line
+        ([b""], b",", b'""\n'),  # one empty field: an empty line would read back as no row
     ],
 )
 def test_format_row(values: list[bytes], separator: bytes, line: bytes) -> None:
@@ -255,9 +293,10 @@ def test_composite_keys_compare_column_by_column() -> None:
     assert result.files["sorted"] == b"a,b\na,z\nab,a\n"
 
 
-def test_one_column_null_key_row_is_an_empty_line() -> None:
+def test_one_column_null_key_row_is_written_as_two_quotes() -> None:
     result = reference_prepare(b'id\n""\nx\n', Spec("T", ("ID",), ("id",)))
-    assert result.files["nullpk"] == b"id\n\n"
+    assert result.files["nullpk"] == b'id\n""\n'
+    assert rows_of(result.files["nullpk"]) == [[b"id"], [b""]]  # reads back as the row
     assert result.files["sorted"] == b"id\nx\n"
 
 
@@ -364,9 +403,10 @@ def test_change_file() -> None:
     )
     result = reference_prepare(data, ENTITY, mode="incremental", baseline=None)
     assert result.files == {  # no "sorted": a change file never becomes a baseline
-        "delta": b"Command,id,name\nupdate,a,al\ndelete,b,bob2\nmerge,c,cy\n",
-        "nullpk": b"Command,id,name\nmerge,,x\n",
-        "duplicates": b"Command,id,name\ninsert,b,bob\n",
+        # the command's header is "command" whatever the source spelled
+        "delta": b"command,id,name\nupdate,a,al\ndelete,b,bob2\nmerge,c,cy\n",
+        "nullpk": b"command,id,name\nmerge,,x\n",
+        "duplicates": b"command,id,name\ninsert,b,bob\n",
     }
     assert (result.rows_read, result.kept, result.null_keys, result.duplicates) == (5, 3, 1, 1)
     assert (result.inserts, result.updates, result.deletes, result.merges) == (0, 1, 1, 1)
@@ -376,26 +416,64 @@ def test_change_file_with_another_command_column() -> None:
     result = reference_prepare(
         b"OP,id,name\ninsert,a,1\n", ENTITY, mode="incremental", command_column="op"
     )
-    assert result.files["delta"] == b"OP,id,name\ninsert,a,1\n"
+    assert result.files["delta"] == b"command,id,name\ninsert,a,1\n"
+
+
+def test_commands_in_any_case_and_add_means_merge() -> None:
+    data = b"Command,id,name\nAdd,a,1\nINSERT,b,2\nuPdAtE,c,3\nDelete,d,4\nmErGe,e,5\nADD,f,6\n"
+    result = reference_prepare(data, ENTITY, mode="incremental")
+    assert result.files["delta"] == (
+        b"command,id,name\nmerge,a,1\ninsert,b,2\nupdate,c,3\ndelete,d,4\nmerge,e,5\nmerge,f,6\n"
+    )
+    assert (result.inserts, result.updates, result.deletes, result.merges) == (1, 1, 1, 3)
 
 
 def test_invalid_command() -> None:
     error = input_error(b"id,command,name\na,insert,1\nb,upsert,2\nc,bad,3\n", mode="incremental")
     assert (error.line, error.offset) == (3, 27)
-    assert error.problem == "invalid command 'upsert' (expected insert, update, delete or merge)"
-    error = input_error(b'id,command,name\na,"del\nete",1\n', mode="incremental")
-    assert error.problem == "invalid command 'del ete' (expected insert, update, delete or merge)"
-    assert input_error(b"id,command,name\n,,1\n", mode="incremental").problem.startswith(
-        "invalid command ''"  # checked before the null key
+    assert (
+        error.problem == "invalid command 'upsert' (expected insert, update, delete, merge or add)"
+    )
+    error = input_error(b'id,command,name\na,"del\nete",1\n', mode="complete")
+    assert (
+        error.problem == "invalid command 'del ete' (expected insert, update, delete, merge or add)"
+    )
+    error = input_error(b"id,command,name\na,insert,1\n,,1\n", mode="incremental")
+    assert (error.line, error.offset, error.problem) == (
+        3,
+        27,
+        "empty command (expected insert, update, delete, merge or add)",  # before the null key
+    )
+    assert input_error(b'id,command,name\nb,"",2\n', mode="incremental").problem.startswith(
+        "empty command"  # "" is empty too
     )
 
 
-def test_change_file_in_complete_mode() -> None:
-    error = input_error(b"id,COMMAND,name\na,insert,1\n", mode="complete")
-    assert (error.line, error.problem) == (
-        1,
-        "command column 'COMMAND' found: a change file needs --synchronization-mode incremental",
+def test_change_file_in_complete_mode_is_replayed_from_empty() -> None:
+    data = (
+        b"id,COMMAND,name\n"
+        b"b,insert,bob\n"
+        b"a,Add,al\n"
+        b"c,insert,cy\n"
+        b"b,update,bobby\n"  # the last row of a key wins
+        b"c,delete,cy\n"  # a final delete: c is absent
+        b",insert,nobody\n"
+        b"d,,dan\n"  # an empty command is an insert
+        b"e,delete,eve\n"
+        b"e,merge,eve2\n"  # deleted, then back
     )
+    for mode in ("complete", "Initial"):
+        result = reference_prepare(data, ENTITY, mode=mode)
+        assert result.files == {
+            "sorted": b"id,name\na,al\nb,bobby\nd,dan\ne,eve2\n",  # no command: a full extract
+            "nullpk": b"command,id,name\ninsert,,nobody\n",
+            # superseded rows and final deletes, in key order then input order
+            "duplicates": (
+                b"command,id,name\ninsert,b,bob\ninsert,c,cy\ndelete,c,cy\ndelete,e,eve\n"
+            ),
+        }
+        assert (result.rows_read, result.kept, result.null_keys, result.duplicates) == (9, 4, 1, 4)
+        assert (result.inserts, result.updates, result.deletes, result.merges) == (0, 0, 0, 0)
 
 
 def test_a_kept_command_column_is_just_a_column() -> None:
@@ -458,7 +536,7 @@ def test_every_row_lands_in_exactly_one_file(case: CsvCase) -> None:
     assert len(kept) == result.kept
     assert len(rows_of(result.files["duplicates"], sep)) - 1 == result.duplicates
     if len(header) == 1:  # one-column null rows are empty lines, which parsing would skip
-        assert result.files["nullpk"] == format_row(header, sep) + b"\n" * result.null_keys
+        assert result.files["nullpk"] == format_row(header, sep) + b'""\n' * result.null_keys
     else:
         assert len(rows_of(result.files["nullpk"], sep)) - 1 == result.null_keys
 
@@ -527,14 +605,16 @@ def test_change_file_keeps_the_last_change_per_key(case: CsvCase) -> None:
     )
     assert "sorted" not in result.files
     header, *delta = rows_of(result.files["delta"], case.separator.encode())
-    assert fold(header[0].decode()) == fold(case.command_column)
-    source = [case.header.index(name.decode()) for name in header]
+    assert header[0] == b"command"
+    command_at = [fold(name) for name in case.header].index(fold(case.command_column))
+    source = [command_at] + [case.header.index(name.decode()) for name in header[1:]]
     positions = key_positions(case.spec, header)
     last = {}
     for row in case.rows:
         key = tuple(row[source[i]] for i in positions)
         if b"" not in key:
-            last[key] = [row[i].lower() if n == 0 else row[i] for n, i in enumerate(source)]
+            command = row[command_at].lower().replace(b"add", b"merge")
+            last[key] = [command if n == 0 else row[i] for n, i in enumerate(source)]
     assert delta == [last[key] for key in sorted(last)]
     assert all(row[0] in COMMANDS for row in delta)
     counts = (result.inserts, result.updates, result.deletes, result.merges)
