@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test compile debug test-debug test-asan lint typecheck bench clean
+.PHONY: demo test compile debug test-debug test-asan lint typecheck bench fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,18 @@ lint: $(PY)
 bench: $(PY)
 	$(PY) -m pip install -q -e . -r bench/requirements.txt
 	$(PY) bench/run.py
+
+# The fuzz target for the tokenizer and the configuration reader, for FUZZ_SECONDS: coverage-
+# guided with atheris where it installs (the optional `fuzz` extra), else the seeded mutator.
+FUZZ_SECONDS ?= 600
+fuzz: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	if $(PY) -m pip install -q -e '.[fuzz]'; then \
+		$(PY) -m tests.fuzz --atheris --seconds $(FUZZ_SECONDS); \
+	else \
+		echo "atheris does not install here: using the seeded mutator"; \
+		$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS); \
+	fi
 
 clean:
 	rm -rf build prepsync/_*.c prepsync/*.so *.egg-info
