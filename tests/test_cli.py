@@ -205,3 +205,81 @@ def test_api_url_needs_client_credentials(site: Site) -> None:
     code, _, err = site.run("complete", "--api-url", "http://127.0.0.1:9")
     assert code == 2
     assert "--api-url needs --api-client-id and --api-secret" in err
+
+
+def _powershell_rows(rows: list[list[str]]) -> str:
+    """Rows as Windows PowerShell 5.1's Export-Csv writes them: every field quoted, CRLF."""
+    return "".join(",".join(f'"{value}"' for value in row) + "\r\n" for row in rows)
+
+
+ROWS = [["id", "name"], ["1", "Ann"], ["2", "Bob"]]
+REFUSED_EXPORTS = [
+    pytest.param(
+        # Export-Csv -Encoding Unicode (and Out-File's default): UTF-16 LE with its mark
+        b"\xff\xfe" + _powershell_rows(ROWS).encode("utf-16-le"),
+        "line 1 (byte 0): UTF-16 LE file (byte-order mark FF FE): save it as UTF-8 "
+        "(Windows PowerShell: Export-Csv -Encoding UTF8)",
+        id="utf-16-le",
+    ),
+    pytest.param(
+        # Export-Csv without -NoTypeInformation: the type line, then the quoted header
+        ("#TYPE System.Management.Automation.PSCustomObject\r\n" + _powershell_rows(ROWS)).encode(),
+        "line 1 (byte 0): the first line is PowerShell type information ('#TYPE ...'), not a "
+        "header: export with Export-Csv -NoTypeInformation",
+        id="type-line",
+    ),
+    pytest.param(
+        # Excel's "CSV (Macintosh)": CR-only line ends, which once read as one header line
+        b"id,name\rE1,Ann\rE2,Bob\r",
+        "line 1 (byte 7): bare CR in the header line: the file has CR-only line ends",
+        id="cr-only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), REFUSED_EXPORTS)
+def test_refused_exports_name_the_cause_and_change_nothing(
+    site: Site, data: bytes, message: str
+) -> None:
+    assert site.run("complete")[0] == 0
+    before = site.snapshot()
+    site.write("Entries.csv", data)
+    for mode in ("complete", "incremental"):
+        code, _, err = site.run(mode)
+        assert code == 1
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("error: ") and f"Entries.csv, {message}" in err
+        assert site.snapshot() == before  # no output replaced, baseline as it was
+
+
+def test_a_lone_cr_at_the_end_of_the_file_is_a_value_byte(site: Site) -> None:
+    site.write("Entries.csv", b"id,name\n2,Bob\n1,Ann\r")
+    code, _, err = site.run("complete")
+    assert code == 0, err
+    assert site.output("Entries.sorted.csv") == b'id,name\n1,"Ann\r"\n2,Bob\n'
+
+
+def test_a_one_column_null_key_row_is_written_as_two_quotes(site: Site) -> None:
+    site.config.write_text(
+        "<ConfigurationFile><EntityTypeMapping Identifier='E' Connector='AD' "
+        "ConnectionTable='Entries'><Property Identifier='id' ConnectionColumn='id' "
+        "IsPrimaryKey='true' /></EntityTypeMapping></ConfigurationFile>"
+    )
+    site.write("Entries.csv", b'id,other\n"",x\n1,y\n')
+    code, _, err = site.run("complete")
+    assert code == 0, err
+    assert site.output("Entries.nullpk.csv") == b'id\n""\n'
+
+
+def test_unread_header_names_may_be_empty_or_repeated(site: Site) -> None:
+    site.write("Entries.csv", b"id,,name,x,X,\n2,a,Bob,b,c,d\n1,e,Ann,f,g,h\n")
+    code, _, err = site.run("complete")
+    assert code == 0, err
+    assert site.output("Entries.sorted.csv") == b"id,name\n1,Ann\n2,Bob\n"
+
+
+def test_a_duplicated_kept_name_is_named_with_its_byte(site: Site) -> None:
+    site.write("Entries.csv", b'\xef\xbb\xbfid,name,"NAME"\n1,a,b\n')
+    code, _, err = site.run("complete")
+    assert code == 1
+    assert "Entries.csv, line 1 (byte 11): duplicated header name 'NAME'" in err
