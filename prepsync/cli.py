@@ -266,7 +266,7 @@ def prepare(
       130  interrupted (Ctrl-C)
     """
     from prepsync import config as configuration
-    from prepsync import pipeline, staging
+    from prepsync import pipeline
 
     level = _configure_logging(log_level)
     separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
@@ -280,8 +280,16 @@ def prepare(
         raise click.UsageError(
             "--api-url needs --api-client-id and --api-secret (or PREPSYNC_API_SECRET)"
         )
-    sources = _under(temp_folder, sources_directory)
-    working = _under(work_folder, working_directory)
+    request = pipeline.PrepareRequest(
+        connector=connector,
+        mode=mode,
+        sources_dir=_under(temp_folder, sources_directory),
+        working_dir=_under(work_folder, working_directory),
+        memory_budget=memory_budget,
+        separator=separator,
+        command_column=command_column,
+        parallel=parallel,
+    )
     tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
     delivery = None
@@ -300,18 +308,7 @@ def prepare(
                 retry=RetryPolicy(total_seconds=api_retry_seconds),
             ) as api:
                 run, delivery = synchronize(
-                    api,
-                    connector=connector,
-                    agent=agent,
-                    mode=mode,
-                    tables=tables,
-                    sources_dir=sources,
-                    working_dir=working,
-                    command_column=command_column,
-                    separator=separator,
-                    memory_budget=memory_budget,
-                    progress=progress,
-                    parallel=parallel,
+                    api, request, agent=agent, tables=tables, progress=progress
                 )
                 if progress:
                     progress.close()
@@ -328,20 +325,7 @@ def prepare(
                         _print_review_commands(delivery, api_url, api_client_id)
         else:
             assert tables is not None
-            with staging.working_lock(working):
-                run = pipeline.prepare_connector(
-                    tables,
-                    sources,
-                    working,
-                    connector=connector,
-                    mode=mode.lower(),
-                    command_column=command_column,
-                    separator=separator,
-                    memory_budget=memory_budget,
-                    progress=progress,
-                    parallel=parallel,
-                )
-                pipeline.advance_baselines(run)
+            run = pipeline.run_offline(tables, request, progress=progress)
             if progress:
                 progress.close()
             for line in summary_lines(run):

@@ -116,15 +116,10 @@ def run_demo(echo: Callable[[str], None], folder: Path | None = None) -> list[pi
                     echo("")
                     echo("The next day: 3 entries updated, 2 deleted, 2 created.")
                 echo(f"== {mode} synchronization of connector {CONNECTOR}")
-                run, delivery = synchronize(
-                    api,
-                    connector=CONNECTOR,
-                    agent="demo",
-                    mode=mode,
-                    tables=None,
-                    sources_dir=sources,
-                    working_dir=working,
+                request = pipeline.PrepareRequest(
+                    connector=CONNECTOR, mode=mode, sources_dir=sources, working_dir=working
                 )
+                run, delivery = synchronize(api, request, agent="demo", tables=None)
                 runs.append(run)
                 for line in summary_lines(run):
                     echo(line)

@@ -33,8 +33,8 @@ from prepsync.staging import (
     StagedFiles,
     crash_point,
     link_or_copy,
-    recover,
     remove_leftovers,
+    require_lock,
     spill_directory,
     temp_name,
     working_lock,
@@ -442,27 +442,47 @@ def prepare_table(
         staged.discard()
 
 
+@dataclass(frozen=True)
+class PrepareRequest:
+    """What one prepare run was asked to do, built once (by the CLI or an API caller) and
+    passed down whole, so each function takes the settings as one value."""
+
+    connector: str
+    mode: str  # one of MODES, lower case (any case is accepted and folded)
+    sources_dir: Path
+    working_dir: Path
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # for the whole run, shared by parallel tables
+    separator: str = ","
+    command_column: str = "command"
+    parallel: int | None = None  # tables cleansed at once; None: one per core
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", self.mode.lower())
+        if self.mode not in MODES:
+            raise UsageError(f"unknown synchronization mode {self.mode!r}")
+
+    @property
+    def baseline_dir(self) -> Path:
+        return self.sources_dir / BASELINE_DIR
+
+
 @dataclass
 class RunResult:
     """One prepare run over every table of a connector."""
 
-    connector: str
-    mode: str
+    request: PrepareRequest
     tables: list[TableResult]
     seconds: float
     peak_rss: int
-    memory_budget: int
-    sources_dir: Path
-    working_dir: Path
     # Legal but suspicious outcomes, each logged as a warning when found: {"table", "kind",
     # "message", ...}; kind "shrink" adds "rows" and "baseline_rows".
     warnings: list[dict[str, object]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
-            "connector": self.connector,
-            "mode": self.mode,
-            "memory_budget": self.memory_budget,
+            "connector": self.request.connector,
+            "mode": self.request.mode,
+            "memory_budget": self.request.memory_budget,
             "seconds": self.seconds,
             "peak_rss": self.peak_rss,
             "tables": [table.to_json() for table in self.tables],
@@ -521,82 +541,75 @@ def default_parallelism(tables: int) -> int:
     return max(1, min(tables, os.cpu_count() or 1))
 
 
+def run_offline(
+    tables: Sequence[TableSpec], request: PrepareRequest, *, progress: Progress | None = None
+) -> RunResult:
+    """An offline run: cleanse every table, then make the outputs the baselines, under one
+    hold of the working directory's lock (the online twin is :func:`prepsync.sync.synchronize`)."""
+    with working_lock(request.working_dir):
+        run = prepare_connector(tables, request, progress=progress)
+        advance_baselines(run)
+    return run
+
+
 def prepare_connector(
-    tables: Sequence[TableSpec],
-    sources_dir: Path,
-    working_dir: Path,
-    *,
-    connector: str,
-    mode: str,
-    command_column: str = "command",
-    separator: str = ",",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    progress: Progress | None = None,
-    parallel: int | None = None,
+    tables: Sequence[TableSpec], request: PrepareRequest, *, progress: Progress | None = None
 ) -> RunResult:
     """Cleanse every table; all outputs appear together, only if every table succeeded.
 
-    Up to ``parallel`` tables (default: one per core) are cleansed at once, each with an equal
-    share of the memory budget, so the whole run stays within it. The baselines are not touched:
-    call :func:`advance_baselines` once the outputs have been accepted (at once for an offline
-    run, after the server's commit otherwise).
+    The caller holds :func:`~prepsync.staging.working_lock` on the working directory (as
+    :func:`run_offline` and :func:`prepsync.sync.synchronize` do). Up to ``request.parallel``
+    tables (default: one per core) are cleansed at once, each with an equal share of the
+    memory budget, so the whole run stays within it. The baselines are not touched: call
+    :func:`advance_baselines` once the outputs have been accepted (at once for an offline run,
+    after the server's commit otherwise).
     """
     started = time.monotonic()
-    mode = mode.lower()
-    baseline_dir = sources_dir / BASELINE_DIR
-    workers = max(1, min(parallel or default_parallelism(len(tables)), len(tables) or 1))
-    share = memory_budget // workers
-    with working_lock(working_dir):
-        recover(working_dir)
-        remove_leftovers(working_dir, baseline_dir)
-        sources = [find_source(sources_dir, spec.name) for spec in tables]
-        staged = StagedFiles(working_dir)
-        failure = _FirstFailure(len(tables))
-        try:
-            with spill_directory(working_dir) as spill:
+    working_dir, baseline_dir = request.working_dir, request.baseline_dir
+    workers = max(1, min(request.parallel or default_parallelism(len(tables)), len(tables) or 1))
+    share = request.memory_budget // workers
+    require_lock(working_dir)
+    remove_leftovers(working_dir, baseline_dir)
+    sources = [find_source(request.sources_dir, spec.name) for spec in tables]
+    staged = StagedFiles(working_dir)
+    failure = _FirstFailure(len(tables))
+    try:
+        with spill_directory(working_dir) as spill:
 
-                def cleanse(index: int) -> TableResult:
-                    own_spill = spill / str(index)  # run file names are per engine
-                    own_spill.mkdir()
-                    spec = tables[index]
-                    return stage_table(
-                        sources[index],
-                        spec,
-                        working_dir,
-                        staged,
-                        mode=mode,
-                        baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
-                        command_column=command_column,
-                        separator=separator,
-                        memory_budget=share,
-                        spill_dir=own_spill,
-                        progress=progress,
-                        should_stop=lambda: failure.stops(index),
-                    )
-
-                results = _run_all(cleanse, len(tables), workers, failure)
-            crash_point("staged")
-            staged.commit()
-        finally:
-            staged.discard()
-        warnings = [
-            warning
-            for result in results
-            if (
-                warning := shrink_warning(
-                    result, baseline_dir / f"{result.table}{SUFFIXES['sorted']}"
+            def cleanse(index: int) -> TableResult:
+                own_spill = spill / str(index)  # run file names are per engine
+                own_spill.mkdir()
+                spec = tables[index]
+                return stage_table(
+                    sources[index],
+                    spec,
+                    working_dir,
+                    staged,
+                    mode=request.mode,
+                    baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
+                    command_column=request.command_column,
+                    separator=request.separator,
+                    memory_budget=share,
+                    spill_dir=own_spill,
+                    progress=progress,
+                    should_stop=lambda: failure.stops(index),
                 )
-            )
-        ]
+
+            results = _run_all(cleanse, len(tables), workers, failure)
+        crash_point("staged")
+        staged.commit()
+    finally:
+        staged.discard()
+    warnings = [
+        warning
+        for result in results
+        if (warning := shrink_warning(result, baseline_dir / f"{result.table}{SUFFIXES['sorted']}"))
+    ]
     return RunResult(
-        connector=connector,
-        mode=mode,
+        request=request,
         tables=results,
         seconds=time.monotonic() - started,
         peak_rss=peak_rss(),
-        memory_budget=memory_budget,
-        sources_dir=sources_dir,
-        working_dir=working_dir,
         warnings=warnings,
     )
 
@@ -661,33 +674,32 @@ def advance_baselines(run: RunResult) -> list[Path]:
     have a ``.sorted.csv``; an incremental change file has none and its table keeps its
     baseline.
     """
-    baseline_dir = run.sources_dir / BASELINE_DIR
+    baseline_dir = run.request.baseline_dir
     baseline_dir.mkdir(parents=True, exist_ok=True)
-    with working_lock(run.working_dir):
-        recover(run.working_dir)
-        staged = StagedFiles(run.working_dir)
-        targets = []
-        try:
-            for table in run.tables:
-                if "sorted" not in table.outputs:
-                    continue
-                target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
-                temp = temp_name(target)
-                link_or_copy(Path(table.outputs["sorted"]), temp)
-                staged.add(target, temp, backup=True)
-                targets.append(target)
-                # Its row count, in the same commit. A result rebuilt from the session journal
-                # after a crash (no source) has no counts: null makes the next run count.
-                sidecar = baseline_dir / f"{table.table}{BASELINE_ROWS_SUFFIX}"
-                _write_synced(
-                    temp_name(sidecar),
-                    {"rows": table.kept if table.source else None, "bytes": temp.stat().st_size},
-                )
-                staged.add(sidecar, temp_name(sidecar))
-            crash_point("baselines-staged")
-            staged.commit()
-        finally:
-            staged.discard()
+    require_lock(run.request.working_dir)
+    staged = StagedFiles(run.request.working_dir)
+    targets = []
+    try:
+        for table in run.tables:
+            if "sorted" not in table.outputs:
+                continue
+            target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
+            temp = temp_name(target)
+            link_or_copy(Path(table.outputs["sorted"]), temp)
+            staged.add(target, temp, backup=True)
+            targets.append(target)
+            # Its row count, in the same commit. A result rebuilt from the session journal
+            # after a crash (no source) has no counts: null makes the next run count.
+            sidecar = baseline_dir / f"{table.table}{BASELINE_ROWS_SUFFIX}"
+            _write_synced(
+                temp_name(sidecar),
+                {"rows": table.kept if table.source else None, "bytes": temp.stat().st_size},
+            )
+            staged.add(sidecar, temp_name(sidecar))
+        crash_point("baselines-staged")
+        staged.commit()
+    finally:
+        staged.discard()
     return targets
 
 

@@ -91,9 +91,9 @@ def summary_lines(run: RunResult) -> list[str]:
         for r in rows
     ]
     lines.append(
-        f"{run.mode} run of {run.connector}: {len(run.tables)} table(s) in "
+        f"{run.request.mode} run of {run.request.connector}: {len(run.tables)} table(s) in "
         f"{run.seconds:.2f} s, peak memory {format_size(run.peak_rss)} "
-        f"(budget {format_size(run.memory_budget)})"
+        f"(budget {format_size(run.request.memory_budget)})"
     )
     return lines
 

@@ -154,39 +154,41 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_held_locks: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth) held by this process
+_held_locks: set[Path] = set()  # working directories whose lock this process holds
 
 
 @contextlib.contextmanager
 def working_lock(working_dir: Path) -> Iterator[None]:
-    """One run at a time per working directory; then leftovers of killed runs can go.
+    """One run at a time per working directory, held once per run by its entry point.
 
-    Re-entrant within a process, so that an online run can hold it from the first step to the
-    baseline advance while prepare_connector() and advance_baselines() take it too.
+    Taking it first finishes a commit that a crashed run left (:func:`recover`), so a holder
+    always sees whole generations of files, and may remove a killed run's leftovers.
     """
     working_dir.mkdir(parents=True, exist_ok=True)
     key = working_dir.resolve()
     if key in _held_locks:
-        fd, depth = _held_locks[key]
-        _held_locks[key] = (fd, depth + 1)
-        try:
-            yield
-        finally:
-            _held_locks[key] = (fd, depth)
-        return
+        raise RuntimeError(f"working_lock({working_dir}) is already held by this process")
     fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"another prepsync run is using {working_dir}") from None
-        _held_locks[key] = (fd, 1)
+        _held_locks.add(key)
         try:
+            recover(working_dir)
             yield
         finally:
-            del _held_locks[key]
+            _held_locks.discard(key)
     finally:
         os.close(fd)
+
+
+def require_lock(working_dir: Path) -> None:
+    """Functions that change a working directory's files call this: they run inside a run's
+    :func:`working_lock`, never beside another run."""
+    if working_dir.resolve() not in _held_locks:
+        raise RuntimeError(f"{working_dir}: call this inside staging.working_lock()")
 
 
 def remove_leftovers(*folders: Path) -> None:

@@ -118,7 +118,7 @@ class SessionJournal:
 
 def files_to_send(run: pipeline.RunResult) -> list[Path]:
     """The ``.sorted.csv`` of each table (initial/complete) or its delta (incremental)."""
-    kind = "delta" if run.mode == "incremental" else "sorted"
+    kind = "delta" if run.request.mode == "incremental" else "sorted"
     return [Path(table.outputs[kind]) for table in run.tables]
 
 
@@ -132,16 +132,10 @@ def _run_from_journal(entry: dict[str, Any], sources: Path, working: Path) -> pi
         )
         for t in entry["tables"]
     ]
-    return pipeline.RunResult(
-        connector=entry["connector"],
-        mode=entry["mode"],
-        tables=tables,
-        seconds=0.0,
-        peak_rss=0,
-        memory_budget=0,
-        sources_dir=sources,
-        working_dir=working,
+    request = pipeline.PrepareRequest(
+        connector=entry["connector"], mode=entry["mode"], sources_dir=sources, working_dir=working
     )
+    return pipeline.RunResult(request=request, tables=tables, seconds=0.0, peak_rss=0)
 
 
 def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | None:
@@ -203,25 +197,19 @@ def _cancel_orphans(api: ApiClient, connector: str, agent: str | None) -> None:
 
 def synchronize(
     api: ApiClient,
+    request: pipeline.PrepareRequest,
     *,
-    connector: str,
     agent: str,
-    mode: str,
     tables: Sequence[TableSpec] | None,
-    sources_dir: Path,
-    working_dir: Path,
-    command_column: str = "command",
-    separator: str = ",",
-    memory_budget: int = pipeline.DEFAULT_MEMORY_BUDGET,
     progress: pipeline.Progress | None = None,
-    parallel: int | None = None,
 ) -> tuple[pipeline.RunResult, Delivery]:
-    """Prepare every table and deliver the result to the server exactly once."""
-    mode = mode.lower()
-    journal = SessionJournal(working_dir)
-    with staging.working_lock(working_dir):
-        staging.recover(working_dir)
-        recovered = finish_interrupted(api, sources_dir, working_dir)
+    """An online run: prepare every table and deliver the result to the server exactly once,
+    under one hold of the working directory's lock (the offline twin is
+    :func:`prepsync.pipeline.run_offline`). ``tables`` None: the server's mappings."""
+    connector, mode = request.connector, request.mode
+    journal = SessionJournal(request.working_dir)
+    with staging.working_lock(request.working_dir):
+        recovered = finish_interrupted(api, request.sources_dir, request.working_dir)
         if tables is None:
             tables = resolve_tables(
                 api.mappings(connector), source=f"server mappings of {connector}"
@@ -229,7 +217,7 @@ def synchronize(
         intent = {"session": None, "connector": connector, "agent": agent, "mode": mode}
         journal.write({**intent, "tables": None})
         try:
-            session_id = api.open_session(connector, agent, mode, separator)
+            session_id = api.open_session(connector, agent, mode, request.separator)
         except ServerError as error:
             if error.status is not None:  # refused: no session was opened
                 journal.remove()
@@ -239,18 +227,7 @@ def synchronize(
         journal.write({**intent, "session": session_id, "tables": None})
         committing = False
         try:
-            run = pipeline.prepare_connector(
-                tables,
-                sources_dir,
-                working_dir,
-                connector=connector,
-                mode=mode,
-                command_column=command_column,
-                separator=separator,
-                memory_budget=memory_budget,
-                progress=progress,
-                parallel=parallel,
-            )
+            run = pipeline.prepare_connector(tables, request, progress=progress)
             journal.write(
                 {
                     **intent,

@@ -33,15 +33,14 @@ def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pipeline.prepare_connector(
-            [SPEC],
-            sources,
-            working,
+        request = pipeline.PrepareRequest(
             connector="C",
             mode="complete",
+            sources_dir=sources,
+            working_dir=working,
             memory_budget=1 << 20,
-            progress=interrupt,
         )
+        pipeline.run_offline([SPEC], request, progress=interrupt)
     assert "read" in calls
     assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
     assert sorted(p.name for p in working.iterdir()) == [staging.LOCK]

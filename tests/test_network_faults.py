@@ -27,6 +27,7 @@ from chaos import (
 )
 
 from prepsync.client import ApiClient, RetryPolicy
+from prepsync.pipeline import PrepareRequest
 from prepsync.sync import synchronize
 
 TOKEN = r"^POST /connect/token"
@@ -111,15 +112,13 @@ def test_a_stall_past_the_client_timeout_is_retried(chain: Chain) -> None:
         chunk_size=16 << 10,
         retry=RetryPolicy(total_seconds=20, first_delay=0.05, max_delay=0.2),
     ) as api:
-        synchronize(
-            api,
+        request = PrepareRequest(
             connector=CONNECTOR,
-            agent="chaos",
             mode="incremental",
-            tables=None,
             sources_dir=chain.agent.sources,
             working_dir=chain.agent.working,
         )
+        synchronize(api, request, agent="chaos", tables=None)
     assert [action for _, action in chain.proxy.fired] == ["stall", "stall"]
     chain.assert_synchronized()
 

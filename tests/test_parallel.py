@@ -27,15 +27,15 @@ def write_tables(sources: Path, bad: Collection[int] = ()) -> None:
 
 def run(root: Path, parallel: int) -> dict[str, bytes]:
     working = root / f"out{parallel}"
-    pipeline.prepare_connector(
-        SPECS,
-        root,
-        working,
+    request = pipeline.PrepareRequest(
         connector="C",
         mode="complete",
+        sources_dir=root,
+        working_dir=working,
         memory_budget=1 << 20,
         parallel=parallel,
     )
+    pipeline.run_offline(SPECS, request)
     return {p.name: p.read_bytes() for p in sorted(working.glob("*.csv"))}
 
 

@@ -7,7 +7,14 @@ import json
 
 from sites import Site
 
-from prepsync.pipeline import RunResult, TableResult, advance_baselines, baseline_rows
+from prepsync.pipeline import (
+    PrepareRequest,
+    RunResult,
+    TableResult,
+    advance_baselines,
+    baseline_rows,
+)
+from prepsync.staging import working_lock
 
 ENTRIES_HEADER = b"id,name,ignored\n"
 
@@ -100,9 +107,11 @@ def test_a_run_rebuilt_from_the_session_journal_records_no_count(site: Site) -> 
     # from the journal, whose counts are unknown (no source): the sidecar says so.
     site.write("Entries.csv", entries(4))
     report(site, "complete")
+    request = PrepareRequest(
+        connector="AD", mode="complete", sources_dir=site.sources, working_dir=site.working
+    )
     run = RunResult(
-        connector="AD",
-        mode="complete",
+        request=request,
         tables=[
             TableResult(
                 table="Entries",
@@ -112,11 +121,9 @@ def test_a_run_rebuilt_from_the_session_journal_records_no_count(site: Site) -> 
         ],
         seconds=0.0,
         peak_rss=0,
-        memory_budget=0,
-        sources_dir=site.sources,
-        working_dir=site.working,
     )
-    advance_baselines(run)
+    with working_lock(site.working):
+        advance_baselines(run)
     sidecar = json.loads((site.previous / "Entries.rows.json").read_text())
     assert sidecar["rows"] is None
     assert baseline_rows(site.previous / "Entries.sorted.csv") == 4
