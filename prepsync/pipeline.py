@@ -38,6 +38,7 @@ from prepsync.staging import (
     spill_directory,
     temp_name,
     working_lock,
+    write_synced,
 )
 
 if TYPE_CHECKING:
@@ -691,20 +692,12 @@ def advance_baselines(run: RunResult) -> list[Path]:
             # Its row count, in the same commit. A result rebuilt from the session journal
             # after a crash (no source) has no counts: null makes the next run count.
             sidecar = baseline_dir / f"{table.table}{BASELINE_ROWS_SUFFIX}"
-            _write_synced(
-                temp_name(sidecar),
-                {"rows": table.kept if table.source else None, "bytes": temp.stat().st_size},
-            )
+            rows = table.kept if table.source else None
+            counts = {"rows": rows, "bytes": temp.stat().st_size}
+            write_synced(temp_name(sidecar), json.dumps(counts).encode("utf-8"))
             staged.add(sidecar, temp_name(sidecar))
         crash_point("baselines-staged")
         staged.commit()
     finally:
         staged.discard()
     return targets
-
-
-def _write_synced(path: Path, document: object) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        json.dump(document, out)
-        out.flush()
-        os.fsync(out.fileno())

@@ -59,7 +59,7 @@ class StagedFiles:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         with self._lock:
             self._files[slot] = (final, temp, fd)
-        os.write(fd, header)
+        write_all(fd, header, final)
         return fd
 
     def add(self, final: Path, temp: Path, *, backup: bool = False) -> None:
@@ -120,13 +120,35 @@ def _apply_journal(journal: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 backup_temp.unlink()
             os.link(final, backup_temp)
-            os.replace(backup_temp, backup)
-        os.replace(temp, final)
+            _replace(backup_temp, backup)
+        _replace(temp, final)
         crash_point("renamed")
     for folder in folders:
         fsync_dir(folder)
     journal.unlink()
     fsync_dir(journal.parent)
+
+
+def _replace(temp: Path, final: Path) -> None:
+    """os.replace(), and temp gone afterwards. When both names are links of one file (a
+    baseline advanced twice from the same output: on recovery, then by the run) rename() does
+    nothing and succeeds (POSIX), which would leave temp behind; final already holds the data.
+    """
+    os.replace(temp, final)
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(temp, final):
+            temp.unlink()
+
+
+def write_all(fd: int, data: bytes, final: Path) -> None:
+    """Write all of ``data`` (os.write may write part of it on a filling disk); an error names
+    the file it was for (os.write's own error names none)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as error:
+        raise OSError(error.errno, f"writing {final}: {error.strerror}") from None
 
 
 def recover(working_dir: Path) -> bool:
@@ -219,12 +241,27 @@ def atomic_write_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON: written to a temporary name, flushed, renamed, and
     the rename flushed too (without the directory fsync a crash could undo the rename)."""
     temp = temp_name(path)
-    with open(temp, "w", encoding="utf-8") as out:
-        json.dump(data, out)
-        out.flush()
-        os.fsync(out.fileno())
+    write_synced(temp, json.dumps(data).encode("utf-8"))
     os.replace(temp, path)
     fsync_dir(path.parent)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data``, flushed to disk. On failure (a full disk) nothing is
+    left and the error names the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data, path)
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            raise OSError(error.errno, f"flushing {path}: {error.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -86,6 +86,7 @@ def assert_recovered(server: Server, agent: Agent, expected: dict[str, list[tupl
         "uploaded",  # files on the server, session not committed
         "server-committed",  # server holds the changes, baselines not advanced
         "baselines-staged",  # the baseline commit not written yet
+        "committed:2",  # the baselines' commit written, not carried out
     ],
 )
 def test_agent_killed_at_a_crash_point(
