@@ -321,8 +321,8 @@ class Server:
     def get(self, path: str) -> httpx.Response:
         return self.http.get(path, headers=self._auth())
 
-    def post(self, path: str) -> httpx.Response:
-        return self.http.post(path, headers=self._auth())
+    def post(self, path: str, json: Any = None) -> httpx.Response:
+        return self.http.post(path, headers=self._auth(), json=json)
 
     def sessions(self) -> list[dict[str, Any]]:
         answer = self.get(f"/api/connectors/{CONNECTOR}/sessions")

@@ -1,0 +1,196 @@
+"""A disk filling up, on a small tmpfs mounted by the test (root and CAP_SYS_ADMIN needed, as
+in CI; skipped with the reason otherwise):
+
+- the agent's working directory, at every phase that writes there (the null-key output during
+  the read, the spill files, the outputs written by the merge, the delta): each run fails in one
+  line naming the problem, leaves nothing behind and the baselines as they were;
+- the server's data directory, during an upload (the agent retries, or fails cleanly and its
+  rerun completes) and during the apply (the server queues the session again and applies it
+  once there is room): nothing lost, nothing applied twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chaos import (
+    TABLES,
+    Agent,
+    Comparison,
+    Model,
+    MountRefused,
+    Server,
+    assert_clean_failure,
+    compare,
+    fill,
+    tmpfs,
+)
+from sites import entity_config, prepare_command
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    try:
+        with tmpfs(tmp_path / "disk", 16 << 20) as mount:
+            yield mount
+    except MountRefused as refused:
+        pytest.skip(f"no tmpfs to fill: {refused}")
+
+
+def write_source(path: Path, rows: int, day: int) -> None:
+    """Unsorted keys, a third of them null (the null-key output grows during the read), a few
+    repeated (the duplicates output); from one day to the next, 1 % of the values change."""
+    lines = ["id,v,ignored"]
+    for i in range(rows):
+        key = "" if i % 3 == 0 else f"{(i * 7919 - i % 50 // 49) % rows:07d}"
+        lines.append(f"{key},{'value-' * 3}{i}{'-new' * day if i % 100 == 1 else ''},x")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_working_directory_full_at_every_phase(tmp_path: Path, small_disk: Path) -> None:
+    sources = tmp_path / "src"
+    sources.mkdir()
+    config = tmp_path / "conf.xml"
+    config.write_text(entity_config("C", {"T": ("id", "v")}))
+    write_source(sources / "T.csv", 90_000, day=0)
+
+    def run(working: Path, mode: str) -> subprocess.CompletedProcess[str]:
+        command = prepare_command(config, sources, working, "--memory-budget", "1MiB", mode=mode)
+        return subprocess.run([*command, "--log-level", "Error"], capture_output=True, text=True)
+
+    assert run(tmp_path / "first", "complete").returncode == 0  # the baseline, on a big disk
+    write_source(sources / "T.csv", 90_000, day=1)  # today's export: the delta is small
+    baseline = {p.name: p.read_bytes() for p in (sources / "previous").iterdir()}
+    phases: dict[str, int] = {}
+    succeeded = 0
+    for leave in (0, 64 << 10, 512 << 10, 1536 << 10, 2 << 20, 3 << 20, 4 << 20, 5 << 20, 12 << 20):
+        working = small_disk / "Collect"
+        working.mkdir()
+        filler = fill(small_disk, leave)
+        done = run(working, "incremental")
+        filler.unlink()
+        if done.returncode == 0:
+            succeeded += 1
+            # Put the old baseline back: every attempt starts from the same state.
+            shutil.rmtree(sources / "previous")
+            (sources / "previous").mkdir()
+            for name, data in baseline.items():
+                (sources / "previous" / name).write_bytes(data)
+        else:
+            assert_clean_failure(done)
+            assert "No space left on device" in done.stderr, done.stderr
+            assert "table T: writing" in done.stderr or f"writing {working}" in done.stderr
+            for phase in ("null-key output", "spill file", "sorted output", "delta output"):
+                if phase in done.stderr:
+                    phases[phase] = phases.get(phase, 0) + 1
+            assert sorted(p.name for p in working.iterdir()) == [".prepsync.lock"], leave
+            after = {p.name: p.read_bytes() for p in (sources / "previous").iterdir()}
+            assert after == baseline, leave
+        shutil.rmtree(working)
+    assert succeeded >= 1  # with room enough, the same run goes through
+    assert {"null-key output", "spill file", "sorted output"} <= set(phases), phases
+
+
+@pytest.fixture
+def server_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[tuple[Server, Agent, Model]]:
+    server = Server(tmp_path / "server", data=small_disk / "data", store_retry_delay=0.3)
+    server.start()
+    try:
+        agent = Agent(tmp_path / "agent", server.url)
+        model = Model.create(seed=33, size=200)
+        agent.write_exports(model.exports())
+        done = agent.run("complete")
+        assert done.returncode == 0, done.stderr
+        yield server, agent, model
+    finally:
+        server.stop()
+
+
+def assert_store(server: Server, model: Model) -> None:
+    sessions = server.settle()
+    expected = model.expected()
+    for table in TABLES:
+        assert compare(table, expected[table], server.resources(table)) == Comparison(), table
+    assert [s["state"] for s in sessions if s["state"] not in ("done", "cancelled")] == []
+    assert list((server.data / "sessions").iterdir()) == []
+
+
+def grow(model: Model, rows: int) -> None:
+    for _ in range(rows):
+        model.insert()
+
+
+def free_bytes(folder: Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
+def test_server_disk_full_during_upload(
+    server_on_small_disk: tuple[Server, Agent, Model], small_disk: Path
+) -> None:
+    server, agent, model = server_on_small_disk
+    grow(model, 15_000)  # a big complete upload: about 1.7 MB
+    agent.write_exports(model.exports())
+    baselines = agent.baselines()
+    # No room at all: the server cannot even record a session (5xx); the agent retries, then
+    # gives up in one line, and nothing moves.
+    filler = fill(small_disk, 4 << 10)
+    failed = agent.run("complete", "--api-retry-seconds", "2")
+    assert_clean_failure(failed)
+    assert "gave up" in failed.stderr and re.search(r": 50[07] ", failed.stderr), failed.stderr
+    assert agent.baselines() == baselines
+    assert agent.leftovers() == []
+    filler.unlink()
+    # Room for a part of the upload: the disk fills mid-upload, the agent retries, room is
+    # made meanwhile, and the same run completes.
+    filler = fill(small_disk, 600 << 10)
+    process = agent.start("complete", "--api-retry-seconds", "60")
+    deadline = time.monotonic() + 60
+    while free_bytes(small_disk) > 64 << 10:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the upload never filled the disk"
+        time.sleep(0.02)
+    time.sleep(1.0)  # the agent meets the full disk and backs off
+    assert process.poll() is None, process.communicate()
+    filler.unlink()
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert_store(server, model)
+
+
+def test_server_disk_full_during_apply(
+    server_on_small_disk: tuple[Server, Agent, Model], small_disk: Path
+) -> None:
+    server, agent, model = server_on_small_disk
+    grow(model, 12_000)  # an incremental of 12,000 inserts
+    agent.write_exports(model.exports())
+    # Another agent's open session holds the queue, so the commit is accepted before the apply
+    # starts; the disk is filled in between.
+    holder = server.post(
+        "/api/connectors/AD/sessions", json={"agent": "holder", "mode": "incremental"}
+    )
+    assert holder.status_code == 201, holder.text
+    process = agent.start("incremental", "--api-retry-seconds", "60")
+    deadline = time.monotonic() + 60
+    while not any(s["state"] == "queued" for s in server.sessions()):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the agent's session was never queued"
+        time.sleep(0.05)
+    filler = fill(small_disk, 256 << 10)  # room to record states, not to apply 12,000 rows
+    cancelled = server.post(f"/api/sessions/{holder.json()['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    while "store error" not in server.log.read_text(errors="replace"):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the apply never ran out of room"
+        time.sleep(0.05)
+    filler.unlink()
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err  # the verdict: done
+    assert_store(server, model)
