@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test compile debug test-debug test-asan lint typecheck bench fuzz clean
+.PHONY: demo test compile debug test-debug test-asan lint typecheck bench soak fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ lint: $(PY)
 bench: $(PY)
 	$(PY) -m pip install -q -e . -r bench/requirements.txt
 	$(PY) bench/run.py
+
+# Simulated days of online synchronization under SIGKILLs of agent and server and bad exports;
+# the store is checked against an independent model every day (tests/soak.py).
+DAYS ?= 30
+SEED ?= 1
+soak: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m tests.soak --days $(DAYS) --seed $(SEED)
 
 # The fuzz target for the tokenizer and the configuration reader, for FUZZ_SECONDS: coverage-
 # guided with atheris where it installs (the optional `fuzz` extra), else the seeded mutator.

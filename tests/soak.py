@@ -1,0 +1,445 @@
+"""The soak: simulated days of exports synchronized online while agent and server are killed.
+
+    python -m tests.soak --days 30 --seed 7          (or: make soak DAYS=30 SEED=7)
+
+Each day the harness's model of a directory changes (inserts, updates, deletes; now and then a
+table emptied or shrunk by two thirds), the export is written with shuffled rows, a duplicate
+key and a null key, and `prepsync prepare --api-url` runs against `prepsync serve`, both real
+processes on 127.0.0.1. Most days something goes wrong on purpose:
+
+- the agent is SIGKILLed at a named crash point, or at a random moment;
+- the server is SIGKILLed at a random moment of the agent's run, or while it applies a session
+  (then restarted on the same port: the agent's retries reach it again);
+- the export is bad (unterminated quote, wrong field count, invalid UTF-8, CR-only line ends,
+  a UTF-16 BOM, a ``#TYPE`` first line): the run must fail in one clean line, change nothing.
+
+After a kill, the agent is simply run again, as its scheduler would. After every day the
+server's store (``GET …/tables/{t}/resources``) is compared with the model, which is plain
+Python data that shares no code with prepsync. Whatever an operator would have had to do is
+counted as an intervention (a complete synchronization to repair the store, a session to
+cancel or force); sessions the server had to abandon after ``--session-timeout`` are counted
+as stuck. The report gives days, runs, kills, lost, extra and doubled rows, stuck sessions and
+interventions; the exit status is 0 only when nothing was lost, doubled or stuck and no
+intervention was needed.
+
+The soak stops by itself (after the days, or at ``--max-minutes``), uses only 127.0.0.1, and
+removes its processes and its temporary directory (``--keep`` keeps the directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__:  # run as `python -m tests.soak`: the helpers are siblings, not a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaos import ENTRIES, TABLES, Agent, Comparison, Model, Server, compare
+
+AGENT_CRASH_POINTS = [
+    "staged",  # outputs staged, not committed locally
+    "committed:1",  # outputs' local commit written
+    "renamed:2",  # mid-way through the outputs' renames
+    "uploaded",  # files on the server, session not committed
+    "server-committed",  # the server holds the changes, the baselines did not move
+    "baselines-staged",  # new baselines staged, not committed
+    "committed:2",  # baselines' local commit written, not renamed
+]
+BAD_INPUTS = ["unterminated quote", "field count", "invalid UTF-8", "CR-only", "UTF-16", "#TYPE"]
+
+
+def bad_export(good: bytes, kind: str, separator: str) -> bytes:
+    """The export spoiled in a way prepsync must refuse (a one-line error, exit 1)."""
+    sep = separator.encode()
+    if kind == "unterminated quote":
+        return good + sep.join([b"zz-guid", b'"never closed', b"x", b"y\n"])
+    if kind == "field count":
+        return good + sep.join([b"zz-guid", b"one", b"two", b"three", b"four", b"five\n"])
+    if kind == "invalid UTF-8":
+        return good + sep.join([b"zz-guid", b"\xff\xfe bad", b"x", b"y\n"])
+    if kind == "CR-only":
+        return good.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+    if kind == "UTF-16":
+        return b"\xff\xfe" + good.decode("utf-8").encode("utf-16-le")
+    assert kind == "#TYPE"
+    return b"#TYPE System.Management.Automation.PSCustomObject\n" + good
+
+
+@dataclass
+class Report:
+    seed: int
+    days: int = 0
+    runs: int = 0
+    agent_kills_at_crash_points: int = 0
+    agent_kills_at_random: int = 0
+    server_kills_at_random: int = 0
+    server_kills_mid_apply: int = 0
+    server_kills_mid_apply_missed: int = 0  # the apply was over before the kill
+    agent_kills_missed: int = 0  # the agent had finished before its random moment
+    bad_inputs_refused: int = 0
+    bad_inputs_accepted: int = 0  # a bad export the agent took as good
+    unclean_failures: int = 0  # exit 1 without exactly one `error:` line, or a traceback
+    failed_runs: int = 0  # runs that should have succeeded and did not (then rerun)
+    lost_rows: int = 0
+    extra_rows: int = 0
+    doubled_rows: int = 0
+    mismatched_days: list[int] = field(default_factory=list)
+    stuck_sessions: int = 0  # abandoned by the server after --session-timeout
+    interventions: list[str] = field(default_factory=list)
+    leftover_files: int = 0
+    seconds: float = 0.0
+
+    @property
+    def kills(self) -> int:
+        return (
+            self.agent_kills_at_crash_points
+            + self.agent_kills_at_random
+            + self.server_kills_at_random
+            + self.server_kills_mid_apply
+        )
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.lost_rows
+            or self.extra_rows
+            or self.doubled_rows
+            or self.stuck_sessions
+            or self.interventions
+            or self.bad_inputs_accepted
+            or self.unclean_failures
+            or self.leftover_files
+        )
+
+    def text(self) -> str:
+        return "\n".join(
+            [
+                f"soak, seed {self.seed}: {self.days} days, {self.runs} agent runs, "
+                f"{self.seconds:.0f} s",
+                f"kills: {self.kills} (agent at crash points {self.agent_kills_at_crash_points}, "
+                f"agent at random {self.agent_kills_at_random}, server at random "
+                f"{self.server_kills_at_random}, server mid-apply {self.server_kills_mid_apply}"
+                f"; too late: {self.agent_kills_missed} agent, "
+                f"{self.server_kills_mid_apply_missed} mid-apply)",
+                f"bad exports: {self.bad_inputs_refused} refused in one line, "
+                f"{self.bad_inputs_accepted} accepted; unclean failures: {self.unclean_failures}",
+                f"failed runs (rerun by the scheduler): {self.failed_runs}",
+                f"lost rows: {self.lost_rows}, extra rows: {self.extra_rows}, doubled rows: "
+                f"{self.doubled_rows}, days the store differed: {self.mismatched_days or 'none'}",
+                f"stuck sessions: {self.stuck_sessions}, leftover files: {self.leftover_files}",
+                f"interventions: {len(self.interventions)}"
+                + "".join(f"\n  - {item}" for item in self.interventions),
+                "RESULT: " + ("clean" if self.clean else "PROBLEMS FOUND"),
+            ]
+        )
+
+
+class Soak:
+    def __init__(
+        self,
+        root: Path,
+        seed: int,
+        rows: int,
+        session_timeout: float,
+        separator: str,
+        log: bool,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.report = Report(seed)
+        self.server = Server(root / "server", session_timeout=session_timeout)
+        self.agent = Agent(root / "agent", self.server.url, separator)
+        self.model = Model.create(seed, size=rows)
+        self.separator = separator
+        self.session_timeout = session_timeout
+        self.log = log
+        self.expected = self.model.expected()
+        self.typical_run = 1.5  # seconds of an undisturbed run; measured as days go by
+        self.running: subprocess.Popen[str] | None = None
+        self.abandoned: set[str] = set()  # sessions already counted as stuck
+
+    def say(self, text: str) -> None:
+        if self.log:
+            print(text, flush=True)
+
+    # --- one agent run, with or without a kill ----------------------------------------------
+
+    def run_agent(self, mode: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.report.runs += 1
+        started = time.monotonic()
+        done = self.agent.run(mode, "--api-retry-seconds", "120", crash_at=crash_at, timeout=600)
+        if crash_at is None and done.returncode == 0:
+            self.typical_run = 0.8 * self.typical_run + 0.2 * (time.monotonic() - started)
+        return done
+
+    def start_agent(self, mode: str) -> subprocess.Popen[str]:
+        self.report.runs += 1
+        self.running = self.agent.start(mode, "--api-retry-seconds", "120")
+        return self.running
+
+    def finish(self, process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        out, err = process.communicate(timeout=600)
+        self.running = None
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def restart_server(self) -> None:
+        self.server.kill()
+        time.sleep(self.rng.uniform(0.0, 1.0))
+        self.server.start()
+
+    def kill_server_mid_apply(self, mode: str) -> subprocess.CompletedProcess[str]:
+        known = {s["id"] for s in self.server.sessions()}
+        process = self.start_agent(mode)
+        while process.poll() is None:
+            fresh = [s for s in self.server.sessions() if s["id"] not in known]
+            if any(s["state"] == "processing" for s in fresh):
+                self.server.kill()
+                self.report.server_kills_mid_apply += 1
+                self.say("    server killed while applying")
+                time.sleep(self.rng.uniform(0.0, 0.5))
+                self.server.start()
+                return self.finish(process)
+            if any(s["state"] == "done" for s in fresh):
+                break
+            time.sleep(0.003)
+        self.report.server_kills_mid_apply_missed += 1
+        self.say("    the apply was over before the server could be killed")
+        return self.finish(process)
+
+    def attempt(self, mode: str, plan: str) -> subprocess.CompletedProcess[str] | None:
+        """One run of the agent under ``plan``; None when the agent itself was killed."""
+        if plan == "agent-crash-point":
+            point = self.rng.choice(AGENT_CRASH_POINTS)
+            done = self.run_agent(mode, crash_at=point)
+            if done.returncode == -signal.SIGKILL:
+                self.report.agent_kills_at_crash_points += 1
+                self.say(f"    agent killed at {point}")
+                return None
+            return done  # the point is not on this run's path (e.g. a change-free table)
+        if plan == "agent-random":
+            process = self.start_agent(mode)
+            time.sleep(self.rng.uniform(0.2, 0.9 * self.typical_run))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                self.finish(process)
+                self.report.agent_kills_at_random += 1
+                self.say("    agent killed at a random moment")
+                return None
+            self.report.agent_kills_missed += 1
+            return self.finish(process)
+        if plan == "server-random":
+            process = self.start_agent(mode)
+            time.sleep(self.rng.uniform(0.2, 1.3 * self.typical_run))
+            self.restart_server()
+            self.report.server_kills_at_random += 1
+            self.say("    server killed at a random moment")
+            return self.finish(process)
+        if plan == "server-mid-apply":
+            return self.kill_server_mid_apply(mode)
+        return self.run_agent(mode)
+
+    # --- a day ------------------------------------------------------------------------------
+
+    def day(self, number: int) -> None:
+        report = self.report
+        what = self.model.next_day() if number else "first load"
+        exports = self.model.exports(self.separator)
+        mode = "complete" if number == 0 or self.rng.random() < 0.1 else "incremental"
+        bad = self.rng.choice(BAD_INPUTS) if number and self.rng.random() < 0.1 else None
+        plan = self.rng.choices(
+            ["none", "agent-crash-point", "agent-random", "server-random", "server-mid-apply"],
+            weights=[30, 22, 20, 14, 14],
+        )[0]
+        if plan == "server-mid-apply":
+            mode = "complete"  # a whole table to apply: long enough to be caught in the act
+        self.say(f"day {number}: {what}, {mode}, {bad or plan}")
+        if bad:
+            self.bad_day(exports, bad, mode)
+        else:
+            self.agent.write_exports(exports)
+            self.expected = self.model.expected()
+            self.good_day(mode, plan)
+        self.check(number)
+        report.days = number + 1
+
+    def bad_day(self, exports: dict[str, bytes], kind: str, mode: str) -> None:
+        """A spoiled export: refused in one line; baselines and store stay as they were."""
+        spoiled = dict(exports)
+        spoiled[ENTRIES] = bad_export(exports[ENTRIES], kind, self.separator)
+        self.agent.write_exports(spoiled)
+        baselines = self.agent.baselines()
+        done = self.run_agent(mode)
+        if done.returncode == 0:
+            self.report.bad_inputs_accepted += 1
+            self.say(f"    {kind} export ACCEPTED")
+            self.check(-1)  # how the store compares with yesterday's rows, before the repair
+            # An operator notices and reruns on the day's good export.
+            self.agent.write_exports(exports)
+            self.expected = self.model.expected()
+            self.repair(f"{kind} export accepted: rerun complete on a good export")
+            return
+        if not self.clean_failure(done):
+            self.report.unclean_failures += 1
+            self.say(f"    unclean failure: {done.stderr[-400:]!r}")
+        else:
+            self.report.bad_inputs_refused += 1
+        if self.agent.baselines() != baselines:
+            self.report.interventions.append(f"{kind} export moved the baselines")
+
+    @staticmethod
+    def clean_failure(done: subprocess.CompletedProcess[str]) -> bool:
+        return (
+            done.returncode == 1
+            and "Traceback" not in done.stderr
+            and done.stderr.startswith("error: ")
+            and done.stderr.count("\n") == 1
+        )
+
+    def good_day(self, mode: str, plan: str) -> None:
+        done = self.attempt(mode, plan)
+        tries = 0
+        while done is None or done.returncode != 0:
+            if done is not None:  # not a kill: a failure that should not have happened
+                self.report.failed_runs += 1
+                if done.returncode == 1 and not self.clean_failure(done):
+                    self.report.unclean_failures += 1
+                self.say(f"    run failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+                if done.returncode in (3, 4):  # blocked, failed or cancelled on the server
+                    self.repair(f"session {done.returncode=}: {done.stderr.strip()[-200:]}")
+                    return
+            tries += 1
+            if tries > 3:
+                self.repair("the agent did not succeed in 3 reruns")
+                return
+            done = self.run_agent(mode)  # the scheduler's next run
+
+    def repair(self, why: str) -> None:
+        """What an operator would do: cancel what waits, run a complete synchronization."""
+        self.report.interventions.append(why)
+        self.say(f"    INTERVENTION: {why}")
+        for session in self.server.sessions():
+            if session["state"] in ("open", "queued", "blocked"):
+                self.server.post(f"/api/sessions/{session['id']}/cancel")
+        done = self.run_agent("complete")
+        if done.returncode != 0:
+            self.report.interventions.append(f"repair run failed too: {done.stderr[-200:]}")
+
+    def check(self, number: int) -> None:
+        report = self.report
+        try:
+            sessions = self.server.settle(timeout=self.session_timeout + 60)
+        except AssertionError as stuck:
+            self.repair(f"day {number}: {stuck}")
+            sessions = self.server.settle(timeout=60)
+        for session in sessions:
+            reason = session.get("reason") or ""
+            abandoned = session["state"] == "cancelled" and "abandoned" in reason
+            if abandoned and session["id"] not in self.abandoned:
+                self.abandoned.add(session["id"])
+                report.stuck_sessions += 1
+                self.say(f"    stuck session {session['id']} abandoned: {reason}")
+        differed = Comparison()
+        for table in TABLES:
+            result = compare(table, self.expected[table], self.server.resources(table))
+            differed.lost += result.lost
+            differed.extra += result.extra
+            differed.doubled += result.doubled
+        if not differed.equal:
+            report.lost_rows += differed.lost
+            report.extra_rows += differed.extra
+            report.doubled_rows += differed.doubled
+            report.mismatched_days.append(number)
+            self.say(f"    STORE DIFFERS: {differed}")
+            self.repair(f"day {number}: store differs from the export ({differed})")
+        stray = self.agent.leftovers()
+        if stray:
+            report.leftover_files += len(stray)
+            self.say(f"    left behind: {stray}")
+
+
+def run_soak(
+    days: int,
+    seed: int,
+    *,
+    rows: int = 2000,
+    session_timeout: float = 5.0,
+    separator: str = ",",
+    max_minutes: float = 120.0,
+    keep: bool = False,
+    log: bool = True,
+) -> Report:
+    root = Path(tempfile.mkdtemp(prefix="prepsync-soak-"))
+    soak = Soak(root, seed, rows, session_timeout, separator, log)
+    started = time.monotonic()
+    deadline = started + max_minutes * 60
+    soak.server.start()
+    try:
+        for number in range(days):
+            if time.monotonic() > deadline:
+                soak.say(f"stopping: --max-minutes {max_minutes:g} reached")
+                break
+            soak.day(number)
+    finally:
+        if soak.running is not None and soak.running.poll() is None:
+            soak.running.kill()
+            soak.running.wait()
+        soak.server.stop()
+        if keep:
+            soak.say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    soak.report.seconds = time.monotonic() - started
+    return soak.report
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends the soak like Ctrl-C: the finally blocks stop the server and clean up."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.soak", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=2000, help="entries on the first day")
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=5.0,
+        help="the server's --session-timeout (short, so a stuck session costs seconds)",
+    )
+    parser.add_argument("--separator", default=",", help="field separator of the exports")
+    parser.add_argument("--max-minutes", type=float, default=120.0, help="stop after this long")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--json", type=Path, help="also write the report here as JSON")
+    options = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = run_soak(
+        options.days,
+        options.seed,
+        rows=options.rows,
+        session_timeout=options.session_timeout,
+        separator=options.separator,
+        max_minutes=options.max_minutes,
+        keep=options.keep,
+    )
+    print(report.text())
+    if options.json:
+        document: dict[str, Any] = {**asdict(report), "kills": report.kills, "clean": report.clean}
+        options.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0 if report.clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
