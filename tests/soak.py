@@ -371,7 +371,7 @@ def run_soak(
     seed: int,
     *,
     rows: int = 2000,
-    session_timeout: float = 5.0,
+    session_timeout: float = 60.0,
     separator: str = ",",
     max_minutes: float = 120.0,
     keep: bool = False,
@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--session-timeout",
         type=float,
-        default=5.0,
-        help="the server's --session-timeout (short, so a stuck session costs seconds)",
+        default=60.0,
+        help="the server's --session-timeout: short, so that a stuck session costs a minute, "
+        "not an hour, but longer than the agent's longest retry pause (30 s)",
     )
     parser.add_argument("--separator", default=",", help="field separator of the exports")
     parser.add_argument("--max-minutes", type=float, default=120.0, help="stop after this long")
