@@ -66,8 +66,10 @@ from xml.parsers import expat
 from prepsync.errors import ConfigError
 
 __all__ = [
+    "ConnectorThresholds",
     "EntityAssociationMapping",
     "EntityTypeMapping",
+    "LinkThresholds",
     "Mappings",
     "OpenIdClient",
     "TableSpec",
@@ -87,6 +89,7 @@ ENTITY_TYPE_MAPPING = "EntityTypeMapping"
 ENTITY_ASSOCIATION_MAPPING = "EntityAssociationMapping"
 MAPPING_ELEMENTS = (ENTITY_TYPE_MAPPING, ENTITY_ASSOCIATION_MAPPING)
 OPENID_CLIENT = "OpenIdClient"
+CONNECTOR_ELEMENT = "Connector"
 
 SERVER_MAPPINGS = "server mappings"
 
@@ -160,6 +163,75 @@ def _thresholds(counts: Sequence[int], percents: Sequence[float]) -> Thresholds:
     return Thresholds(inserted, updated, deleted, pct_inserted, pct_updated, pct_deleted)
 
 
+@dataclass(frozen=True)
+class LinkThresholds:
+    """Limits on the links (association rows or column pairs) one session changes; 0 = off.
+
+    Links are inserted or deleted, never updated: a pair whose value changes is one link
+    deleted and one inserted.
+    """
+
+    max_inserted: int = 0  # MaximumLinkInsertedLines
+    max_deleted: int = 0  # MaximumLinkDeletedLines
+    max_pct_inserted: float = 0.0  # MaxLinkPercentageInsertedLines (percent of stored links)
+    max_pct_deleted: float = 0.0  # MaxLinkPercentageDeletedLines
+
+    def strictest(self, other: LinkThresholds) -> LinkThresholds:
+        return LinkThresholds(
+            max_inserted=_stricter(self.max_inserted, other.max_inserted),
+            max_deleted=_stricter(self.max_deleted, other.max_deleted),
+            max_pct_inserted=_stricter(self.max_pct_inserted, other.max_pct_inserted),
+            max_pct_deleted=_stricter(self.max_pct_deleted, other.max_pct_deleted),
+        )
+
+    def to_json(self) -> dict[str, int | float]:
+        return {
+            "MaximumLinkInsertedLines": self.max_inserted,
+            "MaximumLinkDeletedLines": self.max_deleted,
+            "MaxLinkPercentageInsertedLines": self.max_pct_inserted,
+            "MaxLinkPercentageDeletedLines": self.max_pct_deleted,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> LinkThresholds:
+        return _link_thresholds_from_json(data, "thresholds")
+
+
+_LINK_COUNT_ATTRIBUTES = ("MaximumLinkInsertedLines", "MaximumLinkDeletedLines")
+_LINK_PERCENT_ATTRIBUTES = ("MaxLinkPercentageInsertedLines", "MaxLinkPercentageDeletedLines")
+# The Entity Association Mapping reference page spells an association's limits without "Link"
+# (MaximumInsertedLines...); both spellings are read, and the stricter one holds.
+_LINK_COUNT_ALIASES = ("MaximumInsertedLines", "MaximumDeletedLines")
+_LINK_PERCENT_ALIASES = ("MaxPercentageInsertedLines", "MaxPercentageDeletedLines")
+
+
+def _link_thresholds(counts: Sequence[int], percents: Sequence[float]) -> LinkThresholds:
+    inserted, deleted = counts
+    pct_inserted, pct_deleted = percents
+    return LinkThresholds(inserted, deleted, pct_inserted, pct_deleted)
+
+
+@dataclass(frozen=True)
+class ConnectorThresholds:
+    """``<Connector>``'s limits, summed over all its entity types and associations."""
+
+    resources: Thresholds
+    links: LinkThresholds
+
+    def to_json(self) -> dict[str, int | float]:
+        return {**self.resources.to_json(), **self.links.to_json()}
+
+    @classmethod
+    def from_json(cls, data: object) -> ConnectorThresholds:
+        return _connector_thresholds_from_json(data, "connectorThresholds")
+
+
+# Identity Manager's defaults for an attribute a <Connector> element leaves out.
+CONNECTOR_DEFAULTS = ConnectorThresholds(
+    Thresholds(100, 100, 100, 5.0, 5.0, 5.0), LinkThresholds(1000, 1000, 5.0, 5.0)
+)
+
+
 # --------------------------------------------------------------------------------------------
 # Mappings
 
@@ -194,7 +266,7 @@ class EntityAssociationMapping:
     table: str
     column1: str
     column2: str
-    thresholds: Thresholds
+    thresholds: LinkThresholds
     entity_property_mapping1: str | None = None  # "<EntityTypeMapping>:<Property>", as spelled
 
     def to_json(self) -> dict[str, Any]:
@@ -218,11 +290,17 @@ class Mappings:
     connector: str
     entity_types: tuple[EntityTypeMapping, ...]
     associations: tuple[EntityAssociationMapping, ...]
+    # From the <Connector> element (absent attributes at Identity Manager's defaults); None
+    # when the configuration has no such element: no connector-level thresholds then.
+    connector_thresholds: ConnectorThresholds | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The body of ``GET /api/connectors/{connector}/mappings``."""
         return {
             "connector": self.connector,
+            "connectorThresholds": (
+                None if self.connector_thresholds is None else self.connector_thresholds.to_json()
+            ),
             "entityTypeMappings": [mapping.to_json() for mapping in self.entity_types],
             "entityAssociationMappings": [mapping.to_json() for mapping in self.associations],
         }
@@ -264,7 +342,16 @@ class Mappings:
                     f"{SERVER_MAPPINGS}: mapping {mapping.identifier!r} belongs to connector "
                     f"{mapping.connector!r}, not {connector!r}"
                 )
-        return cls(connector, entity_types, associations)
+        # Optional: a server from before connector-level thresholds does not send it.
+        connector_limits = document.get("connectorThresholds")
+        connector_thresholds = (
+            None
+            if connector_limits is None
+            else _connector_thresholds_from_json(
+                connector_limits, f"{SERVER_MAPPINGS}: connectorThresholds"
+            )
+        )
+        return cls(connector, entity_types, associations, connector_thresholds)
 
 
 @dataclass(frozen=True)
@@ -277,7 +364,9 @@ class TableSpec:
     # association-only table, keyed by ALL kept columns in SOURCE HEADER order (the pipeline
     # knows the header, this module does not).
     key: tuple[str, ...] | None
-    thresholds: Thresholds  # strictest over all mappings on the table
+    # Strictest over the entity type mappings on the table (association mappings limit links,
+    # which the server counts per mapping: prepsync.server.thresholds).
+    thresholds: Thresholds
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +416,21 @@ def load_mappings(path: str | os.PathLike[str], connector: str) -> Mappings:
     # separate namespaces in Identity Manager: an entity type and an association).
     first_definitions: dict[str, dict[str, str]] = {name: {} for name in MAPPING_ELEMENTS}
     other_connectors: set[str] = set()
+    connector_thresholds: ConnectorThresholds | None = None
+    connector_location = ""
     for file, root in _configuration_files(path):
         for element in root.iter():
+            if element.name == CONNECTOR_ELEMENT:
+                if element.attributes.get("Identifier") == connector:
+                    location = _location(file, element)
+                    if connector_thresholds is not None:
+                        raise ConfigError(
+                            f"{location}: Connector {connector!r} is defined twice "
+                            f"(first at {connector_location})"
+                        )
+                    connector_thresholds = _connector_thresholds_from_attributes(element, location)
+                    connector_location = location
+                continue
             if element.name not in MAPPING_ELEMENTS:
                 continue
             element_connector = element.attributes.get("Connector")
@@ -368,7 +470,7 @@ def load_mappings(path: str | os.PathLike[str], connector: str) -> Mappings:
             names = ", ".join(repr(name) for name in sorted(other_connectors))
             hint = f" (it has mappings for {names})"
         raise ConfigError(f"no mapping for connector {connector!r} in {os.fspath(path)}{hint}")
-    return Mappings(connector, tuple(entity_types), tuple(associations))
+    return Mappings(connector, tuple(entity_types), tuple(associations), connector_thresholds)
 
 
 def table_name(connection_table: str) -> str:
@@ -399,11 +501,7 @@ def resolve_tables(mappings: Mappings, source: str = "configuration") -> tuple[T
         problem = _table_name_problem(mapping.table)
         if problem is not None:
             raise ConfigError(f"{source}: mapping {mapping.identifier!r}: {problem}")
-        builder = tables.setdefault(
-            table_key(mapping.table), _TableBuilder(table_name(mapping.table))
-        )
-        builder.thresholds = builder.thresholds.strictest(mapping.thresholds)
-        return builder
+        return tables.setdefault(table_key(mapping.table), _TableBuilder(table_name(mapping.table)))
 
     for entity_type in mappings.entity_types:
         problem = _primary_key_problem(entity_type.identifier, entity_type.primary_keys)
@@ -412,8 +510,10 @@ def resolve_tables(mappings: Mappings, source: str = "configuration") -> tuple[T
         builder = table_for(entity_type)
         builder.add_columns(entity_type.columns)
         builder.entity_types.append(entity_type)
+        builder.thresholds = builder.thresholds.strictest(entity_type.thresholds)
     for association in mappings.associations:
-        table_for(association).add_columns((association.column1, association.column2))
+        builder = table_for(association)
+        builder.add_columns((association.column1, association.column2))
 
     return tuple(builder.build(source) for builder in tables.values())
 
@@ -676,24 +776,77 @@ _NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
 _NON_NEGATIVE_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
-def _thresholds_from_attributes(element: _XmlElement, location: str) -> Thresholds:
-    def value(attribute: str, pattern: re.Pattern[str], description: str) -> str:
-        text = element.attributes.get(attribute)
-        if text is None:
-            return "0"
-        if not pattern.fullmatch(text.strip()):
-            raise ConfigError(f"{location}: {attribute}={text!r} is not a {description} (0 = off)")
-        return text
+def _limit_attribute(
+    element: _XmlElement, attribute: str, location: str, default: float, percent: bool
+) -> float:
+    """A threshold attribute's value (``default`` when absent); 0 means off."""
+    text = element.attributes.get(attribute)
+    if text is None:
+        return default
+    pattern = _NON_NEGATIVE_DECIMAL if percent else _NON_NEGATIVE_INTEGER
+    if not pattern.fullmatch(text.strip()):
+        description = "non-negative number" if percent else "non-negative integer"
+        raise ConfigError(f"{location}: {attribute}={text!r} is not a {description} (0 = off)")
+    return float(text) if percent else int(text)
 
+
+def _thresholds_from_attributes(
+    element: _XmlElement, location: str, defaults: Thresholds | None = None
+) -> Thresholds:
+    default = defaults or Thresholds()
+    default_counts = (default.max_inserted, default.max_updated, default.max_deleted)
+    default_percents = (default.max_pct_inserted, default.max_pct_updated, default.max_pct_deleted)
     counts = [
-        int(value(name, _NON_NEGATIVE_INTEGER, "non-negative integer"))
-        for name in _COUNT_ATTRIBUTES
+        int(_limit_attribute(element, name, location, value, percent=False))
+        for name, value in zip(_COUNT_ATTRIBUTES, default_counts, strict=True)
     ]
     percents = [
-        float(value(name, _NON_NEGATIVE_DECIMAL, "non-negative number"))
-        for name in _PERCENT_ATTRIBUTES
+        _limit_attribute(element, name, location, value, percent=True)
+        for name, value in zip(_PERCENT_ATTRIBUTES, default_percents, strict=True)
     ]
     return _thresholds(counts, percents)
+
+
+def _link_thresholds_from_attributes(
+    element: _XmlElement,
+    location: str,
+    defaults: LinkThresholds | None = None,
+    count_names: Sequence[str] = _LINK_COUNT_ATTRIBUTES,
+    percent_names: Sequence[str] = _LINK_PERCENT_ATTRIBUTES,
+) -> LinkThresholds:
+    default = defaults or LinkThresholds()
+    default_counts = (default.max_inserted, default.max_deleted)
+    default_percents = (default.max_pct_inserted, default.max_pct_deleted)
+    counts = [
+        int(_limit_attribute(element, name, location, value, percent=False))
+        for name, value in zip(count_names, default_counts, strict=True)
+    ]
+    percents = [
+        _limit_attribute(element, name, location, value, percent=True)
+        for name, value in zip(percent_names, default_percents, strict=True)
+    ]
+    return _link_thresholds(counts, percents)
+
+
+def _association_thresholds(element: _XmlElement, location: str) -> LinkThresholds:
+    """The SPEC's ``MaximumLink*`` names, and the reference page's names without ``Link``."""
+    spelled = _link_thresholds_from_attributes(element, location)
+    alias = _link_thresholds_from_attributes(
+        element,
+        location,
+        count_names=_LINK_COUNT_ALIASES,
+        percent_names=_LINK_PERCENT_ALIASES,
+    )
+    return spelled.strictest(alias)
+
+
+def _connector_thresholds_from_attributes(
+    element: _XmlElement, location: str
+) -> ConnectorThresholds:
+    return ConnectorThresholds(
+        _thresholds_from_attributes(element, location, CONNECTOR_DEFAULTS.resources),
+        _link_thresholds_from_attributes(element, location, CONNECTOR_DEFAULTS.links),
+    )
 
 
 def _table_attribute(element: _XmlElement, location: str) -> str | None:
@@ -775,7 +928,7 @@ def _association_mapping(
         table,
         column1,
         column2,
-        _thresholds_from_attributes(element, location),
+        _association_thresholds(element, location),
         property_mapping1,
     )
 
@@ -900,16 +1053,20 @@ def _json_table(document: dict[str, object], context: str) -> str:
     return table
 
 
-def _thresholds_from_json(data: object, context: str) -> Thresholds:
-    document = _json_object(data, context)
+def _json_limits(
+    document: dict[str, object],
+    count_names: Sequence[str],
+    percent_names: Sequence[str],
+    context: str,
+) -> tuple[list[int], list[float]]:
     counts: list[int] = []
-    for key in _COUNT_ATTRIBUTES:
+    for key in count_names:
         count = _json_member(document, key, context)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ConfigError(f"{context}: {key} must be a non-negative integer, got {count!r}")
         counts.append(count)
     percents: list[float] = []
-    for key in _PERCENT_ATTRIBUTES:
+    for key in percent_names:
         percent = _json_member(document, key, context)
         if (
             isinstance(percent, bool)
@@ -919,7 +1076,25 @@ def _thresholds_from_json(data: object, context: str) -> Thresholds:
         ):
             raise ConfigError(f"{context}: {key} must be a non-negative number, got {percent!r}")
         percents.append(float(percent))
-    return _thresholds(counts, percents)
+    return counts, percents
+
+
+def _thresholds_from_json(data: object, context: str) -> Thresholds:
+    document = _json_object(data, context)
+    return _thresholds(*_json_limits(document, _COUNT_ATTRIBUTES, _PERCENT_ATTRIBUTES, context))
+
+
+def _link_thresholds_from_json(data: object, context: str) -> LinkThresholds:
+    document = _json_object(data, context)
+    return _link_thresholds(
+        *_json_limits(document, _LINK_COUNT_ATTRIBUTES, _LINK_PERCENT_ATTRIBUTES, context)
+    )
+
+
+def _connector_thresholds_from_json(data: object, context: str) -> ConnectorThresholds:
+    return ConnectorThresholds(
+        _thresholds_from_json(data, context), _link_thresholds_from_json(data, context)
+    )
 
 
 def _entity_type_mapping_from_json(data: object, context: str) -> EntityTypeMapping:
@@ -961,7 +1136,7 @@ def _association_mapping_from_json(
         table=table,
         column1=_json_name(document, "column1", context),
         column2=_json_name(document, "column2", context),
-        thresholds=_thresholds_from_json(
+        thresholds=_link_thresholds_from_json(
             _json_member(document, "thresholds", context), f"{context}.thresholds"
         ),
         entity_property_mapping1=property_mapping1,

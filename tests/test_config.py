@@ -15,8 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prepsync.config import (
+    ConnectorThresholds,
     EntityAssociationMapping,
     EntityTypeMapping,
+    LinkThresholds,
     Mappings,
     OpenIdClient,
     TableSpec,
@@ -35,6 +37,7 @@ from prepsync.errors import ConfigError
 DATA = Path(__file__).parent / "data" / "config"
 SPEC_EXAMPLE = DATA / "spec_example.xml"
 NO_LIMITS = Thresholds()
+NO_LINK_LIMITS = LinkThresholds()
 
 
 def write_config(folder: Path, body: str, name: str = "conf.xml") -> Path:
@@ -75,10 +78,10 @@ def test_spec_example_mappings_keep_what_the_server_serves() -> None:
     )
     assert mappings.associations == (
         EntityAssociationMapping(
-            "AD_Entry_parentdn", "AD", "ADExport_entries", "parentdn", "dn", NO_LIMITS
+            "AD_Entry_parentdn", "AD", "ADExport_entries", "parentdn", "dn", NO_LINK_LIMITS
         ),
         EntityAssociationMapping(
-            "AD_Entry_member", "AD", "ADExport_members", "dn", "member", NO_LIMITS
+            "AD_Entry_member", "AD", "ADExport_members", "dn", "member", NO_LINK_LIMITS
         ),
     )
 
@@ -176,23 +179,66 @@ def test_entity_columns_come_before_association_columns(tmp_path: Path) -> None:
 # Thresholds
 
 
-def test_thresholds_on_a_table_are_the_strictest_of_its_mappings() -> None:
+def test_thresholds_on_a_table_are_the_strictest_of_its_entity_type_mappings() -> None:
     assert load_tables(DATA / "thresholds.xml", "HR") == (
         TableSpec(
             "HR_people",
             ("id", "manager"),
             ("id",),
-            Thresholds(
-                max_inserted=250,  # 1000 and 250
-                max_updated=0,  # set nowhere on this table
-                max_deleted=40,  # 0 (off) and 40: off never wins over a limit
-                max_pct_inserted=0.0,
-                max_pct_updated=30.0,
-                max_pct_deleted=7.5,  # 20 and 7.5
-            ),
+            # The association's limits count links, not the table's resources.
+            Thresholds(max_inserted=1000, max_pct_updated=30.0, max_pct_deleted=20.0),
         ),
-        # A limit on another table does not leak into HR_people.
-        TableSpec("HR_teams", ("team", "id"), None, Thresholds(max_updated=12)),
+        TableSpec("HR_teams", ("team", "id"), None, Thresholds()),
+    )
+
+
+def test_association_limits_count_links_in_either_spelling() -> None:
+    manager, team = load_mappings(DATA / "thresholds.xml", "HR").associations
+    # MaximumInsertedLines (the reference page's spelling) and MaximumLinkInsertedLines="300":
+    # the stricter holds; MaxPercentageDeletedLines is the link percentage.
+    assert manager.thresholds == LinkThresholds(
+        max_inserted=250, max_deleted=40, max_pct_inserted=0.0, max_pct_deleted=7.5
+    )
+    assert team.thresholds == LinkThresholds(max_deleted=9)  # links have no "updated"
+
+
+def test_connector_element_takes_identity_manager_defaults(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        '<Connector Identifier="AD" DisplayName_L1="AD" MaximumDeletedLines="7" '
+        'MaxLinkPercentageInsertedLines="0" />\n'
+        '<Connector Identifier="HR" DisplayName_L1="HR" />\n'
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />',
+    )
+    assert load_mappings(path, "AD").connector_thresholds == ConnectorThresholds(
+        Thresholds(100, 100, 7, 5.0, 5.0, 5.0), LinkThresholds(1000, 1000, 0.0, 5.0)
+    )
+    other = write_config(
+        tmp_path,
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />',
+        name="other.xml",
+    )
+    assert load_mappings(other, "AD").connector_thresholds is None  # no element: no limits
+    twice = write_config(
+        tmp_path,
+        '<Connector Identifier="AD" DisplayName_L1="AD" />\n'
+        '<Connector Identifier="AD" DisplayName_L1="AD again" />\n'
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />',
+        name="twice.xml",
+    )
+    assert "Connector 'AD' is defined twice" in config_error(twice)
+    bad = write_config(
+        tmp_path,
+        '<Connector Identifier="AD" DisplayName_L1="AD" MaximumLinkDeletedLines="lots" />\n'
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />',
+        name="bad.xml",
+    )
+    assert config_error(bad) == (
+        f"{bad}, line 2: MaximumLinkDeletedLines='lots' is not a non-negative integer (0 = off)"
     )
 
 
@@ -221,10 +267,10 @@ def test_thresholds_json_uses_the_xml_attribute_names() -> None:
     ("attribute", "value"),
     [
         ("MaximumInsertedLines", "many"),
-        ("MaximumUpdatedLines", "-1"),
+        ("MaximumLinkInsertedLines", "-1"),
         ("MaximumDeletedLines", "2.5"),
         ("MaxPercentageInsertedLines", "ten"),
-        ("MaxPercentageUpdatedLines", "-0.5"),
+        ("MaxLinkPercentageDeletedLines", "-0.5"),
         ("MaxPercentageDeletedLines", "nan"),
         ("MaximumDeletedLines", ""),
     ],
@@ -621,6 +667,7 @@ def test_server_json_association_without_table_takes_its_entity_types_table() ->
 def test_mappings_json_shape() -> None:
     assert load_mappings(SPEC_EXAMPLE, "AD").to_json() == {
         "connector": "AD",
+        "connectorThresholds": None,
         "entityTypeMappings": [
             {
                 "identifier": "AD_Entry",
@@ -638,7 +685,7 @@ def test_mappings_json_shape() -> None:
                 "connectionTable": "ADExport_entries",
                 "column1": "parentdn",
                 "column2": "dn",
-                "thresholds": NO_LIMITS.to_json(),
+                "thresholds": NO_LINK_LIMITS.to_json(),
             },
             {
                 "identifier": "AD_Entry_member",
@@ -646,7 +693,7 @@ def test_mappings_json_shape() -> None:
                 "connectionTable": "ADExport_members",
                 "column1": "dn",
                 "column2": "member",
-                "thresholds": NO_LIMITS.to_json(),
+                "thresholds": NO_LINK_LIMITS.to_json(),
             },
         ],
     }
@@ -672,6 +719,14 @@ _thresholds = st.builds(
     st.integers(min_value=0, max_value=10**12),
     st.integers(min_value=0, max_value=10**12),
     st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+)
+
+_link_thresholds = st.builds(
+    LinkThresholds,
+    st.integers(min_value=0, max_value=10**12),
+    st.integers(min_value=0, max_value=10**12),
     st.floats(min_value=0, allow_nan=False, allow_infinity=False),
     st.floats(min_value=0, allow_nan=False, allow_infinity=False),
 )
@@ -704,9 +759,12 @@ def _mappings(draw: st.DrawFn) -> Mappings:
             thresholds,
             draw(st.none() | _names),
         )
-        for thresholds in draw(st.lists(_thresholds, max_size=3))
+        for thresholds in draw(st.lists(_link_thresholds, max_size=3))
     ]
-    return Mappings(connector, tuple(entity_types), tuple(associations))
+    connector_thresholds = draw(
+        st.none() | st.builds(ConnectorThresholds, _thresholds, _link_thresholds)
+    )
+    return Mappings(connector, tuple(entity_types), tuple(associations), connector_thresholds)
 
 
 @given(_mappings())
@@ -754,11 +812,15 @@ def _broken(change: Any) -> dict[str, Any]:
         (
             _broken(
                 lambda d: d["entityAssociationMappings"][0]["thresholds"].update(
-                    MaximumDeletedLines=True
+                    MaximumLinkDeletedLines=True
                 )
             ),
-            "entityAssociationMappings[0].thresholds: MaximumDeletedLines must be a "
+            "entityAssociationMappings[0].thresholds: MaximumLinkDeletedLines must be a "
             "non-negative integer, got True",
+        ),
+        (
+            _broken(lambda d: d.update(connectorThresholds={"MaximumInsertedLines": 1})),
+            "connectorThresholds: 'MaximumUpdatedLines' is missing",
         ),
         (
             _broken(

@@ -417,7 +417,13 @@ def test_complete_replaces_rows_and_follows_a_new_header_order(api: Api) -> None
     state = api.state(api.send("AD", "complete", reordered))
     assert state["state"] == "done"
     assert state["tables"][ENTRIES] == {"inserted": 1, "updated": 0, "deleted": 1, "rows": 2}
-    assert state["tables"][MEMBERS] == {"inserted": 0, "updated": 0, "deleted": 0, "rows": 2}
+    assert state["tables"][MEMBERS] == {
+        "inserted": 0,
+        "updated": 0,
+        "deleted": 0,
+        "rows": 2,
+        "links": {"AD_Entry_member": {"inserted": 0, "deleted": 0}},
+    }
     assert api.resources("AD", ENTRIES) == b"DN,objectGUID\n1,a\n3,c\n"
     assert api.resources("AD", MEMBERS) == b"member,dn\n1,y\n2,x\n"  # keyed in the new order
     # An incremental in the new order applies; its values land in the stored column order.
@@ -438,7 +444,11 @@ def test_threshold_blocks_until_forced_and_later_incrementals_wait(api: Api) -> 
     big_delete = people_delta(("delete", "1", "ann"), ("delete", "2", "bob"))
     blocked = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": big_delete})
     state = api.state(blocked)
-    assert state["state"] == "blocked" and "MaximumDeletedLines=1" in state["reason"]
+    assert state["state"] == "blocked"
+    assert state["reason"] == (
+        "entity type mapping HR_Person (table HR_people): MaximumDeletedLines 1 < 2 deleted "
+        "resources"
+    )
     assert api.resources("HR", PEOPLE) == people(*base)  # nothing applied
     later = api.send(
         "HR",
@@ -468,7 +478,7 @@ def test_complete_thresholds_count_implied_changes_and_initial_skips_them(api: A
     )
     # Dropping two rows in a complete load = 2 implied deletes > MaximumDeletedLines=1.
     state = api.state(api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": people(("3", "c"))}))
-    assert state["state"] == "blocked" and "2 rows deleted" in state["reason"]
+    assert state["state"] == "blocked" and "1 < 2 deleted resources" in state["reason"]
     assert api.resources("HR", PEOPLE) == people(*base)
     state = api.state(api.send("HR", "initial", {f"{PEOPLE}.sorted.csv": people(("3", "c"))}))
     assert state["state"] == "done"

@@ -1,4 +1,4 @@
-"""Unit tests of the server's pure parts: key order, CSV output, names, ranges, tokens, limits."""
+"""Unit tests of the server's pure parts: key order, CSV output, names, ranges, tokens."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serverutil import csv_bytes
 
-from prepsync.config import Thresholds
-from prepsync.server.apply import TableCounts, threshold_problem
 from prepsync.server.auth import TokenSigner, basic_credentials, bearer_token, load_or_create_key
 from prepsync.server.control import canonical_session_id
 from prepsync.server.store import encode_key, format_record
@@ -120,15 +118,3 @@ def test_session_ids_must_be_canonical() -> None:
         "",
     ]:
         assert canonical_session_id(bad) is None
-
-
-def test_thresholds() -> None:
-    limits = Thresholds(max_deleted=2, max_pct_updated=10.0)
-    assert threshold_problem(limits, TableCounts(deleted=2, updated=10), 100) is None
-    assert "MaximumDeletedLines=2" in (threshold_problem(limits, TableCounts(deleted=3), 100) or "")
-    assert "MaxPercentageUpdatedLines" in (
-        threshold_problem(limits, TableCounts(updated=11), 100) or ""
-    )
-    # Percentages only judge a table that has rows.
-    assert threshold_problem(limits, TableCounts(updated=5), 0) is None
-    assert threshold_problem(Thresholds(), TableCounts(1, 2, 3), 1) is None

@@ -55,6 +55,7 @@ from prepsync.server.http import (
     server_error_handler,
 )
 from prepsync.server.state import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
+from prepsync.server.thresholds import connector_limits
 from prepsync.server.transfer import commit, file_status, upload
 from prepsync.server.worker import Worker
 
@@ -88,6 +89,11 @@ def _load_configuration(
     for connector in sorted(connectors_in(config_path)):
         all_mappings[connector] = load_mappings(config_path, connector)
         tables[connector] = resolve_tables(all_mappings[connector], os.fspath(config_path))
+        if all_mappings[connector].connector_thresholds is None:
+            logger.info(
+                "connector %s has no <Connector> element: no connector-level thresholds",
+                connector,
+            )
     return clients, all_mappings, tables
 
 
@@ -138,6 +144,7 @@ def create_app(
             {connector: state.folded_tables(connector) for connector in tables},
             session_timeout,
             state.worker_poll,
+            {connector: connector_limits(all_mappings[connector]) for connector in tables},
         )
         state.control = Control(data / "sessions.sqlite3")
         state.worker = worker

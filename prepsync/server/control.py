@@ -108,7 +108,9 @@ class Session:
             "client": self.client,
             "reason": self.reason,
             "forced": self.forced,
-            "tables": self.summary,
+            # Per-table counts and every threshold crossed, once processed.
+            "tables": None if self.summary is None else self.summary.get("tables"),
+            "thresholds": None if self.summary is None else self.summary.get("thresholds"),
             "opened_at": _iso(self.opened_at),
             "updated_at": _iso(self.updated_at),
         }

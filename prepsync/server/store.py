@@ -3,8 +3,9 @@
 Layout (``<data>/store.sqlite3``, WAL mode):
 
 * ``tables``: one row per (connector, ConnectionTable): the header the rows are stored in (kept
-  columns as spelled and ordered by the file that last loaded them) and the row count, kept up to
-  date in the same transaction as the rows (percentage thresholds need it without a scan).
+  columns as spelled and ordered by the file that last loaded them), the row count and, for an
+  entity table with association mappings, the links stored per association (JSON), kept up to
+  date in the same transaction as the rows (percentage thresholds need them without a scan).
 * ``rows``: ``(tid, key, line, seq)`` WITHOUT ROWID, primary key ``(tid, key)``. ``key`` is
   :func:`encode_key` of the key values, a BLOB, so SQLite's ``ORDER BY key`` (memcmp) is the
   SPEC §2 order and a streaming read in key order is a sequential B-tree walk. ``line`` is the row
@@ -12,6 +13,10 @@ Layout (``<data>/store.sqlite3``, WAL mode):
   endpoint writes it as it is, and two rows have equal values iff their lines are equal.
   ``seq`` is the opening sequence of the session that last wrote the row (a complete load deletes
   the rows it did not write).
+* Writes go through one bulk path, :meth:`Transaction.write_changes`: a batch of inserts,
+  updates and deletes of one table, keys in order, each kind one ``executemany``. A PostgreSQL
+  store would take the same batches through ``COPY`` into a staging table and three set-based
+  statements.
 * ``applied``: the sessions whose changes are in the store. It is written in the same
   transaction as the rows, so after a crash the worker can tell "applied, state not yet
   recorded" from "not applied" and never applies a session twice.
@@ -27,7 +32,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _SCHEMA = """
@@ -37,6 +42,7 @@ CREATE TABLE IF NOT EXISTS tables (
     name TEXT NOT NULL,
     header TEXT NOT NULL,
     row_count INTEGER NOT NULL,
+    links TEXT,
     UNIQUE (connector, name)
 );
 CREATE TABLE IF NOT EXISTS rows (
@@ -70,6 +76,26 @@ def encode_key(values: Iterable[str]) -> bytes:
     )
 
 
+def decode_key(key: bytes) -> list[str]:
+    """Inverse of :func:`encode_key`."""
+    values: list[str] = []
+    current = bytearray()
+    position = 0
+    while position < len(key):
+        byte = key[position]
+        if byte == 0:
+            if key[position + 1] == 0:
+                values.append(current.decode("utf-8"))
+                current.clear()
+            else:
+                current.append(0)
+            position += 2
+        else:
+            current.append(byte)
+            position += 1
+    return values
+
+
 def _quote(value: str) -> str:
     if "," in value or '"' in value or "\r" in value or "\n" in value:
         return '"' + value.replace('"', '""') + '"'
@@ -88,6 +114,9 @@ class TableState:
     tid: int
     header: tuple[str, ...] | None
     row_count: int
+    # Association identifier -> links stored, for the associations on an entity table; an
+    # association missing here is counted by a scan once (a store from before link counting).
+    links: dict[str, int] = field(default_factory=dict)
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -108,6 +137,9 @@ def open_store(path: Path) -> Store:
     connection.execute("PRAGMA journal_mode=WAL")
     _configure(connection)
     connection.executescript(_SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(tables)")}
+    if "links" not in columns:  # a store from before link counting
+        connection.execute("ALTER TABLE tables ADD COLUMN links TEXT")
     return Store(connection, path)
 
 
@@ -136,7 +168,7 @@ class Store:
         """One write transaction: committed if the block ends normally, else rolled back."""
         self.connection.execute("BEGIN IMMEDIATE")
         try:
-            yield Transaction(self.connection)
+            yield Transaction(self.connection, self.path)
         except BaseException:
             # After an interrupt SQLite may already have rolled back; ROLLBACK then fails.
             if self.connection.in_transaction:
@@ -148,67 +180,119 @@ class Store:
 class Transaction:
     """Row operations inside :meth:`Store.transaction`."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._connection = connection
+        self.path = path
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._connection
 
     def table(self, connector: str, name: str) -> TableState:
         """The stored state of a table, created empty (header None) if it is not there."""
-        row = self._connection.execute(
-            "SELECT tid, header, row_count FROM tables WHERE connector = ? AND name = ?",
-            (connector, name),
-        ).fetchone()
-        if row is None:
+        state = table_state(self._connection, connector, name)
+        if state is None:
             cursor = self._connection.execute(
                 "INSERT INTO tables (connector, name, header, row_count) VALUES (?, ?, 'null', 0)",
                 (connector, name),
             )
             assert cursor.lastrowid is not None
             return TableState(cursor.lastrowid, None, 0)
-        header = json.loads(row[1])
-        return TableState(row[0], None if header is None else tuple(header), row[2])
+        return state
 
     def save_table(self, state: TableState) -> None:
         self._connection.execute(
-            "UPDATE tables SET header = ?, row_count = ? WHERE tid = ?",
+            "UPDATE tables SET header = ?, row_count = ?, links = ? WHERE tid = ?",
             (
                 json.dumps(None if state.header is None else list(state.header)),
                 state.row_count,
+                json.dumps(state.links),
                 state.tid,
             ),
         )
 
-    def lookup(self, tid: int, key: bytes) -> tuple[str, int] | None:
-        """(line, seq of the session that wrote it) of the row with ``key``, or None."""
-        row = self._connection.execute(
-            "SELECT line, seq FROM rows WHERE tid = ? AND key = ?", (tid, key)
-        ).fetchone()
-        return None if row is None else (str(row[0]), int(row[1]))
+    def write_changes(
+        self,
+        tid: int,
+        seq: int,
+        inserts: Sequence[tuple[bytes, str]],
+        updates: Sequence[tuple[bytes, str]],
+        deletes: Sequence[bytes],
+    ) -> None:
+        """The bulk path: one table's batch of changes (keys absent, present, present)."""
+        connection = self._connection
+        if deletes:
+            connection.executemany(
+                "DELETE FROM rows WHERE tid = ? AND key = ?", [(tid, key) for key in deletes]
+            )
+        if updates:
+            connection.executemany(
+                "UPDATE rows SET line = ?, seq = ? WHERE tid = ? AND key = ?",
+                [(line, seq, tid, key) for key, line in updates],
+            )
+        if inserts:
+            connection.executemany(
+                "INSERT INTO rows (tid, key, line, seq) VALUES (?, ?, ?, ?)",
+                [(tid, key, line, seq) for key, line in inserts],
+            )
 
-    def insert(self, tid: int, key: bytes, line: str, seq: int) -> None:
-        """Insert a row whose key is known to be absent."""
-        self._connection.execute(
-            "INSERT INTO rows (tid, key, line, seq) VALUES (?, ?, ?, ?)", (tid, key, line, seq)
-        )
-
-    def update(self, tid: int, key: bytes, line: str, seq: int) -> None:
-        """Replace the values of a row whose key is known to be present."""
-        self._connection.execute(
-            "UPDATE rows SET line = ?, seq = ? WHERE tid = ? AND key = ?", (line, seq, tid, key)
-        )
-
-    def delete(self, tid: int, key: bytes) -> None:
-        self._connection.execute("DELETE FROM rows WHERE tid = ? AND key = ?", (tid, key))
-
-    def delete_not_written_by(self, tid: int, seq: int) -> int:
-        """Delete the table's rows that session ``seq`` did not write; returns how many."""
-        cursor = self._connection.execute("DELETE FROM rows WHERE tid = ? AND seq <> ?", (tid, seq))
-        return cursor.rowcount
+    def delete_rows(self, tid: int) -> None:
+        self._connection.execute("DELETE FROM rows WHERE tid = ?", (tid,))
 
     def mark_applied(self, session_id: str, seq: int) -> None:
         self._connection.execute(
             "INSERT INTO applied (session_id, seq, applied_at) VALUES (?, ?, ?)",
             (session_id, seq, time.time()),
         )
+
+
+def table_state(connection: sqlite3.Connection, connector: str, name: str) -> TableState | None:
+    row = connection.execute(
+        "SELECT tid, header, row_count, links FROM tables WHERE connector = ? AND name = ?",
+        (connector, name),
+    ).fetchone()
+    if row is None:
+        return None
+    header = json.loads(row[1])
+    links = {} if row[3] is None else json.loads(row[3])
+    return TableState(row[0], None if header is None else tuple(header), row[2], links)
+
+
+def lookup(connection: sqlite3.Connection, tid: int, key: bytes) -> str | None:
+    """The stored line of the row with ``key``, or None."""
+    row = connection.execute(
+        "SELECT line FROM rows WHERE tid = ? AND key = ?", (tid, key)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def stored_rows(
+    connection: sqlite3.Connection, tid: int, after: bytes | None = None
+) -> Iterator[tuple[bytes, str]]:
+    """(key, line) of the table's rows in key order, from just after ``after`` when given."""
+    if after is None:
+        cursor = connection.execute("SELECT key, line FROM rows WHERE tid = ? ORDER BY key", (tid,))
+    else:
+        cursor = connection.execute(
+            "SELECT key, line FROM rows WHERE tid = ? AND key > ? ORDER BY key", (tid, after)
+        )
+    while rows := cursor.fetchmany(4096):
+        yield from rows
+
+
+@contextmanager
+def snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection inside one read transaction: the store as last committed.
+
+    The worker reads a table's stored rows through one while it writes the same table through
+    its own connection (WAL: the snapshot does not see the uncommitted writes).
+    """
+    connection = _open_reader(path)
+    try:
+        connection.execute("BEGIN")
+        yield connection
+    finally:
+        connection.close()
 
 
 def _open_reader(path: Path) -> sqlite3.Connection:

@@ -26,6 +26,7 @@ from prepsync.config import TableSpec
 from prepsync.server.apply import apply_session
 from prepsync.server.control import BLOCKED, DONE, FAILED, PROCESSING, QUEUED, Control, Session
 from prepsync.server.store import open_store
+from prepsync.server.thresholds import ConnectorLimits
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ class Worker:
         tables: Mapping[str, Mapping[str, TableSpec]],
         session_timeout: float,
         poll: float,
+        limits: Mapping[str, ConnectorLimits] | None = None,
     ) -> None:
         self._control_path = control_path
         self._store_path = store_path
         self._sessions_dir = sessions_dir
         self._tables = tables  # connector -> casefolded table -> spec
+        self._limits = limits or {}  # connector -> thresholds (entity level only when absent)
         self._session_timeout = session_timeout
         self._poll = poll
         self._wake = threading.Event()
@@ -143,6 +146,7 @@ class Worker:
                 session,
                 self._tables.get(session.connector),
                 self._sessions_dir / session.id,
+                self._limits.get(session.connector),
             )
         except sqlite3.OperationalError as error:
             if self._stopping.is_set():

@@ -1,0 +1,460 @@
+"""What a session changes in one table: the one diff that counting, reviewing and applying share.
+
+* A complete or initial session's ``<Table>.sorted.csv`` is merge-joined with the table's stored
+  rows, both in key order (the agent sorts its files; the store's B-tree is keyed by
+  :func:`~prepsync.server.store.encode_key`, whose byte order is the same): one streaming pass
+  yields the implied inserts, updates and deletes, and rows that did not change cost a
+  comparison of two strings.
+* An incremental session's ``<Table>.sorted.delta.csv`` yields its commands, each looked up in
+  the store (``merge`` becomes an insert or an update; an insert of a stored key or an update or
+  delete of a missing one is an error).
+
+A complete load must be in strictly ascending key order, as the agent writes it: that is what
+makes the merge-join possible, and a file out of order is a broken upload. A delta is applied
+in file order (the agent's are in key order; a key may come back, each command sees the
+previous ones), so the review's paging by key assumes the agent's order.
+
+A change is ``(command, key, line, values, stored_line)``: ``line`` and ``values`` are the new
+row (insert, update), ``stored_line`` the row as stored (update, delete). Lines are canonical
+CSV records: SPEC §2 output quoting with ``,`` as separator, whatever the session's separator.
+"""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from prepsync.config import TableSpec
+from prepsync.server.store import TableState, encode_key, format_record, lookup, stored_rows
+from prepsync.server.thresholds import Association, LinkCounts
+
+INSERT, UPDATE, DELETE = "insert", "update", "delete"
+COMMAND_COLUMN = "command"
+COMMANDS = ("insert", "update", "delete", "merge")
+MAX_FIELD = 64 * 1024 * 1024  # DESIGN: a row may be at most 64 MiB
+
+Change = tuple[str, bytes, str | None, list[str] | None, str | None]
+
+
+class DataError(Exception):
+    """A session's file cannot be applied; the message names file and line."""
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def _next_physical_line(stream: TextIO) -> str:
+    return stream.readline()
+
+
+def read_records(path: Path, separator: str) -> Iterator[tuple[int, list[str], str]]:
+    """(line the record starts on, fields, canonical line) of every record, header included.
+
+    Blank lines are skipped. The fast path is a record without quotes: split on the separator,
+    and with ``,`` the text itself is already the canonical line. A record with quotes (it may
+    span lines) goes through the csv module. One CR before the LF is tolerated (CRLF).
+    """
+    name = path.name
+    comma = separator == ","
+    number = 0
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))
+    try:
+        # newline="\n": lines end at LF only, so a CR inside a quoted value stays a value byte.
+        with path.open(encoding="utf-8", newline="\n") as stream:
+            while text := _next_physical_line(stream):
+                number += 1
+                start = number
+                if '"' in text:
+                    while text.count('"') % 2:  # an open quote: the record goes on
+                        more = _next_physical_line(stream)
+                        if not more:
+                            raise DataError(f"{name}, line {start}: unterminated quote")
+                        number += 1
+                        text += more
+                    record = text[:-2] if text.endswith("\r\n") else text.rstrip("\n")
+                    try:
+                        fields = next(csv.reader((record,), delimiter=separator, strict=True))
+                    except csv.Error as error:
+                        raise DataError(f"{name}, line {start}: {error}") from None
+                    yield start, fields, format_record(fields)
+                    continue
+                if text.endswith("\n"):
+                    text = text[:-2] if text.endswith("\r\n") else text[:-1]
+                if not text:
+                    continue
+                if "\r" in text:
+                    raise DataError(f"{name}, line {start}: a CR outside quotes")
+                fields = text.split(separator)
+                if comma:
+                    yield start, fields, text
+                elif "," in text:
+                    yield start, fields, format_record(fields)
+                else:
+                    yield start, fields, text.replace(separator, ",")
+    except UnicodeDecodeError:
+        raise DataError(f"{name}, line {number + 1}: invalid UTF-8") from None
+    except OSError as error:
+        raise DataError(f"{name}: cannot read: {error.strerror or error}") from None
+
+
+def parse_line(line: str) -> list[str]:
+    """The values of a stored (canonical, ``,``-separated) line."""
+    if '"' not in line:
+        return line.split(",")
+    return next(csv.reader((line,), strict=True))
+
+
+@dataclass
+class Upload:
+    """A session's file for one table, its header checked against the table's kept columns."""
+
+    name: str
+    header: list[str]  # the kept columns as the file spells and orders them (no command)
+    records: Iterator[tuple[int, list[str], str]]  # the records after the header
+
+
+def open_upload(path: Path, spec: TableSpec, separator: str, command: bool) -> Upload:
+    name = path.name
+    records = read_records(path, separator)
+    first = next(records, None)
+    if first is None:
+        raise DataError(f"{name}: empty file (no header)")
+    header = first[1]
+    if command:
+        if header[0].casefold() != COMMAND_COLUMN:
+            raise DataError(f"{name}: the first column must be {COMMAND_COLUMN!r}")
+        header = header[1:]
+    folded = [column.casefold() for column in header]
+    duplicated = sorted({column for column in folded if folded.count(column) > 1})
+    if duplicated:
+        raise DataError(f"{name}: duplicated header name {duplicated[0]!r}")
+    kept = {column.casefold(): column for column in spec.columns}
+    missing = [column for fold, column in kept.items() if fold not in folded]
+    extra = [column for column in header if column.casefold() not in kept]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(repr(column) for column in missing))
+        if extra:
+            parts.append("not kept " + ", ".join(repr(column) for column in extra))
+        raise DataError(f"{name}: header differs from the kept columns ({'; '.join(parts)})")
+    return Upload(name, header, records)
+
+
+def key_positions(spec: TableSpec, header: Sequence[str]) -> list[int]:
+    """Positions in ``header`` of the key columns: the primary key, or every column in order."""
+    if spec.key is None:
+        return list(range(len(header)))
+    folded = [column.casefold() for column in header]
+    return [folded.index(column.casefold()) for column in spec.key]
+
+
+def key_maker(positions: Sequence[int], name: str) -> Callable[[Sequence[str], int], bytes]:
+    """values, line -> encoded key; a null key value is an error naming the line."""
+    if len(positions) == 1:
+        (position,) = positions
+
+        def single(values: Sequence[str], line: int) -> bytes:
+            value = values[position]
+            if not value:
+                raise DataError(f"{name}, line {line}: null key")
+            encoded = value.encode("utf-8")
+            if b"\x00" in encoded:
+                encoded = encoded.replace(b"\x00", b"\x00\x01")
+            return encoded + b"\x00\x00"
+
+        return single
+
+    def several(values: Sequence[str], line: int) -> bytes:
+        key_values = [values[position] for position in positions]
+        if not all(key_values):
+            raise DataError(f"{name}, line {line}: null key")
+        return encode_key(key_values)
+
+    return several
+
+
+def _check_order(name: str, line: int, key: bytes, previous: bytes | None) -> None:
+    if previous is not None and key <= previous:
+        problem = "duplicate key" if key == previous else "not in key order"
+        raise DataError(f"{name}, line {line}: {problem}")
+
+
+# ----------------------------------------------------------------------------------- diffing
+
+
+def full_changes(
+    upload: Upload,
+    positions: Sequence[int],
+    stored: Iterator[tuple[bytes, str]],
+    after: bytes | None = None,
+) -> Iterator[Change]:
+    """The merge-join of a complete load with the stored rows (both in key order).
+
+    ``after``: only changes of keys above it (``stored`` must already start there).
+    """
+    name = upload.name
+    width = len(upload.header)
+    make_key = key_maker(positions, name)
+    end = (None, None)
+    stored_key, stored_line = next(stored, end)
+    previous: bytes | None = None
+    for line_number, fields, line in upload.records:
+        if len(fields) != width:
+            raise DataError(
+                f"{name}, line {line_number}: expected {width} fields, found {len(fields)}"
+            )
+        key = make_key(fields, line_number)
+        if previous is not None and key <= previous:
+            _check_order(name, line_number, key, previous)
+        previous = key
+        if after is not None and key <= after:
+            continue
+        while stored_key is not None and stored_key < key:
+            yield DELETE, stored_key, None, None, stored_line
+            stored_key, stored_line = next(stored, end)
+        if stored_key == key:
+            if stored_line != line:
+                yield UPDATE, key, line, fields, stored_line
+            stored_key, stored_line = next(stored, end)
+        else:
+            yield INSERT, key, line, fields, None
+    while stored_key is not None:
+        yield DELETE, stored_key, None, None, stored_line
+        stored_key, stored_line = next(stored, end)
+
+
+def delta_changes(
+    upload: Upload,
+    stored_header: Sequence[str],
+    positions: Sequence[int],
+    find: Callable[[bytes], str | None],
+    after: bytes | None = None,
+    out_of_order: Callable[[], None] | None = None,
+) -> Iterator[Change]:
+    """An incremental session's commands, values in the stored column order.
+
+    ``positions`` are the key positions in ``stored_header``; ``find`` looks a key up in the
+    store. A delete yields the row as stored. ``out_of_order`` is called before the lookup of a
+    key not above the previous one: a writer flushes its pending batch there, so that the lookup
+    sees the earlier commands (in key order, no key can come back).
+    """
+    name = upload.name
+    width = len(upload.header) + 1
+    delta_folded = [column.casefold() for column in upload.header]
+    # +1: position 0 of a delta record is the command.
+    to_stored = [delta_folded.index(column.casefold()) + 1 for column in stored_header]
+    make_key = key_maker(positions, name)
+    previous: bytes | None = None
+    for line_number, fields, _line in upload.records:
+        if len(fields) != width:
+            raise DataError(
+                f"{name}, line {line_number}: expected {width} fields, found {len(fields)}"
+            )
+        values = [fields[position] for position in to_stored]
+        key = make_key(values, line_number)
+        if previous is not None and key <= previous and out_of_order is not None:
+            out_of_order()
+        previous = key
+        command = fields[0].casefold()
+        if command not in COMMANDS:
+            raise DataError(
+                f"{name}, line {line_number}: invalid command {fields[0]!r} "
+                f"(expected {', '.join(COMMANDS)})"
+            )
+        if after is not None and key <= after:
+            continue
+        old = find(key)
+        if command == "merge":
+            command = INSERT if old is None else UPDATE
+        if command == INSERT:
+            if old is not None:
+                raise DataError(f"{name}, line {line_number}: insert of a key already stored")
+            yield INSERT, key, format_record(values), values, None
+        elif command == UPDATE:
+            if old is None:
+                raise DataError(f"{name}, line {line_number}: update of a key not stored")
+            yield UPDATE, key, format_record(values), values, old
+        else:
+            if old is None:
+                raise DataError(f"{name}, line {line_number}: delete of a key not stored")
+            yield DELETE, key, None, None, old
+
+
+def _sorted_rows(rows: Iterable[tuple[bytes, str]]) -> Iterator[tuple[bytes, str]]:
+    """``rows`` in key order, sorted by a private temporary SQLite database (on disk, so a
+    table of any size sorts in bounded memory)."""
+    with tempfile.TemporaryDirectory(prefix="prepsync-relayout-") as directory:
+        connection = sqlite3.connect(Path(directory) / "sort.sqlite3", isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode=OFF")
+            connection.execute("PRAGMA synchronous=OFF")
+            connection.execute(
+                "CREATE TABLE rows (key BLOB PRIMARY KEY, line TEXT NOT NULL) WITHOUT ROWID"
+            )
+            connection.execute("BEGIN")
+            connection.executemany("INSERT INTO rows VALUES (?, ?)", rows)
+            connection.execute("COMMIT")
+            cursor = connection.execute("SELECT key, line FROM rows ORDER BY key")
+            while batch := cursor.fetchmany(4096):
+                yield from batch
+        finally:
+            connection.close()
+
+
+def relayout_rows(
+    stored: Iterator[tuple[bytes, str]],
+    stored_header: Sequence[str],
+    header: Sequence[str],
+    positions: Sequence[int],
+    association_only: bool,
+) -> Iterator[tuple[bytes, str]]:
+    """The stored rows in the layout of ``header`` (same columns, other order or spelling),
+    re-keyed, in key order.
+
+    Rare: the export's column order changed. An entity table's key is one column, so its order
+    does not change; an association-only table is keyed by all columns in header order, so its
+    rows are sorted again.
+    """
+    stored_folded = [column.casefold() for column in stored_header]
+    from_stored = [stored_folded.index(column.casefold()) for column in header]
+    make_key = key_maker(positions, "store")
+
+    def moved() -> Iterator[tuple[bytes, str]]:
+        for _key, line in stored:
+            old = parse_line(line)
+            values = [old[position] for position in from_stored]
+            yield make_key(values, 0), format_record(values)
+
+    if association_only and list(stored_folded) != [column.casefold() for column in header]:
+        return _sorted_rows(moved())
+    return moved()
+
+
+# ----------------------------------------------------------------------------- one table's diff
+
+
+@dataclass
+class TableDiff:
+    header: list[str]  # the columns of the changes' lines
+    changes: Iterator[Change]
+    # A complete load whose stored rows are in another layout: applying it rewrites the table.
+    rewrite: bool = False
+
+
+def table_diff(
+    rows: sqlite3.Connection,
+    state: TableState | None,
+    spec: TableSpec,
+    path: Path,
+    mode: str,
+    separator: str,
+    after: bytes | None = None,
+    out_of_order: Callable[[], None] | None = None,
+) -> TableDiff:
+    """The changes of ``path`` (a session's file for ``spec``) against the stored table.
+
+    ``rows`` reads the stored rows: for a complete load a snapshot while applying, for a delta
+    the writer's own connection (its lookups must see the delta's earlier commands, flushed by
+    ``out_of_order``); ``state`` is the table as stored, None or header None when never loaded.
+    """
+    incremental = mode == "incremental"
+    upload = open_upload(path, spec, separator, command=incremental)
+    stored_header = None if state is None else state.header
+    if incremental:
+        header = list(stored_header) if stored_header is not None else upload.header
+        if sorted(column.casefold() for column in header) != sorted(
+            column.casefold() for column in upload.header
+        ):
+            raise DataError(
+                f"{upload.name}: the stored table has columns {header!r}; run a complete "
+                "synchronization"
+            )
+        state_tid = None if state is None else state.tid
+
+        def find(key: bytes) -> str | None:
+            return None if state_tid is None else lookup(rows, state_tid, key)
+
+        positions = key_positions(spec, header)
+        return TableDiff(
+            header, delta_changes(upload, header, positions, find, after, out_of_order)
+        )
+    header = upload.header
+    positions = key_positions(spec, header)
+    if state is None or stored_header is None or state.row_count == 0:
+        return TableDiff(header, full_changes(upload, positions, iter(()), after))
+    if list(stored_header) == header:
+        return TableDiff(
+            header, full_changes(upload, positions, stored_rows(rows, state.tid, after), after)
+        )
+    stored = stored_rows(rows, state.tid)
+    if sorted(column.casefold() for column in stored_header) == sorted(
+        column.casefold() for column in header
+    ):
+        moved = relayout_rows(stored, stored_header, header, positions, spec.key is None)
+        if after is not None:
+            moved = ((key, line) for key, line in moved if key > after)
+    else:
+        # The mappings changed the kept columns: every stored row goes, every new one comes.
+        def every_stored_row_deleted() -> Iterator[Change]:
+            yield from full_changes(upload, positions, iter(()), after)
+            for key, line in stored:
+                if after is None or key > after:
+                    yield DELETE, key, None, None, line
+
+        return TableDiff(header, every_stored_row_deleted(), rewrite=True)
+    return TableDiff(header, full_changes(upload, positions, moved, after), rewrite=True)
+
+
+# ------------------------------------------------------------------------------------- links
+
+
+class LinkCounter:
+    """Counts each association's links inserted and deleted by a table's changes."""
+
+    def __init__(
+        self, associations: Sequence[Association], header: Sequence[str], association_only: bool
+    ) -> None:
+        folded = [column.casefold() for column in header]
+        self.associations = tuple(associations)
+        self.counts = {association.identifier: LinkCounts() for association in associations}
+        # Every row of an association-only table is a link (its columns form the key, never
+        # null), so its links are its rows: counted from the row counts, no per-row work.
+        self.per_row = not association_only and bool(associations)
+        self._pairs = [
+            (
+                self.counts[association.identifier],
+                folded.index(association.column1.casefold()),
+                folded.index(association.column2.casefold()),
+            )
+            for association in associations
+        ]
+
+    def count(self, command: str, values: list[str] | None, stored_line: str | None) -> None:
+        old = None if stored_line is None else parse_line(stored_line)
+        for counts, first, second in self._pairs:
+            new_pair = None if values is None else (values[first], values[second])
+            old_pair = None if old is None else (old[first], old[second])
+            new_link = new_pair is not None and new_pair[0] != "" and new_pair[1] != ""
+            old_link = old_pair is not None and old_pair[0] != "" and old_pair[1] != ""
+            if new_link and old_link and new_pair == old_pair:
+                continue
+            if new_link:
+                counts.inserted += 1
+            if old_link:
+                counts.deleted += 1
+
+    def stored_links(self, rows: Iterable[tuple[bytes, str]]) -> dict[str, int]:
+        """Links held by ``rows`` (stored lines in this counter's header), per association."""
+        totals = dict.fromkeys(self.counts, 0)
+        for _key, line in rows:
+            values = parse_line(line)
+            for identifier, (_counts, first, second) in zip(self.counts, self._pairs, strict=True):
+                if values[first] != "" and values[second] != "":
+                    totals[identifier] += 1
+        return totals
