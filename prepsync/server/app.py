@@ -36,6 +36,7 @@ from prepsync.config import (
 )
 from prepsync.errors import ConfigError
 from prepsync.server.auth import TokenSigner, load_or_create_key
+from prepsync.server.changes import changes
 from prepsync.server.control import Control
 from prepsync.server.endpoints import (
     cancel,
@@ -72,6 +73,7 @@ ROUTES = [
     # {name:path} so that a decoded "%2F" or ".." reaches the name check (400), not a 404.
     Route("/api/sessions/{session_id}/files/{name:path}", upload, methods=["PUT"]),
     Route("/api/sessions/{session_id}/files/{name:path}", file_status, methods=["GET"]),
+    Route("/api/sessions/{session_id}/changes", changes, methods=["GET"]),
     Route("/api/sessions/{session_id}/commit", commit, methods=["POST"]),
     Route("/api/sessions/{session_id}/force", force, methods=["POST"]),
     Route("/api/sessions/{session_id}/cancel", cancel, methods=["POST"]),

@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from prepsync.config import OpenIdClient
 from prepsync.server.apply import separator_problem
 from prepsync.server.auth import basic_credentials
-from prepsync.server.control import CANCELLED, MODES
+from prepsync.server.control import BLOCKED, CANCELLED, MODES
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
 from prepsync.server.state import authenticate, conflict, connector_of, session_of, state_of
 from prepsync.server.status import RECENT_SESSIONS, render_status
@@ -178,4 +178,6 @@ async def status_page(request: Request) -> Response:
     control, _worker = state.running()
     sessions = {connector: control.recent(connector, RECENT_SESSIONS) for connector in state.tables}
     counts = await anyio.to_thread.run_sync(table_counts, state.data_dir / "store.sqlite3")
-    return HTMLResponse(render_status(state.tables, counts, sessions))
+    blocked = [session for session in control.unfinished() if session.state == BLOCKED]
+    api_url = str(request.base_url).rstrip("/")
+    return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))
