@@ -115,7 +115,7 @@ def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path) -> None
 
 def test_changes_need_a_table_when_several_are_carried(tmp_path: Path) -> None:
     with running(tmp_path) as api:
-        holder = api.open("AD", "incremental")  # open: the next session waits queued behind it
+        holder = api.open("AD", "incremental", agent="another")  # the next one waits behind it
         assert api.get(f"/api/sessions/{holder}/changes").status_code == 409  # not committed
         files = {
             f"{ENTRIES}.sorted.delta.csv": csv_bytes(["command", "objectGUID", "dn"], []),

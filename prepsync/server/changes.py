@@ -19,7 +19,7 @@ operator's job.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -108,7 +108,7 @@ async def changes(request: Request) -> Response:
     store_path = state.data_dir / "store.sqlite3"
     path = state.sessions_dir / session.id / file_name
 
-    def selected() -> Iterator[tuple[str, bytes]]:
+    def selected() -> Generator[tuple[str, bytes], None, None]:
         """(CSV line, key): the header first (its key empty), then the selected changes."""
         with snapshot(store_path) as connection:
             stored = table_state(connection, session.connector, spec.name)
