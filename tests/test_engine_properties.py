@@ -8,6 +8,7 @@ byte, count and error must be the reference's.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import ReferenceResult, parse_csv, reference_prepare
 from strategies import (
+    Spec,
     change_file_cases,
     csv_cases,
     incremental_cases,
@@ -206,3 +208,58 @@ def test_tiny_budget_really_spills_and_merges_in_passes(tmp_path: Path, budget: 
     expected = reference_prepare(source.read_bytes(), spec)
     assert isinstance(expected, ReferenceResult)
     assert (tmp_path / "t.sorted.csv").read_bytes() == expected.files["sorted"]
+
+
+REFUSED_SHAPES = [
+    "\ufeffid,name\r\n1,a\r\n".encode("utf-16-le"),
+    "\ufeffid\n".encode("utf-32-le"),
+    b'#TYPE System.Management.Automation.PSCustomObject\r\n"id","name"\r\n"1","a"\r\n',
+    b"\xef\xbb\xbf\n#TYPE x\n",
+    b"id,name,dept\rE1,Ann,IT\rE2,Bob,HR\r",
+    b'"id","name"\r"1","a"\r',
+    b"id\r",
+    # CR-only with a first line longer than any read block: refused at the first CR all the same
+    b"id," + b"x" * 300_000 + b"\r" + b"1,a\r" * 100_000,
+]
+
+
+@pytest.mark.parametrize("data", REFUSED_SHAPES)
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 7, 64, 65536])
+def test_refused_shapes_fail_alike_whatever_the_read_size(
+    tmp_path: Path, data: bytes, block: int
+) -> None:
+    """Both tokenizers (the header reader and the engine's) give the reference's error for
+    every read size: the cause is found where it stands, not where a buffer happens to end."""
+    if len(data) > 100_000 and block < 64:
+        block *= 4096  # a few MB one byte at a time would only test patience
+    with pytest.raises(InputError) as expected:
+        reference_prepare(data, Spec("T", ("id",), ("id",)), path=str(tmp_path / "in.csv"))
+    want = (expected.value.line, expected.value.offset, expected.value.problem)
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    with pytest.raises(InputError) as caught:
+        _cleanse.read_header(str(source), b",", 16 << 20, block)
+    assert (caught.value.line, caught.value.offset, caught.value.problem) == want
+    with open(source, "rb") as reader, open(os.devnull, "wb") as sink:
+        engine = _cleanse.Cleanser(
+            source=str(source),
+            table="T",
+            separator=b",",
+            memory_budget=16 << 20,
+            spill_dir=str(tmp_path),
+            out_cols=[0],
+            key_cols=[0],
+            command_col=-1,
+            keep_last=False,
+            nullpk_fd=sink.fileno(),
+            sorted_fd=sink.fileno(),
+            duplicates_fd=sink.fileno(),
+        )
+        try:
+            with pytest.raises(InputError) as caught:
+                while engine.read_from(reader.fileno(), block):
+                    pass
+                engine.finish_input()
+        finally:
+            engine.close()
+    assert (caught.value.line, caught.value.offset, caught.value.problem) == want
