@@ -10,6 +10,7 @@ import pytest
 
 from prepsync.client import ApiClient, RetryPolicy
 from prepsync.errors import ServerError
+from prepsync.staging import working_lock
 from prepsync.sync import SessionJournal, finish_interrupted
 
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -126,3 +127,28 @@ def test_an_opening_intent_survives_an_unreachable_server(tmp_path: Path) -> Non
     with pytest.raises(ServerError):
         finish_interrupted(client({}, []), tmp_path, tmp_path)  # 500s until the budget is out
     assert saved.read() is not None
+
+
+@pytest.mark.parametrize("mode", ["complete", "incremental"])
+def test_committed_change_file_run_advances_only_a_replayed_table(
+    tmp_path: Path, mode: str
+) -> None:
+    """A change file replayed in complete mode left a .sorted.csv that becomes the baseline
+    once the session is known committed; an incremental change file has none, and moves none."""
+    replayed = tmp_path / "T.sorted.csv"
+    replayed.write_bytes(b"id,name\n1,a\n")
+    sorted_path = str(replayed) if mode == "complete" else None
+    saved = journal(tmp_path, [{"table": "T", "sorted": sorted_path, "change_file": True}])
+    done = {
+        ("GET", f"/api/sessions/{SESSION}"): httpx.Response(
+            200, json={"id": SESSION, "connector": "AD", "mode": mode, "state": "done"}
+        )
+    }
+    with working_lock(tmp_path):  # as synchronize() holds it
+        assert finish_interrupted(client(done, []), tmp_path, tmp_path) == SESSION
+    assert saved.read() is None
+    baseline = tmp_path / "previous" / "T.sorted.csv"
+    if mode == "complete":
+        assert baseline.read_bytes() == b"id,name\n1,a\n"
+    else:
+        assert not baseline.exists()
