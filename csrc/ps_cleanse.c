@@ -943,6 +943,7 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     if (!c->arena) goto nomem;
     if (ps_tok_init(&c->tok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_INPUT, err)) goto fail;
     c->tok_live = 1;
+    c->tok.budget_shares = o->budget_shares;
     if (ps_writer_init(&c->nullpk, o->nullpk_fd, "the null-key output", c->io_block, err)) goto fail;
     if (ps_writer_init(&c->sorted, o->sorted_fd, "the sorted output", c->io_block, err)) goto fail;
     if (ps_writer_init(&c->duplicates, o->duplicates_fd, "the duplicates output", c->io_block, err)) goto fail;
@@ -953,6 +954,7 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
         if (ps_tok_init(&c->btok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_BASELINE_CSV, err))
             goto fail;
         c->btok_live = 1;
+        c->btok.budget_shares = o->budget_shares;
     }
     return c;
 nomem:

@@ -22,6 +22,7 @@
 typedef struct ps_cleanse_options {
     char separator;
     size_t memory_budget;
+    int budget_shares;       /* > 1: memory_budget is a share of a budget split this many ways */
     const char *spill_dir;
     const int32_t *out_cols; /* source column of each output column, in output order */
     size_t n_out;

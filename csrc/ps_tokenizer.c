@@ -245,22 +245,34 @@ static int check_start_of_file(ps_tokenizer *t, ps_error *err) {
     return PS_OK;
 }
 
+/* "the 16 MiB memory budget", or "this table's 8 MiB share of the memory budget" when tables
+ * cleansed in parallel split it: the user must know what to raise. */
+static void describe_budget(const ps_tokenizer *t, char *out, size_t cap) {
+    char size[32];
+    ps_format_size(t->budget, size, sizeof size);
+    if (t->budget_shares > 1)
+        snprintf(out, cap, "this table's %s share of the memory budget (split between %d tables "
+                 "cleansed at once)", size, t->budget_shares);
+    else
+        snprintf(out, cap, "the %s memory budget", size);
+}
+
 static int fail_too_large(ps_tokenizer *t, int header, ps_error *err) {
-    char budget[32], limit[32];
-    ps_format_size(t->budget, budget, sizeof budget);
+    char budget[160], limit[32];
+    describe_budget(t, budget, sizeof budget);
     ps_format_size(t->max_record, limit, sizeof limit);
     return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
-                   header ? "header line too large for the %s memory budget (over %s)"
-                          : "row too large for the %s memory budget (over %s); unterminated quote?",
+                   header ? "header line too large for %s (over %s)"
+                          : "row too large for %s (over %s); unterminated quote?",
                    budget, limit);
 }
 
 static int fail_too_many_fields(ps_tokenizer *t, int header, ps_error *err) {
-    char budget[32];
-    ps_format_size(t->budget, budget, sizeof budget);
+    char budget[160];
+    describe_budget(t, budget, sizeof budget);
     return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
-                   "%s more than %zu fields, too many for the %s memory budget",
-                   header ? "header has" : "row has", t->max_fields, budget);
+                   "%s more than %zu fields, too many for %s", header ? "header has" : "row has",
+                   t->max_fields, budget);
 }
 
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
@@ -271,10 +283,10 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     if (!t->eof && t->len - t->pos < t->retry_at) return PS_TOK_NEED_MORE;
 
     const char sep = t->separator;
-    const int eof = t->eof;
+    int eof = t->eof;
     const int header = t->expected_fields == 0;
     const char *const buf = t->buf;
-    const char *const end = buf + t->len;
+    const char *end = buf + t->len;
     const char *p = buf + t->pos;
 
     /* Blank lines are not records (docs/DESIGN.md); consume them for good. A lone CR is not a
@@ -309,6 +321,13 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
                            "header: export with Export-Csv -NoTypeInformation");
     }
 
+    /* Scan no further than one byte past the largest record: a record that has not ended by
+     * then is too large, whatever else it holds further on. So the error a long record gets
+     * never depends on how much of it happens to be buffered. */
+    if ((size_t)(end - p) > t->max_record + 1) {
+        end = p + t->max_record + 1;
+        eof = 0;
+    }
     const char *const start = p;
     int64_t lines_inside = 0; /* LFs the record spans, its own line end included */
     size_t nf = 0;

@@ -59,6 +59,8 @@ typedef struct ps_tokenizer {
     int error_code;         /* PS_ERR_INPUT normally; PS_ERR_BASELINE_CSV for a baseline */
     size_t expected_fields; /* set by the first record (the header); 0 before it */
     size_t budget;          /* the memory budget the limits derive from (named in errors) */
+    int budget_shares;      /* > 1: `budget` is one table's share of a budget split this many
+                               ways (tables cleansed in parallel); errors say so */
     size_t max_record;      /* bytes of one record, line end included */
     size_t max_fields;      /* fields of one record */
     size_t initial_cap;

@@ -60,7 +60,9 @@ def live_counters():
     return {"buffers": c.ps_live.buffers, "spill_files": c.ps_live.spill_files}
 
 
-def read_header(str path, bytes separator, Py_ssize_t memory_budget, Py_ssize_t block=65536):
+def read_header(
+    str path, bytes separator, Py_ssize_t memory_budget, Py_ssize_t block=65536, int budget_shares=1
+):
     """The header of a CSV file, parsed and checked exactly as the engine does (with the same
     size limits for the budget): (names, the byte offset of each name, the header's line)."""
     cdef c.ps_tokenizer tok
@@ -73,6 +75,7 @@ def read_header(str path, bytes separator, Py_ssize_t memory_budget, Py_ssize_t 
     cdef const c.ps_field *f
     if c.ps_tok_init(&tok, separator_byte(separator), block, memory_budget, c.PS_ERR_INPUT, &err):
         raise MemoryError()
+    tok.budget_shares = budget_shares
     try:
         with open(path, "rb") as source:
             while True:
@@ -140,6 +143,7 @@ cdef class Cleanser:
         int baseline_fd=-1,
         baseline_key_cols=(),
         str baseline="",
+        int budget_shares=1,
     ):
         cdef c.ps_cleanse_options options
         cdef bytes spill = spill_dir.encode()
@@ -148,6 +152,7 @@ cdef class Cleanser:
         self.baseline = baseline
         options.separator = separator_byte(separator)
         options.memory_budget = memory_budget
+        options.budget_shares = budget_shares
         options.spill_dir = spill
         options.n_out = len(out_cols)
         options.n_key = len(key_cols)

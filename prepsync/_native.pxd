@@ -46,7 +46,7 @@ cdef extern from "ps_tokenizer.h" nogil:
         int64_t offset
 
     ctypedef struct ps_tokenizer:
-        pass
+        int budget_shares
 
     int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,
                     int error_code, ps_error *err)
@@ -61,6 +61,7 @@ cdef extern from "ps_cleanse.h" nogil:
     ctypedef struct ps_cleanse_options:
         char separator
         size_t memory_budget
+        int budget_shares
         const char *spill_dir
         const int32_t *out_cols
         size_t n_out

@@ -246,12 +246,19 @@ def plan_columns(
 
 
 def _check_baseline_header(
-    baseline: Path, table: str, plan: ColumnPlan, separator: str, memory_budget: int
+    baseline: Path,
+    table: str,
+    plan: ColumnPlan,
+    separator: str,
+    memory_budget: int,
+    budget_shares: int,
 ) -> None:
     if not baseline.is_file():
         raise BaselineError(table, f"no baseline {baseline}")
     try:
-        header, _, _ = _cleanse.read_header(str(baseline), separator.encode(), memory_budget)
+        header, _, _ = _cleanse.read_header(
+            str(baseline), separator.encode(), memory_budget, budget_shares=budget_shares
+        )
     except InputError as error:
         raise BaselineError(
             table, f"baseline {baseline}, line {error.line}: {error.problem}"
@@ -275,8 +282,13 @@ def stage_table(
     read_block: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    budget_shares: int = 1,
 ) -> TableResult:
-    """Cleanse one table into files staged in ``staged`` (committed by the caller)."""
+    """Cleanse one table into files staged in ``staged`` (committed by the caller).
+
+    ``memory_budget`` is this table's; ``budget_shares`` > 1 says it is a share of a run's
+    budget split between that many tables, so that errors name it as such.
+    """
     mode = mode.lower()
     if mode not in MODES:
         raise UsageError(f"unknown synchronization mode '{mode}'")
@@ -286,7 +298,7 @@ def stage_table(
     source_name = str(source)
     _check_regular_file(source)
     header, offsets, header_line_number = _cleanse.read_header(
-        source_name, separator.encode(), memory_budget
+        source_name, separator.encode(), memory_budget, budget_shares=budget_shares
     )
     plan = plan_columns(
         header,
@@ -302,7 +314,7 @@ def stage_table(
     if joining:
         if baseline is None:
             raise BaselineError(spec.name, "no baseline given")
-        _check_baseline_header(baseline, spec.name, plan, separator, memory_budget)
+        _check_baseline_header(baseline, spec.name, plan, separator, memory_budget, budget_shares)
     # In initial/complete mode a change file is replayed from empty into a full extract: its
     # .sorted.csv (no command) is sent and becomes the baseline. In incremental mode it is
     # already a delta: its kept rows are the .sorted.delta.csv, and there is no full extract
@@ -345,6 +357,7 @@ def stage_table(
             baseline_fd=baseline_file.fileno() if baseline_file else -1,
             baseline_key_cols=plan.baseline_key_cols,
             baseline=str(baseline or ""),
+            budget_shares=budget_shares,
         )
         try:
             block = read_block or _cleanse.io_block(memory_budget)
@@ -591,6 +604,7 @@ def prepare_connector(
                     command_column=request.command_column,
                     separator=request.separator,
                     memory_budget=share,
+                    budget_shares=workers,
                     spill_dir=own_spill,
                     progress=progress,
                     should_stop=lambda: failure.stops(index),

@@ -283,3 +283,16 @@ def test_a_duplicated_kept_name_is_named_with_its_byte(site: Site) -> None:
     code, _, err = site.run("complete")
     assert code == 1
     assert "Entries.csv, line 1 (byte 11): duplicated header name 'NAME'" in err
+
+
+def test_a_row_over_a_tables_share_of_the_budget_says_it_is_a_share(site: Site) -> None:
+    """Tables cleansed at once split the budget: the error names the share, so that the user
+    knows raising --memory-budget (or lowering --parallel) is the way out."""
+    site.write("Entries.csv", b"id,name\n1," + b"x" * (600 << 10) + b"\n")
+    code, _, err = site.run("complete", "--memory-budget", "16MiB", "--parallel", "2")
+    assert code == 1
+    assert (
+        "Entries.csv, line 2 (byte 8): row too large for this table's 8 MiB share of the memory "
+        "budget (split between 2 tables cleansed at once) (over 512 KiB)" in err
+    )
+    assert site.run("complete", "--memory-budget", "16MiB", "--parallel", "1")[0] == 0

@@ -263,3 +263,33 @@ def test_refused_shapes_fail_alike_whatever_the_read_size(
         finally:
             engine.close()
     assert (caught.value.line, caught.value.offset, caught.value.problem) == want
+
+
+@pytest.mark.parametrize("block", [1000, 4096, 65536, 1 << 20])
+@pytest.mark.parametrize(
+    ("bad_at", "problem"),
+    [
+        (None, "row too large for the 1 MiB memory budget (over 64 KiB); unterminated quote?"),
+        (50_000, "text after closing quote"),  # within the limit: that error, always
+        (66_000, "row too large for the 1 MiB memory budget (over 64 KiB); unterminated quote?"),
+    ],
+)
+def test_a_row_over_the_limit_gets_one_error_whatever_the_read_size(
+    tmp_path: Path, block: int, bad_at: int | None, problem: str
+) -> None:
+    """1 MiB affords 64 KiB a row. A 70 KB row is refused as too large however it is read,
+    unless something is wrong within its first 64 KiB, which is then reported instead."""
+    from prepsync.config import TableSpec, Thresholds
+
+    spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
+    value = bytearray(b"v" * 70_000)
+    row = b"1," + bytes(value)
+    if bad_at is not None:
+        row = row[:bad_at] + b',"x"y,' + row[bad_at + 6 :]
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"k,v\n" + row + b"\n2,b\n")
+    with pytest.raises(InputError) as caught:
+        prepare_table(source, spec, tmp_path, memory_budget=1 << 20, read_block=block)
+    assert (caught.value.line, caught.value.problem) == (2, problem)
+    if bad_at is None or bad_at > 65536:
+        assert caught.value.offset == 4
