@@ -20,7 +20,7 @@ with warnings.catch_warnings():
 from serverutil import HR_SECRET, Api, csv_bytes, write_config, xxh3
 
 from prepsync.server import create_app
-from prepsync.server.auth import TokenSigner, load_or_create_key
+from prepsync.server.tokens import TokenSigner, load_or_create_key
 
 ENTRIES = "ADExport_entries"
 MEMBERS = "ADExport_members"

@@ -12,7 +12,7 @@ from serverutil import csv_bytes
 
 from prepsync.config import TableSpec, Thresholds
 from prepsync.server.apply import apply_session
-from prepsync.server.control import DONE, FAILED, Session
+from prepsync.server.sessions import DONE, FAILED, Session
 from prepsync.server.store import iter_table_csv, open_store
 
 SPEC = TableSpec("T", ("id", "v"), ("id",), Thresholds())

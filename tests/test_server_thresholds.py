@@ -15,7 +15,7 @@ from serverutil import csv_bytes
 
 from prepsync.config import load_mappings, resolve_tables
 from prepsync.server.apply import Outcome, apply_session
-from prepsync.server.control import BLOCKED, DONE, Session
+from prepsync.server.sessions import BLOCKED, DONE, Session
 from prepsync.server.store import Store, iter_table_csv, open_store
 from prepsync.server.thresholds import (
     ConnectorLimits,

@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serverutil import csv_bytes
 
-from prepsync.server.auth import TokenSigner, basic_credentials, bearer_token, load_or_create_key
-from prepsync.server.control import canonical_session_id
+from prepsync.server.session_files import file_name_problem, parse_content_range
+from prepsync.server.sessions import canonical_session_id
 from prepsync.server.store import encode_key, format_record
-from prepsync.server.uploads import file_name_problem, parse_content_range
+from prepsync.server.tokens import TokenSigner, basic_credentials, bearer_token, load_or_create_key
 
 values = st.text(st.characters(codec="utf-8"), max_size=6)
 keys = st.lists(values, min_size=1, max_size=3)

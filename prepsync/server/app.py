@@ -3,7 +3,7 @@
 Data directory layout (created on first start)::
 
     <data>/token.key            token signing key (0600)
-    <data>/sessions.sqlite3     sessions and their states (control.py)
+    <data>/sessions.sqlite3     sessions and their states (sessions.py)
     <data>/store.sqlite3        stored rows (store.py)
     <data>/sessions/<GUID>/     each session's uploads, removed once it is final (done,
                                 failed, cancelled)
@@ -35,9 +35,7 @@ from prepsync.config import (
     resolve_tables,
 )
 from prepsync.errors import ConfigError
-from prepsync.server.auth import TokenSigner, load_or_create_key
 from prepsync.server.changes import changes
-from prepsync.server.control import Control
 from prepsync.server.endpoints import (
     cancel,
     force,
@@ -49,14 +47,16 @@ from prepsync.server.endpoints import (
     status_page,
     token,
 )
+from prepsync.server.guards import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
 from prepsync.server.http import (
     ApiError,
     api_error_handler,
     http_error_handler,
     server_error_handler,
 )
-from prepsync.server.state import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
+from prepsync.server.sessions import SessionDatabase
 from prepsync.server.thresholds import connector_limits
+from prepsync.server.tokens import TokenSigner, load_or_create_key
 from prepsync.server.transfer import commit, file_status, upload
 from prepsync.server.worker import Worker
 
@@ -148,15 +148,15 @@ def create_app(
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
         )
-        state.control = Control(data / "sessions.sqlite3")
+        state.session_db = SessionDatabase(data / "sessions.sqlite3")
         state.worker = worker
         worker.start()
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(worker.stop)
-            state.control.close()
-            state.control = state.worker = None
+            state.session_db.close()
+            state.session_db = state.worker = None
 
     app = Starlette(
         routes=ROUTES,

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.config import TableSpec
-from prepsync.server.control import BLOCKED, DONE, FAILED, FULL_MODES, Session
 from prepsync.server.diff import (
     DELETE,
     INSERT,
@@ -37,6 +36,8 @@ from prepsync.server.diff import (
     open_upload,
     table_diff,
 )
+from prepsync.server.session_files import expected_suffix, table_of_file
+from prepsync.server.sessions import BLOCKED, DONE, FAILED, FULL_MODES, Session
 from prepsync.server.store import (
     Store,
     TableState,
@@ -52,7 +53,6 @@ from prepsync.server.thresholds import (
     TableLimits,
     crossed_thresholds,
 )
-from prepsync.server.uploads import expected_suffix, table_of_file
 
 # Rows per executemany: big enough that SQLite's per-call overhead vanishes, small enough that a
 # batch of long rows stays a few MiB.

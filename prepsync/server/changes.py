@@ -26,12 +26,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from prepsync.config import TableSpec
-from prepsync.server.control import PROCESSING, Session
 from prepsync.server.diff import DELETE, INSERT, UPDATE, DataError, TableDiff, table_diff
+from prepsync.server.guards import authenticate, conflict, session_of, state_of
 from prepsync.server.http import ApiError
-from prepsync.server.state import authenticate, conflict, session_of, state_of
+from prepsync.server.session_files import table_of_file
+from prepsync.server.sessions import PROCESSING, Session
 from prepsync.server.store import decode_key, encode_key, format_record, snapshot, table_state
-from prepsync.server.uploads import table_of_file
 
 LIMIT_MAX = 1_000_000
 NEXT_AFTER_HEADER = "Prepsync-Next-After"

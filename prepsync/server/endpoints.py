@@ -11,12 +11,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 
 from prepsync.config import OpenIdClient
 from prepsync.server.apply import separator_problem
-from prepsync.server.auth import basic_credentials
-from prepsync.server.control import BLOCKED, CANCELLED, MODES
+from prepsync.server.guards import authenticate, conflict, connector_of, session_of, state_of
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
-from prepsync.server.state import authenticate, conflict, connector_of, session_of, state_of
+from prepsync.server.sessions import BLOCKED, CANCELLED, MODES
 from prepsync.server.status import RECENT_SESSIONS, render_status
 from prepsync.server.store import iter_table_csv, table_counts
+from prepsync.server.tokens import basic_credentials
 from prepsync.server.worker import discard_files
 
 SCOPE = "usercube_api"
@@ -79,7 +79,7 @@ async def open_session(request: Request) -> Response:
     client = authenticate(request)
     connector = connector_of(request, client)
     state = state_of(request)
-    control, worker = state.running()
+    db, worker = state.running()
     document = await read_json_object(request)
     agent, mode = document.get("agent"), document.get("mode")
     if not isinstance(agent, str) or not agent or len(agent) > AGENT_MAX:
@@ -93,7 +93,7 @@ async def open_session(request: Request) -> Response:
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
     try:
-        cancelled = control.open(
+        cancelled = db.open(
             connector, agent, mode.lower(), session_id, client.identifier, separator
         )
     except BaseException:
@@ -103,7 +103,7 @@ async def open_session(request: Request) -> Response:
         state.sealed.add(other)
         discard_files(state.sessions_dir, other)
     worker.wake()
-    session = control.get(session_id)
+    session = db.get(session_id)
     assert session is not None
     return JSONResponse(
         session.to_json(),
@@ -115,11 +115,11 @@ async def open_session(request: Request) -> Response:
 async def list_sessions(request: Request) -> Response:
     client = authenticate(request)
     connector = connector_of(request, client)
-    control, _worker = state_of(request).running()
+    db, _worker = state_of(request).running()
     limit_text = request.query_params.get("limit", str(LIST_DEFAULT))
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_MAX:
         raise ApiError(400, f"'limit' must be an integer from 1 to {LIST_MAX}")
-    sessions = control.recent(connector, int(limit_text))
+    sessions = db.recent(connector, int(limit_text))
     return JSONResponse([session.to_json() for session in sessions])
 
 
@@ -132,11 +132,11 @@ async def force(request: Request) -> Response:
     """POST /api/sessions/{id}/force: a blocked session is queued again, thresholds off."""
     client = authenticate(request)
     session = session_of(request, client)
-    control, worker = state_of(request).running()
-    if not control.force(session.id):
+    db, worker = state_of(request).running()
+    if not db.force(session.id):
         raise conflict(session, f"only a blocked session can be forced; it is {session.state}")
     worker.wake()
-    forced = control.get(session.id)
+    forced = db.get(session.id)
     assert forced is not None
     return JSONResponse(forced.to_json(), status_code=202)
 
@@ -146,14 +146,14 @@ async def cancel(request: Request) -> Response:
     client = authenticate(request)
     session = session_of(request, client)
     state = state_of(request)
-    control, worker = state.running()
-    if not control.cancel(session.id, f"cancelled by client {client.identifier}"):
-        current = control.get(session.id) or session
+    db, worker = state.running()
+    if not db.cancel(session.id, f"cancelled by client {client.identifier}"):
+        current = db.get(session.id) or session
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)
     discard_files(state.sessions_dir, session.id)
     worker.wake()  # the next session of its connector may now go
-    cancelled = control.get(session.id)
+    cancelled = db.get(session.id)
     assert cancelled is not None and cancelled.state == CANCELLED
     return JSONResponse(cancelled.to_json())
 
@@ -175,9 +175,9 @@ async def resources(request: Request) -> Response:
 
 async def status_page(request: Request) -> Response:
     state = state_of(request)
-    control, _worker = state.running()
-    sessions = {connector: control.recent(connector, RECENT_SESSIONS) for connector in state.tables}
+    db, _worker = state.running()
+    sessions = {connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables}
     counts = await anyio.to_thread.run_sync(table_counts, state.data_dir / "store.sqlite3")
-    blocked = [session for session in control.unfinished() if session.state == BLOCKED]
+    blocked = [session for session in db.unfinished() if session.state == BLOCKED]
     api_url = str(request.base_url).rstrip("/")
     return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))

@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from prepsync.config import TableSpec
-from prepsync.server.control import Session
+from prepsync.server.sessions import Session
 
 RECENT_SESSIONS = 20
 

@@ -12,16 +12,15 @@ import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from prepsync.server.control import OPEN, Session
-from prepsync.server.http import ApiError, check_declared_length, read_json_object
-from prepsync.server.state import (
+from prepsync.server.guards import (
     ServerState,
     authenticate,
     conflict,
     owned_session_of,
     state_of,
 )
-from prepsync.server.uploads import (
+from prepsync.server.http import ApiError, check_declared_length, read_json_object
+from prepsync.server.session_files import (
     file_name_problem,
     file_size,
     hash_and_sync,
@@ -29,6 +28,7 @@ from prepsync.server.uploads import (
     parse_content_range,
     table_of_file,
 )
+from prepsync.server.sessions import OPEN, Session
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -50,12 +50,12 @@ async def file_status(request: Request) -> Response:
     """GET /api/sessions/{id}/files/{name} -> {"name", "size"}: bytes arrived so far."""
     client = authenticate(request)
     session = owned_session_of(request, client)
-    control, _worker = state_of(request).running()
+    db, _worker = state_of(request).running()
     name, path = _upload_path(request, session)
     size = file_size(path)
     if size is None:
         raise ApiError(404, f"no file {name!r} in this session")
-    control.touch(session.id)
+    db.touch(session.id)
     return JSONResponse({"name": name, "size": size})
 
 
@@ -69,7 +69,7 @@ async def upload(request: Request) -> Response:
     client = authenticate(request)
     session = owned_session_of(request, client)
     state = state_of(request)
-    control, _worker = state.running()
+    db, _worker = state.running()
     if session.state != OPEN or session.id in state.sealed:
         raise conflict(session, f"session is {session.state}: uploads are closed")
     name, path = _upload_path(request, session)
@@ -100,7 +100,7 @@ async def upload(request: Request) -> Response:
             headers={"Content-Range": f"bytes */{current}"},
         )
     written = await _write_body(request, state, session, path, start, length, whole_file)
-    control.touch(session.id)
+    db.touch(session.id)
     if length is not None and written != length:
         raise ApiError(400, f"body has {written} bytes, Content-Range says {length}")
     return JSONResponse({"name": name, "size": file_size(path) or 0})
@@ -181,17 +181,17 @@ async def commit(request: Request) -> Response:
     client = authenticate(request)
     session = owned_session_of(request, client)
     state = state_of(request)
-    control, worker = state.running()
+    db, worker = state.running()
     entries = _commit_entries(await read_json_object(request))
     lock = state.commit_locks.setdefault(session.id, asyncio.Lock())
     async with lock:
-        current = control.get(session.id)
+        current = db.get(session.id)
         assert current is not None
         if current.state != OPEN:
             if current.files is None:  # never committed: cancelled (or abandoned) first
                 raise conflict(current, f"session is {current.state}")
             return JSONResponse(current.to_json())
-        control.touch(session.id)  # a long verification is activity, not abandonment
+        db.touch(session.id)  # a long verification is activity, not abandonment
         tables = state.folded_tables(session.connector)
         seen: set[str] = set()
         for entry in entries:
@@ -210,7 +210,7 @@ async def commit(request: Request) -> Response:
             await anyio.to_thread.run_sync(_verify, state.sessions_dir / session.id, entries)
         except OSError as error:
             # Most likely the files went with a cancellation (a complete session opened).
-            current = control.get(session.id)
+            current = db.get(session.id)
             assert current is not None
             if current.state != OPEN:
                 raise conflict(current, f"session is {current.state}") from None
@@ -219,14 +219,14 @@ async def commit(request: Request) -> Response:
         except BaseException:
             state.sealed.discard(session.id)
             raise
-        if not control.commit(session.id, entries):
+        if not db.commit(session.id, entries):
             # Cancelled while we verified (a complete session opened): say so.
-            current = control.get(session.id)
+            current = db.get(session.id)
             assert current is not None
             raise conflict(current, f"session is {current.state}")
         state.commit_locks.pop(session.id, None)
     worker.wake()
-    committed = control.get(session.id)
+    committed = db.get(session.id)
     assert committed is not None
     return JSONResponse(committed.to_json(), status_code=202)
 

@@ -2,7 +2,7 @@
 
 A daemon thread (SQLite work is blocking, so it stays off the event loop) with its own
 connections. Each round it (1) cancels open sessions idle for ``session_timeout`` seconds,
-(2) claims the next queued head (:meth:`Control.claim_next`) and applies it. It sleeps until
+(2) claims the next queued head (:meth:`SessionDatabase.claim_next`) and applies it. It sleeps until
 woken (commit, force, cancel) or ``poll`` seconds pass, whichever is first.
 
 Crash safety: a session is marked ``processing`` before it is applied, and the store records
@@ -24,7 +24,15 @@ from typing import Any
 
 from prepsync.config import TableSpec
 from prepsync.server.apply import apply_session
-from prepsync.server.control import BLOCKED, DONE, FAILED, PROCESSING, QUEUED, Control, Session
+from prepsync.server.sessions import (
+    BLOCKED,
+    DONE,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    Session,
+    SessionDatabase,
+)
 from prepsync.server.store import open_store
 from prepsync.server.thresholds import ConnectorLimits
 
@@ -41,7 +49,7 @@ def discard_files(sessions_dir: Path, session_id: str) -> None:
 class Worker:
     def __init__(
         self,
-        control_path: Path,
+        sessions_path: Path,
         store_path: Path,
         sessions_dir: Path,
         tables: Mapping[str, Mapping[str, TableSpec]],
@@ -49,7 +57,7 @@ class Worker:
         poll: float,
         limits: Mapping[str, ConnectorLimits] | None = None,
     ) -> None:
-        self._control_path = control_path
+        self._sessions_path = sessions_path
         self._store_path = store_path
         self._sessions_dir = sessions_dir
         self._tables = tables  # connector -> casefolded table -> spec
@@ -60,18 +68,18 @@ class Worker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._store = open_store(store_path)
-        self._control = Control(control_path)
+        self._db = SessionDatabase(sessions_path)
         self.recover()
 
     def recover(self) -> None:
         """Settle the sessions a crash (or a stop) left ``processing``; see the module doc."""
-        for session in self._control.processing():
+        for session in self._db.processing():
             if self._store.was_applied(session.id):
-                self._control.finish(session.id, DONE, None, None)
+                self._db.finish(session.id, DONE, None, None)
                 discard_files(self._sessions_dir, session.id)
                 logger.info("session %s was applied before the restart: done", session.id)
             else:
-                self._control.set_state(session.id, PROCESSING, QUEUED)
+                self._db.set_state(session.id, PROCESSING, QUEUED)
                 logger.info("session %s was interrupted: queued again", session.id)
 
     def start(self) -> None:
@@ -93,7 +101,7 @@ class Worker:
             thread.join(0.05)
         if thread is None or not thread.is_alive():
             self._store.close()
-            self._control.close()
+            self._db.close()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -114,14 +122,14 @@ class Worker:
         # crash, or a failed state update), and would hold its connector's queue forever.
         self.recover()
         idle_before = time.time() - self._session_timeout
-        for session_id in self._control.abandon_idle(
+        for session_id in self._db.abandon_idle(
             idle_before, f"abandoned: no activity for {self._session_timeout:g} s"
         ):
             logger.info("session %s abandoned", session_id)
             discard_files(self._sessions_dir, session_id)
         if self._stopping.is_set():
             return False
-        session = self._control.claim_next()
+        session = self._db.claim_next()
         if session is None:
             return False
         self._process(session)
@@ -130,7 +138,7 @@ class Worker:
     def _process(self, session: Session) -> None:
         logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
         if session.mode == "incremental":
-            earlier = self._control.unapplied_before(session)
+            earlier = self._db.unapplied_before(session)
             if earlier is not None:
                 self._finish(
                     session,
@@ -161,7 +169,7 @@ class Worker:
                 STORE_RETRY_DELAY,
                 error,
             )
-            self._control.set_state(session.id, PROCESSING, QUEUED)
+            self._db.set_state(session.id, PROCESSING, QUEUED)
             self._stopping.wait(STORE_RETRY_DELAY)
             return
         except Exception as error:  # a bug must not wedge the queue: fail this one, go on
@@ -177,7 +185,7 @@ class Worker:
         reason: str | None,
         summary: dict[str, Any] | None = None,
     ) -> None:
-        self._control.finish(session.id, state, reason, summary)
+        self._db.finish(session.id, state, reason, summary)
         logger.info("session %s: %s %s", session.id, state, reason or "")
         if state != BLOCKED:  # a blocked session's files wait for force
             discard_files(self._sessions_dir, session.id)

@@ -9,9 +9,9 @@ from pathlib import Path
 from starlette.requests import Request
 
 from prepsync.config import Mappings, OpenIdClient, TableSpec
-from prepsync.server.auth import TokenSigner, bearer_token
-from prepsync.server.control import Control, Session, canonical_session_id
 from prepsync.server.http import ApiError
+from prepsync.server.sessions import Session, SessionDatabase, canonical_session_id
+from prepsync.server.tokens import TokenSigner, bearer_token
 from prepsync.server.worker import Worker
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # one upload chunk
@@ -20,7 +20,7 @@ DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
 
 @dataclass
 class ServerState:
-    """Everything the endpoints share; ``control`` and ``worker`` exist while the app runs."""
+    """Everything the endpoints share; ``session_db`` and ``worker`` exist while the app runs."""
 
     data_dir: Path
     clients: dict[str, OpenIdClient]
@@ -32,7 +32,7 @@ class ServerState:
     max_file_size: int
     token_ttl: int
     worker_poll: float
-    control: Control | None = None
+    session_db: SessionDatabase | None = None
     worker: Worker | None = None
     # Sessions whose uploads are closed: a commit is verifying or has succeeded. Checked before
     # every write, so no byte lands in a file after its hash was taken.
@@ -46,10 +46,10 @@ class ServerState:
     def folded_tables(self, connector: str) -> dict[str, TableSpec]:
         return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}
 
-    def running(self) -> tuple[Control, Worker]:
-        if self.control is None or self.worker is None:
+    def running(self) -> tuple[SessionDatabase, Worker]:
+        if self.session_db is None or self.worker is None:
             raise ApiError(503, "server is not running (lifespan not started)")
-        return self.control, self.worker
+        return self.session_db, self.worker
 
 
 def state_of(request: Request) -> ServerState:
@@ -83,9 +83,9 @@ def connector_of(request: Request, client: OpenIdClient) -> str:
 def session_of(request: Request, client: OpenIdClient) -> Session:
     """The session named in the path, for reading it or for an operator's action (force,
     cancel): any client allowed on its connector (403 otherwise); 404 when unknown."""
-    control, _worker = state_of(request).running()
+    db, _worker = state_of(request).running()
     session_id = canonical_session_id(request.path_params["session_id"])
-    session = None if session_id is None else control.get(session_id)
+    session = None if session_id is None else db.get(session_id)
     if session is None:
         raise ApiError(404, "unknown session")
     if not client.may_use(session.connector):

@@ -20,7 +20,7 @@ Ordering invariant: ``seq`` is the opening order; per connector, the session wit
 ``seq`` that is not final is the *head*, and only a queued head is ever processed.
 
 Ownership: ``client`` is the OpenID client that opened the session; only it may upload and
-commit (see :func:`prepsync.server.state.owned_session_of`). Sessions recorded before the
+commit (see :func:`prepsync.server.guards.owned_session_of`). Sessions recorded before the
 column existed have none, and stay open to every client allowed on their connector.
 """
 
@@ -153,7 +153,7 @@ def canonical_session_id(text: str) -> str | None:
     return canonical if canonical == text.lower() else None
 
 
-class Control:
+class SessionDatabase:
     """One connection to the sessions database. Each thread opens its own."""
 
     def __init__(self, path: Path) -> None:
