@@ -6,8 +6,8 @@ The configuration is one XML file or a folder of ``*.xml`` files whose root is
 * the connector's ``EntityTypeMapping`` / ``EntityAssociationMapping`` elements
   (:func:`load_mappings`), resolved into one :class:`TableSpec` per ``ConnectionTable``
   (:func:`resolve_tables`, :func:`load_tables`);
-* the ``OpenIdClient`` elements the reference server authenticates agents with
-  (:func:`load_clients`);
+* any other element by name (:func:`configuration_elements`): the reference server reads its
+  ``OpenIdClient`` elements this way (:mod:`prepsync.server.clients`);
 * the connectors that have mappings at all (:func:`connectors_in`).
 
 Every problem a user can cause is a :class:`~prepsync.errors.ConfigError` whose one-line message
@@ -49,15 +49,11 @@ Decisions where the spec is silent (docs/DESIGN.md, "Configuration"):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,14 +67,13 @@ __all__ = [
     "EntityTypeMapping",
     "LinkThresholds",
     "Mappings",
-    "OpenIdClient",
     "TableSpec",
     "Thresholds",
+    "configuration_elements",
     "connectors_in",
-    "hash_secret",
-    "load_clients",
     "load_mappings",
     "load_tables",
+    "required_attribute",
     "resolve_tables",
 ]
 
@@ -88,7 +83,6 @@ ROOT_ELEMENT = "ConfigurationFile"
 ENTITY_TYPE_MAPPING = "EntityTypeMapping"
 ENTITY_ASSOCIATION_MAPPING = "EntityAssociationMapping"
 MAPPING_ELEMENTS = (ENTITY_TYPE_MAPPING, ENTITY_ASSOCIATION_MAPPING)
-OPENID_CLIENT = "OpenIdClient"
 CONNECTOR_ELEMENT = "Connector"
 
 SERVER_MAPPINGS = "server mappings"
@@ -370,35 +364,6 @@ class TableSpec:
 
 
 # --------------------------------------------------------------------------------------------
-# OpenID clients
-
-
-@dataclass(frozen=True)
-class OpenIdClient:
-    """An API client of the reference server, from ``<OpenIdClient Identifier HashedSecret>``."""
-
-    identifier: str
-    hashed_secret: str  # base64 of the secret's SHA-256, as in the XML
-    connectors: frozenset[str] | None  # from Connectors="AD HR"; None = every connector
-
-    def check_secret(self, secret: str) -> bool:
-        """Constant-time comparison, so response times do not leak how much of a guess matched."""
-        try:
-            offered = hash_secret(secret)
-        except UnicodeEncodeError:  # a lone surrogate cannot be any configured secret
-            return False
-        return hmac.compare_digest(offered.encode("ascii"), self.hashed_secret.encode("utf-8"))
-
-    def may_use(self, connector: str) -> bool:
-        return self.connectors is None or connector in self.connectors
-
-
-def hash_secret(secret: str) -> str:
-    """base64(SHA-256(UTF-8 secret)): the ``HashedSecret`` form Identity Manager uses."""
-    return base64.b64encode(hashlib.sha256(secret.encode("utf-8")).digest()).decode("ascii")
-
-
-# --------------------------------------------------------------------------------------------
 # Public loaders
 
 
@@ -522,24 +487,15 @@ def load_tables(path: str | os.PathLike[str], connector: str) -> tuple[TableSpec
     return resolve_tables(load_mappings(path, connector), os.fspath(path))
 
 
-def load_clients(path: str | os.PathLike[str]) -> dict[str, OpenIdClient]:
-    """Every ``OpenIdClient`` in the configuration, by identifier (duplicates are an error)."""
-    clients: dict[str, OpenIdClient] = {}
-    first_definitions: dict[str, str] = {}
+def configuration_elements(
+    path: str | os.PathLike[str], name: str
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """(location, attributes) of every ``<name>`` element (local name, any namespace), in
+    document order across the configuration's files; location is ``<file>, line <N>``."""
     for file, root in _configuration_files(path):
         for element in root.iter():
-            if element.name != OPENID_CLIENT:
-                continue
-            location = _location(file, element)
-            client = _openid_client(element, location)
-            if client.identifier in clients:
-                raise ConfigError(
-                    f"{location}: OpenIdClient {client.identifier!r} is defined twice "
-                    f"(first at {first_definitions[client.identifier]})"
-                )
-            clients[client.identifier] = client
-            first_definitions[client.identifier] = location
-    return clients
+            if element.name == name:
+                yield _location(file, element), element.attributes
 
 
 def connectors_in(path: str | os.PathLike[str]) -> frozenset[str]:
@@ -750,13 +706,20 @@ def _parse(file: Path) -> _XmlElement:
     return roots[0]  # expat fails with "no element found" when there is no root
 
 
-def _required_attribute(element: _XmlElement, attribute: str, location: str) -> str:
-    value = element.attributes.get(attribute)
+def required_attribute(
+    attributes: Mapping[str, str], element: str, attribute: str, location: str
+) -> str:
+    """The value of a required attribute; a ConfigError naming the location if absent or empty."""
+    value = attributes.get(attribute)
     if value is None:
-        raise ConfigError(f"{location}: {element.name} has no {attribute}")
+        raise ConfigError(f"{location}: {element} has no {attribute}")
     if not value:
-        raise ConfigError(f"{location}: {element.name} has an empty {attribute}")
+        raise ConfigError(f"{location}: {element} has an empty {attribute}")
     return value
+
+
+def _required_attribute(element: _XmlElement, attribute: str, location: str) -> str:
+    return required_attribute(element.attributes, element.name, attribute, location)
 
 
 def _boolean_attribute(element: _XmlElement, attribute: str, location: str) -> bool:
@@ -963,31 +926,6 @@ def _association_table(
             "EntityPropertyMapping1 names has none either"
         )
     return table
-
-
-def _openid_client(element: _XmlElement, location: str) -> OpenIdClient:
-    identifier = _required_attribute(element, "Identifier", location)
-    hashed_secret = _required_attribute(element, "HashedSecret", location)
-    try:
-        digest = base64.b64decode(hashed_secret, validate=True)
-    except binascii.Error:
-        digest = b""
-    if len(digest) != hashlib.sha256().digest_size:
-        # Most likely the secret itself was pasted in: say so without echoing it.
-        raise ConfigError(
-            f"{location}: OpenIdClient {identifier!r}: HashedSecret is not the base64 of a "
-            "SHA-256 digest (44 characters)"
-        )
-    connectors: frozenset[str] | None = None
-    listed = element.attributes.get("Connectors")
-    if listed is not None:
-        connectors = frozenset(name for name in re.split(r"[\s,]+", listed) if name)
-        if not connectors:
-            raise ConfigError(
-                f"{location}: OpenIdClient {identifier!r}: Connectors is empty "
-                "(leave it out to allow every connector)"
-            )
-    return OpenIdClient(identifier, hashed_secret, connectors)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import xxhash
 
-from prepsync.config import hash_secret
+from prepsync.server.clients import hash_secret
 
 SECRET = "agent-secret"
 HR_SECRET = "hr-secret"

@@ -20,12 +20,9 @@ from prepsync.config import (
     EntityTypeMapping,
     LinkThresholds,
     Mappings,
-    OpenIdClient,
     TableSpec,
     Thresholds,
     connectors_in,
-    hash_secret,
-    load_clients,
     load_mappings,
     load_tables,
     resolve_tables,
@@ -33,6 +30,7 @@ from prepsync.config import (
     table_name,
 )
 from prepsync.errors import ConfigError
+from prepsync.server.clients import OpenIdClient, hash_secret, load_clients
 
 DATA = Path(__file__).parent / "data" / "config"
 SPEC_EXAMPLE = DATA / "spec_example.xml"

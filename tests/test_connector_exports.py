@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from serverutil import SECRET, Api, ServerProcess
 
 from prepsync.cli import main
-from prepsync.config import hash_secret
+from prepsync.server.clients import hash_secret
 
 DOCS = Path(__file__).parent / "data" / "config" / "docs"
 

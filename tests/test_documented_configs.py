@@ -20,12 +20,12 @@ from prepsync.config import (
     Mappings,
     TableSpec,
     Thresholds,
-    hash_secret,
     load_mappings,
     load_tables,
     resolve_tables,
 )
 from prepsync.errors import ConfigError
+from prepsync.server.clients import hash_secret
 
 DOCS = Path(__file__).parent / "data" / "config" / "docs"
 NO_LIMITS = Thresholds()

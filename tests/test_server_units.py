@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serverutil import csv_bytes
 
-from prepsync.server.session_files import file_name_problem, parse_content_range
+from prepsync.server.http import parse_content_range
+from prepsync.server.session_files import file_name_problem
 from prepsync.server.sessions import canonical_session_id
 from prepsync.server.store import encode_key, format_record
 from prepsync.server.tokens import TokenSigner, basic_credentials, bearer_token, load_or_create_key

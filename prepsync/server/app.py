@@ -27,15 +27,15 @@ from starlette.routing import Route
 
 from prepsync.config import (
     Mappings,
-    OpenIdClient,
     TableSpec,
     connectors_in,
-    load_clients,
     load_mappings,
     resolve_tables,
 )
 from prepsync.errors import ConfigError
 from prepsync.server.changes import changes
+from prepsync.server.clients import OpenIdClient, load_clients
+from prepsync.server.context import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
 from prepsync.server.endpoints import (
     cancel,
     force,
@@ -47,7 +47,6 @@ from prepsync.server.endpoints import (
     status_page,
     token,
 )
-from prepsync.server.guards import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
 from prepsync.server.http import (
     ApiError,
     api_error_handler,
@@ -57,7 +56,7 @@ from prepsync.server.http import (
 from prepsync.server.sessions import SessionDatabase
 from prepsync.server.thresholds import connector_limits
 from prepsync.server.tokens import TokenSigner, load_or_create_key
-from prepsync.server.transfer import commit, file_status, upload
+from prepsync.server.uploads import commit, file_status, upload
 from prepsync.server.worker import Worker
 
 logger = logging.getLogger(__name__)

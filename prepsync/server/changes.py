@@ -26,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from prepsync.config import TableSpec
+from prepsync.server.context import state_of
 from prepsync.server.diff import DELETE, INSERT, UPDATE, DataError, TableDiff, table_diff
-from prepsync.server.guards import authenticate, conflict, session_of, state_of
+from prepsync.server.guards import authenticate, conflict, session_of
 from prepsync.server.http import ApiError
 from prepsync.server.session_files import table_of_file
 from prepsync.server.sessions import PROCESSING, Session

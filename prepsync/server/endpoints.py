@@ -1,4 +1,4 @@
-"""Token, mappings, session and resources endpoints (SPEC §7); uploads are in transfer.py."""
+"""Token, mappings, session and resources endpoints (SPEC §7); uploads are in uploads.py."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.config import OpenIdClient
 from prepsync.server.apply import separator_problem
-from prepsync.server.guards import authenticate, conflict, connector_of, session_of, state_of
+from prepsync.server.clients import OpenIdClient
+from prepsync.server.context import state_of
+from prepsync.server.guards import authenticate, conflict, connector_of, session_of
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
+from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import BLOCKED, CANCELLED, MODES
 from prepsync.server.status import RECENT_SESSIONS, render_status
 from prepsync.server.store import iter_table_csv, table_counts
 from prepsync.server.tokens import basic_credentials
-from prepsync.server.worker import discard_files
 
 SCOPE = "usercube_api"
 FORM_LIMIT = 64 * 1024

@@ -1,9 +1,11 @@
-"""HTTP plumbing shared by the endpoints: JSON errors and bounded request bodies."""
+"""HTTP plumbing shared by the endpoints: JSON errors, bounded request bodies, Content-Range."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -89,3 +91,29 @@ async def read_json_object(request: Request, limit: int = JSON_LIMIT) -> dict[st
     if not isinstance(document, dict):
         raise ApiError(400, "request body must be a JSON object")
     return document
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    start: int
+    end: int  # inclusive
+    total: int | None  # None for "*"
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18}|\*)")
+
+
+def parse_content_range(value: str) -> ContentRange | None:
+    """``bytes a-b/total`` (total may be ``*``) -> ContentRange; None when malformed."""
+    match = _CONTENT_RANGE.fullmatch(value.strip())
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if end < start or (total is not None and end >= total):
+        return None
+    return ContentRange(start, end, total)

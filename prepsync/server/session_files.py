@@ -1,4 +1,5 @@
-"""Uploaded files: name checks, ``Content-Range`` parsing, writing at an offset, hashing.
+"""A session's files on disk: which names a session may carry, writing at an offset, hashing,
+removal once the session is final.
 
 Invariant: a file is only ever created or written as ``<session directory>/<name>`` where the
 session directory is ``<data>/sessions/<canonical GUID>`` and ``name`` passed
@@ -9,9 +10,8 @@ opened with ``O_NOFOLLOW`` so a planted symbolic link cannot redirect a write ei
 from __future__ import annotations
 
 import os
-import re
+import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -64,32 +64,6 @@ def table_of_file(
     return spec, None
 
 
-@dataclass(frozen=True)
-class ContentRange:
-    start: int
-    end: int  # inclusive
-    total: int | None  # None for "*"
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-
-_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18}|\*)")
-
-
-def parse_content_range(value: str) -> ContentRange | None:
-    """``bytes a-b/total`` (total may be ``*``) -> ContentRange; None when malformed."""
-    match = _CONTENT_RANGE.fullmatch(value.strip())
-    if match is None:
-        return None
-    start, end = int(match[1]), int(match[2])
-    total = None if match[3] == "*" else int(match[3])
-    if end < start or (total is not None and end >= total):
-        return None
-    return ContentRange(start, end, total)
-
-
 def file_size(path: Path) -> int | None:
     """Bytes arrived so far, or None when nothing arrived."""
     try:
@@ -123,3 +97,8 @@ def hash_and_sync(path: Path) -> tuple[int, str]:
     finally:
         os.close(descriptor)
     return size, digest.hexdigest()
+
+
+def discard_files(sessions_dir: Path, session_id: str) -> None:
+    """Remove a finished session's uploads (its id was checked to be a canonical GUID)."""
+    shutil.rmtree(sessions_dir / session_id, ignore_errors=True)

@@ -14,7 +14,6 @@ start (its rolled-back transaction left the store as before).
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from prepsync.config import TableSpec
 from prepsync.server.apply import apply_session
+from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import (
     BLOCKED,
     DONE,
@@ -39,11 +39,6 @@ from prepsync.server.thresholds import ConnectorLimits
 logger = logging.getLogger(__name__)
 
 STORE_RETRY_DELAY = 10.0  # seconds before a session is tried again after a store error
-
-
-def discard_files(sessions_dir: Path, session_id: str) -> None:
-    """Remove a finished session's uploads (its id was checked to be a canonical GUID)."""
-    shutil.rmtree(sessions_dir / session_id, ignore_errors=True)
 
 
 class Worker:

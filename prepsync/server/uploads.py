@@ -1,4 +1,7 @@
-"""File uploads and the commit that verifies them (SPEC §7)."""
+"""Upload endpoints: a file's chunks, its size so far, and the commit that verifies them (SPEC §7).
+
+What is checked and written on disk is in :mod:`prepsync.server.session_files`.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +15,19 @@ import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from prepsync.server.guards import (
-    ServerState,
-    authenticate,
-    conflict,
-    owned_session_of,
-    state_of,
+from prepsync.server.context import ServerState, state_of
+from prepsync.server.guards import authenticate, conflict, owned_session_of
+from prepsync.server.http import (
+    ApiError,
+    check_declared_length,
+    parse_content_range,
+    read_json_object,
 )
-from prepsync.server.http import ApiError, check_declared_length, read_json_object
 from prepsync.server.session_files import (
     file_name_problem,
     file_size,
     hash_and_sync,
     open_for_write,
-    parse_content_range,
     table_of_file,
 )
 from prepsync.server.sessions import OPEN, Session

@@ -1,0 +1,62 @@
+"""What every endpoint shares: the configuration read at start, limits, and the running parts.
+
+One :class:`ServerState` per app, reached from a request with :func:`state_of`; the sessions
+database and the worker exist while the app's lifespan runs (:func:`ServerState.running`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.requests import Request
+
+from prepsync.config import Mappings, TableSpec
+from prepsync.server.clients import OpenIdClient
+from prepsync.server.http import ApiError
+from prepsync.server.sessions import SessionDatabase
+from prepsync.server.tokens import TokenSigner
+from prepsync.server.worker import Worker
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # one upload chunk
+DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
+
+
+@dataclass
+class ServerState:
+    """Everything the endpoints share; ``session_db`` and ``worker`` exist while the app runs."""
+
+    data_dir: Path
+    clients: dict[str, OpenIdClient]
+    mappings: dict[str, Mappings]
+    tables: dict[str, tuple[TableSpec, ...]]
+    signer: TokenSigner
+    session_timeout: float
+    max_body: int
+    max_file_size: int
+    token_ttl: int
+    worker_poll: float
+    session_db: SessionDatabase | None = None
+    worker: Worker | None = None
+    # Sessions whose uploads are closed: a commit is verifying or has succeeded. Checked before
+    # every write, so no byte lands in a file after its hash was taken.
+    sealed: set[str] = field(default_factory=set)
+    commit_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.data_dir / "sessions"
+
+    def folded_tables(self, connector: str) -> dict[str, TableSpec]:
+        return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}
+
+    def running(self) -> tuple[SessionDatabase, Worker]:
+        if self.session_db is None or self.worker is None:
+            raise ApiError(503, "server is not running (lifespan not started)")
+        return self.session_db, self.worker
+
+
+def state_of(request: Request) -> ServerState:
+    state: ServerState = request.app.state.prepsync
+    return state
