@@ -24,11 +24,12 @@ Decisions (where SPEC §7 is silent):
   connector back until the server abandons it (``--session-timeout``, an hour by default).
   After a successful repost, the list is read once more for a failed post that arrived late
   (a timed-out request the server was still reading), and such sessions are cancelled too.
-  Not handled: a post delivered even later than that (an orphan the server abandons after its
-  session timeout; a complete one would cancel ours, and the run then fails with a 409 and
-  the next run starts afresh), and a second agent using the same agent name on the same
-  connector at the same moment, which could be mistaken for ourselves (one agent name per
-  agent host is the deployment rule anyway).
+  Not handled: a post delivered even later than that. The server cancels the ``open``
+  sessions of the agent that opens one, so such a late session cancels ours: the run then
+  fails with a 409 (nothing sent is lost: the baselines have not moved) and the next run
+  cancels the late one as it opens its own. Nor a second agent using the same agent name
+  and client on the same connector at the same moment: each would cancel the other's open
+  session (one agent name per agent host is the deployment rule).
 - **Cancel and force** are not idempotent on the server (a repeat answers 409). When a repeat
   follows a lost answer and the session is already cancelled (resp. forced), that is success.
 - **Commit** is idempotent on the server: a repeat answers 200 with the state. A commit whose
