@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,3 +226,34 @@ def test_changes_pages_are_joined_under_one_header(tmp_path: Path) -> None:
         )
     assert left == "2" and asked == [{"table": "T", "command": "insert", "limit": "2"}]
     assert out.read_bytes() == b"command,id,name\ninsert,1,a\nupdate,2,b\n"
+
+
+def test_changes_are_the_blocked_delta_as_csv_and_page(site: tuple[Server, Agent, int]) -> None:
+    """The blocked session's changes against the store (which holds the previous export) are
+    exactly the delta the agent sent: same rows, same order, same bytes."""
+    server, agent, _loaded = site
+    held = blocked_session(server)
+    operator = Operator(server)
+    delta = (agent.working / "ADExport_entries.sorted.delta.csv").read_bytes()
+    header, *rows = delta.decode().splitlines(keepends=True)
+    code, out, err = operator.run("changes", held, "--table", "ADExport_entries")
+    assert code == 0, err
+    assert out.encode() == delta
+    code, out, err = operator.run(
+        "changes", held, "--table", "ADExport_entries", "--command", "delete"
+    )
+    assert code == 0, err
+    assert out == header + "".join(row for row in rows if row.startswith("delete,"))
+    assert out.count("\n") == 1 + 5
+    # Paging by hand: --limit, then --after as the first page says.
+    code, first, err = operator.run("changes", held, "--table", "ADExport_entries", "--limit", "7")
+    assert code == 0 and first == header + "".join(rows[:7])
+    hint = "more changes follow: add --after "
+    assert err.startswith(hint) and err.count("\n") == 1
+    after = shlex.split(err[len(hint) :])[0]
+    code, rest, err = operator.run("changes", held, "--table", "ADExport_entries", "--after", after)
+    assert code == 0 and err == ""
+    assert rest == header + "".join(rows[7:])
+    # Two tables carried: the table must be named.
+    code, out, err = operator.run("changes", held)
+    assert code == 1 and err.count("\n") == 1 and "'table' is required" in err
