@@ -703,6 +703,11 @@ def _parse(file: Path) -> _XmlElement:
         ) from None
     except OSError as error:
         raise ConfigError(f"{file}: cannot read: {error.strerror or error}") from None
+    except (LookupError, ValueError) as error:
+        # The XML declaration names an encoding Python lacks ("u-8"), one that is no text
+        # encoding ("base64"), or one expat cannot use ("utf-32"): expat asks Python's codecs,
+        # whose errors are not ExpatErrors (found by the fuzz target).
+        raise ConfigError(f"{file}: unusable encoding in the XML declaration: {error}") from None
     return roots[0]  # expat fails with "no element found" when there is no root
 
 

@@ -28,3 +28,14 @@ def test_a_broken_promise_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     case = fuzz.Case(config=fuzz.CONFIG, exports={fuzz.TABLE: fuzz.EXPORTS[0]})
     with pytest.raises(fuzz.Violation, match="uncaught RuntimeError"):
         fuzz.run_case(case, tmp_path)
+
+
+@pytest.mark.parametrize("encoding", [b"u-8", b"utf-32", b"rot13", b"idna"])
+def test_an_unusable_xml_encoding_declaration_is_one_clean_line(
+    tmp_path: Path, encoding: bytes
+) -> None:
+    """Found by the fuzz target: expat asks Python's codecs for the declared encoding, and
+    their LookupError or ValueError escaped as a traceback."""
+    config = fuzz.CONFIG.replace(b'encoding="utf-8"', b'encoding="' + encoding + b'"')
+    case = fuzz.Case(config=config, exports={fuzz.TABLE: fuzz.EXPORTS[0]})
+    assert fuzz.run_case(case, tmp_path) == "refused"
