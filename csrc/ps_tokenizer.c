@@ -13,6 +13,7 @@
 
 size_t ps_record_limit(size_t budget) {
     size_t limit = budget / 16;
+    if (limit > PS_MAX_RECORD) limit = PS_MAX_RECORD;
     return limit < ((size_t)64 << 10) ? (size_t)64 << 10 : limit;
 }
 
@@ -22,7 +23,9 @@ size_t ps_field_limit(size_t budget) {
 }
 
 void ps_format_size(size_t n, char *out, size_t cap) {
-    if (n >= ((size_t)1 << 20) && n % ((size_t)1 << 20) == 0)
+    if (n >= ((size_t)1 << 30) && n % ((size_t)1 << 30) == 0)
+        snprintf(out, cap, "%zu GiB", n >> 30);
+    else if (n >= ((size_t)1 << 20) && n % ((size_t)1 << 20) == 0)
         snprintf(out, cap, "%zu MiB", n >> 20);
     else if (n >= 1024 && n % 1024 == 0)
         snprintf(out, cap, "%zu KiB", n >> 10);

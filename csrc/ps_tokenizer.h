@@ -66,11 +66,13 @@ typedef struct ps_tokenizer {
     size_t initial_cap;
 } ps_tokenizer;
 
-/* The largest record and field count a budget affords: budget/16 bytes and budget/512 fields
- * (16 bytes each), with floors that only matter below the 1 MiB the command line allows. */
+/* The largest record and field count a budget affords: budget/16 bytes (never over
+ * PS_MAX_RECORD, the largest row the reference server takes) and budget/512 fields (16 bytes
+ * each), with floors that only matter below the 1 MiB the command line allows. */
+#define PS_MAX_RECORD ((size_t)64 << 20)
 size_t ps_record_limit(size_t memory_budget);
 size_t ps_field_limit(size_t memory_budget);
-/* "16 MiB", "300 KiB" or "1000 bytes": sizes as errors show them. */
+/* "4 GiB", "16 MiB", "300 KiB" or "1000 bytes": sizes as errors show them. */
 void ps_format_size(size_t n, char *out, size_t cap);
 
 int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,

@@ -168,3 +168,20 @@ def test_the_largest_row_the_budget_allows_is_cleansed_within_it(tmp_path: Path)
     sorted_rows = (tmp_path / "out" / "t.sorted.csv").read_bytes().split(b"\n")
     assert [len(row) for row in sorted_rows] == [7, 3, 2 + MIB - 64 * 1024, 3, 0]
     assert peak < BUDGET + SLACK, f"peak RSS {peak / MIB:.1f} MiB"
+
+
+def test_no_budget_takes_a_row_over_64_mib(tmp_path: Path) -> None:
+    """The server reads rows of up to 64 MiB: a row the agent took but the server refused would
+    fail the session after the upload. (The big budget's arena is never touched here.)"""
+    from prepsync.config import TableSpec, Thresholds
+    from prepsync.errors import InputError
+    from prepsync.pipeline import prepare_table
+
+    source = tmp_path / "t.csv"
+    write_huge_row(source, 65 * MIB)
+    spec = TableSpec(name="t", columns=("id", "name"), key=("id",), thresholds=Thresholds())
+    with pytest.raises(InputError) as caught:
+        prepare_table(source, spec, tmp_path, memory_budget=4 << 30)
+    assert caught.value.problem == (
+        "row too large for the 4 GiB memory budget (over 64 MiB); unterminated quote?"
+    )
