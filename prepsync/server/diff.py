@@ -63,6 +63,7 @@ def read_records(path: Path, separator: str) -> Iterator[tuple[int, list[str], s
     comma = separator == ","
     number = 0
     csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))
+    parse = _RecordParser(separator).parse
     try:
         # newline="\n": lines end at LF only, so a CR inside a quoted value stays a value byte.
         with path.open(encoding="utf-8", newline="\n") as stream:
@@ -78,10 +79,13 @@ def read_records(path: Path, separator: str) -> Iterator[tuple[int, list[str], s
                         text += more
                     record = text[:-2] if text.endswith("\r\n") else text.rstrip("\n")
                     try:
-                        fields = next(csv.reader((record,), delimiter=separator, strict=True))
+                        fields = parse(record)
                     except csv.Error as error:
                         raise DataError(f"{name}, line {start}: {error}") from None
-                    yield start, fields, format_record(fields)
+                    # With ",", the record as sent is the stored line: the agent writes the
+                    # canonical quoting, and a line that differs from a stored one only in its
+                    # quoting is compared by values (full_changes), so nothing depends on it.
+                    yield start, fields, record if comma else format_record(fields)
                     continue
                 if text.endswith("\n"):
                     text = text[:-2] if text.endswith("\r\n") else text[:-1]
@@ -97,9 +101,27 @@ def read_records(path: Path, separator: str) -> Iterator[tuple[int, list[str], s
                 else:
                     yield start, fields, text.replace(separator, ",")
     except UnicodeDecodeError:
-        raise DataError(f"{name}, line {number + 1}: invalid UTF-8") from None
+        # Decoding runs a block ahead of the lines, so no line number would be right.
+        raise DataError(f"{name}: invalid UTF-8") from None
     except OSError as error:
         raise DataError(f"{name}: cannot read: {error.strerror or error}") from None
+
+
+class _RecordParser:
+    """One csv reader for a whole file, fed one complete record at a time (creating a reader
+    per record costs more than parsing it)."""
+
+    def __init__(self, separator: str) -> None:
+        self._pending: list[str] = []
+        self._reader = csv.reader(self._feed(), delimiter=separator, strict=True)
+
+    def _feed(self) -> Iterator[str]:
+        while self._pending:
+            yield self._pending.pop()
+
+    def parse(self, record: str) -> list[str]:
+        self._pending.append(record)
+        return next(self._reader)
 
 
 def parse_line(line: str) -> list[str]:
@@ -174,7 +196,10 @@ def key_maker(positions: Sequence[int], name: str) -> Callable[[Sequence[str], i
         key_values = [values[position] for position in positions]
         if not all(key_values):
             raise DataError(f"{name}, line {line}: null key")
-        return encode_key(key_values)
+        joined = "\x00\x00".join(key_values)
+        if "\x00" in "".join(key_values):  # NUL in a value: escape it (rare)
+            return encode_key(key_values)
+        return (joined + "\x00\x00").encode("utf-8")
 
     return several
 
@@ -188,6 +213,24 @@ def _check_order(name: str, line: int, key: bytes, previous: bytes | None) -> No
 # ----------------------------------------------------------------------------------- diffing
 
 
+def keyed_rows(upload: Upload, positions: Sequence[int]) -> Iterator[tuple[bytes, str, list[str]]]:
+    """(key, line, values) of a complete load's rows, checked: width, null key, key order."""
+    name = upload.name
+    width = len(upload.header)
+    make_key = key_maker(positions, name)
+    previous = b""  # every encoded key is longer, so above it
+    for line_number, fields, line in upload.records:
+        if len(fields) != width:
+            raise DataError(
+                f"{name}, line {line_number}: expected {width} fields, found {len(fields)}"
+            )
+        key = make_key(fields, line_number)
+        if key <= previous:
+            _check_order(name, line_number, key, previous)
+        previous = key
+        yield key, line, fields
+
+
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
@@ -196,30 +239,19 @@ def full_changes(
 ) -> Iterator[Change]:
     """The merge-join of a complete load with the stored rows (both in key order).
 
-    ``after``: only changes of keys above it (``stored`` must already start there).
+    ``after``: only changes of keys above it (``stored`` must already start there). Into an
+    empty table every row is an insert: :func:`keyed_rows` alone (the worker's bulk load).
     """
-    name = upload.name
-    width = len(upload.header)
-    make_key = key_maker(positions, name)
     end = (None, None)
     stored_key, stored_line = next(stored, end)
-    previous: bytes | None = None
-    for line_number, fields, line in upload.records:
-        if len(fields) != width:
-            raise DataError(
-                f"{name}, line {line_number}: expected {width} fields, found {len(fields)}"
-            )
-        key = make_key(fields, line_number)
-        if previous is not None and key <= previous:
-            _check_order(name, line_number, key, previous)
-        previous = key
+    for key, line, fields in keyed_rows(upload, positions):
         if after is not None and key <= after:
             continue
         while stored_key is not None and stored_key < key:
             yield DELETE, stored_key, None, None, stored_line
             stored_key, stored_line = next(stored, end)
         if stored_key == key:
-            if stored_line != line:
+            if stored_line != line and parse_line(stored_line or "") != fields:
                 yield UPDATE, key, line, fields, stored_line
             stored_key, stored_line = next(stored, end)
         else:
@@ -345,6 +377,8 @@ class TableDiff:
     changes: Iterator[Change]
     # A complete load whose stored rows are in another layout: applying it rewrites the table.
     rewrite: bool = False
+    # A complete load into an empty table: its rows (every one an insert), for the bulk load.
+    into_empty: Iterator[tuple[bytes, str, list[str]]] | None = None
 
 
 def table_diff(
@@ -387,6 +421,10 @@ def table_diff(
     header = upload.header
     positions = key_positions(spec, header)
     if state is None or stored_header is None or state.row_count == 0:
+        if after is None:
+            new_rows = keyed_rows(upload, positions)
+            inserts = ((INSERT, key, line, values, None) for key, line, values in new_rows)
+            return TableDiff(header, inserts, into_empty=new_rows)
         return TableDiff(header, full_changes(upload, positions, iter(()), after))
     if list(stored_header) == header:
         return TableDiff(
