@@ -17,7 +17,7 @@ import click
 
 from prepsync import __version__
 from prepsync.errors import PrepsyncError
-from prepsync.pipeline import MODES
+from prepsync.protocol import DELETE, DONE, INSERT, MODES, UPDATE
 from prepsync.report import ProgressBar, summary_lines, write_report
 from prepsync.sizes import parse_size
 
@@ -376,7 +376,7 @@ def _await_verdict(
         return NO_VERDICT_EXIT_STATUS
     if status_line:
         status_line.close()
-    if delivery.state != "done":
+    if delivery.state != DONE:
         reason = delivery.reason or "no reason given"
         click.echo(f"session {delivery.session_id} {delivery.state}: {reason}", err=True)
     return VERDICT_EXIT_STATUS[delivery.state]
@@ -501,7 +501,7 @@ def show_session(session_id: str, **api: Any) -> None:
 @click.option(
     "--command",
     "command_name",
-    type=click.Choice(["insert", "update", "delete"], case_sensitive=False),
+    type=click.Choice([INSERT, UPDATE, DELETE], case_sensitive=False),
     help="Only this kind of change.",
 )
 @click.option(

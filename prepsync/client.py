@@ -74,11 +74,11 @@ import xxhash
 
 from prepsync.config import Mappings
 from prepsync.errors import PrepsyncError, ServerError, UsageError
+from prepsync.protocol import CANCELLED, OPEN, SCOPE
 
 logger = logging.getLogger("prepsync")
 
 TOKEN_PATH = "/connect/token"
-SCOPE = "usercube_api"
 _HASH_BLOCK = 1 << 20
 _SESSION_LIST_LIMIT = 100
 # The changes endpoint names the next page's ``after`` in this header when a page is cut short.
@@ -395,7 +395,7 @@ class ApiClient:
         return response.content, response.headers.get(CHANGES_NEXT_HEADER)
 
     def cancel(self, session_id: str) -> dict[str, Any]:
-        return self._transition(session_id, "cancel", lambda s: s.get("state") == "cancelled")
+        return self._transition(session_id, "cancel", lambda s: s.get("state") == CANCELLED)
 
     def force(self, session_id: str) -> dict[str, Any]:
         return self._transition(session_id, "force", lambda s: s.get("forced") is True)
@@ -528,7 +528,7 @@ class ApiClient:
             if session.get("id") not in before
             and session.get("agent") == agent
             and session.get("mode") == mode.lower()
-            and session.get("state") == "open"
+            and session.get("state") == OPEN
         ]
 
     def _cancel_orphans(self, orphans: Sequence[str]) -> None:

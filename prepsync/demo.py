@@ -22,13 +22,13 @@ from pathlib import Path
 from prepsync import pipeline
 from prepsync.client import ApiClient
 from prepsync.errors import PrepsyncError
+from prepsync.protocol import COMPLETE, INCREMENTAL, VERDICT_STATES
 from prepsync.report import summary_lines
 from prepsync.sync import synchronize
 
 SAMPLE = Path(__file__).with_name("samples") / "ad"
 CONNECTOR = "AD"
 CLIENT_ID, CLIENT_SECRET = "Job", "demo-secret"  # the sample config's OpenIdClient
-FINAL_STATES = ("done", "failed", "blocked", "cancelled")
 
 
 @contextlib.contextmanager
@@ -86,7 +86,7 @@ def _wait_until_processed(api: ApiClient, session_id: str, timeout: float = 60) 
     deadline = time.monotonic() + timeout
     while True:
         state = str(api.session(session_id)["state"])
-        if state in FINAL_STATES or time.monotonic() > deadline:
+        if state in VERDICT_STATES or time.monotonic() > deadline:
             return state
         time.sleep(0.05)
 
@@ -110,8 +110,8 @@ def run_demo(echo: Callable[[str], None], folder: Path | None = None) -> list[pi
             ApiClient(url, CLIENT_ID, CLIENT_SECRET) as api,
         ):
             echo(f"Reference server on {url} (data in {root / 'server'})")
-            for mode in ("complete", "incremental"):
-                if mode == "incremental":
+            for mode in (COMPLETE, INCREMENTAL):
+                if mode == INCREMENTAL:
                     _next_day(sources / "ADExport_entries.csv")
                     echo("")
                     echo("The next day: 3 entries updated, 2 deleted, 2 created.")

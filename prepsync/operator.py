@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from prepsync.protocol import BLOCKED
+
 if TYPE_CHECKING:
     from prepsync.client import ApiClient
 
@@ -152,7 +154,7 @@ def session_detail(session: Mapping[str, Any], now: float) -> list[str]:
         lines += ["", "no counts yet: the server counts a session when it processes it"]
     crossed = session.get("thresholds")
     if not isinstance(crossed, list):
-        crossed = [session["reason"]] if session.get("state") == "blocked" else []
+        crossed = [session["reason"]] if session.get("state") == BLOCKED else []
     if crossed:
         lines += ["", "thresholds crossed:"]
         lines += [f"  {reason}" for reason in crossed]

@@ -29,6 +29,15 @@ from typing import TYPE_CHECKING
 
 from prepsync import _cleanse
 from prepsync.errors import BaselineError, InputError, UsageError
+from prepsync.protocol import (
+    COMMAND_COLUMN,
+    DELTA_SUFFIX,
+    DUPLICATES_SUFFIX,
+    INCREMENTAL,
+    MODES,
+    NULLPK_SUFFIX,
+    SORTED_SUFFIX,
+)
 from prepsync.staging import (
     StagedFiles,
     crash_point,
@@ -48,16 +57,15 @@ log = logging.getLogger("prepsync")
 
 MIB = 1 << 20
 DEFAULT_MEMORY_BUDGET = 256 * MIB
-MODES = ("initial", "complete", "incremental")
 BASELINE_DIR = "previous"
 MERGE_STEP_ROWS = 65536
 
 # Output kinds and the suffix each adds to the table name.
 SUFFIXES = {
-    "sorted": ".sorted.csv",
-    "nullpk": ".nullpk.csv",
-    "duplicates": ".duplicates.csv",
-    "delta": ".sorted.delta.csv",
+    "sorted": SORTED_SUFFIX,
+    "nullpk": NULLPK_SUFFIX,
+    "duplicates": DUPLICATES_SUFFIX,
+    "delta": DELTA_SUFFIX,
 }
 
 #: The counts a table's cleansing reports, as named in TableResult and the engine's stats.
@@ -118,7 +126,7 @@ class ColumnPlan:
     @property
     def change_names(self) -> list[str]:
         """Header of the files that carry the command: always spelled ``command``."""
-        return ["command", *self.kept_names] if self.change_file else self.kept_names
+        return [COMMAND_COLUMN, *self.kept_names] if self.change_file else self.kept_names
 
 
 def peak_rss() -> int:
@@ -310,7 +318,7 @@ def stage_table(
     )
     del header, offsets  # a wide header's names are not needed past this point
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
-    joining = mode == "incremental" and not plan.change_file
+    joining = mode == INCREMENTAL and not plan.change_file
     if joining:
         if baseline is None:
             raise BaselineError(spec.name, "no baseline given")
@@ -319,7 +327,7 @@ def stage_table(
     # .sorted.csv (no command) is sent and becomes the baseline. In incremental mode it is
     # already a delta: its kept rows are the .sorted.delta.csv, and there is no full extract
     # to sort (nor to become a baseline).
-    replay = plan.change_file and mode != "incremental"
+    replay = plan.change_file and mode != INCREMENTAL
     main_kind = "delta" if plan.change_file and not replay else "sorted"
 
     change_line = format_row(plan.change_names, separator)
@@ -333,7 +341,7 @@ def stage_table(
     }
     if joining:
         fds["delta"] = staged.create(
-            paths["delta"], format_row(["command", *plan.kept_names], separator)
+            paths["delta"], format_row([COMMAND_COLUMN, *plan.kept_names], separator)
         )
     result.outputs = {kind: str(paths[kind]) for kind in fds}
 

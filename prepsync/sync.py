@@ -34,6 +34,16 @@ from typing import TYPE_CHECKING, Any
 from prepsync import pipeline, staging
 from prepsync.config import TableSpec, resolve_tables
 from prepsync.errors import PrepsyncError, ServerError
+from prepsync.protocol import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    INCREMENTAL,
+    OPEN,
+    PROCESSING,
+    QUEUED,
+)
 
 if TYPE_CHECKING:
     from prepsync.client import ApiClient, FileReceipt
@@ -42,9 +52,9 @@ log = logging.getLogger("prepsync")
 
 SESSION_JOURNAL = ".prepsync-session.json"
 # States in which the server holds the session's files for good: it was committed.
-COMMITTED_STATES = frozenset({"queued", "processing", "done", "blocked"})
+COMMITTED_STATES = frozenset({QUEUED, PROCESSING, DONE, BLOCKED})
 # The server's verdicts on a committed session, and the exit status that says each.
-VERDICT_EXIT_STATUS = {"done": 0, "blocked": 3, "failed": 4, "cancelled": 4}
+VERDICT_EXIT_STATUS = {DONE: 0, BLOCKED: 3, FAILED: 4, CANCELLED: 4}
 NO_VERDICT_EXIT_STATUS = 5  # --wait-timeout ran out: committed, verdict not known yet
 # Polling for the verdict: quick at first (small sessions are applied in well under a
 # second), then every few seconds, so a session applied for hours costs a request per 5 s.
@@ -118,7 +128,7 @@ class SessionJournal:
 
 def files_to_send(run: pipeline.RunResult) -> list[Path]:
     """The ``.sorted.csv`` of each table (initial/complete) or its delta (incremental)."""
-    kind = "delta" if run.request.mode == "incremental" else "sorted"
+    kind = "delta" if run.request.mode == INCREMENTAL else "sorted"
     return [Path(table.outputs[kind]) for table in run.tables]
 
 
@@ -170,7 +180,7 @@ def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | No
         pipeline.advance_baselines(_run_from_journal(entry, sources, working))
         journal.remove()
         return str(session_id)
-    if state == "open":
+    if state == OPEN:
         log.warning("cancelling session %s left open by an interrupted run", session_id)
         api.cancel(session_id)
     # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
@@ -182,7 +192,7 @@ def _cancel_orphans(api: ApiClient, connector: str, agent: str | None) -> None:
     """Cancel this agent's (and client's) ``open`` sessions of the connector."""
     for session in api.sessions(connector):
         if (
-            session.get("state") != "open"
+            session.get("state") != OPEN
             or session.get("agent") != agent
             or session.get("client") not in (None, api.client_id)
         ):
@@ -305,7 +315,7 @@ def await_verdict(
             delivery.state, delivery.server_session = state, document
             return delivery
         waited = clock() - started
-        holder = _held_behind(api, document) if state == "queued" else None
+        holder = _held_behind(api, document) if state == QUEUED else None
         if progress is not None:
             behind = f" behind {holder['state']} session {holder['id']}" if holder else ""
             progress(f"session {session_id}: {state}{behind} ({waited:.0f} s)")
@@ -341,5 +351,5 @@ def _held_behind(api: ApiClient, session: dict[str, Any]) -> dict[str, Any] | No
     if session.get("id") not in ids:
         return None
     earlier = listing[ids.index(session.get("id")) + 1 :]
-    holders = [s for s in earlier if s.get("state") in ("open", "blocked", "processing")]
+    holders = [s for s in earlier if s.get("state") in (OPEN, BLOCKED, PROCESSING)]
     return holders[-1] if holders else None

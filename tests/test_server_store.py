@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from serverutil import csv_bytes
 
 from prepsync.config import TableSpec, Thresholds
+from prepsync.protocol import DONE, FAILED
 from prepsync.server.apply import apply_session
-from prepsync.server.sessions import DONE, FAILED, Session
+from prepsync.server.sessions import Session
 from prepsync.server.store import iter_table_csv, open_store
 
 SPEC = TableSpec("T", ("id", "v"), ("id",), Thresholds())

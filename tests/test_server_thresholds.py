@@ -14,8 +14,9 @@ import pytest
 from serverutil import csv_bytes
 
 from prepsync.config import load_mappings, resolve_tables
+from prepsync.protocol import BLOCKED, DONE
 from prepsync.server.apply import Outcome, apply_session
-from prepsync.server.sessions import BLOCKED, DONE, Session
+from prepsync.server.sessions import Session
 from prepsync.server.store import Store, iter_table_csv, open_store
 from prepsync.server.thresholds import (
     ConnectorLimits,

@@ -24,10 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.config import TableSpec
-from prepsync.server.diff import (
+from prepsync.protocol import (
+    BLOCKED,
     DELETE,
+    DONE,
+    FAILED,
+    FULL_MODES,
+    INCREMENTAL,
+    INITIAL,
     INSERT,
     UPDATE,
+    upload_suffix,
+)
+from prepsync.server.diff import (
     DataError,
     LinkCounter,
     TableDiff,
@@ -36,8 +45,8 @@ from prepsync.server.diff import (
     open_upload,
     table_diff,
 )
-from prepsync.server.session_files import expected_suffix, table_of_file
-from prepsync.server.sessions import BLOCKED, DONE, FAILED, FULL_MODES, Session
+from prepsync.server.session_files import table_of_file
+from prepsync.server.sessions import Session
 from prepsync.server.store import (
     Store,
     TableState,
@@ -130,7 +139,7 @@ def apply_session(
         plan[spec.name.casefold()] = directory / entry["name"]
     if session.mode in FULL_MODES:
         missing = [
-            spec.name + expected_suffix(session.mode)
+            spec.name + upload_suffix(session.mode)
             for folded, spec in tables.items()
             if folded not in plan
         ]
@@ -151,7 +160,7 @@ def apply_session(
                     )
             by_name = {tables[folded].name: table for folded, table in counts.items()}
             crossed: list[str] = []
-            if session.mode != "initial" and not session.forced:
+            if session.mode != INITIAL and not session.forced:
                 stored = _stored_counts(transaction, session.connector, tables, limits, counts)
                 names = [spec.name for spec in tables.values()]
                 crossed = crossed_thresholds(limits, names, counts, stored)
@@ -179,7 +188,7 @@ def _apply_table(
     with snapshot(transaction.path) as stored:
         # A complete load reads the rows as they were (the snapshot) while writing them; a
         # delta looks keys up through the writer, which sees the delta's earlier commands.
-        rows = transaction.connection if session.mode == "incremental" else stored
+        rows = transaction.connection if session.mode == INCREMENTAL else stored
         diff = table_diff(
             rows, state, spec, path, session.mode, session.separator, out_of_order=writer.flush
         )

@@ -26,19 +26,29 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from prepsync.config import TableSpec
+from prepsync.protocol import (
+    BLOCKED,
+    COMMAND_COLUMN,
+    DELETE,
+    DONE,
+    INSERT,
+    PROCESSING,
+    QUEUED,
+    UPDATE,
+)
 from prepsync.server.context import state_of
-from prepsync.server.diff import DELETE, INSERT, UPDATE, DataError, TableDiff, table_diff
+from prepsync.server.diff import DataError, TableDiff, table_diff
 from prepsync.server.guards import authenticate, conflict, session_of
 from prepsync.server.http import ApiError
 from prepsync.server.session_files import table_of_file
-from prepsync.server.sessions import PROCESSING, Session
+from prepsync.server.sessions import Session
 from prepsync.server.store import decode_key, encode_key, format_record, snapshot, table_state
 
 LIMIT_MAX = 1_000_000
 NEXT_AFTER_HEADER = "Prepsync-Next-After"
 _COMMANDS = (INSERT, UPDATE, DELETE)
 # Sessions whose files the server still holds (a final session's files are deleted).
-_WITH_FILES = ("queued", PROCESSING, "blocked")
+_WITH_FILES = (QUEUED, PROCESSING, BLOCKED)
 _PIECE = 256 * 1024
 
 
@@ -87,7 +97,7 @@ async def changes(request: Request) -> Response:
         raise conflict(
             session,
             f"a {session.state} session's files are gone; its changes were applied"
-            if session.state == "done"
+            if session.state == DONE
             else f"a {session.state} session's files are gone",
         )
     query = request.query_params
@@ -104,7 +114,7 @@ async def changes(request: Request) -> Response:
     after = _after_key(query.get("after"))
     spec, file_name = _table_of(session, state.folded_tables(session.connector), query.get("table"))
     if file_name is None:  # an incremental session that leaves this table unchanged
-        empty = format_record(["command", *spec.columns]) + "\n"
+        empty = format_record([COMMAND_COLUMN, *spec.columns]) + "\n"
         return Response(empty, media_type="text/csv; charset=utf-8")
     store_path = state.data_dir / "store.sqlite3"
     path = state.sessions_dir / session.id / file_name
@@ -122,7 +132,7 @@ async def changes(request: Request) -> Response:
                 session.separator,
                 after,
             )
-            yield format_record(["command", *diff.header]) + "\n", b""
+            yield format_record([COMMAND_COLUMN, *diff.header]) + "\n", b""
             for change_command, key, line, _values, stored_line in diff.changes:
                 if wanted is not None and change_command != wanted:
                     continue

@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import TextIO
 
 from prepsync.config import TableSpec
+from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
 from prepsync.server.store import TableState, encode_key, format_record, lookup, stored_rows
 from prepsync.server.thresholds import Association, LinkCounts
 
-INSERT, UPDATE, DELETE = "insert", "update", "delete"
-COMMAND_COLUMN = "command"
-COMMANDS = ("insert", "update", "delete", "merge")
 MAX_FIELD = 64 * 1024 * 1024  # DESIGN: a row may be at most 64 MiB
 
 Change = tuple[str, bytes, str | None, list[str] | None, str | None]
@@ -302,7 +300,7 @@ def delta_changes(
         if after is not None and key <= after:
             continue
         old = find(key)
-        if command == "merge":
+        if command == MERGE:
             command = INSERT if old is None else UPDATE
         if command == INSERT:
             if old is not None:
@@ -397,7 +395,7 @@ def table_diff(
     the writer's own connection (its lookups must see the delta's earlier commands, flushed by
     ``out_of_order``); ``state`` is the table as stored, None or header None when never loaded.
     """
-    incremental = mode == "incremental"
+    incremental = mode == INCREMENTAL
     upload = open_upload(path, spec, separator, command=incremental)
     stored_header = None if state is None else state.header
     if incremental:

@@ -9,18 +9,17 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from prepsync.protocol import BLOCKED, CANCELLED, MODES, SCOPE
 from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.context import state_of
 from prepsync.server.guards import authenticate, conflict, connector_of, session_of
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import BLOCKED, CANCELLED, MODES
 from prepsync.server.status import RECENT_SESSIONS, render_status
 from prepsync.server.store import iter_table_csv, table_counts
 from prepsync.server.tokens import basic_credentials
 
-SCOPE = "usercube_api"
 FORM_LIMIT = 64 * 1024
 AGENT_MAX = 256
 LIST_DEFAULT, LIST_MAX = 100, 10_000

@@ -17,9 +17,8 @@ from pathlib import Path
 import xxhash
 
 from prepsync.config import TableSpec
+from prepsync.protocol import upload_suffix
 
-SORTED_SUFFIX = ".sorted.csv"
-DELTA_SUFFIX = ".sorted.delta.csv"
 NAME_MAX_BYTES = 255  # the usual file-system limit for one path component
 _HASH_BLOCK = 1024 * 1024
 
@@ -39,11 +38,6 @@ def file_name_problem(name: str) -> str | None:
     return None
 
 
-def expected_suffix(mode: str) -> str:
-    """Complete and initial sessions send ``<Table>.sorted.csv``; incremental ones the delta."""
-    return DELTA_SUFFIX if mode == "incremental" else SORTED_SUFFIX
-
-
 def table_of_file(
     name: str, mode: str, tables: Mapping[str, TableSpec]
 ) -> tuple[TableSpec | None, str | None]:
@@ -55,7 +49,7 @@ def table_of_file(
     problem = file_name_problem(name)
     if problem is not None:
         return None, problem
-    suffix = expected_suffix(mode)
+    suffix = upload_suffix(mode)
     if not name.endswith(suffix):
         return None, f"a {mode} session carries only <ConnectionTable>{suffix} files"
     spec = tables.get(name[: -len(suffix)].casefold())

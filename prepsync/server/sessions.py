@@ -34,20 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-OPEN = "open"
-QUEUED = "queued"
-PROCESSING = "processing"
-DONE = "done"
-CANCELLED = "cancelled"
-BLOCKED = "blocked"
-FAILED = "failed"
+from prepsync.protocol import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINAL_STATES,
+    FULL_MODES,
+    OPEN,
+    PROCESSING,
+    QUEUED,
+)
 
-FINAL_STATES = frozenset({DONE, CANCELLED, FAILED})
 # "Not yet being processed": what a complete/initial opening cancels and what cancel accepts.
 CANCELLABLE_STATES = (OPEN, QUEUED, BLOCKED)
-
-MODES = ("initial", "complete", "incremental")
-FULL_MODES = frozenset({"initial", "complete"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

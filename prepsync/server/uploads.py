@@ -15,6 +15,7 @@ import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from prepsync.protocol import OPEN
 from prepsync.server.context import ServerState, state_of
 from prepsync.server.guards import authenticate, conflict, owned_session_of
 from prepsync.server.http import (
@@ -30,7 +31,7 @@ from prepsync.server.session_files import (
     open_for_write,
     table_of_file,
 )
-from prepsync.server.sessions import OPEN, Session
+from prepsync.server.sessions import Session
 
 _HEX = frozenset("0123456789abcdef")
 

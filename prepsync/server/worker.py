@@ -22,17 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.config import TableSpec
+from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import (
-    BLOCKED,
-    DONE,
-    FAILED,
-    PROCESSING,
-    QUEUED,
-    Session,
-    SessionDatabase,
-)
+from prepsync.server.sessions import Session, SessionDatabase
 from prepsync.server.store import open_store
 from prepsync.server.thresholds import ConnectorLimits
 
@@ -132,7 +125,7 @@ class Worker:
 
     def _process(self, session: Session) -> None:
         logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
-        if session.mode == "incremental":
+        if session.mode == INCREMENTAL:
             earlier = self._db.unapplied_before(session)
             if earlier is not None:
                 self._finish(
