@@ -37,6 +37,7 @@ from prepsync.protocol import (
     MODES,
     NULLPK_SUFFIX,
     SORTED_SUFFIX,
+    csv_record,
 )
 from prepsync.staging import (
     StagedFiles,
@@ -135,16 +136,8 @@ def peak_rss() -> int:
 
 
 def format_row(values: Sequence[str], separator: str) -> bytes:
-    """One output line: a field is quoted only when it must be, and a row of one empty field
-    is ``""`` (an empty line would read back as no row at all)."""
-    if len(values) == 1 and values[0] == "":
-        return b'""\n'
-    cells = []
-    for value in values:
-        if separator in value or '"' in value or "\r" in value or "\n" in value:
-            value = '"' + value.replace('"', '""') + '"'
-        cells.append(value)
-    return (separator.join(cells) + "\n").encode("utf-8")
+    """One output line, UTF-8, LF-terminated: :func:`prepsync.protocol.csv_record`'s rule."""
+    return (csv_record(values, separator) + "\n").encode("utf-8")
 
 
 def find_source(sources_dir: Path, table: str) -> Path:

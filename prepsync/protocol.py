@@ -7,6 +7,9 @@ agent gives a verdict) stays with that side, built from these names.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 # The OAuth 2 scope an agent asks for and the server requires (Identity Manager's own).
 SCOPE = "usercube_api"
 
@@ -30,6 +33,34 @@ def upload_suffix(mode: str) -> str:
     """The suffix of the files a session of ``mode`` carries: the delta for incremental
     sessions, the whole sorted table for complete and initial ones."""
     return DELTA_SUFFIX if mode == INCREMENTAL else SORTED_SUFFIX
+
+
+# The characters other than the separator that make a field quoted.
+_NEEDS_QUOTES = re.compile('["\r\n]')
+
+
+def csv_record(values: Sequence[str], separator: str) -> str:
+    """One output record, without its line end, as every file prepsync writes spells it.
+
+    A field is quoted only when it holds the separator, ``"``, CR or LF, its quotes doubled; a
+    record of one empty field is ``""`` (an empty line would read back as no record at all).
+    The native engine writes the same rule in C (its hot path); this is the Python side's one
+    copy, for headers, the server's stored rows and its CSV answers.
+    """
+    if len(values) == 1 and not values[0]:
+        return '""'
+    joined = separator.join(values)
+    # Most records need no quote at all: then the plain join is the record (both scans in C).
+    if joined.count(separator) == len(values) - 1 and not _NEEDS_QUOTES.search(joined):
+        return joined
+    return separator.join(
+        [
+            '"' + value.replace('"', '""') + '"'
+            if separator in value or '"' in value or "\r" in value or "\n" in value
+            else value
+            for value in values
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------ commands

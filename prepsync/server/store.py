@@ -28,13 +28,14 @@ readers open their own read-only connections and see a consistent snapshot (WAL)
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prepsync.protocol import csv_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tables (
@@ -100,22 +101,13 @@ def decode_key(key: bytes) -> list[str]:
     return values
 
 
-_NEEDS_QUOTES = re.compile('["\r\n]')
-
-
-def _quote(value: str) -> str:
-    if "," in value or '"' in value or "\r" in value or "\n" in value:
-        return '"' + value.replace('"', '""') + '"'
-    return value
+# Stored rows are always ","-separated, whatever separator a session's files use.
+STORE_SEPARATOR = ","
 
 
 def format_record(values: Sequence[str]) -> str:
-    """One CSV record, SPEC §2 output rules: quoted only when holding ``,``, ``"``, CR or LF."""
-    joined = ",".join(values)
-    # Most records need no quote at all: then the plain join is the record (checked in C).
-    if joined.count(",") == len(values) - 1 and not _NEEDS_QUOTES.search(joined):
-        return joined
-    return ",".join([_quote(value) for value in values])
+    """One stored (or served) CSV record: :func:`prepsync.protocol.csv_record` with ``,``."""
+    return csv_record(values, STORE_SEPARATOR)
 
 
 @dataclass
