@@ -108,7 +108,7 @@ def read_header(path: Path) -> list[str]:
 
 
 def load_tables(config: Path, connector: str, sources: Path) -> list[Table]:
-    """Tables, kept columns and keys of ``connector`` per SPEC section 1."""
+    """Tables, kept columns and keys of ``connector`` per REFERENCE §1."""
     kept: dict[str, list[str]] = {}
     pks: dict[str, set[str]] = {}
     entity: set[str] = set()

@@ -1,8 +1,8 @@
-/* The cleansing engine of SPEC §3-§4 for one table.
+/* The cleansing engine (REFERENCE §3-§4) for one table.
  *
  * Input is read with ps_cleanse_read() (the first record is the header). Each row is projected
  * to the kept columns and turned into a record {key, line}: `key` is the key columns encoded so
- * that memcmp order is SPEC §2 order, `line` is the row already formatted as output CSV. Rows with
+ * that memcmp order is REFERENCE §2 order, `line` is the row already formatted as output CSV. Rows with
  * a null key are written to the nullpk output at once; the others fill an arena up to the memory
  * budget, which is sorted by (key, input order) and spilled to a run file when full.
  * ps_cleanse_finish_input() then seals the input, and ps_cleanse_merge_step() streams the rows

@@ -5,7 +5,7 @@
  * again from its start once more bytes (or the end of input) arrive, so the caller never sees
  * a partial record. Field spans stay valid until the next ps_tok_feed().
  *
- * Dialect (SPEC §2 and docs/DESIGN.md): optional UTF-8 BOM dropped; LF or CRLF ends a record;
+ * Dialect (REFERENCE §2 and docs/DESIGN.md): optional UTF-8 BOM dropped; LF or CRLF ends a record;
  * blank lines are skipped; a quoted field may hold separators, doubled quotes, CR and LF; a quote
  * inside an unquoted field and a CR not followed by LF (end of file included) are plain value
  * bytes. Every record is checked to be UTF-8 (the whole record at once: separators, quotes and
@@ -89,7 +89,7 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err);
 
 /* Length of the value once doubled quotes are undone (== f->len unless escaped). */
 size_t ps_field_unescape(const ps_field *f, char *out);
-/* Write the field as SPEC §2 output (quoted only when needed); out needs 2*len+2 bytes. */
+/* Write the field as REFERENCE §2 output (quoted only when needed); out needs 2*len+2 bytes. */
 size_t ps_field_format(const ps_field *f, char *out);
 
 /* 1 when data[0, n) is valid UTF-8; otherwise 0 and *bad is the offset of the first bad byte. */

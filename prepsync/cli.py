@@ -1,4 +1,4 @@
-"""The command line: a thin click layer over prepsync.pipeline (SPEC §6).
+"""The command line: a thin click layer over prepsync.pipeline (REFERENCE §6).
 
 Every failure a user can cause is a PrepsyncError, printed as one line ``error: ...`` with
 exit status 1; Ctrl-C exits with 130 after the cleanup has run.
@@ -595,7 +595,11 @@ def cancel_session(session_id: str, **api: Any) -> None:
 def serve(
     config_path: Path, data_dir: Path, host: str, port: int, session_timeout: float, log_level: str
 ) -> None:
-    """Run the reference server that receives prepared files (SPEC §7)."""
+    """Run the reference server: it issues tokens to the configuration's OpenID clients, takes
+    each agent run as a session (chunked uploads, then a commit), applies committed sessions
+    one at a time in opening order to its SQLite store, blocks a session that crosses a
+    threshold until an operator forces or cancels it, and serves the stored tables as CSV.
+    The status page is at / ."""
     from prepsync.server import serve as run_server
 
     run_server(

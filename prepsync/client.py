@@ -1,6 +1,6 @@
-"""The agent's HTTP client for the server of SPEC §7 (httpx, synchronous, one thread).
+"""The agent's HTTP client for the server (REFERENCE §7) (httpx, synchronous, one thread).
 
-Decisions (where SPEC §7 is silent):
+Decisions (where REFERENCE §7 leaves a choice):
 
 - **Token.** ``POST /connect/token`` with the client-credentials form, fetched on the first /api
   call and cached. It is fetched again once less than ``min(60 s, 10 % of expires_in)`` of its
@@ -331,7 +331,7 @@ class ApiClient:
     # ------------------------------------------------------------------------ endpoints
 
     def mappings(self, connector: str) -> Mappings:
-        """The connector's mappings (SPEC §1 as JSON); ConfigError if they are unusable."""
+        """The connector's mappings (REFERENCE §1 as JSON); ConfigError if they are unusable."""
         path = f"/api/connectors/{_q(connector)}/mappings"
         mappings = Mappings.from_json(self._json("GET", path, self._call("GET", path)))
         if mappings.connector != connector:

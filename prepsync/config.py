@@ -1,4 +1,4 @@
-"""Identity Manager XML configuration (or the server's JSON) -> per-table specs (SPEC §1, §7).
+"""Identity Manager XML configuration (or the server's JSON) -> per-table specs (REFERENCE §1, §7).
 
 The configuration is one XML file or a folder of ``*.xml`` files whose root is
 ``<ConfigurationFile>`` in any namespace.  Three things are read from it:
@@ -105,7 +105,7 @@ def _stricter(first: _Number, second: _Number) -> _Number:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Limits on one session's changes, enforced by the server (SPEC §7); 0 = off."""
+    """Limits on one session's changes, enforced by the server (REFERENCE §7); 0 = off."""
 
     max_inserted: int = 0  # MaximumInsertedLines
     max_updated: int = 0  # MaximumUpdatedLines
@@ -279,7 +279,7 @@ class EntityAssociationMapping:
 
 @dataclass(frozen=True)
 class Mappings:
-    """One connector's mappings, from the XML or from the server (SPEC §7)."""
+    """One connector's mappings, from the XML or from the server (REFERENCE §7)."""
 
     connector: str
     entity_types: tuple[EntityTypeMapping, ...]
@@ -797,7 +797,7 @@ def _link_thresholds_from_attributes(
 
 
 def _association_thresholds(element: _XmlElement, location: str) -> LinkThresholds:
-    """The SPEC's ``MaximumLink*`` names, and the reference page's names without ``Link``."""
+    """REFERENCE §1's ``MaximumLink*`` names, and the reference page's names without ``Link``."""
     spelled = _link_thresholds_from_attributes(element, location)
     alias = _link_thresholds_from_attributes(
         element,

@@ -1,4 +1,4 @@
-"""The Python API of prepsync: cleanse one table, or every table of a connector (SPEC §3-§5).
+"""The Python API of prepsync: cleanse one table, or every table of a connector (REFERENCE §3-§5).
 
 The native engine does the row work; this module decides which columns, which files and what
 happens on failure:
@@ -434,7 +434,7 @@ def prepare_table(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     read_block: int | None = None,
 ) -> TableResult:
-    """Cleanse one table into ``out_dir`` (SPEC §3-§4); outputs appear only on success."""
+    """Cleanse one table into ``out_dir`` (REFERENCE §3-§4); outputs appear only on success."""
     staged = StagedFiles(out_dir)
     try:
         with spill_directory(out_dir) as spill:

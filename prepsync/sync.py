@@ -1,4 +1,4 @@
-"""Delivering a run to the server exactly once (SPEC §7).
+"""Delivering a run to the server exactly once (REFERENCE §7).
 
 The order of the steps is what makes it exactly once:
 

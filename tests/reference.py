@@ -1,4 +1,4 @@
-"""Test oracle: a plain, in-memory, obviously-correct model of SPEC §2-§4 and docs/DESIGN.md.
+"""Test oracle: a plain, in-memory, obviously-correct model of REFERENCE §2-§4 and docs/DESIGN.md.
 
 The native engine is checked byte for byte against this module on generated inputs, so this
 module favours clarity over speed: whole files in memory, lists, dicts and ``sorted()``.  It
@@ -70,7 +70,7 @@ class ReferenceResult:
 
 
 # ------------------------------------------------------------------------------------------
-# CSV input (SPEC §2; DESIGN.md "CSV input" and "Error messages")
+# CSV input (REFERENCE §2; DESIGN.md "CSV input" and "Error messages")
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ def _check_utf8(data: bytes, start: int, end: int, path: str, line: int) -> None
 
 
 # ------------------------------------------------------------------------------------------
-# CSV output (SPEC §2)
+# CSV output (REFERENCE §2)
 
 
 def format_row(values: Sequence[bytes], separator: bytes) -> bytes:
@@ -258,7 +258,7 @@ def _format_file(header: Sequence[str], rows: Sequence[Sequence[bytes]], separat
 
 
 # ------------------------------------------------------------------------------------------
-# Header: kept columns, key, command column (SPEC §1, §3.1, §4)
+# Header: kept columns, key, command column (REFERENCE §1, §3.1, §4)
 
 
 def fold(name: str) -> str:
@@ -307,7 +307,7 @@ def _layout(header: Record, spec: TableSpecLike, command_column: str, path: str)
 
 
 # ------------------------------------------------------------------------------------------
-# Cleansing (SPEC §3)
+# Cleansing (REFERENCE §3)
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,7 @@ class Cleansed:
 
 
 def cleanse(rows: list[Row], keep_last: bool, replay: bool = False) -> Cleansed:
-    """SPEC §3.2-3.4: null keys apart, one row per key (first, or last for change files).
+    """REFERENCE §3.2-3.4: null keys apart, one row per key (first, or last for change files).
 
     ``replay`` (a change file in initial/complete mode): the stream is replayed from empty, so
     a key whose last command is ``delete`` is absent and that row joins the duplicates.
@@ -382,7 +382,7 @@ def cleanse(rows: list[Row], keep_last: bool, replay: bool = False) -> Cleansed:
     for row in rows:
         if b"" not in row.key:
             by_key.setdefault(row.key, []).append(row)  # each list is in input order
-    for key in sorted(by_key):  # tuple-of-bytes order is exactly SPEC §2's order
+    for key in sorted(by_key):  # tuple-of-bytes order is exactly REFERENCE §2's order
         group = by_key[key]
         winner = group[-1] if keep_last else group[0]
         if replay and winner.command == b"delete":
@@ -394,7 +394,7 @@ def cleanse(rows: list[Row], keep_last: bool, replay: bool = False) -> Cleansed:
 
 
 # ------------------------------------------------------------------------------------------
-# The whole prepare of one table (SPEC §3, §4)
+# The whole prepare of one table (REFERENCE §3, §4)
 
 
 def reference_prepare(
@@ -437,7 +437,7 @@ def reference_prepare(
 
     rows = _project(records, layout, replay, path)
     cleansed = cleanse(rows, keep_last=change_file, replay=replay)
-    # The command's header is "command" whatever the source spelled (SPEC §4).
+    # The command's header is "command" whatever the source spelled (REFERENCE §4).
     out_header = (["command"] if change_file else []) + kept_names
     result = ReferenceResult(
         files={
@@ -477,7 +477,7 @@ def _add_change_delta(
 
 
 # ------------------------------------------------------------------------------------------
-# Baseline and delta of a full extract (SPEC §4)
+# Baseline and delta of a full extract (REFERENCE §4)
 
 
 def _open_baseline(
@@ -546,7 +546,7 @@ def _add_full_delta(
             delta.append((b"delete", *old[key]))
         elif old[key] != new[key]:
             delta.append((b"update", *new[key]))
-    # The delta's first header is the literal "command" (SPEC §4), whatever --command-column.
+    # The delta's first header is the literal "command" (REFERENCE §4), whatever --command-column.
     result.files["delta"] = _format_file(["command", *kept_names], delta, sep)
     commands = [row[0] for row in delta]
     result.inserts = commands.count(b"insert")

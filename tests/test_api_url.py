@@ -1,4 +1,4 @@
-"""--api-url as users write it: Identity Manager's docs give a bare host (SPEC §6)."""
+"""--api-url as users write it: Identity Manager's docs give a bare host (REFERENCE §6)."""
 
 from __future__ import annotations
 

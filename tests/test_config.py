@@ -1,4 +1,4 @@
-"""prepsync.config: Identity Manager XML / server JSON -> per-table specs (SPEC §1, §7).
+"""prepsync.config: Identity Manager XML / server JSON -> per-table specs (REFERENCE §1, §7).
 
 Realistic configurations live in tests/data/config/; each error case writes its own small file
 next to the assertion so the broken XML and the expected message read together.
@@ -54,7 +54,7 @@ def config_error(path: Path, connector: str = "AD") -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Tables from the SPEC §1 example
+# Tables from the REFERENCE §1 example
 
 
 def test_spec_example_gives_one_spec_per_connection_table() -> None:
@@ -771,7 +771,7 @@ def test_mappings_json_round_trip(mappings: Mappings) -> None:
 
 
 def _broken(change: Any) -> dict[str, Any]:
-    """The SPEC example's JSON with ``change`` applied to it."""
+    """The REFERENCE §1 example's JSON with ``change`` applied to it."""
     document: dict[str, Any] = load_mappings(SPEC_EXAMPLE, "AD").to_json()
     change(document)
     return document

@@ -1,4 +1,4 @@
-"""Incremental mode (SPEC §4): deltas, change files, and every refusal leaving the baseline."""
+"""Incremental mode (REFERENCE §4): deltas, change files, and every refusal leaving the baseline."""
 
 from __future__ import annotations
 

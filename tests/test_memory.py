@@ -1,4 +1,4 @@
-"""SPEC §5: the whole process stays under budget + 48 MiB, whatever the input's size.
+"""REFERENCE §5: the whole process stays under budget + 48 MiB, whatever the input's size.
 
 Measured from outside: a wrapper process runs `prepsync prepare` and reads the child's peak
 resident set from getrusage(RUSAGE_CHILDREN), which covers everything the process mapped,

@@ -1,4 +1,4 @@
-"""The test oracle checked on its own: literal examples of SPEC §2-§4 / DESIGN.md, then
+"""The test oracle checked on its own: literal examples of REFERENCE §2-§4 / DESIGN.md, then
 properties on generated inputs (tests/strategies.py)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def baseline_error(baseline: bytes | None, **options: object) -> BaselineError:
 
 
 # ------------------------------------------------------------------------------------------
-# Parsing (SPEC §2, DESIGN.md "CSV input")
+# Parsing (REFERENCE §2, DESIGN.md "CSV input")
 
 
 def test_bom_is_dropped_but_counted_in_offsets() -> None:
@@ -209,7 +209,7 @@ def test_the_header_is_checked_before_later_rows() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Output quoting (SPEC §2)
+# Output quoting (REFERENCE §2)
 
 
 @pytest.mark.parametrize(
@@ -228,7 +228,7 @@ def test_format_row(values: list[bytes], separator: bytes, line: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Cleansing (SPEC §3)
+# Cleansing (REFERENCE §3)
 
 
 def test_complete_entity_table() -> None:
@@ -323,7 +323,7 @@ def test_header_names_needing_quotes_are_quoted() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Incremental, full extract (SPEC §4)
+# Incremental, full extract (REFERENCE §4)
 
 
 def test_full_extract_delta() -> None:
@@ -389,7 +389,7 @@ def test_error_order_between_input_and_baseline() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Incremental, change file (SPEC §4)
+# Incremental, change file (REFERENCE §4)
 
 
 def test_change_file() -> None:

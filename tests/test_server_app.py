@@ -1,4 +1,4 @@
-"""The server's HTTP contract (SPEC §7), in process: Starlette's TestClient, the real worker."""
+"""The server's HTTP contract (REFERENCE §7), in process: Starlette's TestClient, real worker."""
 
 from __future__ import annotations
 
@@ -276,7 +276,7 @@ def sort_key(row: tuple[str, ...], positions: list[int]) -> list[bytes]:
 
 
 def test_complete_then_incrementals_equal_the_expected_csv(api: Api) -> None:
-    # Values that exercise quoting, non-ASCII order and prefix order (SPEC §2).
+    # Values that exercise quoting, non-ASCII order and prefix order (REFERENCE §2).
     store = {
         "a": "cn=a,ou=x",
         "ab": 'say "hi"',

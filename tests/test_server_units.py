@@ -24,7 +24,7 @@ keys = st.lists(values, min_size=1, max_size=3)
 
 
 def spec_order(key: list[str]) -> list[bytes]:
-    # SPEC §2: column by column, bytes of UTF-8; Python's bytes order is prefix-first.
+    # REFERENCE §2: column by column, bytes of UTF-8; Python's bytes order is prefix-first.
     return [value.encode("utf-8") for value in key]
 
 

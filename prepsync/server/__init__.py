@@ -1,4 +1,4 @@
-"""The reference server of SPEC §7: receives prepared files, applies them to a resource store.
+"""The reference server (REFERENCE §7): receives prepared files, applies them to a resource store.
 
 ``create_app`` builds the Starlette app (tests, embedding); ``serve`` runs it with uvicorn
 (``prepsync serve``).

@@ -1,4 +1,4 @@
-"""The reference server of SPEC §7: a Starlette app and a uvicorn runner.
+"""The reference server (REFERENCE §7): a Starlette app and a uvicorn runner.
 
 Data directory layout (created on first start)::
 

@@ -16,7 +16,7 @@ previous ones), so the review's paging by key assumes the agent's order.
 
 A change is ``(command, key, line, values, stored_line)``: ``line`` and ``values`` are the new
 row (insert, update), ``stored_line`` the row as stored (update, delete). Lines are canonical
-CSV records: SPEC §2 output quoting with ``,`` as separator, whatever the session's separator.
+CSV records: REFERENCE §2 output quoting with ``,`` as separator, whatever the session's separator.
 """
 
 from __future__ import annotations

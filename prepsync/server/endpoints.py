@@ -1,4 +1,4 @@
-"""Token, mappings, session and resources endpoints (SPEC §7); uploads are in uploads.py."""
+"""Token, mappings, session and resources endpoints (REFERENCE §7); uploads are in uploads.py."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def table_of_file(
     """(table, None) for a file the session may carry, else (None, why not).
 
     ``tables`` maps the casefolded ConnectionTable to its spec: file names match tables
-    case-insensitively, like every name in the configuration (SPEC §1).
+    case-insensitively, like every name in the configuration (REFERENCE §1).
     """
     problem = file_name_problem(name)
     if problem is not None:

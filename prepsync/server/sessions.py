@@ -5,7 +5,7 @@ per database: the worker holds the store's write lock for the whole of a (possib
 session, and the API must still open sessions, record uploads and take commits meanwhile.
 The link between the two is the store's ``applied`` table (see :mod:`prepsync.server.store`).
 
-States (SPEC §7) and the only transitions made::
+States (REFERENCE §7) and the only transitions made::
 
     open -> queued (commit) | cancelled (cancel, abandoned, superseded, orphaned)
     queued -> processing (worker) | cancelled (cancel, superseded)
@@ -98,7 +98,7 @@ class Session:
     client: str | None = None  # the OpenID client that opened it (None: before ownership)
 
     def to_json(self) -> dict[str, Any]:
-        """GET /api/sessions/{id}: the SPEC's four fields, plus what an operator wants to see."""
+        """GET /api/sessions/{id}: the four fields of REFERENCE §7, and what an operator needs."""
         return {
             "id": self.id,
             "connector": self.connector,

@@ -1,4 +1,4 @@
-"""The resource store: every connector table's rows, in SPEC §2 key order, in one SQLite file.
+"""The resource store: every connector table's rows, in REFERENCE §2 key order, in one SQLite file.
 
 Layout (``<data>/store.sqlite3``, WAL mode):
 
@@ -8,9 +8,9 @@ Layout (``<data>/store.sqlite3``, WAL mode):
   date in the same transaction as the rows (percentage thresholds need them without a scan).
 * ``rows``: ``(tid, key, line, seq)`` WITHOUT ROWID, primary key ``(tid, key)``. ``key`` is
   :func:`encode_key` of the key values, a BLOB, so SQLite's ``ORDER BY key`` (memcmp) is the
-  SPEC §2 order and a streaming read in key order is a sequential B-tree walk. ``line`` is the row
-  as a canonical CSV record (SPEC §2 output quoting, no line end) in header order: the resources
-  endpoint writes it as it is, and two rows have equal values iff their lines are equal.
+  REFERENCE §2 order and a streaming read in key order is a sequential B-tree walk. ``line`` is
+  the row as a canonical CSV record (REFERENCE §2 output quoting, no line end) in header order: the
+  resources endpoint writes it as it is, and two rows have equal values iff their lines are equal.
   ``seq`` is the opening sequence of the session that last wrote the row (a complete load deletes
   the rows it did not write).
 * Writes go through one bulk path, :meth:`Transaction.write_changes`: a batch of inserts,
@@ -70,7 +70,7 @@ STREAM_PIECE = 256 * 1024
 
 
 def encode_key(values: Iterable[str]) -> bytes:
-    """Key values -> bytes whose memcmp order is SPEC §2 order.
+    """Key values -> bytes whose memcmp order is REFERENCE §2 order.
 
     Each value's UTF-8 bytes with 0x00 escaped as 0x00 0x01, then 0x00 0x00. A value that is a
     prefix of another ends in 0x00 0x00 where the other goes on with a byte > 0x00 or with

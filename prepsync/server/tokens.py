@@ -1,4 +1,4 @@
-"""Bearer tokens for the client-credentials flow (SPEC §7).
+"""Bearer tokens for the client-credentials flow (REFERENCE §7).
 
 A token is ``<payload>.<signature>``, both unpadded base64url: the payload is the JSON
 ``{"sub": client id, "exp": unix seconds}``, the signature its HMAC-SHA256 under a random

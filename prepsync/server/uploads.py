@@ -1,4 +1,4 @@
-"""Upload endpoints: a file's chunks, its size so far, and the commit that verifies them (SPEC §7).
+"""Upload endpoints (REFERENCE §7): a file's chunks, its size so far, the commit that verifies them.
 
 What is checked and written on disk is in :mod:`prepsync.server.session_files`.
 """
