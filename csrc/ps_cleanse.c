@@ -166,6 +166,11 @@ struct ps_cleanse {
     size_t record_room; /* the largest record the tokenizer accepts (ps_record_limit) */
     int header_seen;
     ps_stats stats;
+    /* Phase timing: the phase running since phase_since, -1 outside the engine's calls.
+     * phase_total is inclusive of output writes; ps_cleanse_stats() moves those to WRITE. */
+    int phase;
+    ps_time phase_since;
+    ps_time phase_total[PS_PHASES];
 
     ps_tokenizer tok;
     int tok_live;
@@ -256,6 +261,19 @@ static int push_run(int **list, size_t *n, size_t *cap, int run_id, ps_error *er
     return PS_OK;
 }
 
+/* ---------------------------------------------------------------- phase timing */
+
+/* Charges the time since the last switch to the current phase and starts `next` (-1: leaving
+ * the engine). Returns the phase that was running. Called per call, run or pass, never per row. */
+static int phase_switch(ps_cleanse *c, int next) {
+    ps_time now = ps_time_now();
+    int previous = c->phase;
+    if (previous >= 0) ps_time_add_since(&c->phase_total[previous], c->phase_since, now);
+    c->phase = next;
+    c->phase_since = now;
+    return previous;
+}
+
 /* ---------------------------------------------------------------- sort phase */
 
 static inline ps_entry *entries(const ps_cleanse *c) {
@@ -268,7 +286,9 @@ static inline size_t arena_free(const ps_cleanse *c) {
 
 static int spill_arena(ps_cleanse *c, ps_error *err) {
     ps_entry *e = entries(c);
+    int outer = phase_switch(c, PS_PHASE_SORT);
     ps_sort_entries(e, c->n_entries, c->arena);
+    phase_switch(c, PS_PHASE_SPILL);
     int run_id, fd;
     int rc = open_new_run(c, &run_id, &fd, err);
     if (rc) return rc;
@@ -284,6 +304,7 @@ static int spill_arena(ps_cleanse *c, ps_error *err) {
     ps_writer_release(&w);
     close_spill_fd(fd);
     if (!rc) rc = push_run(&c->runs, &c->n_runs, &c->runs_cap, run_id, err);
+    phase_switch(c, outer);
     if (rc) {
         remove_run(c, run_id);
         return rc;
@@ -383,8 +404,7 @@ static int drain_tokenizer(ps_cleanse *c, ps_error *err) {
     }
 }
 
-int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
-    if (c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "read after the end of input");
+static int read_block(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
     char *room = ps_tok_reserve(&c->tok, max_bytes, err);
     if (!room) return err->code;
     ssize_t n;
@@ -396,6 +416,14 @@ int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_err
     c->stats.bytes_fed += n;
     *got = (size_t)n;
     return n ? drain_tokenizer(c, err) : PS_OK;
+}
+
+int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
+    if (c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "read after the end of input");
+    phase_switch(c, PS_PHASE_READ);
+    int rc = read_block(c, fd, max_bytes, got, err);
+    phase_switch(c, -1);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- merge */
@@ -529,8 +557,10 @@ static int start_next_merge(ps_cleanse *c, ps_error *err) {
     size_t f = fan_in(c);
     if (c->group_start == 0 && c->n_runs <= f) {
         c->final_pass = 1;
+        phase_switch(c, PS_PHASE_JOIN);
         return open_group(c, c->n_runs, err);
     }
+    phase_switch(c, PS_PHASE_MERGE);
     if (c->group_start == 0) c->stats.merge_passes++;
     size_t count = c->n_runs - c->group_start;
     if (count > f) count = f;
@@ -772,8 +802,17 @@ static int finish_outputs(ps_cleanse *c, ps_error *err) {
 
 /* ---------------------------------------------------------------- lifecycle */
 
+static int finish_input(ps_cleanse *c, ps_error *err);
+
 int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err) {
     if (c->sealed) return PS_OK;
+    phase_switch(c, PS_PHASE_READ);
+    int rc = finish_input(c, err);
+    phase_switch(c, -1);
+    return rc;
+}
+
+static int finish_input(ps_cleanse *c, ps_error *err) {
     ps_tok_set_eof(&c->tok);
     int rc = drain_tokenizer(c, err);
     if (rc) return rc;
@@ -787,6 +826,7 @@ int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err) {
     c->sealed = 1;
     if (c->n_runs == 0) {
         /* Everything fit: sort in place and stream from memory, never touching disk. */
+        phase_switch(c, PS_PHASE_SORT);
         ps_sort_entries(entries(c), c->n_entries, c->arena);
         c->from_memory = 1;
         c->mem_next = 0;
@@ -836,6 +876,8 @@ static int pop_merged(ps_cleanse *c, ps_error *err) {
     return PS_OK;
 }
 
+static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err);
+
 int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
     *done = 0;
     if (!c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "merge before the end of input");
@@ -843,6 +885,13 @@ int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *
         *done = 1;
         return PS_OK;
     }
+    phase_switch(c, c->merging && !c->final_pass ? PS_PHASE_MERGE : PS_PHASE_JOIN);
+    int rc = merge_step(c, max_rows, done, err);
+    phase_switch(c, -1);
+    return rc;
+}
+
+static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
     int rc;
     if (c->joining && !c->base_header_seen) {
         if ((rc = baseline_advance(c, err))) return rc;
@@ -884,7 +933,19 @@ int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *
     return PS_OK;
 }
 
-const ps_stats *ps_cleanse_stats(const ps_cleanse *c) { return &c->stats; }
+const ps_stats *ps_cleanse_stats(ps_cleanse *c) {
+    /* Output writes happen inside READ (null-key rows) and JOIN (the rest): move them out. */
+    ps_time *phase = c->stats.phase;
+    memcpy(phase, c->phase_total, sizeof c->phase_total);
+    ps_time during_join = c->sorted.flush_time;
+    ps_time_add(&during_join, c->duplicates.flush_time);
+    ps_time_add(&during_join, c->delta.flush_time);
+    ps_time_sub(&phase[PS_PHASE_READ], c->nullpk.flush_time);
+    ps_time_sub(&phase[PS_PHASE_JOIN], during_join);
+    ps_time_add(&phase[PS_PHASE_WRITE], c->nullpk.flush_time);
+    ps_time_add(&phase[PS_PHASE_WRITE], during_join);
+    return &c->stats;
+}
 
 static int32_t *copy_cols(const int32_t *cols, size_t n) {
     int32_t *copy = malloc((n ? n : 1) * sizeof *copy);
@@ -912,6 +973,7 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     c->replay = o->replay;
     c->record_room = ps_record_limit(o->memory_budget);
     c->run_out_fd = -1;
+    c->phase = -1;
     c->baseline_fd = o->baseline_fd;
     c->joining = o->baseline_fd >= 0;
     c->spill_dir = strdup(o->spill_dir ? o->spill_dir : ".");

@@ -39,10 +39,24 @@ typedef struct ps_cleanse_options {
     const int32_t *baseline_key_cols; /* key columns within the baseline's columns */
 } ps_cleanse_options;
 
+/* Where a table's time goes, so that a regression names its phase. Exclusive: each moment
+ * inside the engine counts in exactly one phase. */
+enum ps_phase {
+    PS_PHASE_READ,  /* reading the source, parsing, building records, null-key rows */
+    PS_PHASE_SORT,  /* sorting the arena's index */
+    PS_PHASE_SPILL, /* writing sorted runs */
+    PS_PHASE_MERGE, /* intermediate merge passes (more runs than one merge can read) */
+    PS_PHASE_JOIN,  /* the final pass: rows in order into kept rows and duplicates, and the
+                     * merge-join with the baseline when there is one */
+    PS_PHASE_WRITE, /* write() and writeback calls of the outputs */
+    PS_PHASES
+};
+
 typedef struct ps_stats {
     int64_t rows_read, kept, null_keys, duplicates;
     int64_t inserts, updates, deletes, merges;
     int64_t runs, merge_passes, bytes_fed;
+    ps_time phase[PS_PHASES];
 } ps_stats;
 
 typedef struct ps_cleanse ps_cleanse;
@@ -58,7 +72,7 @@ int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_err
 int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err);
 /* Emits up to max_rows rows; *done is set once every output is complete and flushed. */
 int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err);
-const ps_stats *ps_cleanse_stats(const ps_cleanse *c);
+const ps_stats *ps_cleanse_stats(ps_cleanse *c);
 /* Frees everything, closing and deleting any spill file still there. Output fds are the
  * caller's and are not closed. */
 void ps_cleanse_free(ps_cleanse *c);

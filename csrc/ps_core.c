@@ -7,9 +7,19 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 ps_counters ps_live = {0, 0};
+
+ps_time ps_time_now(void) {
+    struct timespec wall, cpu;
+    clock_gettime(CLOCK_MONOTONIC, &wall);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+    ps_time t = {(int64_t)wall.tv_sec * 1000000000 + wall.tv_nsec,
+                 (int64_t)cpu.tv_sec * 1000000000 + cpu.tv_nsec};
+    return t;
+}
 
 int ps_fail(ps_error *err, int code, int64_t line, int64_t offset, const char *fmt, ...) {
     va_list ap;
@@ -78,6 +88,7 @@ int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error 
     w->bytes_written = 0;
     w->eager_writeback = 0;
     w->writeback_from = 0;
+    w->flush_time = (ps_time){0, 0};
     w->cap = cap;
     w->buf = ps_alloc(cap);
     if (!w->buf) return ps_fail_errno(err, "allocating a buffer for", what);
@@ -92,6 +103,7 @@ void ps_writer_release(ps_writer *w) {
 
 int ps_writer_flush(ps_writer *w, ps_error *err) {
     if (w->len == 0) return PS_OK;
+    ps_time started = ps_time_now();
     int rc = ps_write_all(w->fd, w->what, w->buf, w->len, err);
     if (rc) return rc;
     w->bytes_written += (int64_t)w->len;
@@ -104,6 +116,7 @@ int ps_writer_flush(ps_writer *w, ps_error *err) {
         w->writeback_from = w->bytes_written;
     }
 #endif
+    ps_time_add_since(&w->flush_time, started, ps_time_now());
     return PS_OK;
 }
 

@@ -46,6 +46,28 @@ void *ps_alloc(size_t size);
 void *ps_realloc(void *block, size_t old_size, size_t new_size);
 void ps_free(void *block, size_t size);
 
+/* Wall and this thread's CPU time, in nanoseconds. Read per block or phase, never per row. */
+typedef struct ps_time {
+    int64_t wall_ns, cpu_ns;
+} ps_time;
+
+ps_time ps_time_now(void);
+static inline void ps_time_add(ps_time *total, ps_time t) {
+    total->wall_ns += t.wall_ns;
+    total->cpu_ns += t.cpu_ns;
+}
+
+static inline void ps_time_sub(ps_time *total, ps_time t) {
+    total->wall_ns -= t.wall_ns;
+    total->cpu_ns -= t.cpu_ns;
+}
+
+/* *total += now - since */
+static inline void ps_time_add_since(ps_time *total, ps_time since, ps_time now) {
+    total->wall_ns += now.wall_ns - since.wall_ns;
+    total->cpu_ns += now.cpu_ns - since.cpu_ns;
+}
+
 typedef struct ps_writer {
     int fd;
     const char *what; /* names the file in errors: "output", "spill file" */
@@ -56,6 +78,7 @@ typedef struct ps_writer {
      * they grow overlaps that I/O with the work instead of paying it all at the end. */
     int eager_writeback;
     int64_t writeback_from; /* first byte not yet handed to writeback */
+    ps_time flush_time;     /* spent in write() and writeback calls */
 } ps_writer;
 
 int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error *err);

@@ -54,6 +54,9 @@ def io_block(Py_ssize_t memory_budget):
 
 DEBUG_BUILD = bool(c.PREPSYNC_DEBUG_BUILD)
 
+#: The engine's phases (enum ps_phase), in order: where each table's time went.
+PHASE_NAMES = ("read", "sort", "spill", "merge", "join", "write")
+
 
 def live_counters():
     """Native buffers and spill files currently open; both are 0 between runs."""
@@ -228,6 +231,12 @@ cdef class Cleanser:
             "runs": s.runs,
             "merge_passes": s.merge_passes,
             "bytes_fed": s.bytes_fed,
+            "phase_seconds": {
+                name: s.phase[i].wall_ns / 1e9 for i, name in enumerate(PHASE_NAMES)
+            },
+            "phase_cpu_seconds": {
+                name: s.phase[i].cpu_ns / 1e9 for i, name in enumerate(PHASE_NAMES)
+            },
         }
 
     def close(self):

@@ -3,6 +3,9 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
 
 
 cdef extern from "ps_core.h" nogil:
+    ctypedef struct ps_time:
+        int64_t wall_ns, cpu_ns
+
     enum:
         PREPSYNC_DEBUG_BUILD
         PS_OK
@@ -77,10 +80,15 @@ cdef extern from "ps_cleanse.h" nogil:
         int baseline_fd
         const int32_t *baseline_key_cols
 
+    enum:
+        PS_PHASE_READ, PS_PHASE_SORT, PS_PHASE_SPILL, PS_PHASE_MERGE, PS_PHASE_JOIN
+        PS_PHASE_WRITE, PS_PHASES
+
     ctypedef struct ps_stats:
         int64_t rows_read, kept, null_keys, duplicates
         int64_t inserts, updates, deletes, merges
         int64_t runs, merge_passes, bytes_fed
+        ps_time phase[PS_PHASES]
 
     ctypedef struct ps_cleanse:
         pass
@@ -90,5 +98,6 @@ cdef extern from "ps_cleanse.h" nogil:
     int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err)
     int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err)
     int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
-    const ps_stats *ps_cleanse_stats(const ps_cleanse *c)
+    const ps_stats *ps_cleanse_stats(ps_cleanse *c)
     void ps_cleanse_free(ps_cleanse *c)
+

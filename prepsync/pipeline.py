@@ -103,6 +103,10 @@ class TableResult:
     runs: int = 0
     merge_passes: int = 0
     seconds: float = 0.0
+    #: Wall and CPU seconds of each engine phase (``_cleanse.PHASE_NAMES``): read (and parse),
+    #: sort, spill, merge (intermediate passes), join (the final pass into the outputs), write.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    phase_cpu_seconds: dict[str, float] = field(default_factory=dict)
     peak_rss: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -369,7 +373,7 @@ def stage_table(
     finally:
         if baseline_file:
             baseline_file.close()
-    for name in (*COUNTS, "runs", "merge_passes"):
+    for name in (*COUNTS, "runs", "merge_passes", "phase_seconds", "phase_cpu_seconds"):
         setattr(result, name, stats[name])
     result.seconds = time.monotonic() - started
     result.peak_rss = peak_rss()
@@ -492,6 +496,7 @@ class RunResult:
     # Legal but suspicious outcomes, each logged as a warning when found: {"table", "kind",
     # "message", ...}; kind "shrink" adds "rows" and "baseline_rows".
     warnings: list[dict[str, object]] = field(default_factory=list)
+    commit_seconds: float = 0.0  # flushing the outputs to disk and renaming them into place
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -499,6 +504,7 @@ class RunResult:
             "mode": self.request.mode,
             "memory_budget": self.request.memory_budget,
             "seconds": self.seconds,
+            "commit_seconds": self.commit_seconds,
             "peak_rss": self.peak_rss,
             "tables": [table.to_json() for table in self.tables],
             "warnings": self.warnings,
@@ -613,7 +619,9 @@ def prepare_connector(
 
             results = _run_all(cleanse, len(tables), workers, failure)
         crash_point("staged")
+        committing = time.monotonic()
         staged.commit()
+        commit_seconds = time.monotonic() - committing
     finally:
         staged.discard()
     warnings = [
@@ -627,6 +635,7 @@ def prepare_connector(
         seconds=time.monotonic() - started,
         peak_rss=peak_rss(),
         warnings=warnings,
+        commit_seconds=commit_seconds,
     )
 
 
