@@ -296,8 +296,9 @@ static int spill_arena(ps_cleanse *c, ps_error *err) {
     rc = ps_writer_init(&w, fd, "spill file", c->io_block, err);
     for (size_t i = 0; !rc && i < c->n_entries; i++) {
         /* Sorted order visits the arena at random: fetch a few records ahead. */
-        if (i + PREFETCH_AHEAD < c->n_entries) __builtin_prefetch(c->arena + e[i + PREFETCH_AHEAD].off);
-        const char *r = c->arena + e[i].off;
+        if (i + PREFETCH_AHEAD < c->n_entries)
+            __builtin_prefetch(c->arena + ps_entry_offset(&e[i + PREFETCH_AHEAD]));
+        const char *r = c->arena + ps_entry_offset(&e[i]);
         rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), err);
     }
     if (!rc) rc = ps_writer_flush(&w, err);
@@ -386,8 +387,7 @@ static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
     store_u32(r, (uint32_t)klen);
     store_u32(r + 4, (uint32_t)llen);
     ps_entry *e = (ps_entry *)(c->arena + c->arena_size) - c->n_entries - 1;
-    e->prefix = ps_key_prefix(r + REC_HEADER, klen);
-    e->off = c->arena_top;
+    ps_entry_init(e, r + REC_HEADER, klen, c->arena_top);
     c->arena_top += REC_HEADER + klen + llen;
     c->n_entries++;
     return PS_OK;
@@ -847,8 +847,8 @@ static int next_sorted(ps_cleanse *c, const char **key, size_t *klen, const char
         if (c->mem_next == c->n_entries) return 0;
         const ps_entry *e = entries(c);
         if (c->mem_next + PREFETCH_AHEAD < c->n_entries)
-            __builtin_prefetch(c->arena + e[c->mem_next + PREFETCH_AHEAD].off);
-        const char *r = c->arena + e[c->mem_next++].off;
+            __builtin_prefetch(c->arena + ps_entry_offset(&e[c->mem_next + PREFETCH_AHEAD]));
+        const char *r = c->arena + ps_entry_offset(&e[c->mem_next++]);
         *klen = load_u32(r);
         *llen = load_u32(r + 4);
         *key = r + REC_HEADER;

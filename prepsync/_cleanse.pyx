@@ -6,8 +6,9 @@ codes into the exceptions of prepsync.errors. All policy (which columns, which f
 happens on failure) lives in prepsync.pipeline.
 """
 
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from prepsync cimport _native as c
 
@@ -113,6 +114,40 @@ def read_header(
                 raise_error(&err, path, "", "")
     finally:
         c.ps_tok_release(&tok)
+
+
+def sort_order(keys):
+    """The order in which the engine's in-memory sort puts these keys (a list of indices):
+    by key bytes, then input order. Exposed so that tests can check the sort on its own."""
+    cdef Py_ssize_t n = len(keys), i, size = 0
+    cdef bytes key
+    for key in keys:
+        size += 8 + len(key)
+    cdef char *arena = <char *>malloc(size if size else 1)
+    cdef c.ps_entry *entries = <c.ps_entry *>malloc((n if n else 1) * sizeof(c.ps_entry))
+    cdef uint64_t top = 0, offset
+    cdef uint32_t klen, llen = 0
+    cdef dict index_of = {}
+    if arena == NULL or entries == NULL:
+        free(arena)
+        free(entries)
+        raise MemoryError()
+    try:
+        # The records the engine builds: {u32 key length, u32 line length, key, line}.
+        for i in range(n):
+            key = keys[i]
+            klen = len(key)
+            memcpy(arena + top, &klen, 4)
+            memcpy(arena + top + 4, &llen, 4)
+            memcpy(arena + top + 8, <char *>key, klen)
+            c.ps_entry_init(&entries[i], arena + top + 8, klen, top)
+            index_of[top] = i
+            top += 8 + klen
+        c.ps_sort_entries(entries, n, arena)
+        return [index_of[c.ps_entry_offset(&entries[i])] for i in range(n)]
+    finally:
+        free(arena)
+        free(entries)
 
 
 cdef class Cleanser:

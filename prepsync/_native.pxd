@@ -1,5 +1,5 @@
 # Declarations of the C core (csrc/); nothing but cdef extern blocks belongs here.
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
 
 
 cdef extern from "ps_core.h" nogil:
@@ -101,3 +101,11 @@ cdef extern from "ps_cleanse.h" nogil:
     const ps_stats *ps_cleanse_stats(ps_cleanse *c)
     void ps_cleanse_free(ps_cleanse *c)
 
+
+cdef extern from "ps_sort.h" nogil:
+    ctypedef struct ps_entry:
+        pass
+
+    void ps_entry_init(ps_entry *e, const char *key, size_t klen, uint64_t off)
+    void ps_sort_entries(ps_entry *entries, size_t n, const char *arena)
+    uint64_t ps_entry_offset(const ps_entry *e)
