@@ -3,7 +3,8 @@
 
 Prints every figure of either file side by side and flags each one that got more than
 ``--threshold`` percent (default 10) worse. Every figure is lower-is-better: wall and CPU
-seconds, microseconds per row, peak RSS, and the prepsync/other ratios. An output check
+seconds, microseconds per row, peak RSS, prepsync's per-phase seconds, and the ratios (a
+time in seconds must also have grown by ``--min-seconds``, default 0.05). An output check
 (prepsync vs DuckDB) that was identical and is now different or missing is flagged too. Exits 1 when
 anything is flagged, 0 otherwise (2 on unreadable input).
 """
@@ -56,7 +57,7 @@ def context_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for what in ("parameters", "machine"):
         a, b = old.get(what, {}), new.get(what, {})
         for key in sorted(set(a) | set(b)):
-            if key in ("prepsync_cmd", "config") or a.get(key) == b.get(key):
+            if key in ("prepsync_cmd", "base_prepsync_cmd", "config") or a.get(key) == b.get(key):
                 continue
             notes.append(f"{what}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
     da, db = old.get("datasets", {}), new.get("datasets", {})
@@ -75,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("old")
     ap.add_argument("new")
     ap.add_argument("--threshold", type=float, default=10.0, help="percent (default 10)")
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.05,
+        help="a time in seconds is not flagged unless it grew by at least this much "
+        "(default 0.05: the noise of a short phase on a shared machine)",
+    )
     args = ap.parse_args(argv)
     old, new = load(args.old), load(args.new)
     of, nf = old["figures"], new["figures"]
@@ -93,13 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         change = ""
         mark = ""
         if a is not None and b is not None:
+            small = unit == "s" and b - a < args.min_seconds
             if a > 0:
                 pct = (b - a) / a * 100
                 change = f"{pct:+.1f}%"
-                if pct > args.threshold:
+                if pct > args.threshold and not small:
                     mark = "  WORSE"
                     flagged.append(name)
-            elif b > a:
+            elif b > a and not small:
                 change, mark = "new>0", "  WORSE"
                 flagged.append(name)
         print(f"{name:<{width}}  {fmt(a, unit):>14}  {fmt(b, unit):>14}  {change:>8}{mark}")

@@ -36,6 +36,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TOOLS = ("prepsync", "sort", "duckdb")
+PHASES = ("read", "sort", "spill", "merge", "join", "write")  # prepsync's, in order
 SCALING_ROWS = (250_000, 1_000_000, 2_000_000, 4_000_000)
 SORT_NOTE = (
     "GNU sort only sorts lines by the first comma-separated field: no CSV parsing (quoted "
@@ -83,6 +84,10 @@ class Sample:
     rss_mib: float
     walls: list[float]
     load: float  # 1-minute load average just before the run (other work on the machine)
+    # prepsync only, from its --report: {table: {phase: seconds}} (wall and CPU), commit s
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    phases_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    commit_s: float | None = None
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Job:
     setup: Callable[[], None] = lambda: None
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     samples: list[Sample] = field(default_factory=list)
+    report: Path | None = None  # prepsync's --report, read after every run for phase times
 
 
 # ----------------------------------------------------------------------------- config
@@ -191,7 +197,11 @@ def run_jobs(
             # output dirty in the page cache, and its writeback would otherwise slow down
             # whichever tool runs next. prepsync pays for its own fsync inside its timing.
             os.sync()
+            if job.report is not None:
+                job.report.unlink(missing_ok=True)
             sample = measure(job, logs / f"{job.work.name}.log")
+            if job.report is not None:
+                read_phases(job.report, sample)
             job.samples.append(sample)
             print(
                 f"  [{r + 1}/{repeat}] {job.tool:<9} {sample.wall:8.2f} s "
@@ -201,6 +211,20 @@ def run_jobs(
             )
         if r == 0 and after_first is not None:
             after_first()
+
+
+def read_phases(report: Path, sample: Sample) -> None:
+    """Per-table phase times from a prepsync --report (absent from older builds' reports)."""
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return
+    for table in data.get("tables", []):
+        if "phase_seconds" in table:
+            sample.phases[table["table"]] = table["phase_seconds"]
+            sample.phases_cpu[table["table"]] = table["phase_cpu_seconds"]
+    if "commit_seconds" in data:
+        sample.commit_s = data["commit_seconds"]
 
 
 def remove_previous(sources: Path) -> None:
@@ -293,6 +317,7 @@ class Bench:
         self.prepsync = shlex.split(args.prepsync_cmd) if args.prepsync_cmd else []
         if not self.prepsync:
             self.prepsync = [sys.executable, "-m", "prepsync"]
+        self.base_prepsync = shlex.split(args.base_prepsync_cmd or "")
         self.figures: dict[str, dict[str, Any]] = {}
         self.samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.checks: dict[str, str] = {}
@@ -304,23 +329,42 @@ class Bench:
         self.lines.append(line)
         print(line, flush=True)
 
+    def prepsync_job(
+        self,
+        section: str,
+        sources: Path,
+        mode: str,
+        budget: str,
+        tool: str = "prepsync",
+        command: list[str] | None = None,
+    ) -> Job:
+        work = self.work_root / f"{section}-{tool}"
+        report = self.work_root / f"{section}-{tool}-report.json"
+        cmd = [
+            *(command or self.prepsync), "prepare", "--connector", self.args.connector,
+            "--agent", "bench", "--synchronization-mode", mode,
+            "--config", str(self.config), "--sources-directory", str(sources),
+            "--working-directory", str(work),
+            "--memory-budget", budget, "--report", str(report),
+        ]  # fmt: skip
+        # prepsync advances its baseline in sources/previous/ after every run: start each run
+        # from the same state (none for complete, the saved one for incremental, see
+        # incremental()).
+        return Job(tool, [cmd], work, setup=lambda: remove_previous(sources), report=report)
+
     def jobs(self, section: str, sources: Path, tables: list[Table], mode: str) -> list[Job]:
         out: list[Job] = []
         for tool in self.tools:
             work = self.work_root / f"{section}-{tool}"
             if tool == "prepsync":
-                report = self.work_root / f"{section}-prepsync-report.json"
-                cmd = [
-                    *self.prepsync, "prepare", "--connector", self.args.connector,
-                    "--agent", "bench", "--synchronization-mode", mode,
-                    "--config", str(self.config), "--sources-directory", str(sources),
-                    "--working-directory", str(work),
-                    "--memory-budget", self.args.memory_budget, "--report", str(report),
-                ]  # fmt: skip
-                # prepsync advances its baseline in sources/previous/ after every run: start
-                # each run from the same state (none for complete, the saved one for
-                # incremental, see incremental()).
-                out.append(Job(tool, [cmd], work, setup=lambda: remove_previous(sources)))
+                out.append(self.prepsync_job(section, sources, mode, self.args.memory_budget))
+                if self.base_prepsync:
+                    # Another build, alternating with this one in the same rounds: the way to
+                    # compare two builds on a machine whose load moves.
+                    job = self.prepsync_job(
+                        section, sources, mode, self.args.memory_budget, "base", self.base_prepsync
+                    )
+                    out.append(job)
             elif tool == "sort":
                 env = dict(os.environ, LC_ALL="C")
                 size = sort_size(self.args.memory_budget)
@@ -370,10 +414,11 @@ class Bench:
                 fig[f"{section}.{job.tool}.us_per_row"] = {
                     "value": wall / rows * 1e6, "unit": "us/row", "kind": "time"
                 }  # fmt: skip
+            self.record_phases(section, job)
             self.samples.setdefault(section, {})[job.tool] = [s.__dict__ for s in job.samples]
-        if "prepsync" in self.tools:
-            for other in ("sort", "duckdb"):
-                if other not in self.tools:
+        if f"{section}.prepsync.wall_s" in fig:
+            for other in ("sort", "duckdb", "base"):
+                if f"{section}.{other}.wall_s" not in fig:
                     continue
                 for what, key in (("wall", "wall_s"), ("rss", "peak_rss_mib")):
                     p = fig[f"{section}.prepsync.{key}"]["value"]
@@ -381,6 +426,37 @@ class Bench:
                     fig[f"{section}.ratio.prepsync/{other}.{what}"] = {
                         "value": p / o if o else float("nan"), "unit": "x", "kind": "ratio"
                     }  # fmt: skip
+
+    def record_phases(self, section: str, job: Job) -> None:
+        """Median wall and CPU seconds of each table's phases, so a regression names its phase."""
+        fig = self.figures
+        tables = list(job.samples[0].phases) if job.samples else []
+        for table in tables:
+            for phase in job.samples[0].phases[table]:
+                for kind, attr in (("s", "phases"), ("cpu_s", "phases_cpu")):
+                    values = [getattr(s, attr).get(table, {}).get(phase, 0.0) for s in job.samples]
+                    fig[f"{section}.{job.tool}.phase.{table}.{phase}_{kind}"] = {
+                        "value": median(values), "unit": "s", "kind": "phase"
+                    }  # fmt: skip
+        commits = [s.commit_s for s in job.samples if s.commit_s is not None]
+        if commits:
+            fig[f"{section}.{job.tool}.commit_s"] = {
+                "value": median(commits), "unit": "s", "kind": "phase"
+            }  # fmt: skip
+
+    def print_phases(self, section: str, jobs: list[Job]) -> None:
+        fig = self.figures
+        for job in jobs:
+            prefix = f"{section}.{job.tool}.phase."
+            names = [n[len(prefix) :] for n in fig if n.startswith(prefix)]
+            tables = sorted({n.rsplit(".", 1)[0] for n in names})
+            for table in tables:
+                cells = " ".join(
+                    f"{phase} {fig[f'{prefix}{table}.{phase}_s']['value']:.2f}"
+                    for phase in PHASES
+                    if f"{prefix}{table}.{phase}_s" in fig
+                )
+                self.say(f"  {job.tool} {table} phases (wall s): {cells}")
 
     def print_section(self, title: str, section: str, jobs: list[Job]) -> None:
         fig = self.figures
@@ -394,30 +470,36 @@ class Bench:
                 f"{fig[f'{section}.{job.tool}.cpu_s']['value']:>9.2f}"
                 f"{fig[f'{section}.{job.tool}.peak_rss_mib']['value']:>14.1f}   {runs}"
             )
-        for other in ("sort", "duckdb"):
+        for other in ("sort", "duckdb", "base"):
             wall = fig.get(f"{section}.ratio.prepsync/{other}.wall")
             rss = fig.get(f"{section}.ratio.prepsync/{other}.rss")
             if wall and rss:
                 self.say(
                     f"  prepsync/{other}: {wall['value']:.2f}x wall, {rss['value']:.2f}x peak RSS"
                 )
+        self.print_phases(section, jobs)
         if "sort" in self.tools:
             self.say(f"  * {SORT_NOTE}")
 
     def cross_check(self, section: str, tables: list[Table], suffix: str) -> None:
-        """prepsync's and DuckDB's outputs should be byte-identical."""
-        if "prepsync" not in self.tools or "duckdb" not in self.tools:
+        """prepsync's outputs should be byte-identical to DuckDB's and to the base build's."""
+        if "prepsync" not in self.tools:
             return
-        for t in tables:
-            name = f"{t.name}{suffix}"
-            a = self.work_root / f"{section}-prepsync" / name
-            b = self.work_root / f"{section}-duckdb" / name
-            if not a.is_file() or not b.is_file():
-                verdict = "missing"
-            else:
-                verdict = "identical" if filecmp.cmp(a, b, shallow=False) else "DIFFERENT"
-            self.checks[f"{section}.{name}"] = verdict
-            self.say(f"  check {name}: prepsync vs duckdb output {verdict}")
+        others = [
+            o for o in ("duckdb", "base") if o in self.tools or (o == "base" and self.base_prepsync)
+        ]
+        for other in others:
+            for t in tables:
+                name = f"{t.name}{suffix}"
+                a = self.work_root / f"{section}-prepsync" / name
+                b = self.work_root / f"{section}-{other}" / name
+                if not a.is_file() or not b.is_file():
+                    verdict = "missing"
+                else:
+                    verdict = "identical" if filecmp.cmp(a, b, shallow=False) else "DIFFERENT"
+                key = f"{section}.{name}" if other == "duckdb" else f"{section}.base.{name}"
+                self.checks[key] = verdict
+                self.say(f"  check {name}: prepsync vs {other} output {verdict}")
 
     def save_baselines(self, section: str, tables: list[Table]) -> None:
         """Keep the complete run's sorted outputs as the incremental runs' baselines."""
@@ -483,7 +565,7 @@ class Bench:
         warm_cache([t.source for t in tables])
         jobs = self.jobs("incremental", day2, tables, "incremental")
         for job in jobs:
-            if job.tool == "prepsync":
+            if job.tool in ("prepsync", "base"):
                 job.setup = restore  # prepsync advances the baseline: put it back every run
         run_jobs(
             jobs,
@@ -527,6 +609,37 @@ class Bench:
                 for t in self.tools
             )
             self.say(f"  {rows:>10}{cells}")
+
+    def budget_sweep(self, data: Path, meta: dict[str, Any], budgets: Sequence[str]) -> None:
+        """prepsync's complete run at each budget, alternating, against --memory-budget's."""
+        section = "budget"
+        jobs = [
+            self.prepsync_job(section, data, "complete", b, tool=f"prepsync@{b}") for b in budgets
+        ]
+        warm_cache([t.source for t in load_tables(self.config, self.args.connector, data)])
+        print("budget sweep: " + ", ".join(budgets), file=sys.stderr, flush=True)
+        run_jobs(jobs, self.args.repeat, self.logs)
+        self.record(section, jobs, meta.get("entries_rows"))
+        fig = self.figures
+        ref = self.args.memory_budget
+        self.say()
+        self.say(f"budget sweep (prepsync, complete synchronization; ratios to {ref})")
+        self.say(f"  {'budget':<10}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}{'wall ratio':>12}")
+        for b in budgets:
+            wall = fig[f"{section}.prepsync@{b}.wall_s"]["value"]
+            ratio = ""
+            if f"{section}.prepsync@{ref}.wall_s" in fig:
+                base = fig[f"{section}.prepsync@{ref}.wall_s"]["value"]
+                fig[f"{section}.ratio.{b}/{ref}.wall"] = {
+                    "value": wall / base if base else float("nan"), "unit": "x", "kind": "ratio"
+                }  # fmt: skip
+                ratio = f"{wall / base:.2f}x" if base else "-"
+            self.say(
+                f"  {b:<10}{wall:>9.2f}{fig[f'{section}.prepsync@{b}.cpu_s']['value']:>9.2f}"
+                f"{fig[f'{section}.prepsync@{b}.peak_rss_mib']['value']:>14.1f}{ratio:>12}"
+            )
+        self.print_phases(section, jobs)
+        self.cleanup(jobs, data)
 
     def data_dir(self, rows: int) -> Path:
         return BENCH / "data" / f"ad-{rows}-s{self.args.seed}-{self.args.order}"
@@ -653,10 +766,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(map(str, SCALING_ROWS)),
         help="comma-separated sizes for --scaling",
     )
+    ap.add_argument(
+        "--budget-sweep",
+        metavar="BUDGETS",
+        help="also time prepsync alone at each of these comma-separated budgets "
+        "(e.g. 32MiB,256MiB,1GiB), alternating; ratios are to --memory-budget",
+    )
     ap.add_argument("--config", default=str(BENCH / "config" / "ad.xml"))
     ap.add_argument("--connector", default="AD")
     ap.add_argument(
         "--prepsync-cmd", help="command to run instead of `python -m prepsync` (e.g. prepsync)"
+    )
+    ap.add_argument(
+        "--base-prepsync-cmd",
+        help="also time this other prepsync build as tool `base`, alternating with prepsync "
+        "(e.g. 'env PYTHONPATH=OLD_CHECKOUT python -P -m prepsync': -P, as the bench runs in "
+        "this checkout, which -m would otherwise put first on the path)",
     )
     ap.add_argument(
         "--work-dir",
@@ -696,6 +821,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.incremental:
             day2 = data.with_name(data.name + "-next")
             bench.incremental(day2, ensure_next_day(data, day2))
+        if args.budget_sweep:
+            budgets = [b.strip() for b in args.budget_sweep.split(",") if b.strip()]
+            bench.budget_sweep(data, meta, budgets)
         if args.scaling:
             bench.scaling([int(s) for s in args.scaling_rows.split(",") if s.strip()])
     except BenchError as e:
@@ -719,10 +847,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "duckdb_memory": args.duckdb_memory,
             "duckdb_threads": args.duckdb_threads,
             "prepsync_cmd": bench.prepsync,
+            "base_prepsync_cmd": bench.base_prepsync,
             "config": str(bench.config),
             "connector": args.connector,
             "incremental": args.incremental,
             "scaling": args.scaling,
+            "budget_sweep": args.budget_sweep,
             "rss": "ru_maxrss of RUSAGE_CHILDREN in a fresh wrapper per run (largest process)",
         },
         "datasets": bench.datasets,
