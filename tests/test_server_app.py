@@ -205,7 +205,12 @@ def test_chunked_upload_resumes_and_tolerates_a_repeated_chunk(api: Api, tmp_pat
     assert late.status_code == 409
     assert api.wait(session_id)["state"] == "done"
     assert api.resources("AD", ENTRIES) == data
-    assert not (tmp_path / "data" / "sessions" / session_id).exists()  # done: uploads removed
+    # Done: the worker removes the uploads just after it records the state.
+    uploads = tmp_path / "data" / "sessions" / session_id
+    deadline = time.monotonic() + 10
+    while uploads.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not uploads.exists()
 
 
 def test_upload_without_content_range_is_the_whole_file(api: Api) -> None:
