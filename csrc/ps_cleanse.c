@@ -447,7 +447,6 @@ static int read_block(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_e
     } while (n < 0 && errno == EINTR);
     if (n < 0) return ps_fail_errno(err, "reading", "the source");
     ps_tok_commit(&c->tok, (size_t)n);
-    c->stats.bytes_fed += n;
     *got = (size_t)n;
     return n ? drain_tokenizer(c, err) : PS_OK;
 }

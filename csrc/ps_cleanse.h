@@ -55,7 +55,7 @@ enum ps_phase {
 typedef struct ps_stats {
     int64_t rows_read, kept, null_keys, duplicates;
     int64_t inserts, updates, deletes, merges;
-    int64_t runs, merge_passes, bytes_fed;
+    int64_t runs, merge_passes;
     ps_time phase[PS_PHASES];
 } ps_stats;
 

@@ -265,7 +265,6 @@ cdef class Cleanser:
             "merges": s.merges,
             "runs": s.runs,
             "merge_passes": s.merge_passes,
-            "bytes_fed": s.bytes_fed,
             "phase_seconds": {
                 name: s.phase[i].wall_ns / 1e9 for i, name in enumerate(PHASE_NAMES)
             },

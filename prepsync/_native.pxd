@@ -87,7 +87,7 @@ cdef extern from "ps_cleanse.h" nogil:
     ctypedef struct ps_stats:
         int64_t rows_read, kept, null_keys, duplicates
         int64_t inserts, updates, deletes, merges
-        int64_t runs, merge_passes, bytes_fed
+        int64_t runs, merge_passes
         ps_time phase[PS_PHASES]
 
     ctypedef struct ps_cleanse:

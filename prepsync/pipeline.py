@@ -69,18 +69,6 @@ SUFFIXES = {
     "delta": DELTA_SUFFIX,
 }
 
-#: The counts a table's cleansing reports, as named in TableResult and the engine's stats.
-COUNTS = (
-    "rows_read",
-    "kept",
-    "null_keys",
-    "duplicates",
-    "inserts",
-    "updates",
-    "deletes",
-    "merges",
-)
-
 #: progress(table, phase, done, total): phase "read" counts bytes, "write" counts rows.
 Progress = Callable[[str, str, int, int], None]
 
@@ -373,8 +361,9 @@ def stage_table(
     finally:
         if baseline_file:
             baseline_file.close()
-    for name in (*COUNTS, "runs", "merge_passes", "phase_seconds", "phase_cpu_seconds"):
-        setattr(result, name, stats[name])
+    # The engine's stats() names every counter once; TableResult has a field of each name.
+    for name, value in stats.items():
+        setattr(result, name, value)
     result.seconds = time.monotonic() - started
     result.peak_rss = peak_rss()
     log.debug(
