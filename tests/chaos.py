@@ -17,7 +17,6 @@ import io
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -29,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from serverutil import CLIENT, SECRET, ServerProcess
 
-CLIENT, SECRET = "agent", "chaos-secret"
 CONNECTOR = "AD"
 ENTRIES, MEMBERS = "ADExport_entries", "ADExport_members"
 TABLES = (ENTRIES, MEMBERS)
@@ -55,13 +53,6 @@ def config_xml() -> str:
   <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" />
 </ConfigurationFile>
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- the model: what the exports hold, and so what the store must hold ---------------------
@@ -203,16 +194,11 @@ def compare(table: str, expected: list[tuple[str, ...]], stored: bytes) -> Compa
 
 # --- the server: `prepsync serve` as a child process, restartable on the same port ----------
 
-_SERVE_WITH_RETRY_DELAY = """
-import sys
-from prepsync.server import worker
-worker.STORE_RETRY_DELAY = float(sys.argv[1])  # the pause after a store error (disk full)
-from prepsync.cli import main
-main(sys.argv[2:])
-"""
 
+class Server(ServerProcess):
+    """The real server (see :class:`serverutil.ServerProcess`) with this harness's configuration
+    in ``root``; ``data`` may point elsewhere (a small file system, to fill it)."""
 
-class Server:
     def __init__(
         self,
         root: Path,
@@ -220,120 +206,17 @@ class Server:
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
     ) -> None:
-        self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.config = root / "server.xml"
-        self.config.write_text(config_xml(), encoding="utf-8")
-        self.data = data or root / "server-data"
-        self.log = root / "server.log"
-        self.session_timeout = session_timeout
-        self.store_retry_delay = store_retry_delay
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=30)
-        self._token: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        arguments = [
-            "serve",
-            "--config",
-            str(self.config),
-            "--data-dir",
-            str(self.data),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--session-timeout",
-            str(self.session_timeout),
-            "--log-level",
-            "warning",
-        ]
-        if self.store_retry_delay is None:
-            return [sys.executable, "-m", "prepsync", *arguments]
-        return [
-            sys.executable,
-            "-c",
-            _SERVE_WITH_RETRY_DELAY,
-            str(self.store_retry_delay),
-            *arguments,
-        ]
-
-    def start(self, timeout: float = 30) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError("server exited: " + self.log.read_text(errors="replace"))
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server did not start: " + self.log.read_text())
-            time.sleep(0.05)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a power cut."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.running:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.http.close()
-
-    # The API, as an operator or a checker uses it.
-    def _auth(self) -> dict[str, str]:
-        if self._token is None:
-            answer = self.http.post(
-                "/connect/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": CLIENT,
-                    "client_secret": SECRET,
-                    "scope": "usercube_api",
-                },
-            )
-            answer.raise_for_status()
-            self._token = answer.json()["access_token"]
-        return {"Authorization": f"Bearer {self._token}"}
-
-    def get(self, path: str) -> httpx.Response:
-        return self.http.get(path, headers=self._auth())
-
-    def post(self, path: str, json: Any = None) -> httpx.Response:
-        return self.http.post(path, headers=self._auth(), json=json)
-
-    def sessions(self) -> list[dict[str, Any]]:
-        answer = self.get(f"/api/connectors/{CONNECTOR}/sessions")
-        answer.raise_for_status()
-        listing: list[dict[str, Any]] = answer.json()
-        return listing
-
-    def resources(self, table: str) -> bytes:
-        answer = self.get(f"/api/connectors/{CONNECTOR}/tables/{table}/resources")
-        answer.raise_for_status()
-        return answer.content
+        config = root / "server.xml"
+        config.write_text(config_xml(), encoding="utf-8")
+        super().__init__(
+            config,
+            data or root / "server-data",
+            root / "server.log",
+            session_timeout=session_timeout,
+            store_retry_delay=store_retry_delay,
+        )
+        self.root = root
 
     def settle(self, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait until no committed session is still waiting or being applied."""

@@ -1,24 +1,36 @@
-"""Helpers for the server tests: a configuration, CSV bytes, an API driver, a server process."""
+"""The one server harness: the real server in a child process, an API driver, the agent.
+
+* API-level tests: :func:`write_config` (two connectors, two clients), :func:`csv_bytes`
+  (independent of the server's formatter), :class:`Api` (drives a TestClient or an httpx
+  client like an agent), :class:`ServerProcess` (the real server on 127.0.0.1).
+* End-to-end tests: :func:`config_xml`, :class:`Export` (a day-by-day AD export),
+  :class:`Agent` (``prepsync prepare --api-url`` in a child process), the :func:`chain` fixture.
+* The reliability harness (``chaos.py``) builds its server on :class:`ServerProcess` too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import xxhash
 
 from prepsync.server.clients import hash_secret
 
-SECRET = "agent-secret"
+CLIENT, SECRET = "agent", "agent-secret"
+CONNECTOR = "AD"
 HR_SECRET = "hr-secret"
 FINAL = frozenset({"done", "failed", "cancelled", "blocked"})
 
@@ -176,68 +188,336 @@ def free_port() -> int:
         return port
 
 
+# Options of prepsync.server.serve() that `prepsync serve` does not offer: given any, the server
+# is started through serve() itself instead of the command line.
+_SERVE_ONLY_OPTIONS = frozenset({"max_body", "max_file_size", "token_ttl"})
+
 _SERVE = """
 import json, sys
-from prepsync.server import serve
+from prepsync.server import serve, worker
 arguments = json.loads(sys.argv[1])
-serve(**arguments)
+if "store_retry_delay" in arguments:  # the worker's pause after a store error (disk full)
+    worker.STORE_RETRY_DELAY = arguments.pop("store_retry_delay")
+if arguments.pop("cli"):
+    from prepsync.cli import main
+    main(arguments["argv"])
+else:
+    serve(**arguments["serve"])
 """
 
 
 class ServerProcess:
-    """The real server (uvicorn) in a child process on 127.0.0.1."""
+    """The real server in a child process on 127.0.0.1, restartable on the same port.
 
-    def __init__(self, config: Path, data: Path, log: Path, **options: Any) -> None:
+    Started as a user starts it, ``prepsync serve`` with its options, unless a ``serve()``
+    option the command line does not offer is given (``max_body``, ``max_file_size``,
+    ``token_ttl``). ``store_retry_delay`` shortens the worker's pause after a store error.
+    The API helpers act as the ``agent`` client (or the one named), like an operator would.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        data: Path,
+        log: Path,
+        *,
+        session_timeout: float = 3600,
+        store_retry_delay: float | None = None,
+        **serve_options: Any,
+    ) -> None:
+        unknown = set(serve_options) - _SERVE_ONLY_OPTIONS
+        assert not unknown, f"unknown server options: {sorted(unknown)}"
         self.config = config
         self.data = data
         self.log = log
-        self.options = options
+        self.session_timeout = session_timeout
+        self.store_retry_delay = store_retry_delay
+        self.serve_options = serve_options
         self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self._operator: httpx.Client | None = None
+        # Chosen once: a restarted server answers on the URL the agents already use.
+        self.port = free_port()
+
+    @classmethod
+    def in_folder(cls, root: Path, config: Path, **options: Any) -> ServerProcess:
+        """Data in ``<root>/server-data``, log in ``<root>/server.log``."""
+        return cls(config, root / "server-data", root / "server.log", **options)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20) -> None:
-        self.port = free_port()
-        arguments = {
-            "config_path": str(self.config),
-            "data_dir": str(self.data),
-            "host": "127.0.0.1",
-            "port": self.port,
-            "log_level": "warning",
-            **self.options,
-        }
+    def _launch_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"cli": not self.serve_options}
+        if self.store_retry_delay is not None:
+            arguments["store_retry_delay"] = self.store_retry_delay
+        if self.serve_options:
+            arguments["serve"] = {
+                "config_path": str(self.config),
+                "data_dir": str(self.data),
+                "host": "127.0.0.1",
+                "port": self.port,
+                "session_timeout": self.session_timeout,
+                "log_level": "warning",
+                **self.serve_options,
+            }
+        else:
+            arguments["argv"] = [
+                "serve",
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.data),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--session-timeout",
+                str(self.session_timeout),
+                "--log-level",
+                "warning",
+            ]
+        return arguments
+
+    def command(self) -> list[str]:
+        if not self.serve_options and self.store_retry_delay is None:
+            return [sys.executable, "-m", "prepsync", *self._launch_arguments()["argv"]]
+        return [sys.executable, "-c", _SERVE, json.dumps(self._launch_arguments())]
+
+    def start(self, timeout: float = 30) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _SERVE, json.dumps(arguments)],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # a Ctrl-C meant for pytest does not reach it
             )
         deadline = time.monotonic() + timeout
         while True:
-            assert self.process.poll() is None, self.log.read_text()
+            if self.process.poll() is not None:
+                raise AssertionError("server exited: " + self.log.read_text(errors="replace"))
             try:
                 if httpx.get(self.url + "/", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "server did not start: " + self.log.read_text()
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not start: " + self.log.read_text())
             time.sleep(0.05)
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash."""
+        """SIGKILL: no shutdown code runs, as in a crash or a power cut."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.running:
+            assert self.process is not None
             self.process.terminate()
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+                self.kill()
+        if self._operator is not None:
+            self._operator.close()
+            self._operator = None
+
+    # ---------------------------------------------------------------- the API, as an operator
+    def _token(self, client: str, secret: str) -> str:
+        answer = httpx.post(
+            self.url + "/connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client,
+                "client_secret": secret,
+                "scope": "usercube_api",
+            },
+            timeout=30,
+        )
+        answer.raise_for_status()
+        token: str = answer.json()["access_token"]
+        return token
+
+    def api(self, client: str = CLIENT, secret: str = SECRET) -> httpx.Client:
+        """A new HTTP client carrying a bearer token of ``client`` (close it, or use ``with``)."""
+        token = self._token(client, secret)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"})
+
+    def _http(self) -> httpx.Client:
+        # One client for the helpers below: polling loops would otherwise ask a token per
+        # request. Tokens outlive a restart (the key is in the data directory).
+        if self._operator is None:
+            self._operator = httpx.Client(
+                base_url=self.url,
+                timeout=30,
+                headers={"Authorization": f"Bearer {self._token(CLIENT, SECRET)}"},
+            )
+        return self._operator
+
+    def get(self, path: str) -> httpx.Response:
+        return self._http().get(path)
+
+    def post(self, path: str, json: Any = None) -> httpx.Response:
+        return self._http().post(path, json=json)
+
+    def wait(self, session_id: str, states: tuple[str, ...] = ("done",)) -> str:
+        """The session's state once it is one of ``states``, or after 30 s whatever it is."""
+        deadline = time.monotonic() + 30
+        while True:
+            state = str(self.get(f"/api/sessions/{session_id}").json()["state"])
+            if state in states or time.monotonic() > deadline:
+                return state
+            time.sleep(0.05)
+
+    def sessions(self, connector: str = CONNECTOR) -> list[dict[str, Any]]:
+        """The connector's sessions, newest first."""
+        answer = self.get(f"/api/connectors/{connector}/sessions")
+        answer.raise_for_status()
+        listing: list[dict[str, Any]] = answer.json()
+        return listing
+
+    def resources(self, table: str, connector: str = CONNECTOR) -> bytes:
+        answer = self.get(f"/api/connectors/{connector}/tables/{table}/resources")
+        answer.raise_for_status()
+        return answer.content
+
+
+# ------------------------------------------------------------------------------ end to end
+TABLES = ("ADExport_entries", "ADExport_members")
+
+
+def config_xml(max_deleted: int = 0) -> str:
+    """The end-to-end configuration: AD's entries and members, HR's people, two clients."""
+    limit = f' MaximumDeletedLines="{max_deleted}"' if max_deleted else ""
+    return f"""<ConfigurationFile xmlns="urn:e2e">
+  <EntityTypeMapping Identifier="AD_Entry" Connector="AD" ConnectionTable="ADExport_entries"{limit}>
+    <Property Identifier="objectGUID" ConnectionColumn="objectGUID" IsPrimaryKey="true" />
+    <Property Identifier="dn" ConnectionColumn="dn" />
+    <Property Identifier="mail" ConnectionColumn="mail" />
+  </EntityTypeMapping>
+  <EntityAssociationMapping Identifier="AD_Entry_member" Connector="AD"
+      ConnectionTable="ADExport_members" Column1="dn" Column2="member" />
+  <EntityTypeMapping Identifier="HR_Person" Connector="HR" ConnectionTable="HR_people">
+    <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
+  </EntityTypeMapping>
+  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{hash_secret(SECRET)}" />
+  <OpenIdClient Identifier="hr-only" HashedSecret="{hash_secret(HR_SECRET)}" Connectors="HR" />
+</ConfigurationFile>
+"""
+
+
+class Export:
+    """A day-by-day AD export: entries keyed by objectGUID, and group members."""
+
+    def __init__(self, seed: int, size: int = 300) -> None:
+        self.rng = random.Random(seed)
+        self.next_id = 0
+        self.entries: dict[str, list[str]] = {}
+        self.members: set[tuple[str, str]] = set()
+        for _ in range(size):
+            self.add()
+
+    def add(self) -> None:
+        self.next_id += 1
+        guid = f"{self.next_id:08x}-0000-4000-8000-{self.rng.getrandbits(48):012x}"
+        dn = f"CN=User {self.next_id}\\, Jean,OU=Users,DC=corp,DC=example"
+        self.entries[guid] = [guid, dn, f"user{self.next_id}@corp.example"]
+        if self.rng.random() < 0.5:
+            self.members.add((f"CN=Group {self.next_id % 7},DC=corp", dn))
+
+    def next_day(self, deletes: int = 5) -> None:
+        for guid in self.rng.sample(sorted(self.entries), deletes):
+            del self.entries[guid]
+        for guid in self.rng.sample(sorted(self.entries), 8):
+            self.entries[guid][2] = f"changed{self.rng.getrandbits(20)}@corp.example"
+        for _ in range(6):
+            self.add()
+        for pair in self.rng.sample(sorted(self.members), min(3, len(self.members))):
+            self.members.discard(pair)
+
+    def write(self, sources: Path) -> None:
+        def quote(v: str) -> str:
+            return f'"{v}"' if "," in v else v
+
+        rows = list(self.entries.values())
+        self.rng.shuffle(rows)
+        rows.append([*rows[0][:1], "CN=dup", "dup@x"])  # a duplicate key, set aside
+        lines = ["objectGUID,dn,extra,mail"] + [
+            f"{quote(g)},{quote(dn)},x,{mail}" for g, dn, mail in rows
+        ]
+        (sources / "ADExport_entries.csv").write_text("\r\n".join(lines) + "\r\n")
+        members = ["dn,member"] + [f"{quote(a)},{quote(b)}" for a, b in sorted(self.members)]
+        (sources / "ADExport_members.csv").write_text("\n".join(members) + "\n")
+
+
+class Agent:
+    def __init__(self, root: Path, server: ServerProcess) -> None:
+        self.root, self.server = root, server
+        self.sources = root / "Temp" / "ExportOutput"
+        self.working = root / "Work" / "Collect"
+        self.sources.mkdir(parents=True)
+
+    def command(self, mode: str, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "prepsync",
+            "prepare",
+            "--connector",
+            CONNECTOR,
+            "--agent",
+            "e2e",
+            "--synchronization-mode",
+            mode,
+            "--api-url",
+            self.server.url,
+            "--api-client-id",
+            CLIENT,
+            "--temp-folder",
+            str(self.root / "Temp"),
+            "--work-folder",
+            str(self.root / "Work"),
+            "--log-level",
+            "Warning",
+            *extra,
+        ]
+
+    def run(
+        self, mode: str, *extra: str, env: dict[str, str] | None = None, secret: str = SECRET
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(mode, *extra),
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PREPSYNC_API_SECRET": secret, **(env or {})},
+        )
+
+    def sorted_file(self, table: str) -> bytes:
+        return (self.working / f"{table}.sorted.csv").read_bytes()
+
+    def assert_store_matches_export(self) -> None:
+        for table in TABLES:
+            assert self.server.resources(table) == self.sorted_file(table), table
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[tuple[ServerProcess, Agent, Export]]:
+    config = tmp_path / "server.xml"
+    config.write_text(config_xml())
+    server = ServerProcess.in_folder(tmp_path, config)
+    server.start()
+    try:
+        yield server, Agent(tmp_path / "agent", server), Export(seed=11)
+    finally:
+        server.stop()
+
+
+def latest_session(server: ServerProcess) -> str:
+    return str(server.sessions()[0]["id"])

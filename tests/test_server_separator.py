@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import TABLES, Agent, Export, Server, config_xml, latest_session
+from serverutil import TABLES, Agent, Export, ServerProcess, config_xml, latest_session
 
 
 def write_export(export: Export, sources: Path, separator: str) -> None:
@@ -35,10 +35,10 @@ def rows(data: bytes, separator: str) -> list[list[str]]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
     config = tmp_path / "server.xml"
     config.write_text(config_xml())
-    running = Server(tmp_path, config)
+    running = ServerProcess.in_folder(tmp_path, config)
     running.start()
     try:
         yield running
@@ -47,7 +47,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 @pytest.mark.slow
-def test_semicolon_and_tab_online_complete_then_incremental(server: Server, tmp_path: Path) -> None:
+def test_semicolon_and_tab_online_complete_then_incremental(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     for index, (separator, option) in enumerate([(";", ";"), ("\t", "tab")]):
         agent = Agent(tmp_path / f"agent{index}", server)
         export = Export(seed=5 + index, size=60)

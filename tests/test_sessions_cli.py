@@ -10,7 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from test_e2e import CLIENT, SECRET, Agent, Export, Server, config_xml, latest_session
+from serverutil import (
+    CLIENT,
+    HR_SECRET,
+    SECRET,
+    Agent,
+    Export,
+    ServerProcess,
+    config_xml,
+    latest_session,
+)
 
 from prepsync.cli import main
 from prepsync.client import ApiClient, RetryPolicy
@@ -22,7 +31,7 @@ SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 class Operator:
     """`prepsync sessions ...` in process (CliRunner), talking to the server over HTTP."""
 
-    def __init__(self, server: Server, client: str = CLIENT, secret: str = SECRET) -> None:
+    def __init__(self, server: ServerProcess, client: str = CLIENT, secret: str = SECRET) -> None:
         self.server, self.client, self.secret = server, client, secret
 
     def run(self, *arguments: str, url: str | None = None) -> tuple[int, str, str]:
@@ -36,13 +45,13 @@ class Operator:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Agent, int]]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Agent, int]]:
     """MaximumDeletedLines=3; a complete load done, then an incremental deleting 5: blocked.
     Yields the server, the agent and how many rows the complete load inserted."""
     root = tmp_path_factory.mktemp("operator")
     config = root / "server.xml"
     config.write_text(config_xml(max_deleted=3))
-    server = Server(root, config)
+    server = ServerProcess.in_folder(root, config)
     server.start()
     try:
         agent, export = Agent(root / "agent", server), Export(seed=7)
@@ -57,13 +66,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Age
         server.stop()
 
 
-def blocked_session(server: Server) -> str:
+def blocked_session(server: ServerProcess) -> str:
     (held,) = [s["id"] for s in server.sessions() if s["state"] == "blocked"]
     return held
 
 
 def test_list_shows_state_mode_agent_age_changes_and_reason(
-    site: tuple[Server, Agent, int],
+    site: tuple[ServerProcess, Agent, int],
 ) -> None:
     server, _agent, loaded = site
     held = blocked_session(server)
@@ -84,7 +93,7 @@ def test_list_shows_state_mode_agent_age_changes_and_reason(
 
 
 def test_show_gives_per_table_counts_and_the_threshold_crossed(
-    site: tuple[Server, Agent, int],
+    site: tuple[ServerProcess, Agent, int],
 ) -> None:
     server, _agent, _loaded = site
     held = blocked_session(server)
@@ -102,7 +111,7 @@ def test_show_gives_per_table_counts_and_the_threshold_crossed(
     assert crossed and "MaximumDeletedLines" in crossed[0]
 
 
-def test_errors_are_one_line_and_exit_1(site: tuple[Server, Agent, int]) -> None:
+def test_errors_are_one_line_and_exit_1(site: tuple[ServerProcess, Agent, int]) -> None:
     server, _agent, _loaded = site
     held = blocked_session(server)
     operator = Operator(server)
@@ -112,7 +121,7 @@ def test_errors_are_one_line_and_exit_1(site: tuple[Server, Agent, int]) -> None
         (operator.run("force", unknown), "404 unknown session"),
         (operator.run("list", "--connector", "NOPE"), "404 unknown connector 'NOPE'"),
         (Operator(server, secret="wrong").run("show", held), "401 invalid_client"),
-        (Operator(server, client="hr-only", secret="other").run("show", held), "403"),
+        (Operator(server, client="hr-only", secret=HR_SECRET).run("show", held), "403"),
         (operator.run("show", held, url="ftp://host"), "--api-url 'ftp://host'"),
         (operator.run("show", held, url=f"http://127.0.0.1:{_closed_port()}"), "gave up"),
     ]:
@@ -138,7 +147,7 @@ def test_cancel_and_force_settle_sessions(tmp_path: Path) -> None:
     """Its own test (and server): it changes what the other tests look at."""
     config = tmp_path / "server.xml"
     config.write_text(config_xml(max_deleted=3))
-    server = Server(tmp_path, config)
+    server = ServerProcess.in_folder(tmp_path, config)
     server.start()
     try:
         agent, export = Agent(tmp_path / "agent", server), Export(seed=9)
@@ -228,7 +237,9 @@ def test_changes_pages_are_joined_under_one_header(tmp_path: Path) -> None:
     assert out.read_bytes() == b"command,id,name\ninsert,1,a\nupdate,2,b\n"
 
 
-def test_changes_are_the_blocked_delta_as_csv_and_page(site: tuple[Server, Agent, int]) -> None:
+def test_changes_are_the_blocked_delta_as_csv_and_page(
+    site: tuple[ServerProcess, Agent, int],
+) -> None:
     """The blocked session's changes against the store (which holds the previous export) are
     exactly the delta the agent sent: same rows, same order, same bytes."""
     server, agent, _loaded = site

@@ -10,14 +10,23 @@ import time
 from pathlib import Path
 
 import pytest
-from test_e2e import CLIENT, SECRET, Agent, Export, Server, chain, config_xml, latest_session
+from serverutil import (
+    CLIENT,
+    SECRET,
+    Agent,
+    Export,
+    ServerProcess,
+    chain,
+    config_xml,
+    latest_session,
+)
 
 __all__ = ["chain"]  # the fixture, used by name
 
 
 @pytest.mark.slow
 def test_agent_killed_right_after_opening_its_session_does_not_stall_the_next_run(
-    chain: tuple[Server, Agent, Export],
+    chain: tuple[ServerProcess, Agent, Export],
 ) -> None:
     """The server opened the session, the agent died before writing its id down: the orphan
     must not hold the next run's session back for the session timeout (an hour here)."""
@@ -45,7 +54,7 @@ def test_agent_killed_right_after_opening_its_session_does_not_stall_the_next_ru
     agent.assert_store_matches_export()
 
 
-def new_session(server: Server, known: set[str], timeout: float = 30) -> dict[str, str]:
+def new_session(server: ServerProcess, known: set[str], timeout: float = 30) -> dict[str, str]:
     """The first session the server lists that is not in ``known``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,7 +69,7 @@ def new_session(server: Server, known: set[str], timeout: float = 30) -> dict[st
 def test_exit_statuses_say_the_verdict(tmp_path: Path) -> None:
     config = tmp_path / "server.xml"
     config.write_text(config_xml(max_deleted=3))
-    server = Server(tmp_path, config)
+    server = ServerProcess.in_folder(tmp_path, config)
     server.start()
     try:
         agent, export = Agent(tmp_path / "agent", server), Export(seed=5)
