@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from prepsync import _cleanse
 from prepsync.errors import BaselineError, InputError, UsageError
 from prepsync.protocol import (
@@ -39,6 +41,7 @@ from prepsync.protocol import (
     SORTED_SUFFIX,
     csv_record,
 )
+from prepsync.sizes import format_size
 from prepsync.staging import (
     StagedFiles,
     crash_point,
@@ -562,6 +565,44 @@ def run_offline(
     return run
 
 
+#: Set to 0 to skip :func:`check_free_space` (a file system that reports free space wrongly,
+#: or a test that fills the disk during a run on purpose).
+SPACE_CHECK_VARIABLE = "PREPSYNC_SPACE_CHECK"
+
+
+def check_free_space(
+    working_dir: Path,
+    tables: Sequence[TableSpec],
+    sources: Sequence[Path],
+    separator: str,
+    memory_budget: int,
+) -> None:
+    """Refuse a run the working directory cannot hold before it starts, rather than failing on
+    a full disk half-way. Spill files and outputs each hold about the kept data, so the run
+    needs about twice the kept bytes; those are estimated as each source's size times the
+    share of its header's columns that are kept (cheap: only headers are read)."""
+    if os.environ.get(SPACE_CHECK_VARIABLE) == "0":
+        return
+    kept_bytes = 0
+    for spec, source in zip(tables, sources, strict=True):
+        try:
+            header, _, _ = _cleanse.read_header(str(source), separator.encode(), memory_budget)
+            width = len(header)
+            size = source.stat().st_size
+        except (InputError, OSError):
+            continue  # the table's own run reports what is wrong with the file
+        kept_bytes += size * min(len(spec.columns), width) // max(width, 1)
+    needed = 2 * kept_bytes
+    free = psutil.disk_usage(str(working_dir)).free
+    if free < needed:
+        raise UsageError(
+            f"not enough free space in {working_dir}: {format_size(free)} free, the run needs "
+            f"about {format_size(needed)} (spill files and outputs, twice the "
+            f"{format_size(kept_bytes)} of kept data); free some space, or set "
+            f"{SPACE_CHECK_VARIABLE}=0 to try anyway"
+        )
+
+
 def prepare_connector(
     tables: Sequence[TableSpec], request: PrepareRequest, *, progress: Progress | None = None
 ) -> RunResult:
@@ -581,6 +622,7 @@ def prepare_connector(
     require_lock(working_dir)
     remove_leftovers(working_dir, baseline_dir)
     sources = [find_source(request.sources_dir, spec.name) for spec in tables]
+    check_free_space(working_dir, tables, sources, request.separator, share)
     staged = StagedFiles(working_dir)
     failure = _FirstFailure(len(tables))
     try:

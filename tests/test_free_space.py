@@ -1,0 +1,69 @@
+"""The up-front free-space check: a run the working directory cannot hold is refused in one line
+before anything is written, instead of failing on a full disk half-way."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sites import Site, entity_config
+
+from prepsync import cli
+
+Usage = namedtuple("Usage", "total used free percent")
+
+
+def export(site: Site, rows: int) -> int:
+    """A table of three columns, two of them kept; returns the file's size."""
+    lines = ["id,name,ignored", *(f"{i:06d},name-{i:06d},{'x' * 20}" for i in range(rows))]
+    path = site.sources / "T.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path.stat().st_size
+
+
+def prepare(site: Site) -> tuple[int, str]:
+    config = site.root / "free.xml"
+    config.write_text(entity_config("C", {"T": ("id", "name")}))
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "prepare", "--connector", "C", "--agent", "a", "--synchronization-mode", "complete",
+            "--config", str(config), "--sources-directory", str(site.sources),
+            "--working-directory", str(site.working),
+        ],
+    )  # fmt: skip
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("free_share, refused", [(1.0, True), (1.5, False)])
+def test_a_run_needing_more_than_the_free_space_is_refused_up_front(
+    site: Site, monkeypatch: pytest.MonkeyPatch, free_share: float, refused: bool
+) -> None:
+    size = export(site, 2000)
+    kept = size * 2 // 3  # two of three columns: the estimate the check makes
+    free = int(kept * 2 * free_share) - (1 if refused else 0)
+    monkeypatch.setattr(
+        "prepsync.pipeline.psutil.disk_usage", lambda _path: Usage(1 << 40, 0, free, 0.0)
+    )
+    status, output = prepare(site)
+    if refused:
+        assert status == 1
+        assert output.count("\n") == 1 and "not enough free space in" in output
+        assert "PREPSYNC_SPACE_CHECK=0" in output
+        assert not (site.working / "T.sorted.csv").exists()
+        assert not (site.sources / "previous").exists()
+    else:
+        assert status == 0, output
+
+
+def test_the_check_can_be_skipped(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    export(site, 100)
+    monkeypatch.setenv("PREPSYNC_SPACE_CHECK", "0")
+    monkeypatch.setattr(
+        "prepsync.pipeline.psutil.disk_usage", lambda _path: Usage(1 << 40, 0, 0, 0.0)
+    )
+    status, output = prepare(site)
+    assert status == 0, output
+    assert Path(site.working / "T.sorted.csv").exists()
