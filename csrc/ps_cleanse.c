@@ -167,66 +167,113 @@ typedef struct run_reader {
     uint32_t klen, llen;
 } run_reader;
 
+/* Ids of run files in the spill directory, in input order. */
+typedef struct run_list {
+    int *ids;
+    size_t n, cap;
+} run_list;
+
+/* The engine's state: settings at the top level, fixed by ps_cleanse_new(); each phase's
+ * mutable state in its own sub-struct, in the order the phases run. */
 struct ps_cleanse {
     char sep;
     size_t budget, io_block;
+    size_t record_room; /* the largest record the tokenizer accepts (ps_record_limit) */
     char *spill_dir;
     projection pj;
     int32_t command_col;
     int keep_last;
-    int replay;        /* initial/complete change file: kept rows lose the command */
-    size_t record_room; /* the largest record the tokenizer accepts (ps_record_limit) */
-    int header_seen;
+    int replay;         /* initial/complete change file: kept rows lose the command */
+
+    /* Reading the input. header_seen: the header was checked against the column indexes; every
+     * later record is a row. sealed: ps_cleanse_finish_input() ran; the tokenizer is released
+     * (tok_live == 0) and no more bytes are accepted. */
+    struct {
+        ps_tokenizer tok;
+        int tok_live;
+        int header_seen;
+        int sealed;
+    } input;
+
+    /* Building runs. Records grow up from arena[0] to arena_top, their n_entries index entries
+     * grow down from arena[arena_size]. arena_size is run_arena_size() (which arena_max, what
+     * the budget leaves for the arena, caps) from each run's start; only a row too large for
+     * the arena grows it, until the next spill. from_memory: the input fit in one arena, which
+     * was sorted in place and is streamed from entry mem_next on, with no run file at all;
+     * otherwise the arena is spilled and freed at seal. */
+    struct {
+        char *arena;
+        size_t arena_size, arena_top, n_entries;
+        size_t arena_max;
+        int from_memory;
+        size_t mem_next;
+    } sort;
+
+    /* Run files on disk: `runs` is the input of the current (or next) merge pass, in input
+     * order. Runs before merge.group_start have been merged and their files removed; the rest
+     * exist, and ps_cleanse_free() removes what remains. Ids are never reused. */
+    struct {
+        run_list runs;
+        int next_run_id;
+    } spill;
+
+    /* The merge in progress over spill.runs[group_start, group_start + n_readers), its heap
+     * holding the heap_len readers not yet exhausted (readers_open: these are allocated and
+     * their files open). An intermediate pass copies each group into run_out (its fd
+     * run_out_fd, -1 when none is open) and lists the new run in `next`, which becomes
+     * spill.runs when the pass ends. final_pass: the merge in progress feeds the outputs. */
+    struct {
+        run_reader *readers;
+        run_reader **heap;
+        size_t n_readers, heap_len, group_start;
+        int readers_open;
+        int final_pass;
+        run_list next;
+        ps_writer run_out;
+        int run_out_fd;
+    } merge;
+
+    /* Splitting kept rows from duplicates. `row` holds key then line (klen + llen bytes) of the
+     * last kept key (keep first: the line is empty) or of the pending row (keep last, which is
+     * settled once a different key or the end arrives); `have` says whether it is set. */
+    struct {
+        char *row;
+        size_t cap, klen, llen;
+        int have;
+    } dedupe;
+
+    /* Merge-joining kept rows against the baseline (active: a baseline was given, fixed at
+     * creation). Baseline rows are read from fd through tok and formatted by pj as the outputs
+     * are; `cur` holds the current row (key then line), `prev` the row before it, so that each
+     * new key can be checked to be strictly greater. have: cur holds a row (0 at the end). */
+    struct {
+        int active;
+        int fd;
+        ps_tokenizer tok;
+        int tok_live;
+        projection pj;
+        char *cur, *prev;
+        size_t cur_cap, prev_cap;
+        size_t klen, llen, prev_klen;
+        int have, prev_have, header_seen;
+    } join;
+
+    /* The output files. nullpk is written while reading and released at seal; the others
+     * during the final merge (delta only when join.active). finished: all flushed, the end. */
+    struct {
+        ps_writer nullpk, sorted, duplicates, delta;
+        int finished;
+    } out;
+
+    /* Counters reported by ps_cleanse_stats(). */
     ps_stats stats;
-    /* Phase timing: the phase running since phase_since, -1 outside the engine's calls.
-     * phase_total is inclusive of output writes; ps_cleanse_stats() moves those to WRITE. */
-    int phase;
-    ps_time phase_since;
-    ps_time phase_total[PS_PHASES];
-
-    ps_tokenizer tok;
-    int tok_live;
-    ps_writer nullpk, sorted, duplicates, delta;
-
-    /* Sort phase: records grow up from arena[0], entries grow down from its end. */
-    char *arena;
-    size_t arena_size, arena_top, n_entries;
-    size_t arena_max; /* what the budget leaves for the arena; see run_arena_size() */
-    int sealed;       /* input finished: records now come out of the merge */
-    int from_memory;  /* everything fit in one arena: no run file at all */
-    size_t mem_next;
-
-    /* Runs: ids of spill files, in input order. */
-    int *runs;
-    size_t n_runs, runs_cap;
-    int next_run_id;
-    /* The merge in progress over runs[group_start, group_start + n_readers). */
-    run_reader *readers;
-    run_reader **heap;
-    size_t n_readers, heap_len, group_start;
-    int merging;          /* readers are open */
-    int final_pass;       /* the merge in progress feeds the outputs */
-    int *next_runs;       /* the runs the current intermediate pass produces */
-    size_t n_next_runs, next_runs_cap;
-    ps_writer run_out;    /* intermediate pass output */
-    int run_out_fd;
-
-    /* Dedupe: the last kept key (keep first) or the pending row (keep last). */
-    char *held;
-    size_t held_cap, held_klen, held_llen;
-    int have_held;
-
-    /* Join against the baseline. */
-    int joining;
-    int baseline_fd;
-    ps_tokenizer btok;
-    int btok_live;
-    projection bpj;
-    char *base_cur, *base_prev;
-    size_t base_cur_cap, base_prev_cap;
-    size_t base_klen, base_llen, base_prev_klen;
-    int base_have, base_prev_have, base_header_seen;
-    int finished;
+    /* Phase timing: `phase` running since `since`, -1 outside the engine's calls. `total` is
+     * inclusive of output writes; ps_cleanse_stats() moves those to WRITE. */
+    struct {
+        int phase;
+        ps_time since;
+        ps_time total[PS_PHASES];
+    } timer;
 };
 
 size_t ps_io_block(size_t budget) {
@@ -242,7 +289,7 @@ static void run_path(const ps_cleanse *c, int run_id, char *out, size_t cap) {
 
 static int open_new_run(ps_cleanse *c, int *run_id, int *fd, ps_error *err) {
     char path[PATH_MAX];
-    *run_id = c->next_run_id++;
+    *run_id = c->spill.next_run_id++;
     run_path(c, *run_id, path, sizeof path);
     *fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (*fd < 0) return ps_fail_errno(err, "creating spill file", path);
@@ -262,15 +309,15 @@ static void remove_run(const ps_cleanse *c, int run_id) {
     unlink(path);
 }
 
-static int push_run(int **list, size_t *n, size_t *cap, int run_id, ps_error *err) {
-    if (*n == *cap) {
-        size_t grown_cap = *cap ? 2 * *cap : 16;
-        int *grown = realloc(*list, grown_cap * sizeof *grown);
+static int push_run(run_list *list, int run_id, ps_error *err) {
+    if (list->n == list->cap) {
+        size_t grown_cap = list->cap ? 2 * list->cap : 16;
+        int *grown = realloc(list->ids, grown_cap * sizeof *grown);
         if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the run list");
-        *list = grown;
-        *cap = grown_cap;
+        list->ids = grown;
+        list->cap = grown_cap;
     }
-    (*list)[(*n)++] = run_id;
+    list->ids[list->n++] = run_id;
     return PS_OK;
 }
 
@@ -280,27 +327,27 @@ static int push_run(int **list, size_t *n, size_t *cap, int run_id, ps_error *er
  * the engine). Returns the phase that was running. Called per call, run or pass, never per row. */
 static int phase_switch(ps_cleanse *c, int next) {
     ps_time now = ps_time_now();
-    int previous = c->phase;
-    if (previous >= 0) ps_time_add_since(&c->phase_total[previous], c->phase_since, now);
-    c->phase = next;
-    c->phase_since = now;
+    int previous = c->timer.phase;
+    if (previous >= 0) ps_time_add_since(&c->timer.total[previous], c->timer.since, now);
+    c->timer.phase = next;
+    c->timer.since = now;
     return previous;
 }
 
 /* ---------------------------------------------------------------- sort phase */
 
 static inline ps_entry *entries(const ps_cleanse *c) {
-    return (ps_entry *)(c->arena + c->arena_size) - c->n_entries;
+    return (ps_entry *)(c->sort.arena + c->sort.arena_size) - c->sort.n_entries;
 }
 
 static inline size_t arena_free(const ps_cleanse *c) {
-    return c->arena_size - c->arena_top - c->n_entries * sizeof(ps_entry);
+    return c->sort.arena_size - c->sort.arena_top - c->sort.n_entries * sizeof(ps_entry);
 }
 
 /* The arena size for the next run (see RUN_ARENA). */
 static size_t run_arena_size(const ps_cleanse *c) {
     unsigned doublings = (unsigned)(c->stats.runs / RUNS_PER_DOUBLING);
-    size_t size = c->arena_max;
+    size_t size = c->sort.arena_max;
     if (doublings < 16 && (RUN_ARENA << doublings) < size) size = RUN_ARENA << doublings;
     size = (size + 15) & ~(size_t)15;
     return size < 256 ? 256 : size; /* tests use tiny budgets to force many runs */
@@ -310,60 +357,60 @@ static size_t run_arena_size(const ps_cleanse *c) {
  * row larger than the arena grew it. */
 static int resize_arena(ps_cleanse *c, ps_error *err) {
     size_t size = run_arena_size(c);
-    if (size == c->arena_size) return PS_OK;
-    char *resized = ps_realloc(c->arena, c->arena_size, size);
+    if (size == c->sort.arena_size) return PS_OK;
+    char *resized = ps_realloc(c->sort.arena, c->sort.arena_size, size);
     if (!resized) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the sort arena");
-    c->arena = resized;
-    c->arena_size = size;
+    c->sort.arena = resized;
+    c->sort.arena_size = size;
     return PS_OK;
 }
 
 static int spill_arena(ps_cleanse *c, ps_error *err) {
     ps_entry *e = entries(c);
     int outer = phase_switch(c, PS_PHASE_SORT);
-    ps_sort_entries(e, c->n_entries, c->arena);
+    ps_sort_entries(e, c->sort.n_entries, c->sort.arena);
     phase_switch(c, PS_PHASE_SPILL);
     int run_id, fd;
     int rc = open_new_run(c, &run_id, &fd, err);
     if (rc) return rc;
     ps_writer w;
     rc = ps_writer_init(&w, fd, "spill file", c->io_block, err);
-    for (size_t i = 0; !rc && i < c->n_entries; i++) {
+    for (size_t i = 0; !rc && i < c->sort.n_entries; i++) {
         /* Sorted order visits the arena at random: fetch a few records ahead. */
-        if (i + PREFETCH_AHEAD < c->n_entries)
-            __builtin_prefetch(c->arena + ps_entry_offset(&e[i + PREFETCH_AHEAD]));
-        const char *r = c->arena + ps_entry_offset(&e[i]);
+        if (i + PREFETCH_AHEAD < c->sort.n_entries)
+            __builtin_prefetch(c->sort.arena + ps_entry_offset(&e[i + PREFETCH_AHEAD]));
+        const char *r = c->sort.arena + ps_entry_offset(&e[i]);
         rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), err);
     }
     if (!rc) rc = ps_writer_flush(&w, err);
     ps_writer_release(&w);
     close_spill_fd(fd);
-    if (!rc) rc = push_run(&c->runs, &c->n_runs, &c->runs_cap, run_id, err);
+    if (!rc) rc = push_run(&c->spill.runs, run_id, err);
     phase_switch(c, outer);
     if (rc) {
         remove_run(c, run_id);
         return rc;
     }
     c->stats.runs++;
-    c->arena_top = 0;
-    c->n_entries = 0;
+    c->sort.arena_top = 0;
+    c->sort.n_entries = 0;
     return resize_arena(c, err);
 }
 
 static int grow_arena(ps_cleanse *c, size_t need, ps_error *err) {
     /* Only for a row larger than the whole arena: the arena is empty here. */
     size_t size = (need + 4095) & ~(size_t)4095;
-    char *grown = ps_realloc(c->arena, c->arena_size, size);
+    char *grown = ps_realloc(c->sort.arena, c->sort.arena_size, size);
     if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a %zu-byte row", need);
-    c->arena = grown;
-    c->arena_size = size;
+    c->sort.arena = grown;
+    c->sort.arena_size = size;
     return PS_OK;
 }
 
 static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
     const ps_field *f = rec->fields;
-    if (!c->header_seen) {
-        c->header_seen = 1;
+    if (!c->input.header_seen) {
+        c->input.header_seen = 1;
         for (size_t i = 0; i < c->pj.n_out; i++)
             if ((size_t)c->pj.out_cols[i] >= rec->nfields)
                 return ps_fail(err, PS_ERR_ARG, 1, 0, "kept column index out of range");
@@ -400,37 +447,37 @@ static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
 
     size_t lbound = line_bound(&c->pj, f);
     if (null_key) {
-        int rc = ps_writer_reserve(&c->nullpk, lbound + 1, err);
+        int rc = ps_writer_reserve(&c->out.nullpk, lbound + 1, err);
         if (rc) return rc;
-        char *out = c->nullpk.buf + c->nullpk.len;
+        char *out = c->out.nullpk.buf + c->out.nullpk.len;
         size_t n = build_line(&c->pj, f, command, c->sep, out);
         out[n++] = '\n';
-        c->nullpk.len += n;
+        c->out.nullpk.len += n;
         c->stats.null_keys++;
         return PS_OK;
     }
     size_t need = REC_HEADER + key_bound(&c->pj, f) + lbound + sizeof(ps_entry);
     if (arena_free(c) < need) {
-        int rc = c->n_entries ? spill_arena(c, err) : PS_OK;
+        int rc = c->sort.n_entries ? spill_arena(c, err) : PS_OK;
         if (!rc && arena_free(c) < need) rc = grow_arena(c, need, err);
         if (rc) return rc;
     }
-    char *r = c->arena + c->arena_top;
+    char *r = c->sort.arena + c->sort.arena_top;
     size_t klen = build_key(&c->pj, f, r + REC_HEADER);
     size_t llen = build_line(&c->pj, f, command, c->sep, r + REC_HEADER + klen);
     store_u32(r, (uint32_t)klen);
     store_u32(r + 4, (uint32_t)llen);
-    ps_entry *e = (ps_entry *)(c->arena + c->arena_size) - c->n_entries - 1;
-    ps_entry_init(e, r + REC_HEADER, klen, c->arena_top);
-    c->arena_top += REC_HEADER + klen + llen;
-    c->n_entries++;
+    ps_entry *e = (ps_entry *)(c->sort.arena + c->sort.arena_size) - c->sort.n_entries - 1;
+    ps_entry_init(e, r + REC_HEADER, klen, c->sort.arena_top);
+    c->sort.arena_top += REC_HEADER + klen + llen;
+    c->sort.n_entries++;
     return PS_OK;
 }
 
 static int drain_tokenizer(ps_cleanse *c, ps_error *err) {
     ps_record rec;
     for (;;) {
-        int st = ps_tok_next(&c->tok, &rec, err);
+        int st = ps_tok_next(&c->input.tok, &rec, err);
         if (st == PS_TOK_NEED_MORE || st == PS_TOK_END) return PS_OK;
         if (st != PS_TOK_RECORD) return st;
         int rc = process_record(c, &rec, err);
@@ -439,20 +486,20 @@ static int drain_tokenizer(ps_cleanse *c, ps_error *err) {
 }
 
 static int read_block(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
-    char *room = ps_tok_reserve(&c->tok, max_bytes, err);
+    char *room = ps_tok_reserve(&c->input.tok, max_bytes, err);
     if (!room) return err->code;
     ssize_t n;
     do {
         n = read(fd, room, max_bytes);
     } while (n < 0 && errno == EINTR);
     if (n < 0) return ps_fail_errno(err, "reading", "the source");
-    ps_tok_commit(&c->tok, (size_t)n);
+    ps_tok_commit(&c->input.tok, (size_t)n);
     *got = (size_t)n;
     return n ? drain_tokenizer(c, err) : PS_OK;
 }
 
 int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
-    if (c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "read after the end of input");
+    if (c->input.sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "read after the end of input");
     phase_switch(c, PS_PHASE_READ);
     int rc = read_block(c, fd, max_bytes, got, err);
     phase_switch(c, -1);
@@ -523,25 +570,25 @@ static void heap_sift_down(run_reader **h, size_t n, size_t i) {
 }
 
 static void close_readers(ps_cleanse *c, int remove_files) {
-    for (size_t i = 0; i < c->n_readers; i++) {
-        run_reader *r = &c->readers[i];
+    for (size_t i = 0; i < c->merge.n_readers; i++) {
+        run_reader *r = &c->merge.readers[i];
         close_spill_fd(r->fd);
         ps_free(r->buf, r->cap);
         if (remove_files) remove_run(c, r->run_id);
     }
-    free(c->readers);
-    free(c->heap);
-    c->readers = NULL;
-    c->heap = NULL;
-    c->n_readers = c->heap_len = 0;
-    c->merging = 0;
+    free(c->merge.readers);
+    free(c->merge.heap);
+    c->merge.readers = NULL;
+    c->merge.heap = NULL;
+    c->merge.n_readers = c->merge.heap_len = 0;
+    c->merge.readers_open = 0;
 }
 
 static size_t merge_memory(const ps_cleanse *c) {
     /* What the readers may use: the budget less the writers and the baseline's tokenizer, and
      * room for the largest record to pass through one reader and the held row beyond their
      * shares (twice more for the baseline's tokenizer and rows when joining). */
-    size_t reserved = 6 * c->io_block + (c->joining ? 4 : 2) * c->record_room;
+    size_t reserved = 6 * c->io_block + (c->join.active ? 4 : 2) * c->record_room;
     return c->budget > reserved + MIN_READER_BUF * 2 ? c->budget - reserved : MIN_READER_BUF * 2;
 }
 
@@ -555,19 +602,20 @@ static size_t fan_in(const ps_cleanse *c) {
  * in every pass, so list position (not run id: a lone run carried into the next pass keeps its
  * old, smaller id) breaks ties between equal keys. */
 static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
-    c->readers = calloc(count, sizeof *c->readers);
-    c->heap = calloc(count, sizeof *c->heap);
-    if (!c->readers || !c->heap) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for readers");
-    c->merging = 1;
+    c->merge.readers = calloc(count, sizeof *c->merge.readers);
+    c->merge.heap = calloc(count, sizeof *c->merge.heap);
+    if (!c->merge.readers || !c->merge.heap)
+        return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for readers");
+    c->merge.readers_open = 1;
     size_t each = merge_memory(c) / count;
     if (each > MAX_READER_BUF) each = MAX_READER_BUF;
     if (each < 4096) each = 4096;
     for (size_t i = 0; i < count; i++) {
-        run_reader *r = &c->readers[i];
+        run_reader *r = &c->merge.readers[i];
         r->fd = -1;
-        r->run_id = c->runs[c->group_start + i];
+        r->run_id = c->spill.runs.ids[c->merge.group_start + i];
         r->order = i;
-        c->n_readers = i + 1;
+        c->merge.n_readers = i + 1;
         char path[PATH_MAX];
         run_path(c, r->run_id, path, sizeof path);
         r->fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -579,9 +627,9 @@ static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
         if (!r->buf) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a run buffer");
         int st = reader_next(r, err);
         if (st < 0) return -st;
-        if (st > 0) c->heap[c->heap_len++] = r;
+        if (st > 0) c->merge.heap[c->merge.heap_len++] = r;
     }
-    for (size_t i = c->heap_len / 2; i-- > 0;) heap_sift_down(c->heap, c->heap_len, i);
+    for (size_t i = c->merge.heap_len / 2; i-- > 0;) heap_sift_down(c->merge.heap, c->merge.heap_len, i);
     return PS_OK;
 }
 
@@ -589,54 +637,50 @@ static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
  * read at once, else the final merge into the outputs. */
 static int start_next_merge(ps_cleanse *c, ps_error *err) {
     size_t f = fan_in(c);
-    if (c->group_start == 0 && c->n_runs <= f) {
-        c->final_pass = 1;
+    if (c->merge.group_start == 0 && c->spill.runs.n <= f) {
+        c->merge.final_pass = 1;
         phase_switch(c, PS_PHASE_JOIN);
-        return open_group(c, c->n_runs, err);
+        return open_group(c, c->spill.runs.n, err);
     }
     phase_switch(c, PS_PHASE_MERGE);
-    if (c->group_start == 0) c->stats.merge_passes++;
-    size_t count = c->n_runs - c->group_start;
+    if (c->merge.group_start == 0) c->stats.merge_passes++;
+    size_t count = c->spill.runs.n - c->merge.group_start;
     if (count > f) count = f;
     if (count == 1) {
         /* A lone run at the end of a pass moves on as it is. */
-        int rc = push_run(&c->next_runs, &c->n_next_runs, &c->next_runs_cap,
-                          c->runs[c->group_start], err);
+        int rc = push_run(&c->merge.next, c->spill.runs.ids[c->merge.group_start], err);
         if (rc) return rc;
-        c->group_start++;
+        c->merge.group_start++;
         return PS_OK;
     }
-    int run_id, rc = open_new_run(c, &run_id, &c->run_out_fd, err);
+    int run_id, rc = open_new_run(c, &run_id, &c->merge.run_out_fd, err);
     if (rc) return rc;
-    rc = ps_writer_init(&c->run_out, c->run_out_fd, "spill file", c->io_block, err);
+    rc = ps_writer_init(&c->merge.run_out, c->merge.run_out_fd, "spill file", c->io_block, err);
     if (rc) return rc;
     /* Record the id now so that cleanup removes the file if anything fails from here on. */
-    rc = push_run(&c->next_runs, &c->n_next_runs, &c->next_runs_cap, run_id, err);
+    rc = push_run(&c->merge.next, run_id, err);
     if (rc) return rc;
     return open_group(c, count, err);
 }
 
 static int finish_intermediate(ps_cleanse *c, ps_error *err) {
-    int rc = ps_writer_flush(&c->run_out, err);
-    ps_writer_release(&c->run_out);
-    close_spill_fd(c->run_out_fd);
-    c->run_out_fd = -1;
-    size_t count = c->n_readers;
+    int rc = ps_writer_flush(&c->merge.run_out, err);
+    ps_writer_release(&c->merge.run_out);
+    close_spill_fd(c->merge.run_out_fd);
+    c->merge.run_out_fd = -1;
+    size_t count = c->merge.n_readers;
     close_readers(c, 1);
     if (rc) return rc;
-    c->group_start += count;
+    c->merge.group_start += count;
     return PS_OK;
 }
 
 static void end_pass_if_done(ps_cleanse *c) {
-    if (c->final_pass || c->merging || c->group_start < c->n_runs) return;
-    free(c->runs);
-    c->runs = c->next_runs;
-    c->n_runs = c->n_next_runs;
-    c->runs_cap = c->next_runs_cap;
-    c->next_runs = NULL;
-    c->n_next_runs = c->next_runs_cap = 0;
-    c->group_start = 0;
+    if (c->merge.final_pass || c->merge.readers_open || c->merge.group_start < c->spill.runs.n) return;
+    free(c->spill.runs.ids);
+    c->spill.runs = c->merge.next;
+    c->merge.next = (run_list){NULL, 0, 0};
+    c->merge.group_start = 0;
 }
 
 /* ---------------------------------------------------------------- outputs */
@@ -644,18 +688,18 @@ static void end_pass_if_done(ps_cleanse *c) {
 static int hold(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
                 ps_error *err) {
     size_t need = klen + llen + 1;
-    if (need > c->held_cap) {
+    if (need > c->dedupe.cap) {
         size_t cap = need + need / 4; /* amortized growth, without doubling a huge row */
-        char *grown = realloc(c->held, cap);
+        char *grown = realloc(c->dedupe.row, cap);
         if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a row");
-        c->held = grown;
-        c->held_cap = cap;
+        c->dedupe.row = grown;
+        c->dedupe.cap = cap;
     }
-    memcpy(c->held, key, klen);
-    memcpy(c->held + klen, line, llen);
-    c->held_klen = klen;
-    c->held_llen = llen;
-    c->have_held = 1;
+    memcpy(c->dedupe.row, key, klen);
+    memcpy(c->dedupe.row + klen, line, llen);
+    c->dedupe.klen = klen;
+    c->dedupe.llen = llen;
+    c->dedupe.have = 1;
     return PS_OK;
 }
 
@@ -690,45 +734,45 @@ static int grow_buffer(char **buf, size_t *cap, size_t need, ps_error *err) {
 static int baseline_advance(ps_cleanse *c, ps_error *err) {
     ps_record rec;
     for (;;) {
-        int st = ps_tok_next(&c->btok, &rec, err);
+        int st = ps_tok_next(&c->join.tok, &rec, err);
         if (st == PS_TOK_END) {
-            c->base_have = 0;
+            c->join.have = 0;
             return PS_OK;
         }
         if (st == PS_TOK_NEED_MORE) {
-            char *room = ps_tok_reserve(&c->btok, c->io_block, err);
+            char *room = ps_tok_reserve(&c->join.tok, c->io_block, err);
             if (!room) return err->code;
-            ssize_t got = read(c->baseline_fd, room, c->io_block);
+            ssize_t got = read(c->join.fd, room, c->io_block);
             if (got < 0) {
                 if (errno == EINTR) continue;
                 return ps_fail_errno(err, "reading", "baseline");
             }
-            if (got == 0) ps_tok_set_eof(&c->btok);
-            ps_tok_commit(&c->btok, (size_t)got);
+            if (got == 0) ps_tok_set_eof(&c->join.tok);
+            ps_tok_commit(&c->join.tok, (size_t)got);
             continue;
         }
         if (st != PS_TOK_RECORD) return st;
-        if (!c->base_header_seen) {
-            c->base_header_seen = 1; /* checked against the kept columns by the caller */
+        if (!c->join.header_seen) {
+            c->join.header_seen = 1; /* checked against the kept columns by the caller */
             continue;
         }
         /* Keep the current row as the previous one before overwriting it. */
-        char *swap = c->base_prev;
-        size_t swap_cap = c->base_prev_cap;
-        c->base_prev = c->base_cur;
-        c->base_prev_cap = c->base_cur_cap;
-        c->base_prev_klen = c->base_klen;
-        c->base_prev_have = c->base_have;
-        c->base_cur = swap;
-        c->base_cur_cap = swap_cap;
-        size_t need = key_bound(&c->bpj, rec.fields) + line_bound(&c->bpj, rec.fields);
-        int rc = grow_buffer(&c->base_cur, &c->base_cur_cap, need, err);
+        char *swap = c->join.prev;
+        size_t swap_cap = c->join.prev_cap;
+        c->join.prev = c->join.cur;
+        c->join.prev_cap = c->join.cur_cap;
+        c->join.prev_klen = c->join.klen;
+        c->join.prev_have = c->join.have;
+        c->join.cur = swap;
+        c->join.cur_cap = swap_cap;
+        size_t need = key_bound(&c->join.pj, rec.fields) + line_bound(&c->join.pj, rec.fields);
+        int rc = grow_buffer(&c->join.cur, &c->join.cur_cap, need, err);
         if (rc) return rc;
-        c->base_klen = build_key(&c->bpj, rec.fields, c->base_cur);
-        c->base_llen = build_line(&c->bpj, rec.fields, 0, c->sep, c->base_cur + c->base_klen);
-        c->base_have = 1;
-        if (c->base_prev_have) {
-            int order = key_cmp(c->base_prev, c->base_prev_klen, c->base_cur, c->base_klen);
+        c->join.klen = build_key(&c->join.pj, rec.fields, c->join.cur);
+        c->join.llen = build_line(&c->join.pj, rec.fields, 0, c->sep, c->join.cur + c->join.klen);
+        c->join.have = 1;
+        if (c->join.prev_have) {
+            int order = key_cmp(c->join.prev, c->join.prev_klen, c->join.cur, c->join.klen);
             if (order == 0)
                 return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
                                "baseline has a duplicate key at line %lld", (long long)rec.line);
@@ -742,28 +786,28 @@ static int baseline_advance(ps_cleanse *c, ps_error *err) {
 
 static int emit_delete(ps_cleanse *c, ps_error *err) {
     c->stats.deletes++;
-    return put_line(&c->delta, "delete", 6, c->sep, c->base_cur + c->base_klen, c->base_llen, err);
+    return put_line(&c->out.delta, "delete", 6, c->sep, c->join.cur + c->join.klen, c->join.llen, err);
 }
 
 /* One kept row of the new extract against the baseline; both streams ascend strictly. */
 static int join_row(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
                     ps_error *err) {
     int rc;
-    while (c->base_have && key_cmp(c->base_cur, c->base_klen, key, klen) < 0) {
+    while (c->join.have && key_cmp(c->join.cur, c->join.klen, key, klen) < 0) {
         if ((rc = emit_delete(c, err)) || (rc = baseline_advance(c, err))) return rc;
     }
-    if (c->base_have && key_cmp(c->base_cur, c->base_klen, key, klen) == 0) {
+    if (c->join.have && key_cmp(c->join.cur, c->join.klen, key, klen) == 0) {
         /* Lines are the canonical formatting of the values, so equal lines <=> equal values. */
-        int same = c->base_llen == llen && memcmp(c->base_cur + c->base_klen, line, llen) == 0;
+        int same = c->join.llen == llen && memcmp(c->join.cur + c->join.klen, line, llen) == 0;
         if (!same) {
             c->stats.updates++;
-            rc = put_line(&c->delta, "update", 6, c->sep, line, llen, err);
+            rc = put_line(&c->out.delta, "update", 6, c->sep, line, llen, err);
             if (rc) return rc;
         }
         return baseline_advance(c, err);
     }
     c->stats.inserts++;
-    return put_line(&c->delta, "insert", 6, c->sep, line, llen, err);
+    return put_line(&c->out.delta, "insert", 6, c->sep, line, llen, err);
 }
 
 static int emit_kept(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
@@ -772,9 +816,9 @@ static int emit_kept(ps_cleanse *c, const char *key, size_t klen, const char *li
     if (c->replay) {
         /* The replayed table is a full extract: its rows carry no command. */
         size_t skip = command_prefix_length(line);
-        return put_line(&c->sorted, NULL, 0, c->sep, line + skip, llen - skip, err);
+        return put_line(&c->out.sorted, NULL, 0, c->sep, line + skip, llen - skip, err);
     }
-    int rc = put_line(&c->sorted, NULL, 0, c->sep, line, llen, err);
+    int rc = put_line(&c->out.sorted, NULL, 0, c->sep, line, llen, err);
     if (rc) return rc;
     if (c->pj.command_first) {
         switch (line[0]) {
@@ -784,28 +828,28 @@ static int emit_kept(ps_cleanse *c, const char *key, size_t klen, const char *li
         default: c->stats.merges++; break;
         }
     }
-    return c->joining ? join_row(c, key, klen, line, llen, err) : PS_OK;
+    return c->join.active ? join_row(c, key, klen, line, llen, err) : PS_OK;
 }
 
 /* The held row is its key's last: it is kept, unless a replay ends the key with a delete, which
  * leaves the key absent and the row with the duplicates (every input row lands in one file). */
 static int settle_held(ps_cleanse *c, ps_error *err) {
-    const char *line = c->held + c->held_klen;
+    const char *line = c->dedupe.row + c->dedupe.klen;
     if (c->replay && line[0] == 'd') {
         c->stats.duplicates++;
-        return put_line(&c->duplicates, NULL, 0, c->sep, line, c->held_llen, err);
+        return put_line(&c->out.duplicates, NULL, 0, c->sep, line, c->dedupe.llen, err);
     }
-    return emit_kept(c, c->held, c->held_klen, line, c->held_llen, err);
+    return emit_kept(c, c->dedupe.row, c->dedupe.klen, line, c->dedupe.llen, err);
 }
 
 /* Rows arrive in (key, input order); split them into kept rows and duplicates. */
 static int consume(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
                    ps_error *err) {
-    int same = c->have_held && key_cmp(c->held, c->held_klen, key, klen) == 0;
+    int same = c->dedupe.have && key_cmp(c->dedupe.row, c->dedupe.klen, key, klen) == 0;
     if (!c->keep_last) {
         if (same) {
             c->stats.duplicates++;
-            return put_line(&c->duplicates, NULL, 0, c->sep, line, llen, err);
+            return put_line(&c->out.duplicates, NULL, 0, c->sep, line, llen, err);
         }
         int rc = emit_kept(c, key, klen, line, llen, err);
         return rc ? rc : hold(c, key, klen, "", 0, err);
@@ -813,8 +857,9 @@ static int consume(ps_cleanse *c, const char *key, size_t klen, const char *line
     int rc = PS_OK;
     if (same) {
         c->stats.duplicates++;
-        rc = put_line(&c->duplicates, NULL, 0, c->sep, c->held + c->held_klen, c->held_llen, err);
-    } else if (c->have_held) {
+        rc = put_line(&c->out.duplicates, NULL, 0, c->sep, c->dedupe.row + c->dedupe.klen,
+                      c->dedupe.llen, err);
+    } else if (c->dedupe.have) {
         rc = settle_held(c, err);
     }
     return rc ? rc : hold(c, key, klen, line, llen, err);
@@ -822,15 +867,15 @@ static int consume(ps_cleanse *c, const char *key, size_t klen, const char *line
 
 static int finish_outputs(ps_cleanse *c, ps_error *err) {
     int rc = PS_OK;
-    if (c->keep_last && c->have_held) rc = settle_held(c, err);
-    while (!rc && c->joining && c->base_have) {
+    if (c->keep_last && c->dedupe.have) rc = settle_held(c, err);
+    while (!rc && c->join.active && c->join.have) {
         rc = emit_delete(c, err);
         if (!rc) rc = baseline_advance(c, err);
     }
-    if (!rc) rc = ps_writer_flush(&c->sorted, err);
-    if (!rc) rc = ps_writer_flush(&c->duplicates, err);
-    if (!rc && c->joining) rc = ps_writer_flush(&c->delta, err);
-    if (!rc) c->finished = 1;
+    if (!rc) rc = ps_writer_flush(&c->out.sorted, err);
+    if (!rc) rc = ps_writer_flush(&c->out.duplicates, err);
+    if (!rc && c->join.active) rc = ps_writer_flush(&c->out.delta, err);
+    if (!rc) c->out.finished = 1;
     return rc;
 }
 
@@ -839,7 +884,7 @@ static int finish_outputs(ps_cleanse *c, ps_error *err) {
 static int finish_input(ps_cleanse *c, ps_error *err);
 
 int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err) {
-    if (c->sealed) return PS_OK;
+    if (c->input.sealed) return PS_OK;
     phase_switch(c, PS_PHASE_READ);
     int rc = finish_input(c, err);
     phase_switch(c, -1);
@@ -847,28 +892,28 @@ int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err) {
 }
 
 static int finish_input(ps_cleanse *c, ps_error *err) {
-    ps_tok_set_eof(&c->tok);
+    ps_tok_set_eof(&c->input.tok);
     int rc = drain_tokenizer(c, err);
     if (rc) return rc;
-    if (!c->header_seen)
+    if (!c->input.header_seen)
         return ps_fail(err, PS_ERR_INPUT, 1, 0, "empty file (no header)");
-    rc = ps_writer_flush(&c->nullpk, err);
+    rc = ps_writer_flush(&c->out.nullpk, err);
     if (rc) return rc;
-    ps_writer_release(&c->nullpk);
-    ps_tok_release(&c->tok);
-    c->tok_live = 0;
-    c->sealed = 1;
-    if (c->n_runs == 0) {
+    ps_writer_release(&c->out.nullpk);
+    ps_tok_release(&c->input.tok);
+    c->input.tok_live = 0;
+    c->input.sealed = 1;
+    if (c->spill.runs.n == 0) {
         /* Everything fit: sort in place and stream from memory, never touching disk. */
         phase_switch(c, PS_PHASE_SORT);
-        ps_sort_entries(entries(c), c->n_entries, c->arena);
-        c->from_memory = 1;
-        c->mem_next = 0;
+        ps_sort_entries(entries(c), c->sort.n_entries, c->sort.arena);
+        c->sort.from_memory = 1;
+        c->sort.mem_next = 0;
     } else {
-        if (c->n_entries) rc = spill_arena(c, err);
-        ps_free(c->arena, c->arena_size);
-        c->arena = NULL;
-        c->arena_size = 0;
+        if (c->sort.n_entries) rc = spill_arena(c, err);
+        ps_free(c->sort.arena, c->sort.arena_size);
+        c->sort.arena = NULL;
+        c->sort.arena_size = 0;
         if (rc) return rc;
     }
     return PS_OK;
@@ -877,12 +922,12 @@ static int finish_input(ps_cleanse *c, ps_error *err) {
 /* The next record in (key, input order), from memory or from the final merge; 0 at the end. */
 static int next_sorted(ps_cleanse *c, const char **key, size_t *klen, const char **line,
                        size_t *llen, ps_error *err) {
-    if (c->from_memory) {
-        if (c->mem_next == c->n_entries) return 0;
+    if (c->sort.from_memory) {
+        if (c->sort.mem_next == c->sort.n_entries) return 0;
         const ps_entry *e = entries(c);
-        if (c->mem_next + PREFETCH_AHEAD < c->n_entries)
-            __builtin_prefetch(c->arena + ps_entry_offset(&e[c->mem_next + PREFETCH_AHEAD]));
-        const char *r = c->arena + ps_entry_offset(&e[c->mem_next++]);
+        if (c->sort.mem_next + PREFETCH_AHEAD < c->sort.n_entries)
+            __builtin_prefetch(c->sort.arena + ps_entry_offset(&e[c->sort.mem_next + PREFETCH_AHEAD]));
+        const char *r = c->sort.arena + ps_entry_offset(&e[c->sort.mem_next++]);
         *klen = load_u32(r);
         *llen = load_u32(r + 4);
         *key = r + REC_HEADER;
@@ -890,8 +935,8 @@ static int next_sorted(ps_cleanse *c, const char **key, size_t *klen, const char
         return 1;
     }
     (void)err;
-    if (c->heap_len == 0) return 0;
-    run_reader *top = c->heap[0];
+    if (c->merge.heap_len == 0) return 0;
+    run_reader *top = c->merge.heap[0];
     *key = top->key;
     *klen = top->klen;
     *line = top->line;
@@ -901,12 +946,12 @@ static int next_sorted(ps_cleanse *c, const char **key, size_t *klen, const char
 
 /* Advance the reader whose record was just consumed (the heap's top). */
 static int pop_merged(ps_cleanse *c, ps_error *err) {
-    if (c->from_memory) return PS_OK;
-    run_reader *top = c->heap[0];
+    if (c->sort.from_memory) return PS_OK;
+    run_reader *top = c->merge.heap[0];
     int st = reader_next(top, err);
     if (st < 0) return -st;
-    if (st == 0) c->heap[0] = c->heap[--c->heap_len];
-    if (c->heap_len) heap_sift_down(c->heap, c->heap_len, 0);
+    if (st == 0) c->merge.heap[0] = c->merge.heap[--c->merge.heap_len];
+    if (c->merge.heap_len) heap_sift_down(c->merge.heap, c->merge.heap_len, 0);
     return PS_OK;
 }
 
@@ -914,12 +959,12 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
 
 int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
     *done = 0;
-    if (!c->sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "merge before the end of input");
-    if (c->finished) {
+    if (!c->input.sealed) return ps_fail(err, PS_ERR_ARG, 0, -1, "merge before the end of input");
+    if (c->out.finished) {
         *done = 1;
         return PS_OK;
     }
-    phase_switch(c, c->merging && !c->final_pass ? PS_PHASE_MERGE : PS_PHASE_JOIN);
+    phase_switch(c, c->merge.readers_open && !c->merge.final_pass ? PS_PHASE_MERGE : PS_PHASE_JOIN);
     int rc = merge_step(c, max_rows, done, err);
     phase_switch(c, -1);
     return rc;
@@ -927,24 +972,24 @@ int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *
 
 static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
     int rc;
-    if (c->joining && !c->base_header_seen) {
+    if (c->join.active && !c->join.header_seen) {
         if ((rc = baseline_advance(c, err))) return rc;
     }
     for (int64_t emitted = 0; emitted < max_rows;) {
-        if (!c->from_memory && !c->merging) {
+        if (!c->sort.from_memory && !c->merge.readers_open) {
             if ((rc = start_next_merge(c, err))) return rc;
             end_pass_if_done(c);
             continue;
         }
-        if (!c->final_pass && !c->from_memory) {
+        if (!c->merge.final_pass && !c->sort.from_memory) {
             /* An intermediate merge: copy records to the new run in order. */
-            if (c->heap_len == 0) {
+            if (c->merge.heap_len == 0) {
                 if ((rc = finish_intermediate(c, err))) return rc;
                 end_pass_if_done(c);
                 continue;
             }
-            run_reader *top = c->heap[0];
-            rc = ps_writer_put(&c->run_out, top->key - REC_HEADER,
+            run_reader *top = c->merge.heap[0];
+            rc = ps_writer_put(&c->merge.run_out, top->key - REC_HEADER,
                                REC_HEADER + (size_t)top->klen + top->llen, err);
             if (!rc) rc = pop_merged(c, err);
             if (rc) return rc;
@@ -955,8 +1000,8 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
         size_t klen, llen;
         int st = next_sorted(c, &key, &klen, &line, &llen, err);
         if (st == 0) {
-            if (c->merging) close_readers(c, 1);
-            c->n_runs = 0;
+            if (c->merge.readers_open) close_readers(c, 1);
+            c->spill.runs.n = 0;
             if ((rc = finish_outputs(c, err))) return rc;
             *done = 1;
             return PS_OK;
@@ -970,13 +1015,13 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
 const ps_stats *ps_cleanse_stats(ps_cleanse *c) {
     /* Output writes happen inside READ (null-key rows) and JOIN (the rest): move them out. */
     ps_time *phase = c->stats.phase;
-    memcpy(phase, c->phase_total, sizeof c->phase_total);
-    ps_time during_join = c->sorted.flush_time;
-    ps_time_add(&during_join, c->duplicates.flush_time);
-    ps_time_add(&during_join, c->delta.flush_time);
-    ps_time_sub(&phase[PS_PHASE_READ], c->nullpk.flush_time);
+    memcpy(phase, c->timer.total, sizeof c->timer.total);
+    ps_time during_join = c->out.sorted.flush_time;
+    ps_time_add(&during_join, c->out.duplicates.flush_time);
+    ps_time_add(&during_join, c->out.delta.flush_time);
+    ps_time_sub(&phase[PS_PHASE_READ], c->out.nullpk.flush_time);
     ps_time_sub(&phase[PS_PHASE_JOIN], during_join);
-    ps_time_add(&phase[PS_PHASE_WRITE], c->nullpk.flush_time);
+    ps_time_add(&phase[PS_PHASE_WRITE], c->out.nullpk.flush_time);
     ps_time_add(&phase[PS_PHASE_WRITE], during_join);
     return &c->stats;
 }
@@ -1006,10 +1051,10 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     c->keep_last = o->keep_last;
     c->replay = o->replay;
     c->record_room = ps_record_limit(o->memory_budget);
-    c->run_out_fd = -1;
-    c->phase = -1;
-    c->baseline_fd = o->baseline_fd;
-    c->joining = o->baseline_fd >= 0;
+    c->merge.run_out_fd = -1;
+    c->timer.phase = -1;
+    c->join.fd = o->baseline_fd;
+    c->join.active = o->baseline_fd >= 0;
     c->spill_dir = strdup(o->spill_dir ? o->spill_dir : ".");
     c->pj.out_cols = copy_cols(o->out_cols, o->n_out);
     c->pj.n_out = o->n_out;
@@ -1017,14 +1062,14 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     c->pj.n_key = o->n_key;
     c->pj.command_first = o->command_col >= 0;
     if (!c->spill_dir || !c->pj.out_cols || !c->pj.key_cols) goto nomem;
-    if (c->joining) {
+    if (c->join.active) {
         /* Baseline rows are formatted with the same code: all their columns, in order. */
-        c->bpj.n_out = o->n_out;
-        c->bpj.out_cols = malloc(o->n_out * sizeof(int32_t));
-        c->bpj.key_cols = copy_cols(o->baseline_key_cols, o->n_key);
-        c->bpj.n_key = o->n_key;
-        if (!c->bpj.out_cols || !c->bpj.key_cols) goto nomem;
-        for (size_t i = 0; i < o->n_out; i++) c->bpj.out_cols[i] = (int32_t)i;
+        c->join.pj.n_out = o->n_out;
+        c->join.pj.out_cols = malloc(o->n_out * sizeof(int32_t));
+        c->join.pj.key_cols = copy_cols(o->baseline_key_cols, o->n_key);
+        c->join.pj.n_key = o->n_key;
+        if (!c->join.pj.out_cols || !c->join.pj.key_cols) goto nomem;
+        for (size_t i = 0; i < o->n_out; i++) c->join.pj.out_cols[i] = (int32_t)i;
     }
 
     /* Sort phase: the arena gets what the input buffer, the caller's read block and the
@@ -1032,24 +1077,27 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
      * record (and its fields) it accepts. Buffers come from mmap: untouched pages cost no
      * memory, so writers that only work later do not count now. */
     size_t reserved = 4 * c->io_block + c->record_room + ps_field_limit(o->memory_budget) * sizeof(ps_field);
-    c->arena_max = o->memory_budget > 2 * reserved ? o->memory_budget - reserved : o->memory_budget / 2;
-    c->arena_size = run_arena_size(c);
-    c->arena = ps_alloc(c->arena_size);
-    if (!c->arena) goto nomem;
-    if (ps_tok_init(&c->tok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_INPUT, err)) goto fail;
-    c->tok_live = 1;
-    c->tok.budget_shares = o->budget_shares;
-    if (ps_writer_init(&c->nullpk, o->nullpk_fd, "the null-key output", c->io_block, err)) goto fail;
-    if (ps_writer_init(&c->sorted, o->sorted_fd, "the sorted output", c->io_block, err)) goto fail;
-    if (ps_writer_init(&c->duplicates, o->duplicates_fd, "the duplicates output", c->io_block, err)) goto fail;
-    c->nullpk.eager_writeback = c->sorted.eager_writeback = c->duplicates.eager_writeback = 1;
-    if (c->joining) {
-        if (ps_writer_init(&c->delta, o->delta_fd, "the delta output", c->io_block, err)) goto fail;
-        c->delta.eager_writeback = 1;
-        if (ps_tok_init(&c->btok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_BASELINE_CSV, err))
+    c->sort.arena_max = o->memory_budget > 2 * reserved ? o->memory_budget - reserved : o->memory_budget / 2;
+    c->sort.arena_size = run_arena_size(c);
+    c->sort.arena = ps_alloc(c->sort.arena_size);
+    if (!c->sort.arena) goto nomem;
+    if (ps_tok_init(&c->input.tok, o->separator, 2 * c->io_block, o->memory_budget, PS_ERR_INPUT, err))
+        goto fail;
+    c->input.tok_live = 1;
+    c->input.tok.budget_shares = o->budget_shares;
+    if (ps_writer_init(&c->out.nullpk, o->nullpk_fd, "the null-key output", c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->out.sorted, o->sorted_fd, "the sorted output", c->io_block, err)) goto fail;
+    if (ps_writer_init(&c->out.duplicates, o->duplicates_fd, "the duplicates output", c->io_block, err))
+        goto fail;
+    c->out.nullpk.eager_writeback = c->out.sorted.eager_writeback = c->out.duplicates.eager_writeback = 1;
+    if (c->join.active) {
+        if (ps_writer_init(&c->out.delta, o->delta_fd, "the delta output", c->io_block, err)) goto fail;
+        c->out.delta.eager_writeback = 1;
+        if (ps_tok_init(&c->join.tok, o->separator, 2 * c->io_block, o->memory_budget,
+                        PS_ERR_BASELINE_CSV, err))
             goto fail;
-        c->btok_live = 1;
-        c->btok.budget_shares = o->budget_shares;
+        c->join.tok_live = 1;
+        c->join.tok.budget_shares = o->budget_shares;
     }
     return c;
 nomem:
@@ -1061,27 +1109,27 @@ fail:
 
 void ps_cleanse_free(ps_cleanse *c) {
     if (!c) return;
-    if (c->merging) close_readers(c, 0);
-    if (c->run_out_fd >= 0) close_spill_fd(c->run_out_fd);
-    ps_writer_release(&c->run_out);
-    for (size_t i = 0; i < c->n_runs; i++) remove_run(c, c->runs[i]);
-    for (size_t i = 0; i < c->n_next_runs; i++) remove_run(c, c->next_runs[i]);
-    free(c->runs);
-    free(c->next_runs);
-    if (c->tok_live) ps_tok_release(&c->tok);
-    if (c->btok_live) ps_tok_release(&c->btok);
-    ps_writer_release(&c->nullpk);
-    ps_writer_release(&c->sorted);
-    ps_writer_release(&c->duplicates);
-    ps_writer_release(&c->delta);
-    ps_free(c->arena, c->arena_size);
-    free(c->held);
-    free(c->base_cur);
-    free(c->base_prev);
+    if (c->merge.readers_open) close_readers(c, 0);
+    if (c->merge.run_out_fd >= 0) close_spill_fd(c->merge.run_out_fd);
+    ps_writer_release(&c->merge.run_out);
+    for (size_t i = 0; i < c->spill.runs.n; i++) remove_run(c, c->spill.runs.ids[i]);
+    for (size_t i = 0; i < c->merge.next.n; i++) remove_run(c, c->merge.next.ids[i]);
+    free(c->spill.runs.ids);
+    free(c->merge.next.ids);
+    if (c->input.tok_live) ps_tok_release(&c->input.tok);
+    if (c->join.tok_live) ps_tok_release(&c->join.tok);
+    ps_writer_release(&c->out.nullpk);
+    ps_writer_release(&c->out.sorted);
+    ps_writer_release(&c->out.duplicates);
+    ps_writer_release(&c->out.delta);
+    ps_free(c->sort.arena, c->sort.arena_size);
+    free(c->dedupe.row);
+    free(c->join.cur);
+    free(c->join.prev);
     free(c->pj.out_cols);
     free(c->pj.key_cols);
-    free(c->bpj.out_cols);
-    free(c->bpj.key_cols);
+    free(c->join.pj.out_cols);
+    free(c->join.pj.key_cols);
     free(c->spill_dir);
     free(c);
 }

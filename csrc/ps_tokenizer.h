@@ -3,7 +3,11 @@
  * Bytes are fed in blocks of any size; ps_tok_next() hands out one complete record at a time
  * as field spans into the tokenizer's own buffer. A record cut by the end of a block is parsed
  * again from its start once more bytes (or the end of input) arrive, so the caller never sees
- * a partial record. Field spans stay valid until the next ps_tok_feed().
+ * a partial record. A returned record lives inside the tokenizer: its field array is reused by
+ * the next ps_tok_next(), and its spans point into the buffer, which the next ps_tok_reserve()
+ * or ps_tok_feed() may slide or reallocate (ps_tok_release() frees it). So a record is valid
+ * until the next call to any of those; ps_tok_commit() and ps_tok_set_eof() leave it intact.
+ * A caller that keeps a row past that copies it out (the engine formats it into its arena).
  *
  * Dialect (REFERENCE §2 and docs/DESIGN.md): optional UTF-8 BOM dropped; LF or CRLF ends a record;
  * blank lines are skipped; a quoted field may hold separators, doubled quotes, CR and LF; a quote
@@ -84,7 +88,8 @@ void ps_tok_set_eof(ps_tokenizer *t);
 /* Room to read into directly: returns a pointer to at least `want` free bytes at the end. */
 char *ps_tok_reserve(ps_tokenizer *t, size_t want, ps_error *err);
 void ps_tok_commit(ps_tokenizer *t, size_t n);
-/* PS_TOK_RECORD (rec filled), PS_TOK_NEED_MORE, PS_TOK_END, or an error code (> 0). */
+/* PS_TOK_RECORD (rec filled, valid until the next ps_tok_next/reserve/feed/release),
+ * PS_TOK_NEED_MORE, PS_TOK_END, or an error code (> 0). */
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err);
 
 /* Length of the value once doubled quotes are undone (== f->len unless escaped). */
