@@ -74,15 +74,13 @@ import xxhash
 
 from prepsync.config import Mappings
 from prepsync.errors import PrepsyncError, ServerError, UsageError
-from prepsync.protocol import CANCELLED, OPEN, SCOPE
+from prepsync.protocol import CANCELLED, NEXT_AFTER_HEADER, OPEN, SCOPE
 
 logger = logging.getLogger("prepsync")
 
 TOKEN_PATH = "/connect/token"
 _HASH_BLOCK = 1 << 20
 _SESSION_LIST_LIMIT = 100
-# The changes endpoint names the next page's ``after`` in this header when a page is cut short.
-CHANGES_NEXT_HEADER = "Prepsync-Next-After"
 # Transport errors that no retry can cure: a wrong URL scheme, a malformed request.
 _PERMANENT_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
@@ -392,7 +390,7 @@ class ApiClient:
         params = {name: str(value) for name, value in query.items() if value is not None}
         path = f"/api/sessions/{_q(session_id)}/changes"
         response = self._call("GET", path, params=params)
-        return response.content, response.headers.get(CHANGES_NEXT_HEADER)
+        return response.content, response.headers.get(NEXT_AFTER_HEADER)
 
     def cancel(self, session_id: str) -> dict[str, Any]:
         return self._transition(session_id, "cancel", lambda s: s.get("state") == CANCELLED)

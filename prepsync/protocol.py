@@ -85,3 +85,7 @@ FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
 # What an agent waiting for its session's outcome stops on: a final state, or blocked (which
 # only an operator's force or cancel settles).
 VERDICT_STATES = (DONE, BLOCKED, FAILED, CANCELLED)
+
+# ------------------------------------------------------------------------------ review paging
+# GET /api/sessions/{id}/changes: a page cut short by ``limit`` names the next ``after`` here.
+NEXT_AFTER_HEADER = "Prepsync-Next-After"

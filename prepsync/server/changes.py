@@ -32,6 +32,7 @@ from prepsync.protocol import (
     DELETE,
     DONE,
     INSERT,
+    NEXT_AFTER_HEADER,
     PROCESSING,
     QUEUED,
     UPDATE,
@@ -45,7 +46,6 @@ from prepsync.server.sessions import Session
 from prepsync.server.store import decode_key, encode_key, format_record, snapshot, table_state
 
 LIMIT_MAX = 1_000_000
-NEXT_AFTER_HEADER = "Prepsync-Next-After"
 _COMMANDS = (INSERT, UPDATE, DELETE)
 # Sessions whose files the server still holds (a final session's files are deleted).
 _WITH_FILES = (QUEUED, PROCESSING, BLOCKED)
