@@ -243,19 +243,24 @@ struct ps_cleanse {
     } dedupe;
 
     /* Merge-joining kept rows against the baseline (active: a baseline was given, fixed at
-     * creation). Baseline rows are read from fd through tok and formatted by pj as the outputs
-     * are; `cur` holds the current row (key then line), `prev` the row before it, so that each
-     * new key can be checked to be strictly greater. have: cur holds a row (0 at the end). */
+     * creation). Baseline rows are read from fd, read_block bytes at a time, through tok.
+     * A baseline row is read only when a kept row needs it, and first recognised by its bytes:
+     * when it is exactly the kept row's line and an LF, it is that row unchanged and is skipped
+     * unparsed (baseline_match). Otherwise it is parsed and formatted by pj as the outputs are,
+     * into `cur` (key then line); have: cur holds a row not yet joined. `prev` holds the key of
+     * the baseline row before it (a skipped row's key is the kept row's), so that each parsed
+     * key can be checked to be strictly greater. ended: no baseline row is left. */
     struct {
         int active;
         int fd;
+        size_t read_block;
         ps_tokenizer tok;
         int tok_live;
         projection pj;
         char *cur, *prev;
         size_t cur_cap, prev_cap;
         size_t klen, llen, prev_klen;
-        int have, prev_have, header_seen;
+        int have, ended, prev_have, header_seen;
     } join;
 
     /* The output files. nullpk is written while reading and released at seal; the others
@@ -730,81 +735,154 @@ static int grow_buffer(char **buf, size_t *cap, size_t need, ps_error *err) {
     return PS_OK;
 }
 
-/* Moves to the next baseline row, checking that keys strictly increase. */
-static int baseline_advance(ps_cleanse *c, ps_error *err) {
-    ps_record rec;
+/* Reads the next block of the baseline into its tokenizer (sets its end at EOF). */
+static int baseline_fill(ps_cleanse *c, ps_error *err) {
     for (;;) {
-        int st = ps_tok_next(&c->join.tok, &rec, err);
-        if (st == PS_TOK_END) {
-            c->join.have = 0;
-            return PS_OK;
+        char *room = ps_tok_reserve(&c->join.tok, c->join.read_block, err);
+        if (!room) return err->code;
+        ssize_t got = read(c->join.fd, room, c->join.read_block);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return ps_fail_errno(err, "reading", "baseline");
         }
-        if (st == PS_TOK_NEED_MORE) {
-            char *room = ps_tok_reserve(&c->join.tok, c->io_block, err);
-            if (!room) return err->code;
-            ssize_t got = read(c->join.fd, room, c->io_block);
-            if (got < 0) {
-                if (errno == EINTR) continue;
-                return ps_fail_errno(err, "reading", "baseline");
-            }
-            if (got == 0) ps_tok_set_eof(&c->join.tok);
-            ps_tok_commit(&c->join.tok, (size_t)got);
-            continue;
-        }
-        if (st != PS_TOK_RECORD) return st;
-        if (!c->join.header_seen) {
-            c->join.header_seen = 1; /* checked against the kept columns by the caller */
-            continue;
-        }
-        /* Keep the current row as the previous one before overwriting it. */
-        char *swap = c->join.prev;
-        size_t swap_cap = c->join.prev_cap;
-        c->join.prev = c->join.cur;
-        c->join.prev_cap = c->join.cur_cap;
-        c->join.prev_klen = c->join.klen;
-        c->join.prev_have = c->join.have;
-        c->join.cur = swap;
-        c->join.cur_cap = swap_cap;
-        size_t need = key_bound(&c->join.pj, rec.fields) + line_bound(&c->join.pj, rec.fields);
-        int rc = grow_buffer(&c->join.cur, &c->join.cur_cap, need, err);
-        if (rc) return rc;
-        c->join.klen = build_key(&c->join.pj, rec.fields, c->join.cur);
-        c->join.llen = build_line(&c->join.pj, rec.fields, 0, c->sep, c->join.cur + c->join.klen);
-        c->join.have = 1;
-        if (c->join.prev_have) {
-            int order = key_cmp(c->join.prev, c->join.prev_klen, c->join.cur, c->join.klen);
-            if (order == 0)
-                return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
-                               "baseline has a duplicate key at line %lld", (long long)rec.line);
-            if (order > 0)
-                return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
-                               "baseline is not sorted by key at line %lld", (long long)rec.line);
-        }
+        if (got == 0) ps_tok_set_eof(&c->join.tok);
+        ps_tok_commit(&c->join.tok, (size_t)got);
         return PS_OK;
     }
 }
 
+/* The next baseline record: PS_TOK_RECORD or PS_TOK_END, else an error code. */
+static int baseline_record(ps_cleanse *c, ps_record *rec, ps_error *err) {
+    for (;;) {
+        int st = ps_tok_next(&c->join.tok, rec, err);
+        if (st != PS_TOK_NEED_MORE) return st;
+        int rc = baseline_fill(c, err);
+        if (rc) return rc;
+    }
+}
+
+/* Skips the header (checked against the kept columns before the engine starts). */
+static int baseline_start(ps_cleanse *c, ps_error *err) {
+    ps_record rec;
+    int st = baseline_record(c, &rec, err);
+    if (st == PS_TOK_END) c->join.ended = 1;
+    else if (st != PS_TOK_RECORD) return st;
+    c->join.header_seen = 1;
+    return PS_OK;
+}
+
+/* The current row is joined: its key becomes the previous one. */
+static void baseline_release(ps_cleanse *c) {
+    char *swap = c->join.prev;
+    size_t swap_cap = c->join.prev_cap;
+    c->join.prev = c->join.cur;
+    c->join.prev_cap = c->join.cur_cap;
+    c->join.prev_klen = c->join.klen;
+    c->join.prev_have = 1;
+    c->join.cur = swap;
+    c->join.cur_cap = swap_cap;
+    c->join.have = 0;
+}
+
+/* Parses the next baseline row into cur (or sets ended), checking that keys strictly increase. */
+static int baseline_parse(ps_cleanse *c, ps_error *err) {
+    ps_record rec;
+    int st = baseline_record(c, &rec, err);
+    if (st == PS_TOK_END) {
+        c->join.ended = 1;
+        return PS_OK;
+    }
+    if (st != PS_TOK_RECORD) return st;
+    size_t need = key_bound(&c->join.pj, rec.fields) + line_bound(&c->join.pj, rec.fields);
+    int rc = grow_buffer(&c->join.cur, &c->join.cur_cap, need, err);
+    if (rc) return rc;
+    c->join.klen = build_key(&c->join.pj, rec.fields, c->join.cur);
+    c->join.llen = build_line(&c->join.pj, rec.fields, 0, c->sep, c->join.cur + c->join.klen);
+    c->join.have = 1;
+    if (c->join.prev_have) {
+        int order = key_cmp(c->join.prev, c->join.prev_klen, c->join.cur, c->join.klen);
+        if (order == 0)
+            return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
+                           "baseline has a duplicate key at line %lld", (long long)rec.line);
+        if (order > 0)
+            return ps_fail(err, PS_ERR_BASELINE, rec.line, rec.offset,
+                           "baseline is not sorted by key at line %lld", (long long)rec.line);
+    }
+    return PS_OK;
+}
+
+static int remember_key(ps_cleanse *c, const char *key, size_t klen, ps_error *err) {
+    int rc = grow_buffer(&c->join.prev, &c->join.prev_cap, klen ? klen : 1, err);
+    if (rc) return rc;
+    memcpy(c->join.prev, key, klen);
+    c->join.prev_klen = klen;
+    c->join.prev_have = 1;
+    return PS_OK;
+}
+
+/* The fast path of an unchanged row: when the next baseline record's bytes are exactly the
+ * kept row's line and an LF, it is that row (*matched = 1) and is skipped unparsed.
+ * Why that is exact: the line is one complete canonical record (its LFs are inside quotes,
+ * and it never starts with a line end, so no blank line is hiding), and parsing is
+ * deterministic, so the baseline record parses to the kept row's values; the header was
+ * checked to be the kept columns, so it has their count and the same key. Its key is above
+ * the previous baseline key (which is at most the previous kept key), so only the next parsed
+ * row needs checking, against this key. Anything else - CRLF line ends, other quoting, a last
+ * row without its LF, a row the tokenizer would refuse as too large - just misses and is
+ * parsed as before. */
+static int baseline_match(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
+                          int *matched, ps_error *err) {
+    *matched = 0;
+    size_t need = llen + 1;
+    if (need > c->join.tok.max_record) return PS_OK;
+    size_t avail;
+    const char *raw = ps_tok_unread(&c->join.tok, &avail);
+    while (avail < need && !c->join.tok.eof) {
+        if (memcmp(raw, line, avail) != 0) return PS_OK; /* differs already: no need to read */
+        int rc = baseline_fill(c, err);
+        if (rc) return rc;
+        raw = ps_tok_unread(&c->join.tok, &avail);
+    }
+    if (avail < need || raw[llen] != '\n' || memcmp(raw, line, llen) != 0) return PS_OK;
+    int64_t lines = 1;
+    for (const char *p = line, *end = line + llen; (p = memchr(p, '\n', (size_t)(end - p))); p++)
+        lines++;
+    ps_tok_skip(&c->join.tok, need, lines);
+    *matched = 1;
+    return remember_key(c, key, klen, err);
+}
+
 static int emit_delete(ps_cleanse *c, ps_error *err) {
     c->stats.deletes++;
-    return put_line(&c->out.delta, "delete", 6, c->sep, c->join.cur + c->join.klen, c->join.llen, err);
+    int rc = put_line(&c->out.delta, "delete", 6, c->sep, c->join.cur + c->join.klen, c->join.llen, err);
+    baseline_release(c);
+    return rc;
 }
 
 /* One kept row of the new extract against the baseline; both streams ascend strictly. */
 static int join_row(ps_cleanse *c, const char *key, size_t klen, const char *line, size_t llen,
                     ps_error *err) {
     int rc;
-    while (c->join.have && key_cmp(c->join.cur, c->join.klen, key, klen) < 0) {
-        if ((rc = emit_delete(c, err)) || (rc = baseline_advance(c, err))) return rc;
-    }
-    if (c->join.have && key_cmp(c->join.cur, c->join.klen, key, klen) == 0) {
-        /* Lines are the canonical formatting of the values, so equal lines <=> equal values. */
-        int same = c->join.llen == llen && memcmp(c->join.cur + c->join.klen, line, llen) == 0;
-        if (!same) {
-            c->stats.updates++;
-            rc = put_line(&c->out.delta, "update", 6, c->sep, line, llen, err);
-            if (rc) return rc;
+    for (;;) {
+        if (!c->join.have) {
+            if (c->join.ended) break;
+            int matched;
+            if ((rc = baseline_match(c, key, klen, line, llen, &matched, err))) return rc;
+            if (matched) return PS_OK;
+            if ((rc = baseline_parse(c, err))) return rc;
+            continue;
         }
-        return baseline_advance(c, err);
+        int order = key_cmp(c->join.cur, c->join.klen, key, klen);
+        if (order > 0) break;
+        if (order == 0) {
+            /* Lines are the canonical formatting of the values, so equal lines <=> equal values. */
+            int same = c->join.llen == llen && memcmp(c->join.cur + c->join.klen, line, llen) == 0;
+            baseline_release(c);
+            if (same) return PS_OK;
+            c->stats.updates++;
+            return put_line(&c->out.delta, "update", 6, c->sep, line, llen, err);
+        }
+        if ((rc = emit_delete(c, err))) return rc;
     }
     c->stats.inserts++;
     return put_line(&c->out.delta, "insert", 6, c->sep, line, llen, err);
@@ -868,9 +946,8 @@ static int consume(ps_cleanse *c, const char *key, size_t klen, const char *line
 static int finish_outputs(ps_cleanse *c, ps_error *err) {
     int rc = PS_OK;
     if (c->keep_last && c->dedupe.have) rc = settle_held(c, err);
-    while (!rc && c->join.active && c->join.have) {
-        rc = emit_delete(c, err);
-        if (!rc) rc = baseline_advance(c, err);
+    while (!rc && c->join.active && !c->join.ended) {
+        rc = c->join.have ? emit_delete(c, err) : baseline_parse(c, err);
     }
     if (!rc) rc = ps_writer_flush(&c->out.sorted, err);
     if (!rc) rc = ps_writer_flush(&c->out.duplicates, err);
@@ -973,7 +1050,7 @@ int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *
 static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
     int rc;
     if (c->join.active && !c->join.header_seen) {
-        if ((rc = baseline_advance(c, err))) return rc;
+        if ((rc = baseline_start(c, err))) return rc;
     }
     for (int64_t emitted = 0; emitted < max_rows;) {
         if (!c->sort.from_memory && !c->merge.readers_open) {
@@ -1055,6 +1132,7 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     c->timer.phase = -1;
     c->join.fd = o->baseline_fd;
     c->join.active = o->baseline_fd >= 0;
+    c->join.read_block = o->baseline_read_block ? o->baseline_read_block : c->io_block;
     c->spill_dir = strdup(o->spill_dir ? o->spill_dir : ".");
     c->pj.out_cols = copy_cols(o->out_cols, o->n_out);
     c->pj.n_out = o->n_out;

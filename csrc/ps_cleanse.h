@@ -37,6 +37,8 @@ typedef struct ps_cleanse_options {
     int delta_fd;            /* -1 unless a baseline is joined */
     int baseline_fd;         /* -1, or the baseline positioned at its start */
     const int32_t *baseline_key_cols; /* key columns within the baseline's columns */
+    size_t baseline_read_block; /* bytes per baseline read; 0: ps_io_block(). Tests cut the
+                                   baseline's records at every position with small reads. */
 } ps_cleanse_options;
 
 /* Where a table's time goes, so that a regression names its phase. Exclusive: each moment

@@ -92,6 +92,22 @@ void ps_tok_commit(ps_tokenizer *t, size_t n);
  * PS_TOK_NEED_MORE, PS_TOK_END, or an error code (> 0). */
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err);
 
+/* For a caller that recognises the next record by its bytes, without parsing it (the baseline
+ * join knows its own canonical output): the unread bytes, valid until the next reserve, feed
+ * or release; only meaningful after the first record (byte-order mark and header dealt with). */
+static inline const char *ps_tok_unread(const ps_tokenizer *t, size_t *n) {
+    *n = t->len - t->pos;
+    return t->buf + t->pos;
+}
+
+/* Hands out n unread bytes unparsed: they must be whole records, line ends included, spanning
+ * `lines` physical lines (LFs), so that later records and errors keep their line numbers. */
+static inline void ps_tok_skip(ps_tokenizer *t, size_t n, int64_t lines) {
+    t->pos += n;
+    t->line += lines;
+    t->retry_at = 0;
+}
+
 /* Length of the value once doubled quotes are undone (== f->len unless escaped). */
 size_t ps_field_unescape(const ps_field *f, char *out);
 /* Write the field as REFERENCE §2 output (quoted only when needed); out needs 2*len+2 bytes. */

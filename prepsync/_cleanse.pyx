@@ -182,6 +182,7 @@ cdef class Cleanser:
         baseline_key_cols=(),
         str baseline="",
         int budget_shares=1,
+        Py_ssize_t baseline_read_block=0,
     ):
         cdef c.ps_cleanse_options options
         cdef bytes spill = spill_dir.encode()
@@ -202,6 +203,7 @@ cdef class Cleanser:
         options.duplicates_fd = duplicates_fd
         options.delta_fd = delta_fd
         options.baseline_fd = baseline_fd
+        options.baseline_read_block = baseline_read_block
         options.out_cols = int32_array(out_cols)
         options.key_cols = NULL
         options.baseline_key_cols = NULL

@@ -79,6 +79,7 @@ cdef extern from "ps_cleanse.h" nogil:
         int delta_fd
         int baseline_fd
         const int32_t *baseline_key_cols
+        size_t baseline_read_block
 
     enum:
         PS_PHASE_READ, PS_PHASE_SORT, PS_PHASE_SPILL, PS_PHASE_MERGE, PS_PHASE_JOIN

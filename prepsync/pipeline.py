@@ -354,6 +354,8 @@ def stage_table(
             baseline_key_cols=plan.baseline_key_cols,
             baseline=str(baseline or ""),
             budget_shares=budget_shares,
+            # A test's small read_block cuts the baseline's records at every position too.
+            baseline_read_block=read_block or 0,
         )
         try:
             block = read_block or _cleanse.io_block(memory_budget)
