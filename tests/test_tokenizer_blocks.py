@@ -1,0 +1,162 @@
+"""The tokenizer's vector paths at every position of their blocks.
+
+The scan looks at 16 bytes a step and the UTF-8 check at 32 (both from the start of the
+record), so a byte that matters behaves differently depending on where it falls: in the first
+or last lane of a block, straddling two blocks, or in the short tail that is checked on its
+own. These tests put each kind of byte at every offset of a record across two blocks and more,
+and compare the engine with the plain-Python reference: same output files, or the same error
+(line, byte offset, problem)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reference import reference_prepare
+from strategies import Spec
+
+from prepsync import _cleanse
+from prepsync.errors import InputError
+
+SPEC = Spec("T", ("id", "value"), ("id",))
+ASSOCIATION = Spec("A", ("left", "right"), None)  # keyed by both columns: a two-part key
+KINDS = ("sorted", "nullpk", "duplicates")
+UTF8_OFFSETS = range(0, 72)  # past two 32-byte blocks of the UTF-8 check, four of the scan
+
+
+def native(data: bytes, spec: Spec = SPEC) -> Any:
+    """The engine alone (no staging, no fsync: thousands of tiny runs must take seconds): the
+    output rows by kind, or the error."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "in.csv"
+        source.write_bytes(data)
+        outputs = {kind: open(Path(folder) / kind, "w+b") for kind in KINDS}  # noqa: SIM115
+        try:
+            with open(source, "rb") as reader:
+                engine = _cleanse.Cleanser(
+                    source=str(source),
+                    table=spec.name,
+                    separator=b",",
+                    memory_budget=1 << 20,
+                    spill_dir=folder,
+                    out_cols=[0, 1],
+                    key_cols=[0] if spec.key else [0, 1],
+                    command_col=-1,
+                    keep_last=False,
+                    nullpk_fd=outputs["nullpk"].fileno(),
+                    sorted_fd=outputs["sorted"].fileno(),
+                    duplicates_fd=outputs["duplicates"].fileno(),
+                )
+                try:
+                    while engine.read_from(reader.fileno(), 1 << 16):
+                        pass
+                    engine.finish_input()
+                    while not engine.merge_step(1 << 20):
+                        pass
+                finally:
+                    engine.close()
+        except InputError as error:
+            return ("InputError", error.line, error.offset, error.problem)
+        finally:
+            for out in outputs.values():
+                out.close()
+        rows = {kind: (Path(folder) / kind).read_bytes() for kind in KINDS}
+        return {kind: body for kind, body in rows.items() if body}
+
+
+def reference(data: bytes, spec: Spec = SPEC) -> Any:
+    """The oracle's output rows by kind (its files less their header line), or its error."""
+    try:
+        result = reference_prepare(data, spec)
+    except InputError as error:
+        return ("InputError", error.line, error.offset, error.problem)
+    rows = {kind: result.files.get(kind, b"").partition(b"\n")[2] for kind in KINDS}
+    return {kind: body for kind, body in rows.items() if body}
+
+
+def row_with(piece: bytes, at: int, fill: bytes = b"a") -> bytes:
+    """A row `<id>,<value>` whose bytes `piece` start at offset `at` of the record (the id and
+    its separator take the first two bytes when at >= 2), padded so it runs past the block."""
+    if at < 2:
+        return piece + fill * 2 + b"," + fill * 90
+    return b"k," + fill * (at - 2) + piece + fill * 40
+
+
+VALID = [
+    "é".encode(),  # 2 bytes
+    "€".encode(),  # 3 bytes
+    "\U0001f600".encode(),  # 4 bytes
+    "\U0010ffff".encode(),  # the largest code point
+    "\ud7ff".encode(),  # just below the surrogates
+    "\ue000".encode(),  # just above them
+    "Ωж€\U0001f600".encode(),  # a run of sequences of every length
+]
+
+INVALID = [
+    b"\x80",  # a lone continuation
+    b"\xbf\xbf",  # two of them
+    b"\xc3",  # a 2-byte lead cut short (by the next ASCII byte, or by the record's end)
+    b"\xe2\x82",  # a 3-byte lead with one continuation
+    b"\xf0\x9f\x98",  # a 4-byte lead with two
+    b"\xc0\xaf",  # overlong 2-byte form
+    b"\xe0\x80\xaf",  # overlong 3-byte form
+    b"\xf0\x80\x80\xaf",  # overlong 4-byte form
+    b"\xed\xa0\x80",  # a UTF-16 surrogate
+    b"\xf4\x90\x80\x80",  # above U+10FFFF
+    b"\xf5\x80\x80\x80",  # a lead byte that never occurs
+    b"\xff",
+    b"\xe2\x82\xac\x80",  # a valid sequence then one continuation too many
+]
+
+
+def test_valid_multibyte_sequences_at_every_offset() -> None:
+    for at in UTF8_OFFSETS:
+        rows = [row_with(piece, at).replace(b"k,", b"k%d," % i, 1) for i, piece in enumerate(VALID)]
+        data = b"id,value\n" + b"\n".join(rows) + b"\n"
+        assert native(data) == reference(data), at
+
+
+@pytest.mark.parametrize("piece", INVALID, ids=lambda p: p.hex())
+def test_invalid_utf8_is_named_at_its_byte_whatever_the_offset(piece: bytes) -> None:
+    """The row before is not ASCII either, and neither is the start of this one when the bad
+    bytes come late; the error names the first bad byte whichever 32-byte block holds it."""
+    for at in UTF8_OFFSETS:
+        data = (
+            b"id,value\n1,caf\xc3\xa9\n"
+            + row_with(piece, at, b"\xc3\xa9" if at > 40 else b"a")
+            + b"\n"
+        )
+        want = reference(data)
+        assert want[0] == "InputError" and want[3] == "invalid UTF-8"
+        assert native(data) == want, at
+
+
+@pytest.mark.parametrize("piece", INVALID, ids=lambda p: p.hex())
+def test_invalid_utf8_at_the_very_end_of_a_record(piece: bytes) -> None:
+    """A sequence cut off by the end of the record (line end or end of file), the record ending
+    at each offset around the ends of the first two blocks."""
+    for length in [*range(1, 8), *range(28, 37), *range(60, 69)]:
+        value = b"x" * max(0, length - 2 - len(piece)) + piece
+        for ending in (b"\n", b"\r\n", b""):
+            data = b"id,value\n1," + value + ending
+            assert native(data) == reference(data), (length, ending)
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [b",", b'"', b'""', b"\r", b"\r\n", b"\n", b'",', b'"\r\n'],
+    ids=["separator", "quote", "two-quotes", "cr", "crlf", "lf", "quote-sep", "quote-crlf"],
+)
+def test_structure_bytes_at_every_offset(piece: bytes) -> None:
+    """A separator, quote, CR or LF at each lane of the scan's 16-byte blocks, in a plain value
+    and inside a quoted one (where it is a value byte), for a one- and a two-part key."""
+    for at in range(0, 36):
+        plain = b"id,value\n" + row_with(piece, at) + b"\nz,last\n"
+        quoted_value = b'k,"' + b"a" * at + piece.replace(b'"', b'""') + b"b" * 40 + b'"'
+        quoted = b"id,value\n" + quoted_value + b"\nz,last\n"
+        for data in (plain, quoted):
+            assert native(data) == reference(data), (at, data)
+            header = data.replace(b"id,value", b"left,right", 1)
+            assert native(header, ASSOCIATION) == reference(header, ASSOCIATION), (at, header)
