@@ -19,7 +19,9 @@ if DEBUG:
 else:
     compile_args += ["-O3"]
 
-core_sources = sorted(glob("csrc/*.c"))
+# The server's upload reader is its own extension (it needs only the tokenizer and the core).
+UPLOAD_SOURCES = ["csrc/ps_upload.c", "csrc/ps_tokenizer.c", "csrc/ps_core.c"]
+core_sources = sorted(source for source in glob("csrc/*.c") if source != "csrc/ps_upload.c")
 core_headers = sorted(glob("csrc/*.h"))
 
 extensions = [
@@ -28,6 +30,15 @@ extensions = [
         sources=["prepsync/_cleanse.pyx", *core_sources],
         include_dirs=["csrc"],
         depends=[*core_headers, "prepsync/_native.pxd"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+    ),
+    Extension(
+        "prepsync._upload",
+        sources=["prepsync/_upload.pyx", *UPLOAD_SOURCES],
+        include_dirs=["csrc"],
+        depends=["csrc/ps_upload.h", "csrc/ps_tokenizer.h", "csrc/ps_core.h", "prepsync/_native.pxd"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,

@@ -110,3 +110,21 @@ cdef extern from "ps_sort.h" nogil:
     void ps_entry_init(ps_entry *e, const char *key, size_t klen, uint64_t off)
     void ps_sort_entries(ps_entry *entries, size_t n, const char *arena)
     uint64_t ps_entry_offset(const ps_entry *e)
+
+
+cdef extern from "ps_upload.h" nogil:
+    ctypedef struct ps_upload:
+        char *key
+        size_t key_len
+        char *line
+        size_t line_len
+        int64_t line_number
+        int64_t *pair_rows
+
+    int ps_upload_open(ps_upload *u, const char *path, char separator, size_t max_record,
+                       ps_error *err)
+    void ps_upload_close(ps_upload *u)
+    int ps_upload_next(ps_upload *u, ps_record *rec, ps_error *err)
+    int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
+                            const size_t *pair_cols, size_t npairs, ps_error *err)
+    int ps_upload_row(ps_upload *u, ps_error *err)

@@ -40,6 +40,10 @@ class InputError(PrepsyncError):
         super().__init__(f"{where}: {problem}")
 
 
+class DataError(PrepsyncError):
+    """The server cannot apply a session's file; the message names the file and the line."""
+
+
 class BaselineError(PrepsyncError):
     """The previous run's baseline cannot be used; a complete synchronization is needed."""
 

@@ -18,7 +18,7 @@ The outcome is all or nothing: ``done`` commits the rows together with the ``app
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,13 @@ from prepsync.protocol import (
     upload_suffix,
 )
 from prepsync.server.diff import (
+    BATCH_ROWS,
     DataError,
     LinkCounter,
     TableDiff,
-    key_maker,
+    Upload,
     key_positions,
+    keyed_batches,
     open_upload,
     table_diff,
 )
@@ -62,10 +64,6 @@ from prepsync.server.thresholds import (
     TableLimits,
     crossed_thresholds,
 )
-
-# Rows per executemany: big enough that SQLite's per-call overhead vanishes, small enough that a
-# batch of long rows stays a few MiB.
-BATCH_ROWS = 4096
 
 
 @dataclass
@@ -195,7 +193,8 @@ def _apply_table(
         counter = LinkCounter(table_limits.associations, diff.header, spec.key is None)
         links_before = _links_before(state, counter, stored, diff.header)
         if diff.into_empty is not None:
-            _load_into_empty(diff.into_empty, writer, counts, counter)
+            upload, positions = diff.into_empty
+            _load_into_empty(upload, positions, writer, counts, counter)
         else:
             _consume(diff, writer, counts, counter)
     if diff.rewrite:
@@ -284,7 +283,7 @@ def _consume(
             if write:
                 deletes.append(key)
         if per_row:
-            counter.count(command, values, stored_line)
+            counter.count(command, values, line, stored_line)
         if len(inserts) + len(updates) + len(deletes) >= BATCH_ROWS:
             writer.flush()
     writer.flush()
@@ -292,25 +291,23 @@ def _consume(
 
 
 def _load_into_empty(
-    rows: Iterator[tuple[bytes, str, list[str]]],
+    upload: Upload,
+    positions: list[int],
     writer: _BatchWriter,
     counts: TableCounts,
     counter: LinkCounter,
 ) -> None:
-    """A complete load into an empty table: every row an insert, fed straight to the bulk
-    path (the general diff's per-change bookkeeping would double the cost of a first load)."""
+    """A complete load into an empty table: every row an insert, the native reader's batches
+    fed straight to the bulk path; the reader counts the links (no per-row Python at all)."""
     inserted = 0
-    per_row = counter.per_row
-    inserts = writer.inserts
-    for key, line, values in rows:
-        inserts.append((key, line))
-        if per_row:
-            counter.count(INSERT, values, None)
-        if len(inserts) >= BATCH_ROWS:
-            inserted += len(inserts)
-            writer.flush()
-    inserted += len(inserts)
-    writer.flush()
+    transaction, tid, seq = writer.transaction, writer.tid, writer.seq
+    pairs = counter.pairs if counter.per_row else []
+    for batch in keyed_batches(upload, positions, pairs):
+        transaction.write_changes(tid, seq, batch, (), ())
+        inserted += len(batch)
+    if pairs:
+        assert upload.native is not None
+        counter.count_inserted(upload.native.link_rows)
     counts.inserted = inserted
 
 
@@ -320,14 +317,8 @@ def _rewrite(
     """Replace every stored row by the file's (a complete load in another column layout)."""
     transaction.delete_rows(tid)
     upload = open_upload(path, spec, separator, command=False)
-    make_key = key_maker(key_positions(spec, upload.header), upload.name)
-    batch: list[tuple[bytes, str]] = []
-    for line_number, fields, line in upload.records:
-        batch.append((make_key(fields, line_number), line))
-        if len(batch) >= BATCH_ROWS:
-            transaction.write_changes(tid, seq, batch, (), ())
-            batch.clear()
-    transaction.write_changes(tid, seq, batch, (), ())
+    for batch in keyed_batches(upload, key_positions(spec, upload.header)):
+        transaction.write_changes(tid, seq, batch, (), ())
 
 
 def _stored_counts(

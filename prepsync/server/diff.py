@@ -14,8 +14,10 @@ makes the merge-join possible, and a file out of order is a broken upload. A del
 in file order (the agent's are in key order; a key may come back, each command sees the
 previous ones), so the review's paging by key assumes the agent's order.
 
-A change is ``(command, key, line, values, stored_line)``: ``line`` and ``values`` are the new
-row (insert, update), ``stored_line`` the row as stored (update, delete). Lines are canonical
+A change is ``(command, key, line, values, stored_line)``: ``line`` is the new row (insert,
+update), ``values`` its values when the diff has them at hand (a delta's; None for a complete
+load's, parsed from ``line`` only where needed), ``stored_line`` the row as stored (update,
+delete). Lines are canonical
 CSV records: REFERENCE §2 output quoting with ``,`` as separator, whatever the session's separator.
 """
 
@@ -29,18 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from prepsync._upload import UploadReader
 from prepsync.config import TableSpec
+from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
 from prepsync.server.store import TableState, encode_key, format_record, lookup, stored_rows
 from prepsync.server.thresholds import Association, LinkCounts
 
 MAX_FIELD = 64 * 1024 * 1024  # DESIGN: a row may be at most 64 MiB
+# Rows per batch of a complete load (the native reader's batches, the store's executemany):
+# big enough that per-call overheads vanish, small enough that a batch of long rows stays a
+# few MiB.
+BATCH_ROWS = 4096
 
 Change = tuple[str, bytes, str | None, list[str] | None, str | None]
-
-
-class DataError(Exception):
-    """A session's file cannot be applied; the message names file and line."""
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -131,24 +135,42 @@ def parse_line(line: str) -> list[str]:
 
 @dataclass
 class Upload:
-    """A session's file for one table, its header checked against the table's kept columns."""
+    """A session's file for one table, its header checked against the table's kept columns.
+
+    A delta is read by :func:`read_records` (``records``); a complete load by the native reader
+    (``native``, :func:`keyed_batches`), which builds each row's key and stored line in C.
+    """
 
     name: str
     header: list[str]  # the kept columns as the file spells and orders them (no command)
-    records: Iterator[tuple[int, list[str], str]]  # the records after the header
+    records: Iterator[tuple[int, list[str], str]] | None = None  # a delta's records
+    native: UploadReader | None = None  # a complete load's rows
 
 
 def open_upload(path: Path, spec: TableSpec, separator: str, command: bool) -> Upload:
+    """``command``: a delta (its first column is the command)."""
     name = path.name
-    records = read_records(path, separator)
-    first = next(records, None)
-    if first is None:
-        raise DataError(f"{name}: empty file (no header)")
-    header = first[1]
     if command:
+        records = read_records(path, separator)
+        first = next(records, None)
+        if first is None:
+            raise DataError(f"{name}: empty file (no header)")
+        header = first[1]
         if header[0].casefold() != COMMAND_COLUMN:
             raise DataError(f"{name}: the first column must be {COMMAND_COLUMN!r}")
         header = header[1:]
+        _check_header(name, header, spec)
+        return Upload(name, header, records=records)
+    try:
+        native = UploadReader(str(path), name, separator)
+    except OSError as error:
+        raise DataError(f"{name}: cannot read: {error.strerror or error}") from None
+    header = native.header()
+    _check_header(name, header, spec)
+    return Upload(name, header, native=native)
+
+
+def _check_header(name: str, header: list[str], spec: TableSpec) -> None:
     folded = [column.casefold() for column in header]
     duplicated = sorted({column for column in folded if folded.count(column) > 1})
     if duplicated:
@@ -163,7 +185,6 @@ def open_upload(path: Path, spec: TableSpec, separator: str, command: bool) -> U
         if extra:
             parts.append("not kept " + ", ".join(repr(column) for column in extra))
         raise DataError(f"{name}: header differs from the kept columns ({'; '.join(parts)})")
-    return Upload(name, header, records)
 
 
 def key_positions(spec: TableSpec, header: Sequence[str]) -> list[int]:
@@ -211,22 +232,20 @@ def _check_order(name: str, line: int, key: bytes, previous: bytes | None) -> No
 # ----------------------------------------------------------------------------------- diffing
 
 
-def keyed_rows(upload: Upload, positions: Sequence[int]) -> Iterator[tuple[bytes, str, list[str]]]:
-    """(key, line, values) of a complete load's rows, checked: width, null key, key order."""
-    name = upload.name
-    width = len(upload.header)
-    make_key = key_maker(positions, name)
-    previous = b""  # every encoded key is longer, so above it
-    for line_number, fields, line in upload.records:
-        if len(fields) != width:
-            raise DataError(
-                f"{name}, line {line_number}: expected {width} fields, found {len(fields)}"
-            )
-        key = make_key(fields, line_number)
-        if key <= previous:
-            _check_order(name, line_number, key, previous)
-        previous = key
-        yield key, line, fields
+def keyed_batches(
+    upload: Upload, positions: Sequence[int], link_pairs: Sequence[tuple[int, int]] = ()
+) -> Iterator[list[tuple[bytes, str]]]:
+    """A complete load's rows as batches of (key, stored line), checked by the native reader:
+    width, null key, strictly ascending keys, no CR outside quotes. ``link_pairs``: column
+    pairs whose rows with both values non-null ``upload.native.link_rows`` counts."""
+    reader = upload.native
+    assert reader is not None, "a complete load is read natively"
+    reader.configure(positions, True, link_pairs)
+    try:
+        while batch := reader.rows(BATCH_ROWS):
+            yield batch
+    finally:
+        reader.close()
 
 
 def full_changes(
@@ -237,23 +256,31 @@ def full_changes(
 ) -> Iterator[Change]:
     """The merge-join of a complete load with the stored rows (both in key order).
 
-    ``after``: only changes of keys above it (``stored`` must already start there). Into an
-    empty table every row is an insert: :func:`keyed_rows` alone (the worker's bulk load).
+    ``after``: only changes of keys above it (``stored`` must already start there). The rows
+    of the two sides are in the same layout, so a row whose line equals the stored one is
+    unchanged (equal lines hold equal values, hence equal keys): most rows of a daily load cost
+    one string comparison. Lines that differ are compared by values (a store written before
+    lines were canonical may quote differently). Values are parsed only for changed rows.
     """
     end = (None, None)
     stored_key, stored_line = next(stored, end)
-    for key, line, fields in keyed_rows(upload, positions):
-        if after is not None and key <= after:
-            continue
-        while stored_key is not None and stored_key < key:
-            yield DELETE, stored_key, None, None, stored_line
-            stored_key, stored_line = next(stored, end)
-        if stored_key == key:
-            if stored_line != line and parse_line(stored_line or "") != fields:
-                yield UPDATE, key, line, fields, stored_line
-            stored_key, stored_line = next(stored, end)
-        else:
-            yield INSERT, key, line, fields, None
+    for batch in keyed_batches(upload, positions):
+        for key, line in batch:
+            if line == stored_line:
+                stored_key, stored_line = next(stored, end)
+                continue
+            if after is not None and key <= after:
+                continue
+            while stored_key is not None and stored_key < key:
+                yield DELETE, stored_key, None, None, stored_line
+                stored_key, stored_line = next(stored, end)
+            if stored_key == key:
+                assert stored_line is not None
+                if parse_line(stored_line) != parse_line(line):
+                    yield UPDATE, key, line, None, stored_line
+                stored_key, stored_line = next(stored, end)
+            else:
+                yield INSERT, key, line, None, None
     while stored_key is not None:
         yield DELETE, stored_key, None, None, stored_line
         stored_key, stored_line = next(stored, end)
@@ -275,6 +302,7 @@ def delta_changes(
     sees the earlier commands (in key order, no key can come back).
     """
     name = upload.name
+    assert upload.records is not None, "a delta is read by read_records"
     width = len(upload.header) + 1
     delta_folded = [column.casefold() for column in upload.header]
     # +1: position 0 of a delta record is the command.
@@ -375,8 +403,9 @@ class TableDiff:
     changes: Iterator[Change]
     # A complete load whose stored rows are in another layout: applying it rewrites the table.
     rewrite: bool = False
-    # A complete load into an empty table: its rows (every one an insert), for the bulk load.
-    into_empty: Iterator[tuple[bytes, str, list[str]]] | None = None
+    # A complete load into an empty table (every row an insert): the file and its key
+    # positions, for the bulk load (:func:`keyed_batches`).
+    into_empty: tuple[Upload, list[int]] | None = None
 
 
 def table_diff(
@@ -420,9 +449,12 @@ def table_diff(
     positions = key_positions(spec, header)
     if state is None or stored_header is None or state.row_count == 0:
         if after is None:
-            new_rows = keyed_rows(upload, positions)
-            inserts = ((INSERT, key, line, values, None) for key, line, values in new_rows)
-            return TableDiff(header, inserts, into_empty=new_rows)
+            inserts = (
+                (INSERT, key, line, None, None)
+                for batch in keyed_batches(upload, positions)
+                for key, line in batch
+            )
+            return TableDiff(header, inserts, into_empty=(upload, positions))
         return TableDiff(header, full_changes(upload, positions, iter(()), after))
     if list(stored_header) == header:
         return TableDiff(
@@ -471,7 +503,22 @@ class LinkCounter:
             for association in associations
         ]
 
-    def count(self, command: str, values: list[str] | None, stored_line: str | None) -> None:
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """The column positions of each association's pair, in association order."""
+        return [(first, second) for _counts, first, second in self._pairs]
+
+    def count_inserted(self, rows_with_links: Sequence[int]) -> None:
+        """Add a bulk load's inserted links (per association, the rows with a full pair)."""
+        for (counts, _first, _second), rows in zip(self._pairs, rows_with_links, strict=True):
+            counts.inserted += rows
+
+    def count(
+        self, command: str, values: list[str] | None, line: str | None, stored_line: str | None
+    ) -> None:
+        """One change's links: ``values`` of the new row, or parsed from ``line`` when None."""
+        if values is None and line is not None:
+            values = parse_line(line)
         old = None if stored_line is None else parse_line(stored_line)
         for counts, first, second in self._pairs:
             new_pair = None if values is None else (values[first], values[second])

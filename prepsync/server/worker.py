@@ -121,6 +121,11 @@ class Worker:
         if session is None:
             return False
         self._process(session)
+        # After the verdict is recorded, so the agent waiting for it does not wait for this.
+        try:
+            self._store.checkpoint()
+        except sqlite3.OperationalError as error:  # the next round's checkpoint catches up
+            logger.warning("store checkpoint failed: %s", error)
         return True
 
     def _process(self, session: Session) -> None:

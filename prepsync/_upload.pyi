@@ -1,0 +1,20 @@
+"""Type stubs of the server's native upload reader (prepsync/_upload.pyx)."""
+
+from collections.abc import Sequence
+
+MAX_RECORD: int
+
+class UploadReader:
+    name: str
+    def __init__(self, path: str, name: str, separator: str) -> None: ...
+    def close(self) -> None: ...
+    def header(self) -> list[str]: ...
+    def configure(
+        self,
+        key_columns: Sequence[int],
+        check_order: bool,
+        link_pairs: Sequence[tuple[int, int]] = ...,
+    ) -> None: ...
+    @property
+    def link_rows(self) -> list[int]: ...
+    def rows(self, batch_rows: int) -> list[tuple[bytes, str]]: ...

@@ -1,0 +1,184 @@
+"""The server's native reader of complete-session files (prepsync/_upload.pyx, csrc/ps_upload.c)
+against the Python reader (prepsync.server.diff.read_records) as oracle, and the complete
+diff's unchanged-row fast path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prepsync._upload import UploadReader
+from prepsync.config import TableSpec, Thresholds
+from prepsync.errors import DataError
+from prepsync.protocol import DELETE, INSERT, UPDATE
+from prepsync.server.diff import full_changes, open_upload, parse_line, read_records
+from prepsync.server.store import encode_key, format_record
+
+SEPARATORS = [",", ";", "\t", "|"]
+# Values with what CSV must quote (separators, quotes, CR, LF), NUL and non-ASCII text.
+value_text = st.text(
+    st.one_of(st.sampled_from(list(',;\t|"\r\n\x00 é€😀')), st.characters(codec="utf-8")),
+    max_size=8,
+)
+
+
+def quoted(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+@st.composite
+def csv_files(draw: st.DrawFn) -> tuple[str, list[list[str]], bytes, int]:
+    """(separator, rows with the header first, the file's bytes, key column)."""
+    separator = draw(st.sampled_from(SEPARATORS))
+    width = draw(st.integers(1, 4))
+    key_column = draw(st.integers(0, width - 1))
+    header = [f"c{index}" for index in range(width)]
+    keys = draw(st.lists(value_text.filter(bool), max_size=12, unique_by=encode_key_of))
+    keys.sort(key=encode_key_of)
+    rows = [header]
+    for key in keys:
+        row = [draw(value_text) for _ in range(width)]
+        row[key_column] = key
+        rows.append(row)
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    lines = []
+    for row in rows:
+        fields = []
+        for value in row:
+            must = any(ch in value for ch in (separator, '"', "\r", "\n"))
+            fields.append(quoted(value) if must or draw(st.booleans()) else value)
+        lines.append(separator.join(fields))
+        if draw(st.integers(0, 9)) == 0:
+            lines.append("")  # a blank line: skipped by both readers
+    text = end.join(lines) + (end if draw(st.booleans()) else "")
+    return separator, rows, text.encode("utf-8"), key_column
+
+
+def encode_key_of(value: str) -> bytes:
+    return encode_key([value])
+
+
+def native_rows(path: Path, separator: str, key_column: int) -> tuple[list[str], list]:
+    reader = UploadReader(str(path), path.name, separator)
+    header = reader.header()
+    reader.configure([key_column], True)
+    rows = []
+    while batch := reader.rows(3):  # small batches: the batch boundaries are exercised too
+        rows.extend(batch)
+    reader.close()
+    return header, rows
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=csv_files())
+def test_native_rows_equal_the_python_readers(tmp_path: Path, case) -> None:
+    separator, rows, data, key_column = case
+    path = tmp_path / "T.sorted.csv"
+    path.write_bytes(data)
+    oracle = [fields for _line, fields, _text in read_records(path, separator)]
+    assert oracle == rows  # the file says what the strategy meant
+    header, native = native_rows(path, separator, key_column)
+    assert header == oracle[0]
+    assert [key for key, _line in native] == [encode_key([row[key_column]]) for row in oracle[1:]]
+    # The stored line is the canonical record of the values, whatever the file's quoting.
+    assert [line for _key, line in native] == [format_record(row) for row in oracle[1:]]
+    assert [parse_line(line) for _key, line in native] == oracle[1:]
+
+
+def test_keys_of_several_columns_escape_nul(tmp_path: Path) -> None:
+    path = tmp_path / "M.sorted.csv"
+    path.write_bytes(b'a,b,c\nx,"y\x00z",1\nx\x00,y,2\n')
+    reader = UploadReader(str(path), path.name, ",")
+    reader.header()
+    reader.configure([0, 1], True)
+    assert reader.rows(10) == [
+        (encode_key(["x", "y\x00z"]), "x,y\x00z,1"),
+        (encode_key(["x\x00", "y"]), "x\x00,y,2"),
+    ]
+
+
+def test_link_rows_count_full_pairs(tmp_path: Path) -> None:
+    path = tmp_path / "E.sorted.csv"
+    path.write_text('id,p,q\n1,a,b\n2,,b\n3,a,""\n4,"x,y",z\n')
+    reader = UploadReader(str(path), path.name, ",")
+    reader.header()
+    reader.configure([0], True, [(1, 2), (0, 1)])
+    assert len(reader.rows(100)) == 4
+    reader.close()
+    assert reader.link_rows == [2, 3]  # counts survive close()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"id,v\n1,a\n\n2,b,c\n", "T.sorted.csv, line 4: expected 2 fields, found 3"),
+        (b"id,v\n1,a\n,b\n", "T.sorted.csv, line 3: null key"),
+        (b'id,v\n1,a\n"",b\n', "T.sorted.csv, line 3: null key"),
+        (b"id,v\n1,a\n1,b\n", "T.sorted.csv, line 3: duplicate key"),
+        (b"id,v\n2,a\n10,b\n", "T.sorted.csv, line 3: not in key order"),
+        (b'id,v\n1,"a\nb"\n0,c\n', "T.sorted.csv, line 4: not in key order"),
+        (b"id,v\n1,a\r\n2,b\rc\n", "T.sorted.csv, line 3: a CR outside quotes"),
+        (b'id,v\n1,a\n2,"b\n', "T.sorted.csv, line 3: unterminated quote"),
+        (b'id,v\n1,"a"b\n', "T.sorted.csv, line 2: text after closing quote"),
+        (b"id,v\n1,a\n2,\xff\n", "T.sorted.csv, line 3: invalid UTF-8"),
+    ],
+)
+def test_errors_name_the_file_and_the_line(tmp_path: Path, data: bytes, problem: str) -> None:
+    path = tmp_path / "T.sorted.csv"
+    path.write_bytes(data)
+    reader = UploadReader(str(path), path.name, ",")
+    reader.header()
+    reader.configure([0], True)
+    with pytest.raises(DataError) as raised:
+        while reader.rows(100):
+            pass
+    assert str(raised.value) == problem
+
+
+def test_an_empty_file_has_no_header(tmp_path: Path) -> None:
+    path = tmp_path / "T.sorted.csv"
+    path.write_bytes(b"\n\n")
+    with pytest.raises(DataError, match=r"^T\.sorted\.csv: empty file \(no header\)$"):
+        UploadReader(str(path), path.name, ",").header()
+
+
+def test_a_missing_file_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"^T\.sorted\.csv: cannot read: "):
+        UploadReader(str(tmp_path / "T.sorted.csv"), "T.sorted.csv", ",")
+
+
+# ------------------------------------------------------------------- the complete diff's fast path
+
+SPEC = TableSpec("T", ("id", "v", "w"), ("id",), Thresholds())
+
+
+def changes(tmp_path: Path, upload_text: str, stored: list[tuple[str, str]]) -> list[tuple]:
+    path = tmp_path / "T.sorted.csv"
+    path.write_text(upload_text)
+    upload = open_upload(path, SPEC, ",", command=False)
+    rows = iter([(encode_key([key]), line) for key, line in stored])
+    return [
+        (command, key, line, stored_line)
+        for command, key, line, _values, stored_line in full_changes(upload, [0], rows)
+    ]
+
+
+def test_unchanged_rows_yield_nothing_and_changes_are_found(tmp_path: Path) -> None:
+    stored = [("1", "1,a,b"), ("2", '2,"x,y",c'), ("3", "3,d,e"), ("5", "5,f,g")]
+    upload = 'id,v,w\n1,a,b\n2,"x,y",c\n3,d,CHANGED\n4,new,row\n'
+    assert changes(tmp_path, upload, stored) == [
+        (UPDATE, encode_key(["3"]), "3,d,CHANGED", "3,d,e"),
+        (INSERT, encode_key(["4"]), "4,new,row", None),
+        (DELETE, encode_key(["5"]), None, "5,f,g"),
+    ]
+
+
+def test_a_stored_line_quoted_otherwise_is_not_an_update(tmp_path: Path) -> None:
+    # A store written before lines were canonical may hold "a" for a: same values, no change.
+    stored = [("1", '"1","a",b'), ("2", '2,"b",c')]
+    assert changes(tmp_path, "id,v,w\n1,a,b\n2,b,c\n", stored) == []
