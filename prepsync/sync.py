@@ -56,9 +56,11 @@ COMMITTED_STATES = frozenset({QUEUED, PROCESSING, DONE, BLOCKED})
 # The server's verdicts on a committed session, and the exit status that says each.
 VERDICT_EXIT_STATUS = {DONE: 0, BLOCKED: 3, FAILED: 4, CANCELLED: 4}
 NO_VERDICT_EXIT_STATUS = 5  # --wait-timeout ran out: committed, verdict not known yet
-# Polling for the verdict: quick at first (small sessions are applied in well under a
-# second), then every few seconds, so a session applied for hours costs a request per 5 s.
-POLL_FIRST, POLL_MAX = 0.2, 5.0
+# Polling for the verdict: each pause is a tenth of the time the session has spent in its
+# current state (at least POLL_FIRST, at most POLL_MAX). So the verdict is seen at most ~10 %
+# (or 0.1 s) after it is given, whatever the session's size, and a session applied for hours
+# costs a request per 5 s. (A pause doubling up to 5 s could add seconds to a ten-second apply.)
+POLL_FIRST, POLL_SHARE, POLL_MAX = 0.1, 0.1, 5.0
 
 
 @dataclass
@@ -299,7 +301,7 @@ def await_verdict(
     """
     session_id = delivery.session_id
     started = clock()
-    delay = POLL_FIRST
+    state_since = started  # when the session was first seen in last_state
     last_state = None
     while True:
         try:
@@ -331,10 +333,11 @@ def await_verdict(
                 "committed and the baselines advanced: the server will settle it",
                 document,
             )
+        now = clock()
         if state != last_state:  # a change (queued -> processing): look again soon
-            delay, last_state = POLL_FIRST, state
+            state_since, last_state = now, state
+        delay = min(max((now - state_since) * POLL_SHARE, POLL_FIRST), POLL_MAX)
         sleep(min(delay, max(timeout - waited, 0.0)))
-        delay = min(delay * 2, POLL_MAX)
 
 
 def _held_behind(api: ApiClient, session: dict[str, Any]) -> dict[str, Any] | None:

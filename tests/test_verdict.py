@@ -9,7 +9,7 @@ import pytest
 
 from prepsync.client import ApiClient, RetryPolicy
 from prepsync.errors import ServerError
-from prepsync.sync import POLL_FIRST, POLL_MAX, Delivery, NoVerdict, await_verdict
+from prepsync.sync import POLL_FIRST, POLL_MAX, POLL_SHARE, Delivery, NoVerdict, await_verdict
 
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 BLOCKER = "1f8fad5b-d9cb-469f-a165-70867728950e"
@@ -82,20 +82,28 @@ def test_polls_until_a_verdict_with_a_growing_pause(verdict: str) -> None:
     assert result.reason == "why"
     assert result.server_session is not None
     assert result.server_session["tables"] == counts["tables"]  # passed through as it is
-    # Doubling while the state stays, back to the first pause when it changes.
-    assert clock.sleeps == [POLL_FIRST, POLL_FIRST * 2, POLL_FIRST * 4, POLL_FIRST, POLL_FIRST * 2]
+    # A share of the time in the current state (at least the first pause), back to the first
+    # pause when the state changes.
+    assert clock.sleeps == [POLL_FIRST, POLL_FIRST, POLL_FIRST, POLL_FIRST, POLL_FIRST]
     assert seen[0] == f"session {SESSION}: queued behind blocked session {BLOCKER} (0 s)"
     assert seen[-1].startswith(f"session {SESSION}: processing (")
 
 
-def test_pauses_are_capped() -> None:
+def test_pauses_grow_with_the_wait_and_are_capped() -> None:
     clock = Clock()
-    states = iter(["processing"] * 12 + ["done"])
+    states = iter(["processing"] * 200 + ["done"])
     await_verdict(
-        api_answering(states), delivery(), timeout=600, sleep=clock.sleep, clock=lambda: clock.now
+        api_answering(states), delivery(), timeout=3600, sleep=clock.sleep, clock=lambda: clock.now
     )
-    assert max(clock.sleeps) == POLL_MAX
+    waited, polls_in_first_minute = 0.0, 0
+    for pause in clock.sleeps:
+        polls_in_first_minute += waited < 60
+        # The verdict is seen at most a tenth of the wait late (or the first pause), and a long
+        # apply costs one request per POLL_MAX seconds, not more.
+        assert pause == pytest.approx(min(max(waited * POLL_SHARE, POLL_FIRST), POLL_MAX))
+        waited += pause
     assert clock.sleeps[-3:] == [POLL_MAX] * 3
+    assert waited > 600 and polls_in_first_minute < 60
 
 
 def test_no_verdict_within_the_timeout_names_what_holds_it_back() -> None:
