@@ -179,6 +179,24 @@ static inline unsigned digit(const ps_entry *e, unsigned byte) {
     return 1 + (unsigned)((e->chunk >> (56 - 8 * byte)) & 0xff);
 }
 
+/* The first byte from `byte` on (8: none) where the entries' digits may differ. Keys that
+ * share a long prefix (the members of one group: `CN=GRP-...,OU=Groups,...,DC=example` and
+ * the start of the member's DN) would otherwise cost one counting pass per shared byte; this
+ * finds them all in one pass over the cached chunks. Up to the first byte where two chunks
+ * differ, and before the shortest key ends (its digit is 0 there), every digit is the same. */
+static unsigned shared_bytes(const ps_entry *a, size_t n, unsigned byte) {
+    uint64_t first = a[0].chunk, differ = 0;
+    unsigned shortest = MORE;
+    for (size_t i = 0; i < n; i++) {
+        differ |= a[i].chunk ^ first;
+        unsigned state = state_of(&a[i]);
+        if (state < shortest) shortest = state;
+    }
+    unsigned same = differ ? (unsigned)__builtin_clzll(differ) / 8 : 8;
+    if (same > shortest) same = shortest;
+    return same > byte ? same : byte;
+}
+
 /* Length of the common prefix of a[0, n) and b[0, n). */
 static size_t mismatch(const char *a, const char *b, size_t n) {
     size_t i = 0;
@@ -240,8 +258,8 @@ static void radix_range(ps_entry *a, size_t n, size_t depth, unsigned byte, int 
             n -= ended;
             if (n < 2) return;
             depth += 8;
-            byte = 0;
             load_chunks(a, n, depth, arena);
+            byte = shared_bytes(a, n, 0);
             continue;
         }
         memset(count, 0, sizeof count);
@@ -252,7 +270,7 @@ static void radix_range(ps_entry *a, size_t n, size_t depth, unsigned byte, int 
                 sort_by_chunk(a, n, depth, arena);
                 return;
             }
-            byte++;
+            byte = shared_bytes(a, n, byte + 1);
             continue;
         }
         size_t sum = 0;

@@ -115,3 +115,23 @@ def test_large_random_input() -> None:
         for _ in range(30_000)
     ]
     assert _cleanse.sort_order(keys) == reference_order(keys)
+
+
+def test_bytes_shared_from_any_offset_of_a_chunk_with_a_key_ending_among_them() -> None:
+    # More keys than the comparison-sort cutoff share a run of bytes that starts at each offset
+    # of a chunk (after a differing head); one key ends at each point inside that run, where
+    # its digit is "ended", not the shared byte, and others hold NULs where it ends. The radix
+    # steps over the shared bytes in one pass and must stop where the first key ends.
+    rng = random.Random(19)
+    shared = b"CN=GRP-FAC-0470855,OU=Groups\x00\x00CN="
+    for head in range(9):
+        for cut in range(0, len(shared) + 1, 3):
+            keys = []
+            for first in (b"a", b"b"):
+                start = first + b"h" * head
+                keys += [
+                    start + shared + bytes(rng.randrange(3) for _ in range(5)) for _ in range(40)
+                ]
+                keys += [start + shared[:cut], start + shared[:cut] + b"\x00", start + shared[:cut]]
+            rng.shuffle(keys)
+            assert _cleanse.sort_order(keys) == reference_order(keys), (head, cut)
