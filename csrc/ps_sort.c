@@ -262,9 +262,18 @@ static void radix_range(ps_entry *a, size_t n, size_t depth, unsigned byte, int 
             byte = shared_bytes(a, n, 0);
             continue;
         }
+        /* Keys are mostly text: a byte takes a few dozen values at most (digits, letters), so
+         * the loops over buckets below run from the lowest digit seen to the highest, not over
+         * all 257 (at the ends of the radix a range holds fewer keys than buckets). */
         memset(count, 0, sizeof count);
-        for (size_t i = 0; i < n; i++) count[digit(&a[i], byte)]++;
-        if (count[digit(&a[0], byte)] == n) {
+        unsigned lo = 256, hi = 0;
+        for (size_t i = 0; i < n; i++) {
+            unsigned d = digit(&a[i], byte);
+            count[d]++;
+            lo = d < lo ? d : lo;
+            hi = d > hi ? d : hi;
+        }
+        if (lo == hi) {
             /* One bucket: a shared byte to step over (or equal keys that all ended). */
             if (digit(&a[0], byte) == 0) {
                 sort_by_chunk(a, n, depth, arena);
@@ -274,13 +283,13 @@ static void radix_range(ps_entry *a, size_t n, size_t depth, unsigned byte, int 
             continue;
         }
         size_t sum = 0;
-        for (unsigned b = 0; b < 257; b++) {
+        for (unsigned b = lo; b <= hi; b++) {
             next[b] = sum;
             sum += count[b];
         }
         /* Cycle each misplaced entry to the next free slot of its bucket. */
         size_t bucket_end = 0;
-        for (unsigned b = 0; b < 257; b++) {
+        for (unsigned b = lo; b <= hi; b++) {
             bucket_end += count[b];
             while (next[b] < bucket_end) {
                 ps_entry x = a[next[b]];
@@ -297,7 +306,7 @@ static void radix_range(ps_entry *a, size_t n, size_t depth, unsigned byte, int 
         /* Keys that ended are equal: input order. The rest go on with the next byte. */
         sort_by_chunk(a, count[0], depth, arena);
         size_t from = count[0];
-        for (unsigned b = 1; b < 257; b++) {
+        for (unsigned b = lo > 1 ? lo : 1; b <= hi; b++) {
             if (count[b] > 1) radix_range(a + from, count[b], depth, byte + 1, level + 1, arena);
             from += count[b];
         }
