@@ -594,38 +594,3 @@ need_more: {
     return PS_TOK_NEED_MORE;
 }
 }
-
-size_t ps_field_unescape(const ps_field *f, char *out) {
-    if (!f->escaped) {
-        memcpy(out, f->data, f->len);
-        return f->len;
-    }
-    size_t n = 0;
-    for (uint32_t i = 0; i < f->len; i++) {
-        out[n++] = f->data[i];
-        if (f->data[i] == '"') i++; /* inside quotes a quote is always doubled */
-    }
-    return n;
-}
-
-size_t ps_field_format(const ps_field *f, char *out) {
-    if (!f->special) {
-        /* Not special means no quote inside, so the bytes are the value as they are. */
-        memcpy(out, f->data, f->len);
-        return f->len;
-    }
-    size_t n = 0;
-    out[n++] = '"';
-    if (f->quoted) {
-        /* Between the quotes every quote is already doubled: the canonical form as it is. */
-        memcpy(out + n, f->data, f->len);
-        n += f->len;
-    } else {
-        for (uint32_t i = 0; i < f->len; i++) {
-            out[n++] = f->data[i];
-            if (f->data[i] == '"') out[n++] = '"';
-        }
-    }
-    out[n++] = '"';
-    return n;
-}

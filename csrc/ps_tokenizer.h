@@ -108,10 +108,72 @@ static inline void ps_tok_skip(ps_tokenizer *t, size_t n, int64_t lines) {
     t->retry_at = 0;
 }
 
+/* Copies n bytes. Most values are short, and a call to memcpy per field cost as much as the
+ * copy: from 4 to 32 bytes two overlapping fixed-size moves cover any length, without reading
+ * or writing a byte outside [src, src + n) and [out, out + n). */
+static inline void ps_copy_bytes(char *out, const char *src, size_t n) {
+    if (n > 32) {
+        memcpy(out, src, n);
+    } else if (n >= 16) {
+        char head[16], tail[16];
+        memcpy(head, src, 16);
+        memcpy(tail, src + n - 16, 16);
+        memcpy(out, head, 16);
+        memcpy(out + n - 16, tail, 16);
+    } else if (n >= 8) {
+        uint64_t head, tail;
+        memcpy(&head, src, 8);
+        memcpy(&tail, src + n - 8, 8);
+        memcpy(out, &head, 8);
+        memcpy(out + n - 8, &tail, 8);
+    } else if (n >= 4) {
+        uint32_t head, tail;
+        memcpy(&head, src, 4);
+        memcpy(&tail, src + n - 4, 4);
+        memcpy(out, &head, 4);
+        memcpy(out + n - 4, &tail, 4);
+    } else {
+        for (size_t i = 0; i < n; i++) out[i] = src[i];
+    }
+}
+
 /* Length of the value once doubled quotes are undone (== f->len unless escaped). */
-size_t ps_field_unescape(const ps_field *f, char *out);
-/* Write the field as REFERENCE §2 output (quoted only when needed); out needs 2*len+2 bytes. */
-size_t ps_field_format(const ps_field *f, char *out);
+static inline size_t ps_field_unescape(const ps_field *f, char *out) {
+    if (!f->escaped) {
+        ps_copy_bytes(out, f->data, f->len);
+        return f->len;
+    }
+    size_t n = 0;
+    for (uint32_t i = 0; i < f->len; i++) {
+        out[n++] = f->data[i];
+        if (f->data[i] == '"') i++; /* inside quotes a quote is always doubled */
+    }
+    return n;
+}
+
+/* Write the field as REFERENCE §2 output (quoted only when needed); out needs 2*len+2 bytes.
+ * Inline: it runs for every kept field of every row. */
+static inline size_t ps_field_format(const ps_field *f, char *out) {
+    if (!f->special) {
+        /* Not special means no quote inside, so the bytes are the value as they are. */
+        ps_copy_bytes(out, f->data, f->len);
+        return f->len;
+    }
+    size_t n = 0;
+    out[n++] = '"';
+    if (f->quoted) {
+        /* Between the quotes every quote is already doubled: the canonical form as it is. */
+        ps_copy_bytes(out + n, f->data, f->len);
+        n += f->len;
+    } else {
+        for (uint32_t i = 0; i < f->len; i++) {
+            out[n++] = f->data[i];
+            if (f->data[i] == '"') out[n++] = '"';
+        }
+    }
+    out[n++] = '"';
+    return n;
+}
 
 /* 1 when data[0, n) is valid UTF-8; otherwise 0 and *bad is the offset of the first bad byte. */
 int ps_utf8_valid(const unsigned char *data, size_t n, size_t *bad);
