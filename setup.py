@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("PREPSYNC_DEBUG") == "1"
 
-compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"]
-link_args: list[str] = []
+compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-function", "-pthread"]
+link_args: list[str] = ["-pthread"]
 macros = [("PREPSYNC_DEBUG_BUILD", "1" if DEBUG else "0")]
 if DEBUG:
     sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +169,22 @@ typedef struct run_reader {
     uint32_t klen, llen;
 } run_reader;
 
+/* A full arena being sorted and written to its run file by a worker thread while the reader
+ * fills the other arena, so that parsing overlaps sorting and spilling on two cores. The
+ * worker owns arena and fd until it is joined, touches nothing else of the engine and reports
+ * into its own error; `started`: a thread runs it and must be joined (0 when the job ran on
+ * the reader's thread because no thread could be created). arena == NULL: no job. */
+typedef struct spill_job {
+    char *arena;
+    size_t arena_size, n_entries, io_block;
+    int fd;
+    int started;
+    pthread_t thread;
+    int rc;
+    ps_error err;
+    ps_time sort_time, spill_time;
+} spill_job;
+
 /* Ids of run files in the spill directory, in input order. */
 typedef struct run_list {
     int *ids;
@@ -196,15 +214,21 @@ struct ps_cleanse {
     } input;
 
     /* Building runs. Records grow up from arena[0] to arena_top, their n_entries index entries
-     * grow down from arena[arena_size]. arena_size is run_arena_size() (which arena_max, what
-     * the budget leaves for the arena, caps) from each run's start; only a row too large for
-     * the arena grows it, until the next spill. from_memory: the input fit in one arena, which
-     * was sorted in place and is streamed from entry mem_next on, with no run file at all;
-     * otherwise the arena is spilled and freed at seal. */
+     * grow down from arena[arena_size]. arena_size is run_arena_size() (which arena_max, half
+     * of what the budget leaves for arenas, caps) from each run's start; only a row too large
+     * for the arena grows it, until the next spill. A full arena is handed to `job` (a worker
+     * thread sorts and writes it) and the reader goes on in `spare`, the arena of the job
+     * before, once that job is done: at most one job is in flight, so runs are written and
+     * listed in input order. from_memory: the input fit in one arena, which was sorted in
+     * place and is streamed from entry mem_next on, with no run file at all; otherwise the
+     * arenas are spilled and freed at seal. */
     struct {
         char *arena;
         size_t arena_size, arena_top, n_entries;
         size_t arena_max;
+        char *spare;
+        size_t spare_size;
+        spill_job job;
         int from_memory;
         size_t mem_next;
     } sort;
@@ -370,36 +394,97 @@ static int resize_arena(ps_cleanse *c, ps_error *err) {
     return PS_OK;
 }
 
-static int spill_arena(ps_cleanse *c, ps_error *err) {
-    ps_entry *e = entries(c);
-    int outer = phase_switch(c, PS_PHASE_SORT);
-    ps_sort_entries(e, c->sort.n_entries, c->sort.arena);
-    phase_switch(c, PS_PHASE_SPILL);
-    int run_id, fd;
-    int rc = open_new_run(c, &run_id, &fd, err);
-    if (rc) return rc;
+/* Sorts a job's arena and writes it to its run file: on the worker thread, or on the reader's
+ * when no thread could be started. */
+static void run_spill_job(spill_job *job) {
+    ps_time start = ps_time_now();
+    ps_entry *e = (ps_entry *)(job->arena + job->arena_size) - job->n_entries;
+    ps_sort_entries(e, job->n_entries, job->arena);
+    ps_time sorted = ps_time_now();
     ps_writer w;
-    rc = ps_writer_init(&w, fd, "spill file", c->io_block, err);
-    for (size_t i = 0; !rc && i < c->sort.n_entries; i++) {
+    int rc = ps_writer_init(&w, job->fd, "spill file", job->io_block, &job->err);
+    for (size_t i = 0; !rc && i < job->n_entries; i++) {
         /* Sorted order visits the arena at random: fetch a few records ahead. */
-        if (i + PREFETCH_AHEAD < c->sort.n_entries)
-            __builtin_prefetch(c->sort.arena + ps_entry_offset(&e[i + PREFETCH_AHEAD]));
-        const char *r = c->sort.arena + ps_entry_offset(&e[i]);
-        rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), err);
+        if (i + PREFETCH_AHEAD < job->n_entries)
+            __builtin_prefetch(job->arena + ps_entry_offset(&e[i + PREFETCH_AHEAD]));
+        const char *r = job->arena + ps_entry_offset(&e[i]);
+        rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), &job->err);
     }
-    if (!rc) rc = ps_writer_flush(&w, err);
+    if (!rc) rc = ps_writer_flush(&w, &job->err);
     ps_writer_release(&w);
-    close_spill_fd(fd);
-    if (!rc) rc = push_run(&c->spill.runs, run_id, err);
-    phase_switch(c, outer);
-    if (rc) {
+    job->rc = rc;
+    ps_time_add_since(&job->sort_time, start, sorted);
+    ps_time_add_since(&job->spill_time, sorted, ps_time_now());
+}
+
+static void *spill_thread(void *job) {
+    run_spill_job(job);
+    return NULL;
+}
+
+/* Waits for the job in flight, if any: its run file is complete (or its error is returned),
+ * its time is charged to sort and spill, and its arena becomes the spare. The wait itself is
+ * no phase: the worker's own time is what the job cost. */
+static int finish_spill_job(ps_cleanse *c, ps_error *err) {
+    spill_job *job = &c->sort.job;
+    if (!job->arena) return PS_OK;
+    if (job->started) {
+        int outer = phase_switch(c, -1);
+        pthread_join(job->thread, NULL);
+        __atomic_sub_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+        job->started = 0;
+        phase_switch(c, outer);
+    }
+    close_spill_fd(job->fd);
+    job->fd = -1;
+    ps_time_add(&c->timer.total[PS_PHASE_SORT], job->sort_time);
+    ps_time_add(&c->timer.total[PS_PHASE_SPILL], job->spill_time);
+    c->sort.spare = job->arena;
+    c->sort.spare_size = job->arena_size;
+    job->arena = NULL;
+    if (job->rc) {
+        *err = job->err;
+        return job->rc;
+    }
+    return PS_OK;
+}
+
+/* Hands the full arena to a worker that sorts it into the next run file, and goes on in the
+ * spare arena. The run is listed before the worker starts, so that ps_cleanse_free() removes
+ * its file whatever happens. */
+static int spill_arena(ps_cleanse *c, ps_error *err) {
+    int rc = finish_spill_job(c, err);
+    if (rc) return rc;
+    int run_id, fd;
+    if ((rc = open_new_run(c, &run_id, &fd, err))) return rc;
+    if ((rc = push_run(&c->spill.runs, run_id, err))) {
+        close_spill_fd(fd);
         remove_run(c, run_id);
         return rc;
     }
     c->stats.runs++;
+    spill_job *job = &c->sort.job;
+    memset(job, 0, sizeof *job);
+    job->arena = c->sort.arena;
+    job->arena_size = c->sort.arena_size;
+    job->n_entries = c->sort.n_entries;
+    job->io_block = c->io_block;
+    job->fd = fd;
+    c->sort.arena = c->sort.spare;
+    c->sort.arena_size = c->sort.spare_size;
+    c->sort.spare = NULL;
+    c->sort.spare_size = 0;
     c->sort.arena_top = 0;
     c->sort.n_entries = 0;
-    return resize_arena(c, err);
+    /* Signals stay with the threads that handle them (Python's, for Ctrl-C). */
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before);
+    job->started = pthread_create(&job->thread, NULL, spill_thread, job) == 0;
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    if (job->started) __atomic_add_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+    if (!job->started) run_spill_job(job);
+    return resize_arena(c, err); /* the spare's size for this run, or a first spare */
 }
 
 static int grow_arena(ps_cleanse *c, size_t need, ps_error *err) {
@@ -988,9 +1073,12 @@ static int finish_input(ps_cleanse *c, ps_error *err) {
         c->sort.mem_next = 0;
     } else {
         if (c->sort.n_entries) rc = spill_arena(c, err);
+        int job_rc = finish_spill_job(c, err);
+        if (!rc) rc = job_rc;
         ps_free(c->sort.arena, c->sort.arena_size);
-        c->sort.arena = NULL;
-        c->sort.arena_size = 0;
+        ps_free(c->sort.spare, c->sort.spare_size);
+        c->sort.arena = c->sort.spare = NULL;
+        c->sort.arena_size = c->sort.spare_size = 0;
         if (rc) return rc;
     }
     return PS_OK;
@@ -1155,7 +1243,9 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
      * record (and its fields) it accepts. Buffers come from mmap: untouched pages cost no
      * memory, so writers that only work later do not count now. */
     size_t reserved = 4 * c->io_block + c->record_room + ps_field_limit(o->memory_budget) * sizeof(ps_field);
-    c->sort.arena_max = o->memory_budget > 2 * reserved ? o->memory_budget - reserved : o->memory_budget / 2;
+    size_t arenas = o->memory_budget > 2 * reserved ? o->memory_budget - reserved : o->memory_budget / 2;
+    c->sort.arena_max = arenas / 2; /* one filling, one being spilled */
+    c->sort.job.fd = -1;
     c->sort.arena_size = run_arena_size(c);
     c->sort.arena = ps_alloc(c->sort.arena_size);
     if (!c->sort.arena) goto nomem;
@@ -1187,6 +1277,16 @@ fail:
 
 void ps_cleanse_free(ps_cleanse *c) {
     if (!c) return;
+    spill_job *job = &c->sort.job;
+    if (job->started) {
+        pthread_join(job->thread, NULL);
+        __atomic_sub_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+    }
+    if (job->arena) {
+        close_spill_fd(job->fd);
+        ps_free(job->arena, job->arena_size);
+    }
+    ps_free(c->sort.spare, c->sort.spare_size);
     if (c->merge.readers_open) close_readers(c, 0);
     if (c->merge.run_out_fd >= 0) close_spill_fd(c->merge.run_out_fd);
     ps_writer_release(&c->merge.run_out);

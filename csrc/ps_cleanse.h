@@ -41,8 +41,9 @@ typedef struct ps_cleanse_options {
                                    baseline's records at every position with small reads. */
 } ps_cleanse_options;
 
-/* Where a table's time goes, so that a regression names its phase. Exclusive: each moment
- * inside the engine counts in exactly one phase. */
+/* Where a table's time goes, so that a regression names its phase. Each moment of the
+ * caller's thread inside the engine counts in exactly one phase, except waits for the spill
+ * worker, which count in none: SORT and SPILL are the worker's own time, overlapping READ. */
 enum ps_phase {
     PS_PHASE_READ,  /* reading the source, parsing, building records, null-key rows */
     PS_PHASE_SORT,  /* sorting the arena's index */

@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-ps_counters ps_live = {0, 0};
+ps_counters ps_live = {0, 0, 0};
 
 ps_time ps_time_now(void) {
     struct timespec wall, cpu;

@@ -36,6 +36,7 @@ int ps_fail_errno(ps_error *err, const char *what, const char *path);
 typedef struct ps_counters {
     int64_t buffers;     /* blocks from ps_alloc not yet freed */
     int64_t spill_files; /* spill file descriptors open */
+    int64_t threads;     /* worker threads started and not yet joined */
 } ps_counters;
 extern ps_counters ps_live;
 

@@ -61,7 +61,11 @@ PHASE_NAMES = ("read", "sort", "spill", "merge", "join", "write")
 
 def live_counters():
     """Native buffers and spill files currently open; both are 0 between runs."""
-    return {"buffers": c.ps_live.buffers, "spill_files": c.ps_live.spill_files}
+    return {
+        "buffers": c.ps_live.buffers,
+        "spill_files": c.ps_live.spill_files,
+        "threads": c.ps_live.threads,
+    }
 
 
 def read_header(

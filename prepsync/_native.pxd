@@ -25,6 +25,7 @@ cdef extern from "ps_core.h" nogil:
     ctypedef struct ps_counters:
         int64_t buffers
         int64_t spill_files
+        int64_t threads
 
     ps_counters ps_live
 

@@ -21,7 +21,8 @@ def site(tmp_path: Path) -> Site:
 
 @pytest.fixture(autouse=True)
 def native_resources_released() -> Iterator[None]:
-    """Every test leaves the native core as it found it: no buffer and no spill file still open
-    (the core counts both; a leak here is a leak on every agent run)."""
+    """Every test leaves the native core as it found it: no buffer, no spill file still open and
+    no worker thread still running (the core counts all three; a leak here is a leak on every
+    agent run)."""
     yield
-    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}

@@ -78,7 +78,7 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(
     assert err.startswith("error: ") and "Entries.csv" in err
     assert f"line {line}" in err and problem in err
     assert site.snapshot() == before  # no output replaced, no temp file, baseline as it was
-    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
 
 
 def test_missing_input_file(site: Site) -> None:

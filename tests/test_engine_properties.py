@@ -64,7 +64,7 @@ def native(data: bytes, spec: Any, budget: int, read_block: int | None, **option
         except BaselineError as error:
             return ("BaselineError", error.problem.split(":")[0])
         finally:
-            assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+            assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
         files = {
             kind: (out / f"{spec.name}{suffix}").read_bytes()
             for kind, suffix in SUFFIXES.items()

@@ -21,15 +21,24 @@ def write_rows(path: Path, rows: int) -> None:
     path.write_text("id,v\n" + body)
 
 
-def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("phase", "after"),
+    [
+        ("write", 1),  # after spilling: runs exist on disk now
+        ("read", 20),  # while reading: runs written, one likely being sorted by the worker
+    ],
+)
+def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path, phase: str, after: int) -> None:
     sources, working = tmp_path / "src", tmp_path / "out"
     sources.mkdir()
     write_rows(sources / "T.csv", 200_000)
-    calls = []
+    calls: list[str] = []
+    spilled: list[Path] = []
 
-    def interrupt(table: str, phase: str, done: int, total: int) -> None:
-        calls.append(phase)
-        if phase == "write":  # after spilling: runs exist on disk now
+    def interrupt(table: str, current: str, done: int, total: int) -> None:
+        calls.append(current)
+        if calls.count(phase) == after:
+            spilled.extend(working.rglob("run-*"))
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -42,7 +51,8 @@ def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path) -> None:
         )
         pipeline.run_offline([SPEC], request, progress=interrupt)
     assert "read" in calls
-    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+    assert spilled  # the interrupt came with run files to remove
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
     assert sorted(p.name for p in working.iterdir()) == [staging.LOCK]
 
 

@@ -44,7 +44,7 @@ def test_parallel_and_serial_runs_write_the_same_bytes(tmp_path: Path) -> None:
     serial = run(tmp_path, 1)
     assert len(serial) == 12
     assert run(tmp_path, 3) == serial
-    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
 
 
 def test_first_error_in_table_order_is_reported(tmp_path: Path) -> None:
@@ -54,4 +54,4 @@ def test_first_error_in_table_order_is_reported(tmp_path: Path) -> None:
             run(tmp_path, 4)
         assert failure.value.path.endswith("t1.csv")
         assert not list((tmp_path / "out4").glob("*.csv*"))
-    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0}
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
