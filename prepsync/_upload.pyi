@@ -1,6 +1,6 @@
 """Type stubs of the server's native upload reader (prepsync/_upload.pyx)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 MAX_RECORD: int
 
@@ -18,3 +18,15 @@ class UploadReader:
     @property
     def link_rows(self) -> list[int]: ...
     def rows(self, batch_rows: int) -> list[tuple[bytes, str]]: ...
+
+class FullDiff:
+    def __init__(
+        self,
+        reader: UploadReader,
+        stored_batches: Iterable[list[tuple[bytes, str]]],
+        insert: str,
+        update: str,
+        delete: str,
+        after: bytes | None = None,
+    ) -> None: ...
+    def changes(self, limit: int) -> list[tuple[str, bytes, str | None, str | None]]: ...

@@ -7,8 +7,9 @@ What a row must satisfy and how key and line are built is the C side's (see ps_u
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
 
 from prepsync cimport _native as c
 
@@ -135,3 +136,107 @@ cdef class UploadReader:
                 PyUnicode_DecodeUTF8(self.reader.line, self.reader.line_len, NULL),
             ))
         return batch
+
+
+cdef inline int compare_bytes(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb):
+    cdef Py_ssize_t common = na if na < nb else nb
+    cdef int order = memcmp(a, b, common)
+    if order:
+        return order
+    return (na > nb) - (na < nb)
+
+
+cdef class FullDiff:
+    """The merge-join of a complete load (an :class:`UploadReader`, configured with key order
+    checked) with the stored rows (batches of (key, line) in key order), in C: only changes
+    come out, as (command, key, line, stored_line) with the caller's command objects.
+
+    A row whose line equals the stored line costs one memcmp and no Python object. A row whose
+    key is stored but whose line differs comes out as ``update`` (the caller may compare values:
+    a store written before lines were canonical can quote otherwise). ``after``: upload rows
+    with keys not above it are skipped (the stored batches must start above it).
+    """
+
+    cdef UploadReader reader
+    cdef object stored_batches
+    cdef list stored
+    cdef Py_ssize_t at
+    cdef bint stored_done, upload_done, pending
+    cdef bytes after
+    cdef object insert, update, delete
+
+    def __init__(self, UploadReader reader, stored_batches, insert, update, delete, after=None):
+        if not reader.configured or not reader.opened:
+            raise ValueError("FullDiff needs an open, configured reader")
+        self.reader = reader
+        self.stored_batches = iter(stored_batches)
+        self.stored = []
+        self.at = 0
+        self.insert, self.update, self.delete = insert, update, delete
+        self.after = after
+
+    cdef object current_stored(self):
+        """The stored row at hand, or None once they are all consumed."""
+        while self.at >= len(self.stored):
+            if self.stored_done:
+                return None
+            self.stored = next(self.stored_batches, [])
+            self.at = 0
+            if not self.stored:
+                self.stored_done = True
+                return None
+        return self.stored[self.at]
+
+    def changes(self, Py_ssize_t limit):
+        """At most ``limit`` next changes; [] once both sides are consumed."""
+        cdef c.ps_error err
+        cdef int status, order
+        cdef list out = []
+        cdef c.ps_upload *u = &self.reader.reader
+        cdef bytes stored_key
+        cdef const char *stored_line
+        cdef Py_ssize_t stored_len
+        cdef const char *after = NULL
+        cdef Py_ssize_t after_len = 0
+        if self.after is not None:
+            after = self.after
+            after_len = len(self.after)
+        while len(out) < limit:
+            if not self.pending and not self.upload_done:
+                status = c.ps_upload_row(u, &err)
+                if status == c.PS_TOK_END:
+                    self.upload_done = True
+                    self.reader.close()
+                elif status != c.PS_TOK_RECORD:
+                    self.reader._raise(&err)
+                elif after != NULL and compare_bytes(u.key, u.key_len, after, after_len) <= 0:
+                    continue
+                else:
+                    self.pending = True
+            row = self.current_stored()
+            if not self.pending:
+                if row is None:
+                    break
+                out.append((self.delete, row[0], None, row[1]))
+                self.at += 1
+                continue
+            if row is None:
+                order = -1
+            else:
+                stored_key = row[0]
+                order = compare_bytes(u.key, u.key_len, stored_key, len(stored_key))
+            if order < 0:
+                out.append((self.insert, PyBytes_FromStringAndSize(u.key, u.key_len),
+                            PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), None))
+                self.pending = False
+            elif order > 0:
+                out.append((self.delete, row[0], None, row[1]))
+                self.at += 1
+            else:
+                stored_line = PyUnicode_AsUTF8AndSize(row[1], &stored_len)
+                if stored_len != <Py_ssize_t>u.line_len or memcmp(stored_line, u.line, stored_len):
+                    out.append((self.update, row[0],
+                                PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), row[1]))
+                self.pending = False
+                self.at += 1
+        return out

@@ -157,14 +157,17 @@ def test_a_missing_file_is_a_data_error(tmp_path: Path) -> None:
 SPEC = TableSpec("T", ("id", "v", "w"), ("id",), Thresholds())
 
 
-def changes(tmp_path: Path, upload_text: str, stored: list[tuple[str, str]]) -> list[tuple]:
+def changes(
+    tmp_path: Path, upload_text: str, stored: list[tuple[str, str]], after: bytes | None = None
+) -> list[tuple]:
     path = tmp_path / "T.sorted.csv"
     path.write_text(upload_text)
     upload = open_upload(path, SPEC, ",", command=False)
-    rows = iter([(encode_key([key]), line) for key, line in stored])
+    rows = [(encode_key([key]), line) for key, line in stored]
+    batches = [rows[start : start + 2] for start in range(0, len(rows), 2)]  # batch boundaries
     return [
         (command, key, line, stored_line)
-        for command, key, line, _values, stored_line in full_changes(upload, [0], rows)
+        for command, key, line, _values, stored_line in full_changes(upload, [0], batches, after)
     ]
 
 
@@ -182,3 +185,43 @@ def test_a_stored_line_quoted_otherwise_is_not_an_update(tmp_path: Path) -> None
     # A store written before lines were canonical may hold "a" for a: same values, no change.
     stored = [("1", '"1","a",b'), ("2", '2,"b",c')]
     assert changes(tmp_path, "id,v,w\n1,a,b\n2,b,c\n", stored) == []
+
+
+def test_changes_after_a_key_skip_the_rows_up_to_it(tmp_path: Path) -> None:
+    # The review's paging: the stored rows start above `after`, the file's rows up to it are
+    # skipped (not inserts).
+    stored = [("3", "3,d,e"), ("5", "5,f,g")]
+    upload = "id,v,w\n1,a,b\n2,x,y\n3,d,CHANGED\n4,new,row\n"
+    assert changes(tmp_path, upload, stored, after=encode_key(["2"])) == [
+        (UPDATE, encode_key(["3"]), "3,d,CHANGED", "3,d,e"),
+        (INSERT, encode_key(["4"]), "4,new,row", None),
+        (DELETE, encode_key(["5"]), None, "5,f,g"),
+    ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    stored=st.dictionaries(st.integers(0, 30), st.sampled_from(["a", "b", "x,y", "é"])),
+    sent=st.dictionaries(st.integers(0, 30), st.sampled_from(["a", "b", "x,y", "é"])),
+)
+def test_the_native_merge_equals_a_dictionary_diff(stored: dict, sent: dict) -> None:
+    import tempfile
+
+    def line(key: int, value: str) -> str:
+        return format_record([f"{key:03d}", value, ""])
+
+    with tempfile.TemporaryDirectory() as directory:
+        text = "id,v,w\n" + "".join(line(k, sent[k]) + "\n" for k in sorted(sent))
+        got = changes(
+            Path(directory), text, [(f"{k:03d}", line(k, stored[k])) for k in sorted(stored)]
+        )
+    expected = []
+    for k in sorted(stored.keys() | sent.keys()):
+        key = encode_key([f"{k:03d}"])
+        if k not in stored:
+            expected.append((INSERT, key, line(k, sent[k]), None))
+        elif k not in sent:
+            expected.append((DELETE, key, None, line(k, stored[k])))
+        elif stored[k] != sent[k]:
+            expected.append((UPDATE, key, line(k, sent[k]), line(k, stored[k])))
+    assert got == expected

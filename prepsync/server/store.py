@@ -65,6 +65,8 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Page cache of the writer: a big transaction whose dirty pages outgrow the cache spills them
 # to the WAL, and pages changed again after a spill are written again.
 CACHE_KIB = 64 * 1024
+# Stored rows per fetchmany of a table's key-ordered scan.
+STORED_BATCH = 4096
 # Bytes of CSV text gathered before the resources stream yields a piece.
 STREAM_PIECE = 256 * 1024
 
@@ -296,6 +298,20 @@ def stored_rows(
         )
     while rows := cursor.fetchmany(4096):
         yield from rows
+
+
+def stored_batches(
+    connection: sqlite3.Connection, tid: int, after: bytes | None = None
+) -> Iterator[list[tuple[bytes, str]]]:
+    """:func:`stored_rows` in the lists ``fetchmany`` returns (for the native merge-join)."""
+    if after is None:
+        cursor = connection.execute("SELECT key, line FROM rows WHERE tid = ? ORDER BY key", (tid,))
+    else:
+        cursor = connection.execute(
+            "SELECT key, line FROM rows WHERE tid = ? AND key > ? ORDER BY key", (tid, after)
+        )
+    while rows := cursor.fetchmany(STORED_BATCH):
+        yield rows
 
 
 @contextmanager
