@@ -114,3 +114,32 @@ def test_a_failing_delta_leaves_the_store_as_it_was(tmp_path: Path) -> None:
         assert b"".join(iter_table_csv(store.path, "C", "T", SPEC.columns)) == b"id,v\na,1\n"
     finally:
         store.close()
+
+
+def test_the_bulk_path_writes_batches_of_any_size(tmp_path: Path) -> None:
+    # Inserts go INSERT_ROWS to a statement and the rest one by one: every split point counts.
+    from prepsync.server.store import INSERT_ROWS, encode_key, stored_rows
+
+    store = open_store(tmp_path / "store.sqlite3")
+    try:
+        expected: dict[bytes, str] = {}
+        with store.transaction() as transaction:
+            tid = transaction.table("C", "T").tid
+            start = 0
+            for size in (0, 1, INSERT_ROWS - 1, INSERT_ROWS, INSERT_ROWS + 1, 3 * INSERT_ROWS + 5):
+                batch = [
+                    (encode_key([f"{number:06d}"]), f"{number:06d},v{number}")
+                    for number in range(start, start + size)
+                ]
+                start += size
+                transaction.write_changes(tid, 7, batch, (), ())
+                expected.update(batch)
+            keys = sorted(expected)
+            transaction.write_changes(tid, 8, [], [(keys[3], "changed")], [keys[0], keys[-1]])
+        expected[keys[3]] = "changed"
+        del expected[keys[0]], expected[keys[-1]]
+        assert list(stored_rows(store.connection, tid)) == sorted(expected.items())
+        seqs = dict(store.connection.execute("SELECT key, seq FROM rows WHERE tid = ?", (tid,)))
+        assert seqs[keys[3]] == 8 and {seqs[key] for key in keys[4:-1]} == {7}
+    finally:
+        store.close()
