@@ -11,6 +11,10 @@ For each round (fresh server data directory each time):
    0.5 % inserted, 0.5 % deleted, members alike) against that store, timed the same way;
 4. check: every table's stored rows (resources endpoint) equal the agent's ``.sorted.csv``.
 
+Each online run is also split (a watcher polls the session every 20 ms): the agent until the
+session is committed (prepare and upload), the server's apply until ``done``, and the agent's
+wait for the verdict after that.
+
 Issue 11's targets: online initial <= 3x the offline prepare of day 1, next-day complete <= 2x
 the offline prepare of day 2. The server runs with the bench configuration's mappings, the
 connector's thresholds set to 0 (so the daily complete is applied, not blocked: this measures
@@ -33,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +140,39 @@ class Server:
         self.process.wait(30)
 
 
+class Watcher:
+    """Polls the connector's newest session every 20 ms while an online run goes, to split its
+    time: until the session is committed (``queued``/``processing``: the agent's prepare and
+    upload), until it is ``done`` (the server's apply), and until the agent exits (the wait
+    for the verdict)."""
+
+    def __init__(self, server: Server, known: set[str]) -> None:
+        self.server, self.known = server, known
+        self.started = time.perf_counter()
+        self.committed: float | None = None
+        self.settled: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.server.url, headers=self.server.api.headers) as api:
+            while not self._stop.is_set() and self.settled is None:
+                now = time.perf_counter() - self.started
+                sessions = api.get("/api/connectors/AD/sessions").json()
+                newest = sessions[0] if sessions else None
+                if newest is not None and newest["id"] not in self.known:
+                    if newest["state"] != "open" and self.committed is None:
+                        self.committed = now
+                    if newest["state"] in ("done", "failed", "blocked", "cancelled"):
+                        self.settled = now
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def prepare(mode: str, sources: Path, work: Path, config: Path, log: Path, url: str = "") -> float:
     """Seconds of one ``prepsync prepare`` run (work directory emptied first)."""
     shutil.rmtree(work, ignore_errors=True)
@@ -195,6 +233,10 @@ def main() -> int:
         "offline_day1_s": [], "offline_day2_s": [], "online_initial_s": [],
         "online_complete_s": [],
     }  # fmt: skip
+    # Phases of each online run (Watcher): agent until committed, server apply, verdict wait.
+    for online in ("online_initial_s", "online_complete_s"):
+        for phase in ("agent_until_committed_s", "server_apply_s", "verdict_wait_s"):
+            samples[f"{online}_{phase}"] = []
     checks: list[str] = []
     counts: dict[str, Any] = {}
     for round_number in range(args.repeat):
@@ -208,10 +250,19 @@ def main() -> int:
                 ("online_initial_s", "initial", day1),
                 ("online_complete_s", "complete", day2),
             ):
+                known = {session["id"] for session in server.api.get(
+                    "/api/connectors/AD/sessions").json()}  # fmt: skip
                 started = time.perf_counter()
+                watcher = Watcher(server, known)
                 prepare(mode, day, work / "online", config, log, server.url)
                 state = server.wait_done(server.latest()["id"])
-                samples[key].append(time.perf_counter() - started)
+                total = time.perf_counter() - started
+                watcher.stop()
+                samples[key].append(total)
+                if watcher.committed is not None and watcher.settled is not None:
+                    samples[key + "_agent_until_committed_s"].append(watcher.committed)
+                    samples[key + "_server_apply_s"].append(watcher.settled - watcher.committed)
+                    samples[key + "_verdict_wait_s"].append(max(total - watcher.settled, 0.0))
                 if state["state"] != "done":
                     raise SystemExit(f"{mode} session ended {state['state']}: {state['reason']}")
                 counts[mode] = state.get("tables")
@@ -223,13 +274,15 @@ def main() -> int:
             server.stop()
         print(
             f"round {round_number + 1}: "
-            + ", ".join(f"{name} {values[-1]:.2f}" for name, values in samples.items()),
+            + ", ".join(f"{name} {values[-1]:.2f}" for name, values in samples.items() if values),
             file=sys.stderr,
             flush=True,
         )
     remove_previous(day1)
     remove_previous(day2)
-    figures = {name: round(statistics.median(values), 3) for name, values in samples.items()}
+    figures = {
+        name: round(statistics.median(values), 3) for name, values in samples.items() if values
+    }
     figures["ratio_initial_to_offline"] = round(
         figures["online_initial_s"] / figures["offline_day1_s"], 2
     )
