@@ -216,6 +216,14 @@ static size_t mismatch(const char *a, const char *b, size_t n) {
  * comparisons are mostly decided by the cached chunks rather than by memcmp of the records. */
 static void sort_short(ps_entry *a, size_t n, size_t depth, const char *arena) {
     if (n < 2) return;
+    /* Keys can share 8 bytes or more past depth only if their cached chunks are all equal and
+     * all go on. Otherwise the chunks decide most comparisons, and looking for a common prefix
+     * in the records would cost a cache miss per entry for nothing (random GUIDs: always). */
+    for (size_t i = 0; i < n; i++)
+        if (a[i].chunk != a[0].chunk || state_of(&a[i]) != MORE) {
+            sort_by_key(a, n, depth, arena);
+            return;
+        }
     const char *first = record_of(&a[0], arena);
     size_t first_len = key_length(first);
     size_t common = first_len - depth;
