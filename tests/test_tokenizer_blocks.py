@@ -146,12 +146,15 @@ def test_invalid_utf8_at_the_very_end_of_a_record(piece: bytes) -> None:
 
 @pytest.mark.parametrize(
     "piece",
-    [b",", b'"', b'""', b"\r", b"\r\n", b"\n", b'",', b'"\r\n'],
-    ids=["separator", "quote", "two-quotes", "cr", "crlf", "lf", "quote-sep", "quote-crlf"],
+    [b",", b'"', b'""', b"\r", b"\r\n", b"\n", b'",', b'"\r\n', b"\x00", b'"\x00'],
+    ids=[
+        *("separator", "quote", "two-quotes", "cr", "crlf", "lf", "quote-sep", "quote-crlf"),
+        *("nul", "quote-nul"),  # a NUL in a key column is escaped in the two-part key
+    ],
 )
 def test_structure_bytes_at_every_offset(piece: bytes) -> None:
-    """A separator, quote, CR or LF at each lane of the scan's 16-byte blocks, in a plain value
-    and inside a quoted one (where it is a value byte), for a one- and a two-part key."""
+    """A separator, quote, CR, LF or NUL at each lane of the scan's 16-byte blocks, in a plain
+    value and inside a quoted one (where it is a value byte), for a one- and a two-part key."""
     for at in range(0, 36):
         plain = b"id,value\n" + row_with(piece, at) + b"\nz,last\n"
         quoted_value = b'k,"' + b"a" * at + piece.replace(b'"', b'""') + b"b" * 40 + b'"'
@@ -160,3 +163,21 @@ def test_structure_bytes_at_every_offset(piece: bytes) -> None:
             assert native(data) == reference(data), (at, data)
             header = data.replace(b"id,value", b"left,right", 1)
             assert native(header, ASSOCIATION) == reference(header, ASSOCIATION), (at, header)
+
+
+def test_nul_in_a_two_part_key_at_every_offset() -> None:
+    """In a key of several columns a NUL is escaped, so that a value sorts before its own
+    extension by a NUL whatever the next column holds: (`p`, `z`) before (`p\\x00`, `a`). The
+    NUL sits at each offset of the 16-byte steps that look for it, in plain, quoted and
+    escaped (doubled-quote) values."""
+    for at in range(0, 40):
+        prefix = b"g" * at
+        rows = [
+            prefix + b"\x00tail,a",
+            prefix + b",z",
+            b'"' + prefix + b'\x00""q",b',
+            prefix + b"\x00,y",
+            b'"' + prefix + b'",x',
+        ]
+        data = b"left,right\n" + b"\n".join(rows) + b"\n"
+        assert native(data, ASSOCIATION) == reference(data, ASSOCIATION), at
