@@ -23,7 +23,7 @@ class FullDiff:
     def __init__(
         self,
         reader: UploadReader,
-        stored_batches: Iterable[list[tuple[bytes, str]]],
+        stored_batches: Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
         insert: str,
         update: str,
         delete: str,

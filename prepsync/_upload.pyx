@@ -6,7 +6,7 @@ turns the reader's error codes into prepsync.errors.DataError naming the file an
 What a row must satisfy and how key and line are built is the C side's (see ps_upload.h).
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
@@ -146,10 +146,15 @@ cdef inline int compare_bytes(const char *a, Py_ssize_t na, const char *b, Py_ss
     return (na > nb) - (na < nb)
 
 
+cdef inline str as_text(object line):
+    return line.decode("utf-8") if isinstance(line, bytes) else line
+
+
 cdef class FullDiff:
     """The merge-join of a complete load (an :class:`UploadReader`, configured with key order
-    checked) with the stored rows (batches of (key, line) in key order), in C: only changes
-    come out, as (command, key, line, stored_line) with the caller's command objects.
+    checked) with the stored rows (batches of (key, line) in key order; line as str or as its
+    UTF-8 bytes, which spares decoding rows that compare equal), in C: only changes come out,
+    as (command, key, line, stored_line: str) with the caller's command objects.
 
     A row whose line equals the stored line costs one memcmp and no Python object. A row whose
     key is stored but whose line differs comes out as ``update`` (the caller may compare values:
@@ -194,6 +199,7 @@ cdef class FullDiff:
         cdef list out = []
         cdef c.ps_upload *u = &self.reader.reader
         cdef bytes stored_key
+        cdef object stored
         cdef const char *stored_line
         cdef Py_ssize_t stored_len
         cdef const char *after = NULL
@@ -217,7 +223,7 @@ cdef class FullDiff:
             if not self.pending:
                 if row is None:
                     break
-                out.append((self.delete, row[0], None, row[1]))
+                out.append((self.delete, row[0], None, as_text(row[1])))
                 self.at += 1
                 continue
             if row is None:
@@ -230,13 +236,18 @@ cdef class FullDiff:
                             PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), None))
                 self.pending = False
             elif order > 0:
-                out.append((self.delete, row[0], None, row[1]))
+                out.append((self.delete, row[0], None, as_text(row[1])))
                 self.at += 1
             else:
-                stored_line = PyUnicode_AsUTF8AndSize(row[1], &stored_len)
+                stored = row[1]
+                if isinstance(stored, bytes):
+                    stored_line = PyBytes_AS_STRING(stored)
+                    stored_len = PyBytes_GET_SIZE(stored)
+                else:
+                    stored_line = PyUnicode_AsUTF8AndSize(stored, &stored_len)
                 if stored_len != <Py_ssize_t>u.line_len or memcmp(stored_line, u.line, stored_len):
                     out.append((self.update, row[0],
-                                PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), row[1]))
+                                PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), as_text(stored)))
                 self.pending = False
                 self.at += 1
         return out

@@ -158,12 +158,17 @@ SPEC = TableSpec("T", ("id", "v", "w"), ("id",), Thresholds())
 
 
 def changes(
-    tmp_path: Path, upload_text: str, stored: list[tuple[str, str]], after: bytes | None = None
+    tmp_path: Path,
+    upload_text: str,
+    stored: list[tuple[str, str]],
+    after: bytes | None = None,
+    as_bytes: bool = False,
 ) -> list[tuple]:
+    """``as_bytes``: stored lines as UTF-8 bytes, as store.stored_batches reads them."""
     path = tmp_path / "T.sorted.csv"
     path.write_text(upload_text)
     upload = open_upload(path, SPEC, ",", command=False)
-    rows = [(encode_key([key]), line) for key, line in stored]
+    rows = [(encode_key([key]), line.encode() if as_bytes else line) for key, line in stored]
     batches = [rows[start : start + 2] for start in range(0, len(rows), 2)]  # batch boundaries
     return [
         (command, key, line, stored_line)
@@ -181,10 +186,11 @@ def test_unchanged_rows_yield_nothing_and_changes_are_found(tmp_path: Path) -> N
     ]
 
 
-def test_a_stored_line_quoted_otherwise_is_not_an_update(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_stored_line_quoted_otherwise_is_not_an_update(tmp_path: Path, as_bytes: bool) -> None:
     # A store written before lines were canonical may hold "a" for a: same values, no change.
     stored = [("1", '"1","a",b'), ("2", '2,"b",c')]
-    assert changes(tmp_path, "id,v,w\n1,a,b\n2,b,c\n", stored) == []
+    assert changes(tmp_path, "id,v,w\n1,a,b\n2,b,c\n", stored, as_bytes=as_bytes) == []
 
 
 def test_changes_after_a_key_skip_the_rows_up_to_it(tmp_path: Path) -> None:
@@ -203,8 +209,11 @@ def test_changes_after_a_key_skip_the_rows_up_to_it(tmp_path: Path) -> None:
 @given(
     stored=st.dictionaries(st.integers(0, 30), st.sampled_from(["a", "b", "x,y", "é"])),
     sent=st.dictionaries(st.integers(0, 30), st.sampled_from(["a", "b", "x,y", "é"])),
+    as_bytes=st.booleans(),
 )
-def test_the_native_merge_equals_a_dictionary_diff(stored: dict, sent: dict) -> None:
+def test_the_native_merge_equals_a_dictionary_diff(
+    stored: dict, sent: dict, as_bytes: bool
+) -> None:
     import tempfile
 
     def line(key: int, value: str) -> str:
@@ -213,7 +222,10 @@ def test_the_native_merge_equals_a_dictionary_diff(stored: dict, sent: dict) -> 
     with tempfile.TemporaryDirectory() as directory:
         text = "id,v,w\n" + "".join(line(k, sent[k]) + "\n" for k in sorted(sent))
         got = changes(
-            Path(directory), text, [(f"{k:03d}", line(k, stored[k])) for k in sorted(stored)]
+            Path(directory),
+            text,
+            [(f"{k:03d}", line(k, stored[k])) for k in sorted(stored)],
+            as_bytes=as_bytes,
         )
     expected = []
     for k in sorted(stored.keys() | sent.keys()):

@@ -259,11 +259,12 @@ def keyed_batches(
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
-    stored: Iterable[list[tuple[bytes, str]]],
+    stored: Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
 ) -> Iterator[Change]:
-    """The merge-join of a complete load with the stored rows (batches of (key, line), both
-    in key order), done by the native :class:`~prepsync._upload.FullDiff`.
+    """The merge-join of a complete load with the stored rows (batches of (key, line), the
+    line as str or UTF-8 bytes, both in key order), done by the native
+    :class:`~prepsync._upload.FullDiff`.
 
     ``after``: only changes of keys above it (``stored`` must already start there). The rows
     of the two sides are in the same layout, so a row whose line equals the stored one is
