@@ -191,6 +191,11 @@ typedef struct run_reader {
     int eof;
     const char *key, *line; /* the current record, valid until the next read */
     uint32_t klen, llen;
+    /* The last run, kept in the sorted arena instead of a file (fd -1): its index entries,
+     * read from mem_next on, pointing into arena. */
+    const char *arena;
+    const ps_entry *mem_entries;
+    size_t mem_n, mem_next;
 } run_reader;
 
 /* A full arena being sorted and written to its run file by a worker thread while the reader
@@ -244,8 +249,10 @@ struct ps_cleanse {
      * thread sorts and writes it) and the reader goes on in `spare`, the arena of the job
      * before, once that job is done: at most one job is in flight, so runs are written and
      * listed in input order. from_memory: the input fit in one arena, which was sorted in
-     * place and is streamed from entry mem_next on, with no run file at all; otherwise the
-     * arenas are spilled and freed at seal. */
+     * place and is streamed from entry mem_next on, with no run file at all. Otherwise, when
+     * one merge can take every run, the last arena is sorted in place and merged from memory
+     * as the last run (last_run_kept); else it is spilled too. Spare arenas are freed at seal,
+     * the kept one with the engine. */
     struct {
         char *arena;
         size_t arena_size, arena_top, n_entries;
@@ -255,6 +262,7 @@ struct ps_cleanse {
         spill_job job;
         int from_memory;
         size_t mem_next;
+        int last_run_kept;
     } sort;
 
     /* Run files on disk: `runs` is the input of the current (or next) merge pass, in input
@@ -647,6 +655,18 @@ static int reader_fill(run_reader *r, size_t need, ps_error *err) {
 
 /* 1: a record is current; 0: the run is exhausted. */
 static int reader_next(run_reader *r, ps_error *err) {
+    if (r->mem_entries) {
+        if (r->mem_next == r->mem_n) return 0;
+        /* Sorted order visits the arena at random: fetch a few records ahead. */
+        if (r->mem_next + PREFETCH_AHEAD < r->mem_n)
+            __builtin_prefetch(r->arena + ps_entry_offset(&r->mem_entries[r->mem_next + PREFETCH_AHEAD]));
+        const char *rec = r->arena + ps_entry_offset(&r->mem_entries[r->mem_next++]);
+        r->klen = load_u32(rec);
+        r->llen = load_u32(rec + 4);
+        r->key = rec + REC_HEADER;
+        r->line = r->key + r->klen;
+        return 1;
+    }
     r->pos += r->key ? REC_HEADER + r->klen + r->llen : 0;
     r->key = NULL;
     int rc = reader_fill(r, REC_HEADER, err);
@@ -686,6 +706,7 @@ static void heap_sift_down(run_reader **h, size_t n, size_t i) {
 static void close_readers(ps_cleanse *c, int remove_files) {
     for (size_t i = 0; i < c->merge.n_readers; i++) {
         run_reader *r = &c->merge.readers[i];
+        if (r->mem_entries) continue; /* the kept run: the arena goes with the engine */
         close_spill_fd(r->fd);
         ps_free(r->buf, r->cap);
         if (remove_files) remove_run(c, r->run_id);
@@ -703,7 +724,16 @@ static size_t merge_memory(const ps_cleanse *c) {
      * room for the largest record to pass through one reader and the held row beyond their
      * shares (twice more for the baseline's tokenizer and rows when joining). */
     size_t reserved = 6 * c->io_block + (c->join.active ? 4 : 2) * c->record_room;
+    if (c->sort.last_run_kept) reserved += c->sort.arena_size;
     return c->budget > reserved + MIN_READER_BUF * 2 ? c->budget - reserved : MIN_READER_BUF * 2;
+}
+
+/* Whether the final merge can read every spilled run and the last arena, kept in memory,
+ * with the readers' full shares left beside the arena (so never below the budget's floor). */
+static int can_keep_last_run(const ps_cleanse *c) {
+    size_t readers = c->spill.runs.n + 1;
+    size_t reserved = 6 * c->io_block + (c->join.active ? 4 : 2) * c->record_room + c->sort.arena_size;
+    return readers <= MAX_FAN_IN && c->budget >= reserved + readers * MIN_READER_BUF;
 }
 
 static size_t fan_in(const ps_cleanse *c) {
@@ -716,8 +746,10 @@ static size_t fan_in(const ps_cleanse *c) {
  * in every pass, so list position (not run id: a lone run carried into the next pass keeps its
  * old, smaller id) breaks ties between equal keys. */
 static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
-    c->merge.readers = calloc(count, sizeof *c->merge.readers);
-    c->merge.heap = calloc(count, sizeof *c->merge.heap);
+    /* The final merge also reads the kept run, the last of the input, from memory. */
+    int kept = c->merge.final_pass && c->sort.last_run_kept;
+    c->merge.readers = calloc(count + kept, sizeof *c->merge.readers);
+    c->merge.heap = calloc(count + kept, sizeof *c->merge.heap);
     if (!c->merge.readers || !c->merge.heap)
         return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for readers");
     c->merge.readers_open = 1;
@@ -742,6 +774,17 @@ static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
         int st = reader_next(r, err);
         if (st < 0) return -st;
         if (st > 0) c->merge.heap[c->merge.heap_len++] = r;
+    }
+    if (kept) {
+        run_reader *r = &c->merge.readers[count];
+        r->fd = -1;
+        r->run_id = -1;
+        r->order = count;
+        r->arena = c->sort.arena;
+        r->mem_entries = entries(c);
+        r->mem_n = c->sort.n_entries;
+        c->merge.n_readers = count + 1;
+        if (reader_next(r, err) > 0) c->merge.heap[c->merge.heap_len++] = r;
     }
     for (size_t i = c->merge.heap_len / 2; i-- > 0;) heap_sift_down(c->merge.heap, c->merge.heap_len, i);
     return PS_OK;
@@ -1096,13 +1139,27 @@ static int finish_input(ps_cleanse *c, ps_error *err) {
         c->sort.from_memory = 1;
         c->sort.mem_next = 0;
     } else {
-        if (c->sort.n_entries) rc = spill_arena(c, err);
+        /* When one merge can take every run, the last needs no file: sort it in place (while
+         * the worker finishes the run before it) and merge it from memory. */
+        c->sort.last_run_kept = c->sort.n_entries > 0 && can_keep_last_run(c);
+        if (c->sort.last_run_kept) {
+            phase_switch(c, PS_PHASE_SORT);
+            ps_sort_entries(entries(c), c->sort.n_entries, c->sort.arena);
+            phase_switch(c, PS_PHASE_READ);
+            c->stats.runs++;
+        } else if (c->sort.n_entries) {
+            rc = spill_arena(c, err);
+        }
         int job_rc = finish_spill_job(c, err);
         if (!rc) rc = job_rc;
-        ps_free(c->sort.arena, c->sort.arena_size);
         ps_free(c->sort.spare, c->sort.spare_size);
-        c->sort.arena = c->sort.spare = NULL;
-        c->sort.arena_size = c->sort.spare_size = 0;
+        c->sort.spare = NULL;
+        c->sort.spare_size = 0;
+        if (!c->sort.last_run_kept) {
+            ps_free(c->sort.arena, c->sort.arena_size);
+            c->sort.arena = NULL;
+            c->sort.arena_size = 0;
+        }
         if (rc) return rc;
     }
     return PS_OK;
