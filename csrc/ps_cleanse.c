@@ -25,7 +25,7 @@
 #define MAX_READER_BUF ((size_t)1 << 20)
 /* Well under the usual 1024 open files; more runs than this are merged in passes. */
 #define MAX_FAN_IN 500
-#define REC_HEADER 8 /* u32 key length, u32 line length */
+#define REC_HEADER 8 /* u32 key length, u32 line length (0 for a link table: see key_is_line) */
 #define PREFETCH_AHEAD 8
 /* The sort phase's arena, whatever the budget: a run's index (16 bytes per row, about 1.6 MB
  * for 32 MiB of AD rows) stays within a core's L2 cache and its records' pages are faulted in
@@ -165,6 +165,87 @@ static size_t build_key(const projection *pj, const ps_field *f, char *out) {
     return n;
 }
 
+/* Whether v[0, n) must be quoted on output: it holds the separator, a quote, CR or LF (the
+ * tokenizer's `special`, which decides build_line's quoting). 16 bytes a step like holds_nul. */
+static inline int holds_special(const char *v, size_t n, char sep) {
+#if defined(__SSE2__)
+    if (n >= 16) {
+        const __m128i s = _mm_set1_epi8(sep), q = _mm_set1_epi8('"');
+        const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+        __m128i found = _mm_setzero_si128();
+        for (size_t i = 0;; i += 16) {
+            if (i + 16 > n) i = n - 16; /* the last step overlaps the one before */
+            __m128i b = _mm_loadu_si128((const __m128i *)(v + i));
+            found = _mm_or_si128(found, _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, s), _mm_cmpeq_epi8(b, q)),
+                                                     _mm_or_si128(_mm_cmpeq_epi8(b, cr), _mm_cmpeq_epi8(b, lf))));
+            if (i + 16 >= n) break;
+        }
+        return _mm_movemask_epi8(found) != 0;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) {
+        char ch = v[i];
+        if (ch == sep || ch == '"' || ch == '\r' || ch == '\n') return 1;
+    }
+    return 0;
+}
+
+/* A value as ps_field_format writes it: quoted (quotes doubled) only when it must be; out
+ * needs 2 * n + 2 bytes. */
+static inline size_t format_value(const char *v, size_t n, char sep, char *out) {
+    if (!holds_special(v, n, sep)) {
+        ps_copy_bytes(out, v, n);
+        return n;
+    }
+    size_t m = 0;
+    out[m++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        out[m++] = v[i];
+        if (v[i] == '"') out[m++] = '"';
+    }
+    out[m++] = '"';
+    return m;
+}
+
+/* A link table's output line rebuilt from its key (see key_is_line): the bytes build_line
+ * wrote for the row, since its values are the key's, in key order, none of them empty (an
+ * empty key value makes a null-key row, which never gets a key). `value` is scratch for a
+ * value holding NULs (klen bytes); out needs line_from_key_bound(). */
+static size_t line_from_key(const projection *pj, char sep, const char *key, size_t klen, char *value,
+                            char *out) {
+    if (pj->n_key == 1) return format_value(key, klen, sep, out);
+    size_t n = 0;
+    const char *p = key;
+    for (size_t i = 0; i < pj->n_key; i++) {
+        if (i) out[n++] = sep;
+        /* Each value is closed by 0x00 0x00; inside it a NUL is 0x00 0x01. */
+        const char *zero = memchr(p, 0, (size_t)(key + klen - p));
+        if (zero[1] == 0) {
+            n += format_value(p, (size_t)(zero - p), sep, out + n);
+            p = zero + 2;
+            continue;
+        }
+        size_t len = 0;
+        for (;;) {
+            if (*p != 0) {
+                value[len++] = *p++;
+            } else if (p[1] == 1) {
+                value[len++] = 0;
+                p += 2;
+            } else {
+                break;
+            }
+        }
+        p += 2;
+        n += format_value(value, len, sep, out + n);
+    }
+    return n;
+}
+
+static inline size_t line_from_key_bound(const projection *pj, size_t klen) {
+    return 2 * klen + 3 * pj->n_key;
+}
+
 static inline int key_cmp(const char *a, size_t alen, const char *b, size_t blen) {
     size_t m = alen < blen ? alen : blen;
     int c = m ? memcmp(a, b, m) : 0;
@@ -231,6 +312,16 @@ struct ps_cleanse {
     int32_t command_col;
     int keep_last;
     int replay;         /* initial/complete change file: kept rows lose the command */
+    /* A link table (members, managers...): the output columns are exactly the key columns, in
+     * key order, with no command. Its records then carry the key only (line length 0): the line
+     * would repeat the key's values, doubling the arena, the runs and the spill bytes. The line
+     * is rebuilt from the key into `line` as each row leaves the final merge (`value`: a value
+     * holding NULs, unescaped). */
+    struct {
+        int key_is_line;
+        char *line, *value;
+        size_t line_cap, value_cap;
+    } link;
 
     /* Reading the input. header_seen: the header was checked against the column indexes; every
      * later record is a row. sealed: ps_cleanse_finish_input() ran; the tokenizer is released
@@ -578,6 +669,7 @@ static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
         c->stats.null_keys++;
         return PS_OK;
     }
+    if (c->link.key_is_line) lbound = 0; /* rebuilt from the key at the final merge */
     size_t need = REC_HEADER + key_bound(&c->pj, f) + lbound + sizeof(ps_entry);
     if (arena_free(c) < need) {
         int rc = c->sort.n_entries ? spill_arena(c, err) : PS_OK;
@@ -586,7 +678,7 @@ static int process_record(ps_cleanse *c, const ps_record *rec, ps_error *err) {
     }
     char *r = c->sort.arena + c->sort.arena_top;
     size_t klen = build_key(&c->pj, f, r + REC_HEADER);
-    size_t llen = build_line(&c->pj, f, command, c->sep, r + REC_HEADER + klen);
+    size_t llen = c->link.key_is_line ? 0 : build_line(&c->pj, f, command, c->sep, r + REC_HEADER + klen);
     store_u32(r, (uint32_t)klen);
     store_u32(r + 4, (uint32_t)llen);
     ps_entry *e = (ps_entry *)(c->sort.arena + c->sort.arena_size) - c->sort.n_entries - 1;
@@ -1216,6 +1308,18 @@ int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *
     return rc;
 }
 
+/* A link table's row leaving the final merge: its line, rebuilt from the key into link.line,
+ * valid until the next row (whoever keeps it longer - the held row - copies it). */
+static int link_line(ps_cleanse *c, const char *key, size_t klen, const char **line, size_t *llen,
+                     ps_error *err) {
+    int rc = grow_buffer(&c->link.line, &c->link.line_cap, line_from_key_bound(&c->pj, klen), err);
+    if (!rc) rc = grow_buffer(&c->link.value, &c->link.value_cap, klen ? klen : 1, err);
+    if (rc) return rc;
+    *llen = line_from_key(&c->pj, c->sep, key, klen, c->link.value, c->link.line);
+    *line = c->link.line;
+    return PS_OK;
+}
+
 static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err) {
     int rc;
     if (c->join.active && !c->join.header_seen) {
@@ -1252,6 +1356,7 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
             *done = 1;
             return PS_OK;
         }
+        if (c->link.key_is_line && (rc = link_line(c, key, klen, &line, &llen, err))) return rc;
         if ((rc = consume(c, key, klen, line, llen, err)) || (rc = pop_merged(c, err))) return rc;
         emitted++;
     }
@@ -1308,6 +1413,9 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
     c->pj.key_cols = copy_cols(o->key_cols, o->n_key);
     c->pj.n_key = o->n_key;
     c->pj.command_first = o->command_col >= 0;
+    c->link.key_is_line = o->command_col < 0 && o->n_out == o->n_key;
+    for (size_t i = 0; c->link.key_is_line && i < o->n_key; i++)
+        c->link.key_is_line = o->out_cols[i] == o->key_cols[i];
     if (!c->spill_dir || !c->pj.out_cols || !c->pj.key_cols) goto nomem;
     if (c->join.active) {
         /* Baseline rows are formatted with the same code: all their columns, in order. */
@@ -1383,6 +1491,8 @@ void ps_cleanse_free(ps_cleanse *c) {
     ps_writer_release(&c->out.delta);
     ps_free(c->sort.arena, c->sort.arena_size);
     free(c->dedupe.row);
+    free(c->link.line);
+    free(c->link.value);
     free(c->join.cur);
     free(c->join.prev);
     free(c->pj.out_cols);

@@ -81,6 +81,12 @@ KEY_POOL = (
     b"a\nb",
     b"\x00",
     b" a",
+    b"a\x00b",
+    b"\x00\x01",  # the bytes a composite key writes for a NUL, as a value of its own
+    b"x;y\t|z",
+    b"a\rb",
+    b"CN=Group 0001,OU=Groups,DC=corp",  # 16 bytes and more: the vector scans' paths
+    b"CN=Group 0001 OU=Groups DC=corp",
 )
 COMMAND_WORDS = ("insert", "update", "delete", "merge", "add")
 # Not a command: misspelt, padded, with a line break, non-ASCII, with a separator, too short.
@@ -198,18 +204,31 @@ def spelled(draw: st.DrawFn, name: str) -> str:
 
 
 @st.composite
-def table_specs(draw: st.DrawFn, max_columns: int = 5) -> tuple[Spec, tuple[str, ...]]:
+def table_specs(
+    draw: st.DrawFn, max_columns: int = 5, link: bool = False
+) -> tuple[Spec, tuple[str, ...]]:
     """(spec, source header): some header columns kept, config spelling and order differing;
-    sometimes unkept columns with empty or repeated names among them."""
+    sometimes unkept columns with empty or repeated names among them. ``link``: always an
+    association table of two or three columns (like members: dn, member), whose records the
+    engine stores as their key alone."""
     names = draw(
-        st.lists(st.sampled_from(NAME_POOL), min_size=1, max_size=max_columns, unique=True)
+        st.lists(
+            st.sampled_from(NAME_POOL),
+            min_size=2 if link else 1,
+            max_size=max_columns,
+            unique=True,
+        )
     )
     header = [draw(spelled(name)) for name in names]
-    flags = draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)))
-    kept = [i for i, flag in enumerate(flags) if flag] or [draw(st.integers(0, len(names) - 1))]
+    if link:
+        positions = st.sampled_from(range(len(names)))
+        kept = sorted(draw(st.lists(positions, min_size=2, max_size=3, unique=True)))
+    else:
+        flags = draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)))
+        kept = [i for i, flag in enumerate(flags) if flag] or [draw(st.integers(0, len(names) - 1))]
     config_names = [draw(spelled(names[i])) for i in kept]
     columns = tuple(draw(st.permutations(config_names)))
-    key = (draw(st.sampled_from(columns)),) if draw(st.booleans()) else None
+    key = None if link or not draw(st.booleans()) else (draw(st.sampled_from(columns)),)
     if draw(st.integers(0, 3)) == 0:
         for filler in draw(st.lists(st.sampled_from(FILLER_NAMES), min_size=1, max_size=3)):
             header.insert(draw(st.integers(0, len(header))), filler)
@@ -319,11 +338,11 @@ def separators() -> st.SearchStrategy[str]:
 
 
 @st.composite
-def csv_cases(draw: st.DrawFn, max_rows: int = 8, min_rows: int = 0) -> CsvCase:
+def csv_cases(draw: st.DrawFn, max_rows: int = 8, min_rows: int = 0, link: bool = False) -> CsvCase:
     """A full extract: entity or association table, small key pool, random encoding;
     sometimes the file ends in a lone CR that belongs to the last value."""
     separator = draw(separators())
-    spec, header = draw(table_specs())
+    spec, header = draw(table_specs(link=link))
     pool = draw(key_pools())
     rows = draw(st.lists(row_strategy(spec, header, pool), min_size=min_rows, max_size=max_rows))
     if rows and draw(st.integers(0, 3)) == 0:
@@ -380,11 +399,11 @@ def _next_version(
 
 
 @st.composite
-def incremental_cases(draw: st.DrawFn) -> IncrementalCase:
+def incremental_cases(draw: st.DrawFn, link: bool = False) -> IncrementalCase:
     """(old, new) full extracts of one table with the same kept columns in the same order; the
     header spelling may change between them (names match case-insensitively)."""
     separator = draw(separators())
-    spec, header = draw(table_specs())
+    spec, header = draw(table_specs(link=link))
     pool = draw(key_pools())
     old_rows = draw(st.lists(row_strategy(spec, header, pool), max_size=8))
     new_rows = draw(_next_version(spec, header, pool, old_rows))

@@ -113,6 +113,32 @@ def test_full_extract_matches_reference(case: Any, budget: int, read_block: int 
 
 
 @SETTINGS
+@given(case=csv_cases(max_rows=40, link=True), budget=budgets, read_block=read_blocks)
+def test_link_table_matches_reference(case: Any, budget: int, read_block: int | None) -> None:
+    """Association tables keep only their key columns: the engine stores each row as its key
+    alone and rebuilds the line from it, which must give the reference's bytes exactly."""
+    options = {"separator": case.separator}
+    assert native(case.data, case.spec, budget, read_block, **options) == reference(
+        case.data, case.spec, **options
+    )
+
+
+@SETTINGS
+@given(case=incremental_cases(link=True), budget=budgets, read_block=read_blocks)
+def test_link_table_delta_matches_reference(case: Any, budget: int, read_block: int | None) -> None:
+    """The rebuilt lines meet the baseline's rows, unchanged ones by their raw bytes."""
+    baseline = reference_prepare(case.old.data, case.spec, separator=case.old.separator)
+    options = {
+        "mode": "incremental",
+        "separator": case.new.separator,
+        "baseline": baseline.files["sorted"],
+    }
+    assert native(case.new.data, case.spec, budget, read_block, **dict(options)) == reference(
+        case.new.data, case.spec, **options
+    )
+
+
+@SETTINGS
 @given(case=change_file_cases(), budget=budgets, read_block=read_blocks)
 def test_change_file_matches_reference(case: Any, budget: int, read_block: int | None) -> None:
     options = {
