@@ -165,43 +165,56 @@ static size_t build_key(const projection *pj, const ps_field *f, char *out) {
     return n;
 }
 
-/* Whether v[0, n) must be quoted on output: it holds the separator, a quote, CR or LF (the
- * tokenizer's `special`, which decides build_line's quoting). 16 bytes a step like holds_nul. */
-static inline int holds_special(const char *v, size_t n, char sep) {
+enum { VALUE_PLAIN = 0, VALUE_QUOTED = 1, VALUE_HAS_QUOTE = 2 };
+
+/* How v[0, n) is written (the tokenizer's `special`, which decides build_line's quoting):
+ * VALUE_QUOTED when it holds the separator, a quote, CR or LF, plus VALUE_HAS_QUOTE when a quote
+ * is among them (then doubled). 16 bytes a step, like holds_nul. */
+static inline int value_quoting(const char *v, size_t n, char sep) {
 #if defined(__SSE2__)
     if (n >= 16) {
         const __m128i s = _mm_set1_epi8(sep), q = _mm_set1_epi8('"');
         const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
-        __m128i found = _mm_setzero_si128();
+        __m128i others = _mm_setzero_si128(), quotes = _mm_setzero_si128();
         for (size_t i = 0;; i += 16) {
             if (i + 16 > n) i = n - 16; /* the last step overlaps the one before */
             __m128i b = _mm_loadu_si128((const __m128i *)(v + i));
-            found = _mm_or_si128(found, _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, s), _mm_cmpeq_epi8(b, q)),
-                                                     _mm_or_si128(_mm_cmpeq_epi8(b, cr), _mm_cmpeq_epi8(b, lf))));
+            quotes = _mm_or_si128(quotes, _mm_cmpeq_epi8(b, q));
+            others = _mm_or_si128(others, _mm_or_si128(_mm_cmpeq_epi8(b, s),
+                                                       _mm_or_si128(_mm_cmpeq_epi8(b, cr), _mm_cmpeq_epi8(b, lf))));
             if (i + 16 >= n) break;
         }
-        return _mm_movemask_epi8(found) != 0;
+        if (_mm_movemask_epi8(quotes)) return VALUE_QUOTED | VALUE_HAS_QUOTE;
+        return _mm_movemask_epi8(others) ? VALUE_QUOTED : VALUE_PLAIN;
     }
 #endif
+    int how = VALUE_PLAIN;
     for (size_t i = 0; i < n; i++) {
         char ch = v[i];
-        if (ch == sep || ch == '"' || ch == '\r' || ch == '\n') return 1;
+        if (ch == '"') return VALUE_QUOTED | VALUE_HAS_QUOTE;
+        if (ch == sep || ch == '\r' || ch == '\n') how = VALUE_QUOTED;
     }
-    return 0;
+    return how;
 }
 
 /* A value as ps_field_format writes it: quoted (quotes doubled) only when it must be; out
- * needs 2 * n + 2 bytes. */
+ * needs 2 * n + 2 bytes. A DN holds the separator (a comma) but rarely a quote: one copy. */
 static inline size_t format_value(const char *v, size_t n, char sep, char *out) {
-    if (!holds_special(v, n, sep)) {
+    int how = value_quoting(v, n, sep);
+    if (how == VALUE_PLAIN) {
         ps_copy_bytes(out, v, n);
         return n;
     }
     size_t m = 0;
     out[m++] = '"';
-    for (size_t i = 0; i < n; i++) {
-        out[m++] = v[i];
-        if (v[i] == '"') out[m++] = '"';
+    if (how & VALUE_HAS_QUOTE) {
+        for (size_t i = 0; i < n; i++) {
+            out[m++] = v[i];
+            if (v[i] == '"') out[m++] = '"';
+        }
+    } else {
+        ps_copy_bytes(out + m, v, n);
+        m += n;
     }
     out[m++] = '"';
     return m;
