@@ -2,8 +2,9 @@
  *
  * Input is read with ps_cleanse_read() (the first record is the header). Each row is projected
  * to the kept columns and turned into a record {key, line}: `key` is the key columns encoded so
- * that memcmp order is REFERENCE §2 order, `line` is the row already formatted as output CSV. Rows with
- * a null key are written to the nullpk output at once; the others fill an arena, which when
+ * that memcmp order is REFERENCE §2 order, `line` is the row already formatted as output CSV
+ * (empty for a link table, whose kept columns are exactly its key: its line is rebuilt from the
+ * key as the row leaves the final merge). Rows with a null key are written to the nullpk output at once; the others fill an arena, which when
  * full is sorted by (key, input order) and spilled to a run file by a worker thread while the
  * next arena fills.
  * ps_cleanse_finish_input() then seals the input, and ps_cleanse_merge_step() streams the rows
