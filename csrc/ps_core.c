@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,6 +91,7 @@ int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error 
     w->eager_writeback = 0;
     w->writeback_from = 0;
     w->flush_time = (ps_time){0, 0};
+    w->flusher = NULL;
     w->cap = cap;
     w->buf = ps_alloc(cap);
     if (!w->buf) return ps_fail_errno(err, "allocating a buffer for", what);
@@ -101,13 +104,13 @@ void ps_writer_release(ps_writer *w) {
     w->cap = w->len = 0;
 }
 
-int ps_writer_flush(ps_writer *w, ps_error *err) {
-    if (w->len == 0) return PS_OK;
+/* Writes one full buffer of w's file and starts its writeback: on the caller's thread, or on
+ * a flusher's while the buffer is in flight. */
+static int write_block(ps_writer *w, const char *buf, size_t len, ps_error *err) {
     ps_time started = ps_time_now();
-    int rc = ps_write_all(w->fd, w->what, w->buf, w->len, err);
+    int rc = ps_write_all(w->fd, w->what, buf, len, err);
     if (rc) return rc;
-    w->bytes_written += (int64_t)w->len;
-    w->len = 0;
+    w->bytes_written += (int64_t)len;
 #ifdef SYNC_FILE_RANGE_WRITE
     if (w->eager_writeback && w->bytes_written - w->writeback_from >= WRITEBACK_STEP) {
         /* Starts writeback of the file's dirty pages without waiting; errors surface at the
@@ -118,6 +121,137 @@ int ps_writer_flush(ps_writer *w, ps_error *err) {
 #endif
     ps_time_add_since(&w->flush_time, started, ps_time_now());
     return PS_OK;
+}
+
+void ps_flusher_init(ps_flusher *f, size_t block) {
+    memset(f, 0, sizeof *f);
+    f->block = block;
+}
+
+static void *flusher_thread(void *arg) {
+    ps_flusher *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (!f->job && !f->stopping) pthread_cond_wait(&f->cv, &f->mu);
+        if (!f->job) break; /* stopping, and the last buffer is written */
+        ps_writer *w = f->job;
+        const char *buf = f->job_buf;
+        size_t len = f->job_len;
+        int failed = f->rc;
+        pthread_mutex_unlock(&f->mu);
+        ps_error err;
+        int rc = failed ? PS_OK : write_block(w, buf, len, &err);
+        pthread_mutex_lock(&f->mu);
+        if (rc) {
+            f->rc = rc;
+            f->err = err;
+        }
+        f->spare = f->job_buf;
+        f->spare_cap = f->job_cap;
+        f->job = NULL;
+        f->job_buf = NULL;
+        pthread_cond_broadcast(&f->cv);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+/* Waits until no buffer is in flight; returns the first failure. */
+static int flusher_wait(ps_flusher *f, ps_error *err) {
+    if (f->started) {
+        pthread_mutex_lock(&f->mu);
+        while (f->job) pthread_cond_wait(&f->cv, &f->mu);
+        pthread_mutex_unlock(&f->mu);
+    }
+    if (f->rc) {
+        *err = f->err;
+        return f->rc;
+    }
+    return PS_OK;
+}
+
+static void flusher_start(ps_flusher *f) {
+    f->spare = ps_alloc(f->block);
+    if (!f->spare) {
+        f->start_failed = 1;
+        return;
+    }
+    f->spare_cap = f->block;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    /* Signals stay with the threads that handle them (Python's, for Ctrl-C). */
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before);
+    f->started = pthread_create(&f->thread, NULL, flusher_thread, f) == 0;
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    if (f->started) {
+        __atomic_add_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->mu);
+    ps_free(f->spare, f->spare_cap);
+    f->spare = NULL;
+    f->spare_cap = 0;
+    f->start_failed = 1;
+}
+
+/* Hands w's full buffer to the flusher's thread and gives w the spare. */
+static int flusher_hand_over(ps_flusher *f, ps_writer *w, ps_error *err) {
+    if (!f->started && !f->start_failed) flusher_start(f);
+    if (!f->started) return f->rc ? flusher_wait(f, err) : write_block(w, w->buf, w->len, err);
+    int rc = flusher_wait(f, err);
+    if (rc) return rc;
+    pthread_mutex_lock(&f->mu);
+    f->job = w;
+    f->job_buf = w->buf;
+    f->job_len = w->len;
+    f->job_cap = w->cap;
+    w->buf = f->spare;
+    w->cap = f->spare_cap;
+    f->spare = NULL;
+    f->spare_cap = 0;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    return PS_OK;
+}
+
+int ps_flusher_finish(ps_flusher *f, ps_error *err) {
+    ps_time started = ps_time_now();
+    int rc = flusher_wait(f, err);
+    if (f->started) {
+        pthread_mutex_lock(&f->mu);
+        f->stopping = 1;
+        pthread_cond_signal(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+        pthread_join(f->thread, NULL);
+        __atomic_sub_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+        f->started = 0;
+        pthread_cond_destroy(&f->cv);
+        pthread_mutex_destroy(&f->mu);
+    }
+    f->start_failed = 1; /* never restarted: what comes later is written in place */
+    ps_free(f->spare, f->spare_cap);
+    f->spare = NULL;
+    f->spare_cap = 0;
+    ps_time_add_since(&f->merger_time, started, ps_time_now());
+    return rc;
+}
+
+int ps_writer_flush(ps_writer *w, ps_error *err) {
+    if (w->len == 0) return PS_OK;
+    if (!w->flusher) {
+        int rc = write_block(w, w->buf, w->len, err);
+        if (rc) return rc;
+        w->len = 0;
+        return PS_OK;
+    }
+    ps_time started = ps_time_now();
+    int rc = flusher_hand_over(w->flusher, w, err);
+    if (!rc) w->len = 0;
+    ps_time_add_since(&w->flusher->merger_time, started, ps_time_now());
+    return rc;
 }
 
 int ps_writer_reserve(ps_writer *w, size_t n, ps_error *err) {

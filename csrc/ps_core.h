@@ -7,6 +7,7 @@
 #ifndef PS_CORE_H
 #define PS_CORE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -69,6 +70,8 @@ static inline void ps_time_add_since(ps_time *total, ps_time since, ps_time now)
     total->cpu_ns += now.cpu_ns - since.cpu_ns;
 }
 
+struct ps_flusher;
+
 typedef struct ps_writer {
     int fd;
     const char *what; /* names the file in errors: "output", "spill file" */
@@ -79,8 +82,40 @@ typedef struct ps_writer {
      * they grow overlaps that I/O with the work instead of paying it all at the end. */
     int eager_writeback;
     int64_t writeback_from; /* first byte not yet handed to writeback */
-    ps_time flush_time;     /* spent in write() and writeback calls */
+    ps_time flush_time;     /* spent in write() and writeback calls, on whichever thread */
+    /* Set: full buffers are handed to this flusher's thread instead of written here. */
+    struct ps_flusher *flusher;
 } ps_writer;
+
+/* A writer thread shared by several writers (an engine's outputs of its final merge), so that
+ * write() and writeback overlap the work that fills the buffers. At most one buffer is in
+ * flight: a flush waits for the one before (and returns its error, which is sticky: after a
+ * failure nothing more is written), hands over the full buffer and goes on in the spare, the
+ * buffer of the job before. So the writers cost one buffer (io_block) more than when written
+ * in place. While a job is in flight the thread owns its buffer and the writer's fd, what,
+ * bytes_written, writeback_from and flush_time; the caller touches only buf, cap and len.
+ * started: the thread runs and must be joined (ps_flusher_finish). If it cannot be started, the
+ * writers write in place as without a flusher. */
+typedef struct ps_flusher {
+    size_t block;    /* size of the first spare */
+    int started, start_failed, stopping;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ps_writer *job; /* the writer whose buffer is in flight, NULL when idle */
+    char *job_buf;
+    size_t job_len, job_cap;
+    char *spare;
+    size_t spare_cap;
+    int rc;         /* the first failure, sticky */
+    ps_error err;
+    ps_time merger_time; /* the caller's time in flushes of its writers: hand-offs and waits */
+} ps_flusher;
+
+void ps_flusher_init(ps_flusher *f, size_t block);
+/* Waits for the buffer in flight, then joins the thread and frees the spare: the writers'
+ * data is all written (or the first error is returned). Idempotent; safe on every path. */
+int ps_flusher_finish(ps_flusher *f, ps_error *err);
 
 int ps_writer_init(ps_writer *w, int fd, const char *what, size_t cap, ps_error *err);
 void ps_writer_release(ps_writer *w); /* frees the buffer; does not close fd */

@@ -25,6 +25,9 @@ def write_rows(path: Path, rows: int) -> None:
     ("phase", "after"),
     [
         ("write", 1),  # after spilling: runs exist on disk now
+        # In the final merge, once the outputs' writer thread runs (maybe mid-write): the
+        # first progress call that finds it (after intermediate merges, if any).
+        ("write", 0),
         ("read", 20),  # while reading: runs written, one likely being sorted by the worker
     ],
 )
@@ -34,11 +37,14 @@ def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path, phase: str, after:
     write_rows(sources / "T.csv", 200_000)
     calls: list[str] = []
     spilled: list[Path] = []
+    interrupted: list[str] = []
 
     def interrupt(table: str, current: str, done: int, total: int) -> None:
         calls.append(current)
-        if calls.count(phase) == after:
+        writer_running = current == "write" and _cleanse.live_counters()["threads"] == 1
+        if (after and calls.count(phase) == after) or (not after and writer_running):
             spilled.extend(working.rglob("run-*"))
+            interrupted.append(current)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -52,6 +58,7 @@ def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path, phase: str, after:
         pipeline.run_offline([SPEC], request, progress=interrupt)
     assert "read" in calls
     assert spilled  # the interrupt came with run files to remove
+    assert interrupted == [phase]  # not the end of the run
     assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
     assert sorted(p.name for p in working.iterdir()) == [staging.LOCK]
 

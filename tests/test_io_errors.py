@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 from pathlib import Path
 
 import pytest
 from sites import entity_config, prepare_command
+
+from prepsync import _cleanse
+from prepsync.errors import PrepsyncError
 
 
 @pytest.mark.parametrize(
@@ -45,3 +49,49 @@ def test_failing_write_is_reported_and_cleaned_up(
     assert what in done.stderr and "File too large" in done.stderr
     assert sorted(p.name for p in working.iterdir()) == [".prepsync.lock"]
     assert not (sources / "previous").exists()
+
+
+def test_output_writer_thread_failure_comes_back_to_the_merge(tmp_path: Path) -> None:
+    """The final merge's outputs are written by a thread: a full disk there is reported by the
+    merge step that handed the buffer over, naming the file, and closing the engine joins the
+    thread and frees its buffers."""
+    source = tmp_path / "T.csv"
+    rows = 200_000
+    source.write_text(
+        "id,v\n" + "".join(f"{(i * 7919) % rows:08d},value {i}\n" for i in range(rows))
+    )
+    with (
+        open(source, "rb") as reader,
+        open(os.devnull, "wb") as sink,
+        open("/dev/full", "wb") as full,  # every write fails with ENOSPC
+    ):
+        engine = _cleanse.Cleanser(
+            source=str(source),
+            table="T",
+            separator=b",",
+            memory_budget=4 << 20,  # a few runs, one merge: every step is the final merge's
+            spill_dir=str(tmp_path),
+            out_cols=[0, 1],
+            key_cols=[0],
+            command_col=-1,
+            keep_last=False,
+            nullpk_fd=sink.fileno(),
+            sorted_fd=full.fileno(),
+            duplicates_fd=sink.fileno(),
+        )
+        try:
+            while engine.read_from(reader.fileno(), 1 << 16):
+                pass
+            engine.finish_input()
+            steps = 0
+            with pytest.raises(PrepsyncError) as caught:
+                while not engine.merge_step(1 << 16):
+                    steps += 1
+            # Raised mid-merge, by a step that still had rows to merge, with the thread alive.
+            assert steps < rows // (1 << 16)
+            assert _cleanse.live_counters()["threads"] == 1
+        finally:
+            engine.close()
+    assert str(caught.value) == "table T: writing the sorted output: No space left on device"
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
+    assert [p.name for p in tmp_path.iterdir()] == ["T.csv"]  # no run file left
