@@ -994,7 +994,7 @@ static int grow_buffer(char **buf, size_t *cap, size_t need, ps_error *err) {
     if (need <= *cap) return PS_OK;
     size_t new_cap = need + need / 4; /* need is already a bound: no doubling on top */
     char *grown = realloc(*buf, new_cap);
-    if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a baseline row");
+    if (!grown) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a %zu-byte row", need);
     *buf = grown;
     *cap = new_cap;
     return PS_OK;
