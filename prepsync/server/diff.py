@@ -231,12 +231,6 @@ def key_maker(positions: Sequence[int], name: str) -> Callable[[Sequence[str], i
     return several
 
 
-def _check_order(name: str, line: int, key: bytes, previous: bytes | None) -> None:
-    if previous is not None and key <= previous:
-        problem = "duplicate key" if key == previous else "not in key order"
-        raise DataError(f"{name}, line {line}: {problem}")
-
-
 # ----------------------------------------------------------------------------------- diffing
 
 
