@@ -27,6 +27,9 @@
 #define MAX_FAN_IN 500
 #define REC_HEADER 8 /* u32 key length, u32 line length (0 for a link table: see key_is_line) */
 #define PREFETCH_AHEAD 8
+/* A run's bytes already copied into its reader's buffer are released from the page cache in
+ * steps of this many bytes (see reader_release). */
+#define RELEASE_STEP ((off_t)1 << 20)
 /* The sort phase's arena, whatever the budget: a run's index (16 bytes per row, about 1.6 MB
  * for 32 MiB of AD rows) stays within a core's L2 cache and its records' pages are faulted in
  * once and reused, where a budget-sized arena made a bigger budget slower (one large sort, and
@@ -283,6 +286,7 @@ typedef struct run_reader {
     char *buf;
     size_t cap, len, pos;
     int eof;
+    off_t file_pos, released; /* bytes read from the run file; bytes of it punched out */
     const char *key, *line; /* the current record, valid until the next read */
     uint32_t klen, llen;
     /* The last run, kept in the sorted arena instead of a file (fd -1): its index entries,
@@ -737,6 +741,27 @@ int ps_cleanse_read(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_err
 
 /* ---------------------------------------------------------------- merge */
 
+/* Punches the part of the run file that is already in the reader's buffer out of the file.
+ * A spill file is read once, front to back, and deleted after the merge: its dirty pages would
+ * otherwise stay in the page cache until then, while the merge's outputs (or the next pass's
+ * run) take as many fresh pages. Freed as the merge goes, they are reused at once. On a
+ * virtual machine whose host reclaims the guest's free memory, a fresh page costs a fault in
+ * the host and a zeroing: writing 1 GB that way took 2.1 s of system time against 0.2 s into
+ * pages just freed. A file system without hole punching keeps the pages until the file goes. */
+static void reader_release(run_reader *r) {
+#ifdef FALLOC_FL_PUNCH_HOLE
+    off_t upto = r->file_pos & ~(RELEASE_STEP - 1);
+    if (r->released < 0 || upto - r->released < RELEASE_STEP) return;
+    if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->released,
+                  upto - r->released) == 0)
+        r->released = upto;
+    else
+        r->released = -1; /* not supported here: do not ask again */
+#else
+    (void)r;
+#endif
+}
+
 static int reader_fill(run_reader *r, size_t need, ps_error *err) {
     if (r->len - r->pos >= need) return PS_OK;
     memmove(r->buf, r->buf + r->pos, r->len - r->pos);
@@ -756,7 +781,9 @@ static int reader_fill(run_reader *r, size_t need, ps_error *err) {
         }
         if (got == 0) r->eof = 1;
         r->len += (size_t)got;
+        r->file_pos += got;
     }
+    reader_release(r);
     return PS_OK;
 }
 
@@ -877,7 +904,8 @@ static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
         c->merge.n_readers = i + 1;
         char path[PATH_MAX];
         run_path(c, r->run_id, path, sizeof path);
-        r->fd = open(path, O_RDONLY | O_CLOEXEC);
+        /* Writable, for reader_release's hole punching; the file is the engine's own. */
+        r->fd = open(path, O_RDWR | O_CLOEXEC);
         if (r->fd < 0) return ps_fail_errno(err, "opening spill file", path);
         __atomic_add_fetch(&ps_live.spill_files, 1, __ATOMIC_RELAXED);
         posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
