@@ -127,3 +127,16 @@ def test_a_run_rebuilt_from_the_session_journal_records_no_count(site: Site) -> 
     sidecar = json.loads((site.previous / "Entries.rows.json").read_text())
     assert sidecar["rows"] is None
     assert baseline_rows(site.previous / "Entries.sorted.csv") == 4
+
+
+def test_incremental_counts_the_baseline_in_its_join_not_from_the_sidecar(site: Site) -> None:
+    # The join's count is the baseline's, even where the sidecar says otherwise (a sidecar
+    # that lies about a baseline of the same size would fool the count from it).
+    site.write("Entries.csv", entries(10))
+    report(site, "complete")
+    sidecar = site.previous / "Entries.rows.json"
+    recorded = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({"rows": 1, "bytes": recorded["bytes"]}))
+    site.write("Entries.csv", entries(4))
+    shrunk, _ = report(site, "incremental")
+    assert [(w["rows"], w["baseline_rows"]) for w in shrunk["warnings"]] == [(4, 10)]
