@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import stat
 import threading
 import time
@@ -26,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import psutil
 
 from prepsync import _cleanse
 from prepsync.errors import BaselineError, InputError, UsageError
@@ -600,7 +599,7 @@ def check_free_space(
             continue  # the table's own run reports what is wrong with the file
         kept_bytes += size * min(len(spec.columns), width) // max(width, 1)
     needed = 2 * kept_bytes
-    free = psutil.disk_usage(str(working_dir)).free
+    free = shutil.disk_usage(working_dir).free
     if free < needed:
         raise UsageError(
             f"not enough free space in {working_dir}: {format_size(free)} free, the run needs "

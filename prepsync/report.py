@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
 
 from prepsync.pipeline import RunResult, TableResult
 from prepsync.sizes import format_size
@@ -28,6 +27,10 @@ class ProgressBar:
         self._last = ""
         self._tables: dict[str, str] = {}
         self._lock = threading.Lock()
+        # Imported here: only a terminal shows the bar, and psutil's import is a fifth of the
+        # CLI's start-up.
+        import psutil
+
         self._process = psutil.Process()
 
     def __call__(self, table: str, phase: str, done: int, total: int) -> None:

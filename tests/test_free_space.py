@@ -12,7 +12,7 @@ from sites import Site, entity_config
 
 from prepsync import cli
 
-Usage = namedtuple("Usage", "total used free percent")
+Usage = namedtuple("Usage", "total used free")
 
 
 def export(site: Site, rows: int) -> int:
@@ -45,7 +45,7 @@ def test_a_run_needing_more_than_the_free_space_is_refused_up_front(
     kept = size * 2 // 3  # two of three columns: the estimate the check makes
     free = int(kept * 2 * free_share) - (1 if refused else 0)
     monkeypatch.setattr(
-        "prepsync.pipeline.psutil.disk_usage", lambda _path: Usage(1 << 40, 0, free, 0.0)
+        "prepsync.pipeline.shutil.disk_usage", lambda _path: Usage(1 << 40, 0, free)
     )
     status, output = prepare(site)
     if refused:
@@ -62,7 +62,7 @@ def test_the_check_can_be_skipped(site: Site, monkeypatch: pytest.MonkeyPatch) -
     export(site, 100)
     monkeypatch.setenv("PREPSYNC_SPACE_CHECK", "0")
     monkeypatch.setattr(
-        "prepsync.pipeline.psutil.disk_usage", lambda _path: Usage(1 << 40, 0, 0, 0.0)
+        "prepsync.pipeline.shutil.disk_usage", lambda _path: Usage(1 << 40, 0, 0)
     )
     status, output = prepare(site)
     assert status == 0, output
