@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from prepsync.pipeline import RunResult, TableResult
 from prepsync.sizes import format_size
 

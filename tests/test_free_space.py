@@ -61,9 +61,7 @@ def test_a_run_needing_more_than_the_free_space_is_refused_up_front(
 def test_the_check_can_be_skipped(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     export(site, 100)
     monkeypatch.setenv("PREPSYNC_SPACE_CHECK", "0")
-    monkeypatch.setattr(
-        "prepsync.pipeline.shutil.disk_usage", lambda _path: Usage(1 << 40, 0, 0)
-    )
+    monkeypatch.setattr("prepsync.pipeline.shutil.disk_usage", lambda _path: Usage(1 << 40, 0, 0))
     status, output = prepare(site)
     assert status == 0, output
     assert Path(site.working / "T.sorted.csv").exists()
