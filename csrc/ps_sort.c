@@ -9,26 +9,17 @@
 #define MAX_LEVELS 32          /* recursion bound: deeper ranges use the comparison sort */
 #define PREFETCH_AHEAD 8
 
-static inline uint64_t load_be64(const char *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
-}
-
 /* The chunk at `depth` of a key of klen >= depth bytes, and how the key goes on past it. */
 static inline void set_chunk(ps_entry *e, const char *key, size_t klen, size_t depth, uint64_t off) {
     size_t left = klen - depth;
     uint64_t state;
     if (left >= 8) {
-        e->chunk = load_be64(key + depth);
+        e->chunk = ps_load_be64(key + depth);
         state = left > 8 ? MORE : 8;
     } else {
         char bytes[8] = {0};
         memcpy(bytes, key + depth, left);
-        e->chunk = load_be64(bytes);
+        e->chunk = ps_load_be64(bytes);
         state = left;
     }
     e->tag = (state << STATE_SHIFT) | off;

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Arena offsets must stay below 2^40 (1 TiB), far above any arena the budget allows. */
 #define PS_ENTRY_OFFSET_BITS 40
@@ -32,6 +33,16 @@ typedef struct ps_entry {
 } ps_entry;
 
 static inline uint64_t ps_entry_offset(const ps_entry *e) { return e->tag & PS_ENTRY_OFFSET_MASK; }
+
+/* 8 bytes as a big-endian integer: integers then order as memcmp orders the bytes. */
+static inline uint64_t ps_load_be64(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
 
 /* Fills an entry for the record at arena offset `off` whose key is key[0, klen). */
 void ps_entry_init(ps_entry *e, const char *key, size_t klen, uint64_t off);
