@@ -4,11 +4,13 @@ depend on that: same bytes at every budget, first row per key kept, later ones d
 
 from __future__ import annotations
 
+import ctypes
 import random
 from pathlib import Path
 
 import pytest
 
+from prepsync import _cleanse
 from prepsync.config import TableSpec, Thresholds
 from prepsync.pipeline import prepare_table
 
@@ -58,3 +60,71 @@ def test_big_tables_give_the_same_bytes_at_any_budget(
     assert result.duplicates > 500
     assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
     assert (tmp_path / "M.duplicates.csv").read_bytes() == duplicate_bytes
+
+
+def can_punch_holes(probe: Path) -> bool:
+    """Whether fallocate(PUNCH_HOLE | KEEP_SIZE) works in probe's folder (Python has no
+    binding for fallocate's flags)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    probe.write_bytes(b"x" * (1 << 20))
+    try:
+        with open(probe, "r+b") as file:
+            punch_hole_keep_size = 0x02 | 0x01
+            zero, length = ctypes.c_int64(0), ctypes.c_int64(1 << 20)
+            return libc.fallocate(file.fileno(), punch_hole_keep_size, zero, length) == 0
+    finally:
+        probe.unlink()
+
+
+def test_the_merge_frees_the_spill_bytes_it_has_read(
+    tmp_path: Path, export: tuple[Path, bytes, bytes]
+) -> None:
+    """Half-way through the final merge, the runs already read half-way no longer hold those
+    bytes: their pages went back for the outputs to reuse (DESIGN, "The merge frees the spill
+    files as it reads them"). Where the file system cannot punch holes, nothing is freed early
+    and the test has nothing to check."""
+    source, sorted_bytes, _ = export
+    spill, outputs = tmp_path / "spill", tmp_path / "out"
+    spill.mkdir()
+    outputs.mkdir()
+    if not can_punch_holes(spill / "probe"):
+        pytest.skip("this file system cannot punch holes")
+    files = {kind: open(outputs / kind, "w+b") for kind in ("sorted", "nullpk", "duplicates")}  # noqa: SIM115
+    try:
+        with open(source, "rb") as reader:
+            engine = _cleanse.Cleanser(
+                source=str(source),
+                table="M",
+                separator=b",",
+                memory_budget=8 << 20,
+                spill_dir=str(spill),
+                out_cols=[0, 1, 2],
+                key_cols=[0, 1],
+                command_col=-1,
+                keep_last=False,
+                nullpk_fd=files["nullpk"].fileno(),
+                sorted_fd=files["sorted"].fileno(),
+                duplicates_fd=files["duplicates"].fileno(),
+            )
+            try:
+                while engine.read_from(reader.fileno(), 1 << 20):
+                    pass
+                engine.finish_input()
+                rows = engine.stats()["rows_read"]
+                assert not engine.merge_step(rows // 2)
+                runs = [path for path in spill.iterdir() if path.name.startswith("run-")]
+                assert len(runs) >= 4
+                size = sum(path.stat().st_size for path in runs)
+                held = sum(path.stat().st_blocks * 512 for path in runs)
+                while not engine.merge_step(1 << 20):
+                    pass
+            finally:
+                engine.close()
+        files["sorted"].seek(0)
+        assert files["sorted"].read() == sorted_bytes.partition(b"\n")[2]
+    finally:
+        for out in files.values():
+            out.close()
+    # Keys are spread evenly over the runs, so half the rows merged is about half of each run
+    # read; punched in 1 MiB steps, well over a third of the bytes must be gone.
+    assert held < size * 2 // 3, (held, size)
