@@ -138,6 +138,44 @@ cdef class UploadReader:
         return batch
 
 
+    def insert_groups(self, Py_ssize_t group_rows, Py_ssize_t max_groups):
+        """The next rows as the parameters of multi-row INSERTs: at most ``max_groups`` lists of
+        ``2 * group_rows`` values (key, line, key, line, ...), the line as its UTF-8 bytes (the
+        tokenizer checked the record is UTF-8); the last list is shorter at the end of the file;
+        [] once every row is read.
+
+        What a bulk load binds as it is: no tuple per row, no str decoded only to be encoded
+        again by sqlite3's binding (that round trip was ~10 % of an initial load's CPU).
+        """
+        cdef c.ps_error err
+        cdef int status
+        cdef list groups = []
+        cdef list group
+        cdef Py_ssize_t filled
+        if not self.configured or not self.opened:
+            raise ValueError("insert_groups() needs an open, configured reader")
+        if group_rows < 1 or max_groups < 1:
+            raise ValueError("group_rows and max_groups must be at least 1")
+        while len(groups) < max_groups:
+            group = [None] * (2 * group_rows)
+            filled = 0
+            while filled < 2 * group_rows:
+                status = c.ps_upload_row(&self.reader, &err)
+                if status == c.PS_TOK_END:
+                    break
+                if status != c.PS_TOK_RECORD:
+                    self._raise(&err)
+                group[filled] = PyBytes_FromStringAndSize(self.reader.key, self.reader.key_len)
+                group[filled + 1] = PyBytes_FromStringAndSize(self.reader.line, self.reader.line_len)
+                filled += 2
+            if filled < 2 * group_rows:
+                if filled:
+                    groups.append(group[:filled])
+                break
+            groups.append(group)
+        return groups
+
+
 cdef inline int compare_bytes(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb):
     cdef Py_ssize_t common = na if na < nb else nb
     cdef int order = memcmp(a, b, common)

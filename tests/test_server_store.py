@@ -143,3 +143,36 @@ def test_the_bulk_path_writes_batches_of_any_size(tmp_path: Path) -> None:
         assert seqs[keys[3]] == 8 and {seqs[key] for key in keys[4:-1]} == {7}
     finally:
         store.close()
+
+
+def test_a_load_into_an_empty_table_stores_text_lines_of_every_group_size(tmp_path: Path) -> None:
+    # insert_groups binds lines as bytes: they must come back as TEXT, equal to the file's
+    # canonical lines, whether the file ends on a group boundary or not.
+    from prepsync._upload import UploadReader
+    from prepsync.server.store import INSERT_ROWS, encode_key, stored_rows
+
+    for count in (0, 1, INSERT_ROWS - 1, INSERT_ROWS, INSERT_ROWS + 1, 5 * INSERT_ROWS + 3):
+        path = tmp_path / "T.sorted.csv"
+        rows = [(f"{number:06d}é", f'v "{number}"') for number in range(count)]
+        canonical = [f'{key},"{value.replace(chr(34), 2 * chr(34))}"' for key, value in rows]
+        path.write_bytes(csv_bytes(["id", "v"], rows))
+        store = open_store(tmp_path / f"store-{count}.sqlite3")
+        try:
+            reader = UploadReader(str(path), path.name, ",")
+            reader.header()
+            reader.configure([0], True)
+            with store.transaction() as transaction:
+                tid = transaction.table("C", "T").tid
+                while groups := reader.insert_groups(INSERT_ROWS, 2):
+                    assert all(len(group) == 2 * INSERT_ROWS for group in groups[:-1])
+                    transaction.insert_groups(tid, 3, groups)
+            expected = [
+                (encode_key([key]), line) for (key, _v), line in zip(rows, canonical, strict=True)
+            ]
+            assert list(stored_rows(store.connection, tid)) == expected
+            kinds = {kind for (kind,) in store.connection.execute("SELECT typeof(line) FROM rows")}
+            assert kinds <= {"text"}
+            seqs = {seq for (seq,) in store.connection.execute("SELECT seq FROM rows")}
+            assert seqs <= {3}
+        finally:
+            store.close()

@@ -42,8 +42,8 @@ from prepsync.server.diff import (
     LinkCounter,
     TableDiff,
     Upload,
+    insert_groups,
     key_positions,
-    keyed_batches,
     open_upload,
     table_diff,
 )
@@ -302,9 +302,9 @@ def _load_into_empty(
     inserted = 0
     transaction, tid, seq = writer.transaction, writer.tid, writer.seq
     pairs = counter.pairs if counter.per_row else []
-    for batch in keyed_batches(upload, positions, pairs):
-        transaction.write_changes(tid, seq, batch, (), ())
-        inserted += len(batch)
+    for groups in insert_groups(upload, positions, pairs):
+        transaction.insert_groups(tid, seq, groups)
+        inserted += sum(len(group) for group in groups) // 2
     if pairs:
         assert upload.native is not None
         counter.count_inserted(upload.native.link_rows)
@@ -317,8 +317,8 @@ def _rewrite(
     """Replace every stored row by the file's (a complete load in another column layout)."""
     transaction.delete_rows(tid)
     upload = open_upload(path, spec, separator, command=False)
-    for batch in keyed_batches(upload, key_positions(spec, upload.header)):
-        transaction.write_changes(tid, seq, batch, (), ())
+    for groups in insert_groups(upload, key_positions(spec, upload.header)):
+        transaction.insert_groups(tid, seq, groups)
 
 
 def _stored_counts(

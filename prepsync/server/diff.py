@@ -37,6 +37,7 @@ from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
 from prepsync.server.store import (
+    INSERT_ROWS,
     TableState,
     encode_key,
     format_record,
@@ -246,6 +247,22 @@ def keyed_batches(
     try:
         while batch := reader.rows(BATCH_ROWS):
             yield batch
+    finally:
+        reader.close()
+
+
+def insert_groups(
+    upload: Upload, positions: Sequence[int], link_pairs: Sequence[tuple[int, int]] = ()
+) -> Iterator[list[list[bytes]]]:
+    """:func:`keyed_batches` as the parameters of the store's multi-row INSERTs
+    (:meth:`~prepsync.server.store.Transaction.insert_groups`), for a load into an empty
+    table: about BATCH_ROWS rows at a time."""
+    reader = upload.native
+    assert reader is not None, "a complete load is read natively"
+    reader.configure(positions, True, link_pairs)
+    try:
+        while groups := reader.insert_groups(INSERT_ROWS, max(BATCH_ROWS // INSERT_ROWS, 1)):
+            yield groups
     finally:
         reader.close()
 

@@ -270,6 +270,19 @@ class Transaction:
                     f"INSERT INTO rows (tid, key, line, seq) VALUES {row}", inserts[whole:]
                 )
 
+    def insert_groups(self, tid: int, seq: int, groups: Sequence[Sequence[bytes]]) -> None:
+        """The bulk path of a load into an empty table: rows absent from the table, in key
+        order, as :meth:`prepsync._upload.UploadReader.insert_groups` hands them (lists of
+        ``2 * INSERT_ROWS`` values key, line, ..., the last one maybe shorter; lines as UTF-8
+        bytes, stored as TEXT by ``CAST``: SQLite takes the bytes as they are)."""
+        width = 2 * INSERT_ROWS
+        full = [group for group in groups if len(group) == width]
+        if full:
+            self._connection.executemany(_insert_statement(tid, seq, INSERT_ROWS), full)
+        for group in groups:
+            if len(group) != width:
+                self._connection.execute(_insert_statement(tid, seq, len(group) // 2), group)
+
     def delete_rows(self, tid: int) -> None:
         self._connection.execute("DELETE FROM rows WHERE tid = ?", (tid,))
 
@@ -278,6 +291,13 @@ class Transaction:
             "INSERT INTO applied (session_id, seq, applied_at) VALUES (?, ?, ?)",
             (session_id, seq, time.time()),
         )
+
+
+def _insert_statement(tid: int, seq: int, rows: int) -> str:
+    # tid and seq are the same for the whole batch: written into the statement (integers, so
+    # nothing to escape); the line is bound as bytes, CAST keeps it TEXT.
+    row = f"({int(tid)}, ?, CAST(? AS TEXT), {int(seq)})"
+    return "INSERT INTO rows (tid, key, line, seq) VALUES " + ",".join([row] * rows)
 
 
 def table_state(connection: sqlite3.Connection, connector: str, name: str) -> TableState | None:
