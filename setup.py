@@ -19,9 +19,11 @@ if DEBUG:
 else:
     compile_args += ["-O3"]
 
-# The server's upload reader is its own extension (it needs only the tokenizer and the core).
-UPLOAD_SOURCES = ["csrc/ps_upload.c", "csrc/ps_tokenizer.c", "csrc/ps_core.c"]
-core_sources = sorted(source for source in glob("csrc/*.c") if source != "csrc/ps_upload.c")
+# The server's upload reader and store reader are their own extension (they need only the
+# tokenizer and the core; the store reader finds SQLite at run time, see csrc/ps_store.h).
+SERVER_ONLY = ["csrc/ps_upload.c", "csrc/ps_store.c"]
+UPLOAD_SOURCES = [*SERVER_ONLY, "csrc/ps_tokenizer.c", "csrc/ps_core.c"]
+core_sources = sorted(source for source in glob("csrc/*.c") if source not in SERVER_ONLY)
 core_headers = sorted(glob("csrc/*.h"))
 
 extensions = [
@@ -38,9 +40,16 @@ extensions = [
         "prepsync._upload",
         sources=["prepsync/_upload.pyx", *UPLOAD_SOURCES],
         include_dirs=["csrc"],
-        depends=["csrc/ps_upload.h", "csrc/ps_tokenizer.h", "csrc/ps_core.h", "prepsync/_native.pxd"],
+        depends=[
+            "csrc/ps_upload.h",
+            "csrc/ps_store.h",
+            "csrc/ps_tokenizer.h",
+            "csrc/ps_core.h",
+            "prepsync/_native.pxd",
+        ],
         extra_compile_args=compile_args,
-        extra_link_args=link_args,
+        # dlopen/dlsym (in libc itself from glibc 2.34 on; libdl before).
+        extra_link_args=[*link_args, "-ldl"],
         define_macros=macros,
     ),
 ]

@@ -129,3 +129,18 @@ cdef extern from "ps_upload.h" nogil:
     int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                             const size_t *pair_cols, size_t npairs, ps_error *err)
     int ps_upload_row(ps_upload *u, ps_error *err)
+
+
+cdef extern from "ps_store.h" nogil:
+    ctypedef struct ps_store_rows:
+        const char *key
+        size_t key_len
+        const char *line
+        size_t line_len
+
+    int ps_store_load(const char *module_path, ps_error *err)
+    int ps_store_loaded()
+    int ps_store_rows_open(ps_store_rows *r, const char *path, int64_t tid, const char *after,
+                           size_t after_len, ps_error *err)
+    int ps_store_rows_next(ps_store_rows *r, ps_error *err)
+    void ps_store_rows_close(ps_store_rows *r)

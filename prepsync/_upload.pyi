@@ -20,11 +20,19 @@ class UploadReader:
     def rows(self, batch_rows: int) -> list[tuple[bytes, str]]: ...
     def insert_groups(self, group_rows: int, max_groups: int) -> list[list[bytes]]: ...
 
+def native_store_problem() -> str | None: ...
+
+class StoredRows:
+    def __init__(self, path: str, tid: int, after: bytes | None = None) -> None: ...
+    def close(self) -> None: ...
+
 class FullDiff:
     def __init__(
         self,
         reader: UploadReader,
-        stored_batches: Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
+        stored: StoredRows
+        | Iterable[list[tuple[bytes, str]]]
+        | Iterable[list[tuple[bytes, bytes]]],
         insert: str,
         update: str,
         delete: str,

@@ -13,6 +13,8 @@ from libc.string cimport memcmp
 
 from prepsync cimport _native as c
 
+import sqlite3
+
 from prepsync.errors import DataError
 
 # The largest record the server takes (DESIGN: a row may be at most 64 MiB).
@@ -184,51 +186,157 @@ cdef inline int compare_bytes(const char *a, Py_ssize_t na, const char *b, Py_ss
     return (na > nb) - (na < nb)
 
 
-cdef inline str as_text(object line):
-    return line.decode("utf-8") if isinstance(line, bytes) else line
+cdef object _native_store_problem = None  # why the native store reader is off, once tried
+cdef bint _native_store_tried = False
+
+
+def native_store_problem():
+    """None when :class:`StoredRows` can read the store natively, else why not (once tried:
+    SQLite is resolved from Python's own sqlite3 module, see ps_store.h)."""
+    global _native_store_problem, _native_store_tried
+    cdef c.ps_error err
+    if not _native_store_tried:
+        _native_store_tried = True
+        import _sqlite3
+        path = getattr(_sqlite3, "__file__", None)
+        if path is None:
+            _native_store_problem = "Python's sqlite3 module is built in"
+        elif c.ps_store_load(path.encode(), &err):
+            _native_store_problem = err.message.decode("utf-8", "replace")
+    return _native_store_problem
+
+
+cdef class StoredRows:
+    """A table's stored rows in key order (from just above ``after``), read by C through its
+    own read-only connection and read transaction: the store as last committed. For
+    :class:`FullDiff`, which then makes no Python object for a stored row that is unchanged.
+    A store error raises sqlite3.OperationalError, as the Python readers would."""
+
+    cdef c.ps_store_rows rows
+    cdef bint opened
+
+    def __cinit__(self, str path, long long tid, bytes after=None):
+        cdef c.ps_error err
+        problem = native_store_problem()
+        if problem is not None:
+            raise RuntimeError(f"no native store reader: {problem}")
+        encoded = path.encode()
+        if after is None:
+            status = c.ps_store_rows_open(&self.rows, encoded, tid, NULL, 0, &err)
+        else:
+            status = c.ps_store_rows_open(&self.rows, encoded, tid, after, len(after), &err)
+        if status:
+            raise sqlite3.OperationalError(err.message.decode("utf-8", "replace"))
+        self.opened = True
+
+    def __dealloc__(self):
+        if self.opened:
+            c.ps_store_rows_close(&self.rows)
+
+    def close(self):
+        """End the read transaction and close the connection."""
+        if self.opened:
+            c.ps_store_rows_close(&self.rows)
+            self.opened = False
+
+    cdef int next_row(self) except -1:
+        """1 with rows.key/line set, 0 after the last row (the connection is then closed)."""
+        cdef c.ps_error err
+        if not self.opened:
+            return 0
+        status = c.ps_store_rows_next(&self.rows, &err)
+        if status == c.PS_TOK_END:
+            self.close()
+            return 0
+        if status != c.PS_TOK_RECORD:
+            self.opened = False  # ps_store_rows_next closed it
+            raise sqlite3.OperationalError(err.message.decode("utf-8", "replace"))
+        return 1
 
 
 cdef class FullDiff:
     """The merge-join of a complete load (an :class:`UploadReader`, configured with key order
-    checked) with the stored rows (batches of (key, line) in key order; line as str or as its
-    UTF-8 bytes, which spares decoding rows that compare equal), in C: only changes come out,
-    as (command, key, line, stored_line: str) with the caller's command objects.
+    checked) with the stored rows, in C: only changes come out, as (command, key, line,
+    stored_line: str) with the caller's command objects.
+
+    The stored rows are a :class:`StoredRows` (read by C, no Python object per row) or an
+    iterable of batches of (key, line) in key order, the line as str or as its UTF-8 bytes
+    (which spares decoding rows that compare equal).
 
     A row whose line equals the stored line costs one memcmp and no Python object. A row whose
     key is stored but whose line differs comes out as ``update`` (the caller may compare values:
     a store written before lines were canonical can quote otherwise). ``after``: upload rows
-    with keys not above it are skipped (the stored batches must start above it).
+    with keys not above it are skipped (the stored rows must start above it).
     """
 
     cdef UploadReader reader
+    cdef StoredRows native
     cdef object stored_batches
     cdef list stored
     cdef Py_ssize_t at
-    cdef bint stored_done, upload_done, pending
+    cdef bint stored_done, upload_done, pending, ready
+    # The stored row at hand (when ready): pointers into self.stored's objects or into
+    # SQLite's row, valid until the next row is taken.
+    cdef const char *skey
+    cdef Py_ssize_t skey_len
+    cdef const char *sline
+    cdef Py_ssize_t sline_len
     cdef bytes after
     cdef object insert, update, delete
 
-    def __init__(self, UploadReader reader, stored_batches, insert, update, delete, after=None):
+    def __init__(self, UploadReader reader, stored, insert, update, delete, after=None):
         if not reader.configured or not reader.opened:
             raise ValueError("FullDiff needs an open, configured reader")
         self.reader = reader
-        self.stored_batches = iter(stored_batches)
+        if isinstance(stored, StoredRows):
+            self.native = stored
+        else:
+            self.stored_batches = iter(stored)
         self.stored = []
         self.at = 0
         self.insert, self.update, self.delete = insert, update, delete
         self.after = after
 
-    cdef object current_stored(self):
-        """The stored row at hand, or None once they are all consumed."""
-        while self.at >= len(self.stored):
-            if self.stored_done:
-                return None
-            self.stored = next(self.stored_batches, [])
-            self.at = 0
-            if not self.stored:
+    cdef int current_stored(self) except -1:
+        """1 when a stored row is at hand (skey, sline), 0 once they are all consumed."""
+        cdef object key, line
+        if self.ready:
+            return 1
+        if self.stored_done:
+            return 0
+        if self.native is not None:
+            if not self.native.next_row():
                 self.stored_done = True
-                return None
-        return self.stored[self.at]
+                return 0
+            self.skey = self.native.rows.key
+            self.skey_len = <Py_ssize_t>self.native.rows.key_len
+            self.sline = self.native.rows.line
+            self.sline_len = <Py_ssize_t>self.native.rows.line_len
+        else:
+            while self.at >= len(self.stored):
+                self.stored = next(self.stored_batches, [])
+                self.at = 0
+                if not self.stored:
+                    self.stored_done = True
+                    return 0
+            key, line = self.stored[self.at]
+            self.skey = PyBytes_AS_STRING(key)
+            self.skey_len = PyBytes_GET_SIZE(key)
+            if isinstance(line, bytes):
+                self.sline = PyBytes_AS_STRING(line)
+                self.sline_len = PyBytes_GET_SIZE(line)
+            else:  # str: its UTF-8 form is cached in the object, which self.stored holds
+                self.sline = PyUnicode_AsUTF8AndSize(line, &self.sline_len)
+        self.ready = True
+        return 1
+
+    cdef inline void take_stored(self):
+        self.ready = False
+        self.at += 1
+
+    cdef tuple stored_change(self, object command, object line):
+        return (command, PyBytes_FromStringAndSize(self.skey, self.skey_len), line,
+                PyUnicode_DecodeUTF8(self.sline, self.sline_len, NULL))
 
     def changes(self, Py_ssize_t limit):
         """At most ``limit`` next changes; [] once both sides are consumed."""
@@ -236,10 +344,7 @@ cdef class FullDiff:
         cdef int status, order
         cdef list out = []
         cdef c.ps_upload *u = &self.reader.reader
-        cdef bytes stored_key
-        cdef object stored
-        cdef const char *stored_line
-        cdef Py_ssize_t stored_len
+        cdef bint have
         cdef const char *after = NULL
         cdef Py_ssize_t after_len = 0
         if self.after is not None:
@@ -257,35 +362,29 @@ cdef class FullDiff:
                     continue
                 else:
                     self.pending = True
-            row = self.current_stored()
+            have = self.current_stored()
             if not self.pending:
-                if row is None:
+                if not have:
                     break
-                out.append((self.delete, row[0], None, as_text(row[1])))
-                self.at += 1
+                out.append(self.stored_change(self.delete, None))
+                self.take_stored()
                 continue
-            if row is None:
+            if not have:
                 order = -1
             else:
-                stored_key = row[0]
-                order = compare_bytes(u.key, u.key_len, stored_key, len(stored_key))
+                order = compare_bytes(u.key, u.key_len, self.skey, self.skey_len)
             if order < 0:
                 out.append((self.insert, PyBytes_FromStringAndSize(u.key, u.key_len),
                             PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), None))
                 self.pending = False
             elif order > 0:
-                out.append((self.delete, row[0], None, as_text(row[1])))
-                self.at += 1
+                out.append(self.stored_change(self.delete, None))
+                self.take_stored()
             else:
-                stored = row[1]
-                if isinstance(stored, bytes):
-                    stored_line = PyBytes_AS_STRING(stored)
-                    stored_len = PyBytes_GET_SIZE(stored)
-                else:
-                    stored_line = PyUnicode_AsUTF8AndSize(stored, &stored_len)
-                if stored_len != <Py_ssize_t>u.line_len or memcmp(stored_line, u.line, stored_len):
-                    out.append((self.update, row[0],
-                                PyUnicode_DecodeUTF8(u.line, u.line_len, NULL), as_text(stored)))
+                if self.sline_len != <Py_ssize_t>u.line_len or memcmp(self.sline, u.line,
+                                                                     self.sline_len):
+                    out.append(self.stored_change(
+                        self.update, PyUnicode_DecodeUTF8(u.line, u.line_len, NULL)))
                 self.pending = False
-                self.at += 1
+                self.take_stored()
         return out

@@ -4,18 +4,19 @@ diff's unchanged-row fast path."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prepsync._upload import UploadReader
+from prepsync._upload import StoredRows, UploadReader, native_store_problem
 from prepsync.config import TableSpec, Thresholds
 from prepsync.errors import DataError
 from prepsync.protocol import DELETE, INSERT, UPDATE
 from prepsync.server.diff import full_changes, open_upload, parse_line, read_records
-from prepsync.server.store import encode_key, format_record
+from prepsync.server.store import encode_key, format_record, open_store
 
 SEPARATORS = [",", ";", "\t", "|"]
 # Values with what CSV must quote (separators, quotes, CR, LF), NUL and non-ASCII text.
@@ -163,42 +164,101 @@ def changes(
     stored: list[tuple[str, str]],
     after: bytes | None = None,
     as_bytes: bool = False,
+    native: bool = False,
 ) -> list[tuple]:
-    """``as_bytes``: stored lines as UTF-8 bytes, as store.stored_batches reads them."""
+    """``as_bytes``: stored lines as UTF-8 bytes, as store.stored_batches reads them;
+    ``native``: the stored rows written to a store and read back by StoredRows (by C)."""
     path = tmp_path / "T.sorted.csv"
     path.write_text(upload_text)
     upload = open_upload(path, SPEC, ",", command=False)
     rows = [(encode_key([key]), line.encode() if as_bytes else line) for key, line in stored]
-    batches = [rows[start : start + 2] for start in range(0, len(rows), 2)]  # batch boundaries
+    source: object = [rows[start : start + 2] for start in range(0, len(rows), 2)]  # boundaries
+    if native:
+        store_path = tmp_path / "store.sqlite3"
+        store_path.unlink(missing_ok=True)
+        store = open_store(store_path)
+        try:
+            with store.transaction() as transaction:
+                tid = transaction.table("C", "T").tid
+                lines = [(k, v.decode() if isinstance(v, bytes) else v) for k, v in rows]
+                transaction.write_changes(tid, 1, lines, (), ())
+        finally:
+            store.close()
+        source = StoredRows(str(store_path), tid, after)
     return [
         (command, key, line, stored_line)
-        for command, key, line, _values, stored_line in full_changes(upload, [0], batches, after)
+        for command, key, line, _values, stored_line in full_changes(upload, [0], source, after)
     ]
 
 
-def test_unchanged_rows_yield_nothing_and_changes_are_found(tmp_path: Path) -> None:
+def test_the_native_store_reader_is_there() -> None:
+    # Where Python's sqlite3 runs on a shared libsqlite3 (this project's machines), the
+    # complete diff reads the store natively; the Python path stays for other builds.
+    assert native_store_problem() is None
+
+
+def test_stored_rows_read_natively_equal_the_python_reader(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "store.sqlite3")
+    try:
+        with store.transaction() as transaction:
+            tid = transaction.table("C", "T").tid
+            other = transaction.table("C", "U").tid
+            rows = [(encode_key([f"k{n:04d}", "\x00é"]), f'k{n:04d},"a\nb",é') for n in range(5000)]
+            transaction.write_changes(tid, 1, rows, (), ())
+            transaction.write_changes(other, 1, [(encode_key(["k0001"]), "other")], (), ())
+    finally:
+        store.close()
+    for after in (None, rows[0][0], rows[2500][0], rows[-1][0], b"zz"):
+        native = StoredRows(str(tmp_path / "store.sqlite3"), tid, after)
+        stored = [(key, line.encode()) for key, line in rows if after is None or key > after]
+        upload = tmp_path / "T.sorted.csv"
+        upload.write_text("id,v,w\n")  # every stored row above `after` comes out deleted
+        got = [
+            (key, stored_line.encode())
+            for command, key, _line, _values, stored_line in full_changes(
+                open_upload(upload, SPEC, ",", command=False), [0], native, after
+            )
+            if command is DELETE and stored_line is not None
+        ]
+        assert got == stored
+
+
+def test_a_store_that_cannot_be_read_is_a_store_error(tmp_path: Path) -> None:
+    # sqlite3.OperationalError, as from the Python readers: the worker queues the session again.
+    with pytest.raises(sqlite3.OperationalError, match="cannot open the store"):
+        StoredRows(str(tmp_path / "missing" / "store.sqlite3"), 1)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_unchanged_rows_yield_nothing_and_changes_are_found(tmp_path: Path, native: bool) -> None:
     stored = [("1", "1,a,b"), ("2", '2,"x,y",c'), ("3", "3,d,e"), ("5", "5,f,g")]
     upload = 'id,v,w\n1,a,b\n2,"x,y",c\n3,d,CHANGED\n4,new,row\n'
-    assert changes(tmp_path, upload, stored) == [
+    assert changes(tmp_path, upload, stored, native=native) == [
         (UPDATE, encode_key(["3"]), "3,d,CHANGED", "3,d,e"),
         (INSERT, encode_key(["4"]), "4,new,row", None),
         (DELETE, encode_key(["5"]), None, "5,f,g"),
     ]
 
 
-@pytest.mark.parametrize("as_bytes", [False, True])
-def test_a_stored_line_quoted_otherwise_is_not_an_update(tmp_path: Path, as_bytes: bool) -> None:
+@pytest.mark.parametrize(("as_bytes", "native"), [(False, False), (True, False), (False, True)])
+def test_a_stored_line_quoted_otherwise_is_not_an_update(
+    tmp_path: Path, as_bytes: bool, native: bool
+) -> None:
     # A store written before lines were canonical may hold "a" for a: same values, no change.
     stored = [("1", '"1","a",b'), ("2", '2,"b",c')]
-    assert changes(tmp_path, "id,v,w\n1,a,b\n2,b,c\n", stored, as_bytes=as_bytes) == []
+    got = changes(tmp_path, "id,v,w\n1,a,b\n2,b,c\n", stored, as_bytes=as_bytes, native=native)
+    assert got == []
 
 
-def test_changes_after_a_key_skip_the_rows_up_to_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", [False, True])
+def test_changes_after_a_key_skip_the_rows_up_to_it(tmp_path: Path, native: bool) -> None:
     # The review's paging: the stored rows start above `after`, the file's rows up to it are
-    # skipped (not inserts).
+    # skipped (not inserts). The native reader is given a stored row below it too.
     stored = [("3", "3,d,e"), ("5", "5,f,g")]
+    if native:
+        stored.insert(0, ("1", "1,a,b"))
     upload = "id,v,w\n1,a,b\n2,x,y\n3,d,CHANGED\n4,new,row\n"
-    assert changes(tmp_path, upload, stored, after=encode_key(["2"])) == [
+    assert changes(tmp_path, upload, stored, after=encode_key(["2"]), native=native) == [
         (UPDATE, encode_key(["3"]), "3,d,CHANGED", "3,d,e"),
         (INSERT, encode_key(["4"]), "4,new,row", None),
         (DELETE, encode_key(["5"]), None, "5,f,g"),
@@ -210,9 +270,10 @@ def test_changes_after_a_key_skip_the_rows_up_to_it(tmp_path: Path) -> None:
     stored=st.dictionaries(st.integers(0, 30), st.sampled_from(["a", "b", "x,y", "é"])),
     sent=st.dictionaries(st.integers(0, 30), st.sampled_from(["a", "b", "x,y", "é"])),
     as_bytes=st.booleans(),
+    native=st.booleans(),
 )
 def test_the_native_merge_equals_a_dictionary_diff(
-    stored: dict, sent: dict, as_bytes: bool
+    stored: dict, sent: dict, as_bytes: bool, native: bool
 ) -> None:
     import tempfile
 
@@ -226,6 +287,7 @@ def test_the_native_merge_equals_a_dictionary_diff(
             text,
             [(f"{k:03d}", line(k, stored[k])) for k in sorted(stored)],
             as_bytes=as_bytes,
+            native=native,
         )
     expected = []
     for k in sorted(stored.keys() | sent.keys()):

@@ -187,8 +187,17 @@ def _apply_table(
         # A complete load reads the rows as they were (the snapshot) while writing them; a
         # delta looks keys up through the writer, which sees the delta's earlier commands.
         rows = transaction.connection if session.mode == INCREMENTAL else stored
+        # store_path: this worker holds the write lock, so a native reader of the stored rows
+        # sees what the snapshot sees.
         diff = table_diff(
-            rows, state, spec, path, session.mode, session.separator, out_of_order=writer.flush
+            rows,
+            state,
+            spec,
+            path,
+            session.mode,
+            session.separator,
+            out_of_order=writer.flush,
+            store_path=transaction.path,
         )
         counter = LinkCounter(table_limits.associations, diff.header, spec.key is None)
         links_before = _links_before(state, counter, stored, diff.header)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from prepsync._upload import FullDiff, UploadReader
+from prepsync._upload import FullDiff, StoredRows, UploadReader, native_store_problem
 from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
@@ -270,11 +270,11 @@ def insert_groups(
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
-    stored: Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
+    stored: StoredRows | Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
 ) -> Iterator[Change]:
-    """The merge-join of a complete load with the stored rows (batches of (key, line), the
-    line as str or UTF-8 bytes, both in key order), done by the native
+    """The merge-join of a complete load with the stored rows (read natively, or batches of
+    (key, line), the line as str or UTF-8 bytes, both in key order), done by the native
     :class:`~prepsync._upload.FullDiff`.
 
     ``after``: only changes of keys above it (``stored`` must already start there). The rows
@@ -298,6 +298,8 @@ def full_changes(
                 yield command, key, line, None, stored_line
     finally:
         reader.close()
+        if isinstance(stored, StoredRows):
+            stored.close()  # ends its read transaction now, not when it is collected
 
 
 def batched(rows: Iterable[tuple[bytes, str]]) -> Iterator[list[tuple[bytes, str]]]:
@@ -438,12 +440,17 @@ def table_diff(
     separator: str,
     after: bytes | None = None,
     out_of_order: Callable[[], None] | None = None,
+    store_path: Path | None = None,
 ) -> TableDiff:
     """The changes of ``path`` (a session's file for ``spec``) against the stored table.
 
     ``rows`` reads the stored rows: for a complete load a snapshot while applying, for a delta
     the writer's own connection (its lookups must see the delta's earlier commands, flushed by
     ``out_of_order``); ``state`` is the table as stored, None or header None when never loaded.
+    ``store_path``: the store, when nothing can be committed to it before the diff has read the
+    rows (the worker's own apply, which holds the write lock): a complete load then reads them
+    natively (:class:`~prepsync._upload.StoredRows`), in a read transaction of its own that
+    sees what ``rows`` sees.
     """
     incremental = mode == INCREMENTAL
     upload = open_upload(path, spec, separator, command=incremental)
@@ -478,9 +485,12 @@ def table_diff(
             return TableDiff(header, inserts, into_empty=(upload, positions))
         return TableDiff(header, full_changes(upload, positions, (), after))
     if list(stored_header) == header:
-        return TableDiff(
-            header, full_changes(upload, positions, stored_batches(rows, state.tid, after), after)
-        )
+        source: StoredRows | Iterator[list[tuple[bytes, bytes]]]
+        if store_path is not None and native_store_problem() is None:
+            source = StoredRows(str(store_path), state.tid, after)
+        else:
+            source = stored_batches(rows, state.tid, after)
+        return TableDiff(header, full_changes(upload, positions, source, after))
     stored = stored_rows(rows, state.tid)
     if sorted(column.casefold() for column in stored_header) == sorted(
         column.casefold() for column in header
