@@ -96,7 +96,7 @@ class Job:
     cmds: list[list[str]]
     work: Path
     setup: Callable[[], None] = lambda: None
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    env: dict[str, str] = field(default_factory=lambda: tool_environment())
     samples: list[Sample] = field(default_factory=list)
     report: Path | None = None  # prepsync's --report, read after every run for phase times
 
@@ -161,6 +161,13 @@ def load_tables(config: Path, connector: str, sources: Path) -> list[Table]:
 
 
 # ----------------------------------------------------------------------------- running
+
+
+def tool_environment() -> dict[str, str]:
+    """The tools' environment: this one, less PYTHONDONTWRITEBYTECODE. An installed prepsync
+    has its bytecode compiled (pip does it at install); with writing it forbidden, every run
+    of a checkout compiled its modules again, 0.05 of the 0.19 s a run costs whatever its size."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 
 def measure(job: Job, log: Path) -> Sample:
