@@ -3,6 +3,8 @@
 #include "ps_store.h"
 
 #include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 
 /* SQLite's C API, as sqlite3.h declares it (stable since SQLite 3.5/3.6). */
@@ -12,6 +14,7 @@ typedef struct sqlite3_stmt sqlite3_stmt;
 #define SQLITE_ROW 100
 #define SQLITE_DONE 101
 #define SQLITE_OPEN_READONLY 0x00000001
+#define SQLITE_STATIC ((void (*)(void *))0)
 #define SQLITE_TRANSIENT ((void (*)(void *))-1)
 
 static struct {
@@ -24,6 +27,10 @@ static struct {
     int (*prepare_v2)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
     int (*bind_int64)(sqlite3_stmt *, int, int64_t);
     int (*bind_blob)(sqlite3_stmt *, int, const void *, int, void (*)(void *));
+    int (*bind_text)(sqlite3_stmt *, int, const char *, int, void (*)(void *));
+    int (*reset)(sqlite3_stmt *);
+    int (*auto_extension)(void (*)(void));
+    int (*cancel_auto_extension)(void (*)(void));
     int (*step)(sqlite3_stmt *);
     const void *(*column_blob)(sqlite3_stmt *, int);
     int (*column_bytes)(sqlite3_stmt *, int);
@@ -50,6 +57,10 @@ int ps_store_load(const char *module_path, ps_error *err) {
         {"sqlite3_prepare_v2", (void **)&api.prepare_v2},
         {"sqlite3_bind_int64", (void **)&api.bind_int64},
         {"sqlite3_bind_blob", (void **)&api.bind_blob},
+        {"sqlite3_bind_text", (void **)&api.bind_text},
+        {"sqlite3_reset", (void **)&api.reset},
+        {"sqlite3_auto_extension", (void **)&api.auto_extension},
+        {"sqlite3_cancel_auto_extension", (void **)&api.cancel_auto_extension},
         {"sqlite3_step", (void **)&api.step},
         {"sqlite3_column_blob", (void **)&api.column_blob},
         {"sqlite3_column_bytes", (void **)&api.column_bytes},
@@ -123,4 +134,147 @@ void ps_store_rows_close(ps_store_rows *r) {
     /* Closing ends the read transaction (rolled back: nothing was written). */
     if (r->db) api.close((sqlite3 *)r->db);
     r->stmt = r->db = NULL;
+}
+
+/* ------------------------------------------------------------------ the writer's bulk load */
+
+/* SQLite calls its auto-extensions with the handle of every connection opened in the process,
+ * in the thread that opens it: the only sanctioned way to learn the sqlite3 * behind a Python
+ * sqlite3.Connection. Only the thread that asked captures (the flag is per thread). */
+static _Thread_local int capturing;
+static _Thread_local sqlite3 *captured;
+
+static int capture_entry(sqlite3 *db, char **message, const void *routines) {
+    (void)message;
+    (void)routines;
+    if (capturing) captured = db;
+    return SQLITE_OK;
+}
+
+int ps_store_capture_begin(ps_error *err) {
+    if (!api.loaded) return ps_fail(err, PS_ERR_ARG, 0, -1, "SQLite is not loaded");
+    captured = NULL;
+    capturing = 1;
+    if (api.auto_extension((void (*)(void))capture_entry) != SQLITE_OK) {
+        capturing = 0;
+        return ps_fail(err, PS_ERR_IO, 0, -1, "sqlite3_auto_extension failed");
+    }
+    return PS_OK;
+}
+
+void *ps_store_capture_end(void) {
+    capturing = 0;
+    api.cancel_auto_extension((void (*)(void))capture_entry);
+    void *db = captured;
+    captured = NULL;
+    return db;
+}
+
+/* Rows per statement of the bulk load: within one statement SQLite keeps its cursor on the
+ * last row inserted, and a key above it is appended without a descent from the root. */
+#define PS_LOAD_ROWS 64
+
+static int prepare_insert(sqlite3 *db, int rows, sqlite3_stmt **stmt, ps_error *err) {
+    char sql[96 + PS_LOAD_ROWS * 24];
+    int n = snprintf(sql, sizeof sql, "INSERT INTO rows (tid, key, line, seq) VALUES ");
+    for (int i = 0; i < rows; i++)
+        n += snprintf(sql + n, sizeof sql - (size_t)n, "%s(?1, ?%d, ?%d, ?2)", i ? "," : "",
+                      3 + 2 * i, 4 + 2 * i);
+    if (api.prepare_v2(db, sql, -1, stmt, NULL) != SQLITE_OK)
+        return ps_fail(err, PS_ERR_IO, 0, -1, "%s", api.errmsg(db));
+    return PS_OK;
+}
+
+/* One group of rows, copied out of the reader (whose buffers hold one row at a time). */
+typedef struct load_group {
+    char *bytes;
+    size_t used, cap;
+    size_t key_at[PS_LOAD_ROWS], key_len[PS_LOAD_ROWS], line_at[PS_LOAD_ROWS],
+        line_len[PS_LOAD_ROWS];
+    int rows;
+} load_group;
+
+static int group_add(load_group *g, const ps_upload *u, ps_error *err) {
+    size_t need = g->used + u->key_len + u->line_len;
+    if (need > g->cap) {
+        size_t cap = g->cap ? g->cap : 64 * 1024;
+        while (cap < need) cap *= 2;
+        char *bigger = realloc(g->bytes, cap);
+        if (!bigger) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a row");
+        g->bytes = bigger;
+        g->cap = cap;
+    }
+    g->key_at[g->rows] = g->used;
+    g->key_len[g->rows] = u->key_len;
+    memcpy(g->bytes + g->used, u->key, u->key_len);
+    g->used += u->key_len;
+    g->line_at[g->rows] = g->used;
+    g->line_len[g->rows] = u->line_len;
+    memcpy(g->bytes + g->used, u->line, u->line_len);
+    g->used += u->line_len;
+    g->rows++;
+    return PS_OK;
+}
+
+/* Bind rows [first, first + count) of the group from parameter `at` on and step once. */
+static int group_step(sqlite3 *db, sqlite3_stmt *stmt, const load_group *g, int first, int count,
+                      int64_t tid, int64_t seq, ps_error *err) {
+    int ok = api.bind_int64(stmt, 1, tid) == SQLITE_OK && api.bind_int64(stmt, 2, seq) == SQLITE_OK;
+    for (int i = 0; ok && i < count; i++) {
+        int row = first + i;
+        /* STATIC: the group's bytes stay put until after the step; the line is UTF-8 (the
+         * tokenizer checked the record), stored as TEXT. */
+        ok = api.bind_blob(stmt, 3 + 2 * i, g->bytes + g->key_at[row], (int)g->key_len[row],
+                           SQLITE_STATIC) == SQLITE_OK &&
+             api.bind_text(stmt, 4 + 2 * i, g->bytes + g->line_at[row], (int)g->line_len[row],
+                           SQLITE_STATIC) == SQLITE_OK;
+    }
+    /* A failed step: interrupted, disk full, I/O error; the message is the store's. */
+    int rc = ok && api.step(stmt) == SQLITE_DONE ? PS_OK
+                                                 : ps_fail(err, PS_ERR_IO, 0, -1, "%s", api.errmsg(db));
+    api.reset(stmt);
+    return rc;
+}
+
+int ps_store_bulk_load(void *handle, ps_upload *u, int64_t tid, int64_t seq, int64_t *rows,
+                       ps_error *err) {
+    sqlite3 *db = handle;
+    *rows = 0;
+    if (!api.loaded || !db) return ps_fail(err, PS_ERR_ARG, 0, -1, "no native writer");
+    sqlite3_stmt *group_insert = NULL, *row_insert = NULL;
+    load_group *g = calloc(1, sizeof *g);
+    if (!g) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory");
+    int rc = prepare_insert(db, PS_LOAD_ROWS, &group_insert, err);
+    if (!rc) rc = prepare_insert(db, 1, &row_insert, err);
+    int end = 0;
+    while (!rc && !end) {
+        g->rows = 0;
+        g->used = 0;
+        while (!rc && g->rows < PS_LOAD_ROWS) {
+            int st = ps_upload_row(u, err);
+            if (st == PS_TOK_END) {
+                end = 1;
+                break;
+            }
+            if (st != PS_TOK_RECORD)
+                rc = st;
+            else if (u->key_len > INT32_MAX || u->line_len > INT32_MAX)
+                rc = ps_fail(err, PS_ERR_INPUT, u->line_number, -1, "row too large");
+            else
+                rc = group_add(g, u, err);
+        }
+        if (rc) break;
+        if (g->rows == PS_LOAD_ROWS) {
+            rc = group_step(db, group_insert, g, 0, PS_LOAD_ROWS, tid, seq, err);
+        } else {
+            for (int i = 0; !rc && i < g->rows; i++)
+                rc = group_step(db, row_insert, g, i, 1, tid, seq, err);
+        }
+        if (!rc) *rows += g->rows;
+    }
+    if (group_insert) api.finalize(group_insert);
+    if (row_insert) api.finalize(row_insert);
+    free(g->bytes);
+    free(g);
+    return rc;
 }

@@ -11,6 +11,11 @@
  * found (a Python whose sqlite3 embeds SQLite without exporting it), ps_store_load fails and
  * the caller reads the rows through Python instead.
  *
+ * The bulk load of an initial session (every row an insert into an empty table) runs through
+ * the worker's own connection, whose handle ps_store_capture_* learn when it is opened, inside
+ * the transaction the worker opened on it: the rows go in with the rest of the session's
+ * changes and its `applied` mark, all or nothing.
+ *
  * A reader opens its own read-only connection and one read transaction: it sees the store as
  * last committed, like prepsync.server.store.snapshot(), while the worker writes through its
  * own connection. Errors fill the ps_error with PS_ERR_IO and SQLite's message. */
@@ -19,6 +24,7 @@
 
 #include "ps_core.h"
 #include "ps_tokenizer.h" /* PS_TOK_RECORD, PS_TOK_END */
+#include "ps_upload.h"
 
 typedef struct ps_store_rows {
     void *db;   /* sqlite3 * */
@@ -41,5 +47,17 @@ int ps_store_rows_open(ps_store_rows *r, const char *path, int64_t tid, const ch
 /* The next row: PS_TOK_RECORD with key/line set, PS_TOK_END after the last, or PS_ERR_IO. */
 int ps_store_rows_next(ps_store_rows *r, ps_error *err);
 void ps_store_rows_close(ps_store_rows *r);
+
+/* The writer's handle: between ps_store_capture_begin() and ps_store_capture_end(), the first
+ * connection this thread opens (Python's sqlite3.connect) is recorded, through an SQLite
+ * auto-extension; end returns it (NULL when none was opened). */
+int ps_store_capture_begin(ps_error *err);
+void *ps_store_capture_end(void);
+/* Every remaining row of the configured reader `u` inserted into table `tid` (seq `seq`)
+ * through the captured connection `db`, inside the transaction its owner opened; *rows is the
+ * count inserted. A bad row is the reader's error (PS_ERR_INPUT with its line); a store error
+ * (interrupted, disk full, I/O) is PS_ERR_IO with SQLite's message. */
+int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int64_t *rows,
+                       ps_error *err);
 
 #endif

@@ -144,3 +144,7 @@ cdef extern from "ps_store.h" nogil:
                            size_t after_len, ps_error *err)
     int ps_store_rows_next(ps_store_rows *r, ps_error *err)
     void ps_store_rows_close(ps_store_rows *r)
+    int ps_store_capture_begin(ps_error *err)
+    void *ps_store_capture_end()
+    int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int64_t *rows,
+                           ps_error *err)

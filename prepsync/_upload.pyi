@@ -1,6 +1,7 @@
 """Type stubs of the server's native upload reader (prepsync/_upload.pyx)."""
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 
 MAX_RECORD: int
 
@@ -25,6 +26,13 @@ def native_store_problem() -> str | None: ...
 class StoredRows:
     def __init__(self, path: str, tid: int, after: bytes | None = None) -> None: ...
     def close(self) -> None: ...
+
+class NativeWriter:
+    def bulk_load(self, reader: UploadReader, tid: int, seq: int) -> int: ...
+
+def capture_writer(
+    connect: Callable[[], sqlite3.Connection],
+) -> tuple[sqlite3.Connection, NativeWriter | None]: ...
 
 class FullDiff:
     def __init__(

@@ -8,6 +8,7 @@ What a row must satisfy and how key and line are built is the C side's (see ps_u
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 
@@ -388,3 +389,52 @@ cdef class FullDiff:
                 self.pending = False
                 self.take_stored()
         return out
+
+
+cdef class NativeWriter:
+    """The store writer's own SQLite handle (see :func:`capture_writer`), for the bulk load of
+    an initial session inside the transaction the writer opened."""
+
+    cdef void *db
+    cdef object connection
+
+    def bulk_load(self, UploadReader reader, long long tid, long long seq):
+        """Insert every remaining row of ``reader`` (open, configured, keys checked in order)
+        into table ``tid`` of the writer's open transaction, in C with the GIL released;
+        returns the count. A bad row is the reader's DataError; a store error (interrupted,
+        disk full, I/O) sqlite3.OperationalError, as from the sqlite3 module."""
+        cdef c.ps_error err
+        cdef int status
+        cdef int64_t rows = 0
+        if not reader.configured or not reader.opened:
+            raise ValueError("bulk_load() needs an open, configured reader")
+        # Raises ProgrammingError once the connection is closed (the handle is then gone);
+        # outside a transaction the rows would be committed one by one.
+        if not self.connection.in_transaction:
+            raise ValueError("bulk_load() runs inside the writer's transaction")
+        with nogil:
+            status = c.ps_store_bulk_load(self.db, &reader.reader, tid, seq, &rows, &err)
+        if status == c.PS_ERR_IO:
+            raise sqlite3.OperationalError(err.message.decode("utf-8", "replace"))
+        if status:
+            reader._raise(&err)
+        return rows
+
+
+def capture_writer(connect):
+    """``connect()`` (which opens one sqlite3 connection, in this thread) and that connection's
+    :class:`NativeWriter`, or None where SQLite cannot be reached natively."""
+    cdef c.ps_error err
+    cdef void *db
+    if native_store_problem() is not None or c.ps_store_capture_begin(&err):
+        return connect(), None
+    try:
+        connection = connect()
+    finally:
+        db = c.ps_store_capture_end()
+    if db == NULL:
+        return connection, None
+    writer = NativeWriter()
+    writer.db = db
+    writer.connection = connection
+    return connection, writer

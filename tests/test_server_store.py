@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serverutil import csv_bytes
 
+from prepsync._upload import UploadReader
 from prepsync.config import TableSpec, Thresholds
 from prepsync.protocol import DONE, FAILED
 from prepsync.server.apply import apply_session
@@ -176,3 +177,94 @@ def test_a_load_into_an_empty_table_stores_text_lines_of_every_group_size(tmp_pa
             assert seqs <= {3}
         finally:
             store.close()
+
+
+def _load_file(tmp_path: Path, rows: list[tuple[str, str]], extra: bytes = b"") -> Path:
+    path = tmp_path / "T.sorted.csv"
+    path.write_bytes(csv_bytes(["id", "v"], rows) + extra)
+    return path
+
+
+def _configured_reader(path: Path) -> UploadReader:
+    reader = UploadReader(str(path), path.name, ",")
+    reader.header()
+    reader.configure([0], True)
+    return reader
+
+
+def test_load_rows_natively_and_through_python_store_the_same(tmp_path: Path) -> None:
+    from prepsync.server.store import Transaction, encode_key, format_record, stored_rows
+
+    rows = [(f"{number:05d}中", f'a,"{number}"\n') for number in range(3000)]
+    path = _load_file(tmp_path, rows)
+    results = []
+    for native in (True, False):
+        store = open_store(tmp_path / f"store-{native}.sqlite3")
+        try:
+            assert (store.native is not None) is True  # this project's machines have it
+            with store.transaction() as transaction:
+                if not native:  # the fallback, as where SQLite cannot be reached from C
+                    transaction = Transaction(transaction.connection, transaction.path, None)
+                tid = transaction.table("C", "T").tid
+                assert transaction.load_rows(tid, 4, _configured_reader(path)) == len(rows)
+            results.append(list(stored_rows(store.connection, tid)))
+            kinds = {kind for (kind,) in store.connection.execute("SELECT typeof(line) FROM rows")}
+            assert kinds == {"text"}
+        finally:
+            store.close()
+    expected = [(encode_key([key]), format_record([key, value])) for key, value in rows]
+    assert results == [expected, expected]
+
+
+def test_a_bad_row_in_a_native_load_names_its_line_and_leaves_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    from prepsync.errors import DataError
+
+    path = _load_file(tmp_path, [(f"{n:03d}", "v") for n in range(100)], b"050,out of order\n")
+    store = open_store(tmp_path / "store.sqlite3")
+    try:
+        problem = r"^T\.sorted\.csv, line 102: not in key order$"
+        with pytest.raises(DataError, match=problem), store.transaction() as transaction:
+            tid = transaction.table("C", "T").tid
+            transaction.load_rows(tid, 1, _configured_reader(path))
+        assert store.connection.execute("SELECT count(*) FROM rows").fetchone() == (0,)
+        assert store.native is not None
+        with pytest.raises(ValueError, match="inside the writer's transaction"):
+            store.native.bulk_load(_configured_reader(path), tid, 1)
+    finally:
+        store.close()
+
+
+def test_an_interrupted_native_load_is_a_store_error(tmp_path: Path) -> None:
+    # Worker.stop() interrupts the writer from another thread: the load must stop with the
+    # sqlite3 error the worker knows (and roll back), not run to its end.
+    import sqlite3
+    import threading
+
+    import pytest
+
+    path = _load_file(tmp_path, [(f"{n:07d}", "value " * 20) for n in range(300_000)])
+    store = open_store(tmp_path / "store.sqlite3")
+    done = threading.Event()
+
+    def interrupt() -> None:
+        while not done.is_set():
+            store.interrupt()
+            done.wait(0.001)
+
+    try:
+        interrupted = pytest.raises(sqlite3.OperationalError, match="interrupt")
+        with interrupted, store.transaction() as transaction:
+            tid = transaction.table("C", "T").tid
+            reader = _configured_reader(path)
+            thread = threading.Thread(target=interrupt)
+            thread.start()
+            try:
+                transaction.load_rows(tid, 1, reader)
+            finally:
+                done.set()
+                thread.join()
+        assert store.connection.execute("SELECT count(*) FROM rows").fetchone() == (0,)
+    finally:
+        store.close()

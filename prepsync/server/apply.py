@@ -42,8 +42,8 @@ from prepsync.server.diff import (
     LinkCounter,
     TableDiff,
     Upload,
-    insert_groups,
     key_positions,
+    load_rows,
     open_upload,
     table_diff,
 )
@@ -311,9 +311,7 @@ def _load_into_empty(
     inserted = 0
     transaction, tid, seq = writer.transaction, writer.tid, writer.seq
     pairs = counter.pairs if counter.per_row else []
-    for groups in insert_groups(upload, positions, pairs):
-        transaction.insert_groups(tid, seq, groups)
-        inserted += sum(len(group) for group in groups) // 2
+    inserted = load_rows(transaction, tid, seq, upload, positions, pairs)
     if pairs:
         assert upload.native is not None
         counter.count_inserted(upload.native.link_rows)
@@ -326,8 +324,7 @@ def _rewrite(
     """Replace every stored row by the file's (a complete load in another column layout)."""
     transaction.delete_rows(tid)
     upload = open_upload(path, spec, separator, command=False)
-    for groups in insert_groups(upload, key_positions(spec, upload.header)):
-        transaction.insert_groups(tid, seq, groups)
+    load_rows(transaction, tid, seq, upload, key_positions(spec, upload.header))
 
 
 def _stored_counts(

@@ -37,8 +37,8 @@ from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
 from prepsync.server.store import (
-    INSERT_ROWS,
     TableState,
+    Transaction,
     encode_key,
     format_record,
     lookup,
@@ -251,18 +251,22 @@ def keyed_batches(
         reader.close()
 
 
-def insert_groups(
-    upload: Upload, positions: Sequence[int], link_pairs: Sequence[tuple[int, int]] = ()
-) -> Iterator[list[list[bytes]]]:
-    """:func:`keyed_batches` as the parameters of the store's multi-row INSERTs
-    (:meth:`~prepsync.server.store.Transaction.insert_groups`), for a load into an empty
-    table: about BATCH_ROWS rows at a time."""
+def load_rows(
+    transaction: Transaction,
+    tid: int,
+    seq: int,
+    upload: Upload,
+    positions: Sequence[int],
+    link_pairs: Sequence[tuple[int, int]] = (),
+) -> int:
+    """A complete load into an empty table through the store's bulk path
+    (:meth:`~prepsync.server.store.Transaction.load_rows`), checked by the native reader as in
+    :func:`keyed_batches`; returns the rows inserted."""
     reader = upload.native
     assert reader is not None, "a complete load is read natively"
     reader.configure(positions, True, link_pairs)
     try:
-        while groups := reader.insert_groups(INSERT_ROWS, max(BATCH_ROWS // INSERT_ROWS, 1)):
-            yield groups
+        return transaction.load_rows(tid, seq, reader)
     finally:
         reader.close()
 
