@@ -16,7 +16,8 @@ Layout (``<data>/store.sqlite3``, WAL mode):
 * Writes go through one bulk path, :meth:`Transaction.write_changes`: a batch of inserts,
   updates and deletes of one table, keys in order, each kind one ``executemany``. A PostgreSQL
   store would take the same batches through ``COPY`` into a staging table and three set-based
-  statements.
+  statements. A load into an empty table has its own path, :meth:`Transaction.load_rows`
+  (every row an insert, straight from the native reader, in C where it can be): ``COPY`` itself.
 * ``applied``: the sessions whose changes are in the store. It is written in the same
   transaction as the rows, so after a crash the worker can tell "applied, state not yet
   recorded" from "not applied" and never applies a session twice.
