@@ -759,7 +759,7 @@ static void reader_release(run_reader *r) {
                   upto - r->released) == 0)
         r->released = upto;
     else
-        r->released = -1; /* not supported here: do not ask again */
+        r->released = -1; /* unsupported here (or interrupted): the pages go with the file */
 #else
     (void)r;
 #endif
