@@ -87,14 +87,15 @@ class Server:
     def __init__(self, config: Path, data: Path, log: Path, python_path: str | None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        if python_path:
-            env["PYTHONPATH"] = python_path
+        # The server's code: this checkout's, or python_path's. Started outside any checkout:
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH, so run
+        # from a checkout's root it would import that checkout's prepsync whatever was asked.
+        env = {**os.environ, "PYTHONPATH": python_path or str(BENCH.parent)}
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "prepsync", "serve", "--config", str(config),
                  "--data-dir", str(data), "--port", str(self.port), "--log-level", "warning"],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=data.parent,
             )  # fmt: skip
         deadline = time.monotonic() + 30
         while True:
