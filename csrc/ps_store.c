@@ -194,8 +194,9 @@ typedef struct load_group {
     int rows;
 } load_group;
 
-static int group_add(load_group *g, const ps_upload *u, ps_error *err) {
-    size_t need = g->used + u->key_len + u->line_len;
+static int group_add(load_group *g, const ps_upload *u, int key_only, ps_error *err) {
+    size_t line_len = key_only ? 0 : u->line_len;
+    size_t need = g->used + u->key_len + line_len;
     if (need > g->cap) {
         size_t cap = g->cap ? g->cap : 64 * 1024;
         while (cap < need) cap *= 2;
@@ -209,9 +210,9 @@ static int group_add(load_group *g, const ps_upload *u, ps_error *err) {
     memcpy(g->bytes + g->used, u->key, u->key_len);
     g->used += u->key_len;
     g->line_at[g->rows] = g->used;
-    g->line_len[g->rows] = u->line_len;
-    memcpy(g->bytes + g->used, u->line, u->line_len);
-    g->used += u->line_len;
+    g->line_len[g->rows] = line_len;
+    if (line_len) memcpy(g->bytes + g->used, u->line, line_len);
+    g->used += line_len;
     g->rows++;
     return PS_OK;
 }
@@ -236,8 +237,8 @@ static int group_step(sqlite3 *db, sqlite3_stmt *stmt, const load_group *g, int 
     return rc;
 }
 
-int ps_store_bulk_load(void *handle, ps_upload *u, int64_t tid, int64_t seq, int64_t *rows,
-                       ps_error *err) {
+int ps_store_bulk_load(void *handle, ps_upload *u, int64_t tid, int64_t seq, int key_only,
+                       int64_t *rows, ps_error *err) {
     sqlite3 *db = handle;
     *rows = 0;
     if (!api.loaded || !db) return ps_fail(err, PS_ERR_ARG, 0, -1, "no native writer");
@@ -261,7 +262,7 @@ int ps_store_bulk_load(void *handle, ps_upload *u, int64_t tid, int64_t seq, int
             else if (u->key_len > INT32_MAX || u->line_len > INT32_MAX)
                 rc = ps_fail(err, PS_ERR_INPUT, u->line_number, -1, "row too large");
             else
-                rc = group_add(g, u, err);
+                rc = group_add(g, u, key_only, err);
         }
         if (rc) break;
         if (g->rows == PS_LOAD_ROWS) {

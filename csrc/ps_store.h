@@ -53,11 +53,12 @@ void ps_store_rows_close(ps_store_rows *r);
  * auto-extension; end returns it (NULL when none was opened). */
 int ps_store_capture_begin(ps_error *err);
 void *ps_store_capture_end(void);
-/* Every remaining row of the configured reader `u` inserted into table `tid` (seq `seq`)
+/* Every remaining row of the configured reader `u` inserted into table `tid` (seq `seq`;
+ * `key_only`: with an empty line, for a table whose line only repeats its key)
  * through the captured connection `db`, inside the transaction its owner opened; *rows is the
  * count inserted. A bad row is the reader's error (PS_ERR_INPUT with its line); a store error
  * (interrupted, disk full, I/O) is PS_ERR_IO with SQLite's message. */
-int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int64_t *rows,
-                       ps_error *err);
+int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int key_only,
+                       int64_t *rows, ps_error *err);
 
 #endif

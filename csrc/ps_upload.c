@@ -130,6 +130,31 @@ static size_t canonical_field(const ps_field *f, char *out) {
     return n;
 }
 
+size_t ps_key_line(const char *key, size_t key_len, char *out) {
+    size_t n = 0, at = 0;
+    while (at < key_len) {
+        /* One value: up to its 0x00 0x00; inside it 0x00 0x01 stands for a NUL. */
+        size_t end = at;
+        int quote = 0;
+        while (end + 1 < key_len && !(key[end] == '\0' && key[end + 1] == '\0')) {
+            char ch = key[end];
+            if (ch == ',' || ch == '"' || ch == '\r' || ch == '\n') quote = 1;
+            end += ch == '\0' ? 2 : 1;
+        }
+        if (n) out[n++] = ',';
+        if (quote) out[n++] = '"';
+        for (size_t i = at; i < end; i++) {
+            char ch = key[i];
+            if (ch == '\0') i++; /* 0x00 0x01: a NUL */
+            out[n++] = ch;
+            if (ch == '"') out[n++] = '"';
+        }
+        if (quote) out[n++] = '"';
+        at = end + 2;
+    }
+    return n;
+}
+
 int ps_upload_row(ps_upload *u, ps_error *err) {
     ps_record rec;
     int st = ps_upload_next(u, &rec, err);

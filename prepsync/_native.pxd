@@ -129,6 +129,7 @@ cdef extern from "ps_upload.h" nogil:
     int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                             const size_t *pair_cols, size_t npairs, ps_error *err)
     int ps_upload_row(ps_upload *u, ps_error *err)
+    size_t ps_key_line(const char *key, size_t key_len, char *out)
 
 
 cdef extern from "ps_store.h" nogil:
@@ -146,5 +147,5 @@ cdef extern from "ps_store.h" nogil:
     void ps_store_rows_close(ps_store_rows *r)
     int ps_store_capture_begin(ps_error *err)
     void *ps_store_capture_end()
-    int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int64_t *rows,
-                           ps_error *err)
+    int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int key_only,
+                           int64_t *rows, ps_error *err)

@@ -179,6 +179,24 @@ cdef class UploadReader:
         return groups
 
 
+cdef str key_line_of(const char *key, Py_ssize_t key_len):
+    cdef char *out = <char *>malloc(2 * key_len + 1)
+    cdef size_t n
+    if out == NULL:
+        raise MemoryError()
+    try:
+        n = c.ps_key_line(key, key_len, out)
+        return PyUnicode_DecodeUTF8(out, n, NULL)
+    finally:
+        free(out)
+
+
+def key_line(bytes key):
+    """The stored line of a key-only row (an association-only table's: every column is a key
+    column, in header order), rebuilt from its encoded key; such rows store an empty line."""
+    return key_line_of(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+
 cdef inline int compare_bytes(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb):
     cdef Py_ssize_t common = na if na < nb else nb
     cdef int order = memcmp(a, b, common)
@@ -284,8 +302,10 @@ cdef class FullDiff:
     cdef Py_ssize_t sline_len
     cdef bytes after
     cdef object insert, update, delete
+    cdef bint key_only
 
-    def __init__(self, UploadReader reader, stored, insert, update, delete, after=None):
+    def __init__(self, UploadReader reader, stored, insert, update, delete, after=None,
+                 bint key_only=False):
         if not reader.configured or not reader.opened:
             raise ValueError("FullDiff needs an open, configured reader")
         self.reader = reader
@@ -297,6 +317,7 @@ cdef class FullDiff:
         self.at = 0
         self.insert, self.update, self.delete = insert, update, delete
         self.after = after
+        self.key_only = key_only
 
     cdef int current_stored(self) except -1:
         """1 when a stored row is at hand (skey, sline), 0 once they are all consumed."""
@@ -336,8 +357,11 @@ cdef class FullDiff:
         self.at += 1
 
     cdef tuple stored_change(self, object command, object line):
-        return (command, PyBytes_FromStringAndSize(self.skey, self.skey_len), line,
-                PyUnicode_DecodeUTF8(self.sline, self.sline_len, NULL))
+        if self.sline_len == 0:  # a key-only row, stored without its line
+            stored_line = key_line_of(self.skey, self.skey_len)
+        else:
+            stored_line = PyUnicode_DecodeUTF8(self.sline, self.sline_len, NULL)
+        return (command, PyBytes_FromStringAndSize(self.skey, self.skey_len), line, stored_line)
 
     def changes(self, Py_ssize_t limit):
         """At most ``limit`` next changes; [] once both sides are consumed."""
@@ -382,8 +406,9 @@ cdef class FullDiff:
                 out.append(self.stored_change(self.delete, None))
                 self.take_stored()
             else:
-                if self.sline_len != <Py_ssize_t>u.line_len or memcmp(self.sline, u.line,
-                                                                     self.sline_len):
+                # Key-only rows: equal keys are equal values (and the stored line is empty).
+                if not self.key_only and (self.sline_len != <Py_ssize_t>u.line_len or
+                                          memcmp(self.sline, u.line, self.sline_len)):
                     out.append(self.stored_change(
                         self.update, PyUnicode_DecodeUTF8(u.line, u.line_len, NULL)))
                 self.pending = False
@@ -398,10 +423,10 @@ cdef class NativeWriter:
     cdef void *db
     cdef object connection
 
-    def bulk_load(self, UploadReader reader, long long tid, long long seq):
+    def bulk_load(self, UploadReader reader, long long tid, long long seq, bint key_only=False):
         """Insert every remaining row of ``reader`` (open, configured, keys checked in order)
         into table ``tid`` of the writer's open transaction, in C with the GIL released;
-        returns the count. A bad row is the reader's DataError; a store error (interrupted,
+        returns the count. ``key_only``: the rows are stored with an empty line. A bad row is the reader's DataError; a store error (interrupted,
         disk full, I/O) sqlite3.OperationalError, as from the sqlite3 module."""
         cdef c.ps_error err
         cdef int status
@@ -413,7 +438,8 @@ cdef class NativeWriter:
         if not self.connection.in_transaction:
             raise ValueError("bulk_load() runs inside the writer's transaction")
         with nogil:
-            status = c.ps_store_bulk_load(self.db, &reader.reader, tid, seq, &rows, &err)
+            status = c.ps_store_bulk_load(self.db, &reader.reader, tid, seq, key_only, &rows,
+                                          &err)
         if status == c.PS_ERR_IO:
             raise sqlite3.OperationalError(err.message.decode("utf-8", "replace"))
         if status:

@@ -93,6 +93,13 @@ def test_random_loads_and_deltas_match_a_model(data: st.DataObject) -> None:
                 assert b"".join(iter_table_csv(store.path, "C", "P", PAIR.columns)) == csv_bytes(
                     ["a", "b"], pair_order
                 )
+                # An association-only table's rows are stored without their line (the key holds
+                # every value): what is served above is rebuilt from the keys.
+                kept = store.connection.execute(
+                    "SELECT count(*) FROM rows JOIN tables USING (tid) "
+                    "WHERE name = 'P' AND line != ''"
+                ).fetchone()
+                assert kept == (0,)
         finally:
             store.close()
 
@@ -266,5 +273,49 @@ def test_an_interrupted_native_load_is_a_store_error(tmp_path: Path) -> None:
                 done.set()
                 thread.join()
         assert store.connection.execute("SELECT count(*) FROM rows").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+@given(
+    st.lists(st.text(st.sampled_from([",", '"', "\r", "\n", "\x00", "é", "a", " "]), min_size=1))
+)
+def test_a_key_only_line_rebuilt_from_its_key_is_the_canonical_record(values: list[str]) -> None:
+    from prepsync._upload import key_line
+    from prepsync.server.store import encode_key, format_record
+
+    assert key_line(encode_key(values)) == format_record(values)
+
+
+def test_a_link_table_stored_with_its_lines_still_diffs_and_serves(tmp_path: Path) -> None:
+    # A store written before key-only rows keeps its lines: a complete session with the same
+    # pairs changes nothing, a missing pair is deleted, and the rows written from then on are
+    # key-only.
+    from prepsync.server.store import encode_key, format_record
+
+    pairs = [("a", "x,y"), ("b", "z"), ("c", "w")]
+    store = open_store(tmp_path / "store.sqlite3")
+    try:
+        with store.transaction() as transaction:
+            state = transaction.table("C", "P")
+            old_lines = [(encode_key(pair), format_record(pair)) for pair in pairs]
+            transaction.write_changes(state.tid, 1, old_lines, (), ())
+            state.header, state.row_count = ("a", "b"), len(pairs)
+            transaction.save_table(state)
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v"], []))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], [*pairs, ("d", "v")]))
+        names = ["T.sorted.csv", "P.sorted.csv"]
+        outcome = apply_session(store, session(2, "complete", names), TABLES, tmp_path)
+        assert outcome.state == DONE
+        counts = outcome.summary["tables"]["P"]
+        assert (counts["inserted"], counts["updated"], counts["deleted"]) == (1, 0, 0)
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], [pairs[0], ("d", "v")]))
+        outcome = apply_session(store, session(3, "complete", names), TABLES, tmp_path)
+        counts = outcome.summary["tables"]["P"]
+        assert (counts["inserted"], counts["updated"], counts["deleted"]) == (0, 0, 2)
+        served = b"".join(iter_table_csv(store.path, "C", "P", PAIR.columns))
+        assert served == csv_bytes(["a", "b"], [pairs[0], ("d", "v")])
+        lines = dict(store.connection.execute("SELECT key, line FROM rows"))
+        assert lines == {encode_key(pairs[0]): 'a,"x,y"', encode_key(["d", "v"]): ""}
     finally:
         store.close()

@@ -299,3 +299,34 @@ def test_the_native_merge_equals_a_dictionary_diff(
         elif stored[k] != sent[k]:
             expected.append((UPDATE, key, line(k, sent[k]), line(k, stored[k])))
     assert got == expected
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_key_only_rows_stored_without_a_line_diff_by_key(tmp_path: Path, native: bool) -> None:
+    # An association-only table's rows are stored with an empty line: equal keys are
+    # unchanged, and a delete carries the line rebuilt from the key.
+    pair = TableSpec("P", ("a", "b"), None, Thresholds())
+    stored = [(encode_key(["g", 'x,"y"']), ""), (encode_key(["h", "z"]), "")]
+    path = tmp_path / "P.sorted.csv"
+    path.write_text('a,b\ng,"x,""y"""\ni,j\n')
+    source: object = [[(key, line.encode()) for key, line in stored]]
+    if native:
+        store = open_store(tmp_path / "store.sqlite3")
+        try:
+            with store.transaction() as transaction:
+                tid = transaction.table("C", "P").tid
+                transaction.write_changes(tid, 1, stored, (), ())
+        finally:
+            store.close()
+        source = StoredRows(str(tmp_path / "store.sqlite3"), tid)
+    upload = open_upload(path, pair, ",", command=False)
+    got = [
+        (command, key, line, stored_line)
+        for command, key, line, _values, stored_line in full_changes(
+            upload, [0, 1], source, key_only=True
+        )
+    ]
+    assert got == [
+        (DELETE, encode_key(["h", "z"]), None, "h,z"),
+        (INSERT, encode_key(["i", "j"]), "i,j", None),
+    ]

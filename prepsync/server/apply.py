@@ -182,7 +182,7 @@ def _apply_table(
 ) -> TableCounts:
     state = transaction.table(session.connector, spec.name)
     counts = TableCounts(stored_before=state.row_count)
-    writer = _BatchWriter(transaction, state.tid, session.seq)
+    writer = _BatchWriter(transaction, state.tid, session.seq, key_only=spec.key is None)
     with snapshot(transaction.path) as stored:
         # A complete load reads the rows as they were (the snapshot) while writing them; a
         # delta looks keys up through the writer, which sees the delta's earlier commands.
@@ -254,14 +254,20 @@ def _links_before(
 class _BatchWriter:
     """Gathers one table's changes and writes them through the store's bulk path."""
 
-    def __init__(self, transaction: Transaction, tid: int, seq: int) -> None:
+    def __init__(self, transaction: Transaction, tid: int, seq: int, key_only: bool) -> None:
         self.transaction, self.tid, self.seq = transaction, tid, seq
+        # An association-only table: rows are stored with an empty line (store.line_of).
+        self.key_only = key_only
         self.inserts: list[tuple[bytes, str]] = []
         self.updates: list[tuple[bytes, str]] = []
         self.deletes: list[bytes] = []
 
     def flush(self) -> None:
-        self.transaction.write_changes(self.tid, self.seq, self.inserts, self.updates, self.deletes)
+        inserts, updates = self.inserts, self.updates
+        if self.key_only:
+            inserts = [(key, "") for key, _line in inserts]
+            updates = [(key, "") for key, _line in updates]
+        self.transaction.write_changes(self.tid, self.seq, inserts, updates, self.deletes)
         self.inserts.clear()
         self.updates.clear()
         self.deletes.clear()
@@ -311,7 +317,7 @@ def _load_into_empty(
     inserted = 0
     transaction, tid, seq = writer.transaction, writer.tid, writer.seq
     pairs = counter.pairs if counter.per_row else []
-    inserted = load_rows(transaction, tid, seq, upload, positions, pairs)
+    inserted = load_rows(transaction, tid, seq, upload, positions, pairs, writer.key_only)
     if pairs:
         assert upload.native is not None
         counter.count_inserted(upload.native.link_rows)
@@ -324,7 +330,8 @@ def _rewrite(
     """Replace every stored row by the file's (a complete load in another column layout)."""
     transaction.delete_rows(tid)
     upload = open_upload(path, spec, separator, command=False)
-    load_rows(transaction, tid, seq, upload, key_positions(spec, upload.header))
+    positions = key_positions(spec, upload.header)
+    load_rows(transaction, tid, seq, upload, positions, key_only=spec.key is None)
 
 
 def _stored_counts(

@@ -258,6 +258,7 @@ def load_rows(
     upload: Upload,
     positions: Sequence[int],
     link_pairs: Sequence[tuple[int, int]] = (),
+    key_only: bool = False,
 ) -> int:
     """A complete load into an empty table through the store's bulk path
     (:meth:`~prepsync.server.store.Transaction.load_rows`), checked by the native reader as in
@@ -266,7 +267,7 @@ def load_rows(
     assert reader is not None, "a complete load is read natively"
     reader.configure(positions, True, link_pairs)
     try:
-        return transaction.load_rows(tid, seq, reader)
+        return transaction.load_rows(tid, seq, reader, key_only)
     finally:
         reader.close()
 
@@ -276,6 +277,7 @@ def full_changes(
     positions: Sequence[int],
     stored: StoredRows | Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
+    key_only: bool = False,
 ) -> Iterator[Change]:
     """The merge-join of a complete load with the stored rows (read natively, or batches of
     (key, line), the line as str or UTF-8 bytes, both in key order), done by the native
@@ -291,7 +293,9 @@ def full_changes(
     reader = upload.native
     assert reader is not None, "a complete load is read natively"
     reader.configure(positions, True)
-    merge = FullDiff(reader, stored, INSERT, UPDATE, DELETE, after)
+    # key_only (an association-only table, every column in the key): equal keys are equal
+    # rows, whatever the stored line (empty, or a store from before's own quoting).
+    merge = FullDiff(reader, stored, INSERT, UPDATE, DELETE, after, key_only)
     try:
         while changes := merge.changes(BATCH_ROWS):
             for command, key, line, stored_line in changes:
@@ -494,7 +498,7 @@ def table_diff(
             source = StoredRows(str(store_path), state.tid, after)
         else:
             source = stored_batches(rows, state.tid, after)
-        return TableDiff(header, full_changes(upload, positions, source, after))
+        return TableDiff(header, full_changes(upload, positions, source, after, spec.key is None))
     stored = stored_rows(rows, state.tid)
     if sorted(column.casefold() for column in stored_header) == sorted(
         column.casefold() for column in header

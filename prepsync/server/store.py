@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prepsync._upload import NativeWriter, UploadReader, capture_writer
+from prepsync._upload import NativeWriter, UploadReader, capture_writer, key_line
 from prepsync.protocol import csv_record
 
 _SCHEMA = """
@@ -296,18 +296,21 @@ class Transaction:
             if len(group) != width:
                 self._connection.execute(_insert_statement(tid, seq, len(group) // 2), group)
 
-    def load_rows(self, tid: int, seq: int, reader: UploadReader) -> int:
+    def load_rows(self, tid: int, seq: int, reader: UploadReader, key_only: bool = False) -> int:
         """Every remaining row of a complete load's native reader (open, configured with key
         order checked) into table ``tid``, which holds none of their keys; returns the count.
 
         The store's bulk path for a load into an empty table: in C through the writer's own
         handle when there is one (:class:`~prepsync._upload.NativeWriter`, ~1 µs a row less
         than Python's binding), else the reader's parameter lists through
-        :meth:`insert_groups`."""
+        :meth:`insert_groups`. ``key_only``: store the rows' lines empty (see :func:`line_of`)."""
         if self._native is not None:
-            return self._native.bulk_load(reader, tid, seq)
+            return self._native.bulk_load(reader, tid, seq, key_only)
         rows = 0
         while groups := reader.insert_groups(INSERT_ROWS, 64):
+            if key_only:
+                for group in groups:
+                    group[1::2] = [b""] * (len(group) // 2)
             self.insert_groups(tid, seq, groups)
             rows += sum(len(group) for group in groups) // 2
         return rows
@@ -341,12 +344,22 @@ def table_state(connection: sqlite3.Connection, connector: str, name: str) -> Ta
     return TableState(row[0], None if header is None else tuple(header), row[2], links)
 
 
+def line_of(key: bytes, line: str) -> str:
+    """A stored row's line: as stored, or rebuilt from the key for a key-only row.
+
+    An association-only table's columns are all key columns, in header order, so its line
+    would only repeat the key: its rows are stored with an empty line (half the bytes of a
+    link table, written twice by the WAL and its checkpoint). A real line is never empty (a
+    key value never is), and rows of a store from before keep their lines."""
+    return line if line else key_line(key)
+
+
 def lookup(connection: sqlite3.Connection, tid: int, key: bytes) -> str | None:
     """The stored line of the row with ``key``, or None."""
     row = connection.execute(
         "SELECT line FROM rows WHERE tid = ? AND key = ?", (tid, key)
     ).fetchone()
-    return None if row is None else str(row[0])
+    return None if row is None else line_of(key, str(row[0]))
 
 
 def stored_rows(
@@ -360,7 +373,8 @@ def stored_rows(
             "SELECT key, line FROM rows WHERE tid = ? AND key > ? ORDER BY key", (tid, after)
         )
     while rows := cursor.fetchmany(4096):
-        yield from rows
+        for key, line in rows:
+            yield key, line_of(key, line)
 
 
 def stored_batches(
@@ -368,7 +382,8 @@ def stored_batches(
 ) -> Iterator[list[tuple[bytes, bytes]]]:
     """(key, line as UTF-8 bytes) of the table's rows in key order, in the lists ``fetchmany``
     returns (for the native merge-join). Bytes, not str: a scan of every row then skips
-    decoding each line (~40 % of the fetch), and the merge compares bytes anyway."""
+    decoding each line (~40 % of the fetch), and the merge compares bytes anyway. A key-only
+    row's line is empty here (the merge rebuilds it, see :func:`line_of`)."""
     select = "SELECT key, CAST(line AS BLOB) FROM rows WHERE tid = ?"
     if after is None:
         cursor = connection.execute(f"{select} ORDER BY key", (tid,))
@@ -428,9 +443,10 @@ def iter_table_csv(
         size = 0
         if row is not None:
             cursor = connection.execute(
-                "SELECT line FROM rows WHERE tid = ? ORDER BY key", (row[0],)
+                "SELECT key, line FROM rows WHERE tid = ? ORDER BY key", (row[0],)
             )
-            for (line,) in cursor:
+            for key, stored in cursor:
+                line = line_of(key, stored)
                 pieces.append(line)
                 pieces.append("\n")
                 size += len(line) + 1
