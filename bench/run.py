@@ -166,7 +166,7 @@ def load_tables(config: Path, connector: str, sources: Path) -> list[Table]:
 def tool_environment() -> dict[str, str]:
     """The tools' environment: this one, less PYTHONDONTWRITEBYTECODE. An installed prepsync
     has its bytecode compiled (pip does it at install); with writing it forbidden, every run
-    of a checkout compiled its modules again, 0.05 of the 0.19 s a run costs whatever its size."""
+    of a checkout compiled its modules again, about 0.05 s on top of its ~0.09 s fixed cost."""
     return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 
