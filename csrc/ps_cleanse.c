@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -621,13 +620,7 @@ static int spill_arena(ps_cleanse *c, ps_error *err) {
     c->sort.spare_size = 0;
     c->sort.arena_top = 0;
     c->sort.n_entries = 0;
-    /* Signals stay with the threads that handle them (Python's, for Ctrl-C). */
-    sigset_t all, before;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &before);
-    job->started = pthread_create(&job->thread, NULL, spill_thread, job) == 0;
-    pthread_sigmask(SIG_SETMASK, &before, NULL);
-    if (job->started) __atomic_add_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+    job->started = ps_start_thread(&job->thread, spill_thread, job);
     if (!job->started) run_spill_job(job);
     return resize_arena(c, err); /* the spare's size for this run, or a first spare */
 }

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -123,6 +124,20 @@ static int write_block(ps_writer *w, const char *buf, size_t len, ps_error *err)
     return PS_OK;
 }
 
+int ps_start_thread(pthread_t *thread, void *(*fn)(void *), void *arg) {
+#if PREPSYNC_DEBUG_BUILD
+    const char *refuse = getenv("PREPSYNC_DEBUG_NO_THREADS");
+    if (refuse && strcmp(refuse, "1") == 0) return 0;
+#endif
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before);
+    int started = pthread_create(thread, NULL, fn, arg) == 0;
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    if (started) __atomic_add_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
+    return started;
+}
+
 void ps_flusher_init(ps_flusher *f, size_t block) {
     memset(f, 0, sizeof *f);
     f->block = block;
@@ -179,16 +194,8 @@ static void flusher_start(ps_flusher *f) {
     f->spare_cap = f->block;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
-    /* Signals stay with the threads that handle them (Python's, for Ctrl-C). */
-    sigset_t all, before;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &before);
-    f->started = pthread_create(&f->thread, NULL, flusher_thread, f) == 0;
-    pthread_sigmask(SIG_SETMASK, &before, NULL);
-    if (f->started) {
-        __atomic_add_fetch(&ps_live.threads, 1, __ATOMIC_RELAXED);
-        return;
-    }
+    f->started = ps_start_thread(&f->thread, flusher_thread, f);
+    if (f->started) return;
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     ps_free(f->spare, f->spare_cap);

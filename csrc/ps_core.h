@@ -41,6 +41,13 @@ typedef struct ps_counters {
 } ps_counters;
 extern ps_counters ps_live;
 
+/* Starts fn(arg) on a new thread with every signal blocked in it (signals stay with the
+ * threads that handle them: Python's, for Ctrl-C) and counts it in ps_live.threads; 1 when it
+ * runs (the caller joins it and decrements the count), 0 when no thread could be created and
+ * the caller does the work itself. In a debug build PREPSYNC_DEBUG_NO_THREADS=1 makes every
+ * start fail, so that the tests run those fallbacks too. */
+int ps_start_thread(pthread_t *thread, void *(*fn)(void *), void *arg);
+
 /* Large buffers come straight from mmap so that freeing them returns the memory to the
  * system at once: glibc's dynamic mmap threshold would otherwise keep a freed arena in the
  * heap and the process's RSS would not come back down between the sort and merge phases. */

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,19 +77,12 @@ def can_punch_holes(probe: Path) -> bool:
         probe.unlink()
 
 
-def test_the_merge_frees_the_spill_bytes_it_has_read(
-    tmp_path: Path, export: tuple[Path, bytes, bytes]
-) -> None:
-    """Half-way through the final merge, the runs already read half-way no longer hold those
-    bytes: their pages went back for the outputs to reuse (DESIGN, "The merge frees the spill
-    files as it reads them"). Where the file system cannot punch holes, nothing is freed early
-    and the test has nothing to check."""
-    source, sorted_bytes, _ = export
-    spill, outputs = tmp_path / "spill", tmp_path / "out"
+def merge_half_way(source: Path, folder: Path, half_way: Callable[[Path], None]) -> bytes:
+    """The engine alone over `source` at 8 MiB (many runs), calling half_way(spill folder) once
+    half the rows have left the final merge; returns the sorted output's rows."""
+    spill, outputs = folder / "spill", folder / "out"
     spill.mkdir()
     outputs.mkdir()
-    if not can_punch_holes(spill / "probe"):
-        pytest.skip("this file system cannot punch holes")
     files = {kind: open(outputs / kind, "w+b") for kind in ("sorted", "nullpk", "duplicates")}  # noqa: SIM115
     try:
         with open(source, "rb") as reader:
@@ -110,21 +104,63 @@ def test_the_merge_frees_the_spill_bytes_it_has_read(
                 while engine.read_from(reader.fileno(), 1 << 20):
                     pass
                 engine.finish_input()
-                rows = engine.stats()["rows_read"]
-                assert not engine.merge_step(rows // 2)
-                runs = [path for path in spill.iterdir() if path.name.startswith("run-")]
-                assert len(runs) >= 4
-                size = sum(path.stat().st_size for path in runs)
-                held = sum(path.stat().st_blocks * 512 for path in runs)
+                assert not engine.merge_step(engine.stats()["rows_read"] // 2)
+                half_way(spill)
                 while not engine.merge_step(1 << 20):
                     pass
             finally:
                 engine.close()
         files["sorted"].seek(0)
-        assert files["sorted"].read() == sorted_bytes.partition(b"\n")[2]
+        return files["sorted"].read()
     finally:
         for out in files.values():
             out.close()
+
+
+def test_the_merge_frees_the_spill_bytes_it_has_read(
+    tmp_path: Path, export: tuple[Path, bytes, bytes]
+) -> None:
+    """Half-way through the final merge, the runs already read half-way no longer hold those
+    bytes: their pages went back for the outputs to reuse (DESIGN, "The merge frees the spill
+    files as it reads them"). Where the file system cannot punch holes, nothing is freed early
+    and the test has nothing to check."""
+    source, sorted_bytes, _ = export
+    if not can_punch_holes(tmp_path / "probe"):
+        pytest.skip("this file system cannot punch holes")
+    held: list[tuple[int, int]] = []
+
+    def measure(spill: Path) -> None:
+        runs = [path for path in spill.iterdir() if path.name.startswith("run-")]
+        assert len(runs) >= 4
+        size = sum(path.stat().st_size for path in runs)
+        held.append((sum(path.stat().st_blocks * 512 for path in runs), size))
+
+    assert merge_half_way(source, tmp_path, measure) == sorted_bytes.partition(b"\n")[2]
     # Keys are spread evenly over the runs, so half the rows merged is about half of each run
     # read; punched in 1 MiB steps, well over a third of the bytes must be gone.
-    assert held < size * 2 // 3, (held, size)
+    [(blocks, size)] = held
+    assert blocks < size * 2 // 3, (blocks, size)
+
+
+@pytest.mark.parametrize("threads", ["started", "refused"])
+def test_the_same_bytes_when_no_worker_thread_can_be_started(
+    tmp_path: Path,
+    export: tuple[Path, bytes, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    threads: str,
+) -> None:
+    """Where no thread can be created (a container's thread limit), the spill worker's and
+    the output writer's work runs on the calling thread: the same bytes, nothing left running.
+    A debug build refuses every thread under PREPSYNC_DEBUG_NO_THREADS=1 (`make test-asan`
+    runs this); half-way through the final merge the output writer's thread is there or not."""
+    source, sorted_bytes, _ = export
+    if threads == "refused":
+        if not _cleanse.DEBUG_BUILD:
+            pytest.skip("only a debug build can refuse threads")
+        monkeypatch.setenv("PREPSYNC_DEBUG_NO_THREADS", "1")
+    running: list[int] = []
+    rows = merge_half_way(
+        source, tmp_path, lambda _: running.append(_cleanse.live_counters()["threads"])
+    )
+    assert rows == sorted_bytes.partition(b"\n")[2]
+    assert running == ([1] if threads == "started" else [0])
