@@ -174,8 +174,17 @@ class Watcher:
         self._thread.join()
 
 
-def prepare(mode: str, sources: Path, work: Path, config: Path, log: Path, url: str = "") -> float:
-    """Seconds of one ``prepsync prepare`` run (work directory emptied first)."""
+def prepare(
+    mode: str,
+    sources: Path,
+    work: Path,
+    config: Path,
+    log: Path,
+    url: str = "",
+    report: Path | None = None,
+) -> float:
+    """Seconds of one ``prepsync prepare`` run (work directory emptied first); ``report``: its
+    ``--report`` file."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     remove_previous(sources)
@@ -187,6 +196,8 @@ def prepare(mode: str, sources: Path, work: Path, config: Path, log: Path, url: 
         command += ["--api-url", url, "--api-client-id", CLIENT]
     else:
         command += ["--config", str(config)]
+    if report is not None:
+        command += ["--report", str(report)]
     env = {**os.environ, "PREPSYNC_API_SECRET": SECRET}
     started = time.perf_counter()
     with log.open("ab") as out:
@@ -194,6 +205,24 @@ def prepare(mode: str, sources: Path, work: Path, config: Path, log: Path, url: 
     if result.returncode != 0:
         raise SystemExit(f"prepare {mode} failed ({result.returncode}); see {log}")
     return time.perf_counter() - started
+
+
+REPORTED_PHASES = ("prepare", "upload", "commit", "server_apply")
+
+
+def reported_phases(report: Path) -> dict[str, float]:
+    """The online run's phases as its ``--report`` times them (none an older agent or server
+    does not report): the prepare itself, the upload, the commit's verification and the
+    server's apply."""
+    document = json.loads(report.read_text())
+    delivery = document.get("delivery") or {}
+    phases = {"prepare": document.get("seconds"), **(delivery.get("phase_seconds") or {})}
+    phases["server_apply"] = delivery.get("server_apply_seconds")
+    return {
+        name: float(phases[name])
+        for name in REPORTED_PHASES
+        if isinstance(phases.get(name), (int, float))
+    }
 
 
 def file_digest(path: Path) -> str:
@@ -234,9 +263,12 @@ def main() -> int:
         "offline_day1_s": [], "offline_day2_s": [], "online_initial_s": [],
         "online_complete_s": [],
     }  # fmt: skip
-    # Phases of each online run (Watcher): agent until committed, server apply, verdict wait.
+    # Phases of each online run (Watcher): agent until committed, server apply, verdict wait;
+    # and as the agent's report times them: upload, commit, the server's own apply_seconds.
+    watched = ("agent_until_committed_s", "server_apply_s", "verdict_wait_s")
+    reported = tuple(f"report_{name}_s" for name in REPORTED_PHASES)
     for online in ("online_initial_s", "online_complete_s"):
-        for phase in ("agent_until_committed_s", "server_apply_s", "verdict_wait_s"):
+        for phase in (*watched, *reported):
             samples[f"{online}_{phase}"] = []
     checks: list[str] = []
     counts: dict[str, Any] = {}
@@ -255,11 +287,14 @@ def main() -> int:
                     "/api/connectors/AD/sessions").json()}  # fmt: skip
                 started = time.perf_counter()
                 watcher = Watcher(server, known)
-                prepare(mode, day, work / "online", config, log, server.url)
+                report = work / f"report-{mode}.json"
+                prepare(mode, day, work / "online", config, log, server.url, report)
                 state = server.wait_done(server.latest()["id"])
                 total = time.perf_counter() - started
                 watcher.stop()
                 samples[key].append(total)
+                for name, seconds in reported_phases(report).items():
+                    samples[f"{key}_report_{name}_s"].append(seconds)
                 if watcher.committed is not None and watcher.settled is not None:
                     samples[key + "_agent_until_committed_s"].append(watcher.committed)
                     samples[key + "_server_apply_s"].append(watcher.settled - watcher.committed)

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,11 @@ class Delivery:
     # The server's last answer on the session (GET /api/sessions/{id}): its state, reason and
     # counts, passed through as the server words them; None until the verdict was waited for.
     server_session: dict[str, Any] | None = None
+    # Where the delivery's time went, so a slow online run names its phase: "upload" (every
+    # file, resumes included), "commit" (the server verifying sizes and hashes), and
+    # "verdict_wait" (from the commit's answer until the verdict was seen, the server's apply
+    # included; the server's own share is its session's ``apply_seconds``).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str | None:
@@ -93,6 +98,8 @@ class Delivery:
             "files": [{"name": f.name, "size": f.size, "xxh3_128": f.xxh3_128} for f in self.files],
             "recovered_session": self.recovered_session,
             "server_session": self.server_session,
+            "phase_seconds": {name: round(value, 6) for name, value in self.phase_seconds.items()},
+            "server_apply_seconds": (self.server_session or {}).get("apply_seconds"),
         }
 
 
@@ -254,10 +261,13 @@ def synchronize(
                     ],
                 }
             )
+            uploading = time.monotonic()
             receipts = [api.upload(session_id, path, path.name) for path in files_to_send(run)]
             staging.crash_point("uploaded")
             committing = True
+            upload_seconds = time.monotonic() - uploading
             state = api.commit(session_id, receipts)["state"]
+            commit_seconds = time.monotonic() - uploading - upload_seconds
             staging.crash_point("server-committed")
         except BaseException:
             if not committing:
@@ -268,7 +278,8 @@ def synchronize(
         pipeline.advance_baselines(run)
         journal.remove()
         log.info("session %s committed (%s); baselines advanced", session_id, state)
-    return run, Delivery(session_id, state, receipts, recovered)
+    phases = {"upload": upload_seconds, "commit": commit_seconds}
+    return run, Delivery(session_id, state, receipts, recovered, phase_seconds=phases)
 
 
 def _abandon(api: ApiClient, journal: SessionJournal, session_id: str) -> None:
@@ -315,6 +326,7 @@ def await_verdict(
         state = str(document.get("state"))
         if state in VERDICT_EXIT_STATUS:
             delivery.state, delivery.server_session = state, document
+            delivery.phase_seconds["verdict_wait"] = clock() - started
             return delivery
         waited = clock() - started
         holder = _held_behind(api, document) if state == QUEUED else None
@@ -328,6 +340,7 @@ def await_verdict(
                 if holder.get("reason"):
                     behind += f" ({holder['reason']})"
             delivery.state, delivery.server_session = state, document
+            delivery.phase_seconds["verdict_wait"] = clock() - started
             raise NoVerdict(
                 f"session {session_id} is still {state}{behind} after {waited:.0f} s; it is "
                 "committed and the baselines advanced: the server will settle it",

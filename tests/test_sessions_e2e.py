@@ -83,6 +83,13 @@ def test_exit_statuses_say_the_verdict(tmp_path: Path) -> None:
         assert delivery["verdict"] == "done" and delivery["reason"] is None
         entries = delivery["server_session"]["tables"]["ADExport_entries"]
         assert entries["inserted"] == len(export.entries)  # the server's counts, passed through
+        # Where the time went: every phase timed, the server's apply within the verdict wait.
+        phases = delivery["phase_seconds"]
+        assert set(phases) == {"upload", "commit", "verdict_wait"}
+        assert all(seconds > 0 for seconds in phases.values())
+        apply_seconds = delivery["server_apply_seconds"]
+        assert apply_seconds == delivery["server_session"]["apply_seconds"]
+        assert 0 < apply_seconds < phases["verdict_wait"] + phases["commit"]
 
         # Past MaximumDeletedLines=3: status 3, the reason, and how to settle it.
         export.next_day(deletes=5)
@@ -108,7 +115,9 @@ def test_exit_statuses_say_the_verdict(tmp_path: Path) -> None:
         queued = agent.run("incremental", "--no-wait", "--report", str(report))
         assert queued.returncode == 0, queued.stderr
         assert "queued" in queued.stdout
-        assert json.loads(report.read_text())["delivery"]["verdict"] is None
+        delivery = json.loads(report.read_text())["delivery"]
+        assert delivery["verdict"] is None and delivery["server_apply_seconds"] is None
+        assert set(delivery["phase_seconds"]) == {"upload", "commit"}  # no wait, none timed
 
         # No verdict in time: status 5, naming what holds the session back.
         export.next_day(deletes=1)

@@ -111,6 +111,8 @@ class Session:
             # Per-table counts and every threshold crossed, once processed.
             "tables": None if self.summary is None else self.summary.get("tables"),
             "thresholds": None if self.summary is None else self.summary.get("thresholds"),
+            # Seconds the worker spent applying (or judging) it; None before or without.
+            "apply_seconds": None if self.summary is None else self.summary.get("apply_seconds"),
             "opened_at": _iso(self.opened_at),
             "updated_at": _iso(self.updated_at),
         }

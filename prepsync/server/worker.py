@@ -141,6 +141,7 @@ class Worker:
                     "them; run a complete synchronization",
                 )
                 return
+        started = time.monotonic()
         try:
             outcome = apply_session(
                 self._store,
@@ -169,6 +170,9 @@ class Worker:
             logger.exception("session %s", session.id)
             self._finish(session, FAILED, f"internal error: {type(error).__name__}: {error}")
             return
+        # The store's share of the session's time, for the agent's report: from the claim to
+        # the outcome (a blocked session's diff included), not counting the verdict's write.
+        outcome.summary["apply_seconds"] = round(time.monotonic() - started, 3)
         self._finish(session, outcome.state, outcome.reason, outcome.summary)
 
     def _finish(
