@@ -420,39 +420,12 @@ class ApiClient:
 
         ``progress(bytes the server holds, file size)`` is called as chunks are acknowledged.
         """
-        name = path.name if name is None else name
-        url = f"/api/sessions/{_q(session_id)}/files/{_q(name)}"
-        try:
-            stream = path.open("rb")
-        except OSError as error:
-            raise PrepsyncError(f"{path}: cannot read: {error.strerror or error}") from None
-        with stream:
-            source = _HashingReader(stream, path)
-            self._send_file(url, source, progress)
-            return FileReceipt(name, source.size, source.hexdigest())
+        with FileUpload(self, session_id, path, name, progress=progress) as sending:
+            while not sending.sent(written=True):
+                sending.step(written=True)
+            return sending.receipt()
 
     # ------------------------------------------------------------------------ uploads
-
-    def _send_file(
-        self, url: str, source: _HashingReader, progress: Callable[[int, int], None] | None
-    ) -> None:
-        backoff = self._backoff()
-        arrived = self._remote_size(url, backoff)
-        best = -1
-        while True:
-            if arrived is not None and arrived > best:
-                best = arrived
-                backoff.reset()  # progress: the budget bounds a stall, not the whole file
-                if progress is not None:
-                    progress(min(arrived, source.size), source.size)
-            if arrived == source.size:
-                return
-            try:
-                arrived = self._put_next(url, source, arrived)
-            except _Retry as failure:
-                backoff.pause(failure)
-                # Part of the chunk, all of it, or nothing may have arrived: ask.
-                arrived = self._remote_size(url, backoff)
 
     def _remote_size(self, url: str, backoff: _Backoff) -> int | None:
         """Bytes of the file the server holds; None when it has none (404)."""
@@ -461,15 +434,19 @@ class ApiClient:
             return None
         return self._reported_size("GET", url, response)
 
-    def _put_next(self, url: str, source: _HashingReader, arrived: int | None) -> int:
-        """Send what comes next; returns the bytes the server then holds."""
-        if arrived is None and source.size == 0:
+    def _put_next(
+        self, url: str, source: _HashingReader, arrived: int | None, written: bool
+    ) -> int:
+        """Send what comes next; returns the bytes the server then holds. ``written``: the
+        file is complete (its size is the total); else only whole chunks go, total ``*``."""
+        if written and arrived is None and source.size == 0:
             return self._put_whole(url, source, 0)
-        if arrived is not None and arrived > source.size:
+        if written and arrived is not None and arrived > source.size:
             return self._put_whole(url, source, arrived)
         start = arrived or 0
         data = source.read_at(start, min(self._chunk_size, source.size - start))
-        headers = {"Content-Range": f"bytes {start}-{start + len(data) - 1}/{source.size}"}
+        total = str(source.size) if written else "*"
+        headers = {"Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}"}
         response = self._send("PUT", url, accept=(416,), content=data, headers=headers)
         if response.status_code == 416:
             # The server lost bytes since it told us its size (a restore, a crash before a
@@ -675,6 +652,90 @@ class ApiClient:
         return document
 
 
+class FileUpload:
+    """One file going to a session, a request per :meth:`step`, resuming where the server's
+    size says; usable while another thread still appends to the file.
+
+    Until the writer is done (``written`` False) only whole chunks are sent, each with total
+    ``*``, and only out of the bytes the file already has: the writer appends with write(2)
+    and never rewrites a byte, so every byte below the size fstat reports is final. Once
+    ``written``, the rest goes and the Content-Range states the total. Not thread-safe: one
+    thread steps it (the writer only tells the stepping thread when it is done).
+    """
+
+    def __init__(
+        self,
+        api: ApiClient,
+        session_id: str,
+        path: Path,
+        name: str | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.name = path.name if name is None else name
+        self._api = api
+        self._url = f"/api/sessions/{_q(session_id)}/files/{_q(self.name)}"
+        try:
+            stream = path.open("rb")
+        except OSError as error:
+            raise PrepsyncError(f"{path}: cannot read: {error.strerror or error}") from None
+        self._source = _HashingReader(stream, path)
+        self._progress = progress
+        self._backoff = api._backoff()
+        self._asked = False  # whether the server was asked for its size yet
+        self._arrived: int | None = None  # bytes the server holds; None: no file there
+        self._best = -1
+
+    def __enter__(self) -> FileUpload:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._source.close()
+
+    def sent(self, *, written: bool) -> bool:
+        """Whether the server holds the whole file (only ever once it is ``written``)."""
+        return written and self._asked and self._arrived == self._source.refresh()
+
+    def ready(self, *, written: bool) -> bool:
+        """Whether :meth:`step` has something to do now (a whole chunk, or the rest)."""
+        size = self._source.refresh()
+        if not self._asked:
+            return True
+        if written:
+            return self._arrived != size
+        return size - (self._arrived or 0) >= self._api._chunk_size
+
+    def step(self, *, written: bool) -> None:
+        """One request: the server's size first, then the next chunk; a failure is paused
+        (the retry budget bounds a stall) and the server asked its size again."""
+        if self._asked and not self.ready(written=written):
+            return
+        api, source = self._api, self._source
+        try:
+            if not self._asked:
+                self._arrived = api._remote_size(self._url, self._backoff)
+                self._asked = True
+            else:
+                self._arrived = api._put_next(self._url, source, self._arrived, written)
+        except _Retry as failure:
+            self._backoff.pause(failure)
+            # Part of the chunk, all of it, or nothing may have arrived: ask.
+            self._arrived = api._remote_size(self._url, self._backoff)
+        arrived = self._arrived
+        if arrived is not None and arrived > self._best:
+            self._best = arrived
+            self._backoff.reset()  # progress: the budget bounds a stall, not the whole file
+            if self._progress is not None and written:
+                self._progress(min(arrived, source.size), source.size)
+
+    def receipt(self) -> FileReceipt:
+        """Name, size and xxh3-128 of the whole file (call once it is sent)."""
+        return FileReceipt(self.name, self._source.size, self._source.hexdigest())
+
+
 class _HashingReader:
     """Reads a file at any offset for sending, and hashes each byte exactly once, in order.
 
@@ -688,6 +749,14 @@ class _HashingReader:
         self.size = os.fstat(stream.fileno()).st_size
         self._digest = xxhash.xxh3_128()
         self._hashed = 0
+
+    def refresh(self) -> int:
+        """The file's size now (it may still be growing); returns it."""
+        self.size = os.fstat(self._stream.fileno()).st_size
+        return self.size
+
+    def close(self) -> None:
+        self._stream.close()
 
     def read_at(self, offset: int, count: int) -> bytes:
         self._hash_until(offset)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prepsync import _cleanse
 from prepsync.errors import BaselineError, InputError, UsageError
@@ -71,8 +71,28 @@ SUFFIXES = {
     "delta": DELTA_SUFFIX,
 }
 
+
+def sent_kind(mode: str) -> str:
+    """The output that goes to the server: each table's delta in incremental mode (a change
+    file's kept rows, or the join's), else its ``.sorted.csv``."""
+    return "delta" if mode.lower() == INCREMENTAL else "sorted"
+
+
 #: progress(table, phase, done, total): phase "read" counts bytes, "write" counts rows.
 Progress = Callable[[str, str, int, int], None]
+
+
+class Sender(Protocol):
+    """Told of each table's file for the server (its ``.sorted.csv``, or its delta in
+    incremental mode) while it is written, so it can go out before the run ends. Called from
+    the tables' threads; ``index`` is the table's place in the run."""
+
+    def writing(self, index: int, temp: Path, name: str) -> None:
+        """The file is being written at ``temp`` (its header is in); ``name`` is its final
+        name. Appended to with write(2) only, never rewritten, until :meth:`written`."""
+
+    def written(self, index: int) -> None:
+        """The file is complete (not yet renamed: the run may still fail)."""
 
 
 @dataclass
@@ -278,11 +298,13 @@ def stage_table(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     budget_shares: int = 1,
+    sending: Callable[[Path, str], None] | None = None,
 ) -> TableResult:
     """Cleanse one table into files staged in ``staged`` (committed by the caller).
 
     ``memory_budget`` is this table's; ``budget_shares`` > 1 says it is a share of a run's
-    budget split between that many tables, so that errors name it as such.
+    budget split between that many tables, so that errors name it as such. ``sending(temp,
+    name)`` is told where the file for the server is written, once its header is in.
     """
     mode = mode.lower()
     if mode not in MODES:
@@ -331,6 +353,9 @@ def stage_table(
             paths["delta"], format_row([COMMAND_COLUMN, *plan.kept_names], separator)
         )
     result.outputs = {kind: str(paths[kind]) for kind in fds}
+    if sending is not None:
+        sent = paths[sent_kind(mode)]
+        sending(temp_name(sent), sent.name)
 
     baseline_file = open(baseline, "rb") if joining and baseline is not None else None  # noqa: SIM115
     try:
@@ -610,7 +635,11 @@ def check_free_space(
 
 
 def prepare_connector(
-    tables: Sequence[TableSpec], request: PrepareRequest, *, progress: Progress | None = None
+    tables: Sequence[TableSpec],
+    request: PrepareRequest,
+    *,
+    progress: Progress | None = None,
+    sender: Sender | None = None,
 ) -> RunResult:
     """Cleanse every table; all outputs appear together, only if every table succeeded.
 
@@ -619,7 +648,8 @@ def prepare_connector(
     tables (default: one per core) are cleansed at once, each with an equal share of the
     memory budget, so the whole run stays within it. The baselines are not touched: call
     :func:`advance_baselines` once the outputs have been accepted (at once for an offline run,
-    after the server's commit otherwise).
+    after the server's commit otherwise). ``sender`` is told of each table's file for the
+    server while it is written (:class:`Sender`).
     """
     started = time.monotonic()
     working_dir, baseline_dir = request.working_dir, request.baseline_dir
@@ -638,7 +668,7 @@ def prepare_connector(
                 own_spill = spill / str(index)  # run file names are per engine
                 own_spill.mkdir()
                 spec = tables[index]
-                return stage_table(
+                result = stage_table(
                     sources[index],
                     spec,
                     working_dir,
@@ -652,7 +682,13 @@ def prepare_connector(
                     spill_dir=own_spill,
                     progress=progress,
                     should_stop=lambda: failure.stops(index),
+                    sending=None
+                    if sender is None
+                    else lambda temp, name: sender.writing(index, temp, name),
                 )
+                if sender is not None:
+                    sender.written(index)
+                return result
 
             results = _run_all(cleanse, len(tables), workers, failure)
         crash_point("staged")

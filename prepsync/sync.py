@@ -5,8 +5,9 @@ The order of the steps is what makes it exactly once:
 1. finish whatever an interrupted earlier run left (its local commit, then its session);
 2. write the intent to open a session in the session journal
    (``<working>/.prepsync-session.json``), open it, and write its id there;
-3. cleanse every table (outputs committed locally, baselines untouched);
-4. upload the files, resuming where an interrupted upload stopped;
+3. cleanse every table (outputs committed locally, baselines untouched), sending each table's
+   file to the session while it is written (:class:`UploadWhileWriting`);
+4. finish the upload, resuming where an interrupted upload stopped;
 5. commit the session: from the server's 202 on, the server has the changes;
 6. advance the baselines, then delete the journal.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,14 +41,13 @@ from prepsync.protocol import (
     CANCELLED,
     DONE,
     FAILED,
-    INCREMENTAL,
     OPEN,
     PROCESSING,
     QUEUED,
 )
 
 if TYPE_CHECKING:
-    from prepsync.client import ApiClient, FileReceipt
+    from prepsync.client import ApiClient, FileReceipt, FileUpload
 
 log = logging.getLogger("prepsync")
 
@@ -135,9 +136,103 @@ class SessionJournal:
             self.path.unlink()
 
 
+class UploadWhileWriting:
+    """A :class:`prepsync.pipeline.Sender` that sends each table's file while the pipeline
+    still writes it, on a thread of its own, so the upload hides behind the final merge
+    instead of starting after the last table.
+
+    One thread steps the uploads, a request at a time, the lowest-numbered table with a whole
+    chunk ready first; a file whose table is done goes to its end. Nothing here commits: a run
+    that fails after some bytes went leaves them in a session that is then cancelled.
+    :meth:`finish` returns the receipts in table order once every file is sent; :meth:`abort`
+    stops the thread after its current request.
+    """
+
+    # How often the thread looks at growing files when no table has a whole chunk ready.
+    POLL_SECONDS = 0.01
+
+    def __init__(self, api: ApiClient, session_id: str, count: int) -> None:
+        self._api, self._session_id = api, session_id
+        self._uploads: list[FileUpload | None] = [None] * count
+        self._written = [False] * count
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="prepsync-upload", daemon=True)
+        self._thread.start()
+
+    def writing(self, index: int, temp: Path, name: str) -> None:
+        from prepsync.client import FileUpload
+
+        upload = FileUpload(self._api, self._session_id, temp, name)
+        with self._changed:
+            self._uploads[index] = upload
+            self._changed.notify()
+
+    def written(self, index: int) -> None:
+        with self._changed:
+            self._written[index] = True
+            self._changed.notify()
+
+    def finish(self) -> list[FileReceipt]:
+        """Wait until every file is sent; the receipts, in table order. Raises what the
+        upload raised."""
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            receipts = []
+            for upload in self._uploads:
+                assert upload is not None
+                receipts.append(upload.receipt())
+            return receipts
+        finally:
+            self._close()
+
+    def abort(self, timeout: float = 30.0) -> None:
+        """Stop after the request in flight (waiting at most ``timeout`` for it)."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._close()
+
+    def _close(self) -> None:
+        for upload in self._uploads:
+            if upload is not None:
+                upload.close()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    if self._stopping:
+                        return
+                    chosen = self._next()
+                    if chosen is None:
+                        if all(
+                            upload is not None and upload.sent(written=written)
+                            for upload, written in zip(self._uploads, self._written, strict=True)
+                        ):
+                            return
+                        self._changed.wait(self.POLL_SECONDS)
+                        continue
+                    upload, written = chosen
+                upload.step(written=written)  # the request goes out with the lock released
+        except BaseException as error:  # reported by finish()
+            self._error = error
+
+    def _next(self) -> tuple[FileUpload, bool] | None:
+        for upload, written in zip(self._uploads, self._written, strict=True):
+            if upload is not None and upload.ready(written=written):
+                return upload, written
+        return None
+
+
 def files_to_send(run: pipeline.RunResult) -> list[Path]:
     """The ``.sorted.csv`` of each table (initial/complete) or its delta (incremental)."""
-    kind = "delta" if run.request.mode == INCREMENTAL else "sorted"
+    kind = pipeline.sent_kind(run.request.mode)
     return [Path(table.outputs[kind]) for table in run.tables]
 
 
@@ -245,8 +340,10 @@ def synchronize(
         staging.crash_point("session-opened")
         journal.write({**intent, "session": session_id, "tables": None})
         committing = False
+        sender = UploadWhileWriting(api, session_id, len(tables))
         try:
-            run = pipeline.prepare_connector(tables, request, progress=progress)
+            run = pipeline.prepare_connector(tables, request, progress=progress, sender=sender)
+            prepared = time.monotonic()
             journal.write(
                 {
                     **intent,
@@ -261,16 +358,16 @@ def synchronize(
                     ],
                 }
             )
-            uploading = time.monotonic()
-            receipts = [api.upload(session_id, path, path.name) for path in files_to_send(run)]
+            receipts = sender.finish()
             staging.crash_point("uploaded")
             committing = True
-            upload_seconds = time.monotonic() - uploading
+            upload_seconds = time.monotonic() - prepared  # what is left once the run is done
             state = api.commit(session_id, receipts)["state"]
-            commit_seconds = time.monotonic() - uploading - upload_seconds
+            commit_seconds = time.monotonic() - prepared - upload_seconds
             staging.crash_point("server-committed")
         except BaseException:
             if not committing:
+                sender.abort()
                 _abandon(api, journal, session_id)
             # else: whether the commit reached the server is unknown; the journal stays and
             # the next run asks the server before doing anything.
