@@ -367,9 +367,13 @@ class ApiClient:
                 self._cancel_orphans([other for other in mine if other != session_id])
             return session_id
 
-    def session(self, session_id: str) -> dict[str, Any]:
+    def session(self, session_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """The session's state; ``wait`` > 0 asks the server to answer only once the state
+        changes or ``wait`` seconds pass (a server that does not know ``wait`` answers at
+        once)."""
         path = f"/api/sessions/{_q(session_id)}"
-        return self._object("GET", path, self._call("GET", path))
+        params = {"wait": f"{wait:.3f}"} if wait > 0 else None
+        return self._object("GET", path, self._call("GET", path, params=params))
 
     def sessions(self, connector: str, limit: int = _SESSION_LIST_LIMIT) -> list[dict[str, Any]]:
         """The connector's latest ``limit`` sessions, newest first."""

@@ -61,6 +61,8 @@ NO_VERDICT_EXIT_STATUS = 5  # --wait-timeout ran out: committed, verdict not kno
 # current state (at least POLL_FIRST, at most POLL_MAX). So the verdict is seen at most ~10 %
 # (or 0.1 s) after it is given, whatever the session's size, and a session applied for hours
 # costs a request per 5 s. (A pause doubling up to 5 s could add seconds to a ten-second apply.)
+# Each request asks the server to hold it that long (?wait): the reference server answers as
+# soon as the state changes, so the verdict is seen at once for the same number of requests.
 POLL_FIRST, POLL_SHARE, POLL_MAX = 0.1, 0.1, 5.0
 
 
@@ -411,9 +413,11 @@ def await_verdict(
     started = clock()
     state_since = started  # when the session was first seen in last_state
     last_state = None
+    wait = 0.0  # what the next request asks the server to hold it for (the pause we'd make)
     while True:
+        asked = clock()
         try:
-            document = api.session(session_id)
+            document = api.session(session_id, wait=wait)
         except ServerError as error:
             raise ServerError(
                 f"session {session_id} is committed (baselines advanced), but its verdict "
@@ -444,10 +448,17 @@ def await_verdict(
                 document,
             )
         now = clock()
-        if state != last_state:  # a change (queued -> processing): look again soon
+        held = now - asked
+        changed = state != last_state
+        if changed:  # queued -> processing: look again soon
             state_since, last_state = now, state
         delay = min(max((now - state_since) * POLL_SHARE, POLL_FIRST), POLL_MAX)
-        sleep(min(delay, max(timeout - waited, 0.0)))
+        delay = min(delay, max(timeout - waited, 0.0))
+        # A server that held the request (?wait) already paused for us; one that answered at
+        # once (it does not know wait) did not, unless the state changed: then ask again now.
+        if not changed and held < wait / 2:
+            sleep(delay)
+        wait = delay
 
 
 def _held_behind(api: ApiClient, session: dict[str, Any]) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -700,3 +701,29 @@ def test_server_killed_mid_chunk_and_restarted_on_the_same_port(tmp_path: Path) 
         assert "Traceback" not in log, log
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------- ?wait
+
+
+def test_a_held_status_request_answers_when_the_state_changes(
+    server: ServerProcess, api: Api
+) -> None:
+    with real_client(server) as client:
+        session_id = client.open_session("AD", "agent-1", "complete")
+        started = time.monotonic()
+        assert client.session(session_id, wait=0.3)["state"] == "open"  # no change: held
+        assert time.monotonic() - started >= 0.25
+        timer = threading.Timer(0.3, lambda: api.post(f"/api/sessions/{session_id}/cancel"))
+        timer.start()
+        try:
+            started = time.monotonic()
+            assert client.session(session_id, wait=4.0)["state"] == "cancelled"
+            held = time.monotonic() - started
+        finally:
+            timer.join()
+        assert 0.25 <= held < 3.0  # answered at the change, not at the end of the wait
+        for bad in ("x", "-1", "inf", "nan"):
+            answer = api.get(f"/api/sessions/{session_id}", params={"wait": bad})
+            assert answer.status_code == 400, bad
+            assert "wait must be a number" in answer.json()["error"]

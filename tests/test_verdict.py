@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import httpx
@@ -83,10 +84,44 @@ def test_polls_until_a_verdict_with_a_growing_pause(verdict: str) -> None:
     assert result.server_session is not None
     assert result.server_session["tables"] == counts["tables"]  # passed through as it is
     # A share of the time in the current state (at least the first pause), back to the first
-    # pause when the state changes.
-    assert clock.sleeps == [POLL_FIRST, POLL_FIRST, POLL_FIRST, POLL_FIRST, POLL_FIRST]
+    # pause when the state changes; right after a change (and at the start) it asks again at
+    # once, since this server answered at once rather than holding the request (?wait).
+    assert clock.sleeps == [POLL_FIRST, POLL_FIRST, POLL_FIRST]
     assert seen[0] == f"session {SESSION}: queued behind blocked session {BLOCKER} (0 s)"
     assert seen[-1].startswith(f"session {SESSION}: processing (")
+
+
+def test_a_server_holding_the_request_is_not_paused_for_again() -> None:
+    """A server that knows ?wait holds each answer until the state changes or the wait ends:
+    the agent then sleeps nothing, and asks each time for the pause it would have made."""
+    clock = Clock()
+    states = iter(["queued"] + ["processing"] * 30 + ["done"])
+    waits: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/connect/token":
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
+        wait = float(request.url.params.get("wait", "0"))
+        waits.append(wait)
+        clock.now += wait  # held for the whole wait: no change in that time
+        return httpx.Response(200, json={"id": SESSION, "state": next(states)})
+
+    api = ApiClient(
+        "http://127.0.0.1:9",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(handle),
+        retry=RetryPolicy(total_seconds=0),
+        sleep=lambda _: None,
+    )
+    result = await_verdict(
+        api, delivery(), timeout=3600, sleep=clock.sleep, clock=lambda: clock.now
+    )
+    assert result.state == "done" and clock.sleeps == []
+    assert waits[0] == 0  # the first look answers at once
+    assert waits[1:3] == [POLL_FIRST, POLL_FIRST]
+    assert all(later >= earlier for earlier, later in itertools.pairwise(waits[2:]))
+    assert max(waits) <= POLL_MAX
 
 
 def test_pauses_grow_with_the_wait_and_are_capped() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import uuid
 from urllib.parse import parse_qs
 
@@ -23,6 +25,9 @@ from prepsync.server.tokens import basic_credentials
 FORM_LIMIT = 64 * 1024
 AGENT_MAX = 256
 LIST_DEFAULT, LIST_MAX = 100, 10_000
+# GET /api/sessions/{id}?wait=S holds the answer until the session's state changes, at most
+# this long (a held request also holds a graceful shutdown), looking every STATUS_WAIT_STEP.
+STATUS_WAIT_MAX, STATUS_WAIT_STEP = 5.0, 0.02
 # Stands in for an unknown client id; its hash is of no secret (32 zero bytes, base64).
 _NO_CLIENT = OpenIdClient("", "A" * 43 + "=", None)
 
@@ -124,8 +129,27 @@ async def list_sessions(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
+    """GET /api/sessions/{id}[?wait=S]: the session. With ``wait``, the answer comes as soon
+    as its state differs from the one it had when asked, or after S seconds (at most
+    STATUS_WAIT_MAX): an agent waiting for a verdict sees it at once, in no more requests
+    than polling would cost."""
     client = authenticate(request)
-    return JSONResponse(session_of(request, client).to_json())
+    session = session_of(request, client)
+    text = request.query_params.get("wait", "0")
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = math.nan
+    if not 0 <= wait < math.inf:
+        raise ApiError(400, "wait must be a number of seconds >= 0")
+    if wait > 0:
+        db, _worker = state_of(request).running()
+        asked, loop = session.state, asyncio.get_running_loop()
+        deadline = loop.time() + min(wait, STATUS_WAIT_MAX)
+        while session.state == asked and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(STATUS_WAIT_STEP, left))
+            session = db.get(session.id) or session
+    return JSONResponse(session.to_json())
 
 
 async def force(request: Request) -> Response:
