@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compare two ``bench/run.py`` results: ``python bench/compare.py OLD.json NEW.json``.
+"""Compare two ``bench/run.py`` (or two ``bench/server_bench.py``) results:
+``python bench/compare.py OLD.json NEW.json``.
 
 Prints every figure of either file side by side and flags each one that got more than
 ``--threshold`` percent (default 10) worse. Every figure is lower-is-better: wall and CPU
@@ -29,6 +30,22 @@ def load(path: str) -> dict[str, Any]:
     if not isinstance(data.get("figures"), dict):
         print(f"error: {path} has no figures (not a bench/run.py result?)", file=sys.stderr)
         raise SystemExit(2)
+    return normalized(data)
+
+
+def normalized(data: dict[str, Any]) -> dict[str, Any]:
+    """server_bench.py's shape in run.py's: its figures are bare numbers (seconds when the name
+    ends in ``_s``, else ratios), its checks a list of per-round, per-table outcomes."""
+    data["figures"] = {
+        name: fig
+        if isinstance(fig, dict)
+        else {"value": fig, "unit": "s" if name.endswith("_s") else "x"}
+        for name, fig in data["figures"].items()
+    }
+    checks = data.get("checks", {})
+    if isinstance(checks, list):
+        different = [check for check in checks if check != "identical"]
+        data["checks"] = {"stored rows vs sent files": different[0] if different else "identical"}
     return data
 
 
