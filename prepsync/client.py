@@ -1,4 +1,5 @@
-"""The agent's HTTP client for the server (REFERENCE §7) (httpx, synchronous, one thread).
+"""The agent's HTTP client for the server (REFERENCE §7) (httpx, synchronous; one
+:class:`FileUpload` is stepped by one thread, which may run beside the caller's).
 
 Decisions (where REFERENCE §7 leaves a choice):
 
@@ -675,7 +676,10 @@ class FileUpload:
         name: str | None = None,
         *,
         progress: Callable[[int, int], None] | None = None,
+        pause: Callable[[float], None] | None = None,
     ) -> None:
+        """``pause(seconds)``: how to wait before a retry (the client's sleep by default); one
+        that raises ends the step at once (a sender being stopped)."""
         self.name = path.name if name is None else name
         self._api = api
         self._url = f"/api/sessions/{_q(session_id)}/files/{_q(self.name)}"
@@ -685,7 +689,7 @@ class FileUpload:
             raise PrepsyncError(f"{path}: cannot read: {error.strerror or error}") from None
         self._source = _HashingReader(stream, path)
         self._progress = progress
-        self._backoff = api._backoff()
+        self._backoff = _Backoff(api._retry, pause or api._sleep, api._rng)
         self._asked = False  # whether the server was asked for its size yet
         self._arrived: int | None = None  # bytes the server holds; None: no file there
         self._best = -1

@@ -82,6 +82,9 @@ class Delivery:
     # "verdict_wait" (from the commit's answer until the verdict was seen, the server's apply
     # included; the server's own share is its session's ``apply_seconds``).
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # time.monotonic() at the commit's answer: verdict_wait counts from there (the baselines
+    # advance in between); None for a delivery built elsewhere (await_verdict's start then).
+    committed_at: float | None = None
 
     @property
     def verdict(self) -> str | None:
@@ -138,6 +141,10 @@ class SessionJournal:
             self.path.unlink()
 
 
+class _UploadStopped(Exception):
+    """Raised in the sender's thread by a retry's pause once the sender is aborted."""
+
+
 class UploadWhileWriting:
     """A :class:`prepsync.pipeline.Sender` that sends each table's file while the pipeline
     still writes it, on a thread of its own, so the upload hides behind the final merge
@@ -158,7 +165,9 @@ class UploadWhileWriting:
         self._uploads: list[FileUpload | None] = [None] * count
         self._written = [False] * count
         self._changed = threading.Condition()
-        self._stopping = False
+        # Set by abort(); also ends a retry's pause at once (a pause can last 30 s), so a
+        # Ctrl-C reaches the session's cancel without waiting out a stalled server.
+        self._stopping = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="prepsync-upload", daemon=True)
         self._thread.start()
@@ -166,7 +175,7 @@ class UploadWhileWriting:
     def writing(self, index: int, temp: Path, name: str) -> None:
         from prepsync.client import FileUpload
 
-        upload = FileUpload(self._api, self._session_id, temp, name)
+        upload = FileUpload(self._api, self._session_id, temp, name, pause=self._pause)
         with self._changed:
             self._uploads[index] = upload
             self._changed.notify()
@@ -191,14 +200,19 @@ class UploadWhileWriting:
         finally:
             self._close()
 
-    def abort(self, timeout: float = 30.0) -> None:
-        """Stop after the request in flight (waiting at most ``timeout`` for it)."""
+    def abort(self, timeout: float = 5.0) -> None:
+        """Stop: at once if the thread is pausing before a retry, else after the request in
+        flight (waiting at most ``timeout`` for it; the thread is a daemon)."""
         with self._changed:
-            self._stopping = True
+            self._stopping.set()
             self._changed.notify()
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self._close()
+
+    def _pause(self, seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            raise _UploadStopped
 
     def _close(self) -> None:
         for upload in self._uploads:
@@ -209,7 +223,7 @@ class UploadWhileWriting:
         try:
             while True:
                 with self._changed:
-                    if self._stopping:
+                    if self._stopping.is_set():
                         return
                     chosen = self._next()
                     if chosen is None:
@@ -222,6 +236,8 @@ class UploadWhileWriting:
                         continue
                     upload, written = chosen
                 upload.step(written=written)  # the request goes out with the lock released
+        except _UploadStopped:
+            pass
         except BaseException as error:  # reported by finish()
             self._error = error
 
@@ -365,7 +381,8 @@ def synchronize(
             committing = True
             upload_seconds = time.monotonic() - prepared  # what is left once the run is done
             state = api.commit(session_id, receipts)["state"]
-            commit_seconds = time.monotonic() - prepared - upload_seconds
+            committed_at = time.monotonic()
+            commit_seconds = committed_at - prepared - upload_seconds
             staging.crash_point("server-committed")
         except BaseException:
             if not committing:
@@ -378,7 +395,10 @@ def synchronize(
         journal.remove()
         log.info("session %s committed (%s); baselines advanced", session_id, state)
     phases = {"upload": upload_seconds, "commit": commit_seconds}
-    return run, Delivery(session_id, state, receipts, recovered, phase_seconds=phases)
+    delivery = Delivery(
+        session_id, state, receipts, recovered, phase_seconds=phases, committed_at=committed_at
+    )
+    return run, delivery
 
 
 def _abandon(api: ApiClient, journal: SessionJournal, session_id: str) -> None:
@@ -411,6 +431,7 @@ def await_verdict(
     """
     session_id = delivery.session_id
     started = clock()
+    since_commit = started if delivery.committed_at is None else delivery.committed_at
     state_since = started  # when the session was first seen in last_state
     last_state = None
     wait = 0.0  # what the next request asks the server to hold it for (the pause we'd make)
@@ -418,6 +439,7 @@ def await_verdict(
         asked = clock()
         try:
             document = api.session(session_id, wait=wait)
+            held = clock() - asked  # before any other request below
         except ServerError as error:
             raise ServerError(
                 f"session {session_id} is committed (baselines advanced), but its verdict "
@@ -427,7 +449,7 @@ def await_verdict(
         state = str(document.get("state"))
         if state in VERDICT_EXIT_STATUS:
             delivery.state, delivery.server_session = state, document
-            delivery.phase_seconds["verdict_wait"] = clock() - started
+            delivery.phase_seconds["verdict_wait"] = clock() - since_commit
             return delivery
         waited = clock() - started
         holder = _held_behind(api, document) if state == QUEUED else None
@@ -441,14 +463,13 @@ def await_verdict(
                 if holder.get("reason"):
                     behind += f" ({holder['reason']})"
             delivery.state, delivery.server_session = state, document
-            delivery.phase_seconds["verdict_wait"] = clock() - started
+            delivery.phase_seconds["verdict_wait"] = clock() - since_commit
             raise NoVerdict(
                 f"session {session_id} is still {state}{behind} after {waited:.0f} s; it is "
                 "committed and the baselines advanced: the server will settle it",
                 document,
             )
         now = clock()
-        held = now - asked
         changed = state != last_state
         if changed:  # queued -> processing: look again soon
             state_since, last_state = now, state

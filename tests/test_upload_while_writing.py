@@ -14,7 +14,7 @@ import pytest
 from serverutil import SECRET, Api, ServerProcess, csv_bytes, write_config, xxh3
 
 from prepsync.client import ApiClient, FileReceipt, RetryPolicy
-from prepsync.errors import ServerError
+from prepsync.errors import InputError, ServerError
 from prepsync.pipeline import PrepareRequest
 from prepsync.sync import UploadWhileWriting, synchronize
 
@@ -128,6 +128,7 @@ def test_whole_chunks_go_while_the_file_grows_and_the_rest_once_it_is_written(
             )
             time.sleep(0.1)  # ...and nothing past them, however long the writer pauses
             assert server_size(api, session_id, f"{ENTRIES}.sorted.csv") == whole
+            before_the_rest = len(transport.puts)
             writer.write(data[grown:])
         members_file = tmp_path / f"{MEMBERS}.sorted.csv.tmp"
         members_file.write_bytes(members)
@@ -143,9 +144,11 @@ def test_whole_chunks_go_while_the_file_grows_and_the_rest_once_it_is_written(
         assert api.wait(session_id)["state"] == "done"
         assert agent.resources("AD", ENTRIES) == data
     ranges = [r for name, r in transport.puts if name == f"{ENTRIES}.sorted.csv"]
-    early = [span(r) for r in ranges if r.endswith("/*")]
-    # Chunks went with the total still unknown, each a whole chunk below the written size...
+    early = [span(r) for name, r in transport.puts[:before_the_rest] if name.startswith(ENTRIES)]
+    # Before the rest was written, chunks went with the total unknown, each a whole chunk of
+    # what the file held (then, more whole chunks may go before the table is done)...
     assert early and all(last < whole and last - first == CHUNK - 1 for first, last in early)
+    assert all(r.endswith("/*") for _name, r in transport.puts[:before_the_rest])
     # ...and the last one states the total.
     assert ranges[-1] == f"bytes {len(data) - len(data) % CHUNK}-{len(data) - 1}/{len(data)}"
 
@@ -219,3 +222,61 @@ def test_an_online_run_sends_while_its_tables_are_written(
     assert run.tables[0].kept == rows
     assert server.wait(delivery.session_id) == "done"
     assert server.resources(ENTRIES) == data
+
+
+def test_abort_ends_a_retry_pause_at_once(tmp_path: Path) -> None:
+    """A server gone mid-upload: the sender pauses before each retry (up to 30 s a pause);
+    abort() (Ctrl-C) must not wait those out before the session can be cancelled."""
+    down = threading.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/connect/token":
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
+        if down.is_set():
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.method == "GET":
+            return httpx.Response(404, json={"error": "no file"})
+        return httpx.Response(200, json={"name": "x", "size": 0})
+
+    api = ApiClient(
+        "http://127.0.0.1:9", "id", "secret", transport=httpx.MockTransport(handle), chunk_size=100
+    )
+    temp = tmp_path / "entries.tmp"
+    temp.write_bytes(b"objectGUID,dn\n")
+    sender = UploadWhileWriting(api, "S", 1)
+    sender.writing(0, temp, f"{ENTRIES}.sorted.csv")
+    time.sleep(0.1)  # the first GET (404: nothing there yet) is answered
+    down.set()
+    with temp.open("ab") as grow:
+        grow.write(b"x" * 1000)  # whole chunks to send: every PUT now fails and is retried
+    time.sleep(1.0)  # into the retries' pauses (0.5 s doubling, jittered)
+    started = time.monotonic()
+    sender.abort()
+    assert time.monotonic() - started < 1.0
+    assert not any(t.name == "prepsync-upload" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_table_failing_after_chunks_went_cancels_the_session(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    sources, working = tmp_path / "sources", tmp_path / "work"
+    sources.mkdir()
+    working.mkdir()
+    (sources / f"{ENTRIES}.csv").write_bytes(entries(200_000))
+    # The second table (after the first, parallel=1) has an unterminated quote.
+    (sources / f"{MEMBERS}.csv").write_bytes(b"dn,member\n" + b"a,b\n" * 100 + b'"bad\n')
+    transport = Recorder()
+    request = PrepareRequest(
+        connector="AD", mode="complete", sources_dir=sources, working_dir=working, parallel=1
+    )
+    with ApiClient(
+        server.url, "agent", SECRET, transport=transport, chunk_size=64 << 10, timeout=30.0
+    ) as agent:
+        with pytest.raises(InputError, match="ADExport_members"):
+            synchronize(agent, request, agent="agent-1", tables=None)
+        session = agent.sessions("AD")[0]
+    assert any(name.startswith(ENTRIES) for name, _r in transport.puts)  # chunks had gone
+    assert session["state"] == "cancelled"  # nothing of it can be committed now
+    assert not (working / ".prepsync-session.json").exists()
+    assert not (working / f"{ENTRIES}.sorted.csv").exists()  # no output replaced
+    assert not any(t.name == "prepsync-upload" and t.is_alive() for t in threading.enumerate())

@@ -11,7 +11,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.protocol import BLOCKED, CANCELLED, MODES, SCOPE
+from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, MODES, SCOPE
 from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.context import state_of
@@ -28,6 +28,7 @@ LIST_DEFAULT, LIST_MAX = 100, 10_000
 # GET /api/sessions/{id}?wait=S holds the answer until the session's state changes, at most
 # this long (a held request also holds a graceful shutdown), looking every STATUS_WAIT_STEP.
 STATUS_WAIT_MAX, STATUS_WAIT_STEP = 5.0, 0.02
+SETTLED = frozenset({DONE, FAILED, CANCELLED})
 # Stands in for an unknown client id; its hash is of no secret (32 zero bytes, base64).
 _NO_CLIENT = OpenIdClient("", "A" * 43 + "=", None)
 
@@ -142,7 +143,7 @@ async def get_session(request: Request) -> Response:
         wait = math.nan
     if not 0 <= wait < math.inf:
         raise ApiError(400, "wait must be a number of seconds >= 0")
-    if wait > 0:
+    if wait > 0 and session.state not in SETTLED:  # a settled session never changes
         db, _worker = state_of(request).running()
         asked, loop = session.state, asyncio.get_running_loop()
         deadline = loop.time() + min(wait, STATUS_WAIT_MAX)
