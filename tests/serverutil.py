@@ -21,13 +21,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import xxhash
+
+from prepsync.client import ApiClient, RetryPolicy
 
 CLIENT, SECRET = "agent", "agent-secret"
 CONNECTOR = "AD"
@@ -186,6 +188,18 @@ class Api:
         response = self.get(f"/api/connectors/{connector}/tables/{table}/resources")
         assert response.status_code == 200, response.text
         return response.content
+
+
+def mock_api(handle: Callable[[httpx.Request], httpx.Response]) -> ApiClient:
+    """The agent's client against a MockTransport ``handle``: no retries, no real pauses."""
+    return ApiClient(
+        "http://127.0.0.1:9",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(handle),
+        retry=RetryPolicy(total_seconds=0),
+        sleep=lambda _: None,
+    )
 
 
 def free_port() -> int:

@@ -123,24 +123,6 @@ def entries(count: int, prefix: str = "id") -> bytes:
     )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp("server")
-    process = ServerProcess(write_config(directory), directory / "data", directory / "server.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def api(server: ServerProcess) -> Iterator[Api]:
-    """The tests' own view of the server (not through the client under test)."""
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        yield Api(http)
-
-
 def real_client(server: ServerProcess, **options: Any) -> ApiClient:
     options.setdefault("sleep", Sleeps())
     options.setdefault("rng", random.Random(7))

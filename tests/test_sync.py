@@ -7,8 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serverutil import mock_api
 
-from prepsync.client import ApiClient, RetryPolicy
+from prepsync.client import ApiClient
 from prepsync.errors import ServerError
 from prepsync.staging import working_lock
 from prepsync.sync import SessionJournal, finish_interrupted
@@ -26,14 +27,7 @@ def client(answers: dict[tuple[str, str], httpx.Response], calls: list[str]) -> 
             )
         return answers.get(key, httpx.Response(500, json={"error": "unexpected"}))
 
-    return ApiClient(
-        "http://127.0.0.1:9",
-        "id",
-        "secret",
-        transport=httpx.MockTransport(handle),
-        retry=RetryPolicy(total_seconds=0),
-        sleep=lambda _: None,
-    )
+    return mock_api(handle)
 
 
 def journal(working: Path, tables: list[dict[str, object]] | None) -> SessionJournal:

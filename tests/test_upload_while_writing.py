@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from serverutil import SECRET, Api, ServerProcess, csv_bytes, write_config, xxh3
+from serverutil import SECRET, Api, ServerProcess, csv_bytes, xxh3
 
 from prepsync.client import ApiClient, FileReceipt, RetryPolicy
 from prepsync.errors import InputError, ServerError
@@ -22,23 +22,6 @@ ENTRIES = "ADExport_entries"
 MEMBERS = "ADExport_members"
 CHUNK = 1000
 Forward = Callable[[httpx.Request], httpx.Response]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp("server")
-    process = ServerProcess(write_config(directory), directory / "data", directory / "server.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def api(server: ServerProcess) -> Iterator[Api]:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        yield Api(http)
 
 
 class Recorder(httpx.BaseTransport):

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from serverutil import mock_api
 
-from prepsync.client import ApiClient, RetryPolicy
+from prepsync.client import ApiClient
 from prepsync.errors import ServerError
 from prepsync.sync import POLL_FIRST, POLL_MAX, POLL_SHARE, Delivery, NoVerdict, await_verdict
 
@@ -52,14 +53,7 @@ def api_answering(states: Iterator[str], extra: dict[str, object] | None = None)
             )
         return httpx.Response(503, json={"error": "down"})
 
-    return ApiClient(
-        "http://127.0.0.1:9",
-        "id",
-        "secret",
-        transport=httpx.MockTransport(handle),
-        retry=RetryPolicy(total_seconds=0),
-        sleep=lambda _: None,
-    )
+    return mock_api(handle)
 
 
 def delivery() -> Delivery:
@@ -106,16 +100,8 @@ def test_a_server_holding_the_request_is_not_paused_for_again() -> None:
         clock.now += wait  # held for the whole wait: no change in that time
         return httpx.Response(200, json={"id": SESSION, "state": next(states)})
 
-    api = ApiClient(
-        "http://127.0.0.1:9",
-        "id",
-        "secret",
-        transport=httpx.MockTransport(handle),
-        retry=RetryPolicy(total_seconds=0),
-        sleep=lambda _: None,
-    )
     result = await_verdict(
-        api, delivery(), timeout=3600, sleep=clock.sleep, clock=lambda: clock.now
+        mock_api(handle), delivery(), timeout=3600, sleep=clock.sleep, clock=lambda: clock.now
     )
     assert result.state == "done" and clock.sleeps == []
     assert waits[0] == 0  # the first look answers at once
@@ -160,15 +146,7 @@ def test_an_unreachable_server_says_the_commit_stands() -> None:
             return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         return httpx.Response(503, json={"error": "down"})
 
-    api = ApiClient(
-        "http://127.0.0.1:9",
-        "id",
-        "secret",
-        transport=httpx.MockTransport(down),
-        retry=RetryPolicy(total_seconds=0),
-        sleep=lambda _: None,
-    )
     with pytest.raises(ServerError) as error:
-        await_verdict(api, delivery(), timeout=60, sleep=lambda _: None)
+        await_verdict(mock_api(down), delivery(), timeout=60, sleep=lambda _: None)
     assert f"session {SESSION} is committed (baselines advanced)" in str(error.value)
     assert "503" in str(error.value)
