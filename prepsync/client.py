@@ -38,8 +38,9 @@ Decisions (where REFERENCE §7 leaves a choice):
   the repeat waits for the verification in progress (or, if that one was abandoned, redoes
   it) and then reports the state.
 - **Uploads** ask the server how many bytes it holds, then send the rest in ``chunk_size``
-  chunks with ``Content-Range: bytes a-b/total``, always continuing from the size the server
-  reports: after each chunk, the size in its answer; after a failure or a 416 (a gap: the
+  chunks with ``Content-Range: bytes a-b/total`` (``a-b/*`` for the whole chunks sent while
+  the file is still being written, :class:`FileUpload`), always continuing from the size the
+  server reports: after each chunk, the size in its answer; after a failure or a 416 (a gap: the
   server lost bytes it had acknowledged), the size a new GET reports. The server is
   the truth: if it holds more bytes than the file, a file of at most one chunk is sent again
   whole (a PUT without Content-Range replaces the file), a longer one is an error. An empty

@@ -77,10 +77,11 @@ class Delivery:
     # The server's last answer on the session (GET /api/sessions/{id}): its state, reason and
     # counts, passed through as the server words them; None until the verdict was waited for.
     server_session: dict[str, Any] | None = None
-    # Where the delivery's time went, so a slow online run names its phase: "upload" (every
-    # file, resumes included), "commit" (the server verifying sizes and hashes), and
-    # "verdict_wait" (from the commit's answer until the verdict was seen, the server's apply
-    # included; the server's own share is its session's ``apply_seconds``).
+    # Where the delivery's time went, so a slow online run names its phase: "upload" (what
+    # was left to send once every table was written: the files go up while they are written),
+    # "commit" (the server verifying sizes and hashes), and "verdict_wait" (from the commit's
+    # answer until the verdict was seen, the server's apply included; the server's own share
+    # is its session's ``apply_seconds``).
     phase_seconds: dict[str, float] = field(default_factory=dict)
     # time.monotonic() at the commit's answer: verdict_wait counts from there (the baselines
     # advance in between); None for a delivery built elsewhere (await_verdict's start then).
@@ -154,7 +155,7 @@ class UploadWhileWriting:
     chunk ready first; a file whose table is done goes to its end. Nothing here commits: a run
     that fails after some bytes went leaves them in a session that is then cancelled.
     :meth:`finish` returns the receipts in table order once every file is sent; :meth:`abort`
-    stops the thread after its current request.
+    stops the thread (at once in a retry's pause, else after the request in flight).
     """
 
     # How often the thread looks at growing files when no table has a whole chunk ready.
