@@ -19,10 +19,11 @@ from serverutil import (
     ServerProcess,
     config_xml,
     latest_session,
+    mock_api,
 )
 
 from prepsync.cli import main
-from prepsync.client import ApiClient, RetryPolicy
+from prepsync.client import ApiClient
 from prepsync.operator import write_changes
 
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -190,13 +191,7 @@ def changes_api(
         headers = {"Prepsync-Next-After": next_after} if next_after else {}
         return httpx.Response(200, content=body, headers=headers)
 
-    return ApiClient(
-        "http://127.0.0.1:9",
-        "id",
-        "s",
-        transport=httpx.MockTransport(handle),
-        retry=RetryPolicy(total_seconds=0),
-    )
+    return mock_api(handle)
 
 
 def test_changes_pages_are_joined_under_one_header(tmp_path: Path) -> None:
