@@ -33,6 +33,7 @@ from prepsync.config import (
     resolve_tables,
 )
 from prepsync.errors import ConfigError
+from prepsync.server.backends import open_backend
 from prepsync.server.changes import changes
 from prepsync.server.clients import OpenIdClient, load_clients
 from prepsync.server.context import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
@@ -53,7 +54,6 @@ from prepsync.server.http import (
     http_error_handler,
     server_error_handler,
 )
-from prepsync.server.sessions import SessionDatabase
 from prepsync.server.thresholds import connector_limits
 from prepsync.server.tokens import TokenSigner, load_or_create_key
 from prepsync.server.uploads import commit, file_status, upload
@@ -107,10 +107,13 @@ def create_app(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     token_ttl: int = 3600,
     worker_poll: float = 1.0,
+    database: str | None = None,
 ) -> Starlette:
     """The server as an ASGI app; the worker runs while the app's lifespan does.
 
-    Raises ConfigError for an unusable configuration or data directory.
+    ``database``: a ``postgresql://`` URL for the PostgreSQL store; None for SQLite files in
+    the data directory. Raises ConfigError for an unusable configuration, data directory or
+    database.
     """
     if session_timeout <= 0 or max_body <= 0 or max_file_size <= 0 or token_ttl <= 0:
         raise ValueError("session_timeout, max_body, max_file_size and token_ttl must be > 0")
@@ -122,6 +125,10 @@ def create_app(
         key = load_or_create_key(data)
     except (OSError, ValueError) as error:
         raise ConfigError(f"data directory {data}: {error}") from None
+    backend = open_backend(database, data)
+    check_tables = getattr(backend, "check_tables", None)
+    if check_tables is not None:
+        check_tables(tables)
     state = ServerState(
         data_dir=data,
         clients=clients,
@@ -134,20 +141,20 @@ def create_app(
         token_ttl=token_ttl,
         # Abandonment is checked each poll: a small timeout (tests) needs a quicker poll.
         worker_poll=min(worker_poll, max(session_timeout / 4, 0.05)),
+        backend=backend,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         worker = Worker(
-            data / "sessions.sqlite3",
-            data / "store.sqlite3",
+            backend,
             state.sessions_dir,
             {connector: state.folded_tables(connector) for connector in tables},
             session_timeout,
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
         )
-        state.session_db = SessionDatabase(data / "sessions.sqlite3")
+        state.session_db = backend.session_database()
         state.worker = worker
         worker.start()
         try:
@@ -181,6 +188,7 @@ def serve(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     token_ttl: int = 3600,
     log_level: str = "info",
+    database: str | None = None,
 ) -> None:
     """Run the server with uvicorn until interrupted (``prepsync serve``)."""
     import uvicorn  # here: only serving needs it
@@ -192,5 +200,6 @@ def serve(
         max_body=max_body,
         max_file_size=max_file_size,
         token_ttl=token_ttl,
+        database=database,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
