@@ -591,14 +591,30 @@ def cancel_session(session_id: str, **api: Any) -> None:
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
+@click.option(
+    "--database",
+    envvar="PREPSYNC_DATABASE",
+    default=None,
+    metavar="postgresql://...",
+    help="Keep sessions and rows in this PostgreSQL database, shared by every server process "
+    "given the same URL and the same --data-dir (default: SQLite files in --data-dir, one "
+    "process). Also PREPSYNC_DATABASE.",
+)
 @fail_cleanly
 def serve(
-    config_path: Path, data_dir: Path, host: str, port: int, session_timeout: float, log_level: str
+    config_path: Path,
+    data_dir: Path,
+    host: str,
+    port: int,
+    session_timeout: float,
+    log_level: str,
+    database: str | None,
 ) -> None:
     """Run the reference server: it issues tokens to the configuration's OpenID clients, takes
     each agent run as a session (chunked uploads, then a commit), applies committed sessions
-    one at a time in opening order to its SQLite store, blocks a session that crosses a
-    threshold until an operator forces or cancels it, and serves the stored tables as CSV.
+    one at a time in opening order to its store (SQLite, or PostgreSQL with --database),
+    blocks a session that crosses a threshold until an operator forces or cancels it, and
+    serves the stored tables as CSV.
     The status page is at / ."""
     from prepsync.server import serve as run_server
 
@@ -609,6 +625,7 @@ def serve(
         port=port,
         session_timeout=session_timeout,
         log_level=log_level,
+        database=database,
     )
 
 
