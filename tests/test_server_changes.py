@@ -93,8 +93,8 @@ def test_changes_are_paged_by_key(api: Api) -> None:
     assert "Prepsync-Next-After" not in rest.headers
 
 
-def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": people(*BASE)})
         delta = csv_bytes(
             ["command", "id", "name"],
@@ -113,8 +113,8 @@ def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path) -> None
         ]
 
 
-def test_changes_need_a_table_when_several_are_carried(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_changes_need_a_table_when_several_are_carried(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         holder = api.open("AD", "incremental", agent="another")  # the next one waits behind it
         assert api.get(f"/api/sessions/{holder}/changes").status_code == 409  # not committed
         files = {
@@ -140,8 +140,8 @@ def test_changes_need_a_table_when_several_are_carried(tmp_path: Path) -> None:
             assert api.get(path, params=params).status_code == status, params
 
 
-def test_any_client_of_the_connector_may_review_others_may_not(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_any_client_of_the_connector_may_review_others_may_not(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         session = blocked_complete(api)
         hr_only = Api(api.http, "hr-only", HR_SECRET)  # another client, allowed on HR
         assert hr_only.get(f"/api/sessions/{session}/changes").status_code == 200
@@ -156,8 +156,8 @@ def test_any_client_of_the_connector_may_review_others_may_not(tmp_path: Path) -
         assert hr_only.get(f"/api/sessions/{ad}/changes").status_code == 403
 
 
-def test_status_page_lists_blocked_sessions_first_with_the_commands(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_status_page_lists_blocked_sessions_first_with_the_commands(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         session = blocked_complete(api)
         page = api.http.get("/").text
         blocked_at = page.index("Blocked sessions (1)")

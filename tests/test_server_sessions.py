@@ -37,9 +37,9 @@ def people_delta(*rows: tuple[str, str, str]) -> bytes:
 
 
 @pytest.fixture
-def clients(tmp_path: Path) -> Iterator[tuple[Api, Api]]:
-    """(hr, operator): two clients allowed on HR, with HR loaded with BASE."""
-    app = create_app(write_config(tmp_path), tmp_path / "data")
+def clients(tmp_path: Path, store_url: str | None) -> Iterator[tuple[Api, Api]]:
+    """(hr, operator): two clients allowed on HR, with HR loaded with BASE (on each store)."""
+    app = create_app(write_config(tmp_path), tmp_path / "data", database=store_url)
     with TestClient(app) as http:
         hr, operator = Api(http, "hr-only", HR_SECRET), Api(http)
         assert hr.state(hr.send("HR", "complete", {FULL: people(*BASE)}))["state"] == "done"
