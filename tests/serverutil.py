@@ -233,6 +233,7 @@ class ServerProcess:
     Started as a user starts it, ``prepsync serve`` with its options, unless a ``serve()``
     option the command line does not offer is given (``max_body``, ``max_file_size``,
     ``token_ttl``). ``store_retry_delay`` shortens the worker's pause after a store error.
+    ``database``: the ``--database`` URL (PostgreSQL); None for SQLite in the data directory.
     The API helpers act as the ``agent`` client (or the one named), like an operator would.
     """
 
@@ -244,6 +245,7 @@ class ServerProcess:
         *,
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
+        database: str | None = None,
         **serve_options: Any,
     ) -> None:
         unknown = set(serve_options) - _SERVE_ONLY_OPTIONS
@@ -252,6 +254,7 @@ class ServerProcess:
         self.data = data
         self.log = log
         self.session_timeout = session_timeout
+        self.database = database  # --database: None for SQLite in the data directory
         self.store_retry_delay = store_retry_delay
         self.serve_options = serve_options
         self.process: subprocess.Popen[bytes] | None = None
@@ -280,6 +283,7 @@ class ServerProcess:
                 "port": self.port,
                 "session_timeout": self.session_timeout,
                 "log_level": "warning",
+                "database": self.database,
                 **self.serve_options,
             }
         else:
@@ -298,6 +302,8 @@ class ServerProcess:
                 "--log-level",
                 "warning",
             ]
+            if self.database is not None:
+                arguments["argv"] += ["--database", self.database]
         return arguments
 
     def command(self) -> list[str]:

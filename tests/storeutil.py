@@ -54,13 +54,20 @@ class StoreHarness:
             self.db.release(session)
         return outcome
 
-    def claimed(self, connector: str, mode: str, names: Sequence[str]) -> Session:
+    def queued(self, connector: str, mode: str, names: Sequence[str]) -> Session:
+        """A session opened and committed (not claimed)."""
         session_id = str(uuid.uuid4())
         self.db.open(connector, "agent", mode, session_id, "client")
         files: list[dict[str, Any]] = [
             {"name": name, "size": 0, "xxh3_128": "0" * 32} for name in names
         ]
         assert self.db.commit(session_id, files)
+        session: Session | None = self.db.get(session_id)
+        assert session is not None
+        return session
+
+    def claimed(self, connector: str, mode: str, names: Sequence[str]) -> Session:
+        session_id = self.queued(connector, mode, names).id
         session = self.db.claim_next()
         assert session is not None and session.id == session_id, session
         return session

@@ -93,7 +93,9 @@ def test_changes_are_paged_by_key(api: Api) -> None:
     assert "Prepsync-Next-After" not in rest.headers
 
 
-def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path, store_url: str | None) -> None:
+def test_changes_of_an_incremental_session_resolve_merge(
+    tmp_path: Path, store_url: str | None
+) -> None:
     with running(tmp_path, store_url) as api:
         api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": people(*BASE)})
         delta = csv_bytes(
@@ -113,7 +115,9 @@ def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path, store_u
         ]
 
 
-def test_changes_need_a_table_when_several_are_carried(tmp_path: Path, store_url: str | None) -> None:
+def test_changes_need_a_table_when_several_are_carried(
+    tmp_path: Path, store_url: str | None
+) -> None:
     with running(tmp_path, store_url) as api:
         holder = api.open("AD", "incremental", agent="another")  # the next one waits behind it
         assert api.get(f"/api/sessions/{holder}/changes").status_code == 409  # not committed
@@ -140,7 +144,9 @@ def test_changes_need_a_table_when_several_are_carried(tmp_path: Path, store_url
             assert api.get(path, params=params).status_code == status, params
 
 
-def test_any_client_of_the_connector_may_review_others_may_not(tmp_path: Path, store_url: str | None) -> None:
+def test_any_client_of_the_connector_may_review_others_may_not(
+    tmp_path: Path, store_url: str | None
+) -> None:
     with running(tmp_path, store_url) as api:
         session = blocked_complete(api)
         hr_only = Api(api.http, "hr-only", HR_SECRET)  # another client, allowed on HR
@@ -156,7 +162,9 @@ def test_any_client_of_the_connector_may_review_others_may_not(tmp_path: Path, s
         assert hr_only.get(f"/api/sessions/{ad}/changes").status_code == 403
 
 
-def test_status_page_lists_blocked_sessions_first_with_the_commands(tmp_path: Path, store_url: str | None) -> None:
+def test_status_page_lists_blocked_sessions_first_with_the_commands(
+    tmp_path: Path, store_url: str | None
+) -> None:
     with running(tmp_path, store_url) as api:
         session = blocked_complete(api)
         page = api.http.get("/").text
