@@ -5,6 +5,7 @@ Data directory layout (created on first start)::
     <data>/token.key            token signing key (0600)
     <data>/sessions.sqlite3     sessions and their states (sessions.py)
     <data>/store.sqlite3        stored rows (store.py)
+    <data>/disk-reserve         1 MiB kept so that a full disk can still be freed (disk.py)
     <data>/sessions/<GUID>/     each session's uploads, removed once it is final (done,
                                 failed, cancelled)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from prepsync.errors import ConfigError
 from prepsync.server.changes import changes
 from prepsync.server.clients import OpenIdClient, load_clients
 from prepsync.server.context import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
+from prepsync.server.disk import DiskReserve, disk_full_handler
 from prepsync.server.endpoints import (
     cancel,
     force,
@@ -134,6 +137,7 @@ def create_app(
         token_ttl=token_ttl,
         # Abandonment is checked each poll: a small timeout (tests) needs a quicker poll.
         worker_poll=min(worker_poll, max(session_timeout / 4, 0.05)),
+        reserve=DiskReserve(data),
     )
 
     @contextlib.asynccontextmanager
@@ -146,6 +150,7 @@ def create_app(
             session_timeout,
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
+            reserve=state.reserve,
         )
         state.session_db = SessionDatabase(data / "sessions.sqlite3")
         state.worker = worker
@@ -163,6 +168,9 @@ def create_app(
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
+            # A full disk is a 507 (disk.py); other errors of these kinds go on to the 500.
+            OSError: disk_full_handler,
+            sqlite3.Error: disk_full_handler,
             Exception: server_error_handler,
         },
     )
