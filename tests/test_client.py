@@ -319,9 +319,11 @@ def test_a_507_is_retried_and_the_give_up_says_the_servers_disk_is_full() -> Non
         mock.default = httpx.Response(507, json={"error": text})
         sleeps = Sleeps()
         policy = RetryPolicy(total_seconds=5, first_delay=1, max_delay=1)
-        with mock_client(mock, sleep=sleeps, retry=policy) as client:
-            with pytest.raises(ServerError) as caught:
-                client.cancel(SESSION)
+        with (
+            mock_client(mock, sleep=sleeps, retry=policy) as client,
+            pytest.raises(ServerError) as caught,
+        ):
+            client.cancel(SESSION)
         message = str(caught.value)
         assert len(sleeps) >= 2, "a full disk is retried: room may be made meanwhile"
         assert message.startswith(f"server POST /api/sessions/{SESSION}/cancel: gave up")

@@ -125,6 +125,7 @@ def create_app(
         key = load_or_create_key(data)
     except (OSError, ValueError) as error:
         raise ConfigError(f"data directory {data}: {error}") from None
+    reserve = DiskReserve(data)
     state = ServerState(
         data_dir=data,
         clients=clients,
@@ -137,7 +138,7 @@ def create_app(
         token_ttl=token_ttl,
         # Abandonment is checked each poll: a small timeout (tests) needs a quicker poll.
         worker_poll=min(worker_poll, max(session_timeout / 4, 0.05)),
-        reserve=DiskReserve(data),
+        reserve=reserve,
     )
 
     @contextlib.asynccontextmanager
@@ -150,10 +151,11 @@ def create_app(
             session_timeout,
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
-            reserve=state.reserve,
+            reserve=reserve,
         )
         state.session_db = SessionDatabase(data / "sessions.sqlite3")
         state.worker = worker
+        reserve.ensure()  # before the first request: the worker only makes it again
         worker.start()
         try:
             yield
