@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,9 +33,16 @@ from prepsync.config import (
     load_mappings,
     resolve_tables,
 )
-from prepsync.errors import ConfigError
+from prepsync.errors import ConfigError, PrepsyncError
+from prepsync.logs import configure as configure_logging
 from prepsync.server.changes import changes
 from prepsync.server.clients import OpenIdClient, load_clients
+from prepsync.server.connections import (
+    RESERVED_DESCRIPTORS,
+    bounded_protocol,
+    connection_cap,
+    raise_descriptor_limit,
+)
 from prepsync.server.context import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
 from prepsync.server.endpoints import (
     cancel,
@@ -170,6 +178,28 @@ def create_app(
     return app
 
 
+# `prepsync serve`'s exit status when it cannot listen (port in use, no permission, unknown
+# address): distinct from `prepare`'s statuses (1-5), so a service manager can tell it apart.
+LISTEN_FAILURE_EXIT_STATUS = 6
+
+
+class ListenError(PrepsyncError):
+    """The server cannot listen on the address it was given."""
+
+
+def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket bound to ``host:port`` and listening; ListenError in one line otherwise.
+
+    Bound here, before uvicorn starts, so that a port in use is one line and an exit status of
+    our own rather than uvicorn's log and its status 3 (which is ``prepare``'s "blocked").
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except OSError as error:
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
 def serve(
     config_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -181,10 +211,43 @@ def serve(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     token_ttl: int = 3600,
     log_level: str = "info",
+    log_format: str = "text",
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+    forwarded_allow_ips: str | None = None,
+    timeout_keep_alive: float = 5,
+    read_timeout: float = 15,
+    max_connections: int = 1000,
 ) -> None:
-    """Run the server with uvicorn until interrupted (``prepsync serve``)."""
+    """Run the server with uvicorn until interrupted (``prepsync serve``).
+
+    Raises ConfigError for an unusable configuration, data directory or certificate, and
+    ListenError when the address cannot be listened on.
+    """
     import uvicorn  # here: only serving needs it
 
+    level = getattr(logging, log_level.upper())
+    # prepsync's records (session transitions) and uvicorn's (start-up, errors, access) go to
+    # stderr in one format.
+    configure_logging(level, log_format, ("prepsync", "uvicorn", "uvicorn.error"))
+    configure_logging(
+        level if level <= logging.INFO else logging.WARNING, log_format, ("uvicorn.access",)
+    )
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        import ssl
+
+        try:  # checked here: uvicorn would print a traceback
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                ssl_certfile, ssl_keyfile
+            )
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"cannot use {ssl_certfile} with {ssl_keyfile}: {error.strerror or error}"
+            ) from None
+    if read_timeout <= 0 or timeout_keep_alive <= 0 or max_connections <= 0:
+        raise ValueError("read_timeout, timeout_keep_alive and max_connections must be > 0")
     app = create_app(
         config_path,
         data_dir,
@@ -193,4 +256,36 @@ def serve(
         max_file_size=max_file_size,
         token_ttl=token_ttl,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    cap = connection_cap(max_connections, raise_descriptor_limit())
+    if cap < max_connections:
+        logger.warning(
+            "at most %d connections (not %d): the process may open only %d files",
+            cap,
+            max_connections,
+            cap + RESERVED_DESCRIPTORS,
+        )
+    listener = listening_socket(host, port)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=level,
+        http=bounded_protocol(read_timeout, cap),
+        timeout_keep_alive=timeout_keep_alive,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=10,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        # Behind a reverse proxy: trust its X-Forwarded-For/-Proto from these addresses only,
+        # so that the status page's commands and the log name the agents' real addresses.
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[listener])
+    except SystemExit:
+        # uvicorn exits when the application's start-up failed, after logging why.
+        if server.started:
+            raise
+        raise PrepsyncError("the server did not start (the reason is logged above)") from None
+    finally:
+        listener.close()
