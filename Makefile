@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test compile debug test-debug test-asan lint typecheck bench soak fuzz clean
+.PHONY: demo test test-postgres compile debug test-debug test-asan lint typecheck bench soak fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(PY)
 test: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pytest -q
+
+# Only the cases that need PostgreSQL (a throwaway cluster, tests/pgutil.py); CI=true makes a
+# missing PostgreSQL an error here rather than a skip.
+test-postgres: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	CI=true $(PY) -m pytest -q -m postgres
 
 compile: $(PY)
 	$(PY) -m pip install -q -e '.[dev]'

@@ -41,6 +41,7 @@ from prepsync.protocol import (
     CANCELLED,
     DONE,
     FAILED,
+    MODES,
     OPEN,
     PROCESSING,
     QUEUED,
@@ -118,6 +119,56 @@ class NoVerdict(PrepsyncError):
         self.session = session
 
 
+# What to do with a journal that cannot be trusted. The session it named may be committed
+# with the baselines not advanced: an incremental run would then send its changes again, a
+# complete one reloads everything and is always right.
+JOURNAL_ADVICE = (
+    "check that no prepsync run uses this working directory, delete the file, and run a "
+    "complete synchronization (an incremental one could send a committed session's changes "
+    "twice)"
+)
+
+
+def journal_problem(data: object) -> str | None:
+    """What is wrong with a session journal's content, or None when it has the shape
+    :meth:`SessionJournal.write` gives it."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__} where an object belongs"
+    for name in ("session", "connector", "mode", "tables"):
+        if name not in data:
+            return f'no "{name}"'
+    session = data["session"]
+    if session is not None and not (isinstance(session, str) and _plain_id(session)):
+        return f'"session" is {json.dumps(session)}, not a session id or null'
+    if not isinstance(data["connector"], str) or not data["connector"]:
+        return f'"connector" is {json.dumps(data["connector"])}, not a name'
+    if data["mode"] not in MODES:
+        return f'"mode" is {json.dumps(data["mode"])}, not one of {", ".join(MODES)}'
+    if data.get("agent") is not None and not isinstance(data["agent"], str):
+        return f'"agent" is {json.dumps(data["agent"])}, not a name or null'
+    tables = data["tables"]
+    if tables is None:
+        return None
+    if not isinstance(tables, list):
+        return f'"tables" is {json.dumps(tables)}, not a list or null'
+    for index, table in enumerate(tables):
+        where = f'"tables"[{index}]'
+        if not isinstance(table, dict):
+            return f"{where} is not an object"
+        if not isinstance(table.get("table"), str) or not table["table"]:
+            return f'{where} has no "table" name'
+        if "sorted" not in table or not isinstance(table["sorted"], str | None):
+            return f'{where} has no "sorted" path or null'
+        if not isinstance(table.get("change_file"), bool):
+            return f'{where} has no "change_file" true or false'
+    return None
+
+
+def _plain_id(text: str) -> bool:
+    """A session id the client can put in a URL path as it is."""
+    return bool(text) and not any(c in text for c in "/\\?#%") and text not in (".", "..")
+
+
 class SessionJournal:
     """The open session of the current run, on disk so a crashed run can be finished."""
 
@@ -125,14 +176,32 @@ class SessionJournal:
         self.path = working_dir / SESSION_JOURNAL
 
     def read(self) -> dict[str, Any] | None:
+        """The journal, checked whole: None when there is none. Anything prepsync did not
+        write (garbled, truncated by hand, another shape) is one error saying what to do,
+        since a guess could send a committed session's changes twice."""
         try:
-            with open(self.path, encoding="utf-8") as source:
-                data: dict[str, Any] = json.load(source)
-                return data
+            with open(self.path, "rb") as source:
+                raw = source.read()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
-            raise PrepsyncError(f"unreadable session journal {self.path}: {error}") from None
+        except OSError as error:
+            raise PrepsyncError(
+                f"cannot read the session journal {self.path}: {error.strerror or error}"
+            ) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as error:  # UnicodeDecodeError is one too
+            raise PrepsyncError(
+                f"session journal {self.path} is garbled (not JSON: {error}); {JOURNAL_ADVICE}"
+            ) from None
+        problem = journal_problem(data)
+        if problem is not None:
+            raise PrepsyncError(
+                f"session journal {self.path} is not one prepsync writes ({problem}); "
+                f"{JOURNAL_ADVICE}"
+            )
+        checked: dict[str, Any] = data
+        return checked
 
     def write(self, data: dict[str, Any]) -> None:
         staging.atomic_write_json(self.path, data)

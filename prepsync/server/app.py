@@ -35,6 +35,7 @@ from prepsync.config import (
 )
 from prepsync.errors import ConfigError, PrepsyncError
 from prepsync.logs import configure as configure_logging
+from prepsync.server.backends import open_backend
 from prepsync.server.changes import changes
 from prepsync.server.clients import OpenIdClient, load_clients
 from prepsync.server.connections import (
@@ -61,7 +62,6 @@ from prepsync.server.http import (
     http_error_handler,
     server_error_handler,
 )
-from prepsync.server.sessions import SessionDatabase
 from prepsync.server.thresholds import connector_limits
 from prepsync.server.tokens import TokenSigner, load_or_create_key
 from prepsync.server.uploads import commit, file_status, upload
@@ -115,10 +115,13 @@ def create_app(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     token_ttl: int = 3600,
     worker_poll: float = 1.0,
+    database: str | None = None,
 ) -> Starlette:
     """The server as an ASGI app; the worker runs while the app's lifespan does.
 
-    Raises ConfigError for an unusable configuration or data directory.
+    ``database``: a ``postgresql://`` URL for the PostgreSQL store; None for SQLite files in
+    the data directory. Raises ConfigError for an unusable configuration, data directory or
+    database.
     """
     if session_timeout <= 0 or max_body <= 0 or max_file_size <= 0 or token_ttl <= 0:
         raise ValueError("session_timeout, max_body, max_file_size and token_ttl must be > 0")
@@ -130,6 +133,10 @@ def create_app(
         key = load_or_create_key(data)
     except (OSError, ValueError) as error:
         raise ConfigError(f"data directory {data}: {error}") from None
+    backend = open_backend(database, data)
+    check_tables = getattr(backend, "check_tables", None)
+    if check_tables is not None:
+        check_tables(tables)
     state = ServerState(
         data_dir=data,
         clients=clients,
@@ -142,20 +149,20 @@ def create_app(
         token_ttl=token_ttl,
         # Abandonment is checked each poll: a small timeout (tests) needs a quicker poll.
         worker_poll=min(worker_poll, max(session_timeout / 4, 0.05)),
+        backend=backend,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         worker = Worker(
-            data / "sessions.sqlite3",
-            data / "store.sqlite3",
+            backend,
             state.sessions_dir,
             {connector: state.folded_tables(connector) for connector in tables},
             session_timeout,
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
         )
-        state.session_db = SessionDatabase(data / "sessions.sqlite3")
+        state.session_db = backend.session_database()
         state.worker = worker
         worker.start()
         try:
@@ -211,6 +218,7 @@ def serve(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     token_ttl: int = 3600,
     log_level: str = "info",
+    database: str | None = None,
     log_format: str = "text",
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
@@ -255,6 +263,7 @@ def serve(
         max_body=max_body,
         max_file_size=max_file_size,
         token_ttl=token_ttl,
+        database=database,
     )
     cap = connection_cap(max_connections, raise_descriptor_limit())
     if cap < max_connections:
