@@ -32,6 +32,7 @@ from chaos import (
     fill,
     tmpfs,
 )
+from serverutil import OPERATOR, OPERATOR_SECRET
 from sites import entity_config, prepare_command
 
 
@@ -180,11 +181,13 @@ def test_server_disk_full_during_apply(
     server, agent, model = server_on_small_disk
     grow(model, 12_000)  # an incremental of 12,000 inserts
     agent.write_exports(model.exports())
-    # Another agent's open session holds the queue, so the commit is accepted before the apply
-    # starts; the disk is filled in between.
-    holder = server.post(
-        "/api/connectors/AD/sessions", json={"agent": "holder", "mode": "incremental"}
-    )
+    # An open session of the agent, opened through another client (the agent's would cancel it
+    # as an orphan), holds the queue, so the commit is accepted before the apply starts; the
+    # disk is filled in between.
+    with server.api(OPERATOR, OPERATOR_SECRET) as operator:
+        holder = operator.post(
+            "/api/connectors/AD/sessions", json={"agent": "chaos", "mode": "incremental"}
+        )
     assert holder.status_code == 201, holder.text
     process = agent.start("incremental", "--api-retry-seconds", "60")
     deadline = time.monotonic() + 60

@@ -18,6 +18,7 @@ from prepsync.server.context import state_of
 from prepsync.server.guards import authenticate, conflict, connector_of, session_of
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
 from prepsync.server.session_files import discard_files
+from prepsync.server.sessions import ForeignAgent
 from prepsync.server.status import RECENT_SESSIONS, render_status
 from prepsync.server.store import iter_table_csv, table_counts
 from prepsync.server.tokens import basic_credentials
@@ -102,8 +103,10 @@ async def open_session(request: Request) -> Response:
         cancelled = db.open(
             connector, agent, mode.lower(), session_id, client.identifier, separator
         )
-    except BaseException:
+    except BaseException as error:
         discard_files(state.sessions_dir, session_id)
+        if isinstance(error, ForeignAgent):
+            raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
     for other in cancelled:
         state.sealed.add(other)
