@@ -321,6 +321,25 @@ def test_transport_errors_and_5xx_are_retried_other_4xx_are_not() -> None:
         assert len(sleeps) == 5
 
 
+def test_a_507_is_retried_and_the_give_up_says_the_servers_disk_is_full() -> None:
+    """Whether the server's text says it (this server's) or not (any other 507)."""
+    for text in ("the server's disk is full: cannot store the chunk", "no room"):
+        mock = Mock()
+        mock.default = httpx.Response(507, json={"error": text})
+        sleeps = Sleeps()
+        policy = RetryPolicy(total_seconds=5, first_delay=1, max_delay=1)
+        with (
+            mock_client(mock, sleep=sleeps, retry=policy) as client,
+            pytest.raises(ServerError) as caught,
+        ):
+            client.cancel(SESSION)
+        message = str(caught.value)
+        assert len(sleeps) >= 2, "a full disk is retried: room may be made meanwhile"
+        assert message.startswith(f"server POST /api/sessions/{SESSION}/cancel: gave up")
+        assert message.count("the server's disk is full") == 1, message
+        assert message.endswith(text if "disk" in text else f"disk is full: {text}"), message
+
+
 def test_base_url_with_a_path_prefix_and_names_needing_escapes() -> None:
     for base_url in ("http://127.0.0.1:9/prefix", "http://127.0.0.1:9/prefix/"):
         mock = Mock()
