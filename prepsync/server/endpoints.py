@@ -25,6 +25,7 @@ from prepsync.server.http import (
     read_json_object,
 )
 from prepsync.server.session_files import discard_files
+from prepsync.server.sessions import ForeignAgent
 from prepsync.server.status import RECENT_SESSIONS, render_status
 from prepsync.server.tokens import basic_credentials
 
@@ -129,8 +130,10 @@ async def open_session(request: Request) -> Response:
             None,  # new work does not use the reserve
             free_orphans,
         )
-    except BaseException:
+    except BaseException as error:
         discard_files(state.sessions_dir, session_id)
+        if isinstance(error, ForeignAgent):
+            raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
     for other in cancelled:
         state.sealed.add(other)
