@@ -38,12 +38,12 @@ from prepsync.protocol import (
     UPDATE,
 )
 from prepsync.server.context import state_of
-from prepsync.server.diff import DataError, TableDiff, table_diff
+from prepsync.server.diff import DataError
 from prepsync.server.guards import authenticate, conflict, session_of
 from prepsync.server.http import ApiError
 from prepsync.server.session_files import table_of_file
 from prepsync.server.sessions import Session
-from prepsync.server.store import decode_key, encode_key, format_record, snapshot, table_state
+from prepsync.server.store import decode_key, encode_key, format_record
 
 LIMIT_MAX = 1_000_000
 _COMMANDS = (INSERT, UPDATE, DELETE)
@@ -116,22 +116,12 @@ async def changes(request: Request) -> Response:
     if file_name is None:  # an incremental session that leaves this table unchanged
         empty = format_record([COMMAND_COLUMN, *spec.columns]) + "\n"
         return Response(empty, media_type="text/csv; charset=utf-8")
-    store_path = state.data_dir / "store.sqlite3"
+    backend = state.backend
     path = state.sessions_dir / session.id / file_name
 
     def selected() -> Generator[tuple[str, bytes], None, None]:
         """(CSV line, key): the header first (its key empty), then the selected changes."""
-        with snapshot(store_path) as connection:
-            stored = table_state(connection, session.connector, spec.name)
-            diff: TableDiff = table_diff(
-                connection,
-                stored,
-                spec,
-                path,
-                session.mode,
-                session.separator,
-                after,
-            )
+        with backend.review(session, spec, path, after) as diff:
             yield format_record([COMMAND_COLUMN, *diff.header]) + "\n", b""
             for change_command, key, line, _values, stored_line in diff.changes:
                 if wanted is not None and change_command != wanted:

@@ -16,6 +16,7 @@ from prepsync.config import Mappings, TableSpec
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import SessionDatabase
+from prepsync.server.storeapi import Backend
 from prepsync.server.tokens import TokenSigner
 from prepsync.server.worker import Worker
 
@@ -37,6 +38,7 @@ class ServerState:
     max_file_size: int
     token_ttl: int
     worker_poll: float
+    backend: Backend
     session_db: SessionDatabase | None = None
     worker: Worker | None = None
     # Sessions whose uploads are closed: a commit is verifying or has succeeded. Checked before

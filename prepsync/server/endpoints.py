@@ -19,7 +19,6 @@ from prepsync.server.guards import authenticate, conflict, connector_of, session
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
 from prepsync.server.session_files import discard_files
 from prepsync.server.status import RECENT_SESSIONS, render_status
-from prepsync.server.store import iter_table_csv, table_counts
 from prepsync.server.tokens import basic_credentials
 
 FORM_LIMIT = 64 * 1024
@@ -194,7 +193,7 @@ async def resources(request: Request) -> Response:
     if spec is None:
         raise ApiError(404, f"connector {connector!r} has no table {table!r}")
     # A sync iterator: Starlette pulls it from a worker thread, so SQLite never blocks the loop.
-    rows = iter_table_csv(state.data_dir / "store.sqlite3", connector, spec.name, spec.columns)
+    rows = state.backend.resources_csv(connector, spec.name, spec.columns)
     return StreamingResponse(rows, media_type="text/csv; charset=utf-8")
 
 
@@ -202,7 +201,7 @@ async def status_page(request: Request) -> Response:
     state = state_of(request)
     db, _worker = state.running()
     sessions = {connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables}
-    counts = await anyio.to_thread.run_sync(table_counts, state.data_dir / "store.sqlite3")
+    counts = await anyio.to_thread.run_sync(state.backend.table_counts)
     blocked = [session for session in db.unfinished() if session.state == BLOCKED]
     api_url = str(request.base_url).rstrip("/")
     return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))

@@ -378,3 +378,12 @@ class SessionDatabase:
 
     def set_state(self, session_id: str, from_state: str, to_state: str) -> bool:
         return self._transition(session_id, (from_state,), to_state)
+
+    def orphans(self) -> list[Session]:
+        """``processing`` sessions that no worker applies: with one worker per data directory
+        (SQLite), every one the worker meets between its sessions (a crash, or a stop)."""
+        return self.processing()
+
+    def release(self, session: Session) -> None:
+        """The worker is done with a claimed session (its outcome is recorded). Nothing is held
+        here: the one worker is the only one that claims."""

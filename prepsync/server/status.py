@@ -86,6 +86,7 @@ def render_status(
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>prepsync server</title>",
         f"<style>{_STYLE}</style></head><body><h1>prepsync server</h1>",
+        f"<p>Agents and operators reach it with <code>--api-url {escape(api_url)}</code>.</p>",
         *_blocked_section(blocked, api_url),
     ]
     if not tables:

@@ -14,7 +14,6 @@ start (its rolled-back transaction left the store as before).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -25,8 +24,8 @@ from prepsync.config import TableSpec
 from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import Session, SessionDatabase
-from prepsync.server.store import open_store
+from prepsync.server.sessions import Session
+from prepsync.server.storeapi import Backend
 from prepsync.server.thresholds import ConnectorLimits
 
 logger = logging.getLogger(__name__)
@@ -37,16 +36,13 @@ STORE_RETRY_DELAY = 10.0  # seconds before a session is tried again after a stor
 class Worker:
     def __init__(
         self,
-        sessions_path: Path,
-        store_path: Path,
+        backend: Backend,
         sessions_dir: Path,
         tables: Mapping[str, Mapping[str, TableSpec]],
         session_timeout: float,
         poll: float,
         limits: Mapping[str, ConnectorLimits] | None = None,
     ) -> None:
-        self._sessions_path = sessions_path
-        self._store_path = store_path
         self._sessions_dir = sessions_dir
         self._tables = tables  # connector -> casefolded table -> spec
         self._limits = limits or {}  # connector -> thresholds (entity level only when absent)
@@ -55,20 +51,23 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._store = open_store(store_path)
-        self._db = SessionDatabase(sessions_path)
+        self._store = backend.resource_store()
+        self._db = backend.session_database()
         self.recover()
 
     def recover(self) -> None:
         """Settle the sessions a crash (or a stop) left ``processing``; see the module doc."""
-        for session in self._db.processing():
-            if self._store.was_applied(session.id):
-                self._db.finish(session.id, DONE, None, None)
-                discard_files(self._sessions_dir, session.id)
-                logger.info("session %s was applied before the restart: done", session.id)
-            else:
-                self._db.set_state(session.id, PROCESSING, QUEUED)
-                logger.info("session %s was interrupted: queued again", session.id)
+        for session in self._db.orphans():
+            try:
+                if self._store.was_applied(session.id):
+                    self._db.finish(session.id, DONE, None, None)
+                    discard_files(self._sessions_dir, session.id)
+                    logger.info("session %s was applied before the restart: done", session.id)
+                else:
+                    self._db.set_state(session.id, PROCESSING, QUEUED)
+                    logger.info("session %s was interrupted: queued again", session.id)
+            finally:
+                self._db.release(session)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prepsync-worker", daemon=True)
@@ -120,11 +119,14 @@ class Worker:
         session = self._db.claim_next()
         if session is None:
             return False
-        self._process(session)
+        try:
+            self._process(session)
+        finally:
+            self._db.release(session)
         # After the verdict is recorded, so the agent waiting for it does not wait for this.
         try:
-            self._store.checkpoint()
-        except sqlite3.OperationalError as error:  # the next round's checkpoint catches up
+            self._store.after_session()
+        except self._store.store_errors as error:  # the next round's checkpoint catches up
             logger.warning("store checkpoint failed: %s", error)
         return True
 
@@ -149,8 +151,9 @@ class Worker:
                 self._tables.get(session.connector),
                 self._sessions_dir / session.id,
                 self._limits.get(session.connector),
+                started,
             )
-        except sqlite3.OperationalError as error:
+        except self._store.store_errors as error:
             if self._stopping.is_set():
                 # Interrupted by stop(): leave it processing; recover() queues it again.
                 logger.info("session %s interrupted by shutdown", session.id)
