@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from prepsync.config import Mappings, TableSpec
 from prepsync.server.clients import OpenIdClient
+from prepsync.server.disk import DiskReserve
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import SessionDatabase
 from prepsync.server.storeapi import Backend
@@ -45,6 +46,8 @@ class ServerState:
     # every write, so no byte lands in a file after its hash was taken.
     sealed: set[str] = field(default_factory=set)
     commit_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Room kept in the data directory for the writes that free it (see disk.py).
+    reserve: DiskReserve | None = None
 
     @property
     def sessions_dir(self) -> Path:
