@@ -49,8 +49,10 @@ from prepsync.server.endpoints import (
     cancel,
     force,
     get_session,
+    health,
     list_sessions,
     mappings,
+    metrics,
     open_session,
     resources,
     status_page,
@@ -71,6 +73,8 @@ logger = logging.getLogger(__name__)
 
 ROUTES = [
     Route("/", status_page, methods=["GET"]),
+    Route("/healthz", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/connect/token", token, methods=["POST"]),
     Route("/api/connectors/{connector}/mappings", mappings, methods=["GET"]),
     Route("/api/connectors/{connector}/sessions", open_session, methods=["POST"]),
@@ -152,6 +156,11 @@ def create_app(
         backend=backend,
     )
 
+    def session_counts() -> dict[tuple[str, str], int]:
+        return state.session_db.state_counts() if state.session_db is not None else {}
+
+    state.events.watch_sessions(session_counts)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         worker = Worker(
@@ -161,6 +170,7 @@ def create_app(
             session_timeout,
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
+            events=state.events,
         )
         state.session_db = backend.session_database()
         state.worker = worker
