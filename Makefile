@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-postgres compile debug test-debug test-asan lint typecheck bench soak fuzz clean
+.PHONY: demo test test-postgres compile debug test-debug test-asan lint typecheck bench soak soak-cluster fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ SEED ?= 1
 soak: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m tests.soak --days $(DAYS) --seed $(SEED)
+
+# Three server processes on one PostgreSQL database and one data directory, many connectors,
+# SIGKILLs of servers (mid-upload, mid-commit, mid-apply) and agents; the stores checked every
+# day (tests/soak_cluster.py). Starts a throwaway PostgreSQL cluster (tests/pgutil.py).
+CONNECTORS ?= 6
+soak-cluster: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m tests.soak_cluster --days $(DAYS) --seed $(SEED) --connectors $(CONNECTORS)
 
 # The fuzz target for the tokenizer and the configuration reader, for FUZZ_SECONDS: coverage-
 # guided with atheris where it installs (the optional `fuzz` extra), else the seeded mutator.

@@ -76,7 +76,7 @@ import xxhash
 
 from prepsync.config import Mappings
 from prepsync.errors import PrepsyncError, ServerError, UsageError
-from prepsync.protocol import CANCELLED, NEXT_AFTER_HEADER, OPEN, SCOPE
+from prepsync.protocol import CANCELLED, DISK_FULL, NEXT_AFTER_HEADER, OPEN, SCOPE
 
 logger = logging.getLogger("prepsync")
 
@@ -603,9 +603,10 @@ class ApiClient:
             return response
         if status == 429 or status >= 500:
             retry_after = _retry_after(response) if status in (429, 503) else None
-            raise _Retry(
-                f"server {method} {path}", f"{status} {_error_text(response)}", retry_after
-            )
+            problem = _error_text(response)
+            if status == 507 and DISK_FULL not in problem:  # a server that does not say it
+                problem = f"{DISK_FULL}: {problem}"
+            raise _Retry(f"server {method} {path}", f"{status} {problem}", retry_after)
         raise self._refusal(method, path, response)
 
     @staticmethod

@@ -5,6 +5,7 @@ Data directory layout (created on first start)::
     <data>/token.key            token signing key (0600)
     <data>/sessions.sqlite3     sessions and their states (sessions.py)
     <data>/store.sqlite3        stored rows (store.py)
+    <data>/disk-reserve         1 MiB kept so that a full disk can still be freed (disk.py)
     <data>/sessions/<GUID>/     each session's uploads, removed once it is final (done,
                                 failed, cancelled)
 
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from prepsync.server.connections import (
     raise_descriptor_limit,
 )
 from prepsync.server.context import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
+from prepsync.server.disk import DiskReserve, disk_full_handler
 from prepsync.server.endpoints import (
     cancel,
     force,
@@ -137,6 +140,7 @@ def create_app(
         key = load_or_create_key(data)
     except (OSError, ValueError) as error:
         raise ConfigError(f"data directory {data}: {error}") from None
+    reserve = DiskReserve(data)
     backend = open_backend(database, data)
     check_tables = getattr(backend, "check_tables", None)
     if check_tables is not None:
@@ -154,6 +158,7 @@ def create_app(
         # Abandonment is checked each poll: a small timeout (tests) needs a quicker poll.
         worker_poll=min(worker_poll, max(session_timeout / 4, 0.05)),
         backend=backend,
+        reserve=reserve,
     )
 
     def session_counts() -> dict[tuple[str, str], int]:
@@ -170,10 +175,12 @@ def create_app(
             session_timeout,
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
+            reserve=reserve,
             events=state.events,
         )
         state.session_db = backend.session_database()
         state.worker = worker
+        reserve.ensure()  # before the first request: the worker only makes it again
         worker.start()
         try:
             yield
@@ -188,6 +195,9 @@ def create_app(
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
+            # A full disk is a 507 (disk.py); other errors of these kinds go on to the 500.
+            OSError: disk_full_handler,
+            sqlite3.Error: disk_full_handler,
             Exception: server_error_handler,
         },
     )

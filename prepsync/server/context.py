@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from prepsync.config import Mappings, TableSpec
 from prepsync.server.clients import OpenIdClient
+from prepsync.server.disk import DiskReserve
 from prepsync.server.events import SessionEvents
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import SessionDatabase
@@ -48,6 +49,8 @@ class ServerState:
     # The transition log and the metrics (GET /metrics).
     events: SessionEvents = field(default_factory=SessionEvents)
     commit_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Room kept in the data directory for the writes that free it (see disk.py).
+    reserve: DiskReserve | None = None
 
     @property
     def sessions_dir(self) -> Path:

@@ -11,13 +11,15 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, MODES, SCOPE
+from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, FULL_MODES, MODES, OPEN, SCOPE
 from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.context import state_of
+from prepsync.server.disk import reclaiming
 from prepsync.server.guards import authenticate, conflict, connector_of, session_of
 from prepsync.server.http import ApiError, error_response, read_body, read_json_object
 from prepsync.server.session_files import discard_files
+from prepsync.server.sessions import ForeignAgent
 from prepsync.server.status import RECENT_SESSIONS, render_status
 from prepsync.server.tokens import basic_credentials
 
@@ -97,12 +99,34 @@ async def open_session(request: Request) -> Response:
     session_id = str(uuid.uuid4())
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
+
+    def free_orphans() -> None:
+        # On a full disk, the open sessions this opening cancels give their room first (most
+        # likely an orphan of a killed run filled it); their uploads are closed from now on.
+        for other in db.unfinished():
+            if (
+                other.connector == connector
+                and other.state == OPEN
+                and (
+                    mode.lower() in FULL_MODES
+                    or (other.agent == agent and other.client == client.identifier)
+                )
+            ):
+                state.sealed.add(other.id)
+                discard_files(state.sessions_dir, other.id)
+
     try:
-        cancelled = db.open(
-            connector, agent, mode.lower(), session_id, client.identifier, separator
+        cancelled = reclaiming(
+            lambda: db.open(
+                connector, agent, mode.lower(), session_id, client.identifier, separator
+            ),
+            None,  # new work does not use the reserve
+            free_orphans,
         )
-    except BaseException:
+    except BaseException as error:
         discard_files(state.sessions_dir, session_id)
+        if isinstance(error, ForeignAgent):
+            raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
     for other in cancelled:
         state.sealed.add(other)
@@ -173,7 +197,15 @@ async def cancel(request: Request) -> Response:
     session = session_of(request, client)
     state = state_of(request)
     db, worker = state.running()
-    if not db.cancel(session.id, f"cancelled by client {client.identifier}"):
+
+    def free_first() -> None:
+        # Files no one else reads (the worker reads only queued and processing sessions').
+        if session.state in (OPEN, BLOCKED):
+            state.sealed.add(session.id)
+            discard_files(state.sessions_dir, session.id)
+
+    reason = f"cancelled by client {client.identifier}"
+    if not reclaiming(lambda: db.cancel(session.id, reason), state.reserve, free_first):
         current = db.get(session.id) or session
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.config import TableSpec
-from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, PROCESSING, QUEUED
+from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, OPEN, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
+from prepsync.server.disk import DiskReserve, reclaiming
 from prepsync.server.events import SessionEvents
 from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import Session
@@ -43,6 +44,7 @@ class Worker:
         session_timeout: float,
         poll: float,
         limits: Mapping[str, ConnectorLimits] | None = None,
+        reserve: DiskReserve | None = None,
         events: SessionEvents | None = None,
     ) -> None:
         self._events = events or SessionEvents()
@@ -51,6 +53,7 @@ class Worker:
         self._limits = limits or {}  # connector -> thresholds (entity level only when absent)
         self._session_timeout = session_timeout
         self._poll = poll
+        self._reserve = reserve
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,10 +119,16 @@ class Worker:
         # Only this thread sets "processing", and not across rounds: one seen now is stale (a
         # crash, or a failed state update), and would hold its connector's queue forever.
         self.recover()
+        if self._reserve is not None:
+            self._reserve.ensure()
         idle_before = time.time() - self._session_timeout
-        for session_id in self._db.abandon_idle(
-            idle_before, f"abandoned: no activity for {self._session_timeout:g} s"
-        ):
+        reason = f"abandoned: no activity for {self._session_timeout:g} s"
+        abandoned = reclaiming(
+            lambda: self._db.abandon_idle(idle_before, reason),
+            self._reserve,
+            lambda: self._discard_idle(idle_before),
+        )
+        for session_id in abandoned:
             self._events.cancelled(
                 session_id, None, f"the server: no upload for {self._session_timeout:g} s"
             )
@@ -139,6 +148,13 @@ class Worker:
         except self._store.store_errors as error:  # the next round's checkpoint catches up
             logger.warning("store checkpoint failed: %s", error)
         return True
+
+    def _discard_idle(self, idle_before: float) -> None:
+        """On a full disk, the files of the sessions about to be abandoned go first (see
+        disk.py): an idle open session's files are read by no one."""
+        for session in self._db.unfinished():
+            if session.state == OPEN and session.active_at < idle_before:
+                discard_files(self._sessions_dir, session.id)
 
     def _process(self, session: Session) -> None:
         logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
