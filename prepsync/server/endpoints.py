@@ -62,7 +62,9 @@ async def token(request: Request) -> Response:
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     return JSONResponse(
         {
-            "access_token": state.signer.issue(client.identifier, state.token_ttl),
+            "access_token": state.signer.issue(
+                client.identifier, client.hashed_secret, state.token_ttl
+            ),
             "token_type": "Bearer",
             "expires_in": state.token_ttl,
             "scope": SCOPE,
