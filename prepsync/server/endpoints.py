@@ -136,6 +136,7 @@ async def open_session(request: Request) -> Response:
     worker.wake()
     session = db.get(session_id)
     assert session is not None
+    state.events.opened(session, cancelled)
     return JSONResponse(
         session.to_json(),
         status_code=201,
@@ -188,6 +189,7 @@ async def force(request: Request) -> Response:
     worker.wake()
     forced = db.get(session.id)
     assert forced is not None
+    state_of(request).events.forced(forced, f"client {client.identifier}")
     return JSONResponse(forced.to_json(), status_code=202)
 
 
@@ -213,6 +215,7 @@ async def cancel(request: Request) -> Response:
     worker.wake()  # the next session of its connector may now go
     cancelled = db.get(session.id)
     assert cancelled is not None and cancelled.state == CANCELLED
+    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
     return JSONResponse(cancelled.to_json())
 
 
@@ -239,3 +242,48 @@ async def status_page(request: Request) -> Response:
     blocked = [session for session in db.unfinished() if session.state == BLOCKED]
     api_url = str(request.base_url).rstrip("/")
     return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))
+
+
+HEALTH_TIMEOUT = 5.0  # seconds: a store slower than this to answer is not healthy
+
+
+async def health(request: Request) -> Response:
+    """GET /healthz: 200 when the process serves, its worker runs and both the sessions
+    database and the store answer; 503 otherwise, saying which part failed. No token: a
+    load balancer or a container runtime asks it, and it shows no data."""
+    state = state_of(request)
+    checks: dict[str, str] = {}
+    try:
+        db, worker = state.running()
+    except ApiError as error:
+        return JSONResponse({"status": "unavailable", "error": error.message}, status_code=503)
+    checks["worker"] = "running" if worker.alive else "stopped"
+    try:
+        with anyio.fail_after(HEALTH_TIMEOUT):
+            db.state_counts()
+            checks["sessions"] = "ok"
+            await anyio.to_thread.run_sync(state.backend.table_counts, abandon_on_cancel=True)
+            checks["store"] = "ok"
+    except TimeoutError:
+        checks.setdefault("sessions", "ok")
+        checks["store"] = f"no answer within {HEALTH_TIMEOUT:g} s"
+    except Exception as error:  # what the store raises is the answer: say it, do not crash
+        failed = "store" if "sessions" in checks else "sessions"
+        checks[failed] = f"{type(error).__name__}: {error}"
+    healthy = all(value in ("ok", "running") for value in checks.values())
+    return JSONResponse(
+        {"status": "ok" if healthy else "unavailable", "backend": state.backend.name, **checks},
+        status_code=200 if healthy else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it (see
+    prepsync.server.events). No token: it shows counts, no data."""
+    from prometheus_client.exposition import choose_encoder
+
+    state = state_of(request)
+    state.running()
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(state.events.registry), headers={"Content-Type": content_type})

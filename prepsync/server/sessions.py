@@ -268,6 +268,13 @@ class SessionDatabase:
         ).fetchall()
         return [_session(row) for row in rows]
 
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        """How many sessions each (connector, state) has: the metrics' view, read per scrape."""
+        rows = self._connection.execute(
+            "SELECT connector, state, COUNT(*) FROM sessions GROUP BY connector, state"
+        ).fetchall()
+        return {(row[0], row[1]): row[2] for row in rows}
+
     # ---------------------------------------------------------------------------- writes
 
     def open(

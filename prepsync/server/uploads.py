@@ -103,6 +103,7 @@ async def upload(request: Request) -> Response:
             headers={"Content-Range": f"bytes */{current}"},
         )
     written = await _write_body(request, state, session, path, start, length, whole_file)
+    state.events.received(written)
     record_activity(lambda: db.touch(session.id))
     if length is not None and written != length:
         raise ApiError(400, f"body has {written} bytes, Content-Range says {length}")
@@ -240,6 +241,7 @@ async def commit(request: Request) -> Response:
     worker.wake()
     committed = db.get(session.id)
     assert committed is not None
+    state.events.committed(committed, entries)
     return JSONResponse(committed.to_json(), status_code=202)
 
 
