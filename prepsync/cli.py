@@ -340,7 +340,12 @@ def prepare(
     finally:
         if progress:
             progress.close()
-    if delivery:
+    if delivery and delivery.resumed:
+        click.echo(
+            f"session {delivery.session_id}: {delivery.state}, committed by an interrupted run "
+            "from these same sources: nothing sent again"
+        )
+    elif delivery:
         click.echo(
             f"session {delivery.session_id}: {delivery.state}, {len(delivery.files)} file(s) sent"
         )
