@@ -552,14 +552,16 @@ class ClusterSoak:
     def connector_day(self, connector: str, number: int) -> None:
         model, agent = self.models[connector], self.agents[connector]
         rng = self.random()
+        before = dict(model.entries)
         if number:
             model.next_day()
         mode = "complete" if number == 0 or rng.random() < 0.1 else "incremental"
         if number and mode == "incremental" and rng.random() < 0.3:
-            # Two sessions queued back to back: the first one's changes, then the second's.
+            # Two sessions queued back to back, the second undoing the first: applied in any
+            # other order than opening order, the first one's values are what stays.
             agent.write_model(model)
             self.deliver(connector, "incremental", "--no-wait")
-            model.next_day()
+            redo_changes(model, before, rng)
             self.count(ordered_pairs=1)
         agent.write_model(model)
         self.deliver(connector, mode)
@@ -648,6 +650,17 @@ class ClusterSoak:
             if stray:
                 self.count(leftover_files=len(stray))
         self.report.sessions = sessions
+
+
+def redo_changes(model: Model, before: dict[str, tuple[str, str, str]], rng: random.Random) -> None:
+    """The next change of every entry the model changed or inserted since ``before``, and two of
+    the ones it deleted inserted again: the incremental after this one touches the same keys."""
+    for guid, row in list(model.entries.items()):
+        if before.get(guid) != row:
+            model.entries[guid] = (guid, row[1], f"redone-{rng.getrandbits(24):x}")
+    deleted = sorted(set(before) - set(model.entries))
+    for guid in rng.sample(deleted, min(2, len(deleted))):
+        model.entries[guid] = (*before[guid][:2], f"back-{rng.getrandbits(24):x}")
 
 
 def _clean_failure(done: subprocess.CompletedProcess[str]) -> bool:
