@@ -340,7 +340,12 @@ def prepare(
     finally:
         if progress:
             progress.close()
-    if delivery:
+    if delivery and delivery.resumed:
+        click.echo(
+            f"session {delivery.session_id}: {delivery.state}, committed by an interrupted run "
+            "from these same sources: nothing sent again"
+        )
+    elif delivery:
         click.echo(
             f"session {delivery.session_id}: {delivery.state}, {len(delivery.files)} file(s) sent"
         )
@@ -385,6 +390,9 @@ def _await_verdict(
         status_line.close()
     if delivery.state != DONE:
         reason = delivery.reason or "no reason given"
+        advice = (delivery.server_session or {}).get("advice")
+        if isinstance(advice, str) and advice:
+            reason += f" ({advice})"
         click.echo(f"session {delivery.session_id} {delivery.state}: {reason}", err=True)
     return VERDICT_EXIT_STATUS[delivery.state]
 

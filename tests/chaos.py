@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serverutil import CLIENT, SECRET, ServerProcess
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET, ServerProcess
 
 CONNECTOR = "AD"
 ENTRIES, MEMBERS = "ADExport_entries", "ADExport_members"
@@ -39,8 +39,10 @@ FINAL_STATES = frozenset({"done", "failed", "cancelled", "blocked"})
 
 
 def config_xml() -> str:
-    """The server's configuration: the AD connector's two tables, no thresholds, one client."""
+    """The server's configuration: the AD connector's two tables, no thresholds, the agent's
+    client and an operator's."""
     digest = base64.b64encode(hashlib.sha256(SECRET.encode()).digest()).decode()
+    operator = base64.b64encode(hashlib.sha256(OPERATOR_SECRET.encode()).digest()).decode()
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <ConfigurationFile xmlns="urn:chaos">
   <EntityTypeMapping Identifier="AD_Entry" Connector="AD" ConnectionTable="{ENTRIES}">
@@ -50,7 +52,8 @@ def config_xml() -> str:
   </EntityTypeMapping>
   <EntityAssociationMapping Identifier="AD_Entry_member" Connector="AD"
       ConnectionTable="{MEMBERS}" Column1="dn" Column2="member" />
-  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" />
+  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" Profile="Agent" />
+  <OpenIdClient Identifier="{OPERATOR}" HashedSecret="{operator}" Profile="Administrator" />
 </ConfigurationFile>
 """
 

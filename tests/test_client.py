@@ -15,7 +15,16 @@ from typing import Any
 import httpx
 import pytest
 import serverutil
-from serverutil import SECRET, Api, ServerProcess, csv_bytes, write_config, xxh3
+from serverutil import (
+    OPERATOR,
+    OPERATOR_SECRET,
+    SECRET,
+    Api,
+    ServerProcess,
+    csv_bytes,
+    write_config,
+    xxh3,
+)
 
 from prepsync.client import ApiClient, FileReceipt, RetryPolicy
 from prepsync.errors import ServerError
@@ -365,8 +374,10 @@ def test_mappings_sessions_commit_queued_cancel_force_and_resources(
         rows = entries(300)
         complete = full_load(client, tmp_path, rows)
         assert client.resources("AD", ENTRIES) == rows
-        # A session committed behind an open one waits: "queued".
-        blocker = client.open_session("AD", "agent-0", "incremental")
+        # A session committed behind an open one waits: "queued". The one agent of the
+        # connector opens it through another client (its own would cancel it as an orphan).
+        operator = ApiClient(server.url, OPERATOR, OPERATOR_SECRET, timeout=30.0)
+        blocker = operator.open_session("AD", "agent-1", "incremental")
         session_id = client.open_session("AD", "agent-1", "Incremental")
         delta = csv_bytes(["command", "objectGUID", "dn"], [("insert", "zz", "new")])
         receipt = client.upload(session_id, write(tmp_path / f"{ENTRIES}.sorted.delta.csv", delta))
@@ -382,7 +393,8 @@ def test_mappings_sessions_commit_queued_cancel_force_and_resources(
             f"server POST /api/sessions/{session_id}/force: "
             "409 only a blocked session can be forced; it is queued"
         )
-        assert client.cancel(blocker)["state"] == "cancelled"
+        assert operator.cancel(blocker)["state"] == "cancelled"
+        operator.close()
         assert wait_final(client, session_id)["state"] == "done"
         assert client.resources("AD", ENTRIES) == rows + b"zz,new\n"
 
@@ -444,7 +456,7 @@ def deliver_the_first_late() -> Callable[[httpx.Request, Forward], httpx.Respons
 def test_a_lost_opening_leaves_one_open_session(
     server: ServerProcess, fault: Callable[[], Callable[[httpx.Request, Forward], httpx.Response]]
 ) -> None:
-    agent = f"agent-{fault.__name__}"
+    agent = "agent-1"  # the connector's agent (another one's incremental session is refused)
     with real_client(server, transport=Wrapped(fault())) as client:
         before = {s["id"] for s in client.sessions("AD")}
         session_id = client.open_session("AD", agent, "incremental")
@@ -468,7 +480,7 @@ def test_a_refused_connection_when_opening_reposts(server: ServerProcess) -> Non
 
     with real_client(server, transport=Wrapped(refuse_once)) as client:
         before = {s["id"] for s in client.sessions("AD")}
-        session_id = client.open_session("AD", "agent-refused", "incremental")
+        session_id = client.open_session("AD", "agent-1", "incremental")
         new = [s["id"] for s in client.sessions("AD") if s["id"] not in before]
         assert new == [session_id]
         client.cancel(session_id)

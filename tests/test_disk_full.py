@@ -33,6 +33,7 @@ from chaos import (
     fill,
     tmpfs,
 )
+from serverutil import OPERATOR, OPERATOR_SECRET
 from sites import entity_config, prepare_command
 
 
@@ -183,11 +184,13 @@ def test_server_disk_full_during_apply(
     server, agent, model = server_on_small_disk
     grow(model, 12_000)  # an incremental of 12,000 inserts
     agent.write_exports(model.exports())
-    # Another agent's open session holds the queue, so the commit is accepted before the apply
-    # starts; the disk is filled in between.
-    holder = server.post(
-        "/api/connectors/AD/sessions", json={"agent": "holder", "mode": "incremental"}
-    )
+    # An open session of the agent, opened through another client (the agent's would cancel it
+    # as an orphan), holds the queue, so the commit is accepted before the apply starts; the
+    # disk is filled in between.
+    with server.api(OPERATOR, OPERATOR_SECRET) as operator:
+        holder = operator.post(
+            "/api/connectors/AD/sessions", json={"agent": "chaos", "mode": "incremental"}
+        )
     assert holder.status_code == 201, holder.text
     process = agent.start("incremental", "--api-retry-seconds", "60")
     deadline = time.monotonic() + 60
@@ -305,12 +308,15 @@ def test_every_write_on_a_full_disk_is_a_507_with_a_json_error(
     # Whatever little room the failed chunk left is taken too.
     filler = fill(small_disk, 0)
     try:
-        for _ in range(3):
-            opened = api.post(
-                "/api/connectors/AD/sessions", json={"agent": "other", "mode": "incremental"}
-            )
-            assert opened.status_code == 507, opened.text
-            assert "disk" in opened.json()["error"], opened.text
+        # The connector's agent through another client: opening cancels none of its sessions
+        # (the agent's own client would cancel the filling one as an orphan, freeing room).
+        with server.api(OPERATOR, OPERATOR_SECRET) as operator:
+            for _ in range(3):
+                opened = operator.post(
+                    "/api/connectors/AD/sessions", json={"agent": "filler", "mode": "incremental"}
+                )
+                assert opened.status_code == 507, opened.text
+                assert "disk" in opened.json()["error"], opened.text
         # The commit of the filling session records its files: no room for that either.
         committed = api.post(f"/api/sessions/{session_id}/commit", json={"files": []})
         assert committed.status_code in (202, 507), committed.text

@@ -16,6 +16,7 @@ from prepsync.sync import SESSION_JOURNAL
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 GOOD = {"session": SESSION, "connector": "AD", "agent": "test", "mode": "incremental"}
 GOOD_TABLE = {"table": "Entries", "sorted": None, "change_file": True}
+FINGERPRINT = {"separator": ",", "command_column": "command", "files": []}
 
 
 def run_online(site: Site, journal: bytes) -> tuple[int, str]:
@@ -63,6 +64,22 @@ WRONG_SHAPES = [
     ({**GOOD, "tables": [{"table": "Entries", "change_file": True}]}, 'no "sorted"'),
     ({**GOOD, "tables": [{**GOOD_TABLE, "sorted": 7}]}, 'no "sorted"'),
     ({**GOOD, "tables": [{**GOOD_TABLE, "change_file": "yes"}]}, 'no "change_file"'),
+    ({**GOOD, "tables": None, "committed": "yes"}, '"committed" is "yes"'),
+    ({**GOOD, "tables": None, "sources": []}, '"sources" is not an object'),
+    ({**GOOD, "tables": None, "sources": {"files": []}}, '"sources" has no "separator"'),
+    (
+        {
+            **GOOD,
+            "tables": None,
+            "sources": {**FINGERPRINT, "files": [{"table": "T", "size": "1"}]},
+        },
+        '"sources"["files"][0] has no "size"',
+    ),
+    ({**GOOD, "tables": None, "files": {}}, '"files" is not a list'),
+    (
+        {**GOOD, "tables": None, "files": [{"name": "a", "size": True, "xxh3_128": "0"}]},
+        '"files"[0]',
+    ),
 ]
 
 

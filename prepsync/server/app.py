@@ -52,8 +52,10 @@ from prepsync.server.endpoints import (
     cancel,
     force,
     get_session,
+    health,
     list_sessions,
     mappings,
+    metrics,
     open_session,
     resources,
     status_page,
@@ -74,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 ROUTES = [
     Route("/", status_page, methods=["GET"]),
+    Route("/healthz", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/connect/token", token, methods=["POST"]),
     Route("/api/connectors/{connector}/mappings", mappings, methods=["GET"]),
     Route("/api/connectors/{connector}/sessions", open_session, methods=["POST"]),
@@ -157,6 +161,11 @@ def create_app(
         reserve=reserve,
     )
 
+    def session_counts() -> dict[tuple[str, str], int]:
+        return state.session_db.state_counts() if state.session_db is not None else {}
+
+    state.events.watch_sessions(session_counts)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         worker = Worker(
@@ -167,6 +176,7 @@ def create_app(
             state.worker_poll,
             {connector: connector_limits(all_mappings[connector]) for connector in tables},
             reserve=reserve,
+            events=state.events,
         )
         state.session_db = backend.session_database()
         state.worker = worker

@@ -21,6 +21,7 @@ from prepsync.server.guards import authenticate, conflict, owned_session_of
 from prepsync.server.http import (
     ApiError,
     check_declared_length,
+    declared_length,
     parse_content_range,
     read_json_object,
 )
@@ -91,8 +92,8 @@ async def upload(request: Request) -> Response:
             raise ApiError(413, f"file larger than {state.max_file_size} bytes")
         if length > state.max_body:
             raise ApiError(413, f"chunk larger than {state.max_body} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) != length:
+        declared = declared_length(request)
+        if declared is not None and declared != length:
             raise ApiError(400, "Content-Length differs from the Content-Range")
     current = file_size(path) or 0
     if start > current:
@@ -103,6 +104,7 @@ async def upload(request: Request) -> Response:
             headers={"Content-Range": f"bytes */{current}"},
         )
     written = await _write_body(request, state, session, path, start, length, whole_file)
+    state.events.received(written)
     record_activity(lambda: db.touch(session.id))
     if length is not None and written != length:
         raise ApiError(400, f"body has {written} bytes, Content-Range says {length}")
@@ -240,6 +242,7 @@ async def commit(request: Request) -> Response:
     worker.wake()
     committed = db.get(session.id)
     assert committed is not None
+    state.events.committed(committed, entries)
     return JSONResponse(committed.to_json(), status_code=202)
 
 

@@ -24,6 +24,7 @@ from prepsync.config import TableSpec
 from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, OPEN, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
 from prepsync.server.disk import DiskReserve, reclaiming
+from prepsync.server.events import SessionEvents
 from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import Session
 from prepsync.server.storeapi import Backend
@@ -44,7 +45,9 @@ class Worker:
         poll: float,
         limits: Mapping[str, ConnectorLimits] | None = None,
         reserve: DiskReserve | None = None,
+        events: SessionEvents | None = None,
     ) -> None:
+        self._events = events or SessionEvents()
         self._sessions_dir = sessions_dir
         self._tables = tables  # connector -> casefolded table -> spec
         self._limits = limits or {}  # connector -> thresholds (entity level only when absent)
@@ -75,6 +78,11 @@ class Worker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prepsync-worker", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (false before start and after a stop)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         self._wake.set()
@@ -121,7 +129,9 @@ class Worker:
             lambda: self._discard_idle(idle_before),
         )
         for session_id in abandoned:
-            logger.info("session %s abandoned", session_id)
+            self._events.cancelled(
+                session_id, None, f"the server: no upload for {self._session_timeout:g} s"
+            )
             discard_files(self._sessions_dir, session_id)
         if self._stopping.is_set():
             return False
@@ -202,6 +212,6 @@ class Worker:
         summary: dict[str, Any] | None = None,
     ) -> None:
         self._db.finish(session.id, state, reason, summary)
-        logger.info("session %s: %s %s", session.id, state, reason or "")
+        self._events.finished(session, state, reason, summary)
         if state != BLOCKED:  # a blocked session's files wait for force
             discard_files(self._sessions_dir, session.id)
