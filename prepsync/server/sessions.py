@@ -116,6 +116,9 @@ class Session:
             # Per-table counts and every threshold crossed, once processed.
             "tables": None if self.summary is None else self.summary.get("tables"),
             "thresholds": None if self.summary is None else self.summary.get("thresholds"),
+            # How to proceed, when the server knows better than the thresholds' text (a first
+            # load blocked by the connector's defaults).
+            "advice": None if self.summary is None else self.summary.get("advice"),
             # Seconds the worker spent applying (or judging) it; None before or without.
             "apply_seconds": None if self.summary is None else self.summary.get("apply_seconds"),
             "opened_at": _iso(self.opened_at),

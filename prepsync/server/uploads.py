@@ -21,6 +21,7 @@ from prepsync.server.guards import authenticate, conflict, owned_session_of
 from prepsync.server.http import (
     ApiError,
     check_declared_length,
+    declared_length,
     parse_content_range,
     read_json_object,
 )
@@ -91,8 +92,8 @@ async def upload(request: Request) -> Response:
             raise ApiError(413, f"file larger than {state.max_file_size} bytes")
         if length > state.max_body:
             raise ApiError(413, f"chunk larger than {state.max_body} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) != length:
+        declared = declared_length(request)
+        if declared is not None and declared != length:
             raise ApiError(400, "Content-Length differs from the Content-Range")
     current = file_size(path) or 0
     if start > current:
