@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.errors import UsageError
+from prepsync.private import FILE_MODE, make_dirs, restrict
 
 log = logging.getLogger("prepsync")
 
@@ -56,7 +57,7 @@ class StagedFiles:
         with self._lock:
             slot = len(self._files)
             self._files.append((final, temp, None))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         with self._lock:
             self._files[slot] = (final, temp, fd)
         write_all(fd, header, final)
@@ -186,11 +187,11 @@ def working_lock(working_dir: Path) -> Iterator[None]:
     Taking it first finishes a commit that a crashed run left (:func:`recover`), so a holder
     always sees whole generations of files, and may remove a killed run's leftovers.
     """
-    working_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(working_dir)
     key = working_dir.resolve()
     if key in _held_locks:
         raise RuntimeError(f"working_lock({working_dir}) is already held by this process")
-    fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -249,7 +250,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def write_synced(path: Path, data: bytes) -> None:
     """Create ``path`` holding ``data``, flushed to disk. On failure (a full disk) nothing is
     left and the error names the file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         write_all(fd, data, path)
         try:
@@ -273,6 +274,7 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+        restrict(target)  # copyfile creates it 0666 minus the umask
         with open(target, "rb") as copied:
             os.fsync(copied.fileno())
 
