@@ -106,8 +106,7 @@ def temp_name(final: Path) -> Path:
 
 def _apply_journal(journal: Path) -> None:
     """Perform the journal's renames; safe to run again after a crash at any point in it."""
-    with open(journal, encoding="utf-8") as source:
-        renames = json.load(source)["renames"]
+    renames = _read_renames(journal)
     folders = {journal.parent}
     for rename in renames:
         temp, final = Path(rename["temp"]), Path(rename["final"])
@@ -128,6 +127,36 @@ def _apply_journal(journal: Path) -> None:
         fsync_dir(folder)
     journal.unlink()
     fsync_dir(journal.parent)
+
+
+def _read_renames(journal: Path) -> list[dict[str, Any]]:
+    """The journal's renames, checked whole. It is written atomically, so anything else
+    (garbled, another shape) was not written by prepsync: one error saying what to do, since
+    the files it named may be of two generations."""
+    renames: object = None
+    try:
+        data = json.loads(journal.read_bytes().decode("utf-8"))
+    except ValueError as error:
+        problem: str | None = f"not JSON: {error}"
+    else:
+        problem = None
+        renames = data.get("renames") if isinstance(data, dict) else None
+        if not isinstance(renames, list) or not all(
+            isinstance(item, dict)
+            and isinstance(item.get("temp"), str)
+            and isinstance(item.get("final"), str)
+            and isinstance(item.get("backup"), bool)
+            for item in renames
+        ):
+            problem = 'not a "renames" list of "temp", "final" and "backup"'
+    if problem is not None:
+        raise UsageError(
+            f"rename journal {journal} is not one prepsync writes ({problem}); check that no "
+            "prepsync run uses this working directory, delete the file, and run a complete "
+            "synchronization (the outputs and baselines it named may be of two runs)"
+        )
+    assert isinstance(renames, list)
+    return renames
 
 
 def _replace(temp: Path, final: Path) -> None:
