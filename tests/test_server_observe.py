@@ -228,6 +228,8 @@ def test_json_log_lines_from_a_real_server(tmp_path: Path) -> None:
     events = [d["event"] for d in documents if d.get("session") == session_id and "event" in d]
     assert events == ["opened", "committed", "done"]
     assert any(d["logger"] == "uvicorn.access" for d in documents)
+    listening = f"listening on http://127.0.0.1:{server.port} (store: sqlite)"
+    assert any(d["message"] == listening for d in documents)
 
 
 # ------------------------------------------------------------------ the status page

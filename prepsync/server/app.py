@@ -295,6 +295,15 @@ def serve(
             cap + RESERVED_DESCRIPTORS,
         )
     listener = listening_socket(host, port)
+    # uvicorn says where it listens only for sockets it binds itself.
+    bound = listener.getsockname()
+    logger.info(
+        "listening on %s://%s:%d (store: %s)",
+        "https" if ssl_certfile else "http",
+        f"[{bound[0]}]" if ":" in bound[0] else bound[0],
+        bound[1],
+        app.state.prepsync.backend.name,
+    )
     config = uvicorn.Config(
         app,
         log_config=None,
