@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from serverutil import HR_SECRET, Api, csv_bytes, write_config, xxh3
+from serverutil import HR_SECRET, Api, csv_bytes, hash_secret, write_config, xxh3
 
 from prepsync.server import create_app
 from prepsync.server.tokens import TokenSigner, load_or_create_key
@@ -116,13 +116,44 @@ def test_api_needs_a_valid_token(api: Api, tmp_path: Path) -> None:
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.http.get(path, headers={"Authorization": "Bearer nonsense"}).status_code == 401
     signer = TokenSigner(load_or_create_key(tmp_path / "data"))
-    expired = signer.issue("agent", 60, now=time.time() - 3600)
+    hashed = hash_secret(api.secret)
+    expired = signer.issue("agent", hashed, 60, now=time.time() - 3600)
     assert api.http.get(path, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
-    forged = TokenSigner(b"x" * 32).issue("agent", 3600)
+    forged = TokenSigner(b"x" * 32).issue("agent", hashed, 3600)
     assert api.http.get(path, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
-    ghost = signer.issue("removed-client", 3600)  # genuine signature, client not configured
+    ghost = signer.issue("removed-client", hashed, 3600)  # genuine signature, no such client
     assert api.http.get(path, headers={"Authorization": f"Bearer {ghost}"}).status_code == 401
     assert api.get(path).status_code == 200
+
+
+def test_a_secret_rotation_ends_the_tokens_issued_for_the_old_secret(tmp_path: Path) -> None:
+    path = "/api/connectors/AD/mappings"
+    with running(tmp_path) as api:
+        old_token = api.token()
+        assert api.get(path).status_code == 200
+        operator_token = api.operator().token()
+    config = tmp_path / "config.xml"
+    config.write_text(
+        config.read_text().replace(hash_secret(api.secret), hash_secret("the-new-secret"))
+    )
+    with running(tmp_path) as api:  # the restart that reads the new HashedSecret
+        stale = api.http.get(path, headers={"Authorization": f"Bearer {old_token}"})
+        assert stale.status_code == 401 and "invalid or expired token" in stale.text
+        refused = api.http.post(
+            "/connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "agent",
+                "client_secret": api.secret,
+                "scope": "usercube_api",
+            },
+        )
+        assert refused.status_code == 401
+        rotated = Api(api.http, "agent", "the-new-secret")
+        assert rotated.get(path).status_code == 200
+        # The other clients' secrets did not change: their tokens live on.
+        kept = api.http.get(path, headers={"Authorization": f"Bearer {operator_token}"})
+        assert kept.status_code == 200
 
 
 def test_clients_are_limited_to_their_connectors(api: Api) -> None:

@@ -56,6 +56,11 @@ class ServerState:
     def sessions_dir(self) -> Path:
         return self.data_dir / "sessions"
 
+    def hashed_secret_of(self, client_id: str) -> str | None:
+        """The client's ``HashedSecret`` now; a token issued for another one is void."""
+        client = self.clients.get(client_id)
+        return None if client is None else client.hashed_secret
+
     def folded_tables(self, connector: str) -> dict[str, TableSpec]:
         return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}
 
