@@ -23,10 +23,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+try:
+    import numpy as np
+    import numpy.typing as npt
+except ImportError:  # a clone without the bench's requirements: say so in one line
+    sys.exit("error: bench/gen_ad.py needs numpy: pip install -r bench/requirements.txt")
 
 GENERATOR_VERSION = 1
+# Row orders of the members file. Directory exports come in whatever order the query returns:
+# clustered by group (each group's members together, as a group's `member` attribute is read),
+# clustered by member (each object's `memberOf` together), in no order, or sorted.
+# clustered-dn is what --order shuffled always wrote, so it stays that order's default.
+MEMBERS_ORDERS = ("clustered-dn", "clustered-member", "shuffled", "sorted")
 ENTRIES = "ADExport_entries.csv"
 MEMBERS = "ADExport_members.csv"
 META = "gen.json"
@@ -472,7 +480,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     entries_bytes = 0
     members_rows = 0
     members_bytes = 0
-    sorted_members: list[tuple[str, str]] = []
+    # Any order but clustered-dn needs every member row before it can write the first one.
+    held_members: list[tuple[str, str]] = []
+    members_order: str = args.members_order
     member_path = out / MEMBERS
     write_members(member_path, [], eol, args.bom)
     with open(out / ENTRIES, "wb", buffering=1 << 20) as f:
@@ -492,13 +502,17 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             groups = b_ident[(cls == GROUP) & ~is_dup[sl] & ~is_null[sl]]
             rows = member_rows(renderer, groups, n, rng, args.duplicates, args.null_keys)
             members_rows += len(rows)
-            if args.order == "sorted":
-                sorted_members.extend(rows)
-            else:
+            if members_order == "clustered-dn":
                 members_bytes += write_members(member_path, rows, eol, args.bom, append=True)
-    if args.order == "sorted":
-        sorted_members.sort()
-        members_bytes = write_members(member_path, sorted_members, eol, args.bom)
+            else:
+                held_members.extend(rows)
+    if members_order != "clustered-dn":
+        # Its own generator, so that every members order holds the same rows and the entries
+        # file does not depend on the members order.
+        held_members = reorder_members(
+            held_members, members_order, np.random.default_rng([seed, 3])
+        )
+        members_bytes = write_members(member_path, held_members, eol, args.bom)
     return {
         "entries_rows": n,
         "members_rows": members_rows,
@@ -508,6 +522,28 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "null_key_rows": int(is_null.sum()),
         "duplicate_rows": int(is_dup.sum()),
     }
+
+
+def reorder_members(
+    rows: list[tuple[str, str]], order: str, rng: np.random.Generator
+) -> list[tuple[str, str]]:
+    """Member rows (made clustered by group) in ``order`` (see MEMBERS_ORDERS).
+
+    sorted: by (dn, member) as REFERENCE §2 orders them (Python compares strings by code
+    point, which is UTF-8 byte order). shuffled: a uniform permutation. clustered-member: the
+    rows of one member together, members in random order, a member's groups in the order
+    they came."""
+    if order == "sorted":
+        return sorted(rows)
+    if order == "shuffled":
+        return [rows[i] for i in rng.permutation(len(rows)).tolist()]
+    if order == "clustered-member":
+        members = list(dict.fromkeys(m for _, m in rows))
+        rank = dict(zip(members, rng.permutation(len(members)).tolist(), strict=True))
+        return sorted(rows, key=lambda row: rank[row[1]])  # stable: a member's groups in order
+    if order == "clustered-dn":
+        return rows
+    raise ValueError(f"unknown members order {order!r}")
 
 
 def member_rows(
@@ -702,7 +738,9 @@ def mutate(args: argparse.Namespace) -> dict[str, Any]:
             m = member_dns[int(rng.integers(len(member_dns)))]
             fresh.append((g, m))
     fresh = [row for row in dict.fromkeys(fresh) if row not in existing]
-    if order == "sorted":
+    # New pairs go to random places, except in a sorted file (a clustered one stays clustered
+    # but for them, as a directory's next export would).
+    if meta.get("members_order", default_members_order(order)) == "sorted":
         rows = kept + fresh
         rows.sort()
     else:
@@ -729,6 +767,11 @@ def mutate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def default_members_order(order: str) -> str:
+    """The members order an export made before --members-order existed has."""
+    return "sorted" if order == "sorted" else "clustered-dn"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=20_000, help="entries rows (default 20000)")
@@ -746,6 +789,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["shuffled", "sorted"],
         default="shuffled",
         help="row order (sorted: by key; a null-key row stays where it falls)",
+    )
+    ap.add_argument(
+        "--members-order",
+        choices=MEMBERS_ORDERS,
+        help="row order of the members file (default: sorted with --order sorted, else "
+        "clustered-dn: each group's members together, as before this option)",
     )
     ap.add_argument("--crlf", action="store_true", help="CRLF line ends (also inside values)")
     ap.add_argument("--bom", action="store_true", help="start each file with a UTF-8 BOM")
@@ -770,6 +819,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1)")
     if args.rows < 0:
         ap.error("--rows must be >= 0")
+    if args.mutate and args.members_order:
+        ap.error("--members-order is the source's with --mutate")
+    if args.members_order is None:
+        args.members_order = default_members_order(args.order)
 
     t0 = time.perf_counter()
     if args.mutate:
@@ -781,6 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = {
             "generator_version": GENERATOR_VERSION, "rows": args.rows, "seed": args.seed,
             "duplicates": args.duplicates, "null_keys": args.null_keys, "order": args.order,
+            "members_order": args.members_order,
             "crlf": args.crlf, "bom": args.bom, "key_slots": args.rows, "mutations": [],
         }  # fmt: skip
     seconds = time.perf_counter() - t0

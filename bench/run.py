@@ -36,6 +36,15 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TOOLS = ("prepsync", "sort", "duckdb")
+# gen_ad.py's row orders of the members file (gen_ad.MEMBERS_ORDERS; not imported: it needs
+# numpy, and run.py must be able to say so in one line).
+MEMBERS_ORDERS = ("clustered-dn", "clustered-member", "shuffled", "sorted")
+FLOOR_NOTE = (
+    "floor: dd of the same bytes on this machine, same rounds: read the inputs, write and read "
+    "back one spill pass (the bytes of the sorted and duplicates outputs of the tables that "
+    "spilled, about what their runs hold), write the outputs and fsync them. What no engine "
+    "doing this work can go under without touching fewer bytes."
+)
 PHASES = ("read", "sort", "spill", "merge", "join", "write")  # prepsync's, in order
 SCALING_ROWS = (250_000, 1_000_000, 2_000_000, 4_000_000)
 SORT_NOTE = (
@@ -280,20 +289,41 @@ def dataset_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def ensure_dataset(path: Path, rows: int, seed: int, order: str) -> dict[str, Any]:
+def members_order_of(meta: dict[str, Any]) -> str:
+    """The members order of an export (gen.json before --members-order: from --order)."""
+    order = meta.get("members_order")
+    if isinstance(order, str):
+        return order
+    return "sorted" if meta.get("order") == "sorted" else "clustered-dn"
+
+
+def ensure_dataset(
+    path: Path, rows: int, seed: int, order: str, members_order: str | None = None
+) -> dict[str, Any]:
     meta = dataset_meta(path)
+    wanted_members = members_order or members_order_of({"order": order})
     if (
         meta.get("rows") == rows
         and meta.get("seed") == seed
         and meta.get("order") == order
+        and members_order_of(meta) == wanted_members
         and not meta.get("mutations")
         and (path / "ADExport_entries.csv").is_file()
     ):
         return meta
     print(f"generating {path} ({rows} rows)", file=sys.stderr, flush=True)
     gen = [sys.executable, str(BENCH / "gen_ad.py"), "--rows", str(rows), "--out", str(path)]
-    subprocess.run([*gen, "--seed", str(seed), "--order", order], check=True)
+    gen += ["--seed", str(seed), "--order", order, "--members-order", wanted_members]
+    generate(gen)
     return dataset_meta(path)
+
+
+def generate(cmd: list[str]) -> None:
+    """Runs gen_ad.py; its own one-line errors (numpy missing...) end the bench as they are."""
+    if importlib.util.find_spec("numpy") is None:
+        raise BenchError("generating data needs numpy: pip install -r bench/requirements.txt")
+    if subprocess.run(cmd, check=False).returncode:
+        raise BenchError(f"data generation failed: {shlex.join(cmd)}")
 
 
 def ensure_next_day(day1: Path, day2: Path) -> dict[str, Any]:
@@ -306,7 +336,7 @@ def ensure_next_day(day1: Path, day2: Path) -> dict[str, Any]:
         return meta
     print(f"generating {day2} (next day of {day1})", file=sys.stderr, flush=True)
     gen = [sys.executable, str(BENCH / "gen_ad.py"), "--mutate", str(day1), "--out", str(day2)]
-    subprocess.run(gen, check=True)
+    generate(gen)
     return dataset_meta(day2)
 
 
@@ -331,6 +361,8 @@ class Bench:
         self.reports: dict[str, Any] = {}
         self.datasets: dict[str, dict[str, Any]] = {}
         self.lines: list[str] = []
+        self.floor_bytes: dict[str, dict[str, int]] = {}
+        self.first_members_order: str | None = (args.members_order or [None])[0]
 
     def say(self, line: str = "") -> None:
         self.lines.append(line)
@@ -402,7 +434,48 @@ class Bench:
                 spec_path.write_text(json.dumps(spec, indent=2))
                 cmd = [sys.executable, str(BENCH / "duckdb_prepare.py"), str(spec_path)]
                 out.append(Job(tool, [cmd], work))
+        if self.args.floor and mode == "complete" and "prepsync" in self.tools:
+            out.append(self.floor_job(section, tables))
         return out
+
+    def floor_job(self, section: str, tables: list[Table]) -> Job:
+        """dd of the bytes prepsync reads, spills and writes (FLOOR_NOTE). Last in the list, so
+        that in the first round prepsync's outputs, whose sizes it copies, exist already."""
+        work = self.work_root / f"{section}-floor"
+        outputs = self.work_root / f"{section}-prepsync"
+        report = self.work_root / f"{section}-prepsync-report.json"
+        job = Job("floor", [], work)
+
+        def setup() -> None:
+            out_bytes = sum(p.stat().st_size for p in outputs.glob("*.csv"))
+            try:
+                runs = {
+                    t["table"]: t.get("runs", 0)
+                    for t in json.loads(report.read_text()).get("tables", [])
+                }
+            except (OSError, ValueError):
+                runs = {}
+            spill_bytes = sum(
+                (outputs / f"{t.name}{suffix}").stat().st_size
+                for t in tables
+                if runs.get(t.name, 1)
+                for suffix in (".sorted.csv", ".duplicates.csv")
+                if (outputs / f"{t.name}{suffix}").is_file()
+            )
+            self.floor_bytes[section] = {"spill": spill_bytes, "outputs": out_bytes}
+            dd = ["dd", "bs=1M", "status=none"]
+            job.cmds = [
+                *([*dd, f"if={t.source}", "of=/dev/null"] for t in tables),
+                [*dd, "if=/dev/zero", f"of={work / 'spill'}", f"count={spill_bytes}",
+                 "iflag=count_bytes"],
+                [*dd, f"if={work / 'spill'}", "of=/dev/null"],
+                ["rm", str(work / "spill")],  # as the merge frees the runs before the outputs
+                [*dd, "if=/dev/zero", f"of={work / 'outputs'}", f"count={out_bytes}",
+                 "iflag=count_bytes", "conv=fsync"],
+            ]  # fmt: skip
+
+        job.setup = setup
+        return job
 
     @property
     def baseline(self) -> Path:
@@ -424,7 +497,7 @@ class Bench:
             self.record_phases(section, job)
             self.samples.setdefault(section, {})[job.tool] = [s.__dict__ for s in job.samples]
         if f"{section}.prepsync.wall_s" in fig:
-            for other in ("sort", "duckdb", "base"):
+            for other in ("sort", "duckdb", "base", "floor"):
                 if f"{section}.{other}.wall_s" not in fig:
                     continue
                 for what, key in (("wall", "wall_s"), ("rss", "peak_rss_mib")):
@@ -465,6 +538,29 @@ class Bench:
                 )
                 self.say(f"  {job.tool} {table} phases (wall s): {cells}")
 
+    def print_floor(self, section: str, jobs: list[Job]) -> None:
+        """The floor's parts (median seconds of each), recorded as figures too."""
+        job = next((j for j in jobs if j.tool == "floor"), None)
+        if job is None or not job.samples:
+            return
+        n_read = len(job.samples[0].walls) - 4
+        parts = {
+            "read": [sum(s.walls[:n_read]) for s in job.samples],
+            "spill": [s.walls[n_read] + s.walls[n_read + 1] for s in job.samples],
+            "write": [s.walls[n_read + 3] for s in job.samples],
+        }
+        for part, values in parts.items():
+            self.figures[f"{section}.floor.{part}_s"] = {
+                "value": median(values), "unit": "s", "kind": "phase"
+            }  # fmt: skip
+        sizes = self.floor_bytes.get(section, {})
+        self.say(
+            "  floor: "
+            + ", ".join(f"{part} {median(v):.2f} s" for part, v in parts.items())
+            + f" (spill {sizes.get('spill', 0) / 1e9:.2f} GB,"
+            f" outputs {sizes.get('outputs', 0) / 1e9:.2f} GB)"
+        )
+
     def print_section(self, title: str, section: str, jobs: list[Job]) -> None:
         fig = self.figures
         self.say(title)
@@ -477,7 +573,8 @@ class Bench:
                 f"{fig[f'{section}.{job.tool}.cpu_s']['value']:>9.2f}"
                 f"{fig[f'{section}.{job.tool}.peak_rss_mib']['value']:>14.1f}   {runs}"
             )
-        for other in ("sort", "duckdb", "base"):
+        self.print_floor(section, jobs)
+        for other in ("sort", "duckdb", "base", "floor"):
             wall = fig.get(f"{section}.ratio.prepsync/{other}.wall")
             rss = fig.get(f"{section}.ratio.prepsync/{other}.rss")
             if wall and rss:
@@ -487,6 +584,8 @@ class Bench:
         self.print_phases(section, jobs)
         if "sort" in self.tools:
             self.say(f"  * {SORT_NOTE}")
+        if any(job.tool == "floor" for job in jobs):
+            self.say(f"  {FLOOR_NOTE}")
 
     def cross_check(self, section: str, tables: list[Table], suffix: str) -> None:
         """prepsync's outputs should be byte-identical to DuckDB's and to the base build's."""
@@ -534,27 +633,27 @@ class Bench:
 
     # ------------------------------------------------------------------------- sections
 
-    def complete(self, data: Path, meta: dict[str, Any]) -> list[Table]:
-        self.datasets["complete"] = meta
+    def complete(self, data: Path, meta: dict[str, Any], section: str = "complete") -> list[Table]:
+        self.datasets[section] = meta
         remove_previous(data)
         tables = load_tables(self.config, self.args.connector, data)
         warm_cache([t.source for t in tables])
-        jobs = self.jobs("complete", data, tables, "complete")
+        jobs = self.jobs(section, data, tables, "complete")
 
         def after_first() -> None:
-            self.cross_check("complete", tables, ".sorted.csv")
-            self.save_baselines("complete", tables)
+            self.cross_check(section, tables, ".sorted.csv")
+            self.save_baselines(section, tables)
 
         run_jobs(jobs, self.args.repeat, self.logs, after_first)
-        self.record("complete", jobs, meta.get("entries_rows"))
-        self.load_report("complete")
+        self.record(section, jobs, meta.get("entries_rows"))
+        self.load_report(section)
         self.say()
-        self.print_section(f"complete synchronization: {describe(data, meta)}", "complete", jobs)
+        self.print_section(f"complete synchronization: {describe(data, meta)}", section, jobs)
         self.cleanup(jobs, data)
         return tables
 
-    def incremental(self, day2: Path, meta: dict[str, Any]) -> None:
-        self.datasets["incremental"] = meta
+    def incremental(self, day2: Path, meta: dict[str, Any], section: str = "incremental") -> None:
+        self.datasets[section] = meta
         remove_previous(day2)
         tables = load_tables(self.config, self.args.connector, day2)
         have = all((self.baseline / f"{t.name}.sorted.csv").is_file() for t in tables)
@@ -578,7 +677,7 @@ class Bench:
                     shutil.copyfile(self.baseline / name, previous / name)
 
         warm_cache([t.source for t in tables])
-        jobs = self.jobs("incremental", day2, tables, "incremental")
+        jobs = self.jobs(section, day2, tables, "incremental")
         for job in jobs:
             if job.tool in ("prepsync", "base"):
                 job.setup = restore  # prepsync advances the baseline: put it back every run
@@ -586,14 +685,14 @@ class Bench:
             jobs,
             self.args.repeat,
             self.logs,
-            lambda: self.cross_check("incremental", tables, ".sorted.delta.csv"),
+            lambda: self.cross_check(section, tables, ".sorted.delta.csv"),
         )
-        self.record("incremental", jobs, meta.get("entries_rows"))
-        self.load_report("incremental")
+        self.record(section, jobs, meta.get("entries_rows"))
+        self.load_report(section)
         self.say()
         self.print_section(
             f"incremental synchronization: {describe(day2, meta)}, baselines in previous/",
-            "incremental",
+            section,
             jobs,
         )
         self.say("  (sort* sorts the new export only; DuckDB reads the same baselines)")
@@ -602,9 +701,9 @@ class Bench:
     def scaling(self, sizes: Sequence[int]) -> None:
         per: dict[int, list[Job]] = {}
         for rows in sizes:
-            data = self.data_dir(rows)
+            data = self.data_dir(rows, self.first_members_order)
             self.datasets[f"scaling-{rows}"] = ensure_dataset(
-                data, rows, self.args.seed, self.args.order
+                data, rows, self.args.seed, self.args.order, self.first_members_order
             )
             tables = load_tables(self.config, self.args.connector, data)
             warm_cache([t.source for t in tables])
@@ -615,7 +714,7 @@ class Bench:
             self.record(section, jobs, rows)
             self.cleanup(jobs, data)
             per[rows] = jobs
-        fixed = self.fixed_cost(self.data_dir(min(sizes)))
+        fixed = self.fixed_cost(self.data_dir(min(sizes), self.first_members_order))
         fig = self.figures
         for rows in sizes:
             for tool in self.tools:
@@ -688,8 +787,11 @@ class Bench:
         self.print_phases(section, jobs)
         self.cleanup(jobs, data)
 
-    def data_dir(self, rows: int) -> Path:
-        return BENCH / "data" / f"ad-{rows}-s{self.args.seed}-{self.args.order}"
+    def data_dir(self, rows: int, members_order: str | None = None) -> Path:
+        name = f"ad-{rows}-s{self.args.seed}-{self.args.order}"
+        if members_order and members_order != members_order_of({"order": self.args.order}):
+            name += f"-m{members_order}"  # the default order keeps the old directory name
+        return BENCH / "data" / name
 
 
 def describe(path: Path, meta: dict[str, Any]) -> str:
@@ -698,7 +800,8 @@ def describe(path: Path, meta: dict[str, Any]) -> str:
     return (
         f"{meta.get('entries_rows', '?'):,} entries ({meta.get('entries_bytes', 0) / 1e9:.2f} GB)"
         f" + {meta.get('members_rows', '?'):,} members"
-        f" ({meta.get('members_bytes', 0) / 1e9:.2f} GB), {meta.get('order')}"
+        f" ({meta.get('members_bytes', 0) / 1e9:.2f} GB), {meta.get('order')},"
+        f" members {members_order_of(meta)}"
     )
 
 
@@ -787,6 +890,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", help="use this export directory instead of generating one")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--order", choices=["shuffled", "sorted"], default="shuffled")
+    ap.add_argument(
+        "--members-order",
+        default="",
+        help="comma-separated row orders of the members file, each its own export and "
+        f"sections (a sweep): {', '.join(MEMBERS_ORDERS)} (default: gen_ad.py's for --order, "
+        "clustered-dn for shuffled); the budget sweep and scaling use the first",
+    )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time dd of the bytes prepsync reads, spills and writes, in the same rounds "
+        "(complete sections), and prepsync's time as a multiple of it",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per tool; the median is kept")
     ap.add_argument(
         "--tools", default=",".join(TOOLS), help="comma-separated subset of prepsync,sort,duckdb"
@@ -846,6 +962,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--tools takes a subset of {','.join(TOOLS)}")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    args.members_order = [o.strip() for o in args.members_order.split(",") if o.strip()]
+    if any(o not in MEMBERS_ORDERS for o in args.members_order):
+        ap.error(f"--members-order takes a subset of {','.join(MEMBERS_ORDERS)}")
+    if args.data and len(args.members_order) > 1:
+        ap.error("--data is one export: give at most one --members-order (it is the export's)")
+    if args.floor and "prepsync" not in args.tools:
+        ap.error("--floor copies the sizes of prepsync's outputs: keep prepsync in --tools")
     return args
 
 
@@ -856,18 +979,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()
     started = time.time()
     try:
-        if args.data:
-            data = Path(args.data).resolve()
-            meta = dataset_meta(data)
-        else:
-            data = bench.data_dir(args.rows)
-            meta = ensure_dataset(data, args.rows, args.seed, args.order)
         if load_start[0] > 0.5:
             bench.say(f"warning: the machine is not idle (load {load_start[0]:.2f}): noisy figures")
-        bench.complete(data, meta)
-        if args.incremental:
-            day2 = data.with_name(data.name + "-next")
-            bench.incremental(day2, ensure_next_day(data, day2))
+        orders: list[str | None] = list(args.members_order) or [None]
+        for members_order in orders:
+            # One members order keeps the sections' old names (comparable with older results);
+            # several (a sweep) name each section after its order.
+            suffix = f"-{members_order}" if len(orders) > 1 else ""
+            if args.data:
+                data = Path(args.data).resolve()
+                meta = dataset_meta(data)
+            else:
+                data = bench.data_dir(args.rows, members_order)
+                meta = ensure_dataset(data, args.rows, args.seed, args.order, members_order)
+            bench.complete(data, meta, "complete" + suffix)
+            if args.incremental:
+                day2 = data.with_name(data.name + "-next")
+                bench.incremental(day2, ensure_next_day(data, day2), "incremental" + suffix)
+            if members_order is orders[0]:
+                first_data, first_meta = data, meta
+        data, meta = first_data, first_meta
         if args.budget_sweep:
             budgets = [b.strip() for b in args.budget_sweep.split(",") if b.strip()]
             bench.budget_sweep(data, meta, budgets)
@@ -898,6 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": str(bench.config),
             "connector": args.connector,
             "incremental": args.incremental,
+            "members_order": args.members_order,
+            "floor": args.floor,
             "scaling": args.scaling,
             "budget_sweep": args.budget_sweep,
             "rss": "ru_maxrss of RUSAGE_CHILDREN in a fresh wrapper per run (largest process)",

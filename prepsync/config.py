@@ -56,7 +56,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from xml.parsers import expat
 
 from prepsync.errors import ConfigError
@@ -648,6 +648,27 @@ def _local_name(expat_name: str) -> str:
     return expat_name.rpartition("}")[2]
 
 
+# Blocks fed to expat: the first is small, so a huge XML file that is not a configuration is
+# dropped after reading little of it (its root is known early); each next one is as large as
+# everything fed before it, up to XML_BLOCK_MAX. Why they grow: expat before 2.6 scans a token
+# that spans blocks (a long attribute value) from its start again on every block
+# (CVE-2023-52425), so fixed blocks make an 8 MiB attribute cost 4,096 scans of up to 8 MiB
+# (35 s) where doubling ones cost about 8 (the sum of the scans is at most twice the file:
+# linear). Expat 2.6+ defers those rescans itself ("reparse deferral", on by default and left
+# on). Beyond XML_BLOCK_MAX the blocks stop growing, which bounds the memory of one read; a
+# single token longer than that costs one more scan of it per XML_BLOCK_MAX.
+XML_BLOCK_FIRST = 64 * 1024
+XML_BLOCK_MAX = 64 * 1024 * 1024
+
+
+def _xml_blocks(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream's bytes in blocks of XML_BLOCK_FIRST, then doubling up to XML_BLOCK_MAX."""
+    fed = 0
+    while block := stream.read(min(max(XML_BLOCK_FIRST, fed), XML_BLOCK_MAX)):
+        fed += len(block)
+        yield block
+
+
 def _parse(file: Path) -> _XmlElement:
     """The element tree of ``file``; raises _NotAConfigurationFile as soon as the root is known."""
     parser = expat.ParserCreate(namespace_separator="}")
@@ -695,7 +716,9 @@ def _parse(file: Path) -> _XmlElement:
     parser.StartDoctypeDeclHandler = refuse_external_dtd
     try:
         with file.open("rb") as stream:
-            parser.ParseFile(stream)
+            for block in _xml_blocks(stream):
+                parser.Parse(block, False)
+        parser.Parse(b"", True)
     except expat.ExpatError as error:
         raise ConfigError(
             f"{file}, line {error.lineno}, column {error.offset + 1}: malformed XML: "

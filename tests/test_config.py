@@ -6,7 +6,9 @@ next to the assertion so the broken XML and the expected message read together.
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prepsync.config import (
+    XML_BLOCK_FIRST,
+    XML_BLOCK_MAX,
     ConnectorThresholds,
     EntityAssociationMapping,
     EntityTypeMapping,
@@ -22,6 +26,7 @@ from prepsync.config import (
     Mappings,
     TableSpec,
     Thresholds,
+    _xml_blocks,
     connectors_in,
     load_mappings,
     load_tables,
@@ -502,6 +507,57 @@ def test_doctype_without_external_dtd_is_accepted(tmp_path: Path) -> None:
         'Column1="a" Column2="b" />\n</ConfigurationFile>\n'
     )
     assert [table.name for table in load_tables(path, "AD")] == ["T"]
+
+
+def _config_with_a_long_attribute(folder: Path, size: int) -> Path:
+    return write_config(
+        folder,
+        f'<OpenIdClient Identifier="x" Description="{"d" * size}" />\n'
+        '<EntityAssociationMapping Identifier="m" Connector="AD" ConnectionTable="T" '
+        'Column1="a" Column2="b" />',
+        name=f"long-{size}.xml",
+    )
+
+
+def _load_seconds(path: Path) -> float:
+    started = time.perf_counter()
+    assert [table.name for table in load_tables(path, "AD")] == ["T"]
+    return time.perf_counter() - started
+
+
+def test_a_long_attribute_loads_in_time_linear_in_its_size(tmp_path: Path) -> None:
+    # expat 2.5 scanned a token spanning several fed blocks again on every block: with 2 KiB
+    # blocks an 8 MiB attribute took 215 times as long as a 1 MiB one (35 s against 0.16 s).
+    # Linear is 8 times; the bound leaves room for a loaded machine, not for quadratic.
+    small = _config_with_a_long_attribute(tmp_path, 1 << 20)
+    large = _config_with_a_long_attribute(tmp_path, 8 << 20)
+    small_seconds = min(_load_seconds(small) for _ in range(3))
+    large_seconds = min(_load_seconds(large) for _ in range(2))
+    assert large_seconds < 40 * small_seconds + 0.5
+
+
+def test_xml_is_fed_in_blocks_that_double_from_a_small_first_one() -> None:
+    data = bytes(range(256)) * (40 * 1024 + 3)  # a little over 10 MiB
+    blocks = list(_xml_blocks(io.BytesIO(data)))
+    assert b"".join(blocks) == data
+    # A small first block: a huge XML file that is not a configuration is dropped early.
+    assert len(blocks[0]) == XML_BLOCK_FIRST
+    # Each block is as large as everything before it: few feeds, each token rescanned a few
+    # times at most (10 MiB in 8 feeds, not the 5,000 of fixed 2 KiB blocks).
+    assert all(len(block) == sum(map(len, blocks[:i])) for i, block in enumerate(blocks[1:-1], 1))
+    assert len(blocks) == 9
+
+
+def test_blocks_stop_growing_at_their_bound() -> None:
+    class Endless(io.RawIOBase):
+        def readinto(self, buffer: Any) -> int:
+            buffer[:] = bytes(len(buffer))
+            return len(buffer)
+
+    blocks = _xml_blocks(Endless())
+    sizes = [len(next(blocks)) for _ in range(14)]
+    assert max(sizes) == XML_BLOCK_MAX
+    assert sizes[-2:] == [XML_BLOCK_MAX, XML_BLOCK_MAX]
 
 
 # --------------------------------------------------------------------------------------------
