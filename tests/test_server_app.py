@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from serverutil import HR_SECRET, Api, csv_bytes, write_config, xxh3
+from serverutil import HR_SECRET, Api, csv_bytes, hash_secret, write_config, xxh3
 
 from prepsync.server import create_app
 from prepsync.server.tokens import TokenSigner, load_or_create_key
@@ -131,13 +131,44 @@ def test_api_needs_a_valid_token(api: Api, tmp_path: Path) -> None:
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.http.get(path, headers={"Authorization": "Bearer nonsense"}).status_code == 401
     signer = TokenSigner(load_or_create_key(tmp_path / "data"))
-    expired = signer.issue("agent", 60, now=time.time() - 3600)
+    hashed = hash_secret(api.secret)
+    expired = signer.issue("agent", hashed, 60, now=time.time() - 3600)
     assert api.http.get(path, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
-    forged = TokenSigner(b"x" * 32).issue("agent", 3600)
+    forged = TokenSigner(b"x" * 32).issue("agent", hashed, 3600)
     assert api.http.get(path, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
-    ghost = signer.issue("removed-client", 3600)  # genuine signature, client not configured
+    ghost = signer.issue("removed-client", hashed, 3600)  # genuine signature, no such client
     assert api.http.get(path, headers={"Authorization": f"Bearer {ghost}"}).status_code == 401
     assert api.get(path).status_code == 200
+
+
+def test_a_secret_rotation_ends_the_tokens_issued_for_the_old_secret(tmp_path: Path) -> None:
+    path = "/api/connectors/AD/mappings"
+    with running(tmp_path) as api:
+        old_token = api.token()
+        assert api.get(path).status_code == 200
+        operator_token = api.operator().token()
+    config = tmp_path / "config.xml"
+    config.write_text(
+        config.read_text().replace(hash_secret(api.secret), hash_secret("the-new-secret"))
+    )
+    with running(tmp_path) as api:  # the restart that reads the new HashedSecret
+        stale = api.http.get(path, headers={"Authorization": f"Bearer {old_token}"})
+        assert stale.status_code == 401 and "invalid or expired token" in stale.text
+        refused = api.http.post(
+            "/connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "agent",
+                "client_secret": api.secret,
+                "scope": "usercube_api",
+            },
+        )
+        assert refused.status_code == 401
+        rotated = Api(api.http, "agent", "the-new-secret")
+        assert rotated.get(path).status_code == 200
+        # The other clients' secrets did not change: their tokens live on.
+        kept = api.http.get(path, headers={"Authorization": f"Bearer {operator_token}"})
+        assert kept.status_code == 200
 
 
 def test_clients_are_limited_to_their_connectors(api: Api) -> None:
@@ -177,7 +208,7 @@ def test_session_lifecycle_and_listing(api: Api, tmp_path: Path) -> None:
     assert api.state(first) | {"state": "open", "mode": "complete", "connector": "AD"} == api.state(
         first
     )
-    second = api.open("AD", "incremental")
+    second = api.open("AD", "incremental", agent="host-1")
     listed = api.get("/api/connectors/AD/sessions").json()
     assert [item["id"] for item in listed] == [second, first]  # newest first
     assert api.get("/api/connectors/HR/sessions").json() == []
@@ -241,14 +272,16 @@ def test_upload_without_content_range_is_the_whole_file(api: Api) -> None:
 
 def test_file_names_must_be_the_sessions_tables(api: Api) -> None:
     complete = api.open("AD", "complete")
-    incremental = api.open("AD", "incremental", agent="agent-2")  # agent-1's would cancel it
-    for session_id, name in [
-        (complete, f"{ENTRIES}.sorted.delta.csv"),
-        (incremental, f"{ENTRIES}.sorted.csv"),
-        (complete, "Other.sorted.csv"),
-        (complete, f"{ENTRIES}.nullpk.csv"),
+    # Same agent, another client: the complete session is not cancelled as its orphan.
+    operator = api.operator()
+    incremental = operator.open("AD", "incremental")
+    for driver, session_id, name in [
+        (api, complete, f"{ENTRIES}.sorted.delta.csv"),
+        (operator, incremental, f"{ENTRIES}.sorted.csv"),
+        (api, complete, "Other.sorted.csv"),
+        (api, complete, f"{ENTRIES}.nullpk.csv"),
     ]:
-        assert api.put_chunk(session_id, name, b"x", 0, 1).status_code == 400
+        assert driver.put_chunk(session_id, name, b"x", 0, 1).status_code == 400
     # Table names match case-insensitively, like everything in the configuration.
     assert api.put_chunk(complete, "adexport_ENTRIES.sorted.csv", b"x", 0, 1).status_code == 200
 
@@ -406,10 +439,11 @@ def test_after_lost_changes_deltas_fail_until_a_complete_load(api: Api) -> None:
     after = api.send("AD", "incremental", {name: entries_delta(("insert", "c", "3"))})
     assert api.state(after)["state"] == "done"
     # A committed delta cancelled by hand is lost too.
-    holder = api.open("AD", "incremental", agent="holder")  # not the sender: kept open
+    operator = api.operator()
+    holder = operator.open("AD", "incremental")  # not the sender's client: kept open
     waiting = api.send("AD", "incremental", {name: entries_delta(("insert", "d", "4"))}, wait=False)
-    assert api.post(f"/api/sessions/{waiting}/cancel").status_code == 200
-    assert api.post(f"/api/sessions/{holder}/cancel").status_code == 200
+    assert operator.post(f"/api/sessions/{waiting}/cancel").status_code == 200
+    assert operator.post(f"/api/sessions/{holder}/cancel").status_code == 200
     next_one = api.send("AD", "incremental", {name: entries_delta(("insert", "e", "5"))})
     assert waiting in api.state(next_one)["reason"]
     assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"), ("c", "3"))
@@ -553,7 +587,8 @@ def test_cancel(api: Api, tmp_path: Path) -> None:
 
 def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     load_ad(api, [("a", "1")], [])
-    earlier = api.open("AD", "incremental", agent="earlier")  # not the sender: kept open
+    operator = api.operator()
+    earlier = operator.open("AD", "incremental")  # not the sender's client: kept open
     later = api.send(
         "AD",
         "incremental",
@@ -567,8 +602,8 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     assert api.state(later)["state"] == "queued"
     # The earlier one inserts "b"; the later one updates it: only right in opening order.
     first = {f"{ENTRIES}.sorted.delta.csv": entries_delta(("insert", "b", "1"))}
-    api.upload(earlier, f"{ENTRIES}.sorted.delta.csv", first[f"{ENTRIES}.sorted.delta.csv"])
-    assert api.commit(earlier, first).status_code == 202
+    operator.upload(earlier, f"{ENTRIES}.sorted.delta.csv", first[f"{ENTRIES}.sorted.delta.csv"])
+    assert operator.commit(earlier, first).status_code == 202
     assert api.wait(earlier)["state"] == "done"
     assert api.wait(later)["state"] == "done"
     assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
@@ -579,7 +614,7 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(
 ) -> None:
     with running(tmp_path, store_url, session_timeout=1.0) as api:
         load_ad(api, [("a", "1")], [])
-        idle = api.open("AD", "incremental", agent="idle")  # not the sender: kept open
+        idle = api.operator().open("AD", "incremental")  # not the sender's client: kept open
         later = api.send(
             "AD",
             "incremental",
@@ -600,7 +635,7 @@ def test_state_survives_a_restart_and_interrupted_sessions_run_again(
 ) -> None:
     with running(tmp_path, store_url) as api:
         load_ad(api, [("a", "1")], [])
-        holder = api.open("AD", "incremental", agent="holder")  # not the sender: kept open
+        holder = api.operator().open("AD", "incremental")  # not the sender's client: kept open
         waiting = api.send(
             "AD",
             "incremental",
@@ -614,7 +649,7 @@ def test_state_survives_a_restart_and_interrupted_sessions_run_again(
         api._token = token  # a token outlives the restart
         assert api.state(holder)["state"] == "open"
         assert api.state(waiting)["state"] == "queued"  # re-queued, still behind the open one
-        assert api.post(f"/api/sessions/{holder}/cancel").status_code == 200
+        assert api.operator().post(f"/api/sessions/{holder}/cancel").status_code == 200
         assert api.wait(waiting)["state"] == "done"
         assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 

@@ -232,7 +232,7 @@ def queue(postgres_url: str, tmp_path: Path, *sessions: tuple[str, str]) -> list
     try:
         for number, (connector, mode) in enumerate(sessions):
             session_id = f"00000000-0000-4000-8000-{number:012d}"
-            db.open(connector, f"agent-{number}", mode, session_id, "client")
+            db.open(connector, f"agent-{connector}", mode, session_id, "client")
             assert db.commit(session_id, [])
             ids.append(session_id)
     finally:

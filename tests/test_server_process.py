@@ -100,12 +100,17 @@ def test_sigkill_while_processing_and_queued_then_restart_completes(
                 )
             }
             complete = api.open("AD", "complete")
-            # Opened after: applied after (another agent: the same one's would cancel it).
-            incremental = api.open("AD", "incremental", agent="agent-2")
-            for session_id, files in ((complete, full), (incremental, delta)):
+            # Opened after: applied after (through another client: the same one's would
+            # cancel it as an orphan).
+            operator = api.operator()
+            incremental = operator.open("AD", "incremental")
+            for driver, session_id, files in (
+                (api, complete, full),
+                (operator, incremental, delta),
+            ):
                 for name, data in files.items():
-                    api.upload(session_id, name, data)
-            assert api.commit(incremental, delta).status_code == 202
+                    driver.upload(session_id, name, data)
+            assert operator.commit(incremental, delta).status_code == 202
             assert api.state(incremental)["state"] == "queued"  # behind the open complete
             assert api.commit(complete, full).status_code == 202
             # The apply takes over a second: the kill lands in the middle of its transaction.

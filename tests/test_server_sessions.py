@@ -105,18 +105,18 @@ def test_opening_cancels_the_same_agents_open_sessions(clients: tuple[Api, Api])
     """A run killed after the server opened its session leaves it open; the agent's next
     session must not wait behind it for the session timeout (an hour by default)."""
     hr, operator = clients
-    orphan = hr.open("HR", "incremental", agent="host-1")
-    other_agent = hr.open("HR", "incremental", agent="host-2")
-    other_client = operator.open("HR", "incremental", agent="host-1")  # same name, not ours
+    committed = hr.open("HR", "incremental")
     delta = people_delta(("update", "3", "cyd"))
-    hr.upload(other_agent, DELTA, delta)
-    assert hr.commit(other_agent, {DELTA: delta}).status_code == 202
-    rerun = hr.open("HR", "incremental", agent="host-1")
+    hr.upload(committed, DELTA, delta)
+    assert hr.commit(committed, {DELTA: delta}).status_code == 202
+    orphan = hr.open("HR", "incremental")
+    other_client = operator.open("HR", "incremental")  # same agent name, not ours
+    rerun = hr.open("HR", "incremental")
     state = hr.state(orphan)
     assert state["state"] == "cancelled"
     assert "interrupted run" in state["reason"] and rerun in state["reason"]
     # Committed: never an orphan (and, the orphan gone, the worker may already take it).
-    assert hr.state(other_agent)["state"] in ("queued", "processing", "done")
+    assert hr.state(committed)["state"] in ("queued", "processing", "done")
     assert operator.state(other_client)["state"] == "open"
     assert operator.post(f"/api/sessions/{other_client}/cancel").status_code == 200
     # Nothing holds the rerun back: it is applied as soon as it is committed.
@@ -145,3 +145,65 @@ def test_sessions_recorded_before_ownership_stay_open_to_allowed_clients(tmp_pat
         # New sessions are owned again.
         owned = operator.open("HR", "incremental")
         assert operator.state(owned)["client"] == "agent"
+
+
+# ------------------------------------------------------------------------------ one agent
+
+
+def test_an_incremental_session_of_another_agent_is_refused(
+    clients: tuple[Api, Api], tmp_path: Path
+) -> None:
+    hr, operator = clients  # HR was loaded by agent-1
+    before = hr.get("/api/connectors/HR/sessions").json()
+    for client in (hr, operator):  # the agent decides, whichever client it uses
+        response = client.post(
+            "/api/connectors/HR/sessions", json={"agent": "host-2", "mode": "incremental"}
+        )
+        assert response.status_code == 409
+        assert response.json()["agent"] == "agent-1"
+        reason = response.json()["error"]
+        assert "\n" not in reason and "delivered by agent 'agent-1'" in reason
+        assert "'host-2'" in reason and "complete" in reason
+    assert hr.get("/api/connectors/HR/sessions").json() == before  # nothing recorded
+    assert sorted(p.name for p in (tmp_path / "data" / "sessions").iterdir()) == []
+    # The connector's agent is not held up.
+    assert hr.state(hr.send("HR", "incremental", {DELTA: people_delta()}))["state"] == "done"
+
+
+def test_a_complete_session_of_another_agent_takes_the_connector_over(
+    clients: tuple[Api, Api],
+) -> None:
+    hr, _operator = clients
+    pending = hr.open("HR", "incremental")  # agent-1's, left open
+    takeover = hr.post("/api/connectors/HR/sessions", json={"agent": "host-2", "mode": "complete"})
+    assert takeover.status_code == 201
+    assert hr.state(pending)["state"] == "cancelled"  # a complete session supersedes it
+    # From its opening on, the new agent delivers the connector and the old one is refused.
+    old = hr.post("/api/connectors/HR/sessions", json={"agent": "agent-1", "mode": "incremental"})
+    assert old.status_code == 409 and old.json()["agent"] == "host-2"
+    session = takeover.json()["id"]
+    hr.upload(session, FULL, people(*BASE))
+    assert hr.commit(session, {FULL: people(*BASE)}).status_code == 202
+    assert hr.wait(session)["state"] == "done"
+    new = hr.post("/api/connectors/HR/sessions", json={"agent": "host-2", "mode": "incremental"})
+    assert new.status_code == 201
+
+
+def test_a_takeover_cancelled_before_its_commit_took_nothing_over(
+    clients: tuple[Api, Api],
+) -> None:
+    hr, operator = clients
+    takeover = hr.post("/api/connectors/HR/sessions", json={"agent": "host-2", "mode": "initial"})
+    assert takeover.status_code == 201
+    assert operator.post(f"/api/sessions/{takeover.json()['id']}/cancel").status_code == 200
+    refused = hr.post(
+        "/api/connectors/HR/sessions", json={"agent": "host-2", "mode": "incremental"}
+    )
+    assert refused.status_code == 409 and refused.json()["agent"] == "agent-1"
+    assert hr.open("HR", "incremental")  # agent-1 still delivers it
+
+
+def test_a_connector_never_delivered_takes_any_agent(clients: tuple[Api, Api]) -> None:
+    _hr, operator = clients
+    first = operator.open("AD", "incremental", agent="host-7")  # AD has no session yet
+    assert operator.state(first)["state"] == "open"

@@ -40,7 +40,7 @@ from prepsync.protocol import (
 from prepsync.server.context import state_of
 from prepsync.server.diff import DataError
 from prepsync.server.guards import authenticate, conflict, session_of
-from prepsync.server.http import ApiError
+from prepsync.server.http import ApiError, integer_parameter
 from prepsync.server.session_files import table_of_file
 from prepsync.server.sessions import Session
 from prepsync.server.store import decode_key, encode_key, format_record
@@ -105,12 +105,7 @@ async def changes(request: Request) -> Response:
     if command is not None and command.lower() not in _COMMANDS:
         raise ApiError(400, f"'command' must be one of {', '.join(_COMMANDS)}")
     wanted = None if command is None else command.lower()
-    limit_text = query.get("limit")
-    limit: int | None = None
-    if limit_text is not None:
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIMIT_MAX:
-            raise ApiError(400, f"'limit' must be an integer from 1 to {LIMIT_MAX}")
-        limit = int(limit_text)
+    limit = integer_parameter(request, "limit", 1, LIMIT_MAX)
     after = _after_key(query.get("after"))
     spec, file_name = _table_of(session, state.folded_tables(session.connector), query.get("table"))
     if file_name is None:  # an incremental session that leaves this table unchanged

@@ -14,6 +14,8 @@ from starlette.requests import Request
 
 from prepsync.config import Mappings, TableSpec
 from prepsync.server.clients import OpenIdClient
+from prepsync.server.disk import DiskReserve
+from prepsync.server.events import SessionEvents
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import SessionDatabase
 from prepsync.server.storeapi import Backend
@@ -44,11 +46,20 @@ class ServerState:
     # Sessions whose uploads are closed: a commit is verifying or has succeeded. Checked before
     # every write, so no byte lands in a file after its hash was taken.
     sealed: set[str] = field(default_factory=set)
+    # The transition log and the metrics (GET /metrics).
+    events: SessionEvents = field(default_factory=SessionEvents)
     commit_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Room kept in the data directory for the writes that free it (see disk.py).
+    reserve: DiskReserve | None = None
 
     @property
     def sessions_dir(self) -> Path:
         return self.data_dir / "sessions"
+
+    def hashed_secret_of(self, client_id: str) -> str | None:
+        """The client's ``HashedSecret`` now; a token issued for another one is void."""
+        client = self.clients.get(client_id)
+        return None if client is None else client.hashed_secret
 
     def folded_tables(self, connector: str) -> dict[str, TableSpec]:
         return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import re
 import uuid
 from urllib.parse import parse_qs
 
@@ -11,14 +11,22 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, MODES, SCOPE
+from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, FULL_MODES, MODES, OPEN, SCOPE
 from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
-from prepsync.server.context import state_of
+from prepsync.server.context import ServerState, state_of
+from prepsync.server.disk import reclaiming
 from prepsync.server.guards import authenticate, conflict, connector_of, session_of
-from prepsync.server.http import ApiError, error_response, read_body, read_json_object
+from prepsync.server.http import (
+    ApiError,
+    error_response,
+    integer_parameter,
+    read_body,
+    read_json_object,
+)
 from prepsync.server.session_files import discard_files
-from prepsync.server.status import RECENT_SESSIONS, render_status
+from prepsync.server.sessions import ForeignAgent
+from prepsync.server.status import RECENT_SESSIONS, SECURITY_HEADERS, StatusView, render_status
 from prepsync.server.tokens import basic_credentials
 
 FORM_LIMIT = 64 * 1024
@@ -28,6 +36,7 @@ LIST_DEFAULT, LIST_MAX = 100, 10_000
 # this long (a held request also holds a graceful shutdown), looking every STATUS_WAIT_STEP.
 STATUS_WAIT_MAX, STATUS_WAIT_STEP = 5.0, 0.02
 SETTLED = frozenset({DONE, FAILED, CANCELLED})
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{0,9})?")
 # Stands in for an unknown client id; its hash is of no secret (32 zero bytes, base64).
 _NO_CLIENT = OpenIdClient("", "A" * 43 + "=", None)
 
@@ -60,7 +69,9 @@ async def token(request: Request) -> Response:
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     return JSONResponse(
         {
-            "access_token": state.signer.issue(client.identifier, state.token_ttl),
+            "access_token": state.signer.issue(
+                client.identifier, client.hashed_secret, state.token_ttl
+            ),
             "token_type": "Bearer",
             "expires_in": state.token_ttl,
             "scope": SCOPE,
@@ -97,12 +108,34 @@ async def open_session(request: Request) -> Response:
     session_id = str(uuid.uuid4())
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
+
+    def free_orphans() -> None:
+        # On a full disk, the open sessions this opening cancels give their room first (most
+        # likely an orphan of a killed run filled it); their uploads are closed from now on.
+        for other in db.unfinished():
+            if (
+                other.connector == connector
+                and other.state == OPEN
+                and (
+                    mode.lower() in FULL_MODES
+                    or (other.agent == agent and other.client == client.identifier)
+                )
+            ):
+                state.sealed.add(other.id)
+                discard_files(state.sessions_dir, other.id)
+
     try:
-        cancelled = db.open(
-            connector, agent, mode.lower(), session_id, client.identifier, separator
+        cancelled = reclaiming(
+            lambda: db.open(
+                connector, agent, mode.lower(), session_id, client.identifier, separator
+            ),
+            None,  # new work does not use the reserve
+            free_orphans,
         )
-    except BaseException:
+    except BaseException as error:
         discard_files(state.sessions_dir, session_id)
+        if isinstance(error, ForeignAgent):
+            raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
     for other in cancelled:
         state.sealed.add(other)
@@ -110,6 +143,7 @@ async def open_session(request: Request) -> Response:
     worker.wake()
     session = db.get(session_id)
     assert session is not None
+    state.events.opened(session, cancelled)
     return JSONResponse(
         session.to_json(),
         status_code=201,
@@ -121,10 +155,8 @@ async def list_sessions(request: Request) -> Response:
     client = authenticate(request)
     connector = connector_of(request, client)
     db, _worker = state_of(request).running()
-    limit_text = request.query_params.get("limit", str(LIST_DEFAULT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_MAX:
-        raise ApiError(400, f"'limit' must be an integer from 1 to {LIST_MAX}")
-    sessions = db.recent(connector, int(limit_text))
+    limit = integer_parameter(request, "limit", 1, LIST_MAX)
+    sessions = db.recent(connector, LIST_DEFAULT if limit is None else limit)
     return JSONResponse([session.to_json() for session in sessions])
 
 
@@ -136,12 +168,10 @@ async def get_session(request: Request) -> Response:
     client = authenticate(request)
     session = session_of(request, client)
     text = request.query_params.get("wait", "0")
-    try:
-        wait = float(text)
-    except ValueError:
-        wait = math.nan
-    if not 0 <= wait < math.inf:
-        raise ApiError(400, "wait must be a number of seconds >= 0")
+    # ASCII only: float() also takes Arabic-Indic digits, "1_0", " 1", "nan" and "1e9".
+    if _SECONDS.fullmatch(text) is None:
+        raise ApiError(400, "'wait' must be a number of seconds >= 0, such as 2 or 2.5")
+    wait = float(text)
     if wait > 0 and session.state not in SETTLED:  # a settled session never changes
         db, _worker = state_of(request).running()
         asked, loop = session.state, asyncio.get_running_loop()
@@ -162,6 +192,7 @@ async def force(request: Request) -> Response:
     worker.wake()
     forced = db.get(session.id)
     assert forced is not None
+    state_of(request).events.forced(forced, f"client {client.identifier}")
     return JSONResponse(forced.to_json(), status_code=202)
 
 
@@ -171,7 +202,15 @@ async def cancel(request: Request) -> Response:
     session = session_of(request, client)
     state = state_of(request)
     db, worker = state.running()
-    if not db.cancel(session.id, f"cancelled by client {client.identifier}"):
+
+    def free_first() -> None:
+        # Files no one else reads (the worker reads only queued and processing sessions').
+        if session.state in (OPEN, BLOCKED):
+            state.sealed.add(session.id)
+            discard_files(state.sessions_dir, session.id)
+
+    reason = f"cancelled by client {client.identifier}"
+    if not reclaiming(lambda: db.cancel(session.id, reason), state.reserve, free_first):
         current = db.get(session.id) or session
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)
@@ -179,6 +218,7 @@ async def cancel(request: Request) -> Response:
     worker.wake()  # the next session of its connector may now go
     cancelled = db.get(session.id)
     assert cancelled is not None and cancelled.state == CANCELLED
+    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
     return JSONResponse(cancelled.to_json())
 
 
@@ -197,11 +237,82 @@ async def resources(request: Request) -> Response:
     return StreamingResponse(rows, media_type="text/csv; charset=utf-8")
 
 
+def _is_operator(state: ServerState, client: OpenIdClient) -> bool:
+    """The client's Profile is the server's operator profile (none has one: nobody is)."""
+    profile = getattr(client, "profile", None)
+    return profile is not None and profile == getattr(state, "operator_profile", None)
+
+
+def _operator_viewing(request: Request) -> OpenIdClient | None:
+    """The operator whose bearer token the request carries; None for anyone else (no token,
+    a bad one, or another client's: the page then shows what an anonymous viewer sees)."""
+    if request.headers.get("authorization") is None:
+        return None
+    try:
+        client = authenticate(request)
+    except ApiError:
+        return None
+    return client if _is_operator(state_of(request), client) else None
+
+
 async def status_page(request: Request) -> Response:
     state = state_of(request)
     db, _worker = state.running()
-    sessions = {connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables}
-    counts = await anyio.to_thread.run_sync(state.backend.table_counts)
-    blocked = [session for session in db.unfinished() if session.state == BLOCKED]
-    api_url = str(request.base_url).rstrip("/")
-    return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))
+    viewer = _operator_viewing(request)
+    operators = sorted(c.identifier for c in state.clients.values() if _is_operator(state, c))
+    view = StatusView(
+        tables=state.tables,
+        row_counts=await anyio.to_thread.run_sync(state.backend.table_counts),
+        recent={connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables},
+        unfinished=db.unfinished(),
+        api_url=str(request.base_url).rstrip("/"),
+        operator_client=viewer.identifier if viewer else (operators[0] if operators else None),
+        show_reasons=viewer is not None,
+        session_timeout=state.session_timeout,
+    )
+    return HTMLResponse(render_status(view), headers=SECURITY_HEADERS)
+
+
+HEALTH_TIMEOUT = 5.0  # seconds: a store slower than this to answer is not healthy
+
+
+async def health(request: Request) -> Response:
+    """GET /healthz: 200 when the process serves, its worker runs and both the sessions
+    database and the store answer; 503 otherwise, saying which part failed. No token: a
+    load balancer or a container runtime asks it, and it shows no data."""
+    state = state_of(request)
+    checks: dict[str, str] = {}
+    try:
+        db, worker = state.running()
+    except ApiError as error:
+        return JSONResponse({"status": "unavailable", "error": error.message}, status_code=503)
+    checks["worker"] = "running" if worker.alive else "stopped"
+    try:
+        with anyio.fail_after(HEALTH_TIMEOUT):
+            db.state_counts()
+            checks["sessions"] = "ok"
+            await anyio.to_thread.run_sync(state.backend.table_counts, abandon_on_cancel=True)
+            checks["store"] = "ok"
+    except TimeoutError:
+        checks.setdefault("sessions", "ok")
+        checks["store"] = f"no answer within {HEALTH_TIMEOUT:g} s"
+    except Exception as error:  # what the store raises is the answer: say it, do not crash
+        failed = "store" if "sessions" in checks else "sessions"
+        checks[failed] = f"{type(error).__name__}: {error}"
+    healthy = all(value in ("ok", "running") for value in checks.values())
+    return JSONResponse(
+        {"status": "ok" if healthy else "unavailable", "backend": state.backend.name, **checks},
+        status_code=200 if healthy else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it (see
+    prepsync.server.events). No token: it shows counts, no data."""
+    from prometheus_client.exposition import choose_encoder
+
+    state = state_of(request)
+    state.running()
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(state.events.registry), headers={"Content-Type": content_type})

@@ -19,7 +19,7 @@ from prepsync.server.tokens import bearer_token
 def authenticate(request: Request) -> OpenIdClient:
     state = state_of(request)
     token = bearer_token(request.headers.get("authorization"))
-    client_id = None if token is None else state.signer.verify(token)
+    client_id = None if token is None else state.signer.verify(token, state.hashed_secret_of)
     client = None if client_id is None else state.clients.get(client_id)
     if client is None:
         message = "missing bearer token" if token is None else "invalid or expired token"

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.config import TableSpec
-from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, PROCESSING, QUEUED
+from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, OPEN, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
+from prepsync.server.disk import DiskReserve, reclaiming
+from prepsync.server.events import SessionEvents
 from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import Session
 from prepsync.server.storeapi import Backend
@@ -42,12 +44,16 @@ class Worker:
         session_timeout: float,
         poll: float,
         limits: Mapping[str, ConnectorLimits] | None = None,
+        reserve: DiskReserve | None = None,
+        events: SessionEvents | None = None,
     ) -> None:
+        self._events = events or SessionEvents()
         self._sessions_dir = sessions_dir
         self._tables = tables  # connector -> casefolded table -> spec
         self._limits = limits or {}  # connector -> thresholds (entity level only when absent)
         self._session_timeout = session_timeout
         self._poll = poll
+        self._reserve = reserve
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,16 +68,23 @@ class Worker:
                 if self._store.was_applied(session.id):
                     self._db.finish(session.id, DONE, None, None)
                     discard_files(self._sessions_dir, session.id)
-                    logger.info("session %s was applied before the restart: done", session.id)
+                    self._events.recovered(session, DONE, "it was applied before the restart")
                 else:
                     self._db.set_state(session.id, PROCESSING, QUEUED)
-                    logger.info("session %s was interrupted: queued again", session.id)
+                    self._events.recovered(
+                        session, QUEUED, "its apply was interrupted: it is applied again"
+                    )
             finally:
                 self._db.release(session)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prepsync-worker", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (false before start and after a stop)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         self._wake.set()
@@ -108,11 +121,19 @@ class Worker:
         # Only this thread sets "processing", and not across rounds: one seen now is stale (a
         # crash, or a failed state update), and would hold its connector's queue forever.
         self.recover()
+        if self._reserve is not None:
+            self._reserve.ensure()
         idle_before = time.time() - self._session_timeout
-        for session_id in self._db.abandon_idle(
-            idle_before, f"abandoned: no activity for {self._session_timeout:g} s"
-        ):
-            logger.info("session %s abandoned", session_id)
+        reason = f"abandoned: no activity for {self._session_timeout:g} s"
+        abandoned = reclaiming(
+            lambda: self._db.abandon_idle(idle_before, reason),
+            self._reserve,
+            lambda: self._discard_idle(idle_before),
+        )
+        for session_id in abandoned:
+            self._events.cancelled(
+                session_id, None, f"the server: no upload for {self._session_timeout:g} s"
+            )
             discard_files(self._sessions_dir, session_id)
         if self._stopping.is_set():
             return False
@@ -129,6 +150,13 @@ class Worker:
         except self._store.store_errors as error:  # the next round's checkpoint catches up
             logger.warning("store checkpoint failed: %s", error)
         return True
+
+    def _discard_idle(self, idle_before: float) -> None:
+        """On a full disk, the files of the sessions about to be abandoned go first (see
+        disk.py): an idle open session's files are read by no one."""
+        for session in self._db.unfinished():
+            if session.state == OPEN and session.active_at < idle_before:
+                discard_files(self._sessions_dir, session.id)
 
     def _process(self, session: Session) -> None:
         logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
@@ -186,6 +214,6 @@ class Worker:
         summary: dict[str, Any] | None = None,
     ) -> None:
         self._db.finish(session.id, state, reason, summary)
-        logger.info("session %s: %s %s", session.id, state, reason or "")
+        self._events.finished(session, state, reason, summary)
         if state != BLOCKED:  # a blocked session's files wait for force
             discard_files(self._sessions_dir, session.id)
