@@ -25,6 +25,7 @@ from serverutil import (
     csv_bytes,
     write_config,
 )
+from sites import Site
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -227,6 +228,8 @@ def test_json_log_lines_from_a_real_server(tmp_path: Path) -> None:
     events = [d["event"] for d in documents if d.get("session") == session_id and "event" in d]
     assert events == ["opened", "committed", "done"]
     assert any(d["logger"] == "uvicorn.access" for d in documents)
+    listening = f"listening on http://127.0.0.1:{server.port} (store: sqlite)"
+    assert any(d["message"] == listening for d in documents)
 
 
 # ------------------------------------------------------------------ the status page
@@ -343,3 +346,25 @@ def test_a_first_load_blocked_by_the_connectors_defaults_says_how_to_proceed(
         agent.assert_store_matches_export()
     finally:
         server.stop()
+
+
+def test_prepare_writes_json_log_lines(site: Site) -> None:
+    code, _, text_err = site.run("complete", "--log-level", "debug")
+    assert code == 0 and "Entries: 4 rows read" in text_err
+    code, _, err = site.run("complete", "--log-level", "debug", "--log-format", "json")
+    assert code == 0
+    documents = [json.loads(line) for line in err.splitlines()]
+    assert any("Entries: 4 rows read" in d["message"] for d in documents)
+    assert {d["logger"] for d in documents} <= {"prepsync"} and documents[0]["level"] == "DEBUG"
+
+
+def test_sessions_settled_at_start_are_logged(tmp_path: Path, transitions: Transitions) -> None:
+    with running(tmp_path) as api:
+        applied = api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[0]})
+    # As after a crash: one session applied whose state was not recorded, one cut short.
+    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
+        connection.execute("UPDATE sessions SET state = 'processing' WHERE id = ?", (applied,))
+    with running(tmp_path) as api:
+        assert api.wait(applied)["state"] == "done"
+    (recovered,) = [e for e in transitions.events(applied) if e["event"] == "recovered"]
+    assert recovered["state"] == "done" and "applied before the restart" in recovered["message"]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prepsync.private import prepare_sqlite
 from prepsync.protocol import (
     BLOCKED,
     CANCELLED,
@@ -179,6 +180,7 @@ class SessionDatabase:
     """One connection to the sessions database. Each thread opens its own."""
 
     def __init__(self, path: Path) -> None:
+        prepare_sqlite(path)  # 0600 before SQLite creates it 0644 (and its -wal, -shm alike)
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # A 202 to a commit lets the agent advance its baselines: it must survive power loss.
