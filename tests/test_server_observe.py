@@ -86,7 +86,7 @@ def _hr_day_by_day(api: Api) -> dict[str, str]:
     ids["reload"] = api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[2]})
     ids["blocked"] = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": UPLOADS[3]})
     assert api.state(ids["blocked"])["state"] == "blocked"
-    assert api.post(f"/api/sessions/{ids['blocked']}/cancel").status_code == 200
+    assert api.operator().post(f"/api/sessions/{ids['blocked']}/cancel").status_code == 200
     return ids
 
 
@@ -117,7 +117,8 @@ def test_every_transition_is_one_info_line(tmp_path: Path, transitions: Transiti
     assert blocked[2]["thresholds"][0].startswith(crossed)
     assert crossed in blocked[2]["message"]
     assert (
-        blocked[3]["by"] == "client agent" and "cancelled by client agent" in blocked[3]["message"]
+        blocked[3]["by"] == "client operator"
+        and "cancelled by client operator" in blocked[3]["message"]
     )
 
     failed = transitions.events(ids["failed"])
