@@ -391,6 +391,9 @@ def _await_verdict(
         status_line.close()
     if delivery.state != DONE:
         reason = delivery.reason or "no reason given"
+        advice = (delivery.server_session or {}).get("advice")
+        if isinstance(advice, str) and advice:
+            reason += f" ({advice})"
         click.echo(f"session {delivery.session_id} {delivery.state}: {reason}", err=True)
     return VERDICT_EXIT_STATUS[delivery.state]
 

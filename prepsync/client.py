@@ -62,6 +62,7 @@ import math
 import os
 import random
 import re
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -85,6 +86,24 @@ _HASH_BLOCK = 1 << 20
 _SESSION_LIST_LIMIT = 100
 # Transport errors that no retry can cure: a wrong URL scheme, a malformed request.
 _PERMANENT_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+# What OpenSSL says when the server answers a TLS handshake in plain HTTP (an error page).
+_PLAIN_HTTP_SSL_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
+)
+
+
+def _plain_http_answer(error: BaseException) -> bool:
+    """The TLS handshake failed because the server answered in plain HTTP."""
+    seen: BaseException | None = error
+    for _depth in range(8):  # the ssl error sits a few causes down (httpx -> httpcore -> ssl)
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) and seen.reason in _PLAIN_HTTP_SSL_REASONS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 _SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -592,8 +611,21 @@ class ApiClient:
         except _PERMANENT_TRANSPORT_ERRORS as error:
             raise ServerError(f"server {method} {path}: {_one_line(str(error))}") from None
         except httpx.TransportError as error:
+            if self._http.base_url.scheme == "https" and _plain_http_answer(error):
+                # No retry cures it: the server does not speak TLS on that port.
+                raise ServerError(self._plain_http_problem(method, path)) from None
             problem = _one_line(f"{type(error).__name__}: {error}")
             raise _Retry(f"server {method} {path}", problem) from None
+
+    def _plain_http_problem(self, method: str, path: str) -> str:
+        base = self._http.base_url
+        plain = str(base.copy_with(scheme="http")).rstrip("/")
+        return (
+            f"server {method} {path}: {str(base).rstrip('/')} answers in plain HTTP, not TLS "
+            "(an --api-url without a scheme means https://): use --api-url "
+            f"{plain} if that server has no TLS, or give it a certificate "
+            "(prepsync serve --ssl-certfile/--ssl-keyfile, or a TLS reverse proxy)"
+        )
 
     def _checked(
         self, method: str, path: str, response: httpx.Response, accept: tuple[int, ...]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from prepsync import _cleanse
 from prepsync.errors import BaselineError, InputError, UsageError
+from prepsync.private import DIR_MODE, make_dirs
 from prepsync.protocol import (
     COMMAND_COLUMN,
     DELTA_SUFFIX,
@@ -666,7 +667,7 @@ def prepare_connector(
 
             def cleanse(index: int) -> TableResult:
                 own_spill = spill / str(index)  # run file names are per engine
-                own_spill.mkdir()
+                own_spill.mkdir(mode=DIR_MODE)
                 spec = tables[index]
                 result = stage_table(
                     sources[index],
@@ -773,7 +774,7 @@ def advance_baselines(run: RunResult) -> list[Path]:
     baseline.
     """
     baseline_dir = run.request.baseline_dir
-    baseline_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(baseline_dir)
     require_lock(run.request.working_dir)
     staged = StagedFiles(run.request.working_dir)
     targets = []

@@ -115,37 +115,54 @@ class DatabaseServer(ServerProcess):
         return [*super().command(), "--database", self.database]
 
 
+class KillOrder:
+    """A server kill waiting for its moment: the next request matching ``pattern``, on
+    whichever server it reaches. Claimed once, by that request or by :meth:`withdraw`."""
+
+    def __init__(self, kind: str, pattern: str) -> None:
+        self.kind = kind
+        self.pattern = re.compile(pattern)
+        self.done = threading.Event()  # set once the server is killed and started again
+        self._lock = threading.Lock()
+        self._claimed = False
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def withdraw(self) -> bool:
+        """True when nothing fired it (and now nothing will); else waits for its restart."""
+        if self.claim():
+            return True
+        self.done.wait(120)
+        return False
+
+
 class KillingProxy(FaultProxy):
-    """The relay in front of one server; armed with a request pattern, it SIGKILLs its server
-    a moment after the next matching request has been passed on, so the server dies while
-    handling it."""
+    """The relay in front of server ``number``: given kill orders, it SIGKILLs its server a
+    moment after passing on the next request an order matches, so the server dies while
+    handling that request (reading the upload chunk, checking the commit's files)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(
+        self, number: int, upstream_port: int, fire: Callable[[int, KillOrder, str], None]
+    ) -> None:
         super().__init__(upstream_port)
-        self._armed: tuple[re.Pattern[str], Callable[[str], None]] | None = None
-        self._arm_lock = threading.Lock()
-
-    def arm(self, pattern: str, kill: Callable[[str], None]) -> None:
-        with self._arm_lock:
-            self._armed = (re.compile(pattern), kill)
-
-    def disarm(self) -> bool:
-        """True when it was still armed (the kill did not happen)."""
-        with self._arm_lock:
-            armed, self._armed = self._armed, None
-        return armed is not None
+        self.number = number
+        self.orders: list[KillOrder] = []
+        self._fire = fire
 
     def _choose(self, request_line: str) -> Any:
-        with self._arm_lock:
-            armed = self._armed
-            if armed is not None and armed[0].search(request_line):
-                self._armed = None
-            else:
-                armed = None
-        if armed is not None:
-            # The request is relayed right after this returns; a few milliseconds later the
-            # server is busy with it (reading the chunk, hashing the files).
-            threading.Timer(random.uniform(0.001, 0.02), armed[1], (request_line,)).start()
+        for order in list(self.orders):
+            if order.pattern.search(request_line) and order.claim():
+                # The request is relayed right after this returns; a few milliseconds later
+                # the server is busy with it.
+                threading.Timer(
+                    random.uniform(0.001, 0.02), self._fire, (self.number, order, request_line)
+                ).start()
+                break
         return super()._choose(request_line)
 
 
@@ -253,6 +270,7 @@ class ClusterSoak:
         parallel: int,
         session_timeout: float,
         log: bool,
+        order_weights: tuple[int, int, int] = (60, 20, 20),
     ) -> None:
         self.root = root
         self.database = database
@@ -295,6 +313,8 @@ class ClusterSoak:
         self.running: set[subprocess.Popen[str]] = set()
         self.abandoned: set[str] = set()
         self.day_over = threading.Event()
+        # How often a delivery's first run orders a server kill: none, mid-upload, mid-commit.
+        self.order_weights = order_weights
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -315,7 +335,7 @@ class ClusterSoak:
     def start(self) -> None:
         for server in self.servers:
             server.start()
-            self.proxies.append(KillingProxy(server.port))
+            self.proxies.append(KillingProxy(len(self.proxies), server.port, self.fire))
 
     def stop(self) -> None:
         for process in list(self.running):
@@ -348,37 +368,42 @@ class ClusterSoak:
     # --- the chaos thread: server kills during a day ---------------------------------------
 
     def chaos(self) -> None:
+        """Kills at moments no request marks: at random, and of the process applying."""
         rng = self.random()
-        while not self.day_over.wait(rng.uniform(0.5, 2.5)):
-            kind = rng.choice(SERVER_KILLS)
-            number = rng.randrange(len(self.servers))
-            if kind == "random":
-                self.kill_server(number, "random")
-            elif kind == "mid-upload":
-                self.armed_kill(number, "mid-upload", r"^PUT /api/sessions/[^/]+/files/")
-            elif kind == "mid-commit":
-                self.armed_kill(number, "mid-commit", r"^POST /api/sessions/[^/]+/commit")
+        while not self.day_over.wait(rng.uniform(0.3, 2.0)):
+            if rng.random() < 0.5:
+                self.kill_server(rng.randrange(len(self.servers)), "random")
             else:
                 self.kill_applying_server()
 
-    def armed_kill(self, number: int, kind: str, pattern: str) -> None:
-        fired = threading.Event()
+    @contextlib.contextmanager
+    def kill_order(self, kind: str | None) -> Iterator[None]:
+        """During the ``with`` block, a server is killed as the next upload chunk
+        (``mid-upload``) or commit (``mid-commit``) reaches it, whichever server that is."""
+        if kind is None:
+            yield
+            return
+        pattern = {
+            "mid-upload": r"^PUT /api/sessions/[^/]+/files/",
+            "mid-commit": r"^POST /api/sessions/[^/]+/commit",
+        }[kind]
+        order = KillOrder(kind, pattern)
+        for proxy in self.proxies:
+            proxy.orders.append(order)
+        try:
+            yield
+        finally:
+            for proxy in self.proxies:
+                with contextlib.suppress(ValueError):
+                    proxy.orders.remove(order)
+            if order.withdraw():
+                self.count(server_kills_missed=1)
 
-        def kill(request_line: str) -> None:
-            try:
-                self.kill_server(number, kind, f"at {request_line}")
-            finally:
-                fired.set()
-
-        self.proxies[number].arm(pattern, kill)
-        # Wait for the kill (and restart) or the end of the day, whichever first.
-        while not fired.wait(0.1):
-            if self.day_over.is_set():
-                if self.proxies[number].disarm():
-                    self.count(server_kills_missed=1)
-                else:
-                    fired.wait(60)  # fired meanwhile: let the restart finish
-                return
+    def fire(self, number: int, order: KillOrder, request_line: str) -> None:
+        try:
+            self.kill_server(number, order.kind, f"at {request_line}")
+        finally:
+            order.done.set()
 
     def kill_applying_server(self) -> None:
         """Wait for a session to be ``processing``, then kill the server process whose
@@ -504,8 +529,12 @@ class ClusterSoak:
 
     def deliver(self, connector: str, mode: str, *extra: str) -> None:
         """Runs the agent until it succeeds, as a scheduler would; an operator's repair after
-        a verdict that is not ``done`` or after 4 failures."""
-        done = self.killed_run(connector, mode, *extra)
+        a verdict that is not ``done`` or after 4 failures. The first run may see a server
+        killed as its upload or its commit reaches it."""
+        rng = self.random()
+        kind = rng.choices([None, "mid-upload", "mid-commit"], weights=self.order_weights)[0]
+        with self.kill_order(kind):
+            done = self.killed_run(connector, mode, *extra)
         tries = 0
         while done is None or done.returncode != 0:
             if done is not None:
@@ -525,14 +554,16 @@ class ClusterSoak:
     def connector_day(self, connector: str, number: int) -> None:
         model, agent = self.models[connector], self.agents[connector]
         rng = self.random()
+        before = dict(model.entries)
         if number:
             model.next_day()
         mode = "complete" if number == 0 or rng.random() < 0.1 else "incremental"
         if number and mode == "incremental" and rng.random() < 0.3:
-            # Two sessions queued back to back: the first one's changes, then the second's.
+            # Two sessions queued back to back, the second undoing the first: applied in any
+            # other order than opening order, the first one's values are what stays.
             agent.write_model(model)
             self.deliver(connector, "incremental", "--no-wait")
-            model.next_day()
+            redo_changes(model, before, rng)
             self.count(ordered_pairs=1)
         agent.write_model(model)
         self.deliver(connector, mode)
@@ -557,8 +588,7 @@ class ClusterSoak:
         self.say(f"day {number}")
         self.day_over.clear()
         chaos = threading.Thread(target=self.chaos, name="chaos", daemon=True)
-        if number:  # the first load is undisturbed: every later day has something to lose
-            chaos.start()
+        chaos.start()
         try:
             with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
                 for future in [
@@ -568,8 +598,7 @@ class ClusterSoak:
                     future.result()
         finally:
             self.day_over.set()
-            if chaos.is_alive():
-                chaos.join()
+            chaos.join()
         self.check(number)
         self.report.days = number + 1
 
@@ -625,6 +654,17 @@ class ClusterSoak:
         self.report.sessions = sessions
 
 
+def redo_changes(model: Model, before: dict[str, tuple[str, str, str]], rng: random.Random) -> None:
+    """The next change of every entry the model changed or inserted since ``before``, and two of
+    the ones it deleted inserted again: the incremental after this one touches the same keys."""
+    for guid, row in list(model.entries.items()):
+        if before.get(guid) != row:
+            model.entries[guid] = (guid, row[1], f"redone-{rng.getrandbits(24):x}")
+    deleted = sorted(set(before) - set(model.entries))
+    for guid in rng.sample(deleted, min(2, len(deleted))):
+        model.entries[guid] = (*before[guid][:2], f"back-{rng.getrandbits(24):x}")
+
+
 def _clean_failure(done: subprocess.CompletedProcess[str]) -> bool:
     return (
         done.returncode == 1
@@ -663,6 +703,7 @@ def run_cluster_soak(
     max_minutes: float = 120.0,
     keep: bool = False,
     log: bool = True,
+    order_weights: tuple[int, int, int] = (60, 20, 20),
 ) -> Report:
     root = Path(tempfile.mkdtemp(prefix="prepsync-soak-cluster-"))
     started = time.monotonic()
@@ -677,6 +718,7 @@ def run_cluster_soak(
             parallel=parallel,
             session_timeout=session_timeout,
             log=log,
+            order_weights=order_weights,
         )
         try:
             soak.start()

@@ -170,15 +170,16 @@ def test_status_page_lists_blocked_sessions_first_with_the_commands(tmp_path: Pa
     with running(tmp_path) as api:
         session = blocked_complete(api)
         page = api.http.get("/").text
-        blocked_at = page.index("Blocked sessions (1)")
+        blocked_at = page.index("Needs attention (1)")
         assert blocked_at < page.index("Connector AD")
         assert "MaximumDeletedLines 1 &lt; 2 deleted resources" in page
         assert "2 inserted, 1 updated, 2 deleted" in page
+        target = "--api-url http://testserver --api-client-id operator"
         for command in (
-            f"prepsync sessions changes {session} --table {PEOPLE} --api-url http://testserver",
-            f"prepsync sessions force {session} --api-url http://testserver",
-            f"prepsync sessions cancel {session} --api-url http://testserver",
+            f"prepsync sessions changes {session} --table {PEOPLE} {target}",
+            f"prepsync sessions force {session} {target}",
+            f"prepsync sessions cancel {session} {target}",
         ):
             assert command in page
         assert api.operator().post(f"/api/sessions/{session}/cancel").status_code == 200
-        assert "Blocked sessions" not in api.http.get("/").text
+        assert "Needs attention" not in api.http.get("/").text

@@ -8,13 +8,24 @@ import sqlite3
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serverutil import Api, csv_bytes, write_config
+from serverutil import (
+    HR_SECRET,
+    Agent,
+    Api,
+    Export,
+    ServerProcess,
+    config_xml,
+    csv_bytes,
+    write_config,
+)
+from sites import Site
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -218,3 +229,137 @@ def test_json_log_lines_from_a_real_server(tmp_path: Path) -> None:
     events = [d["event"] for d in documents if d.get("session") == session_id and "event" in d]
     assert events == ["opened", "committed", "done"]
     assert any(d["logger"] == "uvicorn.access" for d in documents)
+    listening = f"listening on http://127.0.0.1:{server.port} (store: sqlite)"
+    assert any(d["message"] == listening for d in documents)
+
+
+# ------------------------------------------------------------------ the status page
+SECURITY = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+}
+
+
+def _page(api: Api, **headers: str) -> str:
+    answer = api.http.get("/", headers=headers)
+    assert answer.status_code == 200
+    for name, value in SECURITY.items():
+        assert answer.headers[name] == value
+    policy = answer.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "script-src" not in policy and "unsafe" not in policy
+    return answer.text
+
+
+def test_the_anonymous_page_shows_states_and_counts_never_values(tmp_path: Path) -> None:
+    with running(tmp_path) as api:
+        ids = _hr_day_by_day(api)
+        # The failed session is older than the last done one: it needs nobody any more.
+        page = _page(api)
+        assert "Needs attention" not in page and ids["failed"] in page
+        assert "SSN-123-45-6789" not in page
+        bad_again = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": UPLOADS[1]})
+        page = _page(api)
+    assert "SSN-123-45-6789" not in page
+    attention = page[page.index("Needs attention (1)") : page.index("Connector HR")]
+    assert bad_again in attention
+    assert "What to do next" in attention and "--synchronization-mode complete" in attention
+    command = (
+        f"prepsync sessions show {bad_again} --api-url http://testserver --api-client-id operator"
+    )
+    assert command in attention
+    assert "<meta http-equiv='refresh'" in page
+
+
+def test_an_operators_token_shows_the_reasons(tmp_path: Path) -> None:
+    with running(tmp_path) as api:
+        ids = _hr_day_by_day(api)
+        assert "SSN-123-45-6789" not in _page(api)  # no token
+        hr_only = Api(api.http, "hr-only", HR_SECRET)
+        assert "SSN-123-45-6789" not in _page(api, **hr_only.auth)  # not an operator's
+        assert "SSN-123-45-6789" not in _page(api, **api.auth)  # the agent's: not either
+        assert "SSN-123-45-6789" not in _page(api, Authorization="Bearer forged")
+        page = _page(api, **api.operator().auth)
+    row = page[page.index(ids["failed"]) :]
+    assert "SSN-123-45-6789" in row[: row.index("</tr>")]
+
+
+def test_forced_changes_and_what_a_queued_session_waits_for(tmp_path: Path) -> None:
+    with running(tmp_path) as api:
+        api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[0]})
+        forced = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": UPLOADS[3]})
+        assert api.operator().post(f"/api/sessions/{forced}/force").status_code == 202
+        assert api.wait(forced)["state"] == "done"
+        uploading = api.open("HR", "incremental")
+        # The same agent through another client: committed, it waits for the open one.
+        hr_only = Api(api.http, "hr-only", HR_SECRET)
+        later = hr_only.send(
+            "HR",
+            "incremental",
+            {f"{PEOPLE}.sorted.delta.csv": people_delta(("update", "3", "cyd"))},
+            wait=False,
+        )
+        page = _page(api)
+    connector = page[page.index("Connector HR") :]
+    forced_row = connector[connector.index(forced) :]
+    forced_row = forced_row[: forced_row.index("</tr>")]
+    assert "done (forced)" in forced_row and "0 inserted, 0 updated, 2 deleted" in forced_row
+    queue = page[page.index("Queue (2)") : page.index("Connector AD")]
+    assert "its agent&#x27;s uploads and commit" in queue
+    later_row = queue[queue.index(later) :]
+    later_row = later_row[: later_row.index("</tr>")]
+    assert f"the earlier incremental session {uploading} of HR (open)" in later_row
+
+
+def test_a_first_load_blocked_by_the_connectors_defaults_says_how_to_proceed(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "server.xml"
+    # A <Connector> element with Identity Manager's defaults: 100 inserted resources at most.
+    config.write_text(
+        config_xml().replace(
+            "<EntityTypeMapping", '<Connector Identifier="AD" />\n  <EntityTypeMapping', 1
+        )
+    )
+    server = ServerProcess.in_folder(tmp_path, config)
+    server.start()
+    try:
+        agent, export = Agent(tmp_path / "agent", server), Export(seed=3, size=150)
+        export.write(agent.sources)
+        blocked = agent.run("complete")
+        assert blocked.returncode == 3, blocked.stderr
+        advice = (
+            "the store holds nothing of connector AD yet: a first load with "
+            "--synchronization-mode initial ignores thresholds, as Identity Manager does; or "
+            'raise MaximumInsertedLines on <Connector Identifier="AD">'
+        )
+        verdict = [line for line in blocked.stderr.splitlines() if " blocked: " in line]
+        assert len(verdict) == 1 and verdict[0].endswith(f"({advice})")
+        page = httpx.get(server.url + "/", timeout=10).text
+        assert escape(advice) in page
+        assert agent.run("initial").returncode == 0
+        agent.assert_store_matches_export()
+    finally:
+        server.stop()
+
+
+def test_prepare_writes_json_log_lines(site: Site) -> None:
+    code, _, text_err = site.run("complete", "--log-level", "debug")
+    assert code == 0 and "Entries: 4 rows read" in text_err
+    code, _, err = site.run("complete", "--log-level", "debug", "--log-format", "json")
+    assert code == 0
+    documents = [json.loads(line) for line in err.splitlines()]
+    assert any("Entries: 4 rows read" in d["message"] for d in documents)
+    assert {d["logger"] for d in documents} <= {"prepsync"} and documents[0]["level"] == "DEBUG"
+
+
+def test_sessions_settled_at_start_are_logged(tmp_path: Path, transitions: Transitions) -> None:
+    with running(tmp_path) as api:
+        applied = api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[0]})
+    # As after a crash: one session applied whose state was not recorded, one cut short.
+    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
+        connection.execute("UPDATE sessions SET state = 'processing' WHERE id = ?", (applied,))
+    with running(tmp_path) as api:
+        assert api.wait(applied)["state"] == "done"
+    (recovered,) = [e for e in transitions.events(applied) if e["event"] == "recovered"]
+    assert recovered["state"] == "done" and "applied before the restart" in recovered["message"]

@@ -19,9 +19,10 @@ import click
 import httpx
 import pytest
 from click.testing import CliRunner
-from serverutil import free_port, hash_secret, write_config
+from serverutil import ServerProcess, free_port, hash_secret, write_config
 
 from prepsync.cli import main
+from prepsync.client import ApiClient, RetryPolicy, ServerError, parse_api_url
 
 
 class Launched:
@@ -263,3 +264,18 @@ def test_hash_secret_reads_standard_input_never_an_argument() -> None:
     assert runner.invoke(main, ["hash-secret", "s3cret"]).exit_code == 2
     empty = runner.invoke(main, ["hash-secret"], input="\n")
     assert empty.exit_code == 1 and empty.stderr == "error: the secret is empty\n"
+
+
+# ------------------------------------------------------------------ the agent meets plain HTTP
+def test_a_bare_api_url_on_a_plain_http_server_says_so(server: ServerProcess) -> None:
+    bare = f"127.0.0.1:{server.port}"  # no scheme: https
+    api = ApiClient(
+        parse_api_url(bare), "agent", "agent-secret", retry=RetryPolicy(total_seconds=60)
+    )
+    started = time.monotonic()
+    with api, pytest.raises(ServerError) as refused:
+        api.mappings("AD")
+    assert time.monotonic() - started < 10  # not retried for a minute: no retry cures it
+    message = str(refused.value)
+    assert f"https://{bare} answers in plain HTTP, not TLS" in message
+    assert f"use --api-url http://{bare} " in message and "\n" not in message

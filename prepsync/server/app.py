@@ -37,6 +37,7 @@ from prepsync.config import (
 )
 from prepsync.errors import ConfigError, PrepsyncError
 from prepsync.logs import configure as configure_logging
+from prepsync.private import make_dirs
 from prepsync.server.backends import open_backend
 from prepsync.server.changes import changes
 from prepsync.server.clients import OpenIdClient, load_clients
@@ -148,7 +149,7 @@ def create_app(
         )
     data = Path(data_dir)
     try:
-        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(data)  # 0700, its missing parents too; an existing one keeps its mode
         (data / "sessions").mkdir(mode=0o700, exist_ok=True)
         key = load_or_create_key(data)
     except (OSError, ValueError) as error:
@@ -310,6 +311,15 @@ def serve(
             cap + RESERVED_DESCRIPTORS,
         )
     listener = listening_socket(host, port)
+    # uvicorn says where it listens only for sockets it binds itself.
+    bound = listener.getsockname()
+    logger.info(
+        "listening on %s://%s:%d (store: %s)",
+        "https" if ssl_certfile else "http",
+        f"[{bound[0]}]" if ":" in bound[0] else bound[0],
+        bound[1],
+        app.state.prepsync.backend.name,
+    )
     config = uvicorn.Config(
         app,
         log_config=None,

@@ -64,6 +64,7 @@ from prepsync.server.thresholds import (
     TableCounts,
     TableLimits,
     crossed_thresholds,
+    first_load_advice,
 )
 
 
@@ -161,11 +162,15 @@ def apply_session(
                     )
             by_name = {tables[folded].name: table for folded, table in counts.items()}
             crossed: list[str] = []
+            first_load = False
             if session.mode != INITIAL and not session.forced:
                 stored = work.stored_counts(session.connector, tables, limits, counts)
                 names = [spec.name for spec in tables.values()]
                 crossed = crossed_thresholds(limits, names, counts, stored)
+                first_load = not any(table.stored_before for table in stored.values())
             summary = session_summary(by_name, crossed)
+            if crossed and first_load:
+                summary["advice"] = first_load_advice(session.connector, crossed)
             if started is not None:
                 summary["apply_seconds"] = round(time.monotonic() - started, 3)
             if crossed:

@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, FULL_MODES, MODES, OPEN, SCOPE
 from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
-from prepsync.server.context import state_of
+from prepsync.server.context import ServerState, state_of
 from prepsync.server.disk import reclaiming
 from prepsync.server.guards import (
     authenticate,
@@ -34,7 +34,7 @@ from prepsync.server.http import (
 )
 from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import ForeignAgent, Session
-from prepsync.server.status import RECENT_SESSIONS, render_status
+from prepsync.server.status import RECENT_SESSIONS, SECURITY_HEADERS, StatusView, render_status
 from prepsync.server.tokens import basic_credentials
 
 FORM_LIMIT = 64 * 1024
@@ -267,14 +267,39 @@ async def resources(request: Request) -> Response:
     return StreamingResponse(rows, media_type="text/csv; charset=utf-8")
 
 
+def _is_operator(state: ServerState, client: OpenIdClient) -> bool:
+    """The client's Profile is the server's operator profile (the rule of guards.is_operator)."""
+    return client.profile is not None and client.profile == state.operator_profile
+
+
+def _operator_viewing(request: Request) -> OpenIdClient | None:
+    """The operator whose bearer token the request carries; None for anyone else (no token,
+    a bad one, or another client's: the page then shows what an anonymous viewer sees)."""
+    if request.headers.get("authorization") is None:
+        return None
+    try:
+        client = authenticate(request)
+    except ApiError:
+        return None
+    return client if _is_operator(state_of(request), client) else None
+
+
 async def status_page(request: Request) -> Response:
     state = state_of(request)
     db, _worker = state.running()
-    sessions = {connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables}
-    counts = await anyio.to_thread.run_sync(state.backend.table_counts)
-    blocked = [session for session in db.unfinished() if session.state == BLOCKED]
-    api_url = str(request.base_url).rstrip("/")
-    return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))
+    viewer = _operator_viewing(request)
+    operators = sorted(c.identifier for c in state.clients.values() if _is_operator(state, c))
+    view = StatusView(
+        tables=state.tables,
+        row_counts=await anyio.to_thread.run_sync(state.backend.table_counts),
+        recent={connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables},
+        unfinished=db.unfinished(),
+        api_url=str(request.base_url).rstrip("/"),
+        operator_client=viewer.identifier if viewer else (operators[0] if operators else None),
+        show_reasons=viewer is not None,
+        session_timeout=state.session_timeout,
+    )
+    return HTMLResponse(render_status(view), headers=SECURITY_HEADERS)
 
 
 HEALTH_TIMEOUT = 5.0  # seconds: a store slower than this to answer is not healthy

@@ -171,6 +171,20 @@ class SessionEvents:
             by=by,
         )
 
+    def recovered(self, session: Session, state: str, why: str) -> None:
+        """A session a crash or a stop left processing, settled at start."""
+        self._log(
+            "recovered",
+            "session %s %s: %s",
+            session.id,
+            state,
+            why,
+            session=session.id,
+            connector=session.connector,
+            mode=session.mode,
+            state=state,
+        )
+
     def finished(
         self,
         session: Session,

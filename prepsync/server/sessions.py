@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prepsync.private import prepare_sqlite
 from prepsync.protocol import (
     BLOCKED,
     CANCELLED,
@@ -115,6 +116,9 @@ class Session:
             # Per-table counts and every threshold crossed, once processed.
             "tables": None if self.summary is None else self.summary.get("tables"),
             "thresholds": None if self.summary is None else self.summary.get("thresholds"),
+            # How to proceed, when the server knows better than the thresholds' text (a first
+            # load blocked by the connector's defaults).
+            "advice": None if self.summary is None else self.summary.get("advice"),
             # Seconds the worker spent applying (or judging) it; None before or without.
             "apply_seconds": None if self.summary is None else self.summary.get("apply_seconds"),
             "opened_at": _iso(self.opened_at),
@@ -176,6 +180,7 @@ class SessionDatabase:
     """One connection to the sessions database. Each thread opens its own."""
 
     def __init__(self, path: Path) -> None:
+        prepare_sqlite(path)  # 0600 before SQLite creates it 0644 (and its -wal, -shm alike)
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # A 202 to a commit lets the agent advance its baselines: it must survive power loss.

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prepsync._upload import NativeWriter, UploadReader, capture_writer, key_line
+from prepsync.private import prepare_sqlite
 from prepsync.protocol import csv_record
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def _configure(connection: sqlite3.Connection) -> None:
 def open_store(path: Path) -> Store:
     # With its native handle where SQLite can be reached from C: an initial load's rows then go
     # in without a Python object per row (Transaction.load_rows).
+    prepare_sqlite(path)  # 0600 before SQLite creates it 0644 (and its -wal, -shm alike)
     connection, native = capture_writer(
         lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     )

@@ -68,10 +68,12 @@ class Worker:
                 if self._store.was_applied(session.id):
                     self._db.finish(session.id, DONE, None, None)
                     discard_files(self._sessions_dir, session.id)
-                    logger.info("session %s was applied before the restart: done", session.id)
+                    self._events.recovered(session, DONE, "it was applied before the restart")
                 else:
                     self._db.set_state(session.id, PROCESSING, QUEUED)
-                    logger.info("session %s was interrupted: queued again", session.id)
+                    self._events.recovered(
+                        session, QUEUED, "its apply was interrupted: it is applied again"
+                    )
             finally:
                 self._db.release(session)
 
