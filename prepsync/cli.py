@@ -166,7 +166,39 @@ def _prepare_options(function: F) -> F:
             callback=_memory_budget,
             help="Bound on the data buffers.",
         ),
-        click.option("--separator", default=",", show_default=True, help="Field separator."),
+        click.option(
+            "--separator",
+            default=",",
+            show_default=True,
+            help="Field separator of the outputs, and of the sources unless a table's settings "
+            "or a 'sep=X' first line say otherwise ('tab' for a tab).",
+        ),
+        click.option(
+            "--encoding",
+            help="Encoding of sources without a byte-order mark: a single-byte code page "
+            "(windows-1252, latin-1, cp437...) or utf-16le/utf-16be/utf-32le/utf-32be "
+            "[default: UTF-8; a byte-order mark always says what a file is].",
+        ),
+        click.option(
+            "--skip-lines",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Lines before each source's header to drop (NumberOfLinesToSkip).",
+        ),
+        click.option(
+            "--trim",
+            default="",
+            help="Characters trimmed from both ends of every header name and value, once "
+            "unquoted, one character after the other in this order (ValuesToTrim).",
+        ),
+        click.option(
+            "--table-settings",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="JSON file of per-table Encoding, Separator, NumberOfLinesToSkip and "
+            "ValuesToTrim, shaped like appsettings.agent.json's Connections section; the "
+            "options above are the defaults.",
+        ),
         click.option(
             "--command-column",
             default="command",
@@ -245,6 +277,10 @@ def prepare(
     work_folder: Path,
     memory_budget: int,
     separator: str,
+    encoding: str | None,
+    skip_lines: int,
+    trim: str,
+    table_settings: Path | None,
     command_column: str,
     log_level: str,
     log_format: str,
@@ -274,10 +310,14 @@ def prepare(
       130  interrupted (Ctrl-C)
     """
     from prepsync import config as configuration
-    from prepsync import pipeline
+    from prepsync import dialect, pipeline
 
     level = _configure_logging(log_level, log_format)
-    separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
+    separator = dialect.check_separator(separator, "--separator")
+    defaults = dialect.ReadSettings(
+        separator=separator, encoding=encoding, skip_lines=skip_lines, trim=tuple(trim)
+    )
+    per_table = dialect.load_table_settings(table_settings, defaults) if table_settings else {}
     if config_path is None and not api_url:
         raise click.UsageError("--config is required when no --api-url is given")
     if api_url is not None:
@@ -297,6 +337,10 @@ def prepare(
         separator=separator,
         command_column=command_column,
         parallel=parallel,
+        encoding=encoding,
+        skip_lines=skip_lines,
+        trim=defaults.trim,
+        table_settings=per_table,
     )
     tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None

@@ -397,10 +397,20 @@ class ServerProcess:
         return self._operator
 
     def get(self, path: str) -> httpx.Response:
-        return self._http().get(path)
+        return self._request("GET", path)
 
     def post(self, path: str, json: Any = None) -> httpx.Response:
-        return self._http().post(path, json=json)
+        return self._request("POST", path, json=json)
+
+    def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        answer = self._http().request(method, path, **options)
+        if answer.status_code == 401 and self._operator is not None:
+            # The cached token expired (a long test, or the server's clock jumped): once more
+            # with a new one.
+            self._operator.close()
+            self._operator = None
+            answer = self._http().request(method, path, **options)
+        return answer
 
     def wait(self, session_id: str, states: tuple[str, ...] = ("done",)) -> str:
         """The session's state once it is one of ``states``, or after 30 s whatever it is."""

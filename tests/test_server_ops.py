@@ -131,7 +131,8 @@ def test_connections_that_never_finish_their_headers_do_not_stop_the_server(
             for connection in slow:
                 connection.close()
         log = server.log.read_text()
-        assert "connections open (limit" in log
+        # Dozens shed, a line or two said so: a flood of clients is not a flood of log lines.
+        assert 1 <= log.count("connections open (limit") <= 2
 
 
 def test_a_slow_client_is_cut_off_after_the_read_timeout(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import resource
 import time
 from typing import Any
@@ -56,8 +57,35 @@ def connection_cap(requested: int, descriptor_limit: int) -> int:
     return max(MIN_CONNECTIONS, min(requested, descriptor_limit - RESERVED_DESCRIPTORS))
 
 
+class _SheddingLog:
+    """One warning per LOG_INTERVAL at most while connections are shed: a flood of slow
+    clients must not become a flood of log lines."""
+
+    LOG_INTERVAL = 10.0
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.unreported = 0
+        self.last_report = -math.inf
+
+    def note(self, action: str, open_connections: int) -> None:
+        self.unreported += 1
+        now = time.monotonic()
+        if now - self.last_report >= self.LOG_INTERVAL:
+            logger.warning(
+                "%d connections open (limit %d): %s; %d shed since the last such line",
+                open_connections,
+                self.limit,
+                action,
+                self.unreported,
+            )
+            self.unreported = 0
+            self.last_report = now
+
+
 def bounded_protocol(read_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the bounds of this module's doc."""
+    shedding = _SheddingLog(max_connections)
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -90,17 +118,13 @@ def bounded_protocol(read_timeout: float, max_connections: int) -> type[HttpTool
             if waiting:
                 since, transport = min(waiting, key=lambda pair: pair[0])
                 transport.close()
-                logger.warning(
-                    "%d connections open (limit %d): closed one idle for %.1f s",
+                shedding.note(
+                    f"closed the connection idle the longest ({time.monotonic() - since:.1f} s)",
                     len(self.connections),
-                    max_connections,
-                    time.monotonic() - since,
                 )
             else:
-                logger.warning(
-                    "%d connections open, each serving a request (limit %d): new one refused",
-                    len(self.connections),
-                    max_connections,
+                shedding.note(
+                    "refused a new one: each open one serves a request", len(self.connections)
                 )
                 self.transport.close()
 
