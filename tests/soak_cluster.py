@@ -57,7 +57,7 @@ import httpx
 import pgutil
 import psutil
 from chaos import ENTRIES, MEMBERS, Agent, Comparison, FaultProxy, Model, compare
-from serverutil import CLIENT, SECRET, ServerProcess
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET, ServerProcess
 from soak import AGENT_CRASH_POINTS
 
 SERVER_KILLS = ("mid-upload", "mid-commit", "mid-apply", "random")
@@ -76,6 +76,7 @@ def config_xml(connectors: list[str]) -> str:
     """Every connector shaped like ``chaos``'s AD (entries keyed by objectGUID, members keyed by
     both columns), no thresholds, one client allowed on all of them."""
     digest = base64.b64encode(hashlib.sha256(SECRET.encode()).digest()).decode()
+    operator = base64.b64encode(hashlib.sha256(OPERATOR_SECRET.encode()).digest()).decode()
     mappings = []
     for connector in connectors:
         tables = table_names(connector)
@@ -92,7 +93,8 @@ def config_xml(connectors: list[str]) -> str:
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <ConfigurationFile xmlns="urn:soak-cluster">
 {chr(10).join(mappings)}
-  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" />
+  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" Profile="Agent" />
+  <OpenIdClient Identifier="{OPERATOR}" HashedSecret="{operator}" Profile="Administrator" />
 </ConfigurationFile>
 """
 
