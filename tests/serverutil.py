@@ -386,7 +386,7 @@ class ServerProcess:
         token: str = answer.json()["access_token"]
         return token
 
-    def api(self, client: str = CLIENT, secret: str = SECRET) -> httpx.Client:
+    def api(self, client: str = OPERATOR, secret: str = OPERATOR_SECRET) -> httpx.Client:
         """A new HTTP client carrying a bearer token of ``client`` (close it, or use ``with``)."""
         token = self._token(client, secret)
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"})
@@ -398,7 +398,7 @@ class ServerProcess:
             self._operator = httpx.Client(
                 base_url=self.url,
                 timeout=30,
-                headers={"Authorization": f"Bearer {self._token(CLIENT, SECRET)}"},
+                headers={"Authorization": f"Bearer {self._token(OPERATOR, OPERATOR_SECRET)}"},
             )
         return self._operator
 

@@ -512,8 +512,9 @@ def test_threshold_blocks_until_forced_and_later_incrementals_wait(api: Api) -> 
     )
     time.sleep(0.3)
     assert api.state(later)["state"] == "queued"  # waits behind the blocked one
-    assert api.post(f"/api/sessions/{later}/force").status_code == 409  # not blocked
-    forced = api.post(f"/api/sessions/{blocked}/force")
+    operator = api.operator()
+    assert operator.post(f"/api/sessions/{later}/force").status_code == 409  # not blocked
+    forced = operator.post(f"/api/sessions/{blocked}/force")
     assert forced.status_code == 202
     assert api.wait(blocked)["state"] == "done"
     assert api.wait(later)["state"] == "done"
@@ -563,11 +564,12 @@ def test_complete_cancels_open_queued_and_blocked_sessions(api: Api, tmp_path: P
     assert late.status_code == 200 and late.json()["state"] == "cancelled"  # committed, then moot
     assert api.commit(still_open, {}).status_code == 409  # cancelled before any commit
     api.upload(complete, f"{PEOPLE}.sorted.csv", people(("7", "q")))
-    assert api.post(f"/api/sessions/{complete}/force").status_code == 409
+    operator = api.operator()
+    assert operator.post(f"/api/sessions/{complete}/force").status_code == 409
     # 1 insert (33% of 3 stored, under 50%) but 3 implied deletes (over 1): blocked, then forced.
     assert api.commit(complete, {f"{PEOPLE}.sorted.csv": people(("7", "q"))}).status_code == 202
     assert api.wait(complete)["state"] == "blocked"
-    api.post(f"/api/sessions/{complete}/force")
+    assert operator.post(f"/api/sessions/{complete}/force").status_code == 202
     assert api.wait(complete)["state"] == "done"
     assert api.resources("HR", PEOPLE) == people(("7", "q"))
 
@@ -604,7 +606,7 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     first = {f"{ENTRIES}.sorted.delta.csv": entries_delta(("insert", "b", "1"))}
     operator.upload(earlier, f"{ENTRIES}.sorted.delta.csv", first[f"{ENTRIES}.sorted.delta.csv"])
     assert operator.commit(earlier, first).status_code == 202
-    assert api.wait(earlier)["state"] == "done"
+    assert operator.wait(earlier)["state"] == "done"
     assert api.wait(later)["state"] == "done"
     assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
@@ -614,7 +616,8 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(
 ) -> None:
     with running(tmp_path, store_url, session_timeout=1.0) as api:
         load_ad(api, [("a", "1")], [])
-        idle = api.operator().open("AD", "incremental")  # not the sender's client: kept open
+        operator = api.operator()
+        idle = operator.open("AD", "incremental")  # not the sender's client: kept open
         later = api.send(
             "AD",
             "incremental",
@@ -622,7 +625,7 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(
             wait=False,
         )
         assert api.wait(later, timeout=10)["state"] == "done"
-        state = api.state(idle)
+        state = operator.state(idle)
         assert state["state"] == "cancelled" and "abandoned" in state["reason"]
         assert not (tmp_path / "data" / "sessions" / idle).exists()
 
@@ -647,7 +650,7 @@ def test_state_survives_a_restart_and_interrupted_sessions_run_again(
     set_state(tmp_path, store_url, waiting, "processing")
     with running(tmp_path, store_url) as api:
         api._token = token  # a token outlives the restart
-        assert api.state(holder)["state"] == "open"
+        assert api.operator().state(holder)["state"] == "open"
         assert api.state(waiting)["state"] == "queued"  # re-queued, still behind the open one
         assert api.operator().post(f"/api/sessions/{holder}/cancel").status_code == 200
         assert api.wait(waiting)["state"] == "done"

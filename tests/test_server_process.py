@@ -111,7 +111,7 @@ def test_sigkill_while_processing_and_queued_then_restart_completes(
                 for name, data in files.items():
                     driver.upload(session_id, name, data)
             assert operator.commit(incremental, delta).status_code == 202
-            assert api.state(incremental)["state"] == "queued"  # behind the open complete
+            assert operator.state(incremental)["state"] == "queued"  # behind the open complete
             assert api.commit(complete, full).status_code == 202
             # The apply takes over a second: the kill lands in the middle of its transaction.
             assert api.wait(complete, frozenset({"processing", "done"}), timeout=30)["state"] == (
@@ -124,7 +124,7 @@ def test_sigkill_while_processing_and_queued_then_restart_completes(
             api = Api(http)
             api._token = token  # signed with the key kept in the data directory
             assert api.wait(complete, timeout=60)["state"] == "done"
-            assert api.wait(incremental, timeout=30)["state"] == "done"
+            assert api.operator().wait(incremental, timeout=30)["state"] == "done"
             rows[7] = ("00000007", "changed")
             assert api.resources("AD", ENTRIES) == entries(rows)
             assert api.state(complete)["tables"][ENTRIES]["rows"] == len(rows)
