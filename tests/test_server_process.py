@@ -182,3 +182,24 @@ def test_oversize_chunk_is_413(tmp_path: Path) -> None:
             assert api.state(session_id)["state"] == "open"
     finally:
         server.stop()
+
+
+def test_the_operator_profile_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prepsync serve` with PREPSYNC_OPERATOR_PROFILE=Agent: the "agent" client (Profile
+    Agent) settles sessions, the "operator" client (Profile Administrator) no longer does."""
+    monkeypatch.setenv("PREPSYNC_OPERATOR_PROFILE", "Agent")
+    server = ServerProcess(write_config(tmp_path), tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            agent = Api(http)
+            session = agent.open("AD", "complete")
+            # An operator action reaches the state check: 409, not the 403 of a role.
+            assert agent.post(f"/api/sessions/{session}/force").status_code == 409
+            refused = agent.operator().post(f"/api/sessions/{session}/force")
+            assert refused.status_code == 403
+            assert refused.json()["operator_profile"] == "Agent"
+    finally:
+        server.stop()
