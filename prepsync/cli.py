@@ -6,10 +6,11 @@ exit status 1; Ctrl-C exits with 130 after the cleanup has run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -448,7 +449,8 @@ def _print_review_commands(delivery: Delivery, api_url: str, client_id: str) -> 
     tables = (delivery.server_session or {}).get("tables")
     names = sorted(tables) if isinstance(tables, dict) else []
     lines = [
-        "review it (with PREPSYNC_API_SECRET set):",
+        "review it with an operator's credentials (PREPSYNC_API_SECRET set; unless client "
+        f"{client_id} has the server's operator profile, give an operator client's id):",
         f"  prepsync sessions show {session_id} {options}",
         *(
             f"  prepsync sessions changes {session_id} --table {shlex.quote(name)} {options}"
@@ -477,8 +479,11 @@ def sessions() -> None:
     """Review and settle the server's sessions: list, show, changes, force, cancel.
 
     Every command takes the same --api-url, --api-client-id and --api-secret (or
-    PREPSYNC_API_SECRET) as prepare; any client allowed on the connector may use them.
-    Exit status 0, or 1 with one line on stderr on any error.
+    PREPSYNC_API_SECRET) as prepare. list and show work for any client allowed on the
+    connector (show: its own sessions); changes, force and cancel need an operator's
+    credentials: a client whose Profile is the server's operator profile (serve
+    --operator-profile, Administrator by default). A delivering client may only cancel its own
+    session before its commit. Exit status 0, or 1 with one line on stderr on any error.
     """
 
 
@@ -517,6 +522,23 @@ def _operator_api(
         api_secret,
         retry=RetryPolicy(total_seconds=api_retry_seconds),
     )
+
+
+@contextlib.contextmanager
+def _operator_action(action: str) -> Iterator[None]:
+    """A 403 to an operator's action (force, cancel, changes) says what is needed: the
+    credentials of a client whose Profile is the server's operator profile."""
+    from prepsync.errors import ServerError
+
+    try:
+        yield
+    except ServerError as error:
+        if error.status != 403:
+            raise
+        raise CliError(
+            f"{action} needs an operator's credentials (--api-client-id/--api-secret of a "
+            f"client whose Profile is the server's operator profile): {error}"
+        ) from None
 
 
 @sessions.command("list")
@@ -582,7 +604,7 @@ def session_changes(
     from prepsync.operator import write_changes
 
     out = sys.stdout.buffer
-    with _operator_api(**api) as client:
+    with _operator_action("reading a session's changes"), _operator_api(**api) as client:
         next_after = write_changes(
             client,
             session_id,
@@ -603,7 +625,7 @@ def session_changes(
 @fail_cleanly
 def force_session(session_id: str, **api: Any) -> None:
     """Apply a blocked session anyway: it is queued again with its thresholds off."""
-    with _operator_api(**api) as client:
+    with _operator_action("forcing a session"), _operator_api(**api) as client:
         session = client.force(session_id)
     click.echo(f"session {session_id}: {session.get('state')} (forced)")
 
@@ -616,7 +638,7 @@ def cancel_session(session_id: str, **api: Any) -> None:
     """Reject an open, queued or blocked session: nothing of it is applied. A cancelled
     incremental session's changes are lost (the agent's baselines already moved): the next
     synchronization of its connector must be complete."""
-    with _operator_api(**api) as client:
+    with _operator_action("cancelling this session"), _operator_api(**api) as client:
         session = client.cancel(session_id)
     click.echo(f"session {session_id}: {session.get('state')}")
 
@@ -696,6 +718,13 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     "in its body; then the connection is closed.",
 )
 @_server_option(
+    "--operator-profile",
+    default="Administrator",
+    show_default=True,
+    help="The OpenIdClient Profile whose clients may force, cancel and read the changes of "
+    "any session; other clients only deliver (and cancel their own session before its commit).",
+)
+@_server_option(
     "--max-connections",
     default=1000,
     show_default=True,
@@ -703,11 +732,20 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     help="Open connections at most (fewer if the file limit is lower); past it, the "
     "connection idle the longest is closed.",
 )
+@_server_option(
+    "--database",
+    default=None,
+    metavar="postgresql://...",
+    help="Keep sessions and rows in this PostgreSQL database, shared by every server process "
+    "given the same URL and the same --data-dir (default: SQLite files in --data-dir, one "
+    "process).",
+)
 @fail_cleanly
 def serve(config_path: Path, data_dir: Path, **options: Any) -> None:
     """Run the reference server: it issues tokens to the configuration's OpenID clients, takes
     each agent run as a session (chunked uploads, then a commit), applies committed sessions
-    one at a time in opening order to its SQLite store, blocks a session that crosses a
+    one at a time in opening order to its store (SQLite in --data-dir, or PostgreSQL with
+    --database, shared by several server processes), blocks a session that crosses a
     threshold until an operator forces or cancels it, and serves the stored tables as CSV.
     The status page is at / , health at /healthz, metrics at /metrics.
 
