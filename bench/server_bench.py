@@ -362,6 +362,14 @@ def online_round(
         checks.append("identical" if stored == sent else f"DIFFERENT {prefix}{table}")
 
 
+def server_version(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        row = connection.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
 def derived_figures(figures: dict[str, float], stores: list[str], rows: int) -> None:
     """Ratios to the offline prepare, apply microseconds per entry, PostgreSQL over SQLite."""
     for store in stores:
@@ -431,6 +439,7 @@ def main() -> int:
     warm_cache([day / f"{table}.csv" for day in days for table in TABLES])
 
     samples: dict[str, list[float]] = {"offline_day1_s": [], "offline_day2_s": []}
+    postgresql_version = None
     checks: list[str] = []
     counts: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
@@ -442,6 +451,7 @@ def main() -> int:
                 else args.database
             )
             databases = pgutil.Databases(admin, prefix="prepsync_bench")
+            postgresql_version = server_version(admin)
         for round_number in range(args.repeat):
             samples["offline_day1_s"].append(prepare("complete", day1, work / "agent", config, log))
             samples["offline_day2_s"].append(prepare("complete", day2, work / "agent", config, log))
@@ -500,7 +510,11 @@ def main() -> int:
             "stores": stores,
             "postgresql": None
             if databases is None
-            else {"settings": pgutil.SETTINGS, "external": args.database != "auto"},
+            else {
+                "version": postgresql_version,
+                "settings": pgutil.SETTINGS,
+                "external": args.database != "auto",
+            },
         },
         "datasets": {"day1": meta1, "day2": meta2, "day3": meta3},
         "figures": figures,

@@ -6,10 +6,11 @@ exit status 1; Ctrl-C exits with 130 after the cleanup has run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -165,7 +166,39 @@ def _prepare_options(function: F) -> F:
             callback=_memory_budget,
             help="Bound on the data buffers.",
         ),
-        click.option("--separator", default=",", show_default=True, help="Field separator."),
+        click.option(
+            "--separator",
+            default=",",
+            show_default=True,
+            help="Field separator of the outputs, and of the sources unless a table's settings "
+            "or a 'sep=X' first line say otherwise ('tab' for a tab).",
+        ),
+        click.option(
+            "--encoding",
+            help="Encoding of sources without a byte-order mark: a single-byte code page "
+            "(windows-1252, latin-1, cp437...) or utf-16le/utf-16be/utf-32le/utf-32be "
+            "[default: UTF-8; a byte-order mark always says what a file is].",
+        ),
+        click.option(
+            "--skip-lines",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Lines before each source's header to drop (NumberOfLinesToSkip).",
+        ),
+        click.option(
+            "--trim",
+            default="",
+            help="Characters trimmed from both ends of every header name and value, once "
+            "unquoted, one character after the other in this order (ValuesToTrim).",
+        ),
+        click.option(
+            "--table-settings",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="JSON file of per-table Encoding, Separator, NumberOfLinesToSkip and "
+            "ValuesToTrim, shaped like appsettings.agent.json's Connections section; the "
+            "options above are the defaults.",
+        ),
         click.option(
             "--command-column",
             default="command",
@@ -244,6 +277,10 @@ def prepare(
     work_folder: Path,
     memory_budget: int,
     separator: str,
+    encoding: str | None,
+    skip_lines: int,
+    trim: str,
+    table_settings: Path | None,
     command_column: str,
     log_level: str,
     log_format: str,
@@ -273,10 +310,14 @@ def prepare(
       130  interrupted (Ctrl-C)
     """
     from prepsync import config as configuration
-    from prepsync import pipeline
+    from prepsync import dialect, pipeline
 
     level = _configure_logging(log_level, log_format)
-    separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
+    separator = dialect.check_separator(separator, "--separator")
+    defaults = dialect.ReadSettings(
+        separator=separator, encoding=encoding, skip_lines=skip_lines, trim=tuple(trim)
+    )
+    per_table = dialect.load_table_settings(table_settings, defaults) if table_settings else {}
     if config_path is None and not api_url:
         raise click.UsageError("--config is required when no --api-url is given")
     if api_url is not None:
@@ -296,6 +337,10 @@ def prepare(
         separator=separator,
         command_column=command_column,
         parallel=parallel,
+        encoding=encoding,
+        skip_lines=skip_lines,
+        trim=defaults.trim,
+        table_settings=per_table,
     )
     tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
@@ -404,7 +449,8 @@ def _print_review_commands(delivery: Delivery, api_url: str, client_id: str) -> 
     tables = (delivery.server_session or {}).get("tables")
     names = sorted(tables) if isinstance(tables, dict) else []
     lines = [
-        "review it (with PREPSYNC_API_SECRET set):",
+        "review it with an operator's credentials (PREPSYNC_API_SECRET set; unless client "
+        f"{client_id} has the server's operator profile, give an operator client's id):",
         f"  prepsync sessions show {session_id} {options}",
         *(
             f"  prepsync sessions changes {session_id} --table {shlex.quote(name)} {options}"
@@ -433,8 +479,11 @@ def sessions() -> None:
     """Review and settle the server's sessions: list, show, changes, force, cancel.
 
     Every command takes the same --api-url, --api-client-id and --api-secret (or
-    PREPSYNC_API_SECRET) as prepare; any client allowed on the connector may use them.
-    Exit status 0, or 1 with one line on stderr on any error.
+    PREPSYNC_API_SECRET) as prepare. list and show work for any client allowed on the
+    connector (show: its own sessions); changes, force and cancel need an operator's
+    credentials: a client whose Profile is the server's operator profile (serve
+    --operator-profile, Administrator by default). A delivering client may only cancel its own
+    session before its commit. Exit status 0, or 1 with one line on stderr on any error.
     """
 
 
@@ -473,6 +522,23 @@ def _operator_api(
         api_secret,
         retry=RetryPolicy(total_seconds=api_retry_seconds),
     )
+
+
+@contextlib.contextmanager
+def _operator_action(action: str) -> Iterator[None]:
+    """A 403 to an operator's action (force, cancel, changes) says what is needed: the
+    credentials of a client whose Profile is the server's operator profile."""
+    from prepsync.errors import ServerError
+
+    try:
+        yield
+    except ServerError as error:
+        if error.status != 403:
+            raise
+        raise CliError(
+            f"{action} needs an operator's credentials (--api-client-id/--api-secret of a "
+            f"client whose Profile is the server's operator profile): {error}"
+        ) from None
 
 
 @sessions.command("list")
@@ -538,7 +604,7 @@ def session_changes(
     from prepsync.operator import write_changes
 
     out = sys.stdout.buffer
-    with _operator_api(**api) as client:
+    with _operator_action("reading a session's changes"), _operator_api(**api) as client:
         next_after = write_changes(
             client,
             session_id,
@@ -559,7 +625,7 @@ def session_changes(
 @fail_cleanly
 def force_session(session_id: str, **api: Any) -> None:
     """Apply a blocked session anyway: it is queued again with its thresholds off."""
-    with _operator_api(**api) as client:
+    with _operator_action("forcing a session"), _operator_api(**api) as client:
         session = client.force(session_id)
     click.echo(f"session {session_id}: {session.get('state')} (forced)")
 
@@ -572,7 +638,7 @@ def cancel_session(session_id: str, **api: Any) -> None:
     """Reject an open, queued or blocked session: nothing of it is applied. A cancelled
     incremental session's changes are lost (the agent's baselines already moved): the next
     synchronization of its connector must be complete."""
-    with _operator_api(**api) as client:
+    with _operator_action("cancelling this session"), _operator_api(**api) as client:
         session = client.cancel(session_id)
     click.echo(f"session {session_id}: {session.get('state')}")
 
@@ -652,6 +718,13 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     "in its body; then the connection is closed.",
 )
 @_server_option(
+    "--operator-profile",
+    default="Administrator",
+    show_default=True,
+    help="The OpenIdClient Profile whose clients may force, cancel and read the changes of "
+    "any session; other clients only deliver (and cancel their own session before its commit).",
+)
+@_server_option(
     "--max-connections",
     default=1000,
     show_default=True,
@@ -659,11 +732,20 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     help="Open connections at most (fewer if the file limit is lower); past it, the "
     "connection idle the longest is closed.",
 )
+@_server_option(
+    "--database",
+    default=None,
+    metavar="postgresql://...",
+    help="Keep sessions and rows in this PostgreSQL database, shared by every server process "
+    "given the same URL and the same --data-dir (default: SQLite files in --data-dir, one "
+    "process).",
+)
 @fail_cleanly
 def serve(config_path: Path, data_dir: Path, **options: Any) -> None:
     """Run the reference server: it issues tokens to the configuration's OpenID clients, takes
     each agent run as a session (chunked uploads, then a commit), applies committed sessions
-    one at a time in opening order to its SQLite store, blocks a session that crosses a
+    one at a time in opening order to its store (SQLite in --data-dir, or PostgreSQL with
+    --database, shared by several server processes), blocks a session that crosses a
     threshold until an operator forces or cancels it, and serves the stored tables as CSV.
     The status page is at / , health at /healthz, metrics at /metrics.
 

@@ -57,7 +57,7 @@ import httpx
 import pgutil
 import psutil
 from chaos import ENTRIES, MEMBERS, Agent, Comparison, FaultProxy, Model, compare
-from serverutil import CLIENT, SECRET, ServerProcess
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET, ServerProcess
 from soak import AGENT_CRASH_POINTS
 
 SERVER_KILLS = ("mid-upload", "mid-commit", "mid-apply", "random")
@@ -76,6 +76,7 @@ def config_xml(connectors: list[str]) -> str:
     """Every connector shaped like ``chaos``'s AD (entries keyed by objectGUID, members keyed by
     both columns), no thresholds, one client allowed on all of them."""
     digest = base64.b64encode(hashlib.sha256(SECRET.encode()).digest()).decode()
+    operator = base64.b64encode(hashlib.sha256(OPERATOR_SECRET.encode()).digest()).decode()
     mappings = []
     for connector in connectors:
         tables = table_names(connector)
@@ -92,7 +93,8 @@ def config_xml(connectors: list[str]) -> str:
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <ConfigurationFile xmlns="urn:soak-cluster">
 {chr(10).join(mappings)}
-  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" />
+  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" Profile="Agent" />
+  <OpenIdClient Identifier="{OPERATOR}" HashedSecret="{operator}" Profile="Administrator" />
 </ConfigurationFile>
 """
 
@@ -405,17 +407,41 @@ class ClusterSoak:
 
     def kill_applying_server(self) -> None:
         """Wait for a session to be ``processing``, then kill the server process whose
-        database connection holds the longest-running transaction (the worker applying it)."""
+        database connection holds the longest-running transaction (the worker applying it):
+        at once, or (half the time) as that connection executes ``COMMIT``."""
+        at_commit = self.database is not None and self.random().random() < 0.5
         while not self.day_over.is_set():
             if self.processing() and (target := self.applying_backend()) is not None:
-                number, query = target
-                at_commit = query.strip().upper().startswith("COMMIT")
+                number, pid, query = target
                 if at_commit:
+                    query = self.wait_for_commit(pid)
+                    if query is None:  # its transaction ended first: try the next one
+                        continue
+                during_commit = query.strip().upper().startswith("COMMIT")
+                if during_commit:
                     self.count(server_kills_mid_database_commit=1)
-                self.kill_server(number, "mid-apply", "(during COMMIT)" if at_commit else "")
+                self.kill_server(number, "mid-apply", "(during COMMIT)" if during_commit else "")
                 return
             time.sleep(0.01)
         self.count(server_kills_missed=1)
+
+    def wait_for_commit(self, pid: int) -> str | None:
+        """``COMMIT`` once backend ``pid`` executes it; None if its transaction ends unseen."""
+        import psycopg
+
+        assert self.database is not None
+        deadline = time.monotonic() + 30
+        with psycopg.connect(self.database, autocommit=True, connect_timeout=5) as db:
+            while time.monotonic() < deadline and not self.day_over.is_set():
+                row = db.execute(
+                    "SELECT state, query, xact_start FROM pg_stat_activity WHERE pid = %s",
+                    (pid,),
+                ).fetchone()
+                if row is None or row[2] is None:
+                    return None
+                if row[0] == "active" and str(row[1]).strip().upper().startswith("COMMIT"):
+                    return "COMMIT"
+        return None
 
     def processing(self) -> bool:
         try:
@@ -428,27 +454,27 @@ class ClusterSoak:
         except (httpx.HTTPError, AssertionError):
             return False
 
-    def applying_backend(self) -> tuple[int, str] | None:
-        """(server number, current query) of the connection in the oldest open transaction,
-        found through PostgreSQL's own view of its clients, None when there is none."""
+    def applying_backend(self) -> tuple[int, int, str] | None:
+        """(server number, backend pid, current query) of the connection in the oldest open
+        transaction, found through PostgreSQL's own view of its clients; None when none."""
         import psycopg
 
         if self.database is None:  # SQLite: one server, which is the one applying
-            return 0, ""
+            return 0, 0, ""
         try:
             with psycopg.connect(self.database, autocommit=True, connect_timeout=5) as db:
                 rows = db.execute(
-                    "SELECT client_port, query FROM pg_stat_activity"
+                    "SELECT client_port, pid, query FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                     " AND xact_start IS NOT NULL AND client_port IS NOT NULL"
                     " ORDER BY xact_start"
                 ).fetchall()
         except psycopg.Error:
             return None
-        for port, query in rows:
+        for port, pid, query in rows:
             number = self.server_owning_port(port)
             if number is not None:
-                return number, str(query)
+                return number, int(pid), str(query)
         return None
 
     def server_owning_port(self, port: int) -> int | None:

@@ -388,11 +388,14 @@ def test_mappings_sessions_commit_queued_cancel_force_and_resources(
         listed = [s["id"] for s in client.sessions("AD")]
         assert listed[:3] == [session_id, blocker, complete]
         with pytest.raises(ServerError) as caught:
-            client.force(session_id)
+            operator.force(session_id)
         assert str(caught.value) == (
             f"server POST /api/sessions/{session_id}/force: "
             "409 only a blocked session can be forced; it is queued"
         )
+        with pytest.raises(ServerError) as caught:  # the agent's client is no operator
+            client.force(session_id)
+        assert caught.value.status == 403 and "needs an operator" in str(caught.value)
         assert operator.cancel(blocker)["state"] == "cancelled"
         operator.close()
         assert wait_final(client, session_id)["state"] == "done"
@@ -739,4 +742,4 @@ def test_a_held_status_request_answers_when_the_state_changes(
         for bad in ("x", "-1", "inf", "nan"):
             answer = api.get(f"/api/sessions/{session_id}", params={"wait": bad})
             assert answer.status_code == 400, bad
-            assert "wait must be a number" in answer.json()["error"]
+            assert "'wait' must be a number" in answer.json()["error"]

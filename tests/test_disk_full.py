@@ -33,7 +33,7 @@ from chaos import (
     fill,
     tmpfs,
 )
-from serverutil import OPERATOR, OPERATOR_SECRET
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET
 from sites import entity_config, prepare_command
 
 
@@ -308,11 +308,12 @@ def test_every_write_on_a_full_disk_is_a_507_with_a_json_error(
     # Whatever little room the failed chunk left is taken too.
     filler = fill(small_disk, 0)
     try:
-        # The connector's agent through another client: opening cancels none of its sessions
-        # (the agent's own client would cancel the filling one as an orphan, freeing room).
-        with server.api(OPERATOR, OPERATOR_SECRET) as operator:
+        # The connector's agent through another client than the filling session's (the
+        # operator's): opening cancels none of its sessions (the same client would cancel the
+        # filling one as an orphan, freeing room).
+        with server.api(CLIENT, SECRET) as agent:
             for _ in range(3):
-                opened = operator.post(
+                opened = agent.post(
                     "/api/connectors/AD/sessions", json={"agent": "filler", "mode": "incremental"}
                 )
                 assert opened.status_code == 507, opened.text

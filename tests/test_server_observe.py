@@ -97,7 +97,7 @@ def _hr_day_by_day(api: Api) -> dict[str, str]:
     ids["reload"] = api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[2]})
     ids["blocked"] = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": UPLOADS[3]})
     assert api.state(ids["blocked"])["state"] == "blocked"
-    assert api.post(f"/api/sessions/{ids['blocked']}/cancel").status_code == 200
+    assert api.operator().post(f"/api/sessions/{ids['blocked']}/cancel").status_code == 200
     return ids
 
 
@@ -128,7 +128,8 @@ def test_every_transition_is_one_info_line(tmp_path: Path, transitions: Transiti
     assert blocked[2]["thresholds"][0].startswith(crossed)
     assert crossed in blocked[2]["message"]
     assert (
-        blocked[3]["by"] == "client agent" and "cancelled by client agent" in blocked[3]["message"]
+        blocked[3]["by"] == "client operator"
+        and "cancelled by client operator" in blocked[3]["message"]
     )
 
     failed = transitions.events(ids["failed"])
@@ -264,27 +265,21 @@ def test_the_anonymous_page_shows_states_and_counts_never_values(tmp_path: Path)
     assert bad_again in attention
     assert "What to do next" in attention and "--synchronization-mode complete" in attention
     command = (
-        f"prepsync sessions show {bad_again} --api-url http://testserver --api-client-id agent"
+        f"prepsync sessions show {bad_again} --api-url http://testserver --api-client-id operator"
     )
     assert command in attention
     assert "<meta http-equiv='refresh'" in page
 
 
-def test_an_operators_token_shows_the_reasons(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from prepsync.server import endpoints
-
-    monkeypatch.setattr(
-        endpoints, "_is_operator", lambda _state, client: client.identifier == "agent"
-    )
+def test_an_operators_token_shows_the_reasons(tmp_path: Path) -> None:
     with running(tmp_path) as api:
         ids = _hr_day_by_day(api)
         assert "SSN-123-45-6789" not in _page(api)  # no token
         hr_only = Api(api.http, "hr-only", HR_SECRET)
         assert "SSN-123-45-6789" not in _page(api, **hr_only.auth)  # not an operator's
+        assert "SSN-123-45-6789" not in _page(api, **api.auth)  # the agent's: not either
         assert "SSN-123-45-6789" not in _page(api, Authorization="Bearer forged")
-        page = _page(api, **api.auth)
+        page = _page(api, **api.operator().auth)
     row = page[page.index(ids["failed"]) :]
     assert "SSN-123-45-6789" in row[: row.index("</tr>")]
 
@@ -293,7 +288,7 @@ def test_forced_changes_and_what_a_queued_session_waits_for(tmp_path: Path) -> N
     with running(tmp_path) as api:
         api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[0]})
         forced = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": UPLOADS[3]})
-        assert api.post(f"/api/sessions/{forced}/force").status_code == 202
+        assert api.operator().post(f"/api/sessions/{forced}/force").status_code == 202
         assert api.wait(forced)["state"] == "done"
         uploading = api.open("HR", "incremental")
         # The same agent through another client: committed, it waits for the open one.

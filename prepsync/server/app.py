@@ -47,7 +47,12 @@ from prepsync.server.connections import (
     connection_cap,
     raise_descriptor_limit,
 )
-from prepsync.server.context import DEFAULT_MAX_BODY, DEFAULT_MAX_FILE_SIZE, ServerState
+from prepsync.server.context import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_OPERATOR_PROFILE,
+    ServerState,
+)
 from prepsync.server.disk import DiskReserve, disk_full_handler
 from prepsync.server.endpoints import (
     cancel,
@@ -124,6 +129,7 @@ def create_app(
     token_ttl: int = 3600,
     worker_poll: float = 1.0,
     database: str | None = None,
+    operator_profile: str = DEFAULT_OPERATOR_PROFILE,
 ) -> Starlette:
     """The server as an ASGI app; the worker runs while the app's lifespan does.
 
@@ -133,7 +139,14 @@ def create_app(
     """
     if session_timeout <= 0 or max_body <= 0 or max_file_size <= 0 or token_ttl <= 0:
         raise ValueError("session_timeout, max_body, max_file_size and token_ttl must be > 0")
+    if not operator_profile.strip():
+        raise ConfigError("the operator profile is empty")
     clients, all_mappings, tables = _load_configuration(config_path)
+    if not any(client.profile == operator_profile for client in clients.values()):
+        logger.warning(
+            "no OpenIdClient has Profile=%r: no client can force, cancel or review sessions",
+            operator_profile,
+        )
     data = Path(data_dir)
     try:
         make_dirs(data)  # 0700, its missing parents too; an existing one keeps its mode
@@ -160,6 +173,7 @@ def create_app(
         worker_poll=min(worker_poll, max(session_timeout / 4, 0.05)),
         backend=backend,
         reserve=reserve,
+        operator_profile=operator_profile,
     )
 
     def session_counts() -> dict[tuple[str, str], int]:
@@ -247,6 +261,7 @@ def serve(
     timeout_keep_alive: float = 5,
     read_timeout: float = 15,
     max_connections: int = 1000,
+    operator_profile: str = DEFAULT_OPERATOR_PROFILE,
 ) -> None:
     """Run the server with uvicorn until interrupted (``prepsync serve``).
 
@@ -285,6 +300,7 @@ def serve(
         max_file_size=max_file_size,
         token_ttl=token_ttl,
         database=database,
+        operator_profile=operator_profile,
     )
     cap = connection_cap(max_connections, raise_descriptor_limit())
     if cap < max_connections:

@@ -12,8 +12,8 @@ the previous page, its values as one CSV record in key-column order, e.g. ``afte
 ``after=CN%3Dg%2Cx,CN%3Dm``). A page cut short by ``limit`` names the next ``after`` in the
 ``Prepsync-Next-After`` response header.
 
-Any client allowed on the session's connector may read them: reviewing a blocked session is an
-operator's job.
+Reading them is an operator's action (a client of the server's operator profile allowed on the
+session's connector; see guards.py): they are the values a session carries.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from prepsync.protocol import (
 )
 from prepsync.server.context import state_of
 from prepsync.server.diff import DataError
-from prepsync.server.guards import authenticate, conflict, session_of
+from prepsync.server.guards import authenticate, conflict, require_operator, session_of
 from prepsync.server.http import ApiError, integer_parameter
 from prepsync.server.session_files import table_of_file
 from prepsync.server.sessions import Session
@@ -90,6 +90,7 @@ def _after_key(text: str | None) -> bytes | None:
 async def changes(request: Request) -> Response:
     client = authenticate(request)
     session = session_of(request, client)
+    require_operator(request, client, "reading a session's changes")
     state = state_of(request)
     if session.files is None:
         raise conflict(session, f"a {session.state} session has no committed files to review")

@@ -22,6 +22,8 @@ from prepsync.server.storeapi import Backend
 from prepsync.server.tokens import TokenSigner
 from prepsync.server.worker import Worker
 
+# Identity Manager's profile of the clients allowed to do everything.
+DEFAULT_OPERATOR_PROFILE = "Administrator"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # one upload chunk
 DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
 
@@ -51,6 +53,8 @@ class ServerState:
     commit_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Room kept in the data directory for the writes that free it (see disk.py).
     reserve: DiskReserve | None = None
+    # The Profile of the clients that review and settle sessions (see guards.py).
+    operator_profile: str = DEFAULT_OPERATOR_PROFILE
 
     @property
     def sessions_dir(self) -> Path:

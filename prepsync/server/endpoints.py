@@ -16,7 +16,15 @@ from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.context import ServerState, state_of
 from prepsync.server.disk import reclaiming
-from prepsync.server.guards import authenticate, conflict, connector_of, session_of
+from prepsync.server.guards import (
+    authenticate,
+    conflict,
+    connector_of,
+    is_operator,
+    readable_session_of,
+    require_operator,
+    session_of,
+)
 from prepsync.server.http import (
     ApiError,
     error_response,
@@ -25,7 +33,7 @@ from prepsync.server.http import (
     read_json_object,
 )
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import ForeignAgent
+from prepsync.server.sessions import ForeignAgent, Session
 from prepsync.server.status import RECENT_SESSIONS, SECURITY_HEADERS, StatusView, render_status
 from prepsync.server.tokens import basic_credentials
 
@@ -166,7 +174,7 @@ async def get_session(request: Request) -> Response:
     STATUS_WAIT_MAX): an agent waiting for a verdict sees it at once, in no more requests
     than polling would cost."""
     client = authenticate(request)
-    session = session_of(request, client)
+    session = readable_session_of(request, client)
     text = request.query_params.get("wait", "0")
     # ASCII only: float() also takes Arabic-Indic digits, "1_0", " 1", "nan" and "1e9".
     if _SECONDS.fullmatch(text) is None:
@@ -183,9 +191,11 @@ async def get_session(request: Request) -> Response:
 
 
 async def force(request: Request) -> Response:
-    """POST /api/sessions/{id}/force: a blocked session is queued again, thresholds off."""
+    """POST /api/sessions/{id}/force: a blocked session is queued again, thresholds off.
+    Operators only."""
     client = authenticate(request)
     session = session_of(request, client)
+    require_operator(request, client, "forcing a session")
     db, worker = state_of(request).running()
     if not db.force(session.id):
         raise conflict(session, f"only a blocked session can be forced; it is {session.state}")
@@ -197,11 +207,20 @@ async def force(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    """POST /api/sessions/{id}/cancel: an open, queued or blocked session is cancelled."""
+    """POST /api/sessions/{id}/cancel: an open, queued or blocked session is cancelled.
+
+    An operator cancels any; another client only its own, and only before its commit (a
+    committed session is the operator's to settle: cancelling an incremental one loses its
+    changes). A client's own settled session still gets the 409 of any settled session, so a
+    cancel repeated after a lost answer learns the session's state."""
     client = authenticate(request)
     session = session_of(request, client)
+    operator = is_operator(request, client)
+    if not operator:
+        _check_own_cancel(request, client, session)
     state = state_of(request)
     db, worker = state.running()
+    cancel_session = db.cancel if operator else db.cancel_open
 
     def free_first() -> None:
         # Files no one else reads (the worker reads only queued and processing sessions').
@@ -210,8 +229,10 @@ async def cancel(request: Request) -> Response:
             discard_files(state.sessions_dir, session.id)
 
     reason = f"cancelled by client {client.identifier}"
-    if not reclaiming(lambda: db.cancel(session.id, reason), state.reserve, free_first):
+    if not reclaiming(lambda: cancel_session(session.id, reason), state.reserve, free_first):
         current = db.get(session.id) or session
+        if not operator:  # committed since it was read
+            _check_own_cancel(request, client, current)
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)
     discard_files(state.sessions_dir, session.id)
@@ -220,6 +241,15 @@ async def cancel(request: Request) -> Response:
     assert cancelled is not None and cancelled.state == CANCELLED
     state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
     return JSONResponse(cancelled.to_json())
+
+
+def _check_own_cancel(request: Request, client: OpenIdClient, session: Session) -> None:
+    """403 when a delivering client's cancel is an operator's: another client's session, or
+    its own once committed and not yet settled."""
+    if session.client is not None and session.client != client.identifier:
+        require_operator(request, client, "cancelling another client's session")
+    if session.state not in SETTLED and session.state != OPEN:
+        require_operator(request, client, f"cancelling a committed ({session.state}) session")
 
 
 async def resources(request: Request) -> Response:
@@ -238,9 +268,8 @@ async def resources(request: Request) -> Response:
 
 
 def _is_operator(state: ServerState, client: OpenIdClient) -> bool:
-    """The client's Profile is the server's operator profile (none has one: nobody is)."""
-    profile = getattr(client, "profile", None)
-    return profile is not None and profile == getattr(state, "operator_profile", None)
+    """The client's Profile is the server's operator profile (the rule of guards.is_operator)."""
+    return client.profile is not None and client.profile == state.operator_profile
 
 
 def _operator_viewing(request: Request) -> OpenIdClient | None:

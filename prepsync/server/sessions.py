@@ -371,6 +371,11 @@ class SessionDatabase:
     def cancel(self, session_id: str, reason: str) -> bool:
         return self._transition(session_id, CANCELLABLE_STATES, CANCELLED, reason=reason)
 
+    def cancel_open(self, session_id: str, reason: str) -> bool:
+        """Cancel a session only while it is ``open`` (not yet committed): what a delivering
+        client may do to its own session; a committed one is an operator's to settle."""
+        return self._transition(session_id, (OPEN,), CANCELLED, reason=reason)
+
     def abandon_idle(self, idle_before: float, reason: str) -> list[str]:
         """Cancel open sessions with no activity since ``idle_before``; returns their ids."""
         self._begin()
