@@ -732,11 +732,20 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     help="Open connections at most (fewer if the file limit is lower); past it, the "
     "connection idle the longest is closed.",
 )
+@_server_option(
+    "--database",
+    default=None,
+    metavar="postgresql://...",
+    help="Keep sessions and rows in this PostgreSQL database, shared by every server process "
+    "given the same URL and the same --data-dir (default: SQLite files in --data-dir, one "
+    "process).",
+)
 @fail_cleanly
 def serve(config_path: Path, data_dir: Path, **options: Any) -> None:
     """Run the reference server: it issues tokens to the configuration's OpenID clients, takes
     each agent run as a session (chunked uploads, then a commit), applies committed sessions
-    one at a time in opening order to its SQLite store, blocks a session that crosses a
+    one at a time in opening order to its store (SQLite in --data-dir, or PostgreSQL with
+    --database, shared by several server processes), blocks a session that crosses a
     threshold until an operator forces or cancels it, and serves the stored tables as CSV.
     The status page is at / , health at /healthz, metrics at /metrics.
 

@@ -41,10 +41,10 @@ def people_delta(*rows: tuple[str, str, str]) -> bytes:
 
 
 @pytest.fixture
-def clients(tmp_path: Path) -> Iterator[tuple[Api, Api, Api]]:
+def clients(tmp_path: Path, store_url: str | None) -> Iterator[tuple[Api, Api, Api]]:
     """(hr, agent, operator): two delivering clients and an operator, all allowed on HR, with
-    HR loaded with BASE by hr."""
-    app = create_app(write_config(tmp_path), tmp_path / "data")
+    HR loaded with BASE by hr (on each store)."""
+    app = create_app(write_config(tmp_path), tmp_path / "data", database=store_url)
     with TestClient(app) as http:
         hr, agent = Api(http, "hr-only", HR_SECRET), Api(http)
         assert hr.state(hr.send("HR", "complete", {FULL: people(*BASE)}))["state"] == "done"
@@ -288,3 +288,15 @@ def test_a_connector_never_delivered_takes_any_agent(clients: tuple[Api, Api, Ap
     _hr, _other, operator = clients
     first = operator.open("AD", "incremental", agent="host-7")  # AD has no session yet
     assert operator.state(first)["state"] == "open"
+
+
+def test_a_server_without_an_operator_client_says_so_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="prepsync"):
+        create_app(write_config(tmp_path), tmp_path / "data", operator_profile="Auditor")
+    assert "no OpenIdClient has Profile='Auditor'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prepsync"):
+        create_app(tmp_path / "config.xml", tmp_path / "data")  # Administrator: "operator"
+    assert "Profile=" not in caplog.text
