@@ -304,9 +304,7 @@ class UploadWhileWriting:
         self._thread.start()
 
     def writing(self, index: int, temp: Path, name: str) -> None:
-        from prepsync.client import FileUpload
-
-        upload = FileUpload(self._api, self._session_id, temp, name, pause=self._pause)
+        upload = self._api.file_upload(self._session_id, temp, name, pause=self._pause)
         with self._changed:
             self._uploads[index] = upload
             self._changed.notify()
