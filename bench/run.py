@@ -70,7 +70,7 @@ with open(spec["log"], "ab") as log:
     wall = time.perf_counter() - start
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "wall": wall, "walls": walls, "maxrss_kib": ru.ru_maxrss,
-                  "cpu": ru.ru_utime + ru.ru_stime}))
+                  "cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime}))
 """
 
 
@@ -93,6 +93,9 @@ class Sample:
     rss_mib: float
     walls: list[float]
     load: float  # 1-minute load average just before the run (other work on the machine)
+    # System CPU seconds, part of cpu: the kernel's page-cache work (copying reads and writes,
+    # allocating pages), which grows with what the run writes rather than with its own code.
+    sys: float = 0.0
     # prepsync only, from its --report: {table: {phase: seconds}} (wall and CPU), commit s
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     phases_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -196,7 +199,9 @@ def measure(job: Job, log: Path) -> Sample:
         raise BenchError(
             f"{job.tool} exited with status {res['rc']}; see {log}:\n  " + "\n  ".join(tail)
         )
-    return Sample(res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"], load)
+    return Sample(
+        res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"], load, res.get("sys", 0.0)
+    )
 
 
 def run_jobs(
@@ -487,13 +492,19 @@ class Bench:
             wall = median([s.wall for s in job.samples])
             rss = median([s.rss_mib for s in job.samples])
             cpu = median([s.cpu for s in job.samples])
+            sys_cpu = median([s.sys for s in job.samples])
             fig[f"{section}.{job.tool}.wall_s"] = {"value": wall, "unit": "s", "kind": "time"}
             fig[f"{section}.{job.tool}.cpu_s"] = {"value": cpu, "unit": "s", "kind": "time"}
+            fig[f"{section}.{job.tool}.sys_s"] = {"value": sys_cpu, "unit": "s", "kind": "time"}
             fig[f"{section}.{job.tool}.peak_rss_mib"] = {"value": rss, "unit": "MiB", "kind": "rss"}
             if rows:
                 fig[f"{section}.{job.tool}.us_per_row"] = {
                     "value": wall / rows * 1e6, "unit": "us/row", "kind": "time"
                 }  # fmt: skip
+                for what, value in (("user", cpu - sys_cpu), ("sys", sys_cpu)):
+                    fig[f"{section}.{job.tool}.{what}_us_per_row"] = {
+                        "value": value / rows * 1e6, "unit": "us/row", "kind": "time"
+                    }  # fmt: skip
             self.record_phases(section, job)
             self.samples.setdefault(section, {})[job.tool] = [s.__dict__ for s in job.samples]
         if f"{section}.prepsync.wall_s" in fig:
@@ -734,6 +745,14 @@ class Bench:
             cells = "".join(
                 f"{fig[f'scaling-{rows}.{t}.us_per_row']['value']:>18.2f}"
                 f"{fig[f'scaling-{rows}.{t}.us_per_row_net']['value']:>8.2f}"
+                for t in self.tools
+            )
+            self.say(f"  {rows:>10}{cells}")
+        self.say("  CPU per entries row, user + system (the kernel's page-cache work) in us:")
+        for rows in sizes:
+            cells = "".join(
+                f"{t:>10} {fig[f'scaling-{rows}.{t}.user_us_per_row']['value']:.2f}"
+                f" + {fig[f'scaling-{rows}.{t}.sys_us_per_row']['value']:.2f}"
                 for t in self.tools
             )
             self.say(f"  {rows:>10}{cells}")
