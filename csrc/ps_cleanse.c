@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "ps_sort.h"
@@ -306,7 +305,7 @@ typedef struct run_reader {
  * the reader's thread because no thread could be created). arena == NULL: no job. */
 typedef struct spill_job {
     char *arena;
-    size_t arena_size, n_entries;
+    size_t arena_size, n_entries, io_block;
     int fd;
     int started;
     pthread_t thread;
@@ -539,56 +538,24 @@ static int resize_arena(ps_cleanse *c, ps_error *err) {
     return PS_OK;
 }
 
-/* Writes iov[0, n) whole (write() may stop short), or fails naming the spill file. */
-static int writev_all(int fd, struct iovec *iov, int n, ps_error *err) {
-    while (n > 0) {
-        ssize_t done = writev(fd, iov, n);
-        if (done < 0) {
-            if (errno == EINTR) continue;
-            return ps_fail_errno(err, "writing", "spill file");
-        }
-        while (n > 0 && (size_t)done >= iov->iov_len) {
-            done -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + done;
-            iov->iov_len -= (size_t)done;
-        }
-    }
-    return PS_OK;
-}
-
 /* Sorts a job's arena and writes it to its run file: on the worker thread, or on the reader's
- * when no thread could be started. The records go from the arena to the file by writev(),
- * SPILL_IOV at a time, with no copy into a buffer of ours first: the kernel copies each
- * record into the page cache anyway, and a copy of every spilled byte through the caches was
- * a third of the entries table's spill (run in sorted order, records adjacent in the arena -
- * presorted input - become one piece). */
-#define SPILL_IOV 1024 /* IOV_MAX on Linux */
+ * when no thread could be started. */
 static void run_spill_job(spill_job *job) {
     ps_time start = ps_time_now();
     ps_entry *e = (ps_entry *)(job->arena + job->arena_size) - job->n_entries;
     ps_sort_entries(e, job->n_entries, job->arena);
     ps_time sorted = ps_time_now();
-    struct iovec iov[SPILL_IOV];
-    int n_iov = 0, rc = PS_OK;
+    ps_writer w;
+    int rc = ps_writer_init(&w, job->fd, "spill file", job->io_block, &job->err);
     for (size_t i = 0; !rc && i < job->n_entries; i++) {
+        /* Sorted order visits the arena at random: fetch a few records ahead. */
+        if (i + PREFETCH_AHEAD < job->n_entries)
+            __builtin_prefetch(job->arena + ps_entry_offset(&e[i + PREFETCH_AHEAD]));
         const char *r = job->arena + ps_entry_offset(&e[i]);
-        size_t len = REC_HEADER + load_u32(r) + load_u32(r + 4);
-        if (n_iov && (const char *)iov[n_iov - 1].iov_base + iov[n_iov - 1].iov_len == r) {
-            iov[n_iov - 1].iov_len += len;
-            continue;
-        }
-        if (n_iov == SPILL_IOV) {
-            rc = writev_all(job->fd, iov, n_iov, &job->err);
-            n_iov = 0;
-        }
-        iov[n_iov].iov_base = (void *)r;
-        iov[n_iov++].iov_len = len;
+        rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), &job->err);
     }
-    if (!rc && n_iov) rc = writev_all(job->fd, iov, n_iov, &job->err);
+    if (!rc) rc = ps_writer_flush(&w, &job->err);
+    ps_writer_release(&w);
     job->rc = rc;
     ps_time_add_since(&job->sort_time, start, sorted);
     ps_time_add_since(&job->spill_time, sorted, ps_time_now());
@@ -645,6 +612,7 @@ static int spill_arena(ps_cleanse *c, ps_error *err) {
     job->arena = c->sort.arena;
     job->arena_size = c->sort.arena_size;
     job->n_entries = c->sort.n_entries;
+    job->io_block = c->io_block;
     job->fd = fd;
     c->sort.arena = c->sort.spare;
     c->sort.arena_size = c->sort.spare_size;
