@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test compile debug test-debug test-asan lint typecheck bench soak fuzz clean
+.PHONY: demo test test-postgres compile debug test-debug test-asan lint typecheck bench soak soak-cluster fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(PY)
 test: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pytest -q
+
+# Only the cases that need PostgreSQL (a throwaway cluster, tests/pgutil.py); CI=true makes a
+# missing PostgreSQL an error here rather than a skip.
+test-postgres: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	CI=true $(PY) -m pytest -q -m postgres
 
 compile: $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
@@ -55,6 +61,14 @@ soak: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m tests.soak --days $(DAYS) --seed $(SEED)
 
+# Three server processes on one PostgreSQL database and one data directory, many connectors,
+# SIGKILLs of servers (mid-upload, mid-commit, mid-apply) and agents; the stores checked every
+# day (tests/soak_cluster.py). Starts a throwaway PostgreSQL cluster (tests/pgutil.py).
+CONNECTORS ?= 6
+soak-cluster: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m tests.soak_cluster --days $(DAYS) --seed $(SEED) --connectors $(CONNECTORS)
+
 # The fuzz target for the tokenizer and the configuration reader, for FUZZ_SECONDS: coverage-
 # guided with atheris where it installs (the optional `fuzz` extra), else the seeded mutator.
 FUZZ_SECONDS ?= 600
@@ -66,6 +80,12 @@ fuzz: $(PY)
 		echo "atheris does not install here: using the seeded mutator"; \
 		$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS); \
 	fi
+
+# The server's request parsing fuzzed for FUZZ_SECONDS: odd bodies, query and path parameters
+# and headers to every endpoint of a real server; no 5xx, no traceback (tests/fuzz_api.py).
+fuzz-api: $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m tests.fuzz_api --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf build prepsync/_*.c prepsync/*.so *.egg-info

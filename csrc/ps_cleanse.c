@@ -358,6 +358,7 @@ struct ps_cleanse {
         int tok_live;
         int header_seen;
         int sealed;
+        ps_source src; /* until decided, and when transcoding, bytes go through it */
     } input;
 
     /* Building runs. Records grow up from arena[0] to arena_top, their n_entries index entries
@@ -770,7 +771,39 @@ static int drain_tokenizer(ps_cleanse *c, ps_error *err) {
     }
 }
 
+/* The file's first bytes (which decide its encoding), and every block of a file that is not
+ * UTF-8: read into the source's own buffer and pushed through it, decoded. Half a block at a
+ * time once transcoding, so that the text it makes (up to 1.5 times the bytes of UTF-16, 3 times
+ * those of a code page, once all of it non-ASCII) stays near a block. */
+static int read_through_source(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
+    ps_source *src = &c->input.src;
+    size_t want = src->decided ? max_bytes / 2 : max_bytes;
+    if (want > ((size_t)64 << 10) && !src->decided) want = (size_t)64 << 10;
+    if (want < 1) want = 1;
+    if (src->raw_cap < want) {
+        size_t cap = want < 4096 ? 4096 : want;
+        char *raw = ps_realloc(src->raw, src->raw_cap, cap);
+        if (!raw) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the read buffer");
+        src->raw = raw;
+        src->raw_cap = cap;
+    }
+    ssize_t n;
+    do {
+        n = read(fd, src->raw, want);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return ps_fail_errno(err, "reading", "the source");
+    *got = (size_t)n;
+    if (n == 0) return PS_OK;
+    int rc = ps_source_push(src, &c->input.tok, src->raw, (size_t)n, err);
+    if (!rc) rc = drain_tokenizer(c, err);
+    if (!rc && src->failed) rc = ps_source_error(src, err); /* after what came before it */
+    return rc;
+}
+
 static int read_block(ps_cleanse *c, int fd, size_t max_bytes, size_t *got, ps_error *err) {
+    if (!c->input.src.decided || c->input.src.kind != PS_ENC_UTF8)
+        return read_through_source(c, fd, max_bytes, got, err);
+    /* UTF-8: straight into the tokenizer's buffer. */
     char *room = ps_tok_reserve(&c->input.tok, max_bytes, err);
     if (!room) return err->code;
     ssize_t n;
@@ -1353,8 +1386,15 @@ int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err) {
 }
 
 static int finish_input(ps_cleanse *c, ps_error *err) {
-    ps_tok_set_eof(&c->input.tok);
-    int rc = drain_tokenizer(c, err);
+    int rc = ps_source_finish(&c->input.src, &c->input.tok, err);
+    if (rc == PS_ERR_DECODE) {
+        /* The text before the bad bytes first: a problem there comes earlier in the file. */
+        ps_error decode = *err;
+        rc = drain_tokenizer(c, err);
+        if (!rc) *err = decode;
+        return rc ? rc : decode.code;
+    }
+    if (!rc) rc = drain_tokenizer(c, err);
     if (rc) return rc;
     if (!c->input.header_seen)
         return ps_fail(err, PS_ERR_INPUT, 1, 0, "empty file (no header)");
@@ -1362,6 +1402,7 @@ static int finish_input(ps_cleanse *c, ps_error *err) {
     if (rc) return rc;
     ps_writer_release(&c->out.nullpk);
     ps_tok_release(&c->input.tok);
+    ps_source_release(&c->input.src);
     c->input.tok_live = 0;
     c->input.sealed = 1;
     if (c->spill.runs.n == 0) {
@@ -1514,6 +1555,8 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
     return PS_OK;
 }
 
+const ps_source *ps_cleanse_source(const ps_cleanse *c) { return &c->input.src; }
+
 const ps_stats *ps_cleanse_stats(ps_cleanse *c) {
     /* Null-key rows are written inside READ: move that to WRITE. The other outputs are written
      * by the flusher's thread while JOIN goes on: WRITE gets that thread's time, and JOIN loses
@@ -1549,7 +1592,8 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
         ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory");
         return NULL;
     }
-    c->sep = o->separator;
+    const char out_sep = o->dialect.out_separator ? o->dialect.out_separator : o->separator;
+    c->sep = out_sep;
     c->budget = o->memory_budget;
     c->io_block = ps_io_block(o->memory_budget);
     c->command_col = o->command_col;
@@ -1597,6 +1641,10 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
         goto fail;
     c->input.tok_live = 1;
     c->input.tok.budget_shares = o->budget_shares;
+    if (ps_tok_set_dialect(&c->input.tok, &o->dialect, err)) goto fail;
+    if (ps_source_init(&c->input.src, o->encoding, o->code_page, o->encoding_name, o->dialect.hints,
+                       PS_ERR_INPUT, err))
+        goto fail;
     if (ps_writer_init(&c->out.nullpk, o->nullpk_fd, "the null-key output", c->io_block, err)) goto fail;
     if (ps_writer_init(&c->out.sorted, o->sorted_fd, "the sorted output", c->io_block, err)) goto fail;
     if (ps_writer_init(&c->out.duplicates, o->duplicates_fd, "the duplicates output", c->io_block, err))
@@ -1607,7 +1655,7 @@ ps_cleanse *ps_cleanse_new(const ps_cleanse_options *o, ps_error *err) {
         if (ps_writer_init(&c->out.delta, o->delta_fd, "the delta output", c->io_block, err)) goto fail;
         c->out.delta.eager_writeback = 1;
         c->out.delta.flusher = &c->out.flusher;
-        if (ps_tok_init(&c->join.tok, o->separator, 2 * c->io_block, o->memory_budget,
+        if (ps_tok_init(&c->join.tok, out_sep, 2 * c->io_block, o->memory_budget,
                         PS_ERR_BASELINE_CSV, err))
             goto fail;
         c->join.tok_live = 1;
@@ -1642,6 +1690,7 @@ void ps_cleanse_free(ps_cleanse *c) {
     free(c->merge.next.ids);
     free(c->merge.out_key);
     if (c->input.tok_live) ps_tok_release(&c->input.tok);
+    ps_source_release(&c->input.src);
     if (c->join.tok_live) ps_tok_release(&c->join.tok);
     /* Before the writers: the thread may still be writing one of their buffers. */
     ps_error ignored;

@@ -20,9 +20,17 @@
 #define PS_CLEANSE_H
 
 #include "ps_core.h"
+#include "ps_decode.h"
+#include "ps_tokenizer.h"
 
 typedef struct ps_cleanse_options {
-    char separator;
+    char separator;          /* the source's (an Excel `sep=X` line may change it) */
+    int encoding;            /* PS_ENC_*: what a source without a byte-order mark is read as */
+    const unsigned char *code_page; /* PS_ENC_TABLE: 256 x {length, UTF-8 bytes} */
+    const char *encoding_name;      /* as errors name it */
+    ps_dialect dialect;      /* lines before the header, values to trim, and the outputs'
+                                separator (dialect.out_separator; 0: the source's), which the
+                                baseline is read with */
     size_t memory_budget;
     int budget_shares;       /* > 1: memory_budget is a share of a budget split this many ways */
     const char *spill_dir;
@@ -79,6 +87,8 @@ int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err);
 /* Emits up to max_rows rows; *done is set once every output is complete and flushed. */
 int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err);
 const ps_stats *ps_cleanse_stats(ps_cleanse *c);
+/* How the source is read (decided by its first bytes): its kind, byte-order mark, name. */
+const ps_source *ps_cleanse_source(const ps_cleanse *c);
 /* Frees everything, closing and deleting any spill file still there. Output fds are the
  * caller's and are not closed. */
 void ps_cleanse_free(ps_cleanse *c);

@@ -19,7 +19,9 @@ enum ps_code {
     PS_ERR_BASELINE = 3,      /* baseline not sorted / duplicate key: line set */
     PS_ERR_IO = 4,            /* a read or write failed: message names the operation */
     PS_ERR_NOMEM = 5,
-    PS_ERR_ARG = 6            /* caller bug: inconsistent arguments */
+    PS_ERR_ARG = 6,           /* caller bug: inconsistent arguments */
+    PS_ERR_DECODE = 7         /* bad bytes for the source's encoding: offset is the file's own
+                                 (see ps_decode.h), line 0 (the caller finds it) */
 };
 
 typedef struct ps_error {

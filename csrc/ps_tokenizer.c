@@ -37,6 +37,8 @@ int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memo
                 int error_code, ps_error *err) {
     memset(t, 0, sizeof *t);
     t->separator = separator;
+    t->out_separator = separator;
+    t->preamble_done = 1;
     t->line = 1;
     t->error_code = error_code;
     t->budget = memory_budget;
@@ -55,6 +57,37 @@ int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memo
         ps_tok_release(t);
         return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for the CSV buffer");
     }
+    return PS_OK;
+}
+
+int ps_separator_ok(char c) {
+    return c != 0 && (unsigned char)c < 0x80 && c != '"' && c != '\r' && c != '\n';
+}
+
+static void set_separator(ps_tokenizer *t, char separator) {
+    t->stop[(unsigned char)t->separator] = 0;
+    t->separator = separator;
+    t->stop[(unsigned char)separator] = 1;
+    t->stop['\n'] = t->stop['\r'] = t->stop['"'] = 1;
+    t->refine = t->ntrim > 0 || t->separator != t->out_separator;
+}
+
+int ps_tok_set_dialect(ps_tokenizer *t, const ps_dialect *d, ps_error *err) {
+    t->skip_lines = t->skip_requested = d->skip_lines > 0 ? d->skip_lines : 0;
+    t->sep_hint = d->sep_hint;
+    t->preamble_done = !t->sep_hint && t->skip_lines == 0;
+    t->hints = d->hints;
+    t->out_separator = d->out_separator ? d->out_separator : t->separator;
+    t->ntrim = 0;
+    for (size_t i = 0; i < d->trim_bytes;) {
+        size_t n = (unsigned char)d->trim[i];
+        if (n < 1 || n > 4 || i + 1 + n > d->trim_bytes || t->ntrim == PS_MAX_TRIM)
+            return ps_fail(err, PS_ERR_ARG, 0, -1, "bad list of values to trim");
+        memcpy(t->trim[t->ntrim], d->trim + i + 1, n);
+        t->trim_len[t->ntrim++] = (unsigned char)n;
+        i += 1 + n;
+    }
+    set_separator(t, t->separator);
     return PS_OK;
 }
 
@@ -363,39 +396,140 @@ static int check_start_of_file(ps_tokenizer *t, ps_error *err) {
     return PS_OK;
 }
 
-/* "the 16 MiB memory budget", or "this table's 8 MiB share of the memory budget" when tables
- * cleansed in parallel split it: the user must know what to raise. */
+/* "the 16 MiB memory budget", or "this table's 8 MiB share of the 16 MiB memory budget (split
+ * between 2 tables cleansed at once, --parallel)" when tables cleansed in parallel split it: the
+ * user must know what to raise. */
 static void describe_budget(const ps_tokenizer *t, char *out, size_t cap) {
-    char size[32];
+    char size[32], total[32];
     ps_format_size(t->budget, size, sizeof size);
-    if (t->budget_shares > 1)
-        snprintf(out, cap, "this table's %s share of the memory budget (split between %d tables "
-                 "cleansed at once)", size, t->budget_shares);
-    else
+    if (t->budget_shares > 1) {
+        ps_format_size(t->budget * (size_t)t->budget_shares, total, sizeof total);
+        snprintf(out, cap, "this table's %s share of the %s memory budget (split between %d "
+                 "tables cleansed at once, --parallel)", size, total, t->budget_shares);
+    } else {
         snprintf(out, cap, "the %s memory budget", size);
+    }
 }
 
 static int fail_too_large(ps_tokenizer *t, int header, ps_error *err) {
-    char budget[160], limit[32];
+    char budget[200], limit[32];
     describe_budget(t, budget, sizeof budget);
     ps_format_size(t->max_record, limit, sizeof limit);
+    const char *rule = t->max_record == PS_MAX_RECORD && t->budget / 16 > PS_MAX_RECORD
+                           ? "the most prepsync takes"
+                           : (t->budget_shares > 1 ? "share / 16" : "budget / 16");
     return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
-                   header ? "header line too large for %s (over %s)"
-                          : "row too large for %s (over %s); unterminated quote?",
-                   budget, limit);
+                   "%s too large for %s: the longest allowed is %s (%s)%s",
+                   header ? "header line" : "row", budget, limit, rule,
+                   header ? "" : "; unterminated quote?");
 }
 
 static int fail_too_many_fields(ps_tokenizer *t, int header, ps_error *err) {
-    char budget[160];
+    char budget[200];
     describe_budget(t, budget, sizeof budget);
     return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
                    "%s more than %zu fields, too many for %s", header ? "header has" : "row has",
                    t->max_fields, budget);
 }
 
+/* Lines before the header: an Excel `sep=X` first line (it names the separator, and is one
+ * of the lines --skip-lines drops, or the only one), then the lines still to skip. Skipped lines
+ * end at LF, quotes mean nothing there, and their bytes are not looked at: a preamble of any
+ * length streams through without being held. */
+static int consume_preamble(ps_tokenizer *t, ps_error *err) {
+    if (t->sep_hint) {
+        size_t avail = t->len - t->pos;
+        const char *p = t->buf + t->pos;
+        if (avail < 7 && !t->eof) return PS_TOK_NEED_MORE;
+        if (avail >= 5 && (p[0] | 0x20) == 's' && (p[1] | 0x20) == 'e' && (p[2] | 0x20) == 'p' &&
+            p[3] == '=') {
+            size_t end = avail == 5 ? 0 : p[5] == '\n' ? 1 : (avail >= 7 && p[5] == '\r' && p[6] == '\n') ? 2 : 9;
+            if (end != 9) {
+                if (!ps_separator_ok(p[4]))
+                    return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
+                                   "the first line 'sep=' names byte 0x%02X as the separator, "
+                                   "which prepsync cannot use (one ASCII character other than a "
+                                   "quote, CR or LF)", (unsigned char)p[4]);
+                set_separator(t, p[4]);
+                t->pos += 5 + end;
+                t->line += end > 0;
+                if (t->skip_lines > 0) t->skip_lines--;
+            }
+        }
+        t->sep_hint = 0;
+    }
+    while (t->skip_lines > 0) {
+        const char *p = t->buf + t->pos;
+        const char *lf = memchr(p, '\n', t->len - t->pos);
+        if (!lf) {
+            t->pos = t->len; /* this line goes on in the next block */
+            if (!t->eof) return PS_TOK_NEED_MORE;
+            return ps_fail(err, t->error_code, t->line, t->base_offset + (int64_t)t->pos,
+                           "the file ends before its header: %lld line(s) to skip (--skip-lines)",
+                           (long long)t->skip_requested);
+        }
+        t->pos = (size_t)(lf + 1 - t->buf);
+        t->line++;
+        t->skip_lines--;
+    }
+    t->preamble_done = 1;
+    return PS_OK;
+}
+
+/* Removes every leading and trailing `c` (n bytes) from the field, one entry at a time. A quote
+ * inside a quoted field with doubled quotes is two bytes there. */
+static void trim_field(ps_field *f, const char *c, size_t n) {
+    size_t step = n == 1 && c[0] == '"' && f->escaped ? 2 : n;
+    const char *d = f->data;
+    size_t len = f->len;
+    while (len >= step && memcmp(d, c, n) == 0 && (step == n || d[1] == '"')) {
+        d += step;
+        len -= step;
+    }
+    while (len >= step && memcmp(d + len - step, c, n) == 0 && (step == n || d[len - 1] == '"'))
+        len -= step;
+    f->data = d;
+    f->len = (uint32_t)len;
+}
+
+/* ValuesToTrim, in order, then `special` against the output separator (a value trimmed, or read
+ * with another separator, may need quotes where it did not, or no longer need them). */
+static void refine_fields(const ps_tokenizer *t, ps_field *fields, size_t nf) {
+    const char osep = t->out_separator;
+    for (size_t i = 0; i < nf; i++) {
+        ps_field *f = &fields[i];
+        for (int k = 0; k < t->ntrim; k++) trim_field(f, t->trim[k], t->trim_len[k]);
+        int special = 0;
+        for (uint32_t j = 0; j < f->len && !special; j++) {
+            char ch = f->data[j];
+            special = ch == osep || ch == '"' || ch == '\r' || ch == '\n';
+        }
+        f->special = (uint8_t)special;
+    }
+}
+
+/* Bytes of the likely separators other than the one in use, in a bad row: when one of them
+ * would give the header's field count, the file was probably written with it. */
+static char other_separator(const ps_tokenizer *t, const char *start, const char *end,
+                            size_t expected) {
+    static const char candidates[] = {',', ';', '\t', '|'};
+    for (size_t i = 0; i < sizeof candidates; i++) {
+        char c = candidates[i];
+        if (c == t->separator) continue;
+        size_t count = 1;
+        for (const char *p = start; p < end; p++) count += *p == c;
+        if (count == expected) return c;
+    }
+    return 0;
+}
+
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     if (!t->bom_checked) {
         int st = check_start_of_file(t, err);
+        if (st) return st;
+    }
+    if (!t->preamble_done) {
+        int st = consume_preamble(t, err);
         if (st) return st;
     }
     if (!t->eof && t->len - t->pos < t->retry_at) return PS_TOK_NEED_MORE;
@@ -435,8 +569,12 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
         if ((size_t)(end - p) < 6 && !eof) goto need_more;
         if ((size_t)(end - p) >= 6 && memcmp(p, "#TYPE ", 6) == 0)
             return ps_fail(err, t->error_code, t->line, t->base_offset + (p - buf),
-                           "the first line is PowerShell type information ('#TYPE ...'), not a "
-                           "header: export with Export-Csv -NoTypeInformation");
+                           "the %s line is PowerShell type information ('#TYPE ...'), not a "
+                           "header: export with Export-Csv -NoTypeInformation (Windows PowerShell "
+                           "5.1; PowerShell 7 writes the line only when given "
+                           "-IncludeTypeInformation), or skip it with --skip-lines %lld",
+                           t->skip_requested ? "header" : "first",
+                           (long long)t->skip_requested + 1);
     }
 
     /* Scan no further than one byte past the largest record: a record that has not ended by
@@ -563,15 +701,33 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     }
 
     size_t bad;
-    if (!ps_utf8_valid((const unsigned char *)start, (size_t)(p - start), &bad))
-        return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf) + (int64_t)bad,
-                       "invalid UTF-8");
+    if (!ps_utf8_valid((const unsigned char *)start, (size_t)(p - start), &bad)) {
+        unsigned char b = (unsigned char)start[bad];
+        int64_t at = t->base_offset + (start - buf) + (int64_t)bad;
+        if (!t->hints) return ps_fail(err, t->error_code, t->line, at, "invalid UTF-8");
+        return ps_fail(err, t->error_code, t->line, at,
+                       b < 0xA0 ? "invalid UTF-8 (byte 0x%02X: likely Windows-1252, read it with "
+                                  "--encoding windows-1252)"
+                                : "invalid UTF-8 (byte 0x%02X: likely a single-byte code page such "
+                                  "as Windows-1252 or Latin-1, read it with --encoding NAME)",
+                       b);
+    }
     if (header) {
         t->expected_fields = nf; /* the header fixes the width of every row */
     } else if (nf != t->expected_fields) {
+        char other = t->hints ? other_separator(t, start, p, t->expected_fields) : 0;
+        if (other)
+            return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf),
+                           "expected %zu fields, found %zu (split on %s it has %zu: was it "
+                           "written with that separator? --separator reads it)",
+                           t->expected_fields, nf, other == '\t' ? "tabs" : other == ',' ? "','"
+                           : other == ';' ? "';'" : "'|'", t->expected_fields);
         return ps_fail(err, t->error_code, t->line, t->base_offset + (start - buf),
                        "expected %zu fields, found %zu", t->expected_fields, nf);
     }
+    /* A header's names are trimmed by the caller that reads them: its fields keep their spans,
+     * so that errors about a name point at where it stands. */
+    if (t->refine && !header) refine_fields(t, t->fields, nf);
     rec->fields = t->fields;
     rec->nfields = nf;
     rec->line = t->line;

@@ -48,8 +48,12 @@ typedef struct ps_record {
 
 enum ps_tok_status { PS_TOK_RECORD = 0, PS_TOK_NEED_MORE = -1, PS_TOK_END = -2 };
 
+/* The most ValuesToTrim entries a table may name (each one character). */
+#define PS_MAX_TRIM 32
+
 typedef struct ps_tokenizer {
-    char separator;
+    char separator;         /* the input's; an Excel `sep=X` first line may change it */
+    char out_separator;     /* the outputs': `special` says whether a value needs quotes there */
     uint8_t stop[256]; /* bytes that end a run of plain value bytes */
     int eof;
     int bom_checked;
@@ -68,7 +72,26 @@ typedef struct ps_tokenizer {
     size_t max_record;      /* bytes of one record, line end included */
     size_t max_fields;      /* fields of one record */
     size_t initial_cap;
+    /* Dialect (ps_tok_set_dialect; all off after ps_tok_init). Lines before the header:
+     * skip_lines still to drop, and whether line 1 may be an Excel `sep=X` hint. */
+    int64_t skip_lines, skip_requested;
+    int sep_hint;
+    int preamble_done;
+    int hints;              /* input errors name the likely cause (encoding, separator) */
+    int refine;             /* fields need trimming, or `special` recomputing (separators differ) */
+    int ntrim;
+    unsigned char trim_len[PS_MAX_TRIM];
+    char trim[PS_MAX_TRIM][4]; /* ValuesToTrim: UTF-8 characters, trimmed in this order */
 } ps_tokenizer;
+
+typedef struct ps_dialect {
+    int64_t skip_lines;     /* physical lines dropped before the header */
+    int sep_hint;           /* honour an Excel `sep=X` first line */
+    char out_separator;     /* 0: the input's separator */
+    const char *trim;       /* entries, each a length byte (1-4) then that many UTF-8 bytes */
+    size_t trim_bytes;
+    int hints;
+} ps_dialect;
 
 /* The largest record and field count a budget affords: budget/16 bytes (never over
  * PS_MAX_RECORD, the largest row the reference server takes) and budget/512 fields (16 bytes
@@ -82,6 +105,10 @@ void ps_format_size(size_t n, char *out, size_t cap);
 int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,
                 int error_code, ps_error *err);
 void ps_tok_release(ps_tokenizer *t);
+/* Before the first ps_tok_next(): the reading settings of a table (ps_dialect). */
+int ps_tok_set_dialect(ps_tokenizer *t, const ps_dialect *d, ps_error *err);
+/* 1 when c can separate fields: one ASCII byte other than a quote, CR or LF (or NUL). */
+int ps_separator_ok(char c);
 /* Append bytes to the buffer; data may be NULL with n == 0. */
 int ps_tok_feed(ps_tokenizer *t, const char *data, size_t n, ps_error *err);
 void ps_tok_set_eof(ps_tokenizer *t);

@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Any
 
+from prepsync.dialect import ReadSettings
+
 DEBUG_BUILD: bool
 PHASE_NAMES: tuple[str, ...]
 
@@ -10,7 +12,12 @@ def io_block(memory_budget: int) -> int: ...
 def live_counters() -> dict[str, int]: ...
 def sort_order(keys: Sequence[bytes]) -> list[int]: ...
 def read_header(
-    path: str, separator: bytes, memory_budget: int, block: int = ..., budget_shares: int = ...
+    path: str,
+    separator: bytes,
+    memory_budget: int,
+    block: int = ...,
+    budget_shares: int = ...,
+    settings: ReadSettings | None = ...,
 ) -> tuple[list[str], list[int], int]: ...
 
 class Cleanser:
@@ -39,6 +46,7 @@ class Cleanser:
         baseline: str = ...,
         budget_shares: int = ...,
         baseline_read_block: int = ...,
+        settings: ReadSettings | None = ...,
     ) -> None: ...
     def read_from(self, fd: int, max_bytes: int) -> int: ...
     def finish_input(self) -> None: ...

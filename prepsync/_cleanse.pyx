@@ -12,13 +12,28 @@ from libc.string cimport memcpy
 
 from prepsync cimport _native as c
 
+from prepsync import dialect
 from prepsync.errors import BaselineError, InputError, PrepsyncError
 
 
-cdef int raise_error(c.ps_error *err, str source, str table, str baseline) except -1:
+cdef int raise_error(
+    c.ps_error *err, str source, str table, str baseline, object encoding=None,
+    const c.ps_source *reading=NULL
+) except -1:
     message = err.message.decode("utf-8", "replace")
     line = err.line if err.line > 0 else None
     offset = err.offset if err.offset >= 0 else None
+    if err.code == c.PS_ERR_DECODE or (
+        err.code == c.PS_ERR_INPUT and offset is not None and reading != NULL
+        and reading.decided and reading.kind != dialect.UTF8
+    ):
+        # Transcoded: name the file's own byte (the engine counted in the text it made).
+        codec = encoding.codec if reading.kind == dialect.TABLE else dialect.KIND_CODECS[reading.kind]
+        if err.code == c.PS_ERR_DECODE:
+            line = dialect.line_at(source, codec, reading.bom_len, offset)
+        else:
+            offset = dialect.source_offsets(source, reading.kind, codec, reading.bom_len, [offset])[0]
+        raise InputError(source, message, line, offset)
     if err.code == c.PS_ERR_INPUT:
         raise InputError(source, message, line, offset)
     if err.code == c.PS_ERR_BASELINE_CSV:
@@ -68,23 +83,56 @@ def live_counters():
     }
 
 
+cdef bytes trim_bytes(object settings):
+    return dialect.encode_trim(settings.trim) if settings is not None else b""
+
+
+cdef void fill_dialect(c.ps_dialect *d, object settings, bytes trim, char out_separator):
+    d.skip_lines = settings.skip_lines if settings is not None else 0
+    d.sep_hint = settings is not None
+    d.hints = settings is not None
+    d.out_separator = out_separator
+    d.trim = trim
+    d.trim_bytes = len(trim)
+
+
 def read_header(
-    str path, bytes separator, Py_ssize_t memory_budget, Py_ssize_t block=65536, int budget_shares=1
+    str path, bytes separator, Py_ssize_t memory_budget, Py_ssize_t block=65536,
+    int budget_shares=1, object settings=None
 ):
     """The header of a CSV file, parsed and checked exactly as the engine does (with the same
-    size limits for the budget): (names, the byte offset of each name, the header's line)."""
+    size limits for the budget): (names, the byte offset of each name, the header's line).
+
+    ``settings`` (a :class:`prepsync.dialect.ReadSettings`) reads a source as the engine does:
+    its encoding, its own separator, lines before the header, values to trim; ``separator`` is
+    then the outputs'. Without it the file is plain UTF-8 with ``separator`` (a baseline)."""
     cdef c.ps_tokenizer tok
+    cdef c.ps_source reading
     cdef c.ps_record rec
     cdef c.ps_error err
+    cdef c.ps_dialect options
     cdef int status
     cdef Py_ssize_t i
     cdef bytes chunk
     cdef char *scratch
     cdef const c.ps_field *f
-    if c.ps_tok_init(&tok, separator_byte(separator), block, memory_budget, c.PS_ERR_INPUT, &err):
+    cdef bytes trim = trim_bytes(settings)
+    encoding = settings.resolved if settings is not None else dialect.resolve_encoding(None)
+    cdef bytes table = encoding.table or b""
+    cdef bytes name = encoding.name.encode()
+    cdef char in_separator = separator_byte(
+        settings.separator.encode() if settings is not None else separator)
+    if c.ps_tok_init(&tok, in_separator, block, memory_budget, c.PS_ERR_INPUT, &err):
         raise MemoryError()
     tok.budget_shares = budget_shares
+    fill_dialect(&options, settings, trim, separator_byte(separator))
+    if c.ps_source_init(&reading, encoding.kind, <const unsigned char *>table if table else NULL,
+                        name, settings is not None, c.PS_ERR_INPUT, &err):
+        c.ps_tok_release(&tok)
+        raise ValueError(err.message.decode("utf-8", "replace"))
     try:
+        if c.ps_tok_set_dialect(&tok, &options, &err):
+            raise ValueError(err.message.decode("utf-8", "replace"))
         with open(path, "rb") as source:
             while True:
                 status = c.ps_tok_next(&tok, &rec, &err)
@@ -101,23 +149,35 @@ def read_header(
                             names.append(scratch[:n].decode("utf-8"))
                         finally:
                             free(scratch)
-                        # A quoted name starts at its opening quote.
+                        # A quoted name starts at its opening quote (its value, once trimmed).
                         offsets.append(rec.offset + (f.data - rec.fields[0].data) - f.quoted
                                        + rec.fields[0].quoted)
+                    if settings is not None and settings.trim:
+                        names = [dialect.trimmed(text, settings.trim) for text in names]
+                    if reading.decided and reading.kind != dialect.UTF8:
+                        codec = (encoding.codec if reading.kind == dialect.TABLE
+                                 else dialect.KIND_CODECS[reading.kind])
+                        offsets = dialect.source_offsets(
+                            path, reading.kind, codec, reading.bom_len, offsets)
                     return names, offsets, rec.line
                 if status == c.PS_TOK_END:
                     raise InputError(path, "empty file (no header)", 1, 0)
                 if status == c.PS_TOK_NEED_MORE:
+                    if reading.failed:  # the text before the bad bytes is all read
+                        c.ps_source_error(&reading, &err)
+                        raise_error(&err, path, "", "", encoding, &reading)
                     chunk = source.read(block)
                     if chunk:
-                        if c.ps_tok_feed(&tok, chunk, len(chunk), &err):
-                            raise_error(&err, path, "", "")
-                    else:
-                        c.ps_tok_set_eof(&tok)
+                        if c.ps_source_push(&reading, &tok, chunk, len(chunk), &err):
+                            raise_error(&err, path, "", "", encoding, &reading)
+                    elif c.ps_source_finish(&reading, &tok, &err):
+                        if err.code != c.PS_ERR_DECODE:
+                            raise_error(&err, path, "", "", encoding, &reading)
                     continue
-                raise_error(&err, path, "", "")
+                raise_error(&err, path, "", "", encoding, &reading)
     finally:
         c.ps_tok_release(&tok)
+        c.ps_source_release(&reading)
 
 
 def sort_order(keys):
@@ -164,6 +224,7 @@ cdef class Cleanser:
     cdef readonly str source
     cdef readonly str table
     cdef readonly str baseline
+    cdef object encoding
 
     def __cinit__(
         self,
@@ -187,13 +248,26 @@ cdef class Cleanser:
         str baseline="",
         int budget_shares=1,
         Py_ssize_t baseline_read_block=0,
+        object settings=None,
     ):
+        """``separator`` is the outputs' (and the baseline's); ``settings`` (a
+        :class:`prepsync.dialect.ReadSettings`) says how the source is read, default UTF-8 with
+        ``separator`` and nothing else."""
         cdef c.ps_cleanse_options options
         cdef bytes spill = spill_dir.encode()
+        cdef bytes trim = trim_bytes(settings)
+        self.encoding = settings.resolved if settings is not None else dialect.resolve_encoding(None)
+        cdef bytes code_page = self.encoding.table or b""
+        cdef bytes name = self.encoding.name.encode()
         self.source = source
         self.table = table
         self.baseline = baseline
-        options.separator = separator_byte(separator)
+        options.separator = separator_byte(
+            settings.separator.encode() if settings is not None else separator)
+        options.encoding = self.encoding.kind
+        options.code_page = <const unsigned char *>code_page if code_page else NULL
+        options.encoding_name = name
+        fill_dialect(&options.dialect, settings, trim, separator_byte(separator))
         options.memory_budget = memory_budget
         options.budget_shares = budget_shares
         options.spill_dir = spill
@@ -224,7 +298,8 @@ cdef class Cleanser:
 
     cdef int check(self, int rc) except -1:
         if rc:
-            raise_error(&self.err, self.source, self.table, self.baseline)
+            raise_error(&self.err, self.source, self.table, self.baseline, self.encoding,
+                        c.ps_cleanse_source(self.engine) if self.engine != NULL else NULL)
         return 0
 
     cdef c.ps_cleanse *live(self) except NULL:

@@ -15,6 +15,7 @@ cdef extern from "ps_core.h" nogil:
         PS_ERR_IO
         PS_ERR_NOMEM
         PS_ERR_ARG
+        PS_ERR_DECODE
 
     ctypedef struct ps_error:
         int code
@@ -51,6 +52,17 @@ cdef extern from "ps_tokenizer.h" nogil:
 
     ctypedef struct ps_tokenizer:
         int budget_shares
+        char separator
+
+    ctypedef struct ps_dialect:
+        int64_t skip_lines
+        int sep_hint
+        char out_separator
+        const char *trim
+        size_t trim_bytes
+        int hints
+
+    int ps_tok_set_dialect(ps_tokenizer *t, const ps_dialect *d, ps_error *err)
 
     int ps_tok_init(ps_tokenizer *t, char separator, size_t initial_cap, size_t memory_budget,
                     int error_code, ps_error *err)
@@ -61,9 +73,28 @@ cdef extern from "ps_tokenizer.h" nogil:
     size_t ps_field_unescape(const ps_field *f, char *out)
 
 
+cdef extern from "ps_decode.h" nogil:
+    ctypedef struct ps_source:
+        int kind
+        int decided
+        int bom_len
+        int failed
+
+    int ps_source_init(ps_source *s, int requested, const unsigned char *table, const char *name,
+                       int hints, int error_code, ps_error *err)
+    void ps_source_release(ps_source *s)
+    int ps_source_push(ps_source *s, ps_tokenizer *t, const char *data, size_t n, ps_error *err)
+    int ps_source_finish(ps_source *s, ps_tokenizer *t, ps_error *err)
+    int ps_source_error(const ps_source *s, ps_error *err)
+
+
 cdef extern from "ps_cleanse.h" nogil:
     ctypedef struct ps_cleanse_options:
         char separator
+        int encoding
+        const unsigned char *code_page
+        const char *encoding_name
+        ps_dialect dialect
         size_t memory_budget
         int budget_shares
         const char *spill_dir
@@ -102,6 +133,7 @@ cdef extern from "ps_cleanse.h" nogil:
     int ps_cleanse_finish_input(ps_cleanse *c, ps_error *err)
     int ps_cleanse_merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
     const ps_stats *ps_cleanse_stats(ps_cleanse *c)
+    const ps_source *ps_cleanse_source(const ps_cleanse *c)
     void ps_cleanse_free(ps_cleanse *c)
 
 

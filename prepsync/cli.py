@@ -6,10 +6,11 @@ exit status 1; Ctrl-C exits with 130 after the cleanup has run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +18,7 @@ import click
 
 from prepsync import __version__
 from prepsync.errors import PrepsyncError
+from prepsync.logs import LOG_FORMATS
 from prepsync.protocol import DELETE, DONE, INSERT, MODES, UPDATE
 from prepsync.report import ProgressBar, summary_lines, write_report
 from prepsync.sizes import parse_size
@@ -91,14 +93,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(error)) from None
 
 
-def _configure_logging(level_name: str) -> int:
+def _configure_logging(level_name: str, log_format: str = "text") -> int:
+    from prepsync.logs import configure
+
     logging.addLevelName(VERBOSE, "VERBOSE")
     level = LOG_LEVELS[level_name.lower()]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
+    configure(level, log_format.lower())
     return level
 
 
@@ -166,7 +166,39 @@ def _prepare_options(function: F) -> F:
             callback=_memory_budget,
             help="Bound on the data buffers.",
         ),
-        click.option("--separator", default=",", show_default=True, help="Field separator."),
+        click.option(
+            "--separator",
+            default=",",
+            show_default=True,
+            help="Field separator of the outputs, and of the sources unless a table's settings "
+            "or a 'sep=X' first line say otherwise ('tab' for a tab).",
+        ),
+        click.option(
+            "--encoding",
+            help="Encoding of sources without a byte-order mark: a single-byte code page "
+            "(windows-1252, latin-1, cp437...) or utf-16le/utf-16be/utf-32le/utf-32be "
+            "[default: UTF-8; a byte-order mark always says what a file is].",
+        ),
+        click.option(
+            "--skip-lines",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Lines before each source's header to drop (NumberOfLinesToSkip).",
+        ),
+        click.option(
+            "--trim",
+            default="",
+            help="Characters trimmed from both ends of every header name and value, once "
+            "unquoted, one character after the other in this order (ValuesToTrim).",
+        ),
+        click.option(
+            "--table-settings",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="JSON file of per-table Encoding, Separator, NumberOfLinesToSkip and "
+            "ValuesToTrim, shaped like appsettings.agent.json's Connections section; the "
+            "options above are the defaults.",
+        ),
         click.option(
             "--command-column",
             default="command",
@@ -178,6 +210,13 @@ def _prepare_options(function: F) -> F:
             default="Information",
             show_default=True,
             type=click.Choice([n.capitalize() for n in LOG_LEVELS], case_sensitive=False),
+        ),
+        click.option(
+            "--log-format",
+            default="text",
+            show_default=True,
+            type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            help="json: one JSON object per log line, for log shippers.",
         ),
         click.option(
             "--report",
@@ -238,8 +277,13 @@ def prepare(
     work_folder: Path,
     memory_budget: int,
     separator: str,
+    encoding: str | None,
+    skip_lines: int,
+    trim: str,
+    table_settings: Path | None,
     command_column: str,
     log_level: str,
+    log_format: str,
     report: Path | None,
     parallel: int | None,
     upload_chunk_size: int,
@@ -266,10 +310,14 @@ def prepare(
       130  interrupted (Ctrl-C)
     """
     from prepsync import config as configuration
-    from prepsync import pipeline
+    from prepsync import dialect, pipeline
 
-    level = _configure_logging(log_level)
-    separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
+    level = _configure_logging(log_level, log_format)
+    separator = dialect.check_separator(separator, "--separator")
+    defaults = dialect.ReadSettings(
+        separator=separator, encoding=encoding, skip_lines=skip_lines, trim=tuple(trim)
+    )
+    per_table = dialect.load_table_settings(table_settings, defaults) if table_settings else {}
     if config_path is None and not api_url:
         raise click.UsageError("--config is required when no --api-url is given")
     if api_url is not None:
@@ -289,6 +337,10 @@ def prepare(
         separator=separator,
         command_column=command_column,
         parallel=parallel,
+        encoding=encoding,
+        skip_lines=skip_lines,
+        trim=defaults.trim,
+        table_settings=per_table,
     )
     tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
@@ -333,7 +385,12 @@ def prepare(
     finally:
         if progress:
             progress.close()
-    if delivery:
+    if delivery and delivery.resumed:
+        click.echo(
+            f"session {delivery.session_id}: {delivery.state}, committed by an interrupted run "
+            "from these same sources: nothing sent again"
+        )
+    elif delivery:
         click.echo(
             f"session {delivery.session_id}: {delivery.state}, {len(delivery.files)} file(s) sent"
         )
@@ -378,6 +435,9 @@ def _await_verdict(
         status_line.close()
     if delivery.state != DONE:
         reason = delivery.reason or "no reason given"
+        advice = (delivery.server_session or {}).get("advice")
+        if isinstance(advice, str) and advice:
+            reason += f" ({advice})"
         click.echo(f"session {delivery.session_id} {delivery.state}: {reason}", err=True)
     return VERDICT_EXIT_STATUS[delivery.state]
 
@@ -389,7 +449,8 @@ def _print_review_commands(delivery: Delivery, api_url: str, client_id: str) -> 
     tables = (delivery.server_session or {}).get("tables")
     names = sorted(tables) if isinstance(tables, dict) else []
     lines = [
-        "review it (with PREPSYNC_API_SECRET set):",
+        "review it with an operator's credentials (PREPSYNC_API_SECRET set; unless client "
+        f"{client_id} has the server's operator profile, give an operator client's id):",
         f"  prepsync sessions show {session_id} {options}",
         *(
             f"  prepsync sessions changes {session_id} --table {shlex.quote(name)} {options}"
@@ -418,8 +479,11 @@ def sessions() -> None:
     """Review and settle the server's sessions: list, show, changes, force, cancel.
 
     Every command takes the same --api-url, --api-client-id and --api-secret (or
-    PREPSYNC_API_SECRET) as prepare; any client allowed on the connector may use them.
-    Exit status 0, or 1 with one line on stderr on any error.
+    PREPSYNC_API_SECRET) as prepare. list and show work for any client allowed on the
+    connector (show: its own sessions); changes, force and cancel need an operator's
+    credentials: a client whose Profile is the server's operator profile (serve
+    --operator-profile, Administrator by default). A delivering client may only cancel its own
+    session before its commit. Exit status 0, or 1 with one line on stderr on any error.
     """
 
 
@@ -458,6 +522,23 @@ def _operator_api(
         api_secret,
         retry=RetryPolicy(total_seconds=api_retry_seconds),
     )
+
+
+@contextlib.contextmanager
+def _operator_action(action: str) -> Iterator[None]:
+    """A 403 to an operator's action (force, cancel, changes) says what is needed: the
+    credentials of a client whose Profile is the server's operator profile."""
+    from prepsync.errors import ServerError
+
+    try:
+        yield
+    except ServerError as error:
+        if error.status != 403:
+            raise
+        raise CliError(
+            f"{action} needs an operator's credentials (--api-client-id/--api-secret of a "
+            f"client whose Profile is the server's operator profile): {error}"
+        ) from None
 
 
 @sessions.command("list")
@@ -523,7 +604,7 @@ def session_changes(
     from prepsync.operator import write_changes
 
     out = sys.stdout.buffer
-    with _operator_api(**api) as client:
+    with _operator_action("reading a session's changes"), _operator_api(**api) as client:
         next_after = write_changes(
             client,
             session_id,
@@ -544,7 +625,7 @@ def session_changes(
 @fail_cleanly
 def force_session(session_id: str, **api: Any) -> None:
     """Apply a blocked session anyway: it is queued again with its thresholds off."""
-    with _operator_api(**api) as client:
+    with _operator_action("forcing a session"), _operator_api(**api) as client:
         session = client.force(session_id)
     click.echo(f"session {session_id}: {session.get('state')} (forced)")
 
@@ -557,59 +638,156 @@ def cancel_session(session_id: str, **api: Any) -> None:
     """Reject an open, queued or blocked session: nothing of it is applied. A cancelled
     incremental session's changes are lost (the agent's baselines already moved): the next
     synchronization of its connector must be complete."""
-    with _operator_api(**api) as client:
+    with _operator_action("cancelling this session"), _operator_api(**api) as client:
         session = client.cancel(session_id)
     click.echo(f"session {session_id}: {session.get('state')}")
 
 
+def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
+    """A ``serve`` option, also read from ``PREPSYNC_<NAME>`` (a service unit or a container
+    sets the environment, and a secret-free command line is easier to share)."""
+    long_name = next(name for name in names if name.startswith("--"))
+    envvar = "PREPSYNC_" + long_name[2:].upper().replace("-", "_")
+    return click.option(*names, envvar=envvar, show_envvar=True, **attributes)
+
+
 @main.command()
-@click.option(
+@_server_option(
     "--config",
     "config_path",
     required=True,
     type=click.Path(exists=True, path_type=Path),
     help="XML file or folder: mappings, thresholds and OpenIdClients.",
 )
-@click.option(
+@_server_option(
     "--data-dir",
     required=True,
     type=click.Path(path_type=Path),
     help="Where the server keeps its store and the sessions' files.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
-@click.option(
+@_server_option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@_server_option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
+@_server_option(
     "--session-timeout",
     default=3600.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     help="Seconds after which an idle open session is abandoned.",
 )
-@click.option(
+@_server_option(
     "--log-level",
     default="info",
     show_default=True,
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+)
+@_server_option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    help="json: one JSON object per line, for log shippers.",
+)
+@_server_option(
+    "--ssl-certfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve HTTPS with this certificate chain (PEM); needs --ssl-keyfile.",
+)
+@_server_option(
+    "--ssl-keyfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The certificate's private key (PEM, unencrypted).",
+)
+@_server_option(
+    "--forwarded-allow-ips",
+    help="Behind a reverse proxy: comma-separated addresses (or *) whose X-Forwarded-For "
+    "and X-Forwarded-Proto are trusted. Unset: those headers are ignored.",
+)
+@_server_option(
+    "--timeout-keep-alive",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds an idle keep-alive connection stays open.",
+)
+@_server_option(
+    "--read-timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client has to send a request's headers, and the longest pause allowed "
+    "in its body; then the connection is closed.",
+)
+@_server_option(
+    "--operator-profile",
+    default="Administrator",
+    show_default=True,
+    help="The OpenIdClient Profile whose clients may force, cancel and read the changes of "
+    "any session; other clients only deliver (and cancel their own session before its commit).",
+)
+@_server_option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Open connections at most (fewer if the file limit is lower); past it, the "
+    "connection idle the longest is closed.",
+)
+@_server_option(
+    "--database",
+    default=None,
+    metavar="postgresql://...",
+    help="Keep sessions and rows in this PostgreSQL database, shared by every server process "
+    "given the same URL and the same --data-dir (default: SQLite files in --data-dir, one "
+    "process).",
 )
 @fail_cleanly
-def serve(
-    config_path: Path, data_dir: Path, host: str, port: int, session_timeout: float, log_level: str
-) -> None:
+def serve(config_path: Path, data_dir: Path, **options: Any) -> None:
     """Run the reference server: it issues tokens to the configuration's OpenID clients, takes
     each agent run as a session (chunked uploads, then a commit), applies committed sessions
-    one at a time in opening order to its SQLite store, blocks a session that crosses a
+    one at a time in opening order to its store (SQLite in --data-dir, or PostgreSQL with
+    --database, shared by several server processes), blocks a session that crosses a
     threshold until an operator forces or cancels it, and serves the stored tables as CSV.
-    The status page is at / ."""
-    from prepsync.server import serve as run_server
+    The status page is at / , health at /healthz, metrics at /metrics.
 
-    run_server(
-        config_path,
-        data_dir,
-        host=host,
-        port=port,
-        session_timeout=session_timeout,
-        log_level=log_level,
-    )
+    Every option may also be set by the environment variable shown with it.
+
+    \b
+    Exit status:
+      0    stopped (SIGTERM or Ctrl-C)
+      1    bad configuration, data directory or certificate (one line on stderr)
+      2    command-line usage error
+      6    cannot listen on --host/--port (address in use, no permission)
+    """
+    from prepsync.server import serve as run_server
+    from prepsync.server.app import LISTEN_FAILURE_EXIT_STATUS, ListenError
+
+    options["log_level"] = options["log_level"].lower()
+    options["log_format"] = options["log_format"].lower()
+    try:
+        run_server(config_path, data_dir, **options)
+    except ListenError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(LISTEN_FAILURE_EXIT_STATUS)
+
+
+@main.command("hash-secret")
+@fail_cleanly
+def hash_secret_command() -> None:
+    """Print the HashedSecret of a client secret, for its <OpenIdClient> element.
+
+    The secret is read from standard input (one line; a pipe or a file), or asked for without
+    echo when standard input is a terminal: never from an argument, which other users of the
+    machine could see in the process list.
+    """
+    from prepsync.server.clients import hash_secret
+
+    if sys.stdin.isatty():
+        secret = click.prompt("Secret", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        secret = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise CliError("the secret is empty")
+    click.echo(hash_secret(secret))
 
 
 @main.command()

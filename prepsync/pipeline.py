@@ -22,14 +22,16 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from prepsync import _cleanse
+from prepsync.dialect import ReadSettings
 from prepsync.errors import BaselineError, InputError, UsageError
+from prepsync.private import DIR_MODE, make_dirs
 from prepsync.protocol import (
     COMMAND_COLUMN,
     DELTA_SUFFIX,
@@ -220,6 +222,7 @@ def plan_columns(
     source: str,
     offsets: Sequence[int] | None = None,
     line: int = 1,
+    separator: str = ",",
 ) -> ColumnPlan:
     """Check a source header against the table's configuration.
 
@@ -243,7 +246,15 @@ def plan_columns(
 
     for name in spec.columns:
         if name.casefold() not in seen:
-            raise InputError(source, f"column '{name}' is missing from the header", line, at[0])
+            problem = f"column '{name}' is missing from the header"
+            other = _other_separator(header, spec, separator)
+            if other is not None:
+                shown = "tabs" if other == "\t" else f"'{other}'"
+                problem += (
+                    f" (the header splits on {shown} instead: set --separator "
+                    f"{'tab' if other == chr(9) else repr(other)}, or the table's Separator)"
+                )
+            raise InputError(source, problem, line, at[0])
     kept = [i for i, name in enumerate(header) if name.casefold() in wanted]
 
     command_col = -1
@@ -261,6 +272,24 @@ def plan_columns(
         command_col=command_col,
         baseline_key_cols=[kept.index(i) for i in key_cols],
     )
+
+
+#: Separators files are written with, tried when a header lacks a column.
+LIKELY_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _other_separator(header: Sequence[str], spec: TableSpec, separator: str) -> str | None:
+    """The likely separator other than ``separator`` that splits the header into names holding
+    every column the table reads, if there is one: the file was written with it."""
+    wanted = {name.casefold() for name in spec.columns}
+    text = separator.join(header)
+    for other in LIKELY_SEPARATORS:
+        if other == separator or other not in text:
+            continue
+        names = {name.strip().strip('"').casefold() for name in text.split(other)}
+        if wanted <= names:
+            return other
+    return None
 
 
 def _check_baseline_header(
@@ -302,23 +331,107 @@ def stage_table(
     should_stop: Callable[[], bool] | None = None,
     budget_shares: int = 1,
     sending: Callable[[Path, str], None] | None = None,
+    settings: ReadSettings | None = None,
 ) -> TableResult:
     """Cleanse one table into files staged in ``staged`` (committed by the caller).
 
     ``memory_budget`` is this table's; ``budget_shares`` > 1 says it is a share of a run's
     budget split between that many tables, so that errors name it as such. ``sending(temp,
     name)`` is told where the file for the server is written, once its header is in.
+    ``separator`` is the outputs' (and the baseline's); ``settings`` says how the source is
+    read (default: UTF-8 with ``separator``).
     """
     mode = mode.lower()
     if mode not in MODES:
         raise UsageError(f"unknown synchronization mode '{mode}'")
     if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
         raise UsageError("the separator must be one ASCII character other than a quote, CR or LF")
+    if settings is None:
+        settings = ReadSettings(separator=separator)
     started = time.monotonic()
     source_name = str(source)
     _check_regular_file(source)
+    read_path = source
+    empty_header: Path | None = None
+    if source.stat().st_size == 0:
+        # PowerShell writes nothing at all when a query returns nothing: a table with no rows.
+        names = _empty_table_header(spec, baseline, separator, memory_budget, budget_shares)
+        empty_header = Path(spill_dir or out_dir) / f"{spec.name}.empty-source.csv"
+        empty_header.write_bytes(format_row(names, separator))
+        read_path = empty_header
+        settings = ReadSettings(separator=separator)
+        log.info("%s: %s is empty (0 bytes): a table with no rows", spec.name, source_name)
+    try:
+        return _stage_read(
+            read_path,
+            source_name,
+            spec,
+            out_dir,
+            staged,
+            settings,
+            mode=mode,
+            baseline=baseline,
+            command_column=command_column,
+            separator=separator,
+            memory_budget=memory_budget,
+            spill_dir=spill_dir,
+            read_block=read_block,
+            progress=progress,
+            should_stop=should_stop,
+            budget_shares=budget_shares,
+            sending=sending,
+            started=started,
+        )
+    finally:
+        if empty_header is not None:
+            empty_header.unlink(missing_ok=True)
+
+
+def _empty_table_header(
+    spec: TableSpec, baseline: Path | None, separator: str, memory_budget: int, budget_shares: int
+) -> list[str]:
+    """The header of a table whose source is 0 bytes: the baseline's, so that its rows compare
+    with the baseline's, else the mapped columns in configuration order."""
+    if baseline is None or not baseline.is_file():
+        return list(spec.columns)
+    try:
+        header, _, _ = _cleanse.read_header(
+            str(baseline), separator.encode(), memory_budget, budget_shares=budget_shares
+        )
+    except InputError as error:
+        raise BaselineError(
+            spec.name, f"baseline {baseline}, line {error.line}: {error.problem}"
+        ) from None
+    return header
+
+
+def _stage_read(
+    source: Path,
+    source_name: str,
+    spec: TableSpec,
+    out_dir: Path,
+    staged: StagedFiles,
+    settings: ReadSettings,
+    *,
+    mode: str,
+    baseline: Path | None,
+    command_column: str,
+    separator: str,
+    memory_budget: int,
+    spill_dir: Path | None,
+    read_block: int | None,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+    budget_shares: int,
+    sending: Callable[[Path, str], None] | None,
+    started: float,
+) -> TableResult:
     header, offsets, header_line_number = _cleanse.read_header(
-        source_name, separator.encode(), memory_budget, budget_shares=budget_shares
+        str(source),
+        separator.encode(),
+        memory_budget,
+        budget_shares=budget_shares,
+        settings=settings,
     )
     plan = plan_columns(
         header,
@@ -327,6 +440,7 @@ def stage_table(
         source=source_name,
         offsets=offsets,
         line=header_line_number,
+        separator=settings.separator,
     )
     del header, offsets  # a wide header's names are not needed past this point
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
@@ -363,7 +477,7 @@ def stage_table(
     baseline_file = open(baseline, "rb") if joining and baseline is not None else None  # noqa: SIM115
     try:
         engine = _cleanse.Cleanser(
-            source=source_name,
+            source=str(source),
             table=spec.name,
             separator=separator.encode(),
             memory_budget=memory_budget,
@@ -383,6 +497,7 @@ def stage_table(
             budget_shares=budget_shares,
             # A test's small read_block cuts the baseline's records at every position too.
             baseline_read_block=read_block or 0,
+            settings=settings,
         )
         try:
             block = read_block or _cleanse.io_block(memory_budget)
@@ -458,6 +573,7 @@ def prepare_table(
     separator: str = ",",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     read_block: int | None = None,
+    settings: ReadSettings | None = None,
 ) -> TableResult:
     """Cleanse one table into ``out_dir`` (REFERENCE §3-§4); outputs appear only on success."""
     staged = StagedFiles(out_dir)
@@ -475,6 +591,7 @@ def prepare_table(
                 memory_budget=memory_budget,
                 spill_dir=spill,
                 read_block=read_block,
+                settings=settings,
             )
         staged.commit()
         return result
@@ -495,6 +612,24 @@ class PrepareRequest:
     separator: str = ","
     command_column: str = "command"
     parallel: int | None = None  # tables cleansed at once; None: one per core
+    # How sources are read (``separator`` above is also the sources' unless a table says
+    # otherwise): the defaults, and per table (keys casefolded, without ``.csv``).
+    encoding: str | None = None
+    skip_lines: int = 0
+    trim: tuple[str, ...] = ()
+    table_settings: Mapping[str, ReadSettings] = field(default_factory=dict)
+
+    def settings_for(self, table: str) -> ReadSettings:
+        """How the table's source is read: its own settings, else the run's."""
+        own = self.table_settings.get(table.casefold().removesuffix(".csv"))
+        if own is not None:
+            return own
+        return ReadSettings(
+            separator=self.separator,
+            encoding=self.encoding,
+            skip_lines=self.skip_lines,
+            trim=self.trim,
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", self.mode.lower())
@@ -610,6 +745,7 @@ def check_free_space(
     sources: Sequence[Path],
     separator: str,
     memory_budget: int,
+    settings: Sequence[ReadSettings] | None = None,
 ) -> None:
     """Refuse a run the working directory cannot hold before it starts, rather than failing on
     a full disk half-way. Spill files and outputs each hold about the kept data, so the run
@@ -618,9 +754,14 @@ def check_free_space(
     if os.environ.get(SPACE_CHECK_VARIABLE) == "0":
         return
     kept_bytes = 0
-    for spec, source in zip(tables, sources, strict=True):
+    for index, (spec, source) in enumerate(zip(tables, sources, strict=True)):
         try:
-            header, _, _ = _cleanse.read_header(str(source), separator.encode(), memory_budget)
+            header, _, _ = _cleanse.read_header(
+                str(source),
+                separator.encode(),
+                memory_budget,
+                settings=settings[index] if settings else ReadSettings(separator=separator),
+            )
             width = len(header)
             size = source.stat().st_size
         except (InputError, OSError):
@@ -661,7 +802,8 @@ def prepare_connector(
     require_lock(working_dir)
     remove_leftovers(working_dir, baseline_dir)
     sources = [find_source(request.sources_dir, spec.name) for spec in tables]
-    check_free_space(working_dir, tables, sources, request.separator, share)
+    settings = [request.settings_for(spec.name) for spec in tables]
+    check_free_space(working_dir, tables, sources, request.separator, share, settings)
     staged = StagedFiles(working_dir)
     failure = _FirstFailure(len(tables))
     try:
@@ -669,7 +811,7 @@ def prepare_connector(
 
             def cleanse(index: int) -> TableResult:
                 own_spill = spill / str(index)  # run file names are per engine
-                own_spill.mkdir()
+                own_spill.mkdir(mode=DIR_MODE)
                 spec = tables[index]
                 result = stage_table(
                     sources[index],
@@ -682,6 +824,7 @@ def prepare_connector(
                     separator=request.separator,
                     memory_budget=share,
                     budget_shares=workers,
+                    settings=settings[index],
                     spill_dir=own_spill,
                     progress=progress,
                     should_stop=lambda: failure.stops(index),
@@ -776,7 +919,7 @@ def advance_baselines(run: RunResult) -> list[Path]:
     baseline.
     """
     baseline_dir = run.request.baseline_dir
-    baseline_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(baseline_dir)
     require_lock(run.request.working_dir)
     staged = StagedFiles(run.request.working_dir)
     targets = []

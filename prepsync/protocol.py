@@ -89,3 +89,8 @@ VERDICT_STATES = (DONE, BLOCKED, FAILED, CANCELLED)
 # ------------------------------------------------------------------------------ review paging
 # GET /api/sessions/{id}/changes: a page cut short by ``limit`` names the next ``after`` here.
 NEXT_AFTER_HEADER = "Prepsync-Next-After"
+
+# ------------------------------------------------------------------------------ a full disk
+# The start of the error of every 507 Insufficient Storage the server answers; the agent says
+# it too when a server answers 507 without it.
+DISK_FULL = "the server's disk is full"

@@ -6,12 +6,14 @@ The CLI and the demo both render runs through here.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prepsync.pipeline import RunResult, TableResult
+from prepsync.private import FILE_MODE
 from prepsync.sizes import format_size
 
 if TYPE_CHECKING:
@@ -105,4 +107,8 @@ def write_report(path: Path, run: RunResult, delivery: Delivery | None) -> None:
     document = run.to_json()
     if delivery:
         document["delivery"] = delivery.to_json()
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    # Owner only, as every file prepsync writes: it names tables, sessions and reasons.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    os.fchmod(descriptor, FILE_MODE)  # a report file written before by a version without this
+    with open(descriptor, "w", encoding="utf-8") as out:
+        out.write(json.dumps(document, indent=2) + "\n")

@@ -1,4 +1,8 @@
-"""Byte sizes as people write them: ``64MiB``, ``1GiB``, ``500MB``, ``1048576``."""
+"""Byte sizes as people write them: ``64MiB``, ``256M``, ``1GiB``, ``500MB``, ``1048576``.
+
+``K``/``M``/``G``/``T`` alone are powers of 1024, as GNU ``sort -S`` reads them (so
+``--memory-budget 256M`` is 256 MiB); ``KB``/``MB``/``GB``/``TB`` are powers of 1000.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ import re
 _UNITS = {
     "": 1,
     "b": 1,
-    "k": 1000,
+    "k": 1 << 10,
     "kb": 1000,
-    "m": 1000**2,
+    "m": 1 << 20,
     "mb": 1000**2,
-    "g": 1000**3,
+    "g": 1 << 30,
     "gb": 1000**3,
-    "t": 1000**4,
+    "t": 1 << 40,
     "tb": 1000**4,
     "kib": 1 << 10,
     "mib": 1 << 20,
@@ -24,7 +28,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """Bytes in ``text``: KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024."""
+    """Bytes in ``text``: K/M/G and KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000."""
     match = _SIZE.match(text)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"'{text}' is not a size (examples: 64MiB, 1GiB, 500MB)")

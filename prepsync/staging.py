@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.errors import UsageError
+from prepsync.private import FILE_MODE, make_dirs, restrict
 
 log = logging.getLogger("prepsync")
 
@@ -56,7 +57,7 @@ class StagedFiles:
         with self._lock:
             slot = len(self._files)
             self._files.append((final, temp, None))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         with self._lock:
             self._files[slot] = (final, temp, fd)
         write_all(fd, header, final)
@@ -105,8 +106,7 @@ def temp_name(final: Path) -> Path:
 
 def _apply_journal(journal: Path) -> None:
     """Perform the journal's renames; safe to run again after a crash at any point in it."""
-    with open(journal, encoding="utf-8") as source:
-        renames = json.load(source)["renames"]
+    renames = _read_renames(journal)
     folders = {journal.parent}
     for rename in renames:
         temp, final = Path(rename["temp"]), Path(rename["final"])
@@ -127,6 +127,36 @@ def _apply_journal(journal: Path) -> None:
         fsync_dir(folder)
     journal.unlink()
     fsync_dir(journal.parent)
+
+
+def _read_renames(journal: Path) -> list[dict[str, Any]]:
+    """The journal's renames, checked whole. It is written atomically, so anything else
+    (garbled, another shape) was not written by prepsync: one error saying what to do, since
+    the files it named may be of two generations."""
+    renames: object = None
+    try:
+        data = json.loads(journal.read_bytes().decode("utf-8"))
+    except ValueError as error:
+        problem: str | None = f"not JSON: {error}"
+    else:
+        problem = None
+        renames = data.get("renames") if isinstance(data, dict) else None
+        if not isinstance(renames, list) or not all(
+            isinstance(item, dict)
+            and isinstance(item.get("temp"), str)
+            and isinstance(item.get("final"), str)
+            and isinstance(item.get("backup"), bool)
+            for item in renames
+        ):
+            problem = 'not a "renames" list of "temp", "final" and "backup"'
+    if problem is not None:
+        raise UsageError(
+            f"rename journal {journal} is not one prepsync writes ({problem}); check that no "
+            "prepsync run uses this working directory, delete the file, and run a complete "
+            "synchronization (the outputs and baselines it named may be of two runs)"
+        )
+    assert isinstance(renames, list)
+    return renames
 
 
 def _replace(temp: Path, final: Path) -> None:
@@ -186,11 +216,11 @@ def working_lock(working_dir: Path) -> Iterator[None]:
     Taking it first finishes a commit that a crashed run left (:func:`recover`), so a holder
     always sees whole generations of files, and may remove a killed run's leftovers.
     """
-    working_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(working_dir)
     key = working_dir.resolve()
     if key in _held_locks:
         raise RuntimeError(f"working_lock({working_dir}) is already held by this process")
-    fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(working_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -249,7 +279,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def write_synced(path: Path, data: bytes) -> None:
     """Create ``path`` holding ``data``, flushed to disk. On failure (a full disk) nothing is
     left and the error names the file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         write_all(fd, data, path)
         try:
@@ -273,6 +303,7 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+        restrict(target)  # copyfile creates it 0666 minus the umask
         with open(target, "rb") as copied:
             os.fsync(copied.fileno())
 

@@ -19,6 +19,14 @@ every later session back until the server's session timeout (the server also can
 when the next session of this agent opens). A crash between steps 5 and 6
 leaves a journal naming a committed session: the next run asks the server, sees it committed,
 and only advances the baselines from that run's outputs - it does not send them twice.
+
+Whether the next run then sends anything depends on its sources. The journal records, from
+the intent on (so before anything can be committed), a fingerprint of the files the session is
+built from (:func:`source_fingerprint`: each table's source name, size and modification time),
+checked again once they are read. A rerun on the same sources is the same run: it finishes the
+committed session and sends nothing (a change file carries no baseline that would make its
+changes vanish from a second session: sent again, they would be applied twice). Sources that
+changed since are a new run, sent in a new session.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from prepsync.protocol import (
     CANCELLED,
     DONE,
     FAILED,
+    FULL_MODES,
+    INCREMENTAL,
     MODES,
     OPEN,
     PROCESSING,
@@ -87,6 +97,9 @@ class Delivery:
     # time.monotonic() at the commit's answer: verdict_wait counts from there (the baselines
     # advance in between); None for a delivery built elsewhere (await_verdict's start then).
     committed_at: float | None = None
+    # True when this run sent nothing: an interrupted run had committed this session from the
+    # same sources, and this run only finished it (advanced its baselines).
+    resumed: bool = False
 
     @property
     def verdict(self) -> str | None:
@@ -105,6 +118,7 @@ class Delivery:
             "reason": self.reason,
             "files": [{"name": f.name, "size": f.size, "xxh3_128": f.xxh3_128} for f in self.files],
             "recovered_session": self.recovered_session,
+            "resumed": self.resumed,
             "server_session": self.server_session,
             "phase_seconds": {name: round(value, 6) for name, value in self.phase_seconds.items()},
             "server_apply_seconds": (self.server_session or {}).get("apply_seconds"),
@@ -146,6 +160,11 @@ def journal_problem(data: object) -> str | None:
         return f'"mode" is {json.dumps(data["mode"])}, not one of {", ".join(MODES)}'
     if data.get("agent") is not None and not isinstance(data["agent"], str):
         return f'"agent" is {json.dumps(data["agent"])}, not a name or null'
+    if data.get("committed") not in (None, True, False):
+        return f'"committed" is {json.dumps(data["committed"])}, not true or false'
+    problem = _fingerprint_problem(data.get("sources")) or _files_problem(data.get("files"))
+    if problem is not None:
+        return problem
     tables = data["tables"]
     if tables is None:
         return None
@@ -161,6 +180,48 @@ def journal_problem(data: object) -> str | None:
             return f'{where} has no "sorted" path or null'
         if not isinstance(table.get("change_file"), bool):
             return f'{where} has no "change_file" true or false'
+    return None
+
+
+def _fingerprint_problem(sources: object) -> str | None:
+    """What is wrong with a journal's "sources" (absent or null in a journal written before
+    prepsync recorded them)."""
+    if sources is None:
+        return None
+    if not isinstance(sources, dict) or not isinstance(sources.get("files"), list):
+        return '"sources" is not an object with a "files" list'
+    if not isinstance(sources.get("separator"), str):
+        return '"sources" has no "separator"'
+    if not isinstance(sources.get("command_column"), str):
+        return '"sources" has no "command_column"'
+    for index, item in enumerate(sources["files"]):
+        where = f'"sources"["files"][{index}]'
+        if not isinstance(item, dict) or not isinstance(item.get("table"), str):
+            return f'{where} has no "table" name'
+        if not isinstance(item.get("source"), str | None):
+            return f'{where} has no "source" name or null'
+        for name in ("size", "mtime_ns"):
+            value = item.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return f'{where} has no "{name}" number or null'
+    return None
+
+
+def _files_problem(files: object) -> str | None:
+    """What is wrong with a journal's "files" (the receipts of what was sent, or null)."""
+    if files is None:
+        return None
+    if not isinstance(files, list):
+        return '"files" is not a list or null'
+    for index, item in enumerate(files):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and isinstance(item.get("size"), int)
+            and not isinstance(item.get("size"), bool)
+            and isinstance(item.get("xxh3_128"), str)
+        ):
+            return f'"files"[{index}] is not a file\'s "name", "size" and "xxh3_128"'
     return None
 
 
@@ -243,9 +304,7 @@ class UploadWhileWriting:
         self._thread.start()
 
     def writing(self, index: int, temp: Path, name: str) -> None:
-        from prepsync.client import FileUpload
-
-        upload = FileUpload(self._api, self._session_id, temp, name, pause=self._pause)
+        upload = self._api.file_upload(self._session_id, temp, name, pause=self._pause)
         with self._changed:
             self._uploads[index] = upload
             self._changed.notify()
@@ -340,8 +399,69 @@ def _run_from_journal(entry: dict[str, Any], sources: Path, working: Path) -> pi
     return pipeline.RunResult(request=request, tables=tables, seconds=0.0, peak_rss=0)
 
 
-def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | None:
-    """Settle the session a crashed run left; returns its id if it had been committed."""
+def source_fingerprint(request: pipeline.PrepareRequest, tables: Sequence[TableSpec]) -> Any:
+    """What identifies the sources a run is built from, cheaply: each table's source file
+    (the name :func:`prepsync.pipeline.find_source` picks), its size and its modification time
+    in nanoseconds, with the separator and command column that read them. A source that cannot
+    be found has no size: such a fingerprint never matches (the run itself reports why)."""
+    files: list[dict[str, Any]] = []
+    for spec in tables:
+        try:
+            source = pipeline.find_source(request.sources_dir, spec.name)
+            status = source.stat()
+        except (PrepsyncError, OSError):
+            files.append({"table": spec.name, "source": None, "size": None, "mtime_ns": None})
+            continue
+        files.append(
+            {
+                "table": spec.name,
+                "source": source.name,
+                "size": status.st_size,
+                "mtime_ns": status.st_mtime_ns,
+            }
+        )
+    return {
+        "separator": request.separator,
+        "command_column": request.command_column,
+        "files": files,
+    }
+
+
+def same_sources(entry: dict[str, Any], fingerprint: Any, mode: str) -> bool:
+    """Whether a run in ``mode`` on sources of ``fingerprint`` is the run that wrote the
+    journal ``entry``: then the session the journal names holds its changes already.
+
+    A complete or initial run after an incremental session is another run even on the same
+    files: it reloads everything, which is harmless to send again and what it was asked for."""
+    recorded = entry.get("sources")
+    if recorded is None or recorded != fingerprint:
+        return False
+    if any(item["size"] is None for item in fingerprint["files"]):
+        return False
+    return not (mode in FULL_MODES and entry["mode"] == INCREMENTAL)
+
+
+@dataclass
+class Settled:
+    """The committed session of an interrupted run: its baselines are advanced, and its
+    journal (marked ``committed``) is still there for the caller to keep or remove."""
+
+    session_id: str
+    state: str
+    entry: dict[str, Any]
+    journal: SessionJournal
+
+    def receipts(self) -> list[FileReceipt]:
+        from prepsync.client import FileReceipt
+
+        files = self.entry.get("files") or []
+        return [FileReceipt(f["name"], f["size"], f["xxh3_128"]) for f in files]
+
+
+def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled | None:
+    """Settle the session a crashed run left. Returns it if it had been committed (its
+    baselines then advanced, its journal kept and marked); else the journal is gone, with
+    a session still open cancelled, and None."""
     journal = SessionJournal(working)
     entry = journal.read()
     if entry is None:
@@ -363,21 +483,38 @@ def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | No
         if error.status != 404:
             raise
         state = "unknown"  # e.g. the server's data was reset: nothing of it is applied
-    if state in COMMITTED_STATES and entry.get("tables") is not None:
-        log.warning(
-            "session %s of an interrupted run was committed (%s): advancing its baselines",
-            session_id,
-            state,
-        )
-        pipeline.advance_baselines(_run_from_journal(entry, sources, working))
-        journal.remove()
-        return str(session_id)
+    # A journal marked committed was seen committed by an earlier rerun, which advanced its
+    # baselines: failed or cancelled now is that committed session's verdict, not a sign that
+    # it never arrived.
+    marked = entry.get("committed") is True
+    settled_states = COMMITTED_STATES | ({FAILED, CANCELLED} if marked else frozenset())
+    if state in settled_states and entry["tables"] is not None:
+        if not marked:
+            log.warning(
+                "session %s of an interrupted run was committed (%s): advancing its baselines",
+                session_id,
+                state,
+            )
+            pipeline.advance_baselines(_run_from_journal(entry, sources, working))
+            entry = {**entry, "committed": True}
+            journal.write(entry)
+        return Settled(str(session_id), str(state), entry, journal)
     if state == OPEN:
         log.warning("cancelling session %s left open by an interrupted run", session_id)
         api.cancel(session_id)
     # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
     journal.remove()
     return None
+
+
+def finish_interrupted(api: ApiClient, sources: Path, working: Path) -> str | None:
+    """Settle the session a crashed run left and forget it; returns its id if it had been
+    committed (its baselines are then advanced)."""
+    settled = settle_interrupted(api, sources, working)
+    if settled is None:
+        return None
+    settled.journal.remove()
+    return settled.session_id
 
 
 def _cancel_orphans(api: ApiClient, connector: str, agent: str | None) -> None:
@@ -411,12 +548,44 @@ def synchronize(
     connector, mode = request.connector, request.mode
     journal = SessionJournal(request.working_dir)
     with staging.working_lock(request.working_dir):
-        recovered = finish_interrupted(api, request.sources_dir, request.working_dir)
         if tables is None:
             tables = resolve_tables(
                 api.mappings(connector), source=f"server mappings of {connector}"
             )
-        intent = {"session": None, "connector": connector, "agent": agent, "mode": mode}
+        # Taken before anything is read, and in the journal from the intent on: so it is on
+        # disk before the session can be committed, whenever this run is killed.
+        fingerprint = source_fingerprint(request, tables)
+        settled = settle_interrupted(api, request.sources_dir, request.working_dir)
+        recovered = None
+        if settled is not None:
+            if same_sources(settled.entry, fingerprint, mode):
+                # The same run again (a scheduler's rerun): its session holds the changes.
+                # The journal stays, so a rerun of this rerun sends nothing either.
+                log.warning(
+                    "session %s (%s) of an interrupted run was committed from these same "
+                    "sources: nothing is sent again",
+                    settled.session_id,
+                    settled.state,
+                )
+                # What a killed run left (under the lock, once recovered: nothing needs it).
+                staging.remove_leftovers(request.working_dir, request.baseline_dir)
+                run = _run_from_journal(settled.entry, request.sources_dir, request.working_dir)
+                return run, Delivery(
+                    settled.session_id,
+                    settled.state,
+                    settled.receipts(),
+                    settled.session_id,
+                    resumed=True,
+                )
+            settled.journal.remove()  # other sources: a new run
+            recovered = settled.session_id
+        intent = {
+            "session": None,
+            "connector": connector,
+            "agent": agent,
+            "mode": mode,
+            "sources": fingerprint,
+        }
         journal.write({**intent, "tables": None})
         try:
             session_id = api.open_session(connector, agent, mode, request.separator)
@@ -432,6 +601,8 @@ def synchronize(
         try:
             run = pipeline.prepare_connector(tables, request, progress=progress, sender=sender)
             prepared = time.monotonic()
+            _check_unchanged(fingerprint, source_fingerprint(request, tables))
+            receipts = sender.finish()
             journal.write(
                 {
                     **intent,
@@ -444,9 +615,11 @@ def synchronize(
                         }
                         for t in run.tables
                     ],
+                    "files": [
+                        {"name": r.name, "size": r.size, "xxh3_128": r.xxh3_128} for r in receipts
+                    ],
                 }
             )
-            receipts = sender.finish()
             staging.crash_point("uploaded")
             committing = True
             upload_seconds = time.monotonic() - prepared  # what is left once the run is done
@@ -469,6 +642,17 @@ def synchronize(
         session_id, state, receipts, recovered, phase_seconds=phases, committed_at=committed_at
     )
     return run, delivery
+
+
+def _check_unchanged(before: Any, after: Any) -> None:
+    """Refuse to commit what was read from sources that changed meanwhile (an export still
+    being written): the journal's fingerprint would not describe what the session holds."""
+    for old, new in zip(before["files"], after["files"], strict=True):
+        if old != new:
+            raise PrepsyncError(
+                f"table {old['table']}: its source {old['source'] or new['source']} changed "
+                "while it was read; nothing was committed: run again once the export is complete"
+            )
 
 
 def _abandon(api: ApiClient, journal: SessionJournal, session_id: str) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serverutil import CLIENT, SECRET, ServerProcess
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET, ServerProcess
 
 CONNECTOR = "AD"
 ENTRIES, MEMBERS = "ADExport_entries", "ADExport_members"
@@ -36,11 +36,14 @@ TABLES = (ENTRIES, MEMBERS)
 # Kept columns in source header order (the export has an extra column that is dropped).
 KEPT = {ENTRIES: ("objectGUID", "dn", "mail"), MEMBERS: ("dn", "member")}
 FINAL_STATES = frozenset({"done", "failed", "cancelled", "blocked"})
+CLOCK_JUMP = Path(__file__).resolve().parent / "clockjump.py"
 
 
 def config_xml() -> str:
-    """The server's configuration: the AD connector's two tables, no thresholds, one client."""
+    """The server's configuration: the AD connector's two tables, no thresholds, the agent's
+    client and an operator's."""
     digest = base64.b64encode(hashlib.sha256(SECRET.encode()).digest()).decode()
+    operator = base64.b64encode(hashlib.sha256(OPERATOR_SECRET.encode()).digest()).decode()
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <ConfigurationFile xmlns="urn:chaos">
   <EntityTypeMapping Identifier="AD_Entry" Connector="AD" ConnectionTable="{ENTRIES}">
@@ -50,7 +53,8 @@ def config_xml() -> str:
   </EntityTypeMapping>
   <EntityAssociationMapping Identifier="AD_Entry_member" Connector="AD"
       ConnectionTable="{MEMBERS}" Column1="dn" Column2="member" />
-  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" />
+  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{digest}" Profile="Agent" />
+  <OpenIdClient Identifier="{OPERATOR}" HashedSecret="{operator}" Profile="Administrator" />
 </ConfigurationFile>
 """
 
@@ -149,6 +153,43 @@ class Model:
         members = csv_text(["dn", "member"], pairs, separator, end)
         return {ENTRIES: entries.encode(), MEMBERS: members.encode()}
 
+    def snapshot(self) -> tuple[dict[str, tuple[str, str, str]], set[tuple[str, str]]]:
+        return dict(self.entries), set(self.members)
+
+    def change_exports(
+        self,
+        before: tuple[dict[str, tuple[str, str, str]], set[tuple[str, str]]],
+        separator: str = ",",
+    ) -> dict[str, bytes]:
+        """Each table's changes since ``before`` as a connector's change file (a ``command``
+        column first): inserts, updates and deletes in shuffled order, commands in any case and
+        spelling (``merge``, Workday's ``add``), a superseded change of a key that the last one
+        for it overrides, and a null-key row (both set aside by cleansing)."""
+        entries, members = before
+        rows: list[list[str]] = []
+        for guid, row in self.entries.items():
+            if guid not in entries:
+                rows.append([self.rng.choice(["insert", "INSERT", "merge", "Add"]), *row])
+            elif entries[guid] != row:
+                rows.append([self.rng.choice(["update", "Update", "merge"]), *row])
+        for guid, row in entries.items():
+            if guid not in self.entries:
+                rows.append([self.rng.choice(["delete", "DELETE"]), *row])
+        self.rng.shuffle(rows)
+        if rows and self.rng.random() < 0.5:  # an earlier change of a key: the last one wins
+            rows.insert(0, [rows[0][0], rows[0][1], "CN=superseded", "old"])
+        rows.append(["insert", "", "CN=no key", "nokey"])
+        entry_rows = [[command, guid, dn, "x", mail] for command, guid, dn, mail in rows]
+        pairs = [["insert", *pair] for pair in self.members - members]
+        pairs += [["delete", *pair] for pair in members - self.members]
+        self.rng.shuffle(pairs)
+        end = self.rng.choice(["\n", "\r\n"])
+        header = ["command", "objectGUID", "dn", "extra", "mail"]
+        return {
+            ENTRIES: csv_text(header, entry_rows, separator, end).encode(),
+            MEMBERS: csv_text(["command", "dn", "member"], pairs, separator, end).encode(),
+        }
+
     def expected(self) -> dict[str, list[tuple[str, ...]]]:
         """The rows the store must hold after this export was applied, in key order."""
         return {
@@ -205,8 +246,10 @@ class Server(ServerProcess):
         data: Path | None = None,
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
+        clock: Path | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        self.clock = clock  # a clockjump.py offset file: the server's wall clock can jump
         config = root / "server.xml"
         config.write_text(config_xml(), encoding="utf-8")
         super().__init__(
@@ -217,6 +260,12 @@ class Server(ServerProcess):
             store_retry_delay=store_retry_delay,
         )
         self.root = root
+
+    def command(self) -> list[str]:
+        command = super().command()
+        if self.clock is None:
+            return command
+        return [command[0], str(CLOCK_JUMP), str(self.clock), *command[1:]]
 
     def settle(self, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait until no committed session is still waiting or being applied."""
@@ -235,10 +284,13 @@ class Server(ServerProcess):
 
 
 class Agent:
-    def __init__(self, root: Path, url: str, separator: str = ",") -> None:
+    def __init__(
+        self, root: Path, url: str, separator: str = ",", clock: Path | None = None
+    ) -> None:
         self.root = root
         self.url = url
         self.separator = separator
+        self.clock = clock  # a clockjump.py offset file: the agent's wall clock can jump
         self.sources = root / "Temp" / "ExportOutput"
         self.working = root / "Work" / "Collect"
         self.previous = self.sources / "previous"
@@ -249,8 +301,10 @@ class Agent:
             (self.sources / f"{table}.csv").write_bytes(data)
 
     def command(self, mode: str, *extra: str) -> list[str]:
+        shifted = [] if self.clock is None else [str(CLOCK_JUMP), str(self.clock)]
         return [
             sys.executable,
+            *shifted,
             "-m",
             "prepsync",
             "prepare",
@@ -553,13 +607,13 @@ def fill(folder: Path, leave: int) -> Path:
     filler = folder / "filler"
     stats = os.statvfs(folder)
     free = stats.f_bavail * stats.f_frsize
-    with filler.open("ab") as out:
+    # Unbuffered: a buffered file would retry its unwritten bytes at close, and fail there.
+    with filler.open("ab", buffering=0) as out:
         remaining = max(0, free - leave)
         block = b"\0" * (1 << 16)
         while remaining > 0:
             try:
-                written = out.write(block[: min(remaining, len(block))])
-                out.flush()
+                written = out.write(block[: min(remaining, len(block))]) or 0
             except OSError:
                 break
             remaining -= written

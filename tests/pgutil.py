@@ -176,9 +176,23 @@ class Cluster:
             )
 
     def _identity(self) -> dict[str, object]:
+        """How to run PostgreSQL's programs: as the server's user, in an environment without
+        the sanitizer runtime the debug test run preloads (``make test-asan``), which is
+        meant for prepsync's core, not for PostgreSQL."""
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")
+        }
         if self.user is None:
-            return {}
-        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+            return {"env": environment}
+        home = {"HOME": self.user.pw_dir, "USER": self.user.pw_name}
+        return {
+            "env": {**environment, **home},
+            "user": self.user.pw_uid,
+            "group": self.user.pw_gid,
+            "extra_groups": [],
+        }
 
     def start(self, timeout: float = 60) -> None:
         # Not under pytest's tmp_path: its directories are private to root, and the server's
@@ -374,3 +388,38 @@ class Databases:
             yield url
         finally:
             self.drop(name)
+
+
+def main() -> int:
+    """``python tests/pgutil.py``: proves a throwaway cluster starts here (CI runs it before
+    the tests, so a host that cannot run PostgreSQL fails in one clear line).
+    ``--bindir``: prints where the server programs are, or nothing (CI installs them then)."""
+    import sys
+
+    if sys.argv[1:] == ["--bindir"]:
+        try:
+            print(find_bindir() or "")
+        except PostgresUnavailable:
+            print("")
+        return 0
+    started = time.monotonic()
+    try:
+        with admin_url() as url:
+            import psycopg
+
+            with psycopg.connect(url) as connection:
+                row = connection.execute("SHOW server_version").fetchone()
+            where = "the server of " + URL_ENV if os.environ.get(URL_ENV) else str(find_bindir())
+            assert row is not None
+            print(
+                f"PostgreSQL {row[0]} ({where}): up in {time.monotonic() - started:.1f} s",
+                flush=True,
+            )
+    except PostgresUnavailable as error:
+        print(f"PostgreSQL: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """The one server harness: the real server in a child process, an API driver, the agent.
 
-* API-level tests: :func:`write_config` (two connectors, two clients), :func:`csv_bytes`
+* API-level tests: :func:`write_config` (two connectors; clients ``agent`` (every connector),
+  ``hr-only`` (HR) and ``operator`` (the operator profile)), :func:`csv_bytes`
   (independent of the server's formatter), :class:`Api` (drives a TestClient or an httpx
   client like an agent), :class:`ServerProcess` (the real server on 127.0.0.1).
 * End-to-end tests: :func:`config_xml`, :class:`Export` (a day-by-day AD export),
@@ -32,6 +33,8 @@ import xxhash
 from prepsync.client import ApiClient, RetryPolicy
 
 CLIENT, SECRET = "agent", "agent-secret"
+# A client of the server's operator profile (Administrator): reviews, forces and cancels.
+OPERATOR, OPERATOR_SECRET = "operator", "operator-secret"
 CONNECTOR = "AD"
 HR_SECRET = "hr-secret"
 FINAL = frozenset({"done", "failed", "cancelled", "blocked"})
@@ -45,8 +48,9 @@ def hash_secret(secret: str) -> str:
 
 CONFIG = """<?xml version="1.0" encoding="utf-8"?>
 <ConfigurationFile xmlns="urn:prepsync:test">
-  <OpenIdClient Identifier="agent" HashedSecret="{agent}" />
+  <OpenIdClient Identifier="agent" HashedSecret="{agent}" Profile="Agent" />
   <OpenIdClient Identifier="hr-only" HashedSecret="{hr}" Connectors="HR" />
+  <OpenIdClient Identifier="operator" HashedSecret="{operator}" Profile="Administrator" />
   <EntityTypeMapping Identifier="AD_Entry" Connector="AD" ConnectionTable="ADExport_entries">
     <Property Identifier="objectGUID" ConnectionColumn="objectGUID" IsPrimaryKey="true" />
     <Property Identifier="dn" ConnectionColumn="dn" />
@@ -65,7 +69,13 @@ CONFIG = """<?xml version="1.0" encoding="utf-8"?>
 
 def write_config(directory: Path) -> Path:
     path = directory / "config.xml"
-    path.write_text(CONFIG.format(agent=hash_secret(SECRET), hr=hash_secret(HR_SECRET)))
+    path.write_text(
+        CONFIG.format(
+            agent=hash_secret(SECRET),
+            hr=hash_secret(HR_SECRET),
+            operator=hash_secret(OPERATOR_SECRET),
+        )
+    )
     return path
 
 
@@ -93,6 +103,10 @@ class Api:
         self.client_id = client_id
         self.secret = secret
         self._token: str | None = None
+
+    def operator(self) -> Api:
+        """A driver of the operator's client on the same server."""
+        return Api(self.http, OPERATOR, OPERATOR_SECRET)
 
     def token(self) -> str:
         if self._token is None:
@@ -233,6 +247,7 @@ class ServerProcess:
     Started as a user starts it, ``prepsync serve`` with its options, unless a ``serve()``
     option the command line does not offer is given (``max_body``, ``max_file_size``,
     ``token_ttl``). ``store_retry_delay`` shortens the worker's pause after a store error.
+    ``database``: the ``--database`` URL (PostgreSQL); None for SQLite in the data directory.
     The API helpers act as the ``agent`` client (or the one named), like an operator would.
     """
 
@@ -244,6 +259,7 @@ class ServerProcess:
         *,
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
+        database: str | None = None,
         **serve_options: Any,
     ) -> None:
         unknown = set(serve_options) - _SERVE_ONLY_OPTIONS
@@ -252,6 +268,7 @@ class ServerProcess:
         self.data = data
         self.log = log
         self.session_timeout = session_timeout
+        self.database = database  # --database: None for SQLite in the data directory
         self.store_retry_delay = store_retry_delay
         self.serve_options = serve_options
         self.process: subprocess.Popen[bytes] | None = None
@@ -280,6 +297,7 @@ class ServerProcess:
                 "port": self.port,
                 "session_timeout": self.session_timeout,
                 "log_level": "warning",
+                "database": self.database,
                 **self.serve_options,
             }
         else:
@@ -298,6 +316,8 @@ class ServerProcess:
                 "--log-level",
                 "warning",
             ]
+            if self.database is not None:
+                arguments["argv"] += ["--database", self.database]
         return arguments
 
     def command(self) -> list[str]:
@@ -366,7 +386,7 @@ class ServerProcess:
         token: str = answer.json()["access_token"]
         return token
 
-    def api(self, client: str = CLIENT, secret: str = SECRET) -> httpx.Client:
+    def api(self, client: str = OPERATOR, secret: str = OPERATOR_SECRET) -> httpx.Client:
         """A new HTTP client carrying a bearer token of ``client`` (close it, or use ``with``)."""
         token = self._token(client, secret)
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"})
@@ -378,15 +398,25 @@ class ServerProcess:
             self._operator = httpx.Client(
                 base_url=self.url,
                 timeout=30,
-                headers={"Authorization": f"Bearer {self._token(CLIENT, SECRET)}"},
+                headers={"Authorization": f"Bearer {self._token(OPERATOR, OPERATOR_SECRET)}"},
             )
         return self._operator
 
     def get(self, path: str) -> httpx.Response:
-        return self._http().get(path)
+        return self._request("GET", path)
 
     def post(self, path: str, json: Any = None) -> httpx.Response:
-        return self._http().post(path, json=json)
+        return self._request("POST", path, json=json)
+
+    def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        answer = self._http().request(method, path, **options)
+        if answer.status_code == 401 and self._operator is not None:
+            # The cached token expired (a long test, or the server's clock jumped): once more
+            # with a new one.
+            self._operator.close()
+            self._operator = None
+            answer = self._http().request(method, path, **options)
+        return answer
 
     def wait(self, session_id: str, states: tuple[str, ...] = ("done",)) -> str:
         """The session's state once it is one of ``states``, or after 30 s whatever it is."""
@@ -415,7 +445,8 @@ TABLES = ("ADExport_entries", "ADExport_members")
 
 
 def config_xml(max_deleted: int = 0) -> str:
-    """The end-to-end configuration: AD's entries and members, HR's people, two clients."""
+    """The end-to-end configuration: AD's entries and members, HR's people, two agents' clients
+    and an operator's."""
     limit = f' MaximumDeletedLines="{max_deleted}"' if max_deleted else ""
     return f"""<ConfigurationFile xmlns="urn:e2e">
   <EntityTypeMapping Identifier="AD_Entry" Connector="AD" ConnectionTable="ADExport_entries"{limit}>
@@ -428,8 +459,10 @@ def config_xml(max_deleted: int = 0) -> str:
   <EntityTypeMapping Identifier="HR_Person" Connector="HR" ConnectionTable="HR_people">
     <Property Identifier="id" ConnectionColumn="id" IsPrimaryKey="true" />
   </EntityTypeMapping>
-  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{hash_secret(SECRET)}" />
+  <OpenIdClient Identifier="{CLIENT}" HashedSecret="{hash_secret(SECRET)}" Profile="Agent" />
   <OpenIdClient Identifier="hr-only" HashedSecret="{hash_secret(HR_SECRET)}" Connectors="HR" />
+  <OpenIdClient Identifier="{OPERATOR}" HashedSecret="{hash_secret(OPERATOR_SECRET)}"
+      Profile="Administrator" />
 </ConfigurationFile>
 """
 
@@ -479,8 +512,8 @@ class Export:
 
 
 class Agent:
-    def __init__(self, root: Path, server: ServerProcess) -> None:
-        self.root, self.server = root, server
+    def __init__(self, root: Path, server: ServerProcess, name: str = "e2e") -> None:
+        self.root, self.server, self.name = root, server, name
         self.sources = root / "Temp" / "ExportOutput"
         self.working = root / "Work" / "Collect"
         self.sources.mkdir(parents=True)
@@ -494,7 +527,7 @@ class Agent:
             "--connector",
             CONNECTOR,
             "--agent",
-            "e2e",
+            self.name,
             "--synchronization-mode",
             mode,
             "--api-url",

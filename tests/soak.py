@@ -11,16 +11,26 @@ processes on 127.0.0.1. Most days something goes wrong on purpose:
 - the server is SIGKILLed at a random moment of the agent's run, or while it applies a session
   (then restarted on the same port: the agent's retries reach it again);
 - the export is bad (unterminated quote, wrong field count, invalid UTF-8, CR-only line ends,
-  a UTF-16 BOM, a ``#TYPE`` first line): the run must fail in one clean line, change nothing.
+  a UTF-16 BOM, a ``#TYPE`` first line): the run must fail in one clean line, change nothing;
+- the export is a connector's change file (``--change-files``, a share of the days): only the
+  day's changes, with a command column in any spelling; the agent is mostly killed right after
+  the server accepted its commit, and the rerun on the same export must deliver nothing again;
+- the server's data directory (on a small tmpfs, when root can mount one) fills up at a random
+  moment of the run and is freed a little later; now and then the agent's retry budget is
+  shorter than that, so it gives up in one line and its rerun must complete;
+- the wall clock of the server, the agent or both jumps by seconds to days, either way, and
+  stays wrong (``clockjump.py`` shifts ``time.time()`` in their processes).
 
 After a kill, the agent is simply run again, as its scheduler would. After every day the
 server's store (``GET …/tables/{t}/resources``) is compared with the model, which is plain
 Python data that shares no code with prepsync. Whatever an operator would have had to do is
 counted as an intervention (a complete synchronization to repair the store, a session to
 cancel or force); sessions the server had to abandon after ``--session-timeout`` are counted
-as stuck. The report gives days, runs, kills, lost, extra and doubled rows, stuck sessions and
-interventions; the exit status is 0 only when nothing was lost, doubled or stuck and no
-intervention was needed.
+as stuck (unless a forward jump of the server's clock past the session timeout explains it).
+A day's export committed in more than one session is a doubled delivery. The report gives days,
+runs, kills, disk-fulls, clock jumps, lost, extra and doubled rows, doubled deliveries, stuck
+sessions and interventions; the exit status is 0 only when nothing was lost, doubled or stuck
+and no intervention was needed.
 
 The soak stops by itself (after the days, or at ``--max-minutes``), uses only 127.0.0.1, and
 removes its processes and its temporary directory (``--keep`` keeps the directory).
@@ -29,6 +39,7 @@ removes its processes and its temporary directory (``--keep`` keeps the director
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -44,7 +55,19 @@ from typing import Any
 if __package__:  # run as `python -m tests.soak`: the helpers are siblings, not a package
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos import ENTRIES, TABLES, Agent, Comparison, Model, Server, compare
+from chaos import (
+    ENTRIES,
+    TABLES,
+    Agent,
+    Comparison,
+    Model,
+    MountRefused,
+    Server,
+    compare,
+    fill,
+    tmpfs,
+)
+from clockjump import write_offset
 
 AGENT_CRASH_POINTS = [
     "staged",  # outputs staged, not committed locally
@@ -86,6 +109,14 @@ class Report:
     server_kills_mid_apply: int = 0
     server_kills_mid_apply_missed: int = 0  # the apply was over before the kill
     agent_kills_missed: int = 0  # the agent had finished before its random moment
+    change_file_days: int = 0  # incremental days whose export is a connector's change file
+    agent_kills_after_commit_on_change_files: int = 0  # of agent_kills_at_crash_points
+    disk_fulls: int = 0  # the server's data directory filled during a run, then freed
+    disk_full_give_ups: int = 0  # runs that gave up on the full disk (then rerun)
+    disk_full: str = "on"  # or why the soak could not fill a disk (no tmpfs)
+    clock_jumps: int = 0  # the server's or the agent's wall clock jumped during a run
+    abandoned_after_clock_jump: int = 0  # sessions abandoned by a forward jump past the timeout
+    doubled_deliveries: int = 0  # a day's export committed in more than one session
     bad_inputs_refused: int = 0
     bad_inputs_accepted: int = 0  # a bad export the agent took as good
     unclean_failures: int = 0  # exit 1 without exactly one `error:` line, or a traceback
@@ -119,6 +150,7 @@ class Report:
             or self.bad_inputs_accepted
             or self.unclean_failures
             or self.leftover_files
+            or self.doubled_deliveries
         )
 
     def text(self) -> str:
@@ -131,6 +163,14 @@ class Report:
                 f"{self.server_kills_at_random}, server mid-apply {self.server_kills_mid_apply}"
                 f"; too late: {self.agent_kills_missed} agent, "
                 f"{self.server_kills_mid_apply_missed} mid-apply)",
+                f"change-file days: {self.change_file_days} (agent killed right after the "
+                f"server's commit: {self.agent_kills_after_commit_on_change_files}); "
+                f"doubled deliveries: {self.doubled_deliveries}",
+                f"server disk full: {self.disk_fulls} times ({self.disk_full_give_ups} runs "
+                f"gave up and were rerun)"
+                + ("" if self.disk_full == "on" else f" - not run: {self.disk_full}"),
+                f"clock jumps: {self.clock_jumps} (sessions abandoned by a forward jump past "
+                f"the session timeout: {self.abandoned_after_clock_jump})",
                 f"bad exports: {self.bad_inputs_refused} refused in one line, "
                 f"{self.bad_inputs_accepted} accepted; unclean failures: {self.unclean_failures}",
                 f"failed runs (rerun by the scheduler): {self.failed_runs}",
@@ -153,11 +193,27 @@ class Soak:
         session_timeout: float,
         separator: str,
         log: bool,
+        disk: Path | None = None,
+        change_files: float = 0.3,
+        plan: str | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.plan = plan  # every day's plan after the first, where it applies (tests)
+        self.change_files = change_files  # the share of days whose export is a change file
         self.report = Report(seed)
-        self.server = Server(root / "server", session_timeout=session_timeout)
-        self.agent = Agent(root / "agent", self.server.url, separator)
+        # The wall clocks of server and agent, shifted by the seconds in these files.
+        self.server_clock, self.agent_clock = root / "server-clock", root / "agent-clock"
+        self.clock_offsets = {self.server_clock: 0.0, self.agent_clock: 0.0}
+        # On a small file system when one could be mounted, so that it can be filled.
+        self.disk = disk
+        self.server = Server(
+            root / "server",
+            data=None if disk is None else disk / "data",
+            session_timeout=session_timeout,
+            store_retry_delay=0.5,  # after a store error (a full disk): retry soon
+            clock=self.server_clock,
+        )
+        self.agent = Agent(root / "agent", self.server.url, separator, clock=self.agent_clock)
         self.model = Model.create(seed, size=rows)
         self.separator = separator
         self.session_timeout = session_timeout
@@ -166,6 +222,12 @@ class Soak:
         self.typical_run = 1.5  # seconds of an undisturbed run; measured as days go by
         self.running: subprocess.Popen[str] | None = None
         self.abandoned: set[str] = set()  # sessions already counted as stuck
+        # After a change-file day the agent's baselines are older than the store: the next
+        # full extract must be a complete synchronization (as when a connector changes kind).
+        self.baselines_stale = False
+        self.known: set[str] = set()  # sessions of the days before
+        self.repair_sessions: set[str] = set()  # opened by repair runs: not the day's delivery
+        self.jumped_forward = False  # a jump past the session timeout today
 
     def say(self, text: str) -> None:
         if self.log:
@@ -245,22 +307,102 @@ class Soak:
             return self.finish(process)
         if plan == "server-mid-apply":
             return self.kill_server_mid_apply(mode)
+        if plan == "agent-after-commit":
+            done = self.run_agent(mode, crash_at="server-committed")
+            if done.returncode == -signal.SIGKILL:
+                self.report.agent_kills_at_crash_points += 1
+                self.report.agent_kills_after_commit_on_change_files += 1
+                self.say("    agent killed right after the server's commit")
+                return None
+            return done
+        if plan == "disk-full":
+            return self.disk_full(mode)
+        if plan == "clock-jump":
+            return self.clock_jump(mode)
         return self.run_agent(mode)
+
+    def disk_full(self, mode: str) -> subprocess.CompletedProcess[str] | None:
+        """The server's data directory fills at a random moment of the run (almost no room
+        left, or none), stays full a while, then is freed; one time in three the agent's retry
+        budget is shorter than that, so it gives up (one clean line saying the server's disk
+        is full) and the scheduler's rerun must complete."""
+        assert self.disk is not None
+        give_up = self.rng.random() < 1 / 3
+        extra = ("--api-retry-seconds", "2") if give_up else ("--api-retry-seconds", "120")
+        self.report.runs += 1
+        process = self.running = self.agent.start(mode, *extra)
+        time.sleep(self.rng.uniform(0.0, 0.8 * self.typical_run))
+        filler = fill(self.disk, self.rng.choice([0, 16 << 10, 256 << 10]))
+        self.report.disk_fulls += 1
+        try:
+            if give_up:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=60)
+            else:
+                time.sleep(self.rng.uniform(0.5, 3.0))
+        finally:
+            filler.unlink()
+        self.say("    the server's disk filled, then was freed")
+        done = self.finish(process)
+        if done.returncode == 1 and "the server's disk is full" in done.stderr:
+            self.report.disk_full_give_ups += 1
+            if not self.clean_failure(done):
+                self.report.unclean_failures += 1
+            self.say(f"    gave up: {done.stderr.strip()[-200:]}")
+            return None  # like a kill: the scheduler reruns
+        return done
+
+    def clock_jump(self, mode: str) -> subprocess.CompletedProcess[str]:
+        """The wall clock of the server, the agent or both jumps at a random moment of the
+        run, by seconds to days, either way (NTP, a restored VM); it stays wrong afterwards."""
+        process = self.start_agent(mode)
+        time.sleep(self.rng.uniform(0.1, 0.9 * self.typical_run))
+        jump = self.rng.choice([-86400, -7200, -90, -30, 30, 90, 7200, 86400])
+        whose = self.rng.choice(["server", "agent", "both"])
+        for clock in (self.server_clock, self.agent_clock):
+            if whose == "both" or (clock == self.server_clock) == (whose == "server"):
+                self.clock_offsets[clock] += jump
+                write_offset(clock, self.clock_offsets[clock])
+        if whose != "agent" and jump >= self.session_timeout:
+            self.jumped_forward = True
+        self.report.clock_jumps += 1
+        self.say(f"    the {whose}'s clock jumped {jump:+d} s")
+        return self.finish(process)
 
     # --- a day ------------------------------------------------------------------------------
 
     def day(self, number: int) -> None:
         report = self.report
+        before = self.model.snapshot()
         what = self.model.next_day() if number else "first load"
-        exports = self.model.exports(self.separator)
-        mode = "complete" if number == 0 or self.rng.random() < 0.1 else "incremental"
-        bad = self.rng.choice(BAD_INPUTS) if number and self.rng.random() < 0.1 else None
-        plan = self.rng.choices(
-            ["none", "agent-crash-point", "agent-random", "server-random", "server-mid-apply"],
-            weights=[30, 22, 20, 14, 14],
-        )[0]
+        self.jumped_forward = False
+        change_file = number > 0 and self.rng.random() < self.change_files
+        if change_file:
+            # A connector that writes change files: only what changed since yesterday, with
+            # a command column. Kills right after the server's commit are the point (a rerun
+            # on the same export must not deliver it again).
+            exports = self.model.change_exports(before, self.separator)
+            mode = "incremental"
+            report.change_file_days += 1
+            plans = ["none", "agent-after-commit", "agent-random", "server-random"]
+            weights = [20, 50, 15, 15]
+            bad = None
+        else:
+            exports = self.model.exports(self.separator)
+            stale = self.baselines_stale or number == 0
+            mode = "complete" if stale or self.rng.random() < 0.1 else "incremental"
+            plans = ["none", "agent-crash-point", "agent-random", "server-random"]
+            plans += ["server-mid-apply"]
+            weights = [30, 22, 20, 14, 14]
+            bad = self.rng.choice(BAD_INPUTS) if number and self.rng.random() < 0.1 else None
+        plans += ["clock-jump"] + (["disk-full"] if self.disk is not None else [])
+        weights += [8] + ([8] if self.disk is not None else [])
+        plan = self.rng.choices(plans, weights=weights)[0]
+        if self.plan is not None and number > 0 and self.plan in plans:
+            plan = self.plan
         if plan == "server-mid-apply":
             mode = "complete"  # a whole table to apply: long enough to be caught in the act
+        what += ", change file" if change_file else ""
         self.say(f"day {number}: {what}, {mode}, {bad or plan}")
         if bad:
             self.bad_day(exports, bad, mode)
@@ -269,6 +411,8 @@ class Soak:
             self.expected = self.model.expected()
             self.good_day(mode, plan)
         self.check(number)
+        if not bad:
+            self.baselines_stale = change_file
         report.days = number + 1
 
     def bad_day(self, exports: dict[str, bytes], kind: str, mode: str) -> None:
@@ -326,10 +470,16 @@ class Soak:
         """What an operator would do: cancel what waits, run a complete synchronization."""
         self.report.interventions.append(why)
         self.say(f"    INTERVENTION: {why}")
+        # A complete synchronization reads a full extract (a change file would be replayed
+        # from empty): on a change-file day, the export as a full extract is written first.
+        self.agent.write_exports(self.model.exports(self.separator))
+        earlier = set()
         for session in self.server.sessions():
+            earlier.add(session["id"])
             if session["state"] in ("open", "queued", "blocked"):
                 self.server.post(f"/api/sessions/{session['id']}/cancel")
         done = self.run_agent("complete")
+        self.repair_sessions |= {s["id"] for s in self.server.sessions()} - earlier
         if done.returncode != 0:
             self.report.interventions.append(f"repair run failed too: {done.stderr[-200:]}")
 
@@ -345,8 +495,25 @@ class Soak:
             abandoned = session["state"] == "cancelled" and "abandoned" in reason
             if abandoned and session["id"] not in self.abandoned:
                 self.abandoned.add(session["id"])
-                report.stuck_sessions += 1
-                self.say(f"    stuck session {session['id']} abandoned: {reason}")
+                if self.jumped_forward:  # the timeout fired early: the clock, not the agent
+                    report.abandoned_after_clock_jump += 1
+                    self.say(f"    session {session['id']} abandoned after a clock jump")
+                else:
+                    report.stuck_sessions += 1
+                    self.say(f"    stuck session {session['id']} abandoned: {reason}")
+        # One export, one delivery: the day's sessions that were committed (applied, or
+        # failed when applied twice) are at most one, whatever was killed and rerun.
+        delivered = [
+            s
+            for s in sessions
+            if s["id"] not in self.known
+            and s["id"] not in self.repair_sessions
+            and s["state"] in ("done", "failed")
+        ]
+        if len(delivered) > 1:
+            report.doubled_deliveries += len(delivered) - 1
+            self.say(f"    DELIVERED {len(delivered)} TIMES: {[s['id'] for s in delivered]}")
+        self.known |= {s["id"] for s in sessions}
         differed = Comparison()
         for table in TABLES:
             result = compare(table, self.expected[table], self.server.resources(table))
@@ -360,6 +527,18 @@ class Soak:
             report.mismatched_days.append(number)
             self.say(f"    STORE DIFFERS: {differed}")
             self.repair(f"day {number}: store differs from the export ({differed})")
+        # A final session's uploads are deleted (a cancellation on a full disk included).
+        final = {s["id"] for s in sessions if s["state"] in ("done", "failed", "cancelled")}
+        uploads = self.server.data / "sessions"
+        deadline = time.monotonic() + 5  # the worker deletes them just after the state
+        while True:
+            kept = [p.name for p in uploads.iterdir() if p.name in final]
+            if not kept or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if kept:
+            report.leftover_files += len(kept)
+            self.say(f"    the server kept the files of final sessions: {kept}")
         stray = self.agent.leftovers()
         if stray:
             report.leftover_files += len(stray)
@@ -376,9 +555,32 @@ def run_soak(
     max_minutes: float = 120.0,
     keep: bool = False,
     log: bool = True,
+    change_files: float = 0.3,
+    disk_full: bool = True,
+    plan: str | None = None,
 ) -> Report:
     root = Path(tempfile.mkdtemp(prefix="prepsync-soak-"))
-    soak = Soak(root, seed, rows, session_timeout, separator, log)
+    with contextlib.ExitStack() as stack:
+        disk: Path | None = None
+        why_not = "off (--no-disk-full)"
+        if disk_full:
+            try:
+                # Room for the store, the sessions' files and more; small enough to fill fast.
+                disk = stack.enter_context(tmpfs(root / "disk", 64 << 20))
+            except MountRefused as refused:
+                why_not = str(refused)
+        soak = Soak(root, seed, rows, session_timeout, separator, log, disk, change_files, plan)
+        if disk is None:
+            soak.report.disk_full = why_not
+        run_days(soak, days, max_minutes)
+    if keep:
+        soak.say(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return soak.report
+
+
+def run_days(soak: Soak, days: int, max_minutes: float) -> None:
     started = time.monotonic()
     deadline = started + max_minutes * 60
     soak.server.start()
@@ -393,12 +595,7 @@ def run_soak(
             soak.running.kill()
             soak.running.wait()
         soak.server.stop()
-        if keep:
-            soak.say(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    soak.report.seconds = time.monotonic() - started
-    return soak.report
+        soak.report.seconds = time.monotonic() - started
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -421,6 +618,18 @@ def main(argv: list[str] | None = None) -> int:
         "not an hour, but longer than the agent's longest retry pause (30 s)",
     )
     parser.add_argument("--separator", default=",", help="field separator of the exports")
+    parser.add_argument(
+        "--change-files",
+        type=float,
+        default=0.3,
+        help="share of days whose export is a change file (a command column), 0 to 1",
+    )
+    parser.add_argument(
+        "--no-disk-full",
+        action="store_true",
+        help="never fill the server's disk (otherwise its data directory is on a small tmpfs "
+        "when one can be mounted: root and CAP_SYS_ADMIN)",
+    )
     parser.add_argument("--max-minutes", type=float, default=120.0, help="stop after this long")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
@@ -434,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         separator=options.separator,
         max_minutes=options.max_minutes,
         keep=options.keep,
+        change_files=options.change_files,
+        disk_full=not options.no_disk_full,
     )
     print(report.text())
     if options.json:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 BOM = b"\xef\xbb\xbf"
@@ -521,6 +522,7 @@ def _invalid_utf8(draw: st.DrawFn) -> MalformedCase:
         raise AssertionError("the injected bytes must not be UTF-8")
     except UnicodeDecodeError as error:
         offset = error.start
+    # The message names the likely code page after the bad byte (the tests compare its start).
     return _case(
         "invalid_utf8", spec, encoded.data, separator, encoded.lines[index], "invalid UTF-8", offset
     )
@@ -629,7 +631,8 @@ def _duplicated_header(draw: st.DrawFn) -> MalformedCase:
 @st.composite
 def _empty_file(draw: st.DrawFn) -> MalformedCase:
     spec, _ = draw(table_specs())
-    data = draw(st.sampled_from([b"", BOM, b"\n", b"\r\n\n", BOM + b"\r\n"]))
+    # Not 0 bytes: that is a table with no rows (PowerShell's export of nothing).
+    data = draw(st.sampled_from([BOM, b"\n", b"\r\n\n", BOM + b"\r\n"]))
     return _case("empty_file", spec, data, ",", 1, "empty file (no header)", 0)
 
 
@@ -666,14 +669,26 @@ def _invalid_command(draw: st.DrawFn) -> MalformedCase:
 
 @st.composite
 def _foreign_encoding(draw: st.DrawFn) -> MalformedCase:
-    """A whole file encoded in UTF-16/32 with its byte-order mark, as Windows tools write it."""
+    """A whole file in UTF-16/32 without its byte-order mark (bcp -w, a BOM-less export) read
+    as UTF-8: refused at once, naming the encoding its NUL bytes betray and the option."""
     spec, header, rows, separator = draw(_base())
-    mark, name, shown, codec = draw(st.sampled_from(FOREIGN_MARKS))
+    codec = draw(st.sampled_from(FOREIGN_MARKS))[3]
     text = b"\r\n".join(separator.encode().join(r) for r in [header, *rows]).decode("utf-8")
-    data = mark + text.encode(codec)
+    data = text.encode(codec)
+    shapes = (
+        ((False, True, True, True), "UTF-32 LE"),
+        ((True, True, True, False), "UTF-32 BE"),
+        ((False, True, False, True), "UTF-16 LE"),
+        ((True, False, True, False), "UTF-16 BE"),
+    )
+    zeros = tuple(byte == 0 for byte in data[:4])
+    betrayed = next((shown for shape, shown in shapes if shape == zeros), None)
+    assume(len(data) >= 4 and betrayed is not None)
+    assert betrayed is not None
+    option = betrayed.lower().replace(" ", "")
     problem = (
-        f"{name} file (byte-order mark {shown}): save it as UTF-8 "
-        "(Windows PowerShell: Export-Csv -Encoding UTF8)"
+        f"not UTF-8: the file looks like {betrayed} without a byte-order mark (NUL bytes "
+        f"between its characters); read it with --encoding {option}"
     )
     return _case("foreign_encoding", spec, data, separator, 1, problem, 0)
 
@@ -695,7 +710,9 @@ def _type_line(draw: st.DrawFn) -> MalformedCase:
     encoded = draw(assembled(bodies))
     problem = (
         "the first line is PowerShell type information ('#TYPE ...'), not a header: "
-        "export with Export-Csv -NoTypeInformation"
+        "export with Export-Csv -NoTypeInformation (Windows PowerShell 5.1; PowerShell 7 "
+        "writes the line only when given -IncludeTypeInformation), or skip it with "
+        "--skip-lines 1"
     )
     return _case("type_line", spec, encoded.data, separator, 1, problem, encoded.offsets[0])
 

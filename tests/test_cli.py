@@ -60,7 +60,6 @@ BAD_INPUTS = [
     pytest.param(b'id,name\n1,"a"b\n', 2, "text after closing quote", id="after-quote"),
     pytest.param(b"id,other\n1,a\n", 1, "column 'name' is missing from the header", id="missing"),
     pytest.param(b"id,name,NAME\n1,a,b\n", 1, "duplicated header name 'NAME'", id="dup-header"),
-    pytest.param(b"", 1, "empty file (no header)", id="empty"),
     pytest.param(b"\xef\xbb\xbf\r\n\n", 1, "empty file (no header)", id="bom-blank-only"),
 ]
 
@@ -215,17 +214,19 @@ def _powershell_rows(rows: list[list[str]]) -> str:
 ROWS = [["id", "name"], ["1", "Ann"], ["2", "Bob"]]
 REFUSED_EXPORTS = [
     pytest.param(
-        # Export-Csv -Encoding Unicode (and Out-File's default): UTF-16 LE with its mark
-        b"\xff\xfe" + _powershell_rows(ROWS).encode("utf-16-le"),
-        "line 1 (byte 0): UTF-16 LE file (byte-order mark FF FE): save it as UTF-8 "
-        "(Windows PowerShell: Export-Csv -Encoding UTF8)",
-        id="utf-16-le",
+        # bcp -w: UTF-16 LE without a byte-order mark, read as UTF-8 by default
+        _powershell_rows(ROWS).encode("utf-16-le"),
+        "line 1 (byte 0): not UTF-8: the file looks like UTF-16 LE without a byte-order mark "
+        "(NUL bytes between its characters); read it with --encoding utf-16le",
+        id="utf-16-le-no-bom",
     ),
     pytest.param(
         # Export-Csv without -NoTypeInformation: the type line, then the quoted header
         ("#TYPE System.Management.Automation.PSCustomObject\r\n" + _powershell_rows(ROWS)).encode(),
         "line 1 (byte 0): the first line is PowerShell type information ('#TYPE ...'), not a "
-        "header: export with Export-Csv -NoTypeInformation",
+        "header: export with Export-Csv -NoTypeInformation (Windows PowerShell 5.1; PowerShell "
+        "7 writes the line only when given -IncludeTypeInformation), or skip it with "
+        "--skip-lines 1",
         id="type-line",
     ),
     pytest.param(
@@ -292,7 +293,8 @@ def test_a_row_over_a_tables_share_of_the_budget_says_it_is_a_share(site: Site) 
     code, _, err = site.run("complete", "--memory-budget", "16MiB", "--parallel", "2")
     assert code == 1
     assert (
-        "Entries.csv, line 2 (byte 8): row too large for this table's 8 MiB share of the memory "
-        "budget (split between 2 tables cleansed at once) (over 512 KiB)" in err
+        "Entries.csv, line 2 (byte 8): row too large for this table's 8 MiB share of the 16 MiB "
+        "memory budget (split between 2 tables cleansed at once, --parallel): the longest "
+        "allowed is 512 KiB (share / 16); unterminated quote?" in err
     )
     assert site.run("complete", "--memory-budget", "16MiB", "--parallel", "1")[0] == 0

@@ -15,7 +15,16 @@ from typing import Any
 import httpx
 import pytest
 import serverutil
-from serverutil import SECRET, Api, ServerProcess, csv_bytes, write_config, xxh3
+from serverutil import (
+    OPERATOR,
+    OPERATOR_SECRET,
+    SECRET,
+    Api,
+    ServerProcess,
+    csv_bytes,
+    write_config,
+    xxh3,
+)
 
 from prepsync.client import ApiClient, FileReceipt, RetryPolicy
 from prepsync.errors import ServerError
@@ -236,7 +245,7 @@ def test_a_bad_secret_is_one_line_without_the_secret(
     caplog.clear()
     with real_client(server) as good:
         good.sessions("AD")
-        token = good._token
+        token = good.auth.token
         assert token is not None
     assert SECRET not in caplog.text and token.value not in caplog.text
 
@@ -312,6 +321,25 @@ def test_transport_errors_and_5xx_are_retried_other_4xx_are_not() -> None:
         assert len(sleeps) == 5
 
 
+def test_a_507_is_retried_and_the_give_up_says_the_servers_disk_is_full() -> None:
+    """Whether the server's text says it (this server's) or not (any other 507)."""
+    for text in ("the server's disk is full: cannot store the chunk", "no room"):
+        mock = Mock()
+        mock.default = httpx.Response(507, json={"error": text})
+        sleeps = Sleeps()
+        policy = RetryPolicy(total_seconds=5, first_delay=1, max_delay=1)
+        with (
+            mock_client(mock, sleep=sleeps, retry=policy) as client,
+            pytest.raises(ServerError) as caught,
+        ):
+            client.cancel(SESSION)
+        message = str(caught.value)
+        assert len(sleeps) >= 2, "a full disk is retried: room may be made meanwhile"
+        assert message.startswith(f"server POST /api/sessions/{SESSION}/cancel: gave up")
+        assert message.count("the server's disk is full") == 1, message
+        assert message.endswith(text if "disk" in text else f"disk is full: {text}"), message
+
+
 def test_base_url_with_a_path_prefix_and_names_needing_escapes() -> None:
     for base_url in ("http://127.0.0.1:9/prefix", "http://127.0.0.1:9/prefix/"):
         mock = Mock()
@@ -346,8 +374,10 @@ def test_mappings_sessions_commit_queued_cancel_force_and_resources(
         rows = entries(300)
         complete = full_load(client, tmp_path, rows)
         assert client.resources("AD", ENTRIES) == rows
-        # A session committed behind an open one waits: "queued".
-        blocker = client.open_session("AD", "agent-0", "incremental")
+        # A session committed behind an open one waits: "queued". The one agent of the
+        # connector opens it through another client (its own would cancel it as an orphan).
+        operator = ApiClient(server.url, OPERATOR, OPERATOR_SECRET, timeout=30.0)
+        blocker = operator.open_session("AD", "agent-1", "incremental")
         session_id = client.open_session("AD", "agent-1", "Incremental")
         delta = csv_bytes(["command", "objectGUID", "dn"], [("insert", "zz", "new")])
         receipt = client.upload(session_id, write(tmp_path / f"{ENTRIES}.sorted.delta.csv", delta))
@@ -358,12 +388,16 @@ def test_mappings_sessions_commit_queued_cancel_force_and_resources(
         listed = [s["id"] for s in client.sessions("AD")]
         assert listed[:3] == [session_id, blocker, complete]
         with pytest.raises(ServerError) as caught:
-            client.force(session_id)
+            operator.force(session_id)
         assert str(caught.value) == (
             f"server POST /api/sessions/{session_id}/force: "
             "409 only a blocked session can be forced; it is queued"
         )
-        assert client.cancel(blocker)["state"] == "cancelled"
+        with pytest.raises(ServerError) as caught:  # the agent's client is no operator
+            client.force(session_id)
+        assert caught.value.status == 403 and "needs an operator" in str(caught.value)
+        assert operator.cancel(blocker)["state"] == "cancelled"
+        operator.close()
         assert wait_final(client, session_id)["state"] == "done"
         assert client.resources("AD", ENTRIES) == rows + b"zz,new\n"
 
@@ -425,7 +459,7 @@ def deliver_the_first_late() -> Callable[[httpx.Request, Forward], httpx.Respons
 def test_a_lost_opening_leaves_one_open_session(
     server: ServerProcess, fault: Callable[[], Callable[[httpx.Request, Forward], httpx.Response]]
 ) -> None:
-    agent = f"agent-{fault.__name__}"
+    agent = "agent-1"  # the connector's agent (another one's incremental session is refused)
     with real_client(server, transport=Wrapped(fault())) as client:
         before = {s["id"] for s in client.sessions("AD")}
         session_id = client.open_session("AD", agent, "incremental")
@@ -449,7 +483,7 @@ def test_a_refused_connection_when_opening_reposts(server: ServerProcess) -> Non
 
     with real_client(server, transport=Wrapped(refuse_once)) as client:
         before = {s["id"] for s in client.sessions("AD")}
-        session_id = client.open_session("AD", "agent-refused", "incremental")
+        session_id = client.open_session("AD", "agent-1", "incremental")
         new = [s["id"] for s in client.sessions("AD") if s["id"] not in before]
         assert new == [session_id]
         client.cancel(session_id)
@@ -708,4 +742,4 @@ def test_a_held_status_request_answers_when_the_state_changes(
         for bad in ("x", "-1", "inf", "nan"):
             answer = api.get(f"/api/sessions/{session_id}", params={"wait": bad})
             assert answer.status_code == 400, bad
-            assert "wait must be a number" in answer.json()["error"]
+            assert "'wait' must be a number" in answer.json()["error"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
-from serverutil import SECRET, Api, ServerProcess
+from serverutil import OPERATOR, OPERATOR_SECRET, SECRET, Api, ServerProcess
 
 from prepsync.cli import main
 from prepsync.server.clients import hash_secret
@@ -232,7 +232,9 @@ def test_ad_and_workday_exports_online_keep_the_store_equal_to_the_replayed_expo
     (config / "workday.xml").write_text(WORKDAY_CONFIG)
     (config / "clients.xml").write_text(
         '<ConfigurationFile><OpenIdClient Identifier="agent" '
-        f'HashedSecret="{hash_secret(SECRET)}" /></ConfigurationFile>'
+        f'HashedSecret="{hash_secret(SECRET)}" />'
+        f'<OpenIdClient Identifier="{OPERATOR}" HashedSecret="{hash_secret(OPERATOR_SECRET)}" '
+        'Profile="Administrator" /></ConfigurationFile>'
     )
     server = ServerProcess(config, tmp_path / "data", tmp_path / "server.log")
     server.start()

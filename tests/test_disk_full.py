@@ -12,15 +12,16 @@ in CI; skipped with the reason otherwise):
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from chaos import (
+    ENTRIES,
     TABLES,
     Agent,
     Comparison,
@@ -32,6 +33,7 @@ from chaos import (
     fill,
     tmpfs,
 )
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET
 from sites import entity_config, prepare_command
 
 
@@ -153,7 +155,9 @@ def test_server_disk_full_during_upload(
     filler = fill(small_disk, 4 << 10)
     failed = agent.run("complete", "--api-retry-seconds", "2")
     assert_clean_failure(failed)
-    assert "gave up" in failed.stderr and re.search(r": 50[07] ", failed.stderr), failed.stderr
+    assert "gave up" in failed.stderr and ": 507 the server's disk is full" in failed.stderr, (
+        failed.stderr
+    )
     assert agent.baselines() == baselines
     assert agent.leftovers() == []
     filler.unlink()
@@ -180,11 +184,13 @@ def test_server_disk_full_during_apply(
     server, agent, model = server_on_small_disk
     grow(model, 12_000)  # an incremental of 12,000 inserts
     agent.write_exports(model.exports())
-    # Another agent's open session holds the queue, so the commit is accepted before the apply
-    # starts; the disk is filled in between.
-    holder = server.post(
-        "/api/connectors/AD/sessions", json={"agent": "holder", "mode": "incremental"}
-    )
+    # An open session of the agent, opened through another client (the agent's would cancel it
+    # as an orphan), holds the queue, so the commit is accepted before the apply starts; the
+    # disk is filled in between.
+    with server.api(OPERATOR, OPERATOR_SECRET) as operator:
+        holder = operator.post(
+            "/api/connectors/AD/sessions", json={"agent": "chaos", "mode": "incremental"}
+        )
     assert holder.status_code == 201, holder.text
     process = agent.start("incremental", "--api-retry-seconds", "60")
     deadline = time.monotonic() + 60
@@ -203,3 +209,153 @@ def test_server_disk_full_during_apply(
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err  # the verdict: done
     assert_store(server, model)
+
+
+# --- a disk filled by an upload must be reclaimable: cancel, timeout, status, 507 --------
+
+
+@pytest.fixture
+def filled_by_an_upload(
+    tmp_path: Path, small_disk: Path
+) -> Iterator[tuple[Server, httpx.Client, str]]:
+    """A server whose data directory an open session's upload has filled: chunks are sent
+    until the server answers 507. Yields the server, an API client and the session id."""
+    server = Server(tmp_path / "server", data=small_disk / "data", session_timeout=3)
+    server.start()
+    try:
+        with server.api() as api:
+            opened = api.post(
+                "/api/connectors/AD/sessions", json={"agent": "filler", "mode": "complete"}
+            )
+            assert opened.status_code == 201, opened.text
+            session_id = opened.json()["id"]
+            fill_with_upload(api, session_id)
+            yield server, api, session_id
+    finally:
+        server.stop()
+
+
+def fill_with_upload(api: httpx.Client, session_id: str) -> None:
+    chunk = os.urandom(256 << 10)
+    path = f"/api/sessions/{session_id}/files/{ENTRIES}.sorted.csv"
+    total = 64 << 20  # more than the disk holds
+    start = 0
+    while True:
+        end = start + len(chunk) - 1
+        answer = api.put(
+            path, content=chunk, headers={"Content-Range": f"bytes {start}-{end}/{total}"}
+        )
+        if answer.status_code == 507:
+            assert "error" in answer.json(), answer.text
+            break
+        assert answer.status_code == 200, answer.text
+        start = answer.json()["size"]
+        # The session is kept active while the disk fills: the worker must not abandon it yet.
+    # The write that failed may have left a partial chunk: what the GET reports is the truth.
+
+
+def assert_reclaimed(server: Server, session_id: str, small_disk: Path) -> None:
+    assert not (server.data / "sessions" / session_id).exists()
+    assert free_bytes(small_disk) > 8 << 20, free_bytes(small_disk)
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log, log
+
+
+def test_cancel_frees_a_disk_filled_by_an_upload(
+    filled_by_an_upload: tuple[Server, httpx.Client, str], small_disk: Path
+) -> None:
+    server, api, session_id = filled_by_an_upload
+    cancelled = api.post(f"/api/sessions/{session_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled"
+    assert_reclaimed(server, session_id, small_disk)
+    # And the server works again: a new session opens.
+    opened = api.post("/api/connectors/AD/sessions", json={"agent": "next", "mode": "complete"})
+    assert opened.status_code == 201, opened.text
+
+
+def test_the_idle_timeout_frees_a_disk_filled_by_an_upload(
+    filled_by_an_upload: tuple[Server, httpx.Client, str], small_disk: Path
+) -> None:
+    server, api, session_id = filled_by_an_upload
+    deadline = time.monotonic() + 30
+    while (state := api.get(f"/api/sessions/{session_id}").json())["state"] == "open":
+        assert time.monotonic() < deadline, "the idle session was never abandoned"
+        time.sleep(0.1)
+    assert state["state"] == "cancelled" and "abandoned" in state["reason"], state
+    assert_reclaimed(server, session_id, small_disk)
+
+
+def test_upload_status_answers_on_a_full_disk(
+    filled_by_an_upload: tuple[Server, httpx.Client, str],
+) -> None:
+    server, api, session_id = filled_by_an_upload
+    path = f"/api/sessions/{session_id}/files/{ENTRIES}.sorted.csv"
+    for _ in range(3):  # more than once: every status request records activity
+        status = api.get(path)
+        assert status.status_code == 200, status.text
+        assert (
+            status.json()["size"]
+            == (server.data / "sessions" / session_id / status.json()["name"]).stat().st_size
+        )
+    assert "Traceback" not in server.log.read_text(errors="replace")
+
+
+def test_every_write_on_a_full_disk_is_a_507_with_a_json_error(
+    filled_by_an_upload: tuple[Server, httpx.Client, str], small_disk: Path
+) -> None:
+    server, api, session_id = filled_by_an_upload
+    # Whatever little room the failed chunk left is taken too.
+    filler = fill(small_disk, 0)
+    try:
+        # The connector's agent through another client than the filling session's (the
+        # operator's): opening cancels none of its sessions (the same client would cancel the
+        # filling one as an orphan, freeing room).
+        with server.api(CLIENT, SECRET) as agent:
+            for _ in range(3):
+                opened = agent.post(
+                    "/api/connectors/AD/sessions", json={"agent": "filler", "mode": "incremental"}
+                )
+                assert opened.status_code == 507, opened.text
+                assert "disk" in opened.json()["error"], opened.text
+        # The commit of the filling session records its files: no room for that either.
+        committed = api.post(f"/api/sessions/{session_id}/commit", json={"files": []})
+        assert committed.status_code in (202, 507), committed.text
+        if committed.status_code == 507:
+            assert "disk" in committed.json()["error"], committed.text
+    finally:
+        filler.unlink()
+    assert "Traceback" not in server.log.read_text(errors="replace")
+
+
+def test_the_reserve_lets_a_cancel_through_when_nothing_else_frees_room(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The disk is full of something else and the session has no file: only the reserve the
+    server keeps makes room to record the cancellation; it is made again once there is room."""
+    server = Server(tmp_path / "server", data=small_disk / "data")
+    server.start()
+    reserve = server.data / "disk-reserve"
+    try:
+        assert reserve.stat().st_size == 1 << 20
+        with server.api() as api:
+            ids = []
+            for agent in ("one", "two", "three"):
+                opened = api.post(
+                    "/api/connectors/AD/sessions", json={"agent": agent, "mode": "incremental"}
+                )
+                assert opened.status_code == 201, opened.text
+                ids.append(opened.json()["id"])
+            filler = fill(small_disk, 0)
+            for session_id in ids:
+                cancelled = api.post(f"/api/sessions/{session_id}/cancel")
+                assert cancelled.status_code == 200, cancelled.text
+            assert not reserve.exists()
+            filler.unlink()
+            deadline = time.monotonic() + 30
+            while not reserve.exists():  # the worker makes it again within a round or two
+                assert time.monotonic() < deadline, "the reserve was not made again"
+                time.sleep(0.05)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text(errors="replace")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from serverutil import SECRET, Api, ServerProcess
+from serverutil import OPERATOR, OPERATOR_SECRET, SECRET, Api, ServerProcess
 
 from prepsync.cli import main
 from prepsync.config import (
@@ -341,7 +341,9 @@ def test_ldap_export_online_with_mappings_from_the_server(tmp_path: Path) -> Non
     shutil.copy(DOCS / "ldap.xml", config / "ldap.xml")
     (config / "clients.xml").write_text(
         '<ConfigurationFile><OpenIdClient Identifier="agent" '
-        f'HashedSecret="{hash_secret(SECRET)}" /></ConfigurationFile>'
+        f'HashedSecret="{hash_secret(SECRET)}" />'
+        f'<OpenIdClient Identifier="{OPERATOR}" HashedSecret="{hash_secret(OPERATOR_SECRET)}" '
+        'Profile="Administrator" /></ConfigurationFile>'
     )
     server = ServerProcess(config, tmp_path / "data", tmp_path / "server.log")
     server.start()

@@ -96,14 +96,14 @@ def test_agent_killed_around_commit_sends_each_change_once(
     assert rerun.returncode == 0, rerun.stderr
     states = {s["id"]: s["state"] for s in server.sessions()}
     second = latest_session(server)
-    assert second != first
     if point == "uploaded":  # never committed: cancelled, and the rerun sends the changes
+        assert second != first
         assert states[first] == "cancelled"
         assert server.wait(second) == "done"
-    else:  # committed: the rerun only advanced the baselines; its own delta is empty
-        assert server.wait(first) == "done" and server.wait(second) == "done"
-        delta = (agent.working / "ADExport_entries.sorted.delta.csv").read_bytes()
-        assert delta.count(b"\n") == 1, "the committed changes were sent again"
+    else:  # committed, same sources: the rerun only advanced the baselines and sent nothing
+        assert second == first, "the committed changes were sent again"
+        assert "nothing sent again" in rerun.stdout
+        assert server.wait(first) == "done"
     agent.assert_store_matches_export()
 
 
@@ -195,3 +195,29 @@ def test_client_not_allowed_on_connector_gets_403(
     )
     assert done.returncode == 1 and "403" in done.stderr
     assert not (agent.sources / "previous").exists()
+
+
+def test_a_second_agent_is_refused_until_it_takes_the_connector_over(
+    chain: tuple[ServerProcess, Agent, Export],
+) -> None:
+    server, first, export = chain
+    second = Agent(first.root.parent / "second", server, name="second-host")
+    export.write(first.sources)
+    assert first.run("complete").returncode == 0
+    # The second host has its own baselines: a complete run there is a host migration.
+    export.write(second.sources)
+    assert second.run("complete").returncode == 0
+    export.next_day()
+    export.write(first.sources)
+    sessions_before = server.sessions()
+    baseline = (first.sources / "previous" / "ADExport_entries.sorted.csv").read_bytes()
+    refused = first.run("incremental")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    assert "409" in refused.stderr and "delivered by agent 'second-host'" in refused.stderr
+    assert server.sessions() == sessions_before  # nothing recorded
+    assert (first.sources / "previous" / "ADExport_entries.sorted.csv").read_bytes() == baseline
+    # The connector's agent goes on.
+    export.write(second.sources)
+    assert second.run("incremental").returncode == 0
+    second.assert_store_matches_export()

@@ -183,5 +183,6 @@ def test_no_budget_takes_a_row_over_64_mib(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         prepare_table(source, spec, tmp_path, memory_budget=4 << 30)
     assert caught.value.problem == (
-        "row too large for the 4 GiB memory budget (over 64 MiB); unterminated quote?"
+        "row too large for the 4 GiB memory budget: the longest allowed is 64 MiB (the most "
+        "prepsync takes); unterminated quote?"
     )

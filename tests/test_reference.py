@@ -632,7 +632,8 @@ def test_malformed_files_raise_the_expected_error(case: MalformedCase) -> None:
         separator=case.separator,
         command_column=case.command_column,
     )
-    assert (error.line, error.problem, error.offset) == (case.line, case.problem, case.offset)
+    assert (error.line, error.offset) == (case.line, case.offset)
+    assert error.problem.startswith(case.problem)  # it may go on to name the likely cause
 
 
 @settings(max_examples=25, deadline=None)

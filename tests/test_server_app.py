@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 with warnings.catch_warnings():
@@ -17,7 +18,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from serverutil import HR_SECRET, Api, csv_bytes, write_config, xxh3
+from serverutil import HR_SECRET, Api, csv_bytes, hash_secret, write_config, xxh3
 
 from prepsync.server import create_app
 from prepsync.server.tokens import TokenSigner, load_or_create_key
@@ -28,19 +29,33 @@ PEOPLE = "HR_people"
 
 
 @contextmanager
-def running(tmp_path: Path, **options: Any) -> Iterator[Api]:
+def running(tmp_path: Path, database: str | None = None, **options: Any) -> Iterator[Api]:
+    """The server on ``database`` (None: SQLite in the data directory) in a TestClient."""
     config = tmp_path / "config.xml"
     if not config.exists():
         write_config(tmp_path)
-    app = create_app(config, tmp_path / "data", **options)
+    app = create_app(config, tmp_path / "data", database=database, **options)
     with TestClient(app) as client:
         yield Api(client)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    with running(tmp_path) as driver:
+def api(tmp_path: Path, store_url: str | None) -> Iterator[Api]:
+    """A server on each store (SQLite, then PostgreSQL)."""
+    with running(tmp_path, store_url) as driver:
         yield driver
+
+
+def set_state(tmp_path: Path, database: str | None, session_id: str, state: str) -> None:
+    """Write a session's state behind the server's back (what a crash leaves)."""
+    if database is None:
+        with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
+            connection.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session_id))
+        return
+    with psycopg.connect(database, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE prepsync.sessions SET state = %s WHERE id = %s", (state, session_id)
+        )
 
 
 def entries(*rows: tuple[str, str]) -> bytes:
@@ -116,13 +131,44 @@ def test_api_needs_a_valid_token(api: Api, tmp_path: Path) -> None:
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.http.get(path, headers={"Authorization": "Bearer nonsense"}).status_code == 401
     signer = TokenSigner(load_or_create_key(tmp_path / "data"))
-    expired = signer.issue("agent", 60, now=time.time() - 3600)
+    hashed = hash_secret(api.secret)
+    expired = signer.issue("agent", hashed, 60, now=time.time() - 3600)
     assert api.http.get(path, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
-    forged = TokenSigner(b"x" * 32).issue("agent", 3600)
+    forged = TokenSigner(b"x" * 32).issue("agent", hashed, 3600)
     assert api.http.get(path, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
-    ghost = signer.issue("removed-client", 3600)  # genuine signature, client not configured
+    ghost = signer.issue("removed-client", hashed, 3600)  # genuine signature, no such client
     assert api.http.get(path, headers={"Authorization": f"Bearer {ghost}"}).status_code == 401
     assert api.get(path).status_code == 200
+
+
+def test_a_secret_rotation_ends_the_tokens_issued_for_the_old_secret(tmp_path: Path) -> None:
+    path = "/api/connectors/AD/mappings"
+    with running(tmp_path) as api:
+        old_token = api.token()
+        assert api.get(path).status_code == 200
+        operator_token = api.operator().token()
+    config = tmp_path / "config.xml"
+    config.write_text(
+        config.read_text().replace(hash_secret(api.secret), hash_secret("the-new-secret"))
+    )
+    with running(tmp_path) as api:  # the restart that reads the new HashedSecret
+        stale = api.http.get(path, headers={"Authorization": f"Bearer {old_token}"})
+        assert stale.status_code == 401 and "invalid or expired token" in stale.text
+        refused = api.http.post(
+            "/connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "agent",
+                "client_secret": api.secret,
+                "scope": "usercube_api",
+            },
+        )
+        assert refused.status_code == 401
+        rotated = Api(api.http, "agent", "the-new-secret")
+        assert rotated.get(path).status_code == 200
+        # The other clients' secrets did not change: their tokens live on.
+        kept = api.http.get(path, headers={"Authorization": f"Bearer {operator_token}"})
+        assert kept.status_code == 200
 
 
 def test_clients_are_limited_to_their_connectors(api: Api) -> None:
@@ -162,7 +208,7 @@ def test_session_lifecycle_and_listing(api: Api, tmp_path: Path) -> None:
     assert api.state(first) | {"state": "open", "mode": "complete", "connector": "AD"} == api.state(
         first
     )
-    second = api.open("AD", "incremental")
+    second = api.open("AD", "incremental", agent="host-1")
     listed = api.get("/api/connectors/AD/sessions").json()
     assert [item["id"] for item in listed] == [second, first]  # newest first
     assert api.get("/api/connectors/HR/sessions").json() == []
@@ -226,14 +272,16 @@ def test_upload_without_content_range_is_the_whole_file(api: Api) -> None:
 
 def test_file_names_must_be_the_sessions_tables(api: Api) -> None:
     complete = api.open("AD", "complete")
-    incremental = api.open("AD", "incremental", agent="agent-2")  # agent-1's would cancel it
-    for session_id, name in [
-        (complete, f"{ENTRIES}.sorted.delta.csv"),
-        (incremental, f"{ENTRIES}.sorted.csv"),
-        (complete, "Other.sorted.csv"),
-        (complete, f"{ENTRIES}.nullpk.csv"),
+    # Same agent, another client: the complete session is not cancelled as its orphan.
+    operator = api.operator()
+    incremental = operator.open("AD", "incremental")
+    for driver, session_id, name in [
+        (api, complete, f"{ENTRIES}.sorted.delta.csv"),
+        (operator, incremental, f"{ENTRIES}.sorted.csv"),
+        (api, complete, "Other.sorted.csv"),
+        (api, complete, f"{ENTRIES}.nullpk.csv"),
     ]:
-        assert api.put_chunk(session_id, name, b"x", 0, 1).status_code == 400
+        assert driver.put_chunk(session_id, name, b"x", 0, 1).status_code == 400
     # Table names match case-insensitively, like everything in the configuration.
     assert api.put_chunk(complete, "adexport_ENTRIES.sorted.csv", b"x", 0, 1).status_code == 200
 
@@ -391,10 +439,11 @@ def test_after_lost_changes_deltas_fail_until_a_complete_load(api: Api) -> None:
     after = api.send("AD", "incremental", {name: entries_delta(("insert", "c", "3"))})
     assert api.state(after)["state"] == "done"
     # A committed delta cancelled by hand is lost too.
-    holder = api.open("AD", "incremental", agent="holder")  # not the sender: kept open
+    operator = api.operator()
+    holder = operator.open("AD", "incremental")  # not the sender's client: kept open
     waiting = api.send("AD", "incremental", {name: entries_delta(("insert", "d", "4"))}, wait=False)
-    assert api.post(f"/api/sessions/{waiting}/cancel").status_code == 200
-    assert api.post(f"/api/sessions/{holder}/cancel").status_code == 200
+    assert operator.post(f"/api/sessions/{waiting}/cancel").status_code == 200
+    assert operator.post(f"/api/sessions/{holder}/cancel").status_code == 200
     next_one = api.send("AD", "incremental", {name: entries_delta(("insert", "e", "5"))})
     assert waiting in api.state(next_one)["reason"]
     assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"), ("c", "3"))
@@ -463,8 +512,9 @@ def test_threshold_blocks_until_forced_and_later_incrementals_wait(api: Api) -> 
     )
     time.sleep(0.3)
     assert api.state(later)["state"] == "queued"  # waits behind the blocked one
-    assert api.post(f"/api/sessions/{later}/force").status_code == 409  # not blocked
-    forced = api.post(f"/api/sessions/{blocked}/force")
+    operator = api.operator()
+    assert operator.post(f"/api/sessions/{later}/force").status_code == 409  # not blocked
+    forced = operator.post(f"/api/sessions/{blocked}/force")
     assert forced.status_code == 202
     assert api.wait(blocked)["state"] == "done"
     assert api.wait(later)["state"] == "done"
@@ -514,11 +564,12 @@ def test_complete_cancels_open_queued_and_blocked_sessions(api: Api, tmp_path: P
     assert late.status_code == 200 and late.json()["state"] == "cancelled"  # committed, then moot
     assert api.commit(still_open, {}).status_code == 409  # cancelled before any commit
     api.upload(complete, f"{PEOPLE}.sorted.csv", people(("7", "q")))
-    assert api.post(f"/api/sessions/{complete}/force").status_code == 409
+    operator = api.operator()
+    assert operator.post(f"/api/sessions/{complete}/force").status_code == 409
     # 1 insert (33% of 3 stored, under 50%) but 3 implied deletes (over 1): blocked, then forced.
     assert api.commit(complete, {f"{PEOPLE}.sorted.csv": people(("7", "q"))}).status_code == 202
     assert api.wait(complete)["state"] == "blocked"
-    api.post(f"/api/sessions/{complete}/force")
+    assert operator.post(f"/api/sessions/{complete}/force").status_code == 202
     assert api.wait(complete)["state"] == "done"
     assert api.resources("HR", PEOPLE) == people(("7", "q"))
 
@@ -538,7 +589,8 @@ def test_cancel(api: Api, tmp_path: Path) -> None:
 
 def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     load_ad(api, [("a", "1")], [])
-    earlier = api.open("AD", "incremental", agent="earlier")  # not the sender: kept open
+    operator = api.operator()
+    earlier = operator.open("AD", "incremental")  # not the sender's client: kept open
     later = api.send(
         "AD",
         "incremental",
@@ -552,17 +604,20 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     assert api.state(later)["state"] == "queued"
     # The earlier one inserts "b"; the later one updates it: only right in opening order.
     first = {f"{ENTRIES}.sorted.delta.csv": entries_delta(("insert", "b", "1"))}
-    api.upload(earlier, f"{ENTRIES}.sorted.delta.csv", first[f"{ENTRIES}.sorted.delta.csv"])
-    assert api.commit(earlier, first).status_code == 202
-    assert api.wait(earlier)["state"] == "done"
+    operator.upload(earlier, f"{ENTRIES}.sorted.delta.csv", first[f"{ENTRIES}.sorted.delta.csv"])
+    assert operator.commit(earlier, first).status_code == 202
+    assert operator.wait(earlier)["state"] == "done"
     assert api.wait(later)["state"] == "done"
     assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
 
-def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
-    with running(tmp_path, session_timeout=1.0) as api:
+def test_an_idle_open_session_is_abandoned_after_the_timeout(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url, session_timeout=1.0) as api:
         load_ad(api, [("a", "1")], [])
-        idle = api.open("AD", "incremental", agent="idle")  # not the sender: kept open
+        operator = api.operator()
+        idle = operator.open("AD", "incremental")  # not the sender's client: kept open
         later = api.send(
             "AD",
             "incremental",
@@ -570,7 +625,7 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> 
             wait=False,
         )
         assert api.wait(later, timeout=10)["state"] == "done"
-        state = api.state(idle)
+        state = operator.state(idle)
         assert state["state"] == "cancelled" and "abandoned" in state["reason"]
         assert not (tmp_path / "data" / "sessions" / idle).exists()
 
@@ -578,10 +633,12 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> 
 # ------------------------------------------------------------------------------ restart
 
 
-def test_state_survives_a_restart_and_interrupted_sessions_run_again(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_state_survives_a_restart_and_interrupted_sessions_run_again(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         load_ad(api, [("a", "1")], [])
-        holder = api.open("AD", "incremental", agent="holder")  # not the sender: kept open
+        holder = api.operator().open("AD", "incremental")  # not the sender's client: kept open
         waiting = api.send(
             "AD",
             "incremental",
@@ -590,19 +647,20 @@ def test_state_survives_a_restart_and_interrupted_sessions_run_again(tmp_path: P
         )
         token = api.token()
     # As if the server died while applying it: "processing" at the next start.
-    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
-        connection.execute("UPDATE sessions SET state = 'processing' WHERE id = ?", (waiting,))
-    with running(tmp_path) as api:
+    set_state(tmp_path, store_url, waiting, "processing")
+    with running(tmp_path, store_url) as api:
         api._token = token  # a token outlives the restart
-        assert api.state(holder)["state"] == "open"
+        assert api.operator().state(holder)["state"] == "open"
         assert api.state(waiting)["state"] == "queued"  # re-queued, still behind the open one
-        assert api.post(f"/api/sessions/{holder}/cancel").status_code == 200
+        assert api.operator().post(f"/api/sessions/{holder}/cancel").status_code == 200
         assert api.wait(waiting)["state"] == "done"
         assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
 
-def test_a_session_applied_just_before_a_crash_is_not_applied_twice(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_a_session_applied_just_before_a_crash_is_not_applied_twice(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         load_ad(api, [("a", "1")], [])
         session_id = api.send(
             "AD",
@@ -611,9 +669,8 @@ def test_a_session_applied_just_before_a_crash_is_not_applied_twice(tmp_path: Pa
         )
         assert api.state(session_id)["state"] == "done"
     # The rows committed, the crash came before the state did: the store remembers it applied.
-    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
-        connection.execute("UPDATE sessions SET state = 'processing' WHERE id = ?", (session_id,))
-    with running(tmp_path) as api:
+    set_state(tmp_path, store_url, session_id, "processing")
+    with running(tmp_path, store_url) as api:
         assert api.wait(session_id)["state"] == "done"
         assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
@@ -649,8 +706,8 @@ def test_traversal_attempts_write_nothing_outside_the_session(api: Api, tmp_path
     assert listing(tmp_path) - before <= {"data/sessions.sqlite3-shm", "data/sessions.sqlite3-wal"}
 
 
-def test_oversize_requests_are_refused(tmp_path: Path) -> None:
-    with running(tmp_path, max_body=1024, max_file_size=4096) as api:
+def test_oversize_requests_are_refused(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url, max_body=1024, max_file_size=4096) as api:
         session_id = api.open("AD", "complete")
         name = f"{ENTRIES}.sorted.csv"
         assert api.put_chunk(session_id, name, b"x" * 2048, 0, 2048).status_code == 413

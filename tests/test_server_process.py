@@ -15,8 +15,10 @@ MEMBERS = "ADExport_members"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(write_config(tmp_path), tmp_path / "data", tmp_path / "server.log")
+def server(tmp_path: Path, store_url: str | None) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        write_config(tmp_path), tmp_path / "data", tmp_path / "server.log", database=store_url
+    )
     process.start()
     try:
         yield process
@@ -77,8 +79,12 @@ def test_token_and_a_complete_then_incremental_run(server: ServerProcess) -> Non
         assert [item["id"] for item in listed] == [incremental, session_id]
 
 
-def test_sigkill_while_processing_and_queued_then_restart_completes(tmp_path: Path) -> None:
-    server = ServerProcess(write_config(tmp_path), tmp_path / "data", tmp_path / "server.log")
+def test_sigkill_while_processing_and_queued_then_restart_completes(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    server = ServerProcess(
+        write_config(tmp_path), tmp_path / "data", tmp_path / "server.log", database=store_url
+    )
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -94,13 +100,18 @@ def test_sigkill_while_processing_and_queued_then_restart_completes(tmp_path: Pa
                 )
             }
             complete = api.open("AD", "complete")
-            # Opened after: applied after (another agent: the same one's would cancel it).
-            incremental = api.open("AD", "incremental", agent="agent-2")
-            for session_id, files in ((complete, full), (incremental, delta)):
+            # Opened after: applied after (through another client: the same one's would
+            # cancel it as an orphan).
+            operator = api.operator()
+            incremental = operator.open("AD", "incremental")
+            for driver, session_id, files in (
+                (api, complete, full),
+                (operator, incremental, delta),
+            ):
                 for name, data in files.items():
-                    api.upload(session_id, name, data)
-            assert api.commit(incremental, delta).status_code == 202
-            assert api.state(incremental)["state"] == "queued"  # behind the open complete
+                    driver.upload(session_id, name, data)
+            assert operator.commit(incremental, delta).status_code == 202
+            assert operator.state(incremental)["state"] == "queued"  # behind the open complete
             assert api.commit(complete, full).status_code == 202
             # The apply takes over a second: the kill lands in the middle of its transaction.
             assert api.wait(complete, frozenset({"processing", "done"}), timeout=30)["state"] == (
@@ -113,7 +124,7 @@ def test_sigkill_while_processing_and_queued_then_restart_completes(tmp_path: Pa
             api = Api(http)
             api._token = token  # signed with the key kept in the data directory
             assert api.wait(complete, timeout=60)["state"] == "done"
-            assert api.wait(incremental, timeout=30)["state"] == "done"
+            assert api.operator().wait(incremental, timeout=30)["state"] == "done"
             rows[7] = ("00000007", "changed")
             assert api.resources("AD", ENTRIES) == entries(rows)
             assert api.state(complete)["tables"][ENTRIES]["rows"] == len(rows)
@@ -169,5 +180,26 @@ def test_oversize_chunk_is_413(tmp_path: Path) -> None:
             response = api.put_chunk(session_id, f"{ENTRIES}.sorted.csv", b"x" * 8192, 0, 8192)
             assert response.status_code == 413 and "error" in response.json()
             assert api.state(session_id)["state"] == "open"
+    finally:
+        server.stop()
+
+
+def test_the_operator_profile_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prepsync serve` with PREPSYNC_OPERATOR_PROFILE=Agent: the "agent" client (Profile
+    Agent) settles sessions, the "operator" client (Profile Administrator) no longer does."""
+    monkeypatch.setenv("PREPSYNC_OPERATOR_PROFILE", "Agent")
+    server = ServerProcess(write_config(tmp_path), tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            agent = Api(http)
+            session = agent.open("AD", "complete")
+            # An operator action reaches the state check: 409, not the 403 of a role.
+            assert agent.post(f"/api/sessions/{session}/force").status_code == 409
+            refused = agent.operator().post(f"/api/sessions/{session}/force")
+            assert refused.status_code == 403
+            assert refused.json()["operator_profile"] == "Agent"
     finally:
         server.stop()

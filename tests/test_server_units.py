@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 import os
 import stat
 from pathlib import Path
@@ -86,20 +88,37 @@ def test_content_range() -> None:
         assert parse_content_range(bad) is None
 
 
+SECRET_A = "A" * 43 + "="  # two HashedSecret values: base64 of 32 bytes
+SECRET_B = "B" * 43 + "="
+
+
 def test_tokens_sign_expire_and_resist_forgery(tmp_path: Path) -> None:
     key = load_or_create_key(tmp_path)
     assert stat.S_IMODE(os.stat(tmp_path / "token.key").st_mode) == 0o600
     assert load_or_create_key(tmp_path) == key  # kept: tokens survive a restart
     signer = TokenSigner(key)
-    token = signer.issue("agent", 60, now=1000)
-    assert signer.verify(token, now=1059) == "agent"
-    assert signer.verify(token, now=1060) is None  # expired
-    assert TokenSigner(b"k" * 32).verify(token, now=1000) is None  # another key
+    secrets = {"agent": SECRET_A, "admin": SECRET_A}.get
+    token = signer.issue("agent", SECRET_A, 60, now=1000)
+    assert signer.verify(token, secrets, now=1059) == "agent"
+    assert signer.verify(token, secrets, now=1060) is None  # expired
+    assert TokenSigner(b"k" * 32).verify(token, secrets, now=1000) is None  # another key
     payload, signature = token.split(".")
-    forged = TokenSigner(key).issue("admin", 60, now=1000).split(".")[0]
-    assert signer.verify(f"{forged}.{signature}", now=1000) is None
-    assert signer.verify("garbage", now=1000) is None
-    assert signer.verify(payload + ".", now=1000) is None
+    forged = TokenSigner(key).issue("admin", SECRET_B, 60, now=1000).split(".")[0]
+    assert signer.verify(f"{forged}.{signature}", secrets, now=1000) is None
+    assert signer.verify("garbage", secrets, now=1000) is None
+    assert signer.verify(payload + ".", secrets, now=1000) is None
+    assert signer.verify(token, {}.get, now=1000) is None  # the client is gone
+
+
+def test_a_token_dies_with_the_secret_it_was_issued_for(tmp_path: Path) -> None:
+    signer = TokenSigner(load_or_create_key(tmp_path))
+    token = signer.issue("agent", SECRET_A, 3600, now=1000)
+    assert signer.verify(token, {"agent": SECRET_A}.get, now=1001) == "agent"
+    assert signer.verify(token, {"agent": SECRET_B}.get, now=1001) is None  # rotated
+    # The secret is in the signature, not in the readable payload.
+    encoded = token.split(".")[0]
+    payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    assert payload.keys() == {"sub", "exp"}
 
 
 def test_authorization_headers() -> None:

@@ -16,6 +16,7 @@ from prepsync.sync import SESSION_JOURNAL
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 GOOD = {"session": SESSION, "connector": "AD", "agent": "test", "mode": "incremental"}
 GOOD_TABLE = {"table": "Entries", "sorted": None, "change_file": True}
+FINGERPRINT = {"separator": ",", "command_column": "command", "files": []}
 
 
 def run_online(site: Site, journal: bytes) -> tuple[int, str]:
@@ -63,6 +64,22 @@ WRONG_SHAPES = [
     ({**GOOD, "tables": [{"table": "Entries", "change_file": True}]}, 'no "sorted"'),
     ({**GOOD, "tables": [{**GOOD_TABLE, "sorted": 7}]}, 'no "sorted"'),
     ({**GOOD, "tables": [{**GOOD_TABLE, "change_file": "yes"}]}, 'no "change_file"'),
+    ({**GOOD, "tables": None, "committed": "yes"}, '"committed" is "yes"'),
+    ({**GOOD, "tables": None, "sources": []}, '"sources" is not an object'),
+    ({**GOOD, "tables": None, "sources": {"files": []}}, '"sources" has no "separator"'),
+    (
+        {
+            **GOOD,
+            "tables": None,
+            "sources": {**FINGERPRINT, "files": [{"table": "T", "size": "1"}]},
+        },
+        '"sources"["files"][0] has no "size"',
+    ),
+    ({**GOOD, "tables": None, "files": {}}, '"files" is not a list'),
+    (
+        {**GOOD, "tables": None, "files": [{"name": "a", "size": True, "xxh3_128": "0"}]},
+        '"files"[0]',
+    ),
 ]
 
 
@@ -106,3 +123,26 @@ def test_a_journal_prepsync_wrote_gets_past_the_check(site: Site) -> None:
     assert status == 1, output
     assert "session journal" not in output
     assert "connect/token" in output, output
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{}", b"[]", b'{"renames": [{"temp": 1}]}', b'{"renames": ', b"\xff"],
+    ids=["empty-object", "list", "wrong-entry", "truncated", "not-utf8"],
+)
+def test_a_rename_journal_of_another_shape_is_one_error_line(site: Site, content: bytes) -> None:
+    """The rename journal (``.prepsync-journal.json``) that finishes an interrupted local
+    commit is checked the same way, offline runs included."""
+    site.working.mkdir(parents=True, exist_ok=True)
+    (site.working / ".prepsync-journal.json").write_bytes(content)
+    result = CliRunner().invoke(main, ["prepare", *site.args("complete")])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    # (before it, the log's warning that an interrupted commit is being finished)
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: rename journal {site.working / '.prepsync-journal.json'}")
+    assert "delete the file" in lines[0] and "complete synchronization" in lines[0]

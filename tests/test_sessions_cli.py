@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from serverutil import (
     CLIENT,
     HR_SECRET,
+    OPERATOR,
+    OPERATOR_SECRET,
     SECRET,
     Agent,
     Export,
@@ -30,9 +32,12 @@ SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
 class Operator:
-    """`prepsync sessions ...` in process (CliRunner), talking to the server over HTTP."""
+    """`prepsync sessions ...` in process (CliRunner), talking to the server over HTTP; with
+    the operator's client (Profile Administrator) unless told otherwise."""
 
-    def __init__(self, server: ServerProcess, client: str = CLIENT, secret: str = SECRET) -> None:
+    def __init__(
+        self, server: ServerProcess, client: str = OPERATOR, secret: str = OPERATOR_SECRET
+    ) -> None:
         self.server, self.client, self.secret = server, client, secret
 
     def run(self, *arguments: str, url: str | None = None) -> tuple[int, str, str]:
@@ -129,11 +134,36 @@ def test_errors_are_one_line_and_exit_1(site: tuple[ServerProcess, Agent, int]) 
         assert code == 1, (expected, out, err)
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert expected in err
-        assert "Traceback" not in err and SECRET not in err and out == ""
+        assert "Traceback" not in err and OPERATOR_SECRET not in err and out == ""
     # Settling a session that is not blocked is refused by the server, not half done.
     done_session = next(s["id"] for s in server.sessions() if s["state"] == "done")
     code, _out, err = operator.run("force", done_session)
     assert code == 1 and "409 only a blocked session can be forced; it is done" in err
+
+
+def test_review_with_an_agents_credentials_says_an_operator_is_needed(
+    site: tuple[ServerProcess, Agent, int],
+) -> None:
+    """The agent whose session was blocked cannot force, cancel or review it with its own
+    client; the error says what is needed, in one line."""
+    server, _agent, _loaded = site
+    held = blocked_session(server)
+    agent = Operator(server, client=CLIENT, secret=SECRET)
+    for arguments, action in [
+        (("force", held), "forcing a session"),
+        (("cancel", held), "cancelling this session"),
+        (("changes", held, "--table", "ADExport_entries"), "reading a session's changes"),
+    ]:
+        code, out, err = agent.run(*arguments)
+        assert code == 1 and out == "", err
+        assert err.startswith(f"error: {action} needs an operator's credentials ")
+        assert err.count("\n") == 1 and "403" in err and "operator profile" in err
+        assert SECRET not in err
+    # It still lists the connector's sessions and reads its own.
+    assert agent.run("list", "--connector", "AD")[0] == 0
+    code, out, err = agent.run("show", held)
+    assert code == 0 and "  state      blocked" in out, err
+    assert server.wait(held, ("blocked",)) == "blocked"  # nothing was settled
 
 
 def _closed_port() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from serverutil import (
-    CLIENT,
+    OPERATOR,
     SECRET,
     Agent,
     Export,
@@ -143,7 +143,7 @@ def test_exit_statuses_say_the_verdict(tmp_path: Path) -> None:
             assert api.post(f"/api/sessions/{mine}/cancel").status_code == 200
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 4, err
-        assert f"session {mine} cancelled: cancelled by client {CLIENT}" in err
+        assert f"session {mine} cancelled: cancelled by client {OPERATOR}" in err
 
         # The blocked session rejected: its changes are lost, so the next incremental fails.
         with server.api() as api:

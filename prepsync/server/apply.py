@@ -18,6 +18,7 @@ The outcome is all or nothing: ``done`` commits the rows together with the ``app
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,19 +51,20 @@ from prepsync.server.diff import (
 from prepsync.server.session_files import table_of_file
 from prepsync.server.sessions import Session
 from prepsync.server.store import (
-    Store,
     TableState,
     Transaction,
     snapshot,
     stored_rows,
     table_state,
 )
+from prepsync.server.storeapi import ResourceStore
 from prepsync.server.thresholds import (
     ConnectorLimits,
     LinkCounts,
     TableCounts,
     TableLimits,
     crossed_thresholds,
+    first_load_advice,
 )
 
 
@@ -113,17 +115,19 @@ def session_summary(tables: Mapping[str, TableCounts], crossed: list[str]) -> di
 
 
 def apply_session(
-    store: Store,
+    store: ResourceStore,
     session: Session,
     tables: Mapping[str, TableSpec] | None,
     directory: Path,
     limits: ConnectorLimits | None = None,
+    started: float | None = None,
 ) -> Outcome:
     """Apply ``session`` (its committed files under ``directory``); never raises for bad data.
 
     ``tables`` maps casefolded ConnectionTable -> spec, in configuration order; None when the
     connector is no longer configured. ``limits`` are the connector's thresholds (entity-level
-    ones from ``tables`` when None).
+    ones from ``tables`` when None). ``started``: when the worker claimed the session
+    (``time.monotonic()``), for the summary's ``apply_seconds``.
     """
     if tables is None:
         return Outcome(FAILED, f"connector {session.connector!r} is no longer configured")
@@ -149,28 +153,61 @@ def apply_session(
     counts: dict[str, TableCounts] = {}
     summary: dict[str, Any] = {}
     try:
-        with store.transaction() as transaction:
+        with store.apply_transaction() as work:
             # Configuration order, so that a session's outcome does not depend on file order.
             for folded, spec in tables.items():
                 if folded in plan:
-                    counts[folded] = _apply_table(
-                        transaction, session, spec, limits.table(spec.name), plan[folded]
+                    counts[folded] = work.apply_table(
+                        session, spec, limits.table(spec.name), plan[folded]
                     )
             by_name = {tables[folded].name: table for folded, table in counts.items()}
             crossed: list[str] = []
+            first_load = False
             if session.mode != INITIAL and not session.forced:
-                stored = _stored_counts(transaction, session.connector, tables, limits, counts)
+                stored = work.stored_counts(session.connector, tables, limits, counts)
                 names = [spec.name for spec in tables.values()]
                 crossed = crossed_thresholds(limits, names, counts, stored)
+                first_load = not any(table.stored_before for table in stored.values())
             summary = session_summary(by_name, crossed)
+            if crossed and first_load:
+                summary["advice"] = first_load_advice(session.connector, crossed)
+            if started is not None:
+                summary["apply_seconds"] = round(time.monotonic() - started, 3)
             if crossed:
                 raise _Stop(BLOCKED, crossed[0])
-            transaction.mark_applied(session.id, session.seq)
+            work.commit_applied(session, summary)
     except _Stop as stop:
         return Outcome(stop.state, stop.reason, summary)
     except DataError as error:
         return Outcome(FAILED, str(error), summary)
     return Outcome(DONE, None, summary)
+
+
+class SqliteWork:
+    """:class:`~prepsync.server.storeapi.TableWork` of the SQLite store: the merge-join diff of
+    :mod:`prepsync.server.diff` through :class:`~prepsync.server.store.Transaction`'s bulk
+    paths. The session's state is written by the worker after the commit, in the sessions
+    database; the ``applied`` mark written here tells a crash in between apart."""
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
+
+    def apply_table(
+        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
+    ) -> TableCounts:
+        return _apply_table(self.transaction, session, spec, table_limits, path)
+
+    def stored_counts(
+        self,
+        connector: str,
+        tables: Mapping[str, TableSpec],
+        limits: ConnectorLimits,
+        counts: Mapping[str, TableCounts],
+    ) -> dict[str, TableCounts]:
+        return _stored_counts(self.transaction, connector, tables, limits, counts)
+
+    def commit_applied(self, session: Session, summary: dict[str, Any]) -> None:
+        self.transaction.mark_applied(session.id, session.seq)
 
 
 def _apply_table(

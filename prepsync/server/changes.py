@@ -12,8 +12,8 @@ the previous page, its values as one CSV record in key-column order, e.g. ``afte
 ``after=CN%3Dg%2Cx,CN%3Dm``). A page cut short by ``limit`` names the next ``after`` in the
 ``Prepsync-Next-After`` response header.
 
-Any client allowed on the session's connector may read them: reviewing a blocked session is an
-operator's job.
+Reading them is an operator's action (a client of the server's operator profile allowed on the
+session's connector; see guards.py): they are the values a session carries.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from prepsync.protocol import (
     UPDATE,
 )
 from prepsync.server.context import state_of
-from prepsync.server.diff import DataError, TableDiff, table_diff
-from prepsync.server.guards import authenticate, conflict, session_of
-from prepsync.server.http import ApiError
+from prepsync.server.diff import DataError
+from prepsync.server.guards import authenticate, conflict, require_operator, session_of
+from prepsync.server.http import ApiError, integer_parameter
 from prepsync.server.session_files import table_of_file
 from prepsync.server.sessions import Session
-from prepsync.server.store import decode_key, encode_key, format_record, snapshot, table_state
+from prepsync.server.store import decode_key, encode_key, format_record
 
 LIMIT_MAX = 1_000_000
 _COMMANDS = (INSERT, UPDATE, DELETE)
@@ -90,6 +90,7 @@ def _after_key(text: str | None) -> bytes | None:
 async def changes(request: Request) -> Response:
     client = authenticate(request)
     session = session_of(request, client)
+    require_operator(request, client, "reading a session's changes")
     state = state_of(request)
     if session.files is None:
         raise conflict(session, f"a {session.state} session has no committed files to review")
@@ -105,33 +106,18 @@ async def changes(request: Request) -> Response:
     if command is not None and command.lower() not in _COMMANDS:
         raise ApiError(400, f"'command' must be one of {', '.join(_COMMANDS)}")
     wanted = None if command is None else command.lower()
-    limit_text = query.get("limit")
-    limit: int | None = None
-    if limit_text is not None:
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIMIT_MAX:
-            raise ApiError(400, f"'limit' must be an integer from 1 to {LIMIT_MAX}")
-        limit = int(limit_text)
+    limit = integer_parameter(request, "limit", 1, LIMIT_MAX)
     after = _after_key(query.get("after"))
     spec, file_name = _table_of(session, state.folded_tables(session.connector), query.get("table"))
     if file_name is None:  # an incremental session that leaves this table unchanged
         empty = format_record([COMMAND_COLUMN, *spec.columns]) + "\n"
         return Response(empty, media_type="text/csv; charset=utf-8")
-    store_path = state.data_dir / "store.sqlite3"
+    backend = state.backend
     path = state.sessions_dir / session.id / file_name
 
     def selected() -> Generator[tuple[str, bytes], None, None]:
         """(CSV line, key): the header first (its key empty), then the selected changes."""
-        with snapshot(store_path) as connection:
-            stored = table_state(connection, session.connector, spec.name)
-            diff: TableDiff = table_diff(
-                connection,
-                stored,
-                spec,
-                path,
-                session.mode,
-                session.separator,
-                after,
-            )
+        with backend.review(session, spec, path, after) as diff:
             yield format_record([COMMAND_COLUMN, *diff.header]) + "\n", b""
             for change_command, key, line, _values, stored_line in diff.changes:
                 if wanted is not None and change_command != wanted:

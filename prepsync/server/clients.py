@@ -1,9 +1,14 @@
 """The reference server's OpenID clients and their secrets.
 
-Clients are the configuration's ``<OpenIdClient Identifier HashedSecret [Connectors]>``
-elements; ``HashedSecret`` is base64(SHA-256(secret)), the form Identity Manager uses, so a
-configuration written for Identity Manager authenticates the same agents here. Secrets are only
-ever compared hashed and in constant time.
+Clients are the configuration's ``<OpenIdClient Identifier HashedSecret [Connectors]
+[Profile]>`` elements; ``HashedSecret`` is base64(SHA-256(secret)), the form Identity Manager
+uses, so a configuration written for Identity Manager authenticates the same agents here.
+Secrets are only ever compared hashed and in constant time.
+
+Two roles, by ``Profile`` (Identity Manager's attribute): a client whose profile is the
+server's operator profile (``serve --operator-profile``, ``Administrator`` by default) reviews
+and settles sessions (force, cancel, changes) on the connectors it is allowed on; any other
+client, or one without ``Profile``, only delivers (see :mod:`prepsync.server.guards`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class OpenIdClient:
     identifier: str
     hashed_secret: str  # base64 of the secret's SHA-256, as in the XML
     connectors: frozenset[str] | None  # from Connectors="AD HR"; None = every connector
+    profile: str | None = None  # from Profile="Administrator"; compared exactly
 
     def check_secret(self, secret: str) -> bool:
         """Constant-time comparison, so response times do not leak how much of a guess matched."""
@@ -86,4 +92,4 @@ def _openid_client(attributes: Mapping[str, str], location: str) -> OpenIdClient
                 f"{location}: OpenIdClient {identifier!r}: Connectors is empty "
                 "(leave it out to allow every connector)"
             )
-    return OpenIdClient(identifier, hashed_secret, connectors)
+    return OpenIdClient(identifier, hashed_secret, connectors, attributes.get("Profile"))

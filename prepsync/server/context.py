@@ -14,11 +14,16 @@ from starlette.requests import Request
 
 from prepsync.config import Mappings, TableSpec
 from prepsync.server.clients import OpenIdClient
+from prepsync.server.disk import DiskReserve
+from prepsync.server.events import SessionEvents
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import SessionDatabase
+from prepsync.server.storeapi import Backend
 from prepsync.server.tokens import TokenSigner
 from prepsync.server.worker import Worker
 
+# Identity Manager's profile of the clients allowed to do everything.
+DEFAULT_OPERATOR_PROFILE = "Administrator"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # one upload chunk
 DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
 
@@ -37,16 +42,28 @@ class ServerState:
     max_file_size: int
     token_ttl: int
     worker_poll: float
+    backend: Backend
     session_db: SessionDatabase | None = None
     worker: Worker | None = None
     # Sessions whose uploads are closed: a commit is verifying or has succeeded. Checked before
     # every write, so no byte lands in a file after its hash was taken.
     sealed: set[str] = field(default_factory=set)
+    # The transition log and the metrics (GET /metrics).
+    events: SessionEvents = field(default_factory=SessionEvents)
     commit_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Room kept in the data directory for the writes that free it (see disk.py).
+    reserve: DiskReserve | None = None
+    # The Profile of the clients that review and settle sessions (see guards.py).
+    operator_profile: str = DEFAULT_OPERATOR_PROFILE
 
     @property
     def sessions_dir(self) -> Path:
         return self.data_dir / "sessions"
+
+    def hashed_secret_of(self, client_id: str) -> str | None:
+        """The client's ``HashedSecret`` now; a token issued for another one is void."""
+        client = self.clients.get(client_id)
+        return None if client is None else client.hashed_secret
 
     def folded_tables(self, connector: str) -> dict[str, TableSpec]:
         return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import re
 import uuid
 from urllib.parse import parse_qs
 
@@ -11,15 +11,30 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, MODES, SCOPE
+from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, FULL_MODES, MODES, OPEN, SCOPE
 from prepsync.server.apply import separator_problem
 from prepsync.server.clients import OpenIdClient
-from prepsync.server.context import state_of
-from prepsync.server.guards import authenticate, conflict, connector_of, session_of
-from prepsync.server.http import ApiError, error_response, read_body, read_json_object
+from prepsync.server.context import ServerState, state_of
+from prepsync.server.disk import reclaiming
+from prepsync.server.guards import (
+    authenticate,
+    conflict,
+    connector_of,
+    is_operator,
+    readable_session_of,
+    require_operator,
+    session_of,
+)
+from prepsync.server.http import (
+    ApiError,
+    error_response,
+    integer_parameter,
+    read_body,
+    read_json_object,
+)
 from prepsync.server.session_files import discard_files
-from prepsync.server.status import RECENT_SESSIONS, render_status
-from prepsync.server.store import iter_table_csv, table_counts
+from prepsync.server.sessions import ForeignAgent, Session
+from prepsync.server.status import RECENT_SESSIONS, SECURITY_HEADERS, StatusView, render_status
 from prepsync.server.tokens import basic_credentials
 
 FORM_LIMIT = 64 * 1024
@@ -29,6 +44,7 @@ LIST_DEFAULT, LIST_MAX = 100, 10_000
 # this long (a held request also holds a graceful shutdown), looking every STATUS_WAIT_STEP.
 STATUS_WAIT_MAX, STATUS_WAIT_STEP = 5.0, 0.02
 SETTLED = frozenset({DONE, FAILED, CANCELLED})
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{0,9})?")
 # Stands in for an unknown client id; its hash is of no secret (32 zero bytes, base64).
 _NO_CLIENT = OpenIdClient("", "A" * 43 + "=", None)
 
@@ -61,7 +77,9 @@ async def token(request: Request) -> Response:
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     return JSONResponse(
         {
-            "access_token": state.signer.issue(client.identifier, state.token_ttl),
+            "access_token": state.signer.issue(
+                client.identifier, client.hashed_secret, state.token_ttl
+            ),
             "token_type": "Bearer",
             "expires_in": state.token_ttl,
             "scope": SCOPE,
@@ -98,12 +116,34 @@ async def open_session(request: Request) -> Response:
     session_id = str(uuid.uuid4())
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
+
+    def free_orphans() -> None:
+        # On a full disk, the open sessions this opening cancels give their room first (most
+        # likely an orphan of a killed run filled it); their uploads are closed from now on.
+        for other in db.unfinished():
+            if (
+                other.connector == connector
+                and other.state == OPEN
+                and (
+                    mode.lower() in FULL_MODES
+                    or (other.agent == agent and other.client == client.identifier)
+                )
+            ):
+                state.sealed.add(other.id)
+                discard_files(state.sessions_dir, other.id)
+
     try:
-        cancelled = db.open(
-            connector, agent, mode.lower(), session_id, client.identifier, separator
+        cancelled = reclaiming(
+            lambda: db.open(
+                connector, agent, mode.lower(), session_id, client.identifier, separator
+            ),
+            None,  # new work does not use the reserve
+            free_orphans,
         )
-    except BaseException:
+    except BaseException as error:
         discard_files(state.sessions_dir, session_id)
+        if isinstance(error, ForeignAgent):
+            raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
     for other in cancelled:
         state.sealed.add(other)
@@ -111,6 +151,7 @@ async def open_session(request: Request) -> Response:
     worker.wake()
     session = db.get(session_id)
     assert session is not None
+    state.events.opened(session, cancelled)
     return JSONResponse(
         session.to_json(),
         status_code=201,
@@ -122,10 +163,8 @@ async def list_sessions(request: Request) -> Response:
     client = authenticate(request)
     connector = connector_of(request, client)
     db, _worker = state_of(request).running()
-    limit_text = request.query_params.get("limit", str(LIST_DEFAULT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_MAX:
-        raise ApiError(400, f"'limit' must be an integer from 1 to {LIST_MAX}")
-    sessions = db.recent(connector, int(limit_text))
+    limit = integer_parameter(request, "limit", 1, LIST_MAX)
+    sessions = db.recent(connector, LIST_DEFAULT if limit is None else limit)
     return JSONResponse([session.to_json() for session in sessions])
 
 
@@ -135,14 +174,12 @@ async def get_session(request: Request) -> Response:
     STATUS_WAIT_MAX): an agent waiting for a verdict sees it at once, in no more requests
     than polling would cost."""
     client = authenticate(request)
-    session = session_of(request, client)
+    session = readable_session_of(request, client)
     text = request.query_params.get("wait", "0")
-    try:
-        wait = float(text)
-    except ValueError:
-        wait = math.nan
-    if not 0 <= wait < math.inf:
-        raise ApiError(400, "wait must be a number of seconds >= 0")
+    # ASCII only: float() also takes Arabic-Indic digits, "1_0", " 1", "nan" and "1e9".
+    if _SECONDS.fullmatch(text) is None:
+        raise ApiError(400, "'wait' must be a number of seconds >= 0, such as 2 or 2.5")
+    wait = float(text)
     if wait > 0 and session.state not in SETTLED:  # a settled session never changes
         db, _worker = state_of(request).running()
         asked, loop = session.state, asyncio.get_running_loop()
@@ -154,33 +191,65 @@ async def get_session(request: Request) -> Response:
 
 
 async def force(request: Request) -> Response:
-    """POST /api/sessions/{id}/force: a blocked session is queued again, thresholds off."""
+    """POST /api/sessions/{id}/force: a blocked session is queued again, thresholds off.
+    Operators only."""
     client = authenticate(request)
     session = session_of(request, client)
+    require_operator(request, client, "forcing a session")
     db, worker = state_of(request).running()
     if not db.force(session.id):
         raise conflict(session, f"only a blocked session can be forced; it is {session.state}")
     worker.wake()
     forced = db.get(session.id)
     assert forced is not None
+    state_of(request).events.forced(forced, f"client {client.identifier}")
     return JSONResponse(forced.to_json(), status_code=202)
 
 
 async def cancel(request: Request) -> Response:
-    """POST /api/sessions/{id}/cancel: an open, queued or blocked session is cancelled."""
+    """POST /api/sessions/{id}/cancel: an open, queued or blocked session is cancelled.
+
+    An operator cancels any; another client only its own, and only before its commit (a
+    committed session is the operator's to settle: cancelling an incremental one loses its
+    changes). A client's own settled session still gets the 409 of any settled session, so a
+    cancel repeated after a lost answer learns the session's state."""
     client = authenticate(request)
     session = session_of(request, client)
+    operator = is_operator(request, client)
+    if not operator:
+        _check_own_cancel(request, client, session)
     state = state_of(request)
     db, worker = state.running()
-    if not db.cancel(session.id, f"cancelled by client {client.identifier}"):
+    cancel_session = db.cancel if operator else db.cancel_open
+
+    def free_first() -> None:
+        # Files no one else reads (the worker reads only queued and processing sessions').
+        if session.state in (OPEN, BLOCKED):
+            state.sealed.add(session.id)
+            discard_files(state.sessions_dir, session.id)
+
+    reason = f"cancelled by client {client.identifier}"
+    if not reclaiming(lambda: cancel_session(session.id, reason), state.reserve, free_first):
         current = db.get(session.id) or session
+        if not operator:  # committed since it was read
+            _check_own_cancel(request, client, current)
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)
     discard_files(state.sessions_dir, session.id)
     worker.wake()  # the next session of its connector may now go
     cancelled = db.get(session.id)
     assert cancelled is not None and cancelled.state == CANCELLED
+    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
     return JSONResponse(cancelled.to_json())
+
+
+def _check_own_cancel(request: Request, client: OpenIdClient, session: Session) -> None:
+    """403 when a delivering client's cancel is an operator's: another client's session, or
+    its own once committed and not yet settled."""
+    if session.client is not None and session.client != client.identifier:
+        require_operator(request, client, "cancelling another client's session")
+    if session.state not in SETTLED and session.state != OPEN:
+        require_operator(request, client, f"cancelling a committed ({session.state}) session")
 
 
 async def resources(request: Request) -> Response:
@@ -194,15 +263,88 @@ async def resources(request: Request) -> Response:
     if spec is None:
         raise ApiError(404, f"connector {connector!r} has no table {table!r}")
     # A sync iterator: Starlette pulls it from a worker thread, so SQLite never blocks the loop.
-    rows = iter_table_csv(state.data_dir / "store.sqlite3", connector, spec.name, spec.columns)
+    rows = state.backend.resources_csv(connector, spec.name, spec.columns)
     return StreamingResponse(rows, media_type="text/csv; charset=utf-8")
+
+
+def _is_operator(state: ServerState, client: OpenIdClient) -> bool:
+    """The client's Profile is the server's operator profile (the rule of guards.is_operator)."""
+    return client.profile is not None and client.profile == state.operator_profile
+
+
+def _operator_viewing(request: Request) -> OpenIdClient | None:
+    """The operator whose bearer token the request carries; None for anyone else (no token,
+    a bad one, or another client's: the page then shows what an anonymous viewer sees)."""
+    if request.headers.get("authorization") is None:
+        return None
+    try:
+        client = authenticate(request)
+    except ApiError:
+        return None
+    return client if _is_operator(state_of(request), client) else None
 
 
 async def status_page(request: Request) -> Response:
     state = state_of(request)
     db, _worker = state.running()
-    sessions = {connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables}
-    counts = await anyio.to_thread.run_sync(table_counts, state.data_dir / "store.sqlite3")
-    blocked = [session for session in db.unfinished() if session.state == BLOCKED]
-    api_url = str(request.base_url).rstrip("/")
-    return HTMLResponse(render_status(state.tables, counts, sessions, blocked, api_url))
+    viewer = _operator_viewing(request)
+    operators = sorted(c.identifier for c in state.clients.values() if _is_operator(state, c))
+    view = StatusView(
+        tables=state.tables,
+        row_counts=await anyio.to_thread.run_sync(state.backend.table_counts),
+        recent={connector: db.recent(connector, RECENT_SESSIONS) for connector in state.tables},
+        unfinished=db.unfinished(),
+        api_url=str(request.base_url).rstrip("/"),
+        operator_client=viewer.identifier if viewer else (operators[0] if operators else None),
+        show_reasons=viewer is not None,
+        session_timeout=state.session_timeout,
+    )
+    return HTMLResponse(render_status(view), headers=SECURITY_HEADERS)
+
+
+HEALTH_TIMEOUT = 5.0  # seconds: a store slower than this to answer is not healthy
+
+
+async def health(request: Request) -> Response:
+    """GET /healthz: 200 when the process serves, its worker runs and both the sessions
+    database and the store answer; 503 otherwise, saying which part failed. No token: a
+    load balancer or a container runtime asks it, and it shows no data."""
+    state = state_of(request)
+    checks: dict[str, str] = {}
+    try:
+        db, worker = state.running()
+    except ApiError as error:
+        return JSONResponse({"status": "unavailable", "error": error.message}, status_code=503)
+    checks["worker"] = "running" if worker.alive else "stopped"
+    try:
+        with anyio.fail_after(HEALTH_TIMEOUT):
+            db.state_counts()
+            checks["sessions"] = "ok"
+            await anyio.to_thread.run_sync(state.backend.table_counts, abandon_on_cancel=True)
+            checks["store"] = "ok"
+    except TimeoutError:
+        checks.setdefault("sessions", "ok")
+        checks["store"] = f"no answer within {HEALTH_TIMEOUT:g} s"
+    except Exception as error:  # what the store raises is the answer: say it, do not crash
+        failed = "store" if "sessions" in checks else "sessions"
+        checks[failed] = f"{type(error).__name__}: {error}"
+    healthy = all(value in ("ok", "running") for value in checks.values())
+    return JSONResponse(
+        {"status": "ok" if healthy else "unavailable", "backend": state.backend.name, **checks},
+        status_code=200 if healthy else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it (see
+    prepsync.server.events). No token: it shows counts, no data."""
+    from prometheus_client.exposition import choose_encoder
+
+    state = state_of(request)
+    state.running()
+    try:
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    except (TypeError, ValueError):  # prometheus_client compares an odd version= and fails
+        raise ApiError(400, "Accept: the openmetrics version must be digits and dots") from None
+    return Response(encode(state.events.registry), headers={"Content-Type": content_type})

@@ -22,6 +22,10 @@ Ordering invariant: ``seq`` is the opening order; per connector, the session wit
 Ownership: ``client`` is the OpenID client that opened the session; only it may upload and
 commit (see :func:`prepsync.server.guards.owned_session_of`). Sessions recorded before the
 column existed have none, and stay open to every client allowed on their connector.
+
+One agent per connector: an incremental session is a delta against its agent's baselines, so
+only the agent delivering the connector (:meth:`SessionDatabase.connector_agent`) may open one;
+a complete or initial session from any agent takes the connector over (a host migration).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prepsync.private import prepare_sqlite
 from prepsync.protocol import (
     BLOCKED,
     CANCELLED,
@@ -111,11 +116,27 @@ class Session:
             # Per-table counts and every threshold crossed, once processed.
             "tables": None if self.summary is None else self.summary.get("tables"),
             "thresholds": None if self.summary is None else self.summary.get("thresholds"),
+            # How to proceed, when the server knows better than the thresholds' text (a first
+            # load blocked by the connector's defaults).
+            "advice": None if self.summary is None else self.summary.get("advice"),
             # Seconds the worker spent applying (or judging) it; None before or without.
             "apply_seconds": None if self.summary is None else self.summary.get("apply_seconds"),
             "opened_at": _iso(self.opened_at),
             "updated_at": _iso(self.updated_at),
         }
+
+
+class ForeignAgent(Exception):
+    """An incremental session opened by another agent than the one delivering the connector:
+    its deltas are against its own baselines, not the store's, so it is refused at open."""
+
+    def __init__(self, connector: str, owner: str, agent: str) -> None:
+        super().__init__(
+            f"connector {connector} is delivered by agent {owner!r}: an incremental session "
+            f"of agent {agent!r} is refused (its baselines are not the connector's); a complete "
+            f"synchronization from {agent!r} takes the connector over"
+        )
+        self.owner = owner
 
 
 def _iso(timestamp: float) -> str:
@@ -159,6 +180,7 @@ class SessionDatabase:
     """One connection to the sessions database. Each thread opens its own."""
 
     def __init__(self, path: Path) -> None:
+        prepare_sqlite(path)  # 0600 before SQLite creates it 0644 (and its -wal, -shm alike)
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # A 202 to a commit lets the agent advance its baselines: it must survive power loss.
@@ -226,6 +248,22 @@ class SessionDatabase:
                 return earlier
         return None
 
+    # The one query behind "one agent per connector": kept apart and plain SQL on purpose.
+    def connector_agent(self, connector: str) -> str | None:
+        """The agent delivering the connector, whose baselines its deltas are computed against:
+        the agent of its newest session that was committed (whatever its verdict: the agent's
+        baselines moved at the commit) or that is a complete or initial session still open
+        (a complete session takes the connector over as it opens; one abandoned or cancelled
+        before its commit took nothing over). None when the connector has no such session.
+        """
+        row = self._connection.execute(
+            "SELECT agent FROM sessions WHERE connector = ? AND (files IS NOT NULL "
+            f"OR (state = ? AND mode IN ({','.join('?' * len(FULL_MODES))}))) "
+            "ORDER BY seq DESC LIMIT 1",
+            (connector, OPEN, *sorted(FULL_MODES)),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def unfinished(self) -> list[Session]:
         """Every session not in a final state, in opening order."""
         placeholders = ",".join("?" * len(FINAL_STATES))
@@ -234,6 +272,13 @@ class SessionDatabase:
             tuple(FINAL_STATES),
         ).fetchall()
         return [_session(row) for row in rows]
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        """How many sessions each (connector, state) has: the metrics' view, read per scrape."""
+        rows = self._connection.execute(
+            "SELECT connector, state, COUNT(*) FROM sessions GROUP BY connector, state"
+        ).fetchall()
+        return {(row[0], row[1]): row[2] for row in rows}
 
     # ---------------------------------------------------------------------------- writes
 
@@ -248,6 +293,9 @@ class SessionDatabase:
     ) -> list[str]:
         """Record a new open session; returns the ids of the sessions it cancelled.
 
+        An incremental session of another agent than the connector's (:meth:`connector_agent`)
+        raises :class:`ForeignAgent` and records nothing.
+
         A complete/initial session cancels every session of its connector not yet processed
         (it reloads every table: their changes are moot). Any session cancels the ``open``
         sessions of the same agent and client on its connector: one agent runs one prepare per
@@ -257,6 +305,12 @@ class SessionDatabase:
         now = time.time()
         self._begin()
         try:
+            if mode not in FULL_MODES:
+                # In the transaction: no complete session can take the connector over between
+                # this check and the insert.
+                owner = self.connector_agent(connector)
+                if owner is not None and owner != agent:
+                    raise ForeignAgent(connector, owner, agent)
             if mode in FULL_MODES:
                 reason = f"superseded by {mode} session {session_id}"
                 condition = "connector = ? AND state IN (?, ?, ?)"
@@ -316,6 +370,11 @@ class SessionDatabase:
 
     def cancel(self, session_id: str, reason: str) -> bool:
         return self._transition(session_id, CANCELLABLE_STATES, CANCELLED, reason=reason)
+
+    def cancel_open(self, session_id: str, reason: str) -> bool:
+        """Cancel a session only while it is ``open`` (not yet committed): what a delivering
+        client may do to its own session; a committed one is an operator's to settle."""
+        return self._transition(session_id, (OPEN,), CANCELLED, reason=reason)
 
     def abandon_idle(self, idle_before: float, reason: str) -> list[str]:
         """Cancel open sessions with no activity since ``idle_before``; returns their ids."""
@@ -378,3 +437,12 @@ class SessionDatabase:
 
     def set_state(self, session_id: str, from_state: str, to_state: str) -> bool:
         return self._transition(session_id, (from_state,), to_state)
+
+    def orphans(self) -> list[Session]:
+        """``processing`` sessions that no worker applies: with one worker per data directory
+        (SQLite), every one the worker meets between its sessions (a crash, or a stop)."""
+        return self.processing()
+
+    def release(self, session: Session) -> None:
+        """The worker is done with a claimed session (its outcome is recorded). Nothing is held
+        here: the one worker is the only one that claims."""

@@ -36,9 +36,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prepsync._upload import NativeWriter, UploadReader, capture_writer, key_line
+from prepsync.private import prepare_sqlite
 from prepsync.protocol import csv_record
+
+if TYPE_CHECKING:
+    from prepsync.server.apply import SqliteWork
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tables (
@@ -149,6 +154,7 @@ def _configure(connection: sqlite3.Connection) -> None:
 def open_store(path: Path) -> Store:
     # With its native handle where SQLite can be reached from C: an initial load's rows then go
     # in without a Python object per row (Transaction.load_rows).
+    prepare_sqlite(path)  # 0600 before SQLite creates it 0644 (and its -wal, -shm alike)
     connection, native = capture_writer(
         lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     )
@@ -164,7 +170,11 @@ def open_store(path: Path) -> Store:
 
 
 class Store:
-    """The writer's handle (the worker's). Not thread-safe: one thread uses it at a time."""
+    """The writer's handle (the worker's). Not thread-safe: one thread uses it at a time.
+
+    The SQLite :class:`~prepsync.server.storeapi.ResourceStore`."""
+
+    store_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
 
     def __init__(
         self, connection: sqlite3.Connection, path: Path, native: NativeWriter | None = None
@@ -186,6 +196,20 @@ class Store:
         for readers (what SQLite's automatic checkpoint would do at the end of a commit); the
         WAL is then reused from its start and cut back to WAL_SIZE_LIMIT by the next write."""
         self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def after_session(self) -> None:
+        """Between sessions, once the verdict is recorded (the agent waiting for it does not
+        wait for this)."""
+        self.checkpoint()
+
+    @contextmanager
+    def apply_transaction(self) -> Iterator[SqliteWork]:
+        """One session's transaction, with the diff's row work (:mod:`prepsync.server.apply`,
+        which builds on this module: imported here, when a session is applied)."""
+        from prepsync.server.apply import SqliteWork
+
+        with self.transaction() as transaction:
+            yield SqliteWork(transaction)
 
     def was_applied(self, session_id: str) -> bool:
         row = self.connection.execute(

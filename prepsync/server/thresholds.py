@@ -17,6 +17,7 @@ what was stored before the session, and applies only where something was stored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,3 +244,36 @@ def crossed_thresholds(
         links_changed = {"inserted": inserted_links, "deleted": deleted_links}
         reasons.extend(_checks(label, connector.links, links_changed, stored_links))
     return [reason for reason in reasons if reason is not None]
+
+
+_CROSSED = re.compile(r"(?P<label>.+?): (?P<attribute>\w+) \S+ < ")
+_ELEMENTS = (
+    (re.compile(r"connector (?P<name>.+)"), "Connector"),
+    (re.compile(r"entity type mapping (?P<name>\S+) \(table .*\)"), "EntityTypeMapping"),
+    (re.compile(r"association mapping (?P<name>\S+) \(table .*\)"), "EntityAssociationMapping"),
+)
+
+
+def first_load_advice(connector: str, crossed: Sequence[str]) -> str:
+    """How to proceed when a session into a store holding nothing of ``connector`` crossed
+    thresholds (typically the connector's defaults, 100 inserted resources, on a first
+    complete load): an initial load skips them, or the limits named can be raised."""
+    raises: list[str] = []
+    for reason in crossed:
+        match = _CROSSED.match(reason)
+        if match is None:
+            continue
+        for pattern, element in _ELEMENTS:
+            named = pattern.fullmatch(match["label"])
+            if named is not None:
+                text = f'{match["attribute"]} on <{element} Identifier="{named["name"]}">'
+                if text not in raises:
+                    raises.append(text)
+                break
+    advice = (
+        f"the store holds nothing of connector {connector} yet: a first load with "
+        "--synchronization-mode initial ignores thresholds, as Identity Manager does"
+    )
+    if raises:
+        advice += "; or raise " + ", ".join(raises)
+    return advice

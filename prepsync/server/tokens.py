@@ -1,10 +1,18 @@
 """Bearer tokens for the client-credentials flow (REFERENCE §7).
 
 A token is ``<payload>.<signature>``, both unpadded base64url: the payload is the JSON
-``{"sub": client id, "exp": unix seconds}``, the signature its HMAC-SHA256 under a random
-32-byte key. The key is created once in the data directory (mode 0600) and read at every start,
-so tokens outlive a restart and nothing about them is stored per token. A token is valid while
-``exp`` is in the future and its client is still in the configuration.
+``{"sub": client id, "exp": unix seconds}``, the signature the HMAC-SHA256, under a random
+32-byte key, of the payload and the client's ``HashedSecret`` when the token was issued. The key
+is created once in the data directory (mode 0600) and read at every start, so tokens outlive a
+restart and nothing about them is stored per token. A token is valid while ``exp`` is in the
+future and its client is still in the configuration with the same ``HashedSecret``.
+
+Revocation: a token dies with the secret it was issued for. Changing a client's
+``HashedSecret`` (and restarting the server, which reads its configuration at start) ends every
+token of that client at once, since its signature no longer verifies; deleting ``token.key``
+and restarting ends every token of every client. The secret itself is not in the token: the
+payload is readable by whoever holds the token, and a digest of the secret there would let a
+leaked token be brute-forced offline for a weak secret.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -55,30 +64,45 @@ class TokenSigner:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def _sign(self, payload: str) -> str:
-        return _encode(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
+    def _sign(self, payload: str, hashed_secret: str) -> str:
+        # "." separates them unambiguously: neither base64url nor base64 holds one.
+        signed = f"{payload}.{hashed_secret}".encode()
+        return _encode(hmac.new(self._key, signed, hashlib.sha256).digest())
 
-    def issue(self, client_id: str, ttl: int, now: float | None = None) -> str:
+    def issue(self, client_id: str, hashed_secret: str, ttl: int, now: float | None = None) -> str:
+        """A token for ``client_id``, valid ``ttl`` seconds while its ``hashed_secret`` stays."""
         expiry = int(now if now is not None else time.time()) + ttl
         payload = _encode(json.dumps({"sub": client_id, "exp": expiry}).encode("utf-8"))
-        return f"{payload}.{self._sign(payload)}"
+        return f"{payload}.{self._sign(payload, hashed_secret)}"
 
-    def verify(self, token: str, now: float | None = None) -> str | None:
-        """The client id of a genuine, unexpired token; None otherwise."""
+    def verify(
+        self,
+        token: str,
+        hashed_secret_of: Callable[[str], str | None],
+        now: float | None = None,
+    ) -> str | None:
+        """The client id of a genuine, unexpired token issued for the secret the client has now
+        (``hashed_secret_of(client id)``, None for a client no longer configured); None
+        otherwise."""
         payload, dot, signature = token.partition(".")
         if not dot or not payload.isascii() or not signature.isascii():
             return None
-        # Constant time: a forger learns nothing from how long the comparison took.
-        if not hmac.compare_digest(self._sign(payload), signature):
-            return None
+        # The payload is read before the signature is checked (the signature covers the
+        # subject's secret); nothing it says is trusted until the comparison below.
         try:
             claims = json.loads(_decode(payload))
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, RecursionError):
             return None
         if not isinstance(claims, dict):
             return None
         subject, expiry = claims.get("sub"), claims.get("exp")
         if not isinstance(subject, str) or not isinstance(expiry, int):
+            return None
+        hashed_secret = hashed_secret_of(subject)
+        if hashed_secret is None:
+            return None
+        # Constant time: a forger learns nothing from how long the comparison took.
+        if not hmac.compare_digest(self._sign(payload, hashed_secret), signature):
             return None
         if expiry <= (now if now is not None else time.time()):
             return None
@@ -104,7 +128,7 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a non-ASCII header's error
         return None
     client_id, colon, secret = decoded.partition(":")
     if not colon:

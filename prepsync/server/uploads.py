@@ -6,7 +6,6 @@ What is checked and written on disk is in :mod:`prepsync.server.session_files`.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,14 @@ import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from prepsync.protocol import OPEN
+from prepsync.protocol import DISK_FULL, OPEN
 from prepsync.server.context import ServerState, state_of
+from prepsync.server.disk import is_disk_full, record_activity
 from prepsync.server.guards import authenticate, conflict, owned_session_of
 from prepsync.server.http import (
     ApiError,
     check_declared_length,
+    declared_length,
     parse_content_range,
     read_json_object,
 )
@@ -58,7 +59,7 @@ async def file_status(request: Request) -> Response:
     size = file_size(path)
     if size is None:
         raise ApiError(404, f"no file {name!r} in this session")
-    db.touch(session.id)
+    record_activity(lambda: db.touch(session.id))
     return JSONResponse({"name": name, "size": size})
 
 
@@ -91,8 +92,8 @@ async def upload(request: Request) -> Response:
             raise ApiError(413, f"file larger than {state.max_file_size} bytes")
         if length > state.max_body:
             raise ApiError(413, f"chunk larger than {state.max_body} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) != length:
+        declared = declared_length(request)
+        if declared is not None and declared != length:
             raise ApiError(400, "Content-Length differs from the Content-Range")
     current = file_size(path) or 0
     if start > current:
@@ -103,7 +104,8 @@ async def upload(request: Request) -> Response:
             headers={"Content-Range": f"bytes */{current}"},
         )
     written = await _write_body(request, state, session, path, start, length, whole_file)
-    db.touch(session.id)
+    state.events.received(written)
+    record_activity(lambda: db.touch(session.id))
     if length is not None and written != length:
         raise ApiError(400, f"body has {written} bytes, Content-Range says {length}")
     return JSONResponse({"name": name, "size": file_size(path) or 0})
@@ -149,8 +151,9 @@ async def _write_body(
     except ClientDisconnect:
         pass  # what arrived is kept: the agent asks for the size and resumes from there
     except OSError as error:
-        status = 507 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 500
-        raise ApiError(status, f"cannot store the chunk: {error.strerror or error}") from None
+        if is_disk_full(error):
+            raise ApiError(507, f"{DISK_FULL}: cannot store the chunk") from None
+        raise ApiError(500, f"cannot store the chunk: {error.strerror or error}") from None
     finally:
         os.close(descriptor)
     return written
@@ -194,7 +197,8 @@ async def commit(request: Request) -> Response:
             if current.files is None:  # never committed: cancelled (or abandoned) first
                 raise conflict(current, f"session is {current.state}")
             return JSONResponse(current.to_json())
-        db.touch(session.id)  # a long verification is activity, not abandonment
+        # A long verification is activity, not abandonment.
+        record_activity(lambda: db.touch(session.id))
         tables = state.folded_tables(session.connector)
         seen: set[str] = set()
         for entry in entries:
@@ -218,11 +222,18 @@ async def commit(request: Request) -> Response:
             if current.state != OPEN:
                 raise conflict(current, f"session is {current.state}") from None
             state.sealed.discard(session.id)
+            if is_disk_full(error):
+                raise ApiError(507, f"{DISK_FULL}: cannot verify the uploads") from None
             raise ApiError(500, f"cannot read the uploads: {error.strerror or error}") from None
         except BaseException:
             state.sealed.discard(session.id)
             raise
-        if not db.commit(session.id, entries):
+        try:
+            committed_now = db.commit(session.id, entries)
+        except BaseException:  # a full disk (507): uploads reopen, a repeat commit verifies
+            state.sealed.discard(session.id)
+            raise
+        if not committed_now:
             # Cancelled while we verified (a complete session opened): say so.
             current = db.get(session.id)
             assert current is not None
@@ -231,6 +242,7 @@ async def commit(request: Request) -> Response:
     worker.wake()
     committed = db.get(session.id)
     assert committed is not None
+    state.events.committed(committed, entries)
     return JSONResponse(committed.to_json(), status_code=202)
 
 

@@ -14,7 +14,6 @@ start (its rolled-back transaction left the store as before).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -22,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from prepsync.config import TableSpec
-from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, PROCESSING, QUEUED
+from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, OPEN, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
+from prepsync.server.disk import DiskReserve, reclaiming
+from prepsync.server.events import SessionEvents
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import Session, SessionDatabase
-from prepsync.server.store import open_store
+from prepsync.server.sessions import Session
+from prepsync.server.storeapi import Backend
 from prepsync.server.thresholds import ConnectorLimits
 
 logger = logging.getLogger(__name__)
@@ -37,42 +38,53 @@ STORE_RETRY_DELAY = 10.0  # seconds before a session is tried again after a stor
 class Worker:
     def __init__(
         self,
-        sessions_path: Path,
-        store_path: Path,
+        backend: Backend,
         sessions_dir: Path,
         tables: Mapping[str, Mapping[str, TableSpec]],
         session_timeout: float,
         poll: float,
         limits: Mapping[str, ConnectorLimits] | None = None,
+        reserve: DiskReserve | None = None,
+        events: SessionEvents | None = None,
     ) -> None:
-        self._sessions_path = sessions_path
-        self._store_path = store_path
+        self._events = events or SessionEvents()
         self._sessions_dir = sessions_dir
         self._tables = tables  # connector -> casefolded table -> spec
         self._limits = limits or {}  # connector -> thresholds (entity level only when absent)
         self._session_timeout = session_timeout
         self._poll = poll
+        self._reserve = reserve
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._store = open_store(store_path)
-        self._db = SessionDatabase(sessions_path)
+        self._store = backend.resource_store()
+        self._db = backend.session_database()
         self.recover()
 
     def recover(self) -> None:
         """Settle the sessions a crash (or a stop) left ``processing``; see the module doc."""
-        for session in self._db.processing():
-            if self._store.was_applied(session.id):
-                self._db.finish(session.id, DONE, None, None)
-                discard_files(self._sessions_dir, session.id)
-                logger.info("session %s was applied before the restart: done", session.id)
-            else:
-                self._db.set_state(session.id, PROCESSING, QUEUED)
-                logger.info("session %s was interrupted: queued again", session.id)
+        for session in self._db.orphans():
+            try:
+                if self._store.was_applied(session.id):
+                    self._db.finish(session.id, DONE, None, None)
+                    discard_files(self._sessions_dir, session.id)
+                    self._events.recovered(session, DONE, "it was applied before the restart")
+                else:
+                    self._db.set_state(session.id, PROCESSING, QUEUED)
+                    self._events.recovered(
+                        session, QUEUED, "its apply was interrupted: it is applied again"
+                    )
+            finally:
+                self._db.release(session)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prepsync-worker", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (false before start and after a stop)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         self._wake.set()
@@ -109,24 +121,42 @@ class Worker:
         # Only this thread sets "processing", and not across rounds: one seen now is stale (a
         # crash, or a failed state update), and would hold its connector's queue forever.
         self.recover()
+        if self._reserve is not None:
+            self._reserve.ensure()
         idle_before = time.time() - self._session_timeout
-        for session_id in self._db.abandon_idle(
-            idle_before, f"abandoned: no activity for {self._session_timeout:g} s"
-        ):
-            logger.info("session %s abandoned", session_id)
+        reason = f"abandoned: no activity for {self._session_timeout:g} s"
+        abandoned = reclaiming(
+            lambda: self._db.abandon_idle(idle_before, reason),
+            self._reserve,
+            lambda: self._discard_idle(idle_before),
+        )
+        for session_id in abandoned:
+            self._events.cancelled(
+                session_id, None, f"the server: no upload for {self._session_timeout:g} s"
+            )
             discard_files(self._sessions_dir, session_id)
         if self._stopping.is_set():
             return False
         session = self._db.claim_next()
         if session is None:
             return False
-        self._process(session)
+        try:
+            self._process(session)
+        finally:
+            self._db.release(session)
         # After the verdict is recorded, so the agent waiting for it does not wait for this.
         try:
-            self._store.checkpoint()
-        except sqlite3.OperationalError as error:  # the next round's checkpoint catches up
+            self._store.after_session()
+        except self._store.store_errors as error:  # the next round's checkpoint catches up
             logger.warning("store checkpoint failed: %s", error)
         return True
+
+    def _discard_idle(self, idle_before: float) -> None:
+        """On a full disk, the files of the sessions about to be abandoned go first (see
+        disk.py): an idle open session's files are read by no one."""
+        for session in self._db.unfinished():
+            if session.state == OPEN and session.active_at < idle_before:
+                discard_files(self._sessions_dir, session.id)
 
     def _process(self, session: Session) -> None:
         logger.info("processing %s session %s of %s", session.mode, session.id, session.connector)
@@ -149,8 +179,9 @@ class Worker:
                 self._tables.get(session.connector),
                 self._sessions_dir / session.id,
                 self._limits.get(session.connector),
+                started,
             )
-        except sqlite3.OperationalError as error:
+        except self._store.store_errors as error:
             if self._stopping.is_set():
                 # Interrupted by stop(): leave it processing; recover() queues it again.
                 logger.info("session %s interrupted by shutdown", session.id)
@@ -183,6 +214,6 @@ class Worker:
         summary: dict[str, Any] | None = None,
     ) -> None:
         self._db.finish(session.id, state, reason, summary)
-        logger.info("session %s: %s %s", session.id, state, reason or "")
+        self._events.finished(session, state, reason, summary)
         if state != BLOCKED:  # a blocked session's files wait for force
             discard_files(self._sessions_dir, session.id)

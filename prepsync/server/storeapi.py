@@ -1,0 +1,100 @@
+"""The store interface the worker and the endpoints call, whichever database holds the rows.
+
+Two implementations: SQLite files in the data directory (:mod:`prepsync.server.store` and
+:mod:`prepsync.server.sessions`, the default) and PostgreSQL (:mod:`prepsync.server.pgstore`,
+``prepsync serve --database postgresql://...``). What a session goes through, and who calls it:
+
+* **claim the next session**: :meth:`SessionQueue.claim_next` (the worker), which moves the
+  queued head of a connector to ``processing``; :meth:`SessionQueue.release` once its outcome is
+  recorded. :meth:`SessionQueue.orphans` are ``processing`` sessions that nobody applies any
+  more (a crash): the worker queues them again, or marks them done when the store holds them.
+* **begin**: :meth:`ResourceStore.apply_transaction` opens the one transaction of a session;
+  the block ending normally **commits**, an exception **rolls back**.
+* **load a complete table / apply a delta, counting the changes for the thresholds in the same
+  pass**: :meth:`TableWork.apply_table` (one table of the session; returns its counts).
+* :meth:`TableWork.stored_counts`: what the session's other tables hold (connector percentages).
+* **commit with the applied mark**: :meth:`TableWork.commit_applied`: the session is recorded
+  as applied in the same transaction as its rows (PostgreSQL also records its final state
+  there: sessions and rows are in one database).
+* **list changes for the review endpoint**: :meth:`Backend.review`.
+* what anyone may read: :meth:`Backend.resources_csv` (``GET .../resources``, byte-identical
+  across stores) and :meth:`Backend.table_counts` (the status page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from prepsync.config import TableSpec
+from prepsync.server.diff import TableDiff
+from prepsync.server.sessions import Session
+from prepsync.server.thresholds import ConnectorLimits, TableCounts, TableLimits
+
+
+class TableWork(Protocol):
+    """Row work inside one session's transaction."""
+
+    def apply_table(
+        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
+    ) -> TableCounts: ...
+
+    def stored_counts(
+        self,
+        connector: str,
+        tables: Mapping[str, TableSpec],
+        limits: ConnectorLimits,
+        counts: Mapping[str, TableCounts],
+    ) -> dict[str, TableCounts]: ...
+
+    def commit_applied(self, session: Session, summary: dict[str, Any]) -> None: ...
+
+
+class ResourceStore(Protocol):
+    """The worker's handle on the rows (one thread uses it)."""
+
+    # Errors that say the store (not the session) is in trouble: the session is queued again.
+    store_errors: tuple[type[BaseException], ...]
+
+    def apply_transaction(self) -> AbstractContextManager[TableWork]: ...
+
+    def was_applied(self, session_id: str) -> bool: ...
+
+    def interrupt(self) -> None: ...
+
+    def after_session(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SessionQueue(Protocol):
+    """What the worker needs of the sessions beyond :class:`~prepsync.server.sessions.
+    SessionDatabase`'s transitions (which both implementations share)."""
+
+    def claim_next(self) -> Session | None: ...
+
+    def release(self, session: Session) -> None: ...
+
+    def orphans(self) -> list[Session]: ...
+
+
+class Backend(Protocol):
+    """One store: SQLite in the data directory, or a PostgreSQL database."""
+
+    name: str
+
+    def session_database(self) -> Any: ...  # a SessionDatabase (its own connection)
+
+    def resource_store(self) -> ResourceStore: ...
+
+    def review(
+        self, session: Session, spec: TableSpec, path: Path, after: bytes | None
+    ) -> AbstractContextManager[TableDiff]: ...
+
+    def resources_csv(
+        self, connector: str, name: str, default_header: Sequence[str]
+    ) -> Iterator[bytes]: ...
+
+    def table_counts(self) -> dict[tuple[str, str], int]: ...
