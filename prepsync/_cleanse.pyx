@@ -346,6 +346,7 @@ cdef class Cleanser:
             "merges": s.merges,
             "runs": s.runs,
             "merge_passes": s.merge_passes,
+            "spill_bytes": s.spill_bytes,
             "phase_seconds": {
                 name: s.phase[i].wall_ns / 1e9 for i, name in enumerate(PHASE_NAMES)
             },
