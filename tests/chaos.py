@@ -607,13 +607,13 @@ def fill(folder: Path, leave: int) -> Path:
     filler = folder / "filler"
     stats = os.statvfs(folder)
     free = stats.f_bavail * stats.f_frsize
-    with filler.open("ab") as out:
+    # Unbuffered: a buffered file would retry its unwritten bytes at close, and fail there.
+    with filler.open("ab", buffering=0) as out:
         remaining = max(0, free - leave)
         block = b"\0" * (1 << 16)
         while remaining > 0:
             try:
-                written = out.write(block[: min(remaining, len(block))])
-                out.flush()
+                written = out.write(block[: min(remaining, len(block))]) or 0
             except OSError:
                 break
             remaining -= written

@@ -445,7 +445,14 @@ class ApiFuzzer:
 
     def _page(self) -> tuple[str, str, dict[str, Any]]:
         path = self.rng.choice(["/", "/healthz", "/metrics", "/nowhere", "/api", "/api/sessions"])
-        return "GET", path, {"params": {"x": self.text("1")}}
+        version = self.rng.choice(["1.0.0", "abc", "\u00b2", "", "1.x", "9" * 30])
+        accept = self.rng.choice(
+            ["*/*", "text/plain", f"application/openmetrics-text; version={version}", ";;,"]
+        )
+        headers = {"Accept": accept.encode("latin-1")}
+        if self.rng.random() < 0.5:  # the status page shows more to an operator's token
+            headers.update(self.headers())
+        return "GET", path, {"params": {"x": self.text("1")}, "headers": headers}
 
 
 def _short(options: dict[str, Any]) -> str:

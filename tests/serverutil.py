@@ -247,6 +247,7 @@ class ServerProcess:
     Started as a user starts it, ``prepsync serve`` with its options, unless a ``serve()``
     option the command line does not offer is given (``max_body``, ``max_file_size``,
     ``token_ttl``). ``store_retry_delay`` shortens the worker's pause after a store error.
+    ``database``: the ``--database`` URL (PostgreSQL); None for SQLite in the data directory.
     The API helpers act as the ``agent`` client (or the one named), like an operator would.
     """
 
@@ -258,6 +259,7 @@ class ServerProcess:
         *,
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
+        database: str | None = None,
         **serve_options: Any,
     ) -> None:
         unknown = set(serve_options) - _SERVE_ONLY_OPTIONS
@@ -266,6 +268,7 @@ class ServerProcess:
         self.data = data
         self.log = log
         self.session_timeout = session_timeout
+        self.database = database  # --database: None for SQLite in the data directory
         self.store_retry_delay = store_retry_delay
         self.serve_options = serve_options
         self.process: subprocess.Popen[bytes] | None = None
@@ -294,6 +297,7 @@ class ServerProcess:
                 "port": self.port,
                 "session_timeout": self.session_timeout,
                 "log_level": "warning",
+                "database": self.database,
                 **self.serve_options,
             }
         else:
@@ -312,6 +316,8 @@ class ServerProcess:
                 "--log-level",
                 "warning",
             ]
+            if self.database is not None:
+                arguments["argv"] += ["--database", self.database]
         return arguments
 
     def command(self) -> list[str]:

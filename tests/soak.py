@@ -527,6 +527,18 @@ class Soak:
             report.mismatched_days.append(number)
             self.say(f"    STORE DIFFERS: {differed}")
             self.repair(f"day {number}: store differs from the export ({differed})")
+        # A final session's uploads are deleted (a cancellation on a full disk included).
+        final = {s["id"] for s in sessions if s["state"] in ("done", "failed", "cancelled")}
+        uploads = self.server.data / "sessions"
+        deadline = time.monotonic() + 5  # the worker deletes them just after the state
+        while True:
+            kept = [p.name for p in uploads.iterdir() if p.name in final]
+            if not kept or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if kept:
+            report.leftover_files += len(kept)
+            self.say(f"    the server kept the files of final sessions: {kept}")
         stray = self.agent.leftovers()
         if stray:
             report.leftover_files += len(stray)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 with warnings.catch_warnings():
@@ -28,19 +29,33 @@ PEOPLE = "HR_people"
 
 
 @contextmanager
-def running(tmp_path: Path, **options: Any) -> Iterator[Api]:
+def running(tmp_path: Path, database: str | None = None, **options: Any) -> Iterator[Api]:
+    """The server on ``database`` (None: SQLite in the data directory) in a TestClient."""
     config = tmp_path / "config.xml"
     if not config.exists():
         write_config(tmp_path)
-    app = create_app(config, tmp_path / "data", **options)
+    app = create_app(config, tmp_path / "data", database=database, **options)
     with TestClient(app) as client:
         yield Api(client)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    with running(tmp_path) as driver:
+def api(tmp_path: Path, store_url: str | None) -> Iterator[Api]:
+    """A server on each store (SQLite, then PostgreSQL)."""
+    with running(tmp_path, store_url) as driver:
         yield driver
+
+
+def set_state(tmp_path: Path, database: str | None, session_id: str, state: str) -> None:
+    """Write a session's state behind the server's back (what a crash leaves)."""
+    if database is None:
+        with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
+            connection.execute("UPDATE sessions SET state = ? WHERE id = ?", (state, session_id))
+        return
+    with psycopg.connect(database, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE prepsync.sessions SET state = %s WHERE id = %s", (state, session_id)
+        )
 
 
 def entries(*rows: tuple[str, str]) -> bytes:
@@ -596,8 +611,10 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
     assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
 
-def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> None:
-    with running(tmp_path, session_timeout=1.0) as api:
+def test_an_idle_open_session_is_abandoned_after_the_timeout(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url, session_timeout=1.0) as api:
         load_ad(api, [("a", "1")], [])
         operator = api.operator()
         idle = operator.open("AD", "incremental")  # not the sender's client: kept open
@@ -616,8 +633,10 @@ def test_an_idle_open_session_is_abandoned_after_the_timeout(tmp_path: Path) -> 
 # ------------------------------------------------------------------------------ restart
 
 
-def test_state_survives_a_restart_and_interrupted_sessions_run_again(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_state_survives_a_restart_and_interrupted_sessions_run_again(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         load_ad(api, [("a", "1")], [])
         holder = api.operator().open("AD", "incremental")  # not the sender's client: kept open
         waiting = api.send(
@@ -628,9 +647,8 @@ def test_state_survives_a_restart_and_interrupted_sessions_run_again(tmp_path: P
         )
         token = api.token()
     # As if the server died while applying it: "processing" at the next start.
-    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
-        connection.execute("UPDATE sessions SET state = 'processing' WHERE id = ?", (waiting,))
-    with running(tmp_path) as api:
+    set_state(tmp_path, store_url, waiting, "processing")
+    with running(tmp_path, store_url) as api:
         api._token = token  # a token outlives the restart
         assert api.operator().state(holder)["state"] == "open"
         assert api.state(waiting)["state"] == "queued"  # re-queued, still behind the open one
@@ -639,8 +657,10 @@ def test_state_survives_a_restart_and_interrupted_sessions_run_again(tmp_path: P
         assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
 
-def test_a_session_applied_just_before_a_crash_is_not_applied_twice(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_a_session_applied_just_before_a_crash_is_not_applied_twice(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         load_ad(api, [("a", "1")], [])
         session_id = api.send(
             "AD",
@@ -649,9 +669,8 @@ def test_a_session_applied_just_before_a_crash_is_not_applied_twice(tmp_path: Pa
         )
         assert api.state(session_id)["state"] == "done"
     # The rows committed, the crash came before the state did: the store remembers it applied.
-    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
-        connection.execute("UPDATE sessions SET state = 'processing' WHERE id = ?", (session_id,))
-    with running(tmp_path) as api:
+    set_state(tmp_path, store_url, session_id, "processing")
+    with running(tmp_path, store_url) as api:
         assert api.wait(session_id)["state"] == "done"
         assert api.resources("AD", ENTRIES) == entries(("a", "1"), ("b", "2"))
 
@@ -687,8 +706,8 @@ def test_traversal_attempts_write_nothing_outside_the_session(api: Api, tmp_path
     assert listing(tmp_path) - before <= {"data/sessions.sqlite3-shm", "data/sessions.sqlite3-wal"}
 
 
-def test_oversize_requests_are_refused(tmp_path: Path) -> None:
-    with running(tmp_path, max_body=1024, max_file_size=4096) as api:
+def test_oversize_requests_are_refused(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url, max_body=1024, max_file_size=4096) as api:
         session_id = api.open("AD", "complete")
         name = f"{ENTRIES}.sorted.csv"
         assert api.put_chunk(session_id, name, b"x" * 2048, 0, 2048).status_code == 413

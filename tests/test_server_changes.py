@@ -94,8 +94,10 @@ def test_changes_are_paged_by_key(api: Api) -> None:
     assert "Prepsync-Next-After" not in rest.headers
 
 
-def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_changes_of_an_incremental_session_resolve_merge(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": people(*BASE)})
         delta = csv_bytes(
             ["command", "id", "name"],
@@ -115,8 +117,10 @@ def test_changes_of_an_incremental_session_resolve_merge(tmp_path: Path) -> None
         ]
 
 
-def test_changes_need_a_table_when_several_are_carried(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_changes_need_a_table_when_several_are_carried(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         operator = api.operator()
         holder = operator.open("AD", "incremental")  # the next one waits behind it
         not_committed = operator.get(f"/api/sessions/{holder}/changes")
@@ -144,8 +148,8 @@ def test_changes_need_a_table_when_several_are_carried(tmp_path: Path) -> None:
             assert operator.get(path, params=params).status_code == status, params
 
 
-def test_only_operators_of_the_connector_may_review(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_only_operators_of_the_connector_may_review(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         session = blocked_complete(api)
         path = f"/api/sessions/{session}/changes"
         assert api.operator().get(path).status_code == 200
@@ -166,8 +170,10 @@ def test_only_operators_of_the_connector_may_review(tmp_path: Path) -> None:
         assert refused.status_code == 403 and "may not use connector" in refused.text
 
 
-def test_status_page_lists_blocked_sessions_first_with_the_commands(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_status_page_lists_blocked_sessions_first_with_the_commands(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         session = blocked_complete(api)
         page = api.http.get("/").text
         blocked_at = page.index("Needs attention (1)")

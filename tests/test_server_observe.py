@@ -80,11 +80,11 @@ def transitions() -> Iterator[Transitions]:
 
 
 @contextmanager
-def running(tmp_path: Path) -> Iterator[Api]:
+def running(tmp_path: Path, database: str | None = None) -> Iterator[Api]:
     config = tmp_path / "config.xml"
     if not config.exists():
         write_config(tmp_path)
-    with TestClient(create_app(config, tmp_path / "data")) as client:
+    with TestClient(create_app(config, tmp_path / "data", database=database)) as client:
         yield Api(client)
 
 
@@ -110,8 +110,10 @@ UPLOADS = (
 )
 
 
-def test_every_transition_is_one_info_line(tmp_path: Path, transitions: Transitions) -> None:
-    with running(tmp_path) as api:
+def test_every_transition_is_one_info_line(
+    tmp_path: Path, store_url: str | None, transitions: Transitions
+) -> None:
+    with running(tmp_path, store_url) as api:
         ids = _hr_day_by_day(api)
     done = transitions.events(ids["done"])
     assert [event["event"] for event in done] == ["opened", "committed", "done"]
@@ -158,8 +160,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_metrics(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_metrics(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         ids = _hr_day_by_day(api)
         api.open("AD", "complete")
         answer = api.http.get("/metrics")
@@ -179,25 +181,27 @@ def test_metrics(tmp_path: Path) -> None:
     assert ids
 
 
-def test_session_metrics_come_from_the_database_not_the_process(tmp_path: Path) -> None:
+def test_session_metrics_come_from_the_database_not_the_process(
+    tmp_path: Path, store_url: str | None
+) -> None:
     """Another process (here: the next one on the same data) reports the same states."""
-    with running(tmp_path) as api:
+    with running(tmp_path, store_url) as api:
         api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": people(*BASE)})
         api.open("HR", "incremental")
-    with running(tmp_path) as api:
+    with running(tmp_path, store_url) as api:
         samples = _samples(api.http.get("/metrics").text)
     assert samples[("prepsync_sessions", (("connector", "HR"), ("state", "done")))] == 1
     assert samples[("prepsync_sessions", (("connector", "HR"), ("state", "open")))] == 1
     assert samples[("prepsync_received_bytes_total", ())] == 0  # this process received none
 
 
-def test_healthz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with running(tmp_path) as api:
+def test_healthz(tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    with running(tmp_path, store_url) as api:
         answer = api.http.get("/healthz")
         assert answer.status_code == 200
         assert answer.json() == {
             "status": "ok",
-            "backend": "sqlite",
+            "backend": "postgresql" if store_url else "sqlite",
             "worker": "running",
             "sessions": "ok",
             "store": "ok",
@@ -251,8 +255,10 @@ def _page(api: Api, **headers: str) -> str:
     return answer.text
 
 
-def test_the_anonymous_page_shows_states_and_counts_never_values(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_the_anonymous_page_shows_states_and_counts_never_values(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         ids = _hr_day_by_day(api)
         # The failed session is older than the last done one: it needs nobody any more.
         page = _page(api)
@@ -271,8 +277,8 @@ def test_the_anonymous_page_shows_states_and_counts_never_values(tmp_path: Path)
     assert "<meta http-equiv='refresh'" in page
 
 
-def test_an_operators_token_shows_the_reasons(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_an_operators_token_shows_the_reasons(tmp_path: Path, store_url: str | None) -> None:
+    with running(tmp_path, store_url) as api:
         ids = _hr_day_by_day(api)
         assert "SSN-123-45-6789" not in _page(api)  # no token
         hr_only = Api(api.http, "hr-only", HR_SECRET)
@@ -284,8 +290,10 @@ def test_an_operators_token_shows_the_reasons(tmp_path: Path) -> None:
     assert "SSN-123-45-6789" in row[: row.index("</tr>")]
 
 
-def test_forced_changes_and_what_a_queued_session_waits_for(tmp_path: Path) -> None:
-    with running(tmp_path) as api:
+def test_forced_changes_and_what_a_queued_session_waits_for(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
         api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[0]})
         forced = api.send("HR", "incremental", {f"{PEOPLE}.sorted.delta.csv": UPLOADS[3]})
         assert api.operator().post(f"/api/sessions/{forced}/force").status_code == 202

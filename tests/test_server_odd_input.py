@@ -242,3 +242,13 @@ def test_odd_session_ids_are_a_404(odd: Fixture, session: str) -> None:
         refused(odd.api.get(path), 404)
     for action in ("cancel", "force", "commit"):
         refused(odd.api.post(f"/api/sessions/{session}/{action}", json={}), 404)
+
+
+@pytest.mark.parametrize("version", ["abc", "1.x.y", "\u00b2", "1.0.0"])
+def test_an_odd_openmetrics_version_is_a_400(odd: Fixture, version: str) -> None:
+    accept = f"application/openmetrics-text; version={version}".encode("latin-1")
+    answer = odd.api.http.get("/metrics", headers={"Accept": accept})
+    if version == "1.0.0":
+        assert answer.status_code == 200 and "openmetrics" in answer.headers["content-type"]
+    else:
+        refused(answer, 400, "Accept")

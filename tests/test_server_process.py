@@ -15,8 +15,10 @@ MEMBERS = "ADExport_members"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(write_config(tmp_path), tmp_path / "data", tmp_path / "server.log")
+def server(tmp_path: Path, store_url: str | None) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        write_config(tmp_path), tmp_path / "data", tmp_path / "server.log", database=store_url
+    )
     process.start()
     try:
         yield process
@@ -77,8 +79,12 @@ def test_token_and_a_complete_then_incremental_run(server: ServerProcess) -> Non
         assert [item["id"] for item in listed] == [incremental, session_id]
 
 
-def test_sigkill_while_processing_and_queued_then_restart_completes(tmp_path: Path) -> None:
-    server = ServerProcess(write_config(tmp_path), tmp_path / "data", tmp_path / "server.log")
+def test_sigkill_while_processing_and_queued_then_restart_completes(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    server = ServerProcess(
+        write_config(tmp_path), tmp_path / "data", tmp_path / "server.log", database=store_url
+    )
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:

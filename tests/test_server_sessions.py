@@ -41,10 +41,10 @@ def people_delta(*rows: tuple[str, str, str]) -> bytes:
 
 
 @pytest.fixture
-def clients(tmp_path: Path) -> Iterator[tuple[Api, Api, Api]]:
+def clients(tmp_path: Path, store_url: str | None) -> Iterator[tuple[Api, Api, Api]]:
     """(hr, agent, operator): two delivering clients and an operator, all allowed on HR, with
-    HR loaded with BASE by hr."""
-    app = create_app(write_config(tmp_path), tmp_path / "data")
+    HR loaded with BASE by hr (on each store)."""
+    app = create_app(write_config(tmp_path), tmp_path / "data", database=store_url)
     with TestClient(app) as http:
         hr, agent = Api(http, "hr-only", HR_SECRET), Api(http)
         assert hr.state(hr.send("HR", "complete", {FULL: people(*BASE)}))["state"] == "done"

@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 from serverutil import csv_bytes
+from storeutil import StoreHarness
 
 from prepsync.config import load_mappings, resolve_tables
 from prepsync.protocol import BLOCKED, DONE
-from prepsync.server.apply import Outcome, apply_session
-from prepsync.server.sessions import Session
-from prepsync.server.store import Store, iter_table_csv, open_store
+from prepsync.server.apply import Outcome
 from prepsync.server.thresholds import (
     ConnectorLimits,
     LinkCounts,
@@ -49,13 +48,13 @@ def configuration(connector: str = "", entity: str = "", parent: str = "", membe
 class Server:
     """A store and the connector's configuration; sends sessions straight to apply_session."""
 
-    def __init__(self, root: Path, xml: str) -> None:
+    def __init__(self, root: Path, xml: str, database: str | None) -> None:
         self.root = root
         (root / "config.xml").write_text(xml)
         mappings = load_mappings(root / "config.xml", "AD")
         self.tables = {spec.name.casefold(): spec for spec in resolve_tables(mappings)}
         self.limits = connector_limits(mappings)
-        self.store: Store = open_store(root / "store.sqlite3")
+        self.harness = StoreHarness(root / "data", database)
         self.seq = 0
 
     def send(
@@ -81,30 +80,28 @@ class Server:
             key_order = sorted(rows, key=lambda row: [v.encode() for v in row[len(command) :]])
             (directory / f"{table}{suffix}").write_bytes(csv_bytes(command + header, key_order))
             names.append(f"{table}{suffix}")
-        files = [{"name": name, "size": 0, "xxh3_128": ""} for name in names]
-        session = Session(
-            self.seq, f"s{self.seq}", "AD", "agent", mode, "processing", None, forced, files,
-            None, 0, 0, 0,
-        )  # fmt: skip
-        return apply_session(self.store, session, self.tables, directory, self.limits)
+        return self.harness.apply(
+            "AD", mode, directory, names, self.tables, self.limits, forced=forced
+        )
 
     def stored(self, table: str) -> bytes:
-        return b"".join(iter_table_csv(self.store.path, "AD", table, []))
+        return self.harness.resources("AD", table)
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Any]:
+def make_server(tmp_path: Path, store_url: str | None) -> Iterator[Any]:
     servers: list[Server] = []
 
     def make(xml: str) -> Server:
         root = tmp_path / str(len(servers))
         root.mkdir()
-        servers.append(Server(root, xml))
+        assert not servers, "one server per test: one fresh database per test"
+        servers.append(Server(root, xml, store_url))
         return servers[-1]
 
     yield make
     for server in servers:
-        server.store.close()
+        server.harness.close()
 
 
 def entries(count: int, start: int = 0, parent: str = "OU=a") -> list[list[str]]:

@@ -17,6 +17,8 @@ from prepsync.server.sessions import Session, SessionDatabase
 from prepsync.server.store import Store, iter_table_csv, open_store, snapshot, table_state
 from prepsync.server.storeapi import Backend
 
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
 
 class SqliteBackend:
     """``<data>/sessions.sqlite3`` (sessions) and ``<data>/store.sqlite3`` (rows): two files,
@@ -54,8 +56,20 @@ class SqliteBackend:
         return table_counts(self.store_path)
 
 
+def is_postgresql(database: str) -> bool:
+    return database.startswith(POSTGRESQL_SCHEMES)
+
+
 def open_backend(database: str | None, data_dir: Path) -> Backend:
-    """The store named by ``database`` (None: SQLite in ``data_dir``)."""
-    if database:
-        raise ConfigError(f"unknown database {database!r}")
-    return SqliteBackend(data_dir)
+    """The store named by ``--database`` (None: SQLite in ``data_dir``); ConfigError when it
+    cannot be used (an unknown scheme, an unreachable or unfit PostgreSQL database)."""
+    if database is None or database == "":
+        return SqliteBackend(data_dir)
+    if not is_postgresql(database):
+        raise ConfigError(
+            "--database: expected a postgresql://... URL (without it, the store is SQLite in "
+            "the data directory)"
+        )
+    from prepsync.server.pgstore import PgBackend
+
+    return PgBackend(database, data_dir)

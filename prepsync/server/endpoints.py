@@ -343,5 +343,8 @@ async def metrics(request: Request) -> Response:
 
     state = state_of(request)
     state.running()
-    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    try:
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    except (TypeError, ValueError):  # prometheus_client compares an odd version= and fails
+        raise ApiError(400, "Accept: the openmetrics version must be digits and dots") from None
     return Response(encode(state.events.registry), headers={"Content-Type": content_type})

@@ -1,0 +1,1425 @@
+"""The PostgreSQL store (``prepsync serve --database postgresql://...``).
+
+Sessions and rows live in one database, so one transaction holds a session's rows, its
+``applied`` mark and its final state: there is no "applied, state not yet recorded" window.
+Any number of server processes may share the database (and one data directory, where the
+uploads are: see :meth:`PgBackend._check_data_dir`).
+
+Layout:
+
+* schema ``prepsync``: ``sessions`` (as in SQLite's ``sessions.sqlite3``), ``applied``,
+  ``tables`` (per connector table: the stored header, key columns, row count and stored links)
+  and ``instance`` (the data directory's id).
+* one schema per connector, named as the connector, holding one table per ConnectionTable,
+  named as its first spelling: a ``text COLLATE "C"`` column per kept column, named and ordered
+  as the header of the file that last loaded it, the key as primary key. ``COLLATE "C"``
+  compares UTF-8 bytes, which is the REFERENCE §2 key order, so ``ORDER BY`` the key columns is
+  the order of the files and of ``GET .../resources``. An empty value is stored as NULL.
+
+Bulk paths: a complete load ``COPY``\\ s the session's file (its CSV bytes as they are) into
+the table (empty table) or into a staging table; one ``FULL JOIN`` of staging and table writes
+the changed rows to a changes table, the threshold counts are read from it, then three
+statements delete, update and insert. A delta is ``COPY``\\ ed into staging, one join with the
+table finds each command's stored row, one aggregate validates and counts, then three statements
+apply it. A delta the aggregate finds anything wrong with (a bad command, an insert of a stored
+key, a key twice...) is applied row by row instead, by the same code as SQLite's, which stops at
+the first bad line with the same message.
+
+Claiming: each worker takes the lowest queued head of any connector with ``FOR UPDATE SKIP
+LOCKED`` and a session-level advisory lock on the connector, held by its connection until the
+outcome is recorded. A process that dies drops its connections and with them the lock; any
+worker then finds the ``processing`` session with a free lock and queues it again (its
+transaction rolled back with the connection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from prepsync.config import TableSpec
+from prepsync.errors import ConfigError
+from prepsync.protocol import (
+    DELETE,
+    DONE,
+    FINAL_STATES,
+    FULL_MODES,
+    INSERT,
+    PROCESSING,
+    QUEUED,
+    UPDATE,
+)
+from prepsync.server.diff import (
+    Change,
+    DataError,
+    LinkCounter,
+    TableDiff,
+    Upload,
+    delta_changes,
+    key_positions,
+    open_upload,
+)
+from prepsync.server.sessions import Session, SessionDatabase
+from prepsync.server.store import decode_key, encode_key, format_record
+from prepsync.server.thresholds import (
+    Association,
+    ConnectorLimits,
+    LinkCounts,
+    TableCounts,
+    TableLimits,
+)
+
+SCHEMA = "prepsync"
+DATA_ID_FILE = "database.id"
+# PostgreSQL cuts longer identifiers (a schema or table name) to this many bytes.
+MAX_IDENTIFIER = 63
+# The first key of the two-key advisory locks this store takes (the second is the connector's
+# hash): "prsp", so other applications' advisory locks in the same database do not collide.
+LOCK_SPACE = 0x70727370
+COPY_BLOCK = 1 << 20
+CHECK_ROWS = 1 << 16  # rows the native reader checks per call
+# The worker's session settings (memory of one PostgreSQL backend, only while it applies).
+WORKER_TEMP_BUFFERS = "64MB"
+WORKER_WORK_MEM = "64MB"
+REVIEW_FETCH = 4096
+STREAM_PIECE = 256 * 1024
+
+_SCHEMA_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.sessions (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    connector TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    forced INTEGER NOT NULL DEFAULT 0,
+    files TEXT,
+    summary TEXT,
+    opened_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    active_at DOUBLE PRECISION NOT NULL,
+    separator TEXT NOT NULL DEFAULT ',',
+    client TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_connector ON {SCHEMA}.sessions (connector, seq);
+CREATE INDEX IF NOT EXISTS sessions_by_state ON {SCHEMA}.sessions (state, seq);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.applied (
+    session_id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.tables (
+    connector TEXT NOT NULL,
+    name TEXT NOT NULL,
+    header TEXT,
+    key_columns TEXT,
+    row_count BIGINT NOT NULL DEFAULT 0,
+    links TEXT,
+    PRIMARY KEY (connector, name)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.instance (
+    data_id TEXT NOT NULL,
+    recorded_at DOUBLE PRECISION NOT NULL
+);
+"""
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection (transactions are explicit) whose unqualified names are the
+    store's own tables (the sessions code is shared with SQLite)."""
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            client_encoding="utf8",
+            options=f"-c search_path={SCHEMA}",
+            application_name="prepsync",
+        )
+    except psycopg.Error as error:
+        raise ConfigError(f"--database: cannot connect: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _ident(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+def _columns(names: Sequence[str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
+
+
+def _positional(prefix: str, count: int) -> list[str]:
+    """Staging tables name their columns by position: a header name never collides with the
+    store's own columns, whatever it is."""
+    return [f"{prefix}{index}" for index in range(count)]
+
+
+def _null_empty(values: Sequence[str]) -> list[str | None]:
+    return [value if value != "" else None for value in values]
+
+
+def _empty_null(values: Sequence[str | None]) -> list[str]:
+    return ["" if value is None else value for value in values]
+
+
+def _lock_key(connector: str) -> sql.Composed:
+    return sql.SQL("{}, hashtext({})").format(sql.Literal(LOCK_SPACE), sql.Literal(connector))
+
+
+# ------------------------------------------------------------------------------------ sessions
+
+
+class _SessionConnection:
+    """What :class:`~prepsync.server.sessions.SessionDatabase` asks of its connection (execute
+    with ``?`` parameters, ``in_transaction``, close), on psycopg. A broken connection (the
+    database restarted) is opened again at the next statement outside a transaction."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection = connect(url)
+        self._translated: dict[str, str] = {}
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        if self._connection.closed and self._connection.info.transaction_status in (
+            TransactionStatus.IDLE,
+            TransactionStatus.UNKNOWN,
+        ):
+            self._connection = connect(self._url)
+        translated = self._translated.get(statement)
+        if translated is None:
+            # SQLite's "IS ?" compares NULLs as equal; PostgreSQL spells it IS NOT DISTINCT FROM.
+            translated = statement.replace("IS ?", "IS NOT DISTINCT FROM ?").replace("?", "%s")
+            self._translated[statement] = translated
+        return self._connection.execute(translated, tuple(parameters))
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.closed
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._connection.info.transaction_status != TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class PgSessionDatabase(SessionDatabase):
+    """The sessions in ``prepsync.sessions``, with :class:`SessionDatabase`'s transitions (each a
+    conditional UPDATE, safe across processes) and a claim that several processes can share."""
+
+    def __init__(self, url: str) -> None:  # no super().__init__: that opens SQLite
+        self._pg = _SessionConnection(url)
+        self._connection = self._pg  # type: ignore[assignment]
+        # Session id -> connector, for the advisory locks this connection holds.
+        self._held: dict[str, str] = {}
+
+    def _begin(self) -> None:
+        # Multi-statement transitions (open, abandon) read then write: serialized against each
+        # other across processes, as SQLite's BEGIN IMMEDIATE does. Single UPDATEs need no lock.
+        self._connection.execute("BEGIN")
+        self._connection.execute("LOCK TABLE sessions IN SHARE ROW EXCLUSIVE MODE")
+
+    def _try_lock(self, connector: str) -> bool:
+        statement = sql.SQL("SELECT pg_try_advisory_lock({})").format(_lock_key(connector))
+        row = self._connection.execute(statement.as_string(None)).fetchone()
+        return bool(row and row[0])
+
+    def _unlock(self, connector: str) -> None:
+        statement = sql.SQL("SELECT pg_advisory_unlock({})").format(_lock_key(connector))
+        self._connection.execute(statement.as_string(None))
+
+    def claim_next(self) -> Session | None:
+        """The lowest queued head of any connector whose lock is free, moved to processing.
+
+        Its connector's advisory lock stays with this connection until :meth:`release`: no
+        other process applies a session of that connector meanwhile, and a process that dies
+        frees it with its connection. ``SKIP LOCKED``: two workers claiming at once never wait
+        for, nor take, the same row.
+        """
+        final = ",".join("?" * len(FINAL_STATES))
+        self._connection.execute("BEGIN")
+        locked: str | None = None
+        claimed: str | None = None
+        try:
+            rows = self._connection.execute(
+                "SELECT s.id, s.connector FROM sessions s WHERE s.state = ? AND NOT EXISTS "
+                "(SELECT 1 FROM sessions e WHERE e.connector = s.connector AND e.seq < s.seq "
+                f"AND e.state NOT IN ({final})) ORDER BY s.seq FOR UPDATE OF s SKIP LOCKED",
+                (QUEUED, *FINAL_STATES),
+            ).fetchall()
+            for session_id, connector in rows:
+                if not self._try_lock(connector):
+                    continue  # another process applies a session of this connector
+                locked = connector
+                if self._transition(session_id, (QUEUED,), PROCESSING):
+                    claimed = session_id
+                    break
+                self._unlock(connector)
+                locked = None
+            self._connection.execute("COMMIT")
+        except BaseException:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            if locked is not None:
+                self._unlock(locked)
+            raise
+        if claimed is None:
+            return None
+        assert locked is not None
+        self._held[claimed] = locked
+        return self.get(claimed)
+
+    def orphans(self) -> list[Session]:
+        """``processing`` sessions whose connector lock nobody holds: their worker died (its
+        transaction rolled back with its connection). Each is returned with the lock taken."""
+        found: list[Session] = []
+        for session in self.processing():
+            if session.id in self._held or session.connector in self._held.values():
+                continue
+            if not self._try_lock(session.connector):
+                continue  # a live worker is applying it
+            current = self.get(session.id)
+            if current is not None and current.state == PROCESSING:
+                self._held[current.id] = current.connector
+                found.append(current)
+            else:  # its worker finished it between the two reads
+                self._unlock(session.connector)
+        return found
+
+    def release(self, session: Session) -> None:
+        connector = self._held.pop(session.id, None)
+        if connector is not None and not self._pg.closed:
+            self._unlock(connector)
+
+
+# --------------------------------------------------------------------------------------- rows
+
+
+@dataclass
+class _Table:
+    """A connector table as ``prepsync.tables`` records it."""
+
+    connector: str
+    name: str
+    header: list[str] | None  # None until a session loads it
+    key_columns: list[str] | None
+    row_count: int
+    links: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def relation(self) -> sql.Identifier:
+        return _ident(self.connector, self.name)
+
+
+def _read_table(connection: psycopg.Connection[Any], connector: str, name: str) -> _Table | None:
+    row = connection.execute(
+        "SELECT header, key_columns, row_count, links FROM prepsync.tables "
+        "WHERE connector = %s AND name = %s",
+        (connector, name),
+    ).fetchone()
+    if row is None:
+        return None
+    return _Table(
+        connector,
+        name,
+        None if row[0] is None else json.loads(row[0]),
+        None if row[1] is None else json.loads(row[1]),
+        int(row[2]),
+        {} if row[3] is None else json.loads(row[3]),
+    )
+
+
+def _copy_file(
+    connection: psycopg.Connection[Any],
+    relation: sql.Composable,
+    columns: Sequence[str],
+    path: Path,
+    separator: str,
+) -> int:
+    """COPY the session's CSV file (header line skipped) into ``relation``; returns the rows.
+    An empty value (quoted or not) becomes NULL."""
+    statement = sql.SQL(
+        "COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true, DELIMITER {}, FORCE_NULL ({}))"
+    ).format(relation, _columns(columns), sql.Literal(separator), _columns(columns))
+    with connection.cursor() as cursor:
+        with cursor.copy(statement) as copy, path.open("rb") as stream:
+            while block := stream.read(COPY_BLOCK):
+                copy.write(block)
+        return cursor.rowcount
+
+
+def _refused(name: str, error: psycopg.Error) -> DataError:
+    return DataError(f"{name}: PostgreSQL refused it: {_first_line(error)}")
+
+
+class PgWork:
+    """:class:`~prepsync.server.storeapi.TableWork` of the PostgreSQL store."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    # ------------------------------------------------------------------ tables
+
+    def _table(self, connector: str, name: str) -> _Table:
+        table = _read_table(self.connection, connector, name)
+        if table is None:
+            self.connection.execute(
+                "INSERT INTO prepsync.tables (connector, name) VALUES (%s, %s)", (connector, name)
+            )
+            table = _Table(connector, name, None, None, 0)
+        return table
+
+    def _save(self, table: _Table) -> None:
+        self.connection.execute(
+            "UPDATE prepsync.tables SET header = %s, key_columns = %s, row_count = %s, "
+            "links = %s WHERE connector = %s AND name = %s",
+            (
+                None if table.header is None else json.dumps(table.header),
+                None if table.key_columns is None else json.dumps(table.key_columns),
+                table.row_count,
+                json.dumps(table.links),
+                table.connector,
+                table.name,
+            ),
+        )
+
+    def _create(self, table: _Table, header: list[str], key_columns: list[str]) -> None:
+        """(Re)create the connector table with ``header`` (its rows are gone)."""
+        connection = self.connection
+        connection.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_ident(table.connector))
+        )
+        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.relation))
+        definitions = [sql.SQL('{} text COLLATE "C"').format(_ident(column)) for column in header]
+        definitions.append(sql.SQL("PRIMARY KEY ({})").format(_columns(key_columns)))
+        connection.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(table.relation, sql.SQL(", ").join(definitions))
+        )
+        table.header, table.key_columns, table.row_count = list(header), list(key_columns), 0
+
+    def _links_stored(self, table: _Table, associations: Sequence[Association]) -> dict[str, int]:
+        """Links stored per association (an entity table): from the record, or counted once."""
+        if table.header is None or not table.row_count:
+            return {association.identifier: 0 for association in associations}
+        missing = [a for a in associations if a.identifier not in table.links]
+        if missing:
+            folded = {column.casefold(): column for column in table.header}
+            counted: list[sql.Composable] = []
+            for association in missing:
+                first = folded.get(association.column1.casefold())
+                second = folded.get(association.column2.casefold())
+                if first is None or second is None:  # the mappings changed: none stored
+                    counted.append(sql.SQL("0"))
+                else:
+                    counted.append(
+                        sql.SQL("count(*) FILTER (WHERE {} IS NOT NULL AND {} IS NOT NULL)").format(
+                            _ident(first), _ident(second)
+                        )
+                    )
+            row = self.connection.execute(
+                sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counted), table.relation)
+            ).fetchone()
+            assert row is not None
+            for association, count in zip(missing, row, strict=True):
+                table.links[association.identifier] = int(count)
+        return {a.identifier: table.links[a.identifier] for a in associations}
+
+    # ------------------------------------------------------------------ the interface
+
+    def apply_table(
+        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
+    ) -> TableCounts:
+        table = self._table(session.connector, spec.name)
+        counts = TableCounts(stored_before=table.row_count)
+        association_only = spec.key is None
+        associations = table_limits.associations
+        per_row = bool(associations) and not association_only
+        links_before = self._links_stored(table, associations) if per_row else {}
+        link_changes: dict[str, LinkCounts] = {a.identifier: LinkCounts() for a in associations}
+        try:
+            if session.mode in FULL_MODES:
+                self._load_complete(session, spec, table, path, counts, associations, per_row)
+            else:
+                self._apply_delta(session, spec, table, path, counts, associations, per_row)
+        except (psycopg.DataError, psycopg.IntegrityError) as error:
+            raise _refused(path.name, error) from None
+        link_changes = counts.links or link_changes
+        table.row_count = counts.stored_before + counts.inserted - counts.deleted
+        counts.rows = table.row_count
+        counts.links = {}
+        for association in associations:
+            links = link_changes.get(association.identifier, LinkCounts())
+            if not per_row:  # association-only table: its rows are its links
+                links.inserted, links.deleted = counts.inserted, counts.deleted
+            links.stored_before = links_before.get(association.identifier, counts.stored_before)
+            if per_row:
+                table.links[association.identifier] = (
+                    links.stored_before + links.inserted - links.deleted
+                )
+            counts.links[association.identifier] = links
+        self._save(table)
+        return counts
+
+    def stored_counts(
+        self,
+        connector: str,
+        tables: Mapping[str, TableSpec],
+        limits: ConnectorLimits,
+        counts: Mapping[str, TableCounts],
+    ) -> dict[str, TableCounts]:
+        stored: dict[str, TableCounts] = {}
+        for folded, spec in tables.items():
+            if folded in counts:
+                stored[folded] = counts[folded]
+                continue
+            table = _read_table(self.connection, connector, spec.name)
+            before = TableCounts(stored_before=0 if table is None else table.row_count)
+            associations = limits.table(spec.name).associations
+            if associations and table is not None and table.header is not None and table.row_count:
+                known = {} if spec.key is None else self._links_stored(table, associations)
+                for association in associations:
+                    before.links[association.identifier] = LinkCounts(
+                        stored_before=known.get(association.identifier, table.row_count)
+                    )
+            stored[folded] = before
+        return stored
+
+    def commit_applied(self, session: Session, summary: dict[str, Any]) -> None:
+        """The applied mark and the final state, in the session's transaction."""
+        now = time.time()
+        self.connection.execute(
+            "INSERT INTO prepsync.applied (session_id, seq, applied_at) VALUES (%s, %s, %s)",
+            (session.id, session.seq, now),
+        )
+        cursor = self.connection.execute(
+            "UPDATE prepsync.sessions SET state = %s, reason = NULL, summary = %s, "
+            "updated_at = %s WHERE id = %s AND state = %s",
+            (DONE, json.dumps(summary), now, session.id, PROCESSING),
+        )
+        if cursor.rowcount != 1:
+            # Not ours any more (our lock was lost with our sessions connection, and another
+            # worker queued it again): roll back, it will be applied once, by that worker.
+            raise psycopg.OperationalError(f"session {session.id} is no longer processing here")
+
+    # ------------------------------------------------------------------ complete loads
+
+    def _load_complete(
+        self,
+        session: Session,
+        spec: TableSpec,
+        table: _Table,
+        path: Path,
+        counts: TableCounts,
+        associations: Sequence[Association],
+        per_row: bool,
+    ) -> None:
+        upload = open_upload(path, spec, session.separator, command=False)
+        header = upload.header
+        positions = key_positions(spec, header)
+        # The native reader checks what SQLite's load checks, with the same messages (width,
+        # null key, strictly ascending keys, a CR outside quotes), without storing anything.
+        _check_rows(upload, positions)
+        key_columns = [header[position] for position in positions]
+        connection = self.connection
+        stored_header = table.header
+        link_positions = [
+            (
+                [c.casefold() for c in header].index(a.column1.casefold()),
+                [c.casefold() for c in header].index(a.column2.casefold()),
+            )
+            for a in associations
+        ]
+        if stored_header is None or table.row_count == 0:
+            if stored_header != header or table.key_columns != key_columns:
+                self._create(table, header, key_columns)
+            counts.inserted = _copy_file(
+                connection, table.relation, header, path, session.separator
+            )
+            if per_row:
+                counts.links = self._links_in(table.relation, header, associations, link_positions)
+            return
+        staging = _positional("c", len(header))
+        self._staging("prepsync_staging", staging)
+        _copy_file(connection, _ident("prepsync_staging"), staging, path, session.separator)
+        same_columns = sorted(c.casefold() for c in stored_header) == sorted(
+            c.casefold() for c in header
+        )
+        if not same_columns:
+            # The mappings changed the kept columns: every stored row goes, every new one comes.
+            row = connection.execute("SELECT count(*) FROM prepsync_staging").fetchone()
+            assert row is not None
+            counts.inserted, counts.deleted = int(row[0]), table.row_count
+            if per_row:
+                inserted = self._links_in(
+                    _ident("prepsync_staging"), staging, associations, link_positions
+                )
+                old = self._links_stored(table, associations)
+                counts.links = {
+                    identifier: LinkCounts(inserted=links.inserted, deleted=old[identifier])
+                    for identifier, links in inserted.items()
+                }
+            self._rewrite(table, header, key_columns, staging)
+            return
+        diff = _FullDiff(table, header, stored_header, positions)
+        _drop_temporary(connection, "prepsync_changes")
+        connection.execute(
+            sql.SQL("CREATE TEMP TABLE prepsync_changes ON COMMIT DROP AS SELECT {} {}").format(
+                diff.select_for_apply(link_positions), diff.source()
+            )
+        )
+        aggregates: list[sql.Composable] = [
+            sql.SQL("count(*) FILTER (WHERE command = 'i')"),
+            sql.SQL("count(*) FILTER (WHERE command = 'u')"),
+            sql.SQL("count(*) FILTER (WHERE command = 'd')"),
+        ]
+        for index in range(len(link_positions)):
+            aggregates.extend(_link_aggregates(index))
+        row = connection.execute(
+            sql.SQL("SELECT {} FROM prepsync_changes").format(sql.SQL(", ").join(aggregates))
+        ).fetchone()
+        assert row is not None
+        counts.inserted, counts.updated, counts.deleted = int(row[0]), int(row[1]), int(row[2])
+        if per_row:
+            counts.links = {
+                association.identifier: LinkCounts(
+                    inserted=int(row[3 + 2 * index]), deleted=int(row[4 + 2 * index])
+                )
+                for index, association in enumerate(associations)
+            }
+        if stored_header != header:  # same columns, another order or spelling
+            self._rewrite(table, header, key_columns, staging)
+            return
+        diff.apply(connection)
+
+    def _staging(self, name: str, columns: Sequence[str], ordered: bool = False) -> None:
+        definitions: list[sql.Composable] = [
+            sql.SQL('{} text COLLATE "C"').format(_ident(column)) for column in columns
+        ]
+        if ordered:  # the file's order of records, for a delta
+            definitions.append(sql.SQL("ord bigserial"))
+        _drop_temporary(self.connection, name)
+        self.connection.execute(
+            sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+                _ident(name), sql.SQL(", ").join(definitions)
+            )
+        )
+
+    def _links_in(
+        self,
+        relation: sql.Composable,
+        columns: Sequence[str],
+        associations: Sequence[Association],
+        link_positions: Sequence[tuple[int, int]],
+    ) -> dict[str, LinkCounts]:
+        """Links held by the rows of ``relation`` (all inserted), per association."""
+        counted = [
+            sql.SQL("count(*) FILTER (WHERE {} IS NOT NULL AND {} IS NOT NULL)").format(
+                _ident(columns[first]), _ident(columns[second])
+            )
+            for first, second in link_positions
+        ]
+        row = self.connection.execute(
+            sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counted), relation)
+        ).fetchone()
+        assert row is not None
+        return {
+            association.identifier: LinkCounts(inserted=int(count))
+            for association, count in zip(associations, row, strict=True)
+        }
+
+    def _rewrite(
+        self, table: _Table, header: list[str], key_columns: list[str], staging: list[str]
+    ) -> None:
+        """The table in the new layout, holding the staged rows."""
+        self._create(table, header, key_columns)
+        self.connection.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM prepsync_staging").format(
+                table.relation, _columns(header), _columns(staging)
+            )
+        )
+
+    # ------------------------------------------------------------------ deltas
+
+    def _apply_delta(
+        self,
+        session: Session,
+        spec: TableSpec,
+        table: _Table,
+        path: Path,
+        counts: TableCounts,
+        associations: Sequence[Association],
+        per_row: bool,
+    ) -> None:
+        upload = open_upload(path, spec, session.separator, command=True)
+        header = list(table.header) if table.header is not None else upload.header
+        if sorted(c.casefold() for c in header) != sorted(c.casefold() for c in upload.header):
+            raise DataError(
+                f"{upload.name}: the stored table has columns {header!r}; run a complete "
+                "synchronization"
+            )
+        positions = key_positions(spec, header)
+        if table.header is None:
+            self._create(table, header, [header[position] for position in positions])
+        try:
+            with self.connection.transaction():  # a savepoint: the bulk path may give way
+                if self._bulk_delta(
+                    session, table, header, upload.header, positions, path, counts, associations
+                ):
+                    return
+                raise _RowByRow
+        except (_RowByRow, psycopg.DataError, psycopg.IntegrityError):
+            pass
+        counts.inserted = counts.updated = counts.deleted = 0
+        self._delta_rows(session, spec, table, header, positions, path, counts, associations)
+        if not per_row:
+            counts.links = {}
+
+    def _bulk_delta(
+        self,
+        session: Session,
+        table: _Table,
+        header: list[str],
+        upload_header: list[str],
+        positions: list[int],
+        path: Path,
+        counts: TableCounts,
+        associations: Sequence[Association],
+    ) -> bool:
+        """COPY, one join, one aggregate, three statements; False (nothing written) when the
+        aggregate finds a command the row-by-row path must judge."""
+        connection = self.connection
+        staging = _positional("c", len(upload_header) + 1)  # c0: the command
+        self._staging("prepsync_delta", staging, ordered=True)
+        _copy_file(connection, _ident("prepsync_delta"), staging, path, session.separator)
+        folded = [column.casefold() for column in upload_header]
+        # Staging column of each stored column.
+        of_stored = [_ident(f"c{folded.index(column.casefold()) + 1}") for column in header]
+        key_columns = [header[position] for position in positions]
+        staged_key = [of_stored[position] for position in positions]
+        link_pairs = [
+            (
+                [c.casefold() for c in header].index(a.column1.casefold()),
+                [c.casefold() for c in header].index(a.column2.casefold()),
+            )
+            for a in associations
+        ]
+        selected: list[sql.Composable] = [
+            sql.SQL("d.ord, lower(d.c0) AS command"),
+            sql.SQL("t.{} IS NOT NULL AS present").format(_ident(key_columns[0])),
+        ]
+        selected.extend(
+            sql.SQL("d.{} AS {}").format(column, _ident(f"n{index}"))
+            for index, column in enumerate(of_stored)
+        )
+        for index, (first, second) in enumerate(link_pairs):
+            selected.append(
+                sql.SQL("t.{} AS {}, t.{} AS {}").format(
+                    _ident(header[first]),
+                    _ident(f"o{index}a"),
+                    _ident(header[second]),
+                    _ident(f"o{index}b"),
+                )
+            )
+        join = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = d.{}").format(_ident(column), staged)
+            for column, staged in zip(key_columns, staged_key, strict=True)
+        )
+        _drop_temporary(connection, "prepsync_joined")
+        connection.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE prepsync_joined ON COMMIT DROP AS "
+                "SELECT {} FROM prepsync_delta d LEFT JOIN {} t ON {}"
+            ).format(sql.SQL(", ").join(selected), table.relation, join)
+        )
+        new_key = [_ident(f"n{position}") for position in positions]
+        null_key = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(column) for column in new_key)
+        inserts = sql.SQL("(command = 'insert' OR (command = 'merge' AND NOT present))")
+        updates = sql.SQL("(j.command = 'update' OR (j.command = 'merge' AND j.present))")
+        aggregates: list[sql.Composable] = [
+            sql.SQL(
+                "count(*) FILTER (WHERE command IS NULL OR command NOT IN "
+                "('insert', 'update', 'delete', 'merge') OR {} "
+                "OR (command = 'insert' AND present) "
+                "OR (command IN ('update', 'delete') AND NOT present))"
+            ).format(null_key),
+            sql.SQL("count(*) FILTER (WHERE {})").format(inserts),
+            sql.SQL("count(*) FILTER (WHERE {})").format(updates),  # j: the aggregate's alias
+            sql.SQL("count(*) FILTER (WHERE command = 'delete')"),
+        ]
+        for index, (first, second) in enumerate(link_pairs):
+            new_link = sql.SQL(
+                "(command <> 'delete' AND {} IS NOT NULL AND {} IS NOT NULL)"
+            ).format(_ident(f"n{first}"), _ident(f"n{second}"))
+            old_link = sql.SQL("(present AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+                _ident(f"o{index}a"), _ident(f"o{index}b")
+            )
+            same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
+                new_link,
+                old_link,
+                _ident(f"n{first}"),
+                _ident(f"o{index}a"),
+                _ident(f"n{second}"),
+                _ident(f"o{index}b"),
+            )
+            aggregates.append(
+                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(new_link, same)
+            )
+            aggregates.append(
+                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(old_link, same)
+            )
+        row = connection.execute(
+            sql.SQL("SELECT {} FROM prepsync_joined j").format(sql.SQL(", ").join(aggregates))
+        ).fetchone()
+        assert row is not None
+        if row[0]:
+            return False
+        twice = connection.execute(
+            sql.SQL("SELECT 1 FROM prepsync_joined GROUP BY {} HAVING count(*) > 1 LIMIT 1").format(
+                sql.SQL(", ").join(new_key)
+            )
+        ).fetchone()
+        if twice is not None:  # a key changed twice: each command must see the one before
+            return False
+        counts.inserted, counts.updated, counts.deleted = int(row[1]), int(row[2]), int(row[3])
+        counts.links = {
+            association.identifier: LinkCounts(
+                inserted=int(row[4 + 2 * index]), deleted=int(row[5 + 2 * index])
+            )
+            for index, association in enumerate(associations)
+        }
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = j.{}").format(_ident(column), key)
+            for column, key in zip(key_columns, new_key, strict=True)
+        )
+        connection.execute(
+            sql.SQL(
+                "DELETE FROM {} t USING prepsync_joined j WHERE j.command = 'delete' AND {}"
+            ).format(table.relation, match)
+        )
+        non_key = [index for index in range(len(header)) if index not in positions]
+        if non_key:
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = j.{}").format(_ident(header[index]), _ident(f"n{index}"))
+                for index in non_key
+            )
+            connection.execute(
+                sql.SQL("UPDATE {} t SET {} FROM prepsync_joined j WHERE {} AND {}").format(
+                    table.relation, assignments, updates, match
+                )
+            )
+        connection.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM prepsync_joined WHERE {} ORDER BY ord"
+            ).format(
+                table.relation,
+                _columns(header),
+                _columns(_positional("n", len(header))),
+                inserts,
+            )
+        )
+        return True
+
+    def _delta_rows(
+        self,
+        session: Session,
+        spec: TableSpec,
+        table: _Table,
+        header: list[str],
+        positions: list[int],
+        path: Path,
+        counts: TableCounts,
+        associations: Sequence[Association],
+    ) -> None:
+        """The delta a command at a time, each seeing the ones before (SQLite's own path:
+        :func:`~prepsync.server.diff.delta_changes`, its checks and messages)."""
+        upload = open_upload(path, spec, session.separator, command=True)
+        rows = _Rows(self.connection, table.relation, header, positions)
+        counter = LinkCounter(associations, header, spec.key is None)
+        for command, key, _line, values, stored_line in delta_changes(
+            upload, header, positions, rows.find
+        ):
+            if command is INSERT:
+                assert values is not None
+                rows.insert(values)
+                counts.inserted += 1
+            elif command is UPDATE:
+                assert values is not None
+                rows.update(key, values)
+                counts.updated += 1
+            else:
+                rows.delete(key)
+                counts.deleted += 1
+            if counter.per_row:
+                counter.count(command, values, None, stored_line)
+        counts.links = dict(counter.counts)
+
+
+def _drop_temporary(connection: psycopg.Connection[Any], name: str) -> None:
+    """Temporary tables go at commit; one session's next table drops the previous one's."""
+    connection.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(_ident(name)))
+
+
+def _check_rows(upload: Upload, positions: Sequence[int]) -> None:
+    """Read a complete load's file through the native reader, storing nothing: the checks and
+    messages of SQLite's load (fields per row, null key, strictly ascending keys, a CR outside
+    quotes) before COPY takes the file's bytes as they are."""
+    reader = upload.native
+    assert reader is not None
+    reader.configure(positions, True)
+    try:
+        while reader.check(CHECK_ROWS):
+            pass
+    finally:
+        reader.close()
+
+
+class _RowByRow(Exception):
+    """The bulk delta found something only the row-by-row path may judge."""
+
+
+def _link_aggregates(index: int) -> list[sql.Composable]:
+    new_link = sql.SQL("(command <> 'd' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        _ident(f"n{index}a"), _ident(f"n{index}b")
+    )
+    old_link = sql.SQL("(command <> 'i' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        _ident(f"o{index}a"), _ident(f"o{index}b")
+    )
+    same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
+        new_link,
+        old_link,
+        _ident(f"n{index}a"),
+        _ident(f"o{index}a"),
+        _ident(f"n{index}b"),
+        _ident(f"o{index}b"),
+    )
+    return [
+        sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(new_link, same),
+        sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(old_link, same),
+    ]
+
+
+class _Rows:
+    """One row at a time, by key (the row-by-row delta and the review's lookups)."""
+
+    def __init__(
+        self,
+        connection: psycopg.Connection[Any],
+        relation: sql.Identifier,
+        header: Sequence[str],
+        positions: Sequence[int],
+    ) -> None:
+        self.connection = connection
+        self.header = list(header)
+        self.positions = list(positions)
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(_ident(header[position])) for position in positions
+        )
+        self._find = sql.SQL("SELECT {} FROM {} WHERE {}").format(_columns(header), relation, where)
+        self._delete = sql.SQL("DELETE FROM {} WHERE {}").format(relation, where)
+        non_key = [column for index, column in enumerate(header) if index not in positions]
+        self._non_key = [index for index in range(len(header)) if index not in positions]
+        self._update = (
+            sql.SQL("UPDATE {} SET {} WHERE {}").format(
+                relation,
+                sql.SQL(", ").join(sql.SQL("{} = %s").format(_ident(c)) for c in non_key),
+                where,
+            )
+            if non_key
+            else None
+        )
+        self._insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            relation, _columns(header), sql.SQL(", ").join(sql.Placeholder() * len(header))
+        )
+
+    def find(self, key: bytes) -> str | None:
+        row = self.connection.execute(self._find, decode_key(key)).fetchone()
+        return None if row is None else format_record(_empty_null(row))
+
+    def insert(self, values: Sequence[str]) -> None:
+        self.connection.execute(self._insert, _null_empty(values))
+
+    def update(self, key: bytes, values: Sequence[str]) -> None:
+        if self._update is not None:
+            new = _null_empty([values[index] for index in self._non_key])
+            self.connection.execute(self._update, [*new, *decode_key(key)])
+
+    def delete(self, key: bytes) -> None:
+        self.connection.execute(self._delete, decode_key(key))
+
+
+class _FullDiff:
+    """The FULL JOIN of a staged complete load (columns ``c<i>`` in the file's order) with the
+    stored table (the same columns, maybe spelled or ordered otherwise): the rows that differ."""
+
+    def __init__(
+        self, table: _Table, header: list[str], stored_header: list[str], positions: list[int]
+    ) -> None:
+        self.table = table
+        self.header = header
+        stored_folded = [column.casefold() for column in stored_header]
+        # The stored column of each file column.
+        self.stored = [stored_header[stored_folded.index(c.casefold())] for c in header]
+        self.positions = positions
+
+    def _key_pairs(self) -> list[tuple[sql.Identifier, sql.Identifier]]:
+        return [(_ident(f"c{p}"), _ident(self.stored[p])) for p in self.positions]
+
+    def source(self) -> sql.Composed:
+        """FROM ... WHERE ...: the changed rows."""
+        pairs = self._key_pairs()
+        join = sql.SQL(" AND ").join(
+            sql.SQL("s.{} = t.{}").format(staged, stored) for staged, stored in pairs
+        )
+        first_staged, first_stored = pairs[0]
+        new_row = sql.SQL(", ").join(
+            sql.SQL("s.{}").format(_ident(f"c{i}")) for i in range(len(self.header))
+        )
+        old_row = sql.SQL(", ").join(sql.SQL("t.{}").format(_ident(c)) for c in self.stored)
+        return sql.SQL(
+            "FROM prepsync_staging s FULL JOIN {} t ON {} "
+            "WHERE t.{} IS NULL OR s.{} IS NULL OR ROW({}) IS DISTINCT FROM ROW({})"
+        ).format(self.table.relation, join, first_stored, first_staged, new_row, old_row)
+
+    def command(self) -> sql.Composed:
+        first_staged, first_stored = self._key_pairs()[0]
+        return sql.SQL(
+            "CASE WHEN t.{} IS NULL THEN 'i' WHEN s.{} IS NULL THEN 'd' ELSE 'u' END"
+        ).format(first_stored, first_staged)
+
+    def key(self) -> list[sql.Composed]:
+        return [
+            sql.SQL("coalesce(s.{}, t.{})").format(staged, stored)
+            for staged, stored in self._key_pairs()
+        ]
+
+    def select_for_apply(self, link_positions: Sequence[tuple[int, int]]) -> sql.Composed:
+        """command, k<i> (the key), n<i> (new values), n<a>a/b and o<a>a/b (link columns)."""
+        selected: list[sql.Composable] = [sql.SQL("{} AS command").format(self.command())]
+        selected.extend(
+            sql.SQL("{} AS {}").format(key, _ident(f"k{index}"))
+            for index, key in enumerate(self.key())
+        )
+        selected.extend(
+            sql.SQL("s.{} AS {}").format(_ident(f"c{i}"), _ident(f"n{i}"))
+            for i in range(len(self.header))
+        )
+        for index, (first, second) in enumerate(link_positions):
+            selected.append(
+                sql.SQL("s.{} AS {}, s.{} AS {}, t.{} AS {}, t.{} AS {}").format(
+                    _ident(f"c{first}"),
+                    _ident(f"n{index}a"),
+                    _ident(f"c{second}"),
+                    _ident(f"n{index}b"),
+                    _ident(self.stored[first]),
+                    _ident(f"o{index}a"),
+                    _ident(self.stored[second]),
+                    _ident(f"o{index}b"),
+                )
+            )
+        return sql.SQL(", ").join(selected)
+
+    def apply(self, connection: psycopg.Connection[Any]) -> None:
+        """Delete, update, insert from ``prepsync_changes`` (the file's layout is the table's)."""
+        relation = self.table.relation
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = c.{}").format(_ident(self.stored[p]), _ident(f"k{index}"))
+            for index, p in enumerate(self.positions)
+        )
+        connection.execute(
+            sql.SQL(
+                "DELETE FROM {} t USING prepsync_changes c WHERE c.command = 'd' AND {}"
+            ).format(relation, match)
+        )
+        non_key = [i for i in range(len(self.header)) if i not in self.positions]
+        if non_key:
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = c.{}").format(_ident(self.stored[i]), _ident(f"n{i}"))
+                for i in non_key
+            )
+            connection.execute(
+                sql.SQL(
+                    "UPDATE {} t SET {} FROM prepsync_changes c WHERE c.command = 'u' AND {}"
+                ).format(relation, assignments, match)
+            )
+        order = _columns([f"k{index}" for index in range(len(self.positions))])
+        connection.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM prepsync_changes WHERE command = 'i' "
+                "ORDER BY {}"
+            ).format(
+                relation,
+                _columns(self.stored),
+                _columns(_positional("n", len(self.header))),
+                order,
+            )
+        )
+
+
+# ------------------------------------------------------------------------------- the store
+
+
+class PgResourceStore:
+    """The worker's handle: one connection, one transaction per session."""
+
+    store_errors: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.connection = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        connection = connect(self._url)
+        # The staging tables are temporary: held in this backend's own buffers, 8 MB by
+        # default, set before the first one is touched. Memory, not durability.
+        connection.execute(f"SET temp_buffers = '{WORKER_TEMP_BUFFERS}'")
+        return connection
+
+    def _alive(self) -> psycopg.Connection[Any]:
+        if self.connection.closed:  # the database restarted: connect again
+            self.connection = self._connect()
+        return self.connection
+
+    @contextmanager
+    def apply_transaction(self) -> Iterator[PgWork]:
+        connection = self._alive()
+        with connection.transaction():
+            # The diff's hash join holds the stored table's rows in one batch at this size
+            # (a few hundred thousand rows) instead of spilling them to temporary files.
+            connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
+            yield PgWork(connection)
+
+    def was_applied(self, session_id: str) -> bool:
+        row = (
+            self._alive()
+            .execute("SELECT 1 FROM prepsync.applied WHERE session_id = %s", (session_id,))
+            .fetchone()
+        )
+        return row is not None
+
+    def interrupt(self) -> None:
+        """Cancel the running statement (from another thread): the transaction rolls back."""
+        if not self.connection.closed:
+            self.connection.cancel()
+
+    def after_session(self) -> None:
+        """Nothing to do between sessions (PostgreSQL checkpoints on its own)."""
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class PgBackend:
+    """The PostgreSQL :class:`~prepsync.server.storeapi.Backend`."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.url = url
+        connection = connect(url)
+        try:
+            row = connection.execute("SHOW server_encoding").fetchone()
+            if row is None or str(row[0]).upper() not in ("UTF8", "UTF-8"):
+                raise ConfigError(
+                    f"--database: the database's encoding is {row and row[0]}; the store "
+                    "needs UTF8 (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+                )
+            with connection.transaction():
+                # Several processes starting at once: one creates the schema, the others wait.
+                connection.execute(
+                    sql.SQL("SELECT pg_advisory_xact_lock({}, 0)").format(sql.Literal(LOCK_SPACE))
+                )
+                connection.execute(_SCHEMA_DDL)
+                self._check_data_dir(connection, data_dir)
+        except psycopg.Error as error:
+            raise ConfigError(f"--database: {_first_line(error)}") from None
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _check_data_dir(connection: psycopg.Connection[Any], data_dir: Path) -> None:
+        """Every process of one database shares one data directory: a session's files arrive at
+        whichever process the agent's requests reach and are applied by whichever worker claims
+        it, and the token key there signs tokens every process must accept. The directory's id
+        (``database.id``) is recorded in the database by the first server; a process whose data
+        directory holds another id, or none, is refused at start."""
+        path = data_dir / DATA_ID_FILE
+        local = path.read_text(encoding="ascii").strip() if path.exists() else None
+        row = connection.execute("SELECT data_id FROM prepsync.instance").fetchone()
+        if row is None:
+            if local is None:
+                local = str(uuid.uuid4())
+                temporary = path.with_suffix(".tmp")
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(descriptor, (local + "\n").encode("ascii"))
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+                os.replace(temporary, path)
+            connection.execute(
+                "INSERT INTO prepsync.instance (data_id, recorded_at) VALUES (%s, %s)",
+                (local, time.time()),
+            )
+            return
+        if local != row[0]:
+            found = "no data directory id" if local is None else f"data directory id {local}"
+            raise ConfigError(
+                f"--data-dir {data_dir} ({found}) is not the data directory of the servers "
+                f"using this database (id {row[0]}, in their {DATA_ID_FILE}): every server "
+                "process of one database must share one data directory, where the uploads are"
+            )
+
+    def check_tables(self, tables: Mapping[str, Sequence[TableSpec]]) -> None:
+        """Connector and table names must be usable as PostgreSQL names as they are."""
+        for connector, specs in tables.items():
+            if connector == SCHEMA or connector.startswith("pg_"):
+                raise ConfigError(
+                    f"connector {connector!r}: PostgreSQL's store cannot use it as a schema name "
+                    f"({SCHEMA!r} is the store's own, pg_ names are PostgreSQL's)"
+                )
+            for name in (connector, *(spec.name for spec in specs)):
+                if len(name.encode("utf-8")) > MAX_IDENTIFIER or "\x00" in name:
+                    raise ConfigError(
+                        f"{name!r}: longer than PostgreSQL's {MAX_IDENTIFIER}-byte names"
+                    )
+
+    def session_database(self) -> PgSessionDatabase:
+        return PgSessionDatabase(self.url)
+
+    def resource_store(self) -> PgResourceStore:
+        return PgResourceStore(self.url)
+
+    @contextmanager
+    def review(
+        self, session: Session, spec: TableSpec, path: Path, after: bytes | None
+    ) -> Iterator[TableDiff]:
+        """The changes of ``path`` against the table as stored, in a transaction that is rolled
+        back (its staging table goes with it)."""
+        connection = connect(self.url)
+        try:
+            connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            try:
+                yield _review(connection, session, spec, path, after)
+            except (psycopg.DataError, psycopg.IntegrityError) as error:
+                raise _refused(path.name, error) from None
+            finally:
+                if not connection.closed:
+                    connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+
+    def resources_csv(
+        self, connector: str, name: str, default_header: Sequence[str]
+    ) -> Iterator[bytes]:
+        """Header, then the rows in key order: ``COPY ... TO STDOUT (FORMAT csv)`` writes them
+        as the SQLite store does (quoted only when needed, NULL as an empty field), except a
+        one-column row ``\\.``, which it quotes: one-column tables are written here instead."""
+        connection = connect(self.url)
+        try:
+            connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            table = _read_table(connection, connector, name)
+            header = default_header if table is None or table.header is None else table.header
+            yield (format_record(header) + "\n").encode("utf-8")
+            if table is None or table.header is None or table.key_columns is None:
+                return
+            select = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                _columns(table.header), table.relation, _columns(table.key_columns)
+            )
+            if len(table.header) > 1:
+                with connection.cursor() as cursor:
+                    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select)
+                    with cursor.copy(copy_out) as copy:
+                        pieces: list[bytes] = []
+                        size = 0
+                        for block in copy:
+                            pieces.append(bytes(block))
+                            size += len(block)
+                            if size >= STREAM_PIECE:
+                                yield b"".join(pieces)
+                                pieces.clear()
+                                size = 0
+                        if pieces:
+                            yield b"".join(pieces)
+            else:
+                with connection.cursor(name="prepsync_resources") as cursor:
+                    cursor.execute(select)
+                    while rows := cursor.fetchmany(REVIEW_FETCH):
+                        text = "".join(format_record(_empty_null(row)) + "\n" for row in rows)
+                        yield text.encode("utf-8")
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def table_counts(self) -> dict[tuple[str, str], int]:
+        connection = connect(self.url)
+        try:
+            return {
+                (str(connector), str(name)): int(count)
+                for connector, name, count in connection.execute(
+                    "SELECT connector, name, row_count FROM prepsync.tables"
+                )
+            }
+        finally:
+            connection.close()
+
+
+def _review(
+    connection: psycopg.Connection[Any],
+    session: Session,
+    spec: TableSpec,
+    path: Path,
+    after: bytes | None,
+) -> TableDiff:
+    table = _read_table(connection, session.connector, spec.name)
+    if session.mode not in FULL_MODES:
+        upload = open_upload(path, spec, session.separator, command=True)
+        header = (
+            list(table.header) if table is not None and table.header is not None else upload.header
+        )
+        if sorted(c.casefold() for c in header) != sorted(c.casefold() for c in upload.header):
+            raise DataError(
+                f"{upload.name}: the stored table has columns {header!r}; run a complete "
+                "synchronization"
+            )
+        positions = key_positions(spec, header)
+        if table is None or table.header is None:
+
+            def nothing_stored(_key: bytes) -> str | None:
+                return None
+
+            find: Callable[[bytes], str | None] = nothing_stored
+        else:
+            find = _Rows(connection, table.relation, header, positions).find
+        return TableDiff(header, delta_changes(upload, header, positions, find, after))
+    upload = open_upload(path, spec, session.separator, command=False)
+    header = upload.header
+    assert upload.native is not None
+    upload.native.close()
+    positions = key_positions(spec, header)
+    staging = _positional("c", len(header))
+    connection.execute(
+        sql.SQL("CREATE TEMP TABLE prepsync_staging ({})").format(
+            sql.SQL(", ").join(sql.SQL('{} text COLLATE "C"').format(_ident(c)) for c in staging)
+        )
+    )
+    _copy_file(connection, _ident("prepsync_staging"), staging, path, session.separator)
+    return TableDiff(header, _review_changes(connection, table, header, positions, after))
+
+
+def _review_changes(
+    connection: psycopg.Connection[Any],
+    table: _Table | None,
+    header: list[str],
+    positions: list[int],
+    after: bytes | None,
+) -> Iterator[Change]:
+    """A complete load's changes in key order (as the SQLite store's merge-join yields them)."""
+    staged = [_ident(f"c{index}") for index in range(len(header))]
+    after_values = None if after is None else decode_key(after)
+    stored_header = None if table is None or table.row_count == 0 else table.header
+
+    def above(columns: Sequence[sql.Composable]) -> sql.Composable:
+        if after_values is None:
+            return sql.SQL("true")
+        return sql.SQL("ROW({}) > ROW({})").format(
+            sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns),
+            sql.SQL(", ").join(sql.Literal(value) for value in after_values),
+        )
+
+    def ordered(columns: Sequence[sql.Composable]) -> sql.Composable:
+        return sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns)
+
+    def fetched(statement: sql.Composed) -> Iterator[tuple[Any, ...]]:
+        with connection.cursor(name="prepsync_review") as cursor:
+            cursor.execute(statement)
+            while rows := cursor.fetchmany(REVIEW_FETCH):
+                yield from rows
+
+    key_of_staged = [staged[position] for position in positions]
+    if stored_header is None or table is None:
+        statement = sql.SQL("SELECT {} FROM prepsync_staging WHERE {} ORDER BY {}").format(
+            sql.SQL(", ").join(staged), above(key_of_staged), ordered(key_of_staged)
+        )
+        for row in fetched(statement):
+            values = _empty_null(row)
+            key = encode_key([values[position] for position in positions])
+            yield INSERT, key, format_record(values), None, None
+        return
+    same_columns = sorted(c.casefold() for c in stored_header) == sorted(
+        c.casefold() for c in header
+    )
+    if not same_columns:
+        statement = sql.SQL("SELECT {} FROM prepsync_staging WHERE {} ORDER BY {}").format(
+            sql.SQL(", ").join(staged), above(key_of_staged), ordered(key_of_staged)
+        )
+        for row in fetched(statement):
+            values = _empty_null(row)
+            key = encode_key([values[position] for position in positions])
+            yield INSERT, key, format_record(values), None, None
+        assert table.key_columns is not None
+        stored_key = [_ident(column) for column in table.key_columns]
+        statement = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY {}").format(
+            sql.SQL(", ").join(stored_key),
+            _columns(stored_header),
+            table.relation,
+            above(stored_key),
+            ordered(stored_key),
+        )
+        width = len(stored_key)
+        for row in fetched(statement):
+            key = encode_key(list(row[:width]))
+            yield DELETE, key, None, None, format_record(_empty_null(row[width:]))
+        return
+    diff = _FullDiff(table, header, list(stored_header), positions)
+    old = [sql.SQL("t.{}").format(_ident(column)) for column in diff.stored]
+    new = [sql.SQL("s.{}").format(column) for column in staged]
+    keys = diff.key()
+    width = len(header)
+    commands = {"i": INSERT, "u": UPDATE, "d": DELETE}
+    outer_key = [_ident(f"k{index}") for index in range(len(positions))]
+    statement = sql.SQL(
+        "SELECT * FROM (SELECT {} AS command, {}, {}, {} {}) changed WHERE {} ORDER BY {}"
+    ).format(
+        diff.command(),
+        sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(key, name) for key, name in zip(keys, outer_key, strict=True)
+        ),
+        sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(column, _ident(f"n{index}"))
+            for index, column in enumerate(new)
+        ),
+        sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(column, _ident(f"o{index}"))
+            for index, column in enumerate(old)
+        ),
+        diff.source(),
+        above(outer_key),
+        ordered(outer_key),
+    )
+    key_width = len(positions)
+    for row in fetched(statement):
+        command = commands[row[0]]
+        key = encode_key(list(row[1 : 1 + key_width]))
+        new_values = row[1 + key_width : 1 + key_width + width]
+        old_values = row[1 + key_width + width :]
+        line = None if command is DELETE else format_record(_empty_null(new_values))
+        stored_line = None if command is INSERT else format_record(_empty_null(old_values))
+        yield command, key, line, None, stored_line

@@ -1,0 +1,297 @@
+"""The PostgreSQL store against the SQLite one, and what only PostgreSQL does: several processes
+claiming from one queue, one data directory, queryable tables."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serverutil import csv_bytes
+from storeutil import StoreHarness
+
+from prepsync.config import LinkThresholds, TableSpec, Thresholds
+from prepsync.errors import ConfigError, DataError
+from prepsync.protocol import DONE, FAILED, PROCESSING, QUEUED
+from prepsync.server.pgstore import PgBackend, PgSessionDatabase
+from prepsync.server.thresholds import Association, ConnectorLimits, TableLimits
+
+pytestmark = pytest.mark.postgres
+
+SPEC = TableSpec("T", ("id", "v", "p"), ("id",), Thresholds())
+PAIR = TableSpec("P", ("a", "b"), None, Thresholds())
+TABLES = {"t": SPEC, "p": PAIR}
+LIMITS = ConnectorLimits(
+    "C",
+    {
+        "t": TableLimits(
+            (("T", Thresholds()),), (Association("T_parent", "p", "id", LinkThresholds()),)
+        ),
+        "p": TableLimits((), (Association("P_pair", "a", "b", LinkThresholds()),)),
+    },
+    None,
+)
+
+# No NUL: PostgreSQL's text cannot hold it (a session carrying one fails there, see below).
+keys = st.text(st.sampled_from(["a", "b", "é", "中", ",", '"', "\n", " "]), min_size=1, max_size=3)
+values = st.one_of(
+    st.text(st.sampled_from(["x", " ", ",", '"', "\r", "\n", "é", "\\"]), max_size=3),
+    st.just("\\."),  # COPY's end-of-data marker, as a value
+)
+
+
+def ordered(rows: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    return [(key, *rows[key]) for key in sorted(rows, key=lambda key: key.encode("utf-8"))]
+
+
+def summary_of(outcome: Any) -> tuple[str, str | None, Any]:
+    summary = dict(outcome.summary)
+    summary.pop("apply_seconds", None)
+    return outcome.state, outcome.reason, summary
+
+
+def review(harness: StoreHarness, mode: str, directory: Path, names: list[str]) -> list[Any]:
+    """Every change of a session the harness has not applied (the review endpoint's diff)."""
+    session = harness.queued("C", mode, names)
+    found: list[Any] = []
+    for name in names:
+        spec = SPEC if name.startswith("T.") else PAIR
+        try:
+            with harness.backend.review(session, spec, directory / name, None) as diff:
+                found.append((diff.header, [change[:3] + change[4:] for change in diff.changes]))
+        except DataError as error:  # a bad delta: the review says why, as the apply will
+            found.append(str(error))
+    assert harness.db.cancel(session.id, "reviewed only")
+    return found
+
+
+_runs = itertools.count()
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.data())
+def test_random_sessions_give_the_same_outcomes_rows_and_reviews_on_both_stores(
+    postgres_url: str, data: st.DataObject
+) -> None:
+    """Complete loads (columns in either order), deltas (with keys changed twice, bad
+    commands, inserts of stored keys): same verdict, counts, stored CSV and review."""
+    with tempfile.TemporaryDirectory() as temporary:
+        root = Path(temporary)
+        run = next(_runs)
+        # One PostgreSQL database for every example: each its own data directory's id.
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute("DROP SCHEMA IF EXISTS prepsync CASCADE")
+            connection.execute('DROP SCHEMA IF EXISTS "C" CASCADE')
+        stores = [StoreHarness(root / "sqlite", None), StoreHarness(root / "pg", postgres_url)]
+        try:
+            for step in range(data.draw(st.integers(1, 5), "steps")):
+                directory = root / f"{run}-{step}"
+                directory.mkdir()
+                if step == 0 or data.draw(st.booleans(), "complete"):
+                    mode = "complete"
+                    model = data.draw(
+                        st.dictionaries(keys, st.tuples(values, values), max_size=8), "rows"
+                    )
+                    pairs = data.draw(st.sets(st.tuples(keys, keys), max_size=6), "pairs")
+                    swapped = data.draw(st.booleans(), "swapped")
+                    rows = ordered(model)
+                    header = ["id", "v", "p"]
+                    if swapped:  # another column order: the stored table is rewritten
+                        header = ["p", "id", "v"]
+                        rows = [(p, key, v) for key, v, p in rows]
+                    (directory / "T.sorted.csv").write_bytes(csv_bytes(header, rows))
+                    pair_rows = sorted(pairs, key=lambda row: [v.encode() for v in row])
+                    (directory / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], pair_rows))
+                    names = ["T.sorted.csv", "P.sorted.csv"]
+                else:
+                    mode = "incremental"
+                    commands = data.draw(
+                        st.lists(
+                            st.tuples(
+                                st.sampled_from(["insert", "update", "delete", "merge", "bad"]),
+                                keys,
+                                values,
+                                values,
+                            ),
+                            max_size=6,
+                        ),
+                        "commands",
+                    )
+                    commands.sort(key=lambda row: row[1].encode("utf-8"))
+                    delta = csv_bytes(["command", "id", "v", "p"], commands)
+                    (directory / "T.sorted.delta.csv").write_bytes(delta)
+                    names = ["T.sorted.delta.csv"]
+                reviews = [review(store, mode, directory, names) for store in stores]
+                assert reviews[0] == reviews[1]
+                outcomes = [
+                    summary_of(store.apply("C", mode, directory, names, TABLES, LIMITS))
+                    for store in stores
+                ]
+                assert outcomes[0] == outcomes[1]
+                for table, spec in (("T", SPEC), ("P", PAIR)):
+                    served = [store.resources("C", table, spec.columns) for store in stores]
+                    assert served[0] == served[1]
+        finally:
+            for store in stores:
+                store.close()
+
+
+def test_the_bulk_and_row_by_row_deltas_agree(tmp_path: Path, postgres_url: str) -> None:
+    harness = StoreHarness(tmp_path / "data", postgres_url)
+    try:
+        rows = [(f"{n:03d}", f"v{n}", "") for n in range(50)]
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], rows))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
+        outcome = harness.apply("C", "initial", tmp_path, ["T.sorted.csv", "P.sorted.csv"], TABLES)
+        assert outcome.state == DONE
+        # Without a key twice: the bulk path; 001 twice: row by row (each sees the one before).
+        delta = [("merge", "000", "m", ""), ("insert", "100", "n", "x"), ("delete", "002", "", "")]
+        for extra in ([], [("update", "001", "u1", ""), ("update", "001", "u2", "")]):
+            commands = sorted(delta + extra, key=lambda row: row[1])
+            delta_file = tmp_path / "T.sorted.delta.csv"
+            delta_file.write_bytes(csv_bytes(["command", "id", "v", "p"], commands))
+            outcome = harness.apply("C", "incremental", tmp_path, [delta_file.name], TABLES)
+            assert outcome.state == DONE, outcome.reason
+            delta = [
+                ("update", "000", "m2", ""),
+                ("delete", "100", "", ""),
+                ("merge", "002", "b", ""),
+            ]
+        served = harness.resources("C", "T", SPEC.columns).decode()
+        assert served.splitlines()[:4] == ["id,v,p", "000,m2,", "001,u2,", "002,b,"]
+        assert "100," not in served
+    finally:
+        harness.close()
+
+
+def test_a_nul_in_a_value_fails_the_session_with_a_reason(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    harness = StoreHarness(tmp_path / "data", postgres_url)
+    try:
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], [("a", "x\x00y", "")]))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
+        outcome = harness.apply("C", "initial", tmp_path, ["T.sorted.csv", "P.sorted.csv"], TABLES)
+        assert outcome.state == FAILED
+        assert (outcome.reason or "").startswith("T.sorted.csv: PostgreSQL refused it: ")
+        assert harness.resources("C", "T", SPEC.columns) == b"id,v,p\n"
+    finally:
+        harness.close()
+
+
+def test_resource_tables_are_plain_sql_tables_in_key_order(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    harness = StoreHarness(tmp_path / "data", postgres_url)
+    try:
+        rows = [("b", "", "a"), ("a", 'x,"y"', ""), ("é", "z", "a"), ("ab", "w", "b")]
+        ordered_rows = sorted(rows, key=lambda row: row[0].encode())
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], ordered_rows))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], [("x", "y")]))
+        harness.apply("C", "initial", tmp_path, ["T.sorted.csv", "P.sorted.csv"], TABLES)
+        with psycopg.connect(postgres_url) as connection:
+            selected = connection.execute('SELECT id, v, p FROM "C"."T" ORDER BY id').fetchall()
+            assert selected == [
+                ("a", 'x,"y"', None),
+                ("ab", "w", "b"),
+                ("b", None, "a"),
+                ("é", "z", "a"),
+            ]
+            key = connection.execute(
+                "SELECT a.attname, a.attcollation::regcollation::text FROM pg_index i "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                """WHERE i.indrelid = '"C"."T"'::regclass AND i.indisprimary"""
+            ).fetchall()
+            assert key == [("id", '"C"')]
+            pair_key = connection.execute(
+                """SELECT count(*) FROM pg_index i WHERE i.indrelid = '"C"."P"'::regclass """
+                "AND i.indisprimary AND i.indnatts = 2"
+            ).fetchone()
+            assert pair_key == (1,)
+    finally:
+        harness.close()
+
+
+# ----------------------------------------------------------------------- several processes
+
+
+def queue(postgres_url: str, tmp_path: Path, *sessions: tuple[str, str]) -> list[str]:
+    """Queued sessions (connector, mode) in this order; their ids."""
+    PgBackend(postgres_url, tmp_path)
+    db = PgSessionDatabase(postgres_url)
+    ids = []
+    try:
+        for number, (connector, mode) in enumerate(sessions):
+            session_id = f"00000000-0000-4000-8000-{number:012d}"
+            db.open(connector, f"agent-{connector}", mode, session_id, "client")
+            assert db.commit(session_id, [])
+            ids.append(session_id)
+    finally:
+        db.close()
+    return ids
+
+
+def test_workers_of_several_processes_take_each_connector_in_order(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    a1, b1, a2 = queue(
+        postgres_url, tmp_path, ("A", "incremental"), ("B", "incremental"), ("A", "incremental")
+    )
+    first, second = PgSessionDatabase(postgres_url), PgSessionDatabase(postgres_url)
+    try:
+        claimed = first.claim_next()
+        assert claimed is not None and claimed.id == a1
+        # A is being applied by the first: its next session waits, B's goes to the second.
+        other = second.claim_next()
+        assert other is not None and other.id == b1
+        assert second.claim_next() is None
+        first.finish(a1, DONE, None, None)
+        first.release(claimed)
+        after = second.claim_next()
+        assert after is not None and after.id == a2
+        second.release(other)
+        second.release(after)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_dead_workers_session_is_queued_again_by_another(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    (only,) = queue(postgres_url, tmp_path, ("A", "incremental"))
+    dying, survivor = PgSessionDatabase(postgres_url), PgSessionDatabase(postgres_url)
+    try:
+        claimed = dying.claim_next()
+        assert claimed is not None and claimed.state == PROCESSING
+        assert survivor.orphans() == []  # its worker holds the connector's lock
+        dying.close()  # the process died: its connection, and the lock, are gone
+        (orphan,) = survivor.orphans()
+        assert orphan.id == only
+        assert survivor.set_state(only, PROCESSING, QUEUED)
+        survivor.release(orphan)
+        again = survivor.claim_next()
+        assert again is not None and again.id == only
+        survivor.release(again)
+    finally:
+        survivor.close()
+
+
+def test_every_process_of_one_database_must_share_one_data_directory(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    (tmp_path / "shared").mkdir()
+    PgBackend(postgres_url, tmp_path / "shared")
+    PgBackend(postgres_url, tmp_path / "shared")  # the same directory: fine
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match="must share one data directory"):
+        PgBackend(postgres_url, tmp_path / "other")
