@@ -11,7 +11,8 @@ processes on 127.0.0.1. Most days something goes wrong on purpose:
 - the server is SIGKILLed at a random moment of the agent's run, or while it applies a session
   (then restarted on the same port: the agent's retries reach it again);
 - the export is bad (unterminated quote, wrong field count, invalid UTF-8, CR-only line ends,
-  a UTF-16 BOM, a ``#TYPE`` first line): the run must fail in one clean line, change nothing;
+  UTF-16 without a BOM, a ``#TYPE`` first line): the run must fail in one clean line, change
+  nothing;
 - the export is a connector's change file (``--change-files``, a share of the days): only the
   day's changes, with a command column in any spelling; the agent is mostly killed right after
   the server accepted its commit, and the rerun on the same export must deliver nothing again;
@@ -31,6 +32,14 @@ A day's export committed in more than one session is a doubled delivery. The rep
 runs, kills, disk-fulls, clock jumps, lost, extra and doubled rows, doubled deliveries, stuck
 sessions and interventions; the exit status is 0 only when nothing was lost, doubled or stuck
 and no intervention was needed.
+
+With ``--database`` (a PostgreSQL URL, or ``auto`` for a throwaway cluster) the server keeps its
+store there, and ``--servers N`` runs N server processes on that database and one data
+directory: each agent run talks to one of them at random, and each server kill takes one at
+random (the applying one or another), so a session a killed process was applying is taken over
+by another process's worker.
+
+    python -m tests.soak --days 60 --database auto --servers 3
 
 The soak stops by itself (after the days, or at ``--max-minutes``), uses only 127.0.0.1, and
 removes its processes and its temporary directory (``--keep`` keeps the directory).
@@ -93,7 +102,9 @@ def bad_export(good: bytes, kind: str, separator: str) -> bytes:
     if kind == "CR-only":
         return good.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
     if kind == "UTF-16":
-        return b"\xff\xfe" + good.decode("utf-8").encode("utf-16-le")
+        # Without its byte-order mark: a file with one is read as UTF-16 (issue 15), one
+        # without must be refused, naming the encoding to give with --encoding.
+        return good.decode("utf-8").encode("utf-16-le")
     assert kind == "#TYPE"
     return b"#TYPE System.Management.Automation.PSCustomObject\n" + good
 
@@ -240,6 +251,8 @@ class Soak:
         self.typical_run = 1.5  # seconds of an undisturbed run; measured as days go by
         self.running: subprocess.Popen[str] | None = None
         self.abandoned: set[str] = set()  # sessions already counted as stuck
+        # The model as of the last export delivered (the store's rows), for change files.
+        self.delivered: tuple[dict[str, tuple[str, str, str]], set[tuple[str, str]]] | None = None
         # After a change-file day the agent's baselines are older than the store: the next
         # full extract must be a complete synchronization (as when a connector changes kind).
         self.baselines_stale = False
@@ -400,7 +413,9 @@ class Soak:
 
     def day(self, number: int) -> None:
         report = self.report
-        before = self.model.snapshot()
+        # A connector's change file holds what changed since the export last delivered (a day
+        # whose export was refused delivered nothing: its changes come with the next file).
+        before = self.delivered if self.delivered is not None else self.model.snapshot()
         what = self.model.next_day() if number else "first load"
         self.jumped_forward = False
         change_file = number > 0 and self.rng.random() < self.change_files
@@ -440,6 +455,7 @@ class Soak:
         self.check(number)
         if not bad:
             self.baselines_stale = change_file
+            self.delivered = self.model.snapshot()
         report.days = number + 1
 
     def bad_day(self, exports: dict[str, bytes], kind: str, mode: str) -> None:
@@ -457,6 +473,7 @@ class Soak:
             self.agent.write_exports(exports)
             self.expected = self.model.expected()
             self.repair(f"{kind} export accepted: rerun complete on a good export")
+            self.delivered = self.model.snapshot()
             return
         if not self.clean_failure(done):
             self.report.unclean_failures += 1
