@@ -114,6 +114,9 @@ class TableResult:
     merges: int = 0
     runs: int = 0
     merge_passes: int = 0
+    #: Bytes written to the engine's run files (every merge pass included): what the table
+    #: cost in spill, beside the outputs.
+    spill_bytes: int = 0
     seconds: float = 0.0
     #: Wall and CPU seconds of each engine phase (``_cleanse.PHASE_NAMES``): read (and parse),
     #: sort, spill, merge (intermediate passes), join (the final pass into the outputs), write.

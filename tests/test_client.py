@@ -245,7 +245,7 @@ def test_a_bad_secret_is_one_line_without_the_secret(
     caplog.clear()
     with real_client(server) as good:
         good.sessions("AD")
-        token = good._token
+        token = good.auth.token
         assert token is not None
     assert SECRET not in caplog.text and token.value not in caplog.text
 

@@ -144,8 +144,22 @@ SORTED = 'id,name\n1,"😀 ""smile"""\n2,Zoë Ünal\n3,"Ærø, København"\n'.en
             {"encoding": "utf-16le"},
             id="bcp-w",
         ),
-        # PowerShell 7 Export-Csv (utf8NoBOM) and psql \copy ... CSV HEADER: UTF-8
+        # PowerShell 7 Export-Csv (utf8NoBOM): UTF-8, every field quoted, CRLF
         pytest.param(powershell(ROWS).encode(), {}, id="ps7"),
+        # psql \copy (...) TO ... WITH (FORMAT csv, HEADER): LF, quoted only as needed
+        pytest.param(
+            'id,name\n2,Zoë Ünal\n1,"😀 ""smile"""\n3,"Ærø, København"\n'.encode(), {}, id="psql"
+        ),
+        # csvde -u: UTF-16 LE with its mark, a DN full of commas quoted, CRLF, extra columns
+        pytest.param(
+            b"\xff\xfe"
+            + (
+                'DN,objectClass,id,name\r\n"CN=Zoë,OU=HR,DC=x",user,2,Zoë\r\n'
+                '"CN=Ann,OU=IT,DC=x",user,1,Ann\r\n'
+            ).encode("utf-16-le"),
+            {},
+            id="csvde-u",
+        ),
         pytest.param(b"\xef\xbb\xbf" + powershell(ROWS).encode(), {}, id="ps51-utf8"),
         # Excel "CSV (Comma delimited)" / LibreOffice "ANSI" / -Encoding Default: Windows-1252
         pytest.param(
@@ -266,7 +280,11 @@ def encoded_cases(draw: st.DrawFn) -> tuple[Any, bytes, dict[str, Any]]:
     case = draw(csv_cases(max_rows=12))
     text = case.data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     form = draw(st.sampled_from(["bom", "bom", "asked", "cp1252", "latin-1", "utf-8"]))
-    options: dict[str, Any] = {"out_separator": case.separator}
+    # The outputs' separator may differ from the file's: values are quoted for the outputs'.
+    outputs = draw(st.sampled_from([case.separator, ",", ";", "\t"]))
+    hinted = draw(st.integers(0, 3)) == 0  # an Excel `sep=X` line names the file's separator
+    told = draw(st.sampled_from([",", ";", "|"])) if hinted else case.separator
+    options: dict[str, Any] = {"out_separator": outputs, "separator": told}
     mark = b""
     codec = form
     if form == "bom":
@@ -282,6 +300,11 @@ def encoded_cases(draw: st.DrawFn) -> tuple[Any, bytes, dict[str, Any]]:
         preamble = draw(st.sampled_from(["Report\r\n", 'a,"b\n', "\r\n", "x;y;z\n\n"]))
         options["skip_lines"] = preamble.count("\n")
         text = preamble + text
+    if hinted:
+        # The hint is the first line, and one of the lines to skip (or skipped on its own).
+        text = f"sep={case.separator}" + draw(st.sampled_from(["\r\n", "\n"])) + text
+        skip = options.get("skip_lines", 0)
+        options["skip_lines"] = skip + 1 if skip else draw(st.sampled_from([0, 1]))
     try:
         data = mark + text.encode(codec)
     except UnicodeEncodeError:

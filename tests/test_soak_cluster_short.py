@@ -13,11 +13,6 @@ import soak_cluster
 
 @pytest.mark.postgres
 def test_two_days_of_three_servers_on_one_database_end_clean(postgres_url: str) -> None:
-    # TEMPORARY, until the PostgreSQL store lands on main (then this check goes).
-    from prepsync.cli import main
-
-    if "--database" not in {opt for p in main.commands["serve"].params for opt in p.opts}:
-        pytest.skip("this build's server has no --database yet")
     report = soak_cluster.run_cluster_soak(
         2,
         seed=2,

@@ -220,11 +220,6 @@ def create_app(
     return app
 
 
-# `prepsync serve`'s exit status when it cannot listen (port in use, no permission, unknown
-# address): distinct from `prepare`'s statuses (1-5), so a service manager can tell it apart.
-LISTEN_FAILURE_EXIT_STATUS = 6
-
-
 class ListenError(PrepsyncError):
     """The server cannot listen on the address it was given."""
 

@@ -65,9 +65,9 @@ from prepsync.server.diff import (
     DataError,
     LinkCounter,
     TableDiff,
+    Upload,
     delta_changes,
     key_positions,
-    keyed_batches,
     open_upload,
 )
 from prepsync.server.sessions import Session, SessionDatabase
@@ -88,6 +88,10 @@ MAX_IDENTIFIER = 63
 # hash): "prsp", so other applications' advisory locks in the same database do not collide.
 LOCK_SPACE = 0x70727370
 COPY_BLOCK = 1 << 20
+CHECK_ROWS = 1 << 16  # rows the native reader checks per call
+# The worker's session settings (memory of one PostgreSQL backend, only while it applies).
+WORKER_TEMP_BUFFERS = "64MB"
+WORKER_WORK_MEM = "64MB"
 REVIEW_FETCH = 4096
 STREAM_PIECE = 256 * 1024
 
@@ -532,8 +536,7 @@ class PgWork:
         positions = key_positions(spec, header)
         # The native reader checks what SQLite's load checks, with the same messages (width,
         # null key, strictly ascending keys, a CR outside quotes), without storing anything.
-        for _batch in keyed_batches(upload, positions):
-            pass
+        _check_rows(upload, positions)
         key_columns = [header[position] for position in positions]
         connection = self.connection
         stored_header = table.header
@@ -874,6 +877,20 @@ def _drop_temporary(connection: psycopg.Connection[Any], name: str) -> None:
     connection.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(_ident(name)))
 
 
+def _check_rows(upload: Upload, positions: Sequence[int]) -> None:
+    """Read a complete load's file through the native reader, storing nothing: the checks and
+    messages of SQLite's load (fields per row, null key, strictly ascending keys, a CR outside
+    quotes) before COPY takes the file's bytes as they are."""
+    reader = upload.native
+    assert reader is not None
+    reader.configure(positions, True)
+    try:
+        while reader.check(CHECK_ROWS):
+            pass
+    finally:
+        reader.close()
+
+
 class _RowByRow(Exception):
     """The bulk delta found something only the row-by-row path may judge."""
 
@@ -1066,17 +1083,27 @@ class PgResourceStore:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self.connection = connect(url)
+        self.connection = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        connection = connect(self._url)
+        # The staging tables are temporary: held in this backend's own buffers, 8 MB by
+        # default, set before the first one is touched. Memory, not durability.
+        connection.execute(f"SET temp_buffers = '{WORKER_TEMP_BUFFERS}'")
+        return connection
 
     def _alive(self) -> psycopg.Connection[Any]:
         if self.connection.closed:  # the database restarted: connect again
-            self.connection = connect(self._url)
+            self.connection = self._connect()
         return self.connection
 
     @contextmanager
     def apply_transaction(self) -> Iterator[PgWork]:
         connection = self._alive()
         with connection.transaction():
+            # The diff's hash join holds the stored table's rows in one batch at this size
+            # (a few hundred thousand rows) instead of spilling them to temporary files.
+            connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
             yield PgWork(connection)
 
     def was_applied(self, session_id: str) -> bool:
