@@ -503,6 +503,9 @@ def _stage_read(
             block = read_block or _cleanse.io_block(memory_budget)
             _run_engine(engine, source, spec.name, block, progress, should_stop)
             stats = engine.stats()
+            encoding = engine.encoding_read()
+            if encoding not in (None, "UTF-8"):
+                log.info("%s: %s read as %s", spec.name, source_name, encoding)
         finally:
             engine.close()
     finally:
