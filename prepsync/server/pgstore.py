@@ -366,6 +366,16 @@ def _copy_file(
         return cursor.rowcount
 
 
+# What PostgreSQL refuses in a session's data: a value it cannot hold (NUL), a key too long for
+# a B-tree index (about 2.7 kB; an OperationalError by its SQLSTATE class, but a property of
+# the data: retrying would fail forever), a constraint.
+REFUSED_BY_POSTGRESQL = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
+
+
 def _refused(name: str, error: psycopg.Error) -> DataError:
     return DataError(f"{name}: PostgreSQL refused it: {_first_line(error)}")
 
@@ -459,7 +469,7 @@ class PgWork:
                 self._load_complete(session, spec, table, path, counts, associations, per_row)
             else:
                 self._apply_delta(session, spec, table, path, counts, associations, per_row)
-        except (psycopg.DataError, psycopg.IntegrityError) as error:
+        except REFUSED_BY_POSTGRESQL as error:
             raise _refused(path.name, error) from None
         link_changes = counts.links or link_changes
         table.row_count = counts.stored_before + counts.inserted - counts.deleted
@@ -1218,7 +1228,7 @@ class PgBackend:
             connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             try:
                 yield _review(connection, session, spec, path, after)
-            except (psycopg.DataError, psycopg.IntegrityError) as error:
+            except REFUSED_BY_POSTGRESQL as error:
                 raise _refused(path.name, error) from None
             finally:
                 if not connection.closed:
