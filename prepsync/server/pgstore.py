@@ -999,14 +999,20 @@ class _FullDiff:
             sql.SQL("s.{} = t.{}").format(staged, stored) for staged, stored in pairs
         )
         first_staged, first_stored = pairs[0]
-        new_row = sql.SQL(", ").join(
-            sql.SQL("s.{}").format(_ident(f"c{i}")) for i in range(len(self.header))
+        unmatched = sql.SQL("t.{} IS NULL OR s.{} IS NULL").format(first_stored, first_staged)
+        non_key = [i for i in range(len(self.header)) if i not in self.positions]
+        if not non_key:  # every column is a key column: rows that join are equal
+            return sql.SQL("FROM prepsync_staging s FULL JOIN {} t ON {} WHERE {}").format(
+                self.table.relation, join, unmatched
+            )
+        new_row = sql.SQL(", ").join(sql.SQL("s.{}").format(_ident(f"c{i}")) for i in non_key)
+        old_row = sql.SQL(", ").join(
+            sql.SQL("t.{}").format(_ident(self.stored[i])) for i in non_key
         )
-        old_row = sql.SQL(", ").join(sql.SQL("t.{}").format(_ident(c)) for c in self.stored)
         return sql.SQL(
             "FROM prepsync_staging s FULL JOIN {} t ON {} "
-            "WHERE t.{} IS NULL OR s.{} IS NULL OR ROW({}) IS DISTINCT FROM ROW({})"
-        ).format(self.table.relation, join, first_stored, first_staged, new_row, old_row)
+            "WHERE {} OR ROW({}) IS DISTINCT FROM ROW({})"
+        ).format(self.table.relation, join, unmatched, new_row, old_row)
 
     def command(self) -> sql.Composed:
         first_staged, first_stored = self._key_pairs()[0]
