@@ -590,11 +590,12 @@ class PgWork:
             return
         diff = _FullDiff(table, header, stored_header, positions)
         _drop_temporary(connection, "prepsync_changes")
-        connection.execute(
-            sql.SQL("CREATE TEMP TABLE prepsync_changes ON COMMIT DROP AS SELECT {} {}").format(
-                diff.select_for_apply(link_positions), diff.source()
+        with _merge_join(connection):
+            connection.execute(
+                sql.SQL("CREATE TEMP TABLE prepsync_changes ON COMMIT DROP AS SELECT {} {}").format(
+                    diff.select_for_apply(link_positions), diff.source()
+                )
             )
-        )
         aggregates: list[sql.Composable] = [
             sql.SQL("count(*) FILTER (WHERE command = 'i')"),
             sql.SQL("count(*) FILTER (WHERE command = 'u')"),
@@ -880,6 +881,24 @@ class PgWork:
             if counter.per_row:
                 counter.count(command, values, None, stored_line)
         counts.links = dict(counter.counts)
+
+
+@contextmanager
+def _merge_join(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    """The diff's FULL JOIN as a merge join: the table's primary key gives its rows in key
+    order, staging is sorted in memory. The planner prefers a hash join on the table, which
+    took 2.8x as long (100K entries: 523 ms against 188 ms, EXPLAIN ANALYZE), the hashing of
+    every stored row's key costing more than the sort of the staged ones."""
+    connection.execute("SET LOCAL enable_hashjoin = off")
+    # A table just loaded has no statistics yet: the planner would sort its rows too rather
+    # than read them in key order from the primary key.
+    connection.execute("SET LOCAL enable_seqscan = off")
+    try:
+        yield
+    finally:
+        if connection.info.transaction_status == TransactionStatus.INTRANS:
+            connection.execute("SET LOCAL enable_hashjoin = on")
+            connection.execute("SET LOCAL enable_seqscan = on")
 
 
 def _drop_temporary(connection: psycopg.Connection[Any], name: str) -> None:
@@ -1232,6 +1251,10 @@ class PgBackend:
         connection = connect(self.url)
         try:
             connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            # As when applying (see _merge_join): this transaction only runs the diff.
+            connection.execute("SET LOCAL enable_hashjoin = off")
+            connection.execute("SET LOCAL enable_seqscan = off")
+            connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
             try:
                 yield _review(connection, session, spec, path, after)
             except REFUSED_BY_POSTGRESQL as error:
