@@ -247,6 +247,7 @@ class Server(ServerProcess):
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
         clock: Path | None = None,
+        database: str | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.clock = clock  # a clockjump.py offset file: the server's wall clock can jump
@@ -258,6 +259,7 @@ class Server(ServerProcess):
             root / "server.log",
             session_timeout=session_timeout,
             store_retry_delay=store_retry_delay,
+            database=database,
         )
         self.root = root
 

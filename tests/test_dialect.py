@@ -452,6 +452,8 @@ def test_cli_reads_each_table_with_its_settings(tmp_path: Path) -> None:
     assert code == 0, err
     assert site.output("Entries.sorted.csv") == "id,name\n1,Ann\n2,Zoë\n".encode()
     assert site.output("Members.sorted.csv") == b"group,member\ng1,u1\n"
+    # The log says how each table was read when it was not UTF-8.
+    assert "Entries.csv read as Windows-1252" in err and "Members.csv read as UTF-16 LE" in err
 
 
 def test_cli_options_are_the_defaults(tmp_path: Path) -> None:
