@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from serverutil import prepare_argv
 from sites import Site, entity_config
 
 from prepsync import cli
@@ -26,14 +27,8 @@ def export(site: Site, rows: int) -> int:
 def prepare(site: Site) -> tuple[int, str]:
     config = site.root / "free.xml"
     config.write_text(entity_config("C", {"T": ("id", "name")}))
-    result = CliRunner().invoke(
-        cli.main,
-        [
-            "prepare", "--connector", "C", "--agent", "a", "--synchronization-mode", "complete",
-            "--config", str(config), "--sources-directory", str(site.sources),
-            "--working-directory", str(site.working),
-        ],
-    )  # fmt: skip
+    argv = prepare_argv("C", agent="a", config=config, sources=site.sources, working=site.working)
+    result = CliRunner().invoke(cli.main, argv)
     return result.exit_code, result.output
 
 
