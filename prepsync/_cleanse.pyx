@@ -334,6 +334,16 @@ cdef class Cleanser:
         self.check(rc)
         return bool(done)
 
+    def encoding_read(self):
+        """What the source was read as: "UTF-8", "UTF-16 LE" (its byte-order mark, or asked
+        for), a code page's name; None before its first bytes."""
+        cdef const c.ps_source *reading = c.ps_cleanse_source(self.live())
+        if not reading.decided:
+            return None
+        if reading.kind == dialect.TABLE:
+            return self.encoding.name
+        return ("UTF-8", "UTF-16 LE", "UTF-16 BE", "UTF-32 LE", "UTF-32 BE")[reading.kind]
+
     def stats(self):
         cdef const c.ps_stats *s = c.ps_cleanse_stats(self.live())
         return {

@@ -15,7 +15,9 @@ processes on 127.0.0.1. Most days something goes wrong on purpose:
   nothing;
 - the export is a connector's change file (``--change-files``, a share of the days): only the
   day's changes, with a command column in any spelling; the agent is mostly killed right after
-  the server accepted its commit, and the rerun on the same export must deliver nothing again;
+  the server accepted its commit (at its crash point just after the commit's answer, or as soon
+  as the server shows the session committed, wherever the agent then is), and the rerun on the
+  same export must deliver nothing again;
 - the server's data directory (on a small tmpfs, when root can mount one) fills up at a random
   moment of the run and is freed a little later; now and then the agent's retry budget is
   shorter than that, so it gives up in one line and its rerun must complete;
@@ -347,6 +349,8 @@ class Soak:
             return self.finish(process)
         if plan == "server-mid-apply":
             return self.kill_server_mid_apply(mode)
+        if plan == "agent-once-committed":
+            return self.kill_agent_once_committed(mode)
         if plan == "agent-after-commit":
             done = self.run_agent(mode, crash_at="server-committed")
             if done.returncode == -signal.SIGKILL:
@@ -360,6 +364,25 @@ class Soak:
         if plan == "clock-jump":
             return self.clock_jump(mode)
         return self.run_agent(mode)
+
+    def kill_agent_once_committed(self, mode: str) -> subprocess.CompletedProcess[str] | None:
+        """SIGKILL the agent as soon as the server holds its commit (its session left
+        ``open``): wherever the agent then is - advancing its baselines, waiting for the
+        verdict - a rerun on the same export must not deliver it again."""
+        known = {s["id"] for s in self.server.sessions()}
+        process = self.start_agent(mode)
+        while process.poll() is None:
+            fresh = [s for s in self.server.sessions() if s["id"] not in known]
+            if any(s["state"] != "open" for s in fresh):
+                process.send_signal(signal.SIGKILL)
+                self.finish(process)
+                self.report.agent_kills_at_random += 1
+                self.report.agent_kills_after_commit_on_change_files += 1
+                self.say("    agent killed once the server held its commit")
+                return None
+            time.sleep(0.003)
+        self.report.agent_kills_missed += 1
+        return self.finish(process)
 
     def disk_full(self, mode: str) -> subprocess.CompletedProcess[str] | None:
         """The server's data directory fills at a random moment of the run (almost no room
@@ -426,8 +449,9 @@ class Soak:
             exports = self.model.change_exports(before, self.separator)
             mode = "incremental"
             report.change_file_days += 1
-            plans = ["none", "agent-after-commit", "agent-random", "server-random"]
-            weights = [20, 50, 15, 15]
+            plans = ["none", "agent-after-commit", "agent-once-committed", "agent-random"]
+            plans += ["server-random"]
+            weights = [20, 25, 25, 15, 15]
             bad = None
         else:
             exports = self.model.exports(self.separator)
@@ -545,14 +569,16 @@ class Soak:
                 else:
                     report.stuck_sessions += 1
                     self.say(f"    stuck session {session['id']} abandoned: {reason}")
-        # One export, one delivery: the day's sessions that were committed (applied, or
-        # failed when applied twice) are at most one, whatever was killed and rerun.
+        # One export, one delivery: of the day's sessions that were committed, at most one
+        # changed the store or failed (as a second delivery of the same changes does),
+        # whatever was killed and rerun. (A full extract's rerun after its baselines moved
+        # sends an empty delta: a session that changes nothing delivers nothing.)
         delivered = [
             s
             for s in sessions
             if s["id"] not in self.known
             and s["id"] not in self.repair_sessions
-            and s["state"] in ("done", "failed")
+            and (s["state"] == "failed" or (s["state"] == "done" and _changes(s) > 0))
         ]
         if len(delivered) > 1:
             report.doubled_deliveries += len(delivered) - 1
@@ -587,6 +613,16 @@ class Soak:
         if stray:
             report.leftover_files += len(stray)
             self.say(f"    left behind: {stray}")
+
+
+def _changes(session: dict[str, Any]) -> int:
+    """Rows and links a processed session inserted, updated or deleted."""
+    total = 0
+    for counts in (session.get("tables") or {}).values():
+        total += sum(counts.get(kind) or 0 for kind in ("inserted", "updated", "deleted"))
+        for links in (counts.get("links") or {}).values():
+            total += (links.get("inserted") or 0) + (links.get("deleted") or 0)
+    return total
 
 
 def run_soak(
