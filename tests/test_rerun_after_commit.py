@@ -332,15 +332,12 @@ def test_a_journal_seen_committed_keeps_its_sessions_later_verdict(
     calls: list[str] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
-        calls.append(f"{request.method} {request.url.path}")
-        if request.url.path == "/connect/token":
-            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
         if request.url.path == f"/api/sessions/{session}":
             return httpx.Response(200, json={"id": session, "state": verdict})
         return httpx.Response(500, json={"error": "unexpected"})
 
     with working_lock(tmp_path):
-        settled = settle_interrupted(mock_api(handle), tmp_path, tmp_path)
+        settled = settle_interrupted(mock_api(handle, calls=calls), tmp_path, tmp_path)
     assert settled is not None and settled.state == verdict
     assert same_sources(settled.entry, entry["sources"], "incremental")
     assert [r.name for r in settled.receipts()] == ["T.sorted.delta.csv"]

@@ -366,6 +366,16 @@ def _copy_file(
         return cursor.rowcount
 
 
+# What PostgreSQL refuses in a session's data: a value it cannot hold (NUL), a key too long for
+# a B-tree index (about 2.7 kB; an OperationalError by its SQLSTATE class, but a property of
+# the data: retrying would fail forever), a constraint.
+REFUSED_BY_POSTGRESQL = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
+
+
 def _refused(name: str, error: psycopg.Error) -> DataError:
     return DataError(f"{name}: PostgreSQL refused it: {_first_line(error)}")
 
@@ -459,7 +469,7 @@ class PgWork:
                 self._load_complete(session, spec, table, path, counts, associations, per_row)
             else:
                 self._apply_delta(session, spec, table, path, counts, associations, per_row)
-        except (psycopg.DataError, psycopg.IntegrityError) as error:
+        except REFUSED_BY_POSTGRESQL as error:
             raise _refused(path.name, error) from None
         link_changes = counts.links or link_changes
         table.row_count = counts.stored_before + counts.inserted - counts.deleted
@@ -580,11 +590,12 @@ class PgWork:
             return
         diff = _FullDiff(table, header, stored_header, positions)
         _drop_temporary(connection, "prepsync_changes")
-        connection.execute(
-            sql.SQL("CREATE TEMP TABLE prepsync_changes ON COMMIT DROP AS SELECT {} {}").format(
-                diff.select_for_apply(link_positions), diff.source()
+        with _merge_join(connection):
+            connection.execute(
+                sql.SQL("CREATE TEMP TABLE prepsync_changes ON COMMIT DROP AS SELECT {} {}").format(
+                    diff.select_for_apply(link_positions), diff.source()
+                )
             )
-        )
         aggregates: list[sql.Composable] = [
             sql.SQL("count(*) FILTER (WHERE command = 'i')"),
             sql.SQL("count(*) FILTER (WHERE command = 'u')"),
@@ -872,6 +883,24 @@ class PgWork:
         counts.links = dict(counter.counts)
 
 
+@contextmanager
+def _merge_join(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    """The diff's FULL JOIN as a merge join: the table's primary key gives its rows in key
+    order, staging is sorted in memory. The planner prefers a hash join on the table, which
+    took 2.8x as long (100K entries: 523 ms against 188 ms, EXPLAIN ANALYZE), the hashing of
+    every stored row's key costing more than the sort of the staged ones."""
+    connection.execute("SET LOCAL enable_hashjoin = off")
+    # A table just loaded has no statistics yet: the planner would sort its rows too rather
+    # than read them in key order from the primary key.
+    connection.execute("SET LOCAL enable_seqscan = off")
+    try:
+        yield
+    finally:
+        if connection.info.transaction_status == TransactionStatus.INTRANS:
+            connection.execute("SET LOCAL enable_hashjoin = on")
+            connection.execute("SET LOCAL enable_seqscan = on")
+
+
 def _drop_temporary(connection: psycopg.Connection[Any], name: str) -> None:
     """Temporary tables go at commit; one session's next table drops the previous one's."""
     connection.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(_ident(name)))
@@ -989,14 +1018,20 @@ class _FullDiff:
             sql.SQL("s.{} = t.{}").format(staged, stored) for staged, stored in pairs
         )
         first_staged, first_stored = pairs[0]
-        new_row = sql.SQL(", ").join(
-            sql.SQL("s.{}").format(_ident(f"c{i}")) for i in range(len(self.header))
+        unmatched = sql.SQL("t.{} IS NULL OR s.{} IS NULL").format(first_stored, first_staged)
+        non_key = [i for i in range(len(self.header)) if i not in self.positions]
+        if not non_key:  # every column is a key column: rows that join are equal
+            return sql.SQL("FROM prepsync_staging s FULL JOIN {} t ON {} WHERE {}").format(
+                self.table.relation, join, unmatched
+            )
+        new_row = sql.SQL(", ").join(sql.SQL("s.{}").format(_ident(f"c{i}")) for i in non_key)
+        old_row = sql.SQL(", ").join(
+            sql.SQL("t.{}").format(_ident(self.stored[i])) for i in non_key
         )
-        old_row = sql.SQL(", ").join(sql.SQL("t.{}").format(_ident(c)) for c in self.stored)
         return sql.SQL(
             "FROM prepsync_staging s FULL JOIN {} t ON {} "
-            "WHERE t.{} IS NULL OR s.{} IS NULL OR ROW({}) IS DISTINCT FROM ROW({})"
-        ).format(self.table.relation, join, first_stored, first_staged, new_row, old_row)
+            "WHERE {} OR ROW({}) IS DISTINCT FROM ROW({})"
+        ).format(self.table.relation, join, unmatched, new_row, old_row)
 
     def command(self) -> sql.Composed:
         first_staged, first_stored = self._key_pairs()[0]
@@ -1216,9 +1251,13 @@ class PgBackend:
         connection = connect(self.url)
         try:
             connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            # As when applying (see _merge_join): this transaction only runs the diff.
+            connection.execute("SET LOCAL enable_hashjoin = off")
+            connection.execute("SET LOCAL enable_seqscan = off")
+            connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
             try:
                 yield _review(connection, session, spec, path, after)
-            except (psycopg.DataError, psycopg.IntegrityError) as error:
+            except REFUSED_BY_POSTGRESQL as error:
                 raise _refused(path.name, error) from None
             finally:
                 if not connection.closed:
