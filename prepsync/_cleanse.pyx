@@ -75,7 +75,8 @@ PHASE_NAMES = ("read", "sort", "spill", "merge", "join", "write")
 
 
 def live_counters():
-    """Native buffers and spill files currently open; both are 0 between runs."""
+    """Native buffers, spill files and engine threads currently live; all three are 0 between
+    runs (tests assert that nothing leaks)."""
     return {
         "buffers": c.ps_live.buffers,
         "spill_files": c.ps_live.spill_files,
@@ -332,6 +333,16 @@ cdef class Cleanser:
             rc = c.ps_cleanse_merge_step(engine, max_rows, &done, &self.err)
         self.check(rc)
         return bool(done)
+
+    def encoding_read(self):
+        """What the source was read as: "UTF-8", "UTF-16 LE" (its byte-order mark, or asked
+        for), a code page's name; None before its first bytes."""
+        cdef const c.ps_source *reading = c.ps_cleanse_source(self.live())
+        if not reading.decided:
+            return None
+        if reading.kind == dialect.TABLE:
+            return self.encoding.name
+        return ("UTF-8", "UTF-16 LE", "UTF-16 BE", "UTF-32 LE", "UTF-32 BE")[reading.kind]
 
     def stats(self):
         cdef const c.ps_stats *s = c.ps_cleanse_stats(self.live())
