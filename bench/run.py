@@ -41,9 +41,8 @@ TOOLS = ("prepsync", "sort", "duckdb")
 MEMBERS_ORDERS = ("clustered-dn", "clustered-member", "shuffled", "sorted")
 FLOOR_NOTE = (
     "floor: dd of the same bytes on this machine, same rounds: read the inputs, write and read "
-    "back one spill pass (the bytes of the sorted and duplicates outputs of the tables that "
-    "spilled, about what their runs hold), write the outputs and fsync them. What no engine "
-    "doing this work can go under without touching fewer bytes."
+    "back the bytes prepsync spilled (its report's spill_bytes), write the outputs and fsync "
+    "them. What no engine doing this work can go under without touching fewer bytes."
 )
 PHASES = ("read", "sort", "spill", "merge", "join", "write")  # prepsync's, in order
 SCALING_ROWS = (250_000, 1_000_000, 2_000_000, 4_000_000)
@@ -70,7 +69,7 @@ with open(spec["log"], "ab") as log:
     wall = time.perf_counter() - start
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "wall": wall, "walls": walls, "maxrss_kib": ru.ru_maxrss,
-                  "cpu": ru.ru_utime + ru.ru_stime}))
+                  "cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime}))
 """
 
 
@@ -93,6 +92,9 @@ class Sample:
     rss_mib: float
     walls: list[float]
     load: float  # 1-minute load average just before the run (other work on the machine)
+    # System CPU seconds, part of cpu: the kernel's page-cache work (copying reads and writes,
+    # allocating pages), which grows with what the run writes rather than with its own code.
+    sys: float = 0.0
     # prepsync only, from its --report: {table: {phase: seconds}} (wall and CPU), commit s
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     phases_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -196,7 +198,9 @@ def measure(job: Job, log: Path) -> Sample:
         raise BenchError(
             f"{job.tool} exited with status {res['rc']}; see {log}:\n  " + "\n  ".join(tail)
         )
-    return Sample(res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"], load)
+    return Sample(
+        res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"], load, res.get("sys", 0.0)
+    )
 
 
 def run_jobs(
@@ -449,19 +453,20 @@ class Bench:
         def setup() -> None:
             out_bytes = sum(p.stat().st_size for p in outputs.glob("*.csv"))
             try:
-                runs = {
-                    t["table"]: t.get("runs", 0)
-                    for t in json.loads(report.read_text()).get("tables", [])
-                }
+                reported = json.loads(report.read_text()).get("tables", [])
             except (OSError, ValueError):
-                runs = {}
-            spill_bytes = sum(
-                (outputs / f"{t.name}{suffix}").stat().st_size
-                for t in tables
-                if runs.get(t.name, 1)
-                for suffix in (".sorted.csv", ".duplicates.csv")
-                if (outputs / f"{t.name}{suffix}").is_file()
-            )
+                reported = []
+            runs = {t["table"]: t.get("runs", 0) for t in reported}
+            if reported and all("spill_bytes" in t for t in reported):
+                spill_bytes = sum(int(t["spill_bytes"]) for t in reported)  # what it wrote
+            else:  # a build that does not report it: about the outputs of the tables that spilled
+                spill_bytes = sum(
+                    (outputs / f"{t.name}{suffix}").stat().st_size
+                    for t in tables
+                    if runs.get(t.name, 1)
+                    for suffix in (".sorted.csv", ".duplicates.csv")
+                    if (outputs / f"{t.name}{suffix}").is_file()
+                )
             self.floor_bytes[section] = {"spill": spill_bytes, "outputs": out_bytes}
             dd = ["dd", "bs=1M", "status=none"]
             job.cmds = [
@@ -487,13 +492,19 @@ class Bench:
             wall = median([s.wall for s in job.samples])
             rss = median([s.rss_mib for s in job.samples])
             cpu = median([s.cpu for s in job.samples])
+            sys_cpu = median([s.sys for s in job.samples])
             fig[f"{section}.{job.tool}.wall_s"] = {"value": wall, "unit": "s", "kind": "time"}
             fig[f"{section}.{job.tool}.cpu_s"] = {"value": cpu, "unit": "s", "kind": "time"}
+            fig[f"{section}.{job.tool}.sys_s"] = {"value": sys_cpu, "unit": "s", "kind": "time"}
             fig[f"{section}.{job.tool}.peak_rss_mib"] = {"value": rss, "unit": "MiB", "kind": "rss"}
             if rows:
                 fig[f"{section}.{job.tool}.us_per_row"] = {
                     "value": wall / rows * 1e6, "unit": "us/row", "kind": "time"
                 }  # fmt: skip
+                for what, value in (("user", cpu - sys_cpu), ("sys", sys_cpu)):
+                    fig[f"{section}.{job.tool}.{what}_us_per_row"] = {
+                        "value": value / rows * 1e6, "unit": "us/row", "kind": "time"
+                    }  # fmt: skip
             self.record_phases(section, job)
             self.samples.setdefault(section, {})[job.tool] = [s.__dict__ for s in job.samples]
         if f"{section}.prepsync.wall_s" in fig:
@@ -734,6 +745,14 @@ class Bench:
             cells = "".join(
                 f"{fig[f'scaling-{rows}.{t}.us_per_row']['value']:>18.2f}"
                 f"{fig[f'scaling-{rows}.{t}.us_per_row_net']['value']:>8.2f}"
+                for t in self.tools
+            )
+            self.say(f"  {rows:>10}{cells}")
+        self.say("  CPU per entries row, user + system (the kernel's page-cache work) in us:")
+        for rows in sizes:
+            cells = "".join(
+                f"{t:>10} {fig[f'scaling-{rows}.{t}.user_us_per_row']['value']:.2f}"
+                f" + {fig[f'scaling-{rows}.{t}.sys_us_per_row']['value']:.2f}"
                 for t in self.tools
             )
             self.say(f"  {rows:>10}{cells}")

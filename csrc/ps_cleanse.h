@@ -69,6 +69,7 @@ typedef struct ps_stats {
     int64_t rows_read, kept, null_keys, duplicates;
     int64_t inserts, updates, deletes, merges;
     int64_t runs, merge_passes;
+    int64_t spill_bytes; /* bytes written to run files, intermediate merge passes included */
     ps_time phase[PS_PHASES];
 } ps_stats;
 

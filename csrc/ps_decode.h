@@ -12,8 +12,9 @@
  * past U+10FFFF, a byte the code page leaves undefined, a file ending inside a character) is an
  * error of code PS_ERR_DECODE whose offset is the source's own (its first byte) and whose line is
  * 0: the caller, which can read the file again, finds the line. Errors the tokenizer reports in
- * transcoded text carry offsets in that text; ps_source_utf8_base() and the kind let the caller
- * map them back to the file's bytes. */
+ * transcoded text carry offsets in that text; with `kind` and `bom_len` the caller maps them back
+ * to the file's bytes (prepsync/dialect.py, source_offsets), reading the file again: only errors
+ * pay for it. */
 #ifndef PS_DECODE_H
 #define PS_DECODE_H
 

@@ -17,10 +17,15 @@
  * each field).
  *
  * Refused with their cause named, before they can pass for something else: a UTF-16/UTF-32
- * byte-order mark, a first line `#TYPE ...` (PowerShell's type information), and a bare CR
- * outside quotes in the header line (CR-only line ends: the whole file would read as one
- * header line). The last is caught at the first such CR, so it never depends on how much of the
- * file is buffered.
+ * byte-order mark (only a baseline meets one: a source's is decoded before, see ps_decode.h), a
+ * header line `#TYPE ...` (PowerShell's type information), and a bare CR outside quotes in the
+ * header line (CR-only line ends: the whole file would read as one header line). The last is
+ * caught at the first such CR, so it never depends on how much of the file is buffered.
+ *
+ * A source's dialect (ps_tok_set_dialect): lines before the header (an Excel `sep=X` first line,
+ * which sets the separator, and --skip-lines), values to trim, the outputs' separator (when it
+ * differs, or values are trimmed, `special` is recomputed for it: one pass per row, only then),
+ * and errors that name their likely cause (an encoding, another separator).
  *
  * Memory: one record may hold at most max_record bytes and max_fields fields, both derived from
  * the memory budget (ps_record_limit, ps_field_limit); the buffer and the field array never grow

@@ -75,7 +75,8 @@ PHASE_NAMES = ("read", "sort", "spill", "merge", "join", "write")
 
 
 def live_counters():
-    """Native buffers and spill files currently open; both are 0 between runs."""
+    """Native buffers, spill files and engine threads currently live; all three are 0 between
+    runs (tests assert that nothing leaks)."""
     return {
         "buffers": c.ps_live.buffers,
         "spill_files": c.ps_live.spill_files,
@@ -333,6 +334,16 @@ cdef class Cleanser:
         self.check(rc)
         return bool(done)
 
+    def encoding_read(self):
+        """What the source was read as: "UTF-8", "UTF-16 LE" (its byte-order mark, or asked
+        for), a code page's name; None before its first bytes."""
+        cdef const c.ps_source *reading = c.ps_cleanse_source(self.live())
+        if not reading.decided:
+            return None
+        if reading.kind == dialect.TABLE:
+            return self.encoding.name
+        return ("UTF-8", "UTF-16 LE", "UTF-16 BE", "UTF-32 LE", "UTF-32 BE")[reading.kind]
+
     def stats(self):
         cdef const c.ps_stats *s = c.ps_cleanse_stats(self.live())
         return {
@@ -346,6 +357,7 @@ cdef class Cleanser:
             "merges": s.merges,
             "runs": s.runs,
             "merge_passes": s.merge_passes,
+            "spill_bytes": s.spill_bytes,
             "phase_seconds": {
                 name: s.phase[i].wall_ns / 1e9 for i, name in enumerate(PHASE_NAMES)
             },

@@ -121,6 +121,7 @@ cdef extern from "ps_cleanse.h" nogil:
         int64_t rows_read, kept, null_keys, duplicates
         int64_t inserts, updates, deletes, merges
         int64_t runs, merge_passes
+        int64_t spill_bytes
         ps_time phase[PS_PHASES]
 
     ctypedef struct ps_cleanse:

@@ -140,6 +140,24 @@ cdef class UploadReader:
             ))
         return batch
 
+    def check(self, Py_ssize_t max_rows):
+        """Read at most ``max_rows`` rows, checking them as :meth:`rows` does, and build
+        nothing; returns how many were read (0 at the end). A store that loads the file's
+        bytes itself (PostgreSQL's COPY) checks the file with it first: no Python object per
+        row."""
+        cdef c.ps_error err
+        cdef int status
+        cdef Py_ssize_t read = 0
+        if not self.configured or not self.opened:
+            raise ValueError("check() needs an open, configured reader")
+        while read < max_rows:
+            status = c.ps_upload_row(&self.reader, &err)
+            if status == c.PS_TOK_END:
+                break
+            if status != c.PS_TOK_RECORD:
+                self._raise(&err)
+            read += 1
+        return read
 
     def insert_groups(self, Py_ssize_t group_rows, Py_ssize_t max_groups):
         """The next rows as the parameters of multi-row INSERTs: at most ``max_groups`` lists of

@@ -1,7 +1,12 @@
-"""The command line: a thin click layer over prepsync.pipeline (REFERENCE §6).
+"""The command line (REFERENCE §6): every ``prepsync`` command's options and help, and how a
+run's outcome becomes output and an exit status. The work is elsewhere: ``prepare`` runs
+:func:`prepsync.pipeline.run_offline` or :func:`prepsync.sync.synchronize` and waits for the
+verdict, ``sessions`` calls the API through :mod:`prepsync.operator`, ``serve`` starts
+:mod:`prepsync.server`, ``demo`` :mod:`prepsync.demo`.
 
-Every failure a user can cause is a PrepsyncError, printed as one line ``error: ...`` with
-exit status 1; Ctrl-C exits with 130 after the cleanup has run.
+Every failure a user can cause is a PrepsyncError, printed as one line ``error: ...``; the exit
+statuses are :mod:`prepsync.exit_status`'s (``--help`` lists them). Ctrl-C exits after the
+cleanup has run.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from prepsync import __version__
+from prepsync import __version__, exit_status
 from prepsync.errors import PrepsyncError
+from prepsync.exit_status import ExitStatus
 from prepsync.logs import LOG_FORMATS
 from prepsync.protocol import DELETE, DONE, INSERT, MODES, UPDATE
 from prepsync.report import ProgressBar, summary_lines, write_report
@@ -53,7 +59,7 @@ def fail_cleanly(command: F) -> F:
             raise CliError(str(error)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(ExitStatus.INTERRUPTED)
         except MemoryError as error:
             raise CliError(f"out of memory: {error}") from None
         except OSError as error:
@@ -70,7 +76,9 @@ def _describe_os_error(error: OSError) -> str:
 
 
 class CliError(click.ClickException):
-    """A one-line ``error: ...`` on stderr and exit status 1 (click would print ``Error:``)."""
+    """A one-line ``error: ...`` on stderr and ExitStatus.ERROR (click would print ``Error:``)."""
+
+    exit_code = ExitStatus.ERROR
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
@@ -252,7 +260,8 @@ def _prepare_options(function: F) -> F:
             default=3600.0,
             show_default=True,
             type=click.FloatRange(min=0),
-            help="Seconds to wait for the verdict before exiting with status 5.",
+            help="Seconds to wait for the verdict before exiting with status "
+            f"{int(ExitStatus.NO_VERDICT)}.",
         ),
     )
     for option in reversed(options):
@@ -260,7 +269,7 @@ def _prepare_options(function: F) -> F:
     return function
 
 
-@click.command("prepare")
+@click.command("prepare", epilog=exit_status.help_text(exit_status.PREPARE))
 @_prepare_options
 @fail_cleanly
 def prepare(
@@ -298,16 +307,6 @@ def prepare(
     when it is a terminal); the baselines advance once the server accepted the commit,
     whatever the verdict.
 
-    \b
-    Exit status:
-      0    done (offline: the outputs are written; --no-wait: the session is queued)
-      1    bad input, configuration, baseline or server error (one line on stderr)
-      2    command-line usage error
-      3    the session is blocked by a threshold (the reason and the commands to review,
-           force or cancel it are printed)
-      4    the session failed or was cancelled (the reason is printed)
-      5    no verdict within --wait-timeout (the session is committed and will be settled)
-      130  interrupted (Ctrl-C)
     """
     from prepsync import config as configuration
     from prepsync import dialect, pipeline
@@ -345,7 +344,7 @@ def prepare(
     tables = configuration.load_tables(config_path, connector) if config_path else None
     progress = ProgressBar() if sys.stderr.isatty() and level <= logging.INFO else None
     delivery = None
-    exit_status = 0
+    status = ExitStatus.OK
     try:
         if api_url:
             from prepsync.client import ApiClient, RetryPolicy
@@ -369,11 +368,11 @@ def prepare(
                 if not no_wait:
                     status_line = StatusLine() if progress else None
                     try:
-                        exit_status = _await_verdict(api, delivery, wait_timeout, status_line)
+                        status = _await_verdict(api, delivery, wait_timeout, status_line)
                     finally:
                         if status_line:
                             status_line.close()
-                    if exit_status == 3:
+                    if status == ExitStatus.BLOCKED:
                         _print_review_commands(delivery, api_url, api_client_id)
         else:
             assert tables is not None
@@ -396,8 +395,8 @@ def prepare(
         )
     if report:
         write_report(report, run, delivery)
-    if exit_status:
-        sys.exit(exit_status)
+    if status != ExitStatus.OK:
+        sys.exit(status)
 
 
 class StatusLine:
@@ -420,9 +419,9 @@ class StatusLine:
 
 def _await_verdict(
     api: ApiClient, delivery: Delivery, timeout: float, status_line: StatusLine | None
-) -> int:
+) -> ExitStatus:
     """Wait for the session's verdict, say it on stderr unless done; the exit status."""
-    from prepsync.sync import NO_VERDICT_EXIT_STATUS, VERDICT_EXIT_STATUS, NoVerdict, await_verdict
+    from prepsync.sync import NoVerdict, await_verdict
 
     try:
         await_verdict(api, delivery, timeout=timeout, progress=status_line)
@@ -430,7 +429,7 @@ def _await_verdict(
         if status_line:
             status_line.close()
         click.echo(str(waiting), err=True)
-        return NO_VERDICT_EXIT_STATUS
+        return ExitStatus.NO_VERDICT
     if status_line:
         status_line.close()
     if delivery.state != DONE:
@@ -439,7 +438,7 @@ def _await_verdict(
         if isinstance(advice, str) and advice:
             reason += f" ({advice})"
         click.echo(f"session {delivery.session_id} {delivery.state}: {reason}", err=True)
-    return VERDICT_EXIT_STATUS[delivery.state]
+    return exit_status.VERDICTS[delivery.state]
 
 
 def _print_review_commands(delivery: Delivery, api_url: str, client_id: str) -> None:
@@ -474,7 +473,7 @@ prepare_main = prepare
 # ------------------------------------------------------------------------------ sessions
 
 
-@main.group()
+@main.group(epilog=exit_status.help_text(exit_status.SESSIONS))
 def sessions() -> None:
     """Review and settle the server's sessions: list, show, changes, force, cancel.
 
@@ -483,7 +482,7 @@ def sessions() -> None:
     connector (show: its own sessions); changes, force and cancel need an operator's
     credentials: a client whose Profile is the server's operator profile (serve
     --operator-profile, Administrator by default). A delivering client may only cancel its own
-    session before its commit. Exit status 0, or 1 with one line on stderr on any error.
+    session before its commit.
     """
 
 
@@ -651,7 +650,7 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=envvar, show_envvar=True, **attributes)
 
 
-@main.command()
+@main.command(epilog=exit_status.help_text(exit_status.SERVE))
 @_server_option(
     "--config",
     "config_path",
@@ -750,16 +749,9 @@ def serve(config_path: Path, data_dir: Path, **options: Any) -> None:
     The status page is at / , health at /healthz, metrics at /metrics.
 
     Every option may also be set by the environment variable shown with it.
-
-    \b
-    Exit status:
-      0    stopped (SIGTERM or Ctrl-C)
-      1    bad configuration, data directory or certificate (one line on stderr)
-      2    command-line usage error
-      6    cannot listen on --host/--port (address in use, no permission)
     """
     from prepsync.server import serve as run_server
-    from prepsync.server.app import LISTEN_FAILURE_EXIT_STATUS, ListenError
+    from prepsync.server.app import ListenError
 
     options["log_level"] = options["log_level"].lower()
     options["log_format"] = options["log_format"].lower()
@@ -767,7 +759,7 @@ def serve(config_path: Path, data_dir: Path, **options: Any) -> None:
         run_server(config_path, data_dir, **options)
     except ListenError as error:
         click.echo(f"error: {error}", err=True)
-        sys.exit(LISTEN_FAILURE_EXIT_STATUS)
+        sys.exit(ExitStatus.LISTEN_FAILURE)
 
 
 @main.command("hash-secret")

@@ -114,6 +114,9 @@ class TableResult:
     merges: int = 0
     runs: int = 0
     merge_passes: int = 0
+    #: Bytes written to the engine's run files (every merge pass included): what the table
+    #: cost in spill, beside the outputs.
+    spill_bytes: int = 0
     seconds: float = 0.0
     #: Wall and CPU seconds of each engine phase (``_cleanse.PHASE_NAMES``): read (and parse),
     #: sort, spill, merge (intermediate passes), join (the final pass into the outputs), write.
@@ -500,6 +503,9 @@ def _stage_read(
             block = read_block or _cleanse.io_block(memory_budget)
             _run_engine(engine, source, spec.name, block, progress, should_stop)
             stats = engine.stats()
+            encoding = engine.encoding_read()
+            if encoding not in (None, "UTF-8"):
+                log.info("%s: %s read as %s", spec.name, source_name, encoding)
         finally:
             engine.close()
     finally:
@@ -760,7 +766,7 @@ def check_free_space(
                 settings=settings[index] if settings else ReadSettings(separator=separator),
             )
             width = len(header)
-            size = source.stat().st_size
+            size = source.stat().st_size // _bytes_per_unit(source, settings, index)
         except (InputError, OSError):
             continue  # the table's own run reports what is wrong with the file
         kept_bytes += size * min(len(spec.columns), width) // max(width, 1)
@@ -773,6 +779,21 @@ def check_free_space(
             f"{format_size(kept_bytes)} of kept data); free some space, or set "
             f"{SPACE_CHECK_VARIABLE}=0 to try anyway"
         )
+
+
+def _bytes_per_unit(source: Path, settings: Sequence[ReadSettings] | None, index: int) -> int:
+    """About how many bytes of the file make one byte of its UTF-8 text (outputs and spill
+    files are UTF-8): 2 for UTF-16, 4 for UTF-32 (mostly ASCII text), else 1."""
+    with open(source, "rb") as reader:
+        head = reader.read(4)
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return 4
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return 2
+    if head.startswith(b"\xef\xbb\xbf") or not settings:
+        return 1
+    codec = settings[index].resolved.codec
+    return 4 if codec.startswith("utf-32") else 2 if codec.startswith("utf-16") else 1
 
 
 def prepare_connector(

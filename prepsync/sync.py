@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from prepsync import pipeline, staging
 from prepsync.config import TableSpec, resolve_tables
 from prepsync.errors import PrepsyncError, ServerError
+from prepsync.exit_status import VERDICTS
 from prepsync.protocol import (
     BLOCKED,
     CANCELLED,
@@ -65,9 +66,6 @@ log = logging.getLogger("prepsync")
 SESSION_JOURNAL = ".prepsync-session.json"
 # States in which the server holds the session's files for good: it was committed.
 COMMITTED_STATES = frozenset({QUEUED, PROCESSING, DONE, BLOCKED})
-# The server's verdicts on a committed session, and the exit status that says each.
-VERDICT_EXIT_STATUS = {DONE: 0, BLOCKED: 3, FAILED: 4, CANCELLED: 4}
-NO_VERDICT_EXIT_STATUS = 5  # --wait-timeout ran out: committed, verdict not known yet
 # Polling for the verdict: each pause is a tenth of the time the session has spent in its
 # current state (at least POLL_FIRST, at most POLL_MAX). So the verdict is seen at most ~10 %
 # (or 0.1 s) after it is given, whatever the session's size, and a session applied for hours
@@ -103,7 +101,7 @@ class Delivery:
 
     @property
     def verdict(self) -> str | None:
-        return self.state if self.state in VERDICT_EXIT_STATUS else None
+        return self.state if self.state in VERDICTS else None
 
     @property
     def reason(self) -> str | None:
@@ -487,7 +485,11 @@ def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled 
     # baselines: failed or cancelled now is that committed session's verdict, not a sign that
     # it never arrived.
     marked = entry.get("committed") is True
-    settled_states = COMMITTED_STATES | ({FAILED, CANCELLED} if marked else frozenset())
+    # The server fails only a committed session (the verdict on what it could not apply), so
+    # failed means committed even unmarked: sending the same changes again would only repeat
+    # that verdict in a new session. Cancelled can mean never committed (an uploaded session
+    # the crash left open is abandoned), so unmarked it sends again.
+    settled_states = COMMITTED_STATES | {FAILED} | ({CANCELLED} if marked else frozenset())
     if state in settled_states and entry["tables"] is not None:
         if not marked:
             log.warning(
@@ -502,7 +504,7 @@ def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled 
     if state == OPEN:
         log.warning("cancelling session %s left open by an interrupted run", session_id)
         api.cancel(session_id)
-    # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
+    # cancelled or unknown: nothing of it was applied; this run sends the changes again.
     journal.remove()
     return None
 
@@ -701,7 +703,7 @@ def await_verdict(
                 status=error.status,
             ) from None
         state = str(document.get("state"))
-        if state in VERDICT_EXIT_STATUS:
+        if state in VERDICTS:
             delivery.state, delivery.server_session = state, document
             delivery.phase_seconds["verdict_wait"] = clock() - since_commit
             return delivery

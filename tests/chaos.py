@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET, ServerProcess
+from serverutil import CLIENT, OPERATOR, OPERATOR_SECRET, SECRET, ServerProcess, prepare_argv
 
 CONNECTOR = "AD"
 ENTRIES, MEMBERS = "ADExport_entries", "ADExport_members"
@@ -247,6 +247,7 @@ class Server(ServerProcess):
         session_timeout: float = 3600,
         store_retry_delay: float | None = None,
         clock: Path | None = None,
+        database: str | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.clock = clock  # a clockjump.py offset file: the server's wall clock can jump
@@ -258,6 +259,7 @@ class Server(ServerProcess):
             root / "server.log",
             session_timeout=session_timeout,
             store_retry_delay=store_retry_delay,
+            database=database,
         )
         self.root = root
 
@@ -302,26 +304,9 @@ class Agent:
 
     def command(self, mode: str, *extra: str) -> list[str]:
         shifted = [] if self.clock is None else [str(CLOCK_JUMP), str(self.clock)]
-        return [
-            sys.executable,
-            *shifted,
-            "-m",
-            "prepsync",
-            "prepare",
-            "--connector",
+        argv = prepare_argv(
             CONNECTOR,
-            "--agent",
-            "chaos",
-            "--synchronization-mode",
             mode,
-            "--api-url",
-            self.url,
-            "--api-client-id",
-            CLIENT,
-            "--temp-folder",
-            str(self.root / "Temp"),
-            "--work-folder",
-            str(self.root / "Work"),
             "--separator",
             self.separator,
             "--memory-budget",
@@ -331,7 +316,13 @@ class Agent:
             "--log-level",
             "Error",
             *extra,
-        ]
+            agent="chaos",
+            api_url=self.url,
+            client_id=CLIENT,
+            temp_folder=self.root / "Temp",
+            work_folder=self.root / "Work",
+        )
+        return [sys.executable, *shifted, "-m", "prepsync", *argv]
 
     def env(self, crash_at: str | None = None) -> dict[str, str]:
         env = {**os.environ, "PREPSYNC_API_SECRET": SECRET}

@@ -3,7 +3,8 @@
 * API-level tests: :func:`write_config` (two connectors; clients ``agent`` (every connector),
   ``hr-only`` (HR) and ``operator`` (the operator profile)), :func:`csv_bytes`
   (independent of the server's formatter), :class:`Api` (drives a TestClient or an httpx
-  client like an agent), :class:`ServerProcess` (the real server on 127.0.0.1).
+  client like an agent), :func:`running` (the server in process, in a TestClient),
+  :class:`ServerProcess` (the real server on 127.0.0.1).
 * End-to-end tests: :func:`config_xml`, :class:`Export` (a day-by-day AD export),
   :class:`Agent` (``prepsync prepare --api-url`` in a child process), the :func:`chain` fixture.
 * The reliability harness (``chaos.py``) builds its server on :class:`ServerProcess` too.
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,13 @@ import httpx
 import pytest
 import xxhash
 
-from prepsync.client import ApiClient, RetryPolicy
+with warnings.catch_warnings():
+    # Starlette >= 1.x prefers the httpx2 fork for its TestClient; httpx works the same here.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from prepsync.client import TOKEN_PATH, ApiClient, RetryPolicy
+from prepsync.server import create_app
 
 CLIENT, SECRET = "agent", "agent-secret"
 # A client of the server's operator profile (Administrator): reviews, forces and cancels.
@@ -96,12 +104,25 @@ def xxh3(data: bytes) -> str:
 
 
 class Api:
-    """Drives the server like an agent; works with a TestClient or an httpx.Client."""
+    """Drives the server like an agent; works with a TestClient or an httpx.Client.
 
-    def __init__(self, http: httpx.Client, client_id: str = "agent", secret: str = SECRET):
+    ``renew_token``: a 401 fetches a new token and sends the request once more (a helper that
+    outlives tokens, as :class:`ServerProcess`'s does); off by default, so that a test sees
+    exactly what its token gets.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        client_id: str = "agent",
+        secret: str = SECRET,
+        *,
+        renew_token: bool = False,
+    ):
         self.http = http
         self.client_id = client_id
         self.secret = secret
+        self.renew_token = renew_token
         self._token: str | None = None
 
     def operator(self) -> Api:
@@ -127,16 +148,28 @@ class Api:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token()}"}
 
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        answer = self.http.request(method, path, headers={**self.auth, **(headers or {})}, **kwargs)
+        if answer.status_code == 401 and self.renew_token:
+            # The token expired (a long test, or the server's clock jumped): once more.
+            self._token = None
+            answer = self.http.request(
+                method, path, headers={**self.auth, **(headers or {})}, **kwargs
+            )
+        return answer
+
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.get(path, headers=self.auth, **kwargs)
+        return self.request("GET", path, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.post(path, headers=self.auth, **kwargs)
+        return self.request("POST", path, **kwargs)
 
     def put(
         self, path: str, content: bytes, headers: dict[str, str] | None = None
     ) -> httpx.Response:
-        return self.http.put(path, headers={**self.auth, **(headers or {})}, content=content)
+        return self.request("PUT", path, headers=headers, content=content)
 
     def open(self, connector: str, mode: str, agent: str = "agent-1") -> str:
         response = self.post(
@@ -179,12 +212,16 @@ class Api:
     def wait(
         self, session_id: str, states: frozenset[str] = FINAL, timeout: float = 15
     ) -> dict[str, Any]:
+        """The session once its state is one of ``states``; an AssertionError naming the state
+        it is still in after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             document = self.state(session_id)
             if document["state"] in states:
                 return document
-            assert time.monotonic() < deadline, f"session still {document['state']}"
+            assert time.monotonic() < deadline, (
+                f"session {session_id} still {document['state']} after {timeout} s"
+            )
             time.sleep(0.02)
 
     def send(self, connector: str, mode: str, files: dict[str, bytes], wait: bool = True) -> str:
@@ -204,16 +241,83 @@ class Api:
         return response.content
 
 
-def mock_api(handle: Callable[[httpx.Request], httpx.Response]) -> ApiClient:
-    """The agent's client against a MockTransport ``handle``: no retries, no real pauses."""
-    return ApiClient(
-        "http://127.0.0.1:9",
-        "id",
-        "secret",
-        transport=httpx.MockTransport(handle),
-        retry=RetryPolicy(total_seconds=0),
-        sleep=lambda _: None,
-    )
+@contextlib.contextmanager
+def running(tmp_path: Path, database: str | None = None, **options: Any) -> Iterator[Api]:
+    """The server on ``database`` (None: SQLite in the data directory) in a TestClient, on
+    :func:`write_config`'s configuration unless ``tmp_path`` already has a config.xml."""
+    config = tmp_path / "config.xml"
+    if not config.exists():
+        write_config(tmp_path)
+    app = create_app(config, tmp_path / "data", database=database, **options)
+    with TestClient(app) as client:
+        yield Api(client)
+
+
+def prepare_argv(
+    connector: str,
+    mode: str = "complete",
+    *extra: str,
+    agent: str = "test",
+    config: Path | None = None,
+    temp_folder: Path | None = None,
+    work_folder: Path | None = None,
+    sources: Path | None = None,
+    working: Path | None = None,
+    api_url: str | None = None,
+    client_id: str | None = None,
+    secret: str | None = None,
+) -> list[str]:
+    """``prepsync prepare``'s arguments, from ``prepare`` on: for CliRunner as they are, for a
+    child process after :func:`python_m_prepsync`. Only the options given, then ``extra``."""
+    options: list[tuple[str, object]] = [
+        ("--config", config),
+        ("--api-url", api_url),
+        ("--api-client-id", client_id),
+        ("--api-secret", secret),
+        ("--temp-folder", temp_folder),
+        ("--work-folder", work_folder),
+        ("--sources-directory", sources),
+        ("--working-directory", working),
+    ]
+    argv = ["prepare", "--connector", connector, "--agent", agent]
+    argv += ["--synchronization-mode", mode]
+    for name, value in options:
+        if value is not None:
+            argv += [name, str(value)]
+    return [*argv, *extra]
+
+
+def python_m_prepsync(*argv: str) -> list[str]:
+    """The command line of ``prepsync ARGV`` in a child process, on this interpreter."""
+    return [sys.executable, "-m", "prepsync", *argv]
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+# What a mock server answers POST /connect/token with: a bearer token good for an hour.
+TOKEN_ANSWER = {"access_token": "t", "token_type": "Bearer", "expires_in": 3600}
+
+
+def answering_tokens(handle: Handler, calls: list[str] | None = None) -> Handler:
+    """``handle`` behind a token endpoint: POST /connect/token is answered here, every other
+    request by ``handle``; ``calls`` records ``"METHOD path"`` of each, tokens included."""
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        if calls is not None:
+            calls.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith(TOKEN_PATH):
+            return httpx.Response(200, json=TOKEN_ANSWER)
+        return handle(request)
+
+    return transport
+
+
+def mock_api(handle: Handler, *, calls: list[str] | None = None, **options: Any) -> ApiClient:
+    """The agent's client against a MockTransport ``handle`` behind :func:`answering_tokens`;
+    by default no retries and no real pauses (``options`` go to ApiClient)."""
+    options.setdefault("retry", RetryPolicy(total_seconds=0))
+    options.setdefault("sleep", lambda _: None)
+    transport = httpx.MockTransport(answering_tokens(handle, calls))
+    return ApiClient("http://127.0.0.1:9", "id", "secret", transport=transport, **options)
 
 
 def free_port() -> int:
@@ -272,7 +376,7 @@ class ServerProcess:
         self.store_retry_delay = store_retry_delay
         self.serve_options = serve_options
         self.process: subprocess.Popen[bytes] | None = None
-        self._operator: httpx.Client | None = None
+        self._operator: Api | None = None
         # Chosen once: a restarted server answers on the URL the agents already use.
         self.port = free_port()
 
@@ -367,65 +471,36 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         if self._operator is not None:
-            self._operator.close()
+            self._operator.http.close()
             self._operator = None
 
     # ---------------------------------------------------------------- the API, as an operator
-    def _token(self, client: str, secret: str) -> str:
-        answer = httpx.post(
-            self.url + "/connect/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": client,
-                "client_secret": secret,
-                "scope": "usercube_api",
-            },
-            timeout=30,
-        )
-        answer.raise_for_status()
-        token: str = answer.json()["access_token"]
-        return token
-
     def api(self, client: str = OPERATOR, secret: str = OPERATOR_SECRET) -> httpx.Client:
         """A new HTTP client carrying a bearer token of ``client`` (close it, or use ``with``)."""
-        token = self._token(client, secret)
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            token = Api(http, client, secret).token()
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"})
 
-    def _http(self) -> httpx.Client:
-        # One client for the helpers below: polling loops would otherwise ask a token per
-        # request. Tokens outlive a restart (the key is in the data directory).
+    def operator(self) -> Api:
+        """The operator's :class:`Api` on this server, kept for the helpers below (polling
+        would otherwise ask a token per request); it renews its token after a 401."""
         if self._operator is None:
-            self._operator = httpx.Client(
-                base_url=self.url,
-                timeout=30,
-                headers={"Authorization": f"Bearer {self._token(OPERATOR, OPERATOR_SECRET)}"},
-            )
+            http = httpx.Client(base_url=self.url, timeout=30)
+            self._operator = Api(http, OPERATOR, OPERATOR_SECRET, renew_token=True)
         return self._operator
 
     def get(self, path: str) -> httpx.Response:
-        return self._request("GET", path)
+        return self.operator().get(path)
 
     def post(self, path: str, json: Any = None) -> httpx.Response:
-        return self._request("POST", path, json=json)
+        return self.operator().post(path, json=json)
 
-    def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
-        answer = self._http().request(method, path, **options)
-        if answer.status_code == 401 and self._operator is not None:
-            # The cached token expired (a long test, or the server's clock jumped): once more
-            # with a new one.
-            self._operator.close()
-            self._operator = None
-            answer = self._http().request(method, path, **options)
-        return answer
-
-    def wait(self, session_id: str, states: tuple[str, ...] = ("done",)) -> str:
-        """The session's state once it is one of ``states``, or after 30 s whatever it is."""
-        deadline = time.monotonic() + 30
-        while True:
-            state = str(self.get(f"/api/sessions/{session_id}").json()["state"])
-            if state in states or time.monotonic() > deadline:
-                return state
-            time.sleep(0.05)
+    def wait(
+        self, session_id: str, states: tuple[str, ...] = ("done",), timeout: float = 30
+    ) -> str:
+        """The session's state once it is one of ``states`` (an AssertionError after
+        ``timeout`` seconds, naming the state it is still in)."""
+        return str(self.operator().wait(session_id, frozenset(states), timeout)["state"])
 
     def sessions(self, connector: str = CONNECTOR) -> list[dict[str, Any]]:
         """The connector's sessions, newest first."""
@@ -519,29 +594,20 @@ class Agent:
         self.sources.mkdir(parents=True)
 
     def command(self, mode: str, *extra: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "prepsync",
-            "prepare",
-            "--connector",
-            CONNECTOR,
-            "--agent",
-            self.name,
-            "--synchronization-mode",
-            mode,
-            "--api-url",
-            self.server.url,
-            "--api-client-id",
-            CLIENT,
-            "--temp-folder",
-            str(self.root / "Temp"),
-            "--work-folder",
-            str(self.root / "Work"),
-            "--log-level",
-            "Warning",
-            *extra,
-        ]
+        return python_m_prepsync(
+            *prepare_argv(
+                CONNECTOR,
+                mode,
+                "--log-level",
+                "Warning",
+                *extra,
+                agent=self.name,
+                api_url=self.server.url,
+                client_id=CLIENT,
+                temp_folder=self.root / "Temp",
+                work_folder=self.root / "Work",
+            )
+        )
 
     def run(
         self, mode: str, *extra: str, env: dict[str, str] | None = None, secret: str = SECRET

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from click.testing import CliRunner
+from serverutil import prepare_argv, python_m_prepsync
 
 from prepsync.cli import main
 
@@ -43,21 +43,15 @@ class Site:
         (self.sources / name).write_bytes(data)
 
     def args(self, mode: str = "complete", *extra: str) -> list[str]:
-        return [
-            "--connector",
+        """``prepare``'s options for this site, offline (without ``prepare`` itself)."""
+        return prepare_argv(
             "AD",
-            "--agent",
-            "test",
-            "--synchronization-mode",
             mode,
-            "--config",
-            str(self.config),
-            "--temp-folder",
-            str(self.root / "Temp"),
-            "--work-folder",
-            str(self.root / "Work"),
             *extra,
-        ]
+            config=self.config,
+            temp_folder=self.root / "Temp",
+            work_folder=self.root / "Work",
+        )[1:]
 
     def run(self, mode: str = "complete", *extra: str) -> tuple[int, str, str]:
         result = CliRunner().invoke(main, ["prepare", *self.args(mode, *extra)])
@@ -103,22 +97,6 @@ def prepare_command(
     mode: str = "complete",
 ) -> list[str]:
     """`prepsync prepare` as a child process runs it, offline."""
-    return [
-        sys.executable,
-        "-m",
-        "prepsync",
-        "prepare",
-        "--connector",
-        connector,
-        "--agent",
-        "test",
-        "--synchronization-mode",
-        mode,
-        "--config",
-        str(config),
-        "--sources-directory",
-        str(sources),
-        "--working-directory",
-        str(working),
-        *extra,
-    ]
+    return python_m_prepsync(
+        *prepare_argv(connector, mode, *extra, config=config, sources=sources, working=working)
+    )

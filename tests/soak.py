@@ -11,10 +11,13 @@ processes on 127.0.0.1. Most days something goes wrong on purpose:
 - the server is SIGKILLed at a random moment of the agent's run, or while it applies a session
   (then restarted on the same port: the agent's retries reach it again);
 - the export is bad (unterminated quote, wrong field count, invalid UTF-8, CR-only line ends,
-  a UTF-16 BOM, a ``#TYPE`` first line): the run must fail in one clean line, change nothing;
+  UTF-16 without a BOM, a ``#TYPE`` first line): the run must fail in one clean line, change
+  nothing;
 - the export is a connector's change file (``--change-files``, a share of the days): only the
   day's changes, with a command column in any spelling; the agent is mostly killed right after
-  the server accepted its commit, and the rerun on the same export must deliver nothing again;
+  the server accepted its commit (at its crash point just after the commit's answer, or as soon
+  as the server shows the session committed, wherever the agent then is), and the rerun on the
+  same export must deliver nothing again;
 - the server's data directory (on a small tmpfs, when root can mount one) fills up at a random
   moment of the run and is freed a little later; now and then the agent's retry budget is
   shorter than that, so it gives up in one line and its rerun must complete;
@@ -31,6 +34,14 @@ A day's export committed in more than one session is a doubled delivery. The rep
 runs, kills, disk-fulls, clock jumps, lost, extra and doubled rows, doubled deliveries, stuck
 sessions and interventions; the exit status is 0 only when nothing was lost, doubled or stuck
 and no intervention was needed.
+
+With ``--database`` (a PostgreSQL URL, or ``auto`` for a throwaway cluster) the server keeps its
+store there, and ``--servers N`` runs N server processes on that database and one data
+directory: each agent run talks to one of them at random, and each server kill takes one at
+random (the applying one or another), so a session a killed process was applying is taken over
+by another process's worker.
+
+    python -m tests.soak --days 60 --database auto --servers 3
 
 The soak stops by itself (after the days, or at ``--max-minutes``), uses only 127.0.0.1, and
 removes its processes and its temporary directory (``--keep`` keeps the directory).
@@ -93,7 +104,9 @@ def bad_export(good: bytes, kind: str, separator: str) -> bytes:
     if kind == "CR-only":
         return good.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
     if kind == "UTF-16":
-        return b"\xff\xfe" + good.decode("utf-8").encode("utf-16-le")
+        # Without its byte-order mark: a file with one is read as UTF-16 (issue 15), one
+        # without must be refused, naming the encoding to give with --encoding.
+        return good.decode("utf-8").encode("utf-16-le")
     assert kind == "#TYPE"
     return b"#TYPE System.Management.Automation.PSCustomObject\n" + good
 
@@ -101,6 +114,8 @@ def bad_export(good: bytes, kind: str, separator: str) -> bytes:
 @dataclass
 class Report:
     seed: int
+    store: str = "sqlite"  # or "postgresql": then ``servers`` processes share the queue
+    servers: int = 1
     days: int = 0
     runs: int = 0
     agent_kills_at_crash_points: int = 0
@@ -157,7 +172,8 @@ class Report:
         return "\n".join(
             [
                 f"soak, seed {self.seed}: {self.days} days, {self.runs} agent runs, "
-                f"{self.seconds:.0f} s",
+                f"{self.seconds:.0f} s, store {self.store}, {self.servers} server process"
+                + ("es" if self.servers > 1 else ""),
                 f"kills: {self.kills} (agent at crash points {self.agent_kills_at_crash_points}, "
                 f"agent at random {self.agent_kills_at_random}, server at random "
                 f"{self.server_kills_at_random}, server mid-apply {self.server_kills_mid_apply}"
@@ -196,6 +212,8 @@ class Soak:
         disk: Path | None = None,
         change_files: float = 0.3,
         plan: str | None = None,
+        database: str | None = None,
+        servers: int = 1,
     ) -> None:
         self.rng = random.Random(seed)
         self.plan = plan  # every day's plan after the first, where it applies (tests)
@@ -206,13 +224,26 @@ class Soak:
         self.clock_offsets = {self.server_clock: 0.0, self.agent_clock: 0.0}
         # On a small file system when one could be mounted, so that it can be filled.
         self.disk = disk
-        self.server = Server(
-            root / "server",
-            data=None if disk is None else disk / "data",
-            session_timeout=session_timeout,
-            store_retry_delay=0.5,  # after a store error (a full disk): retry soon
-            clock=self.server_clock,
-        )
+        # With PostgreSQL, several server processes share its queue and one data directory: each
+        # run of the agent goes to one of them at random, and a kill takes one at random.
+        assert servers == 1 or database is not None, "several servers need PostgreSQL"
+        self.servers: list[Server] = []
+        for number in range(servers):
+            shared = self.servers[0].data if self.servers else None
+            self.servers.append(
+                Server(
+                    root / ("server" if number == 0 else f"server-{number}"),
+                    data=shared or (None if disk is None else disk / "data"),
+                    session_timeout=session_timeout,
+                    store_retry_delay=0.5,  # after a store error (a full disk): retry soon
+                    clock=self.server_clock,
+                    database=database,
+                )
+            )
+        # The operator's view (sessions, resources): the first process; all share one store.
+        self.server = self.servers[0]
+        self.report.store = "sqlite" if database is None else "postgresql"
+        self.report.servers = servers
         self.agent = Agent(root / "agent", self.server.url, separator, clock=self.agent_clock)
         self.model = Model.create(seed, size=rows)
         self.separator = separator
@@ -222,6 +253,8 @@ class Soak:
         self.typical_run = 1.5  # seconds of an undisturbed run; measured as days go by
         self.running: subprocess.Popen[str] | None = None
         self.abandoned: set[str] = set()  # sessions already counted as stuck
+        # The model as of the last export delivered (the store's rows), for change files.
+        self.delivered: tuple[dict[str, tuple[str, str, str]], set[tuple[str, str]]] | None = None
         # After a change-file day the agent's baselines are older than the store: the next
         # full extract must be a complete synchronization (as when a connector changes kind).
         self.baselines_stale = False
@@ -235,8 +268,13 @@ class Soak:
 
     # --- one agent run, with or without a kill ----------------------------------------------
 
+    def pick_server(self) -> Server:
+        """The process a run talks to, or a kill takes (the one there is, with SQLite)."""
+        return self.servers[0] if len(self.servers) == 1 else self.rng.choice(self.servers)
+
     def run_agent(self, mode: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
         self.report.runs += 1
+        self.agent.url = self.pick_server().url
         started = time.monotonic()
         done = self.agent.run(mode, "--api-retry-seconds", "120", crash_at=crash_at, timeout=600)
         if crash_at is None and done.returncode == 0:
@@ -245,6 +283,7 @@ class Soak:
 
     def start_agent(self, mode: str) -> subprocess.Popen[str]:
         self.report.runs += 1
+        self.agent.url = self.pick_server().url
         self.running = self.agent.start(mode, "--api-retry-seconds", "120")
         return self.running
 
@@ -254,9 +293,10 @@ class Soak:
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
     def restart_server(self) -> None:
-        self.server.kill()
+        victim = self.pick_server()
+        victim.kill()
         time.sleep(self.rng.uniform(0.0, 1.0))
-        self.server.start()
+        victim.start()
 
     def kill_server_mid_apply(self, mode: str) -> subprocess.CompletedProcess[str]:
         known = {s["id"] for s in self.server.sessions()}
@@ -264,11 +304,13 @@ class Soak:
         while process.poll() is None:
             fresh = [s for s in self.server.sessions() if s["id"] not in known]
             if any(s["state"] == "processing" for s in fresh):
-                self.server.kill()
+                # With several processes, not always the one applying: the others go on.
+                victim = self.pick_server()
+                victim.kill()
                 self.report.server_kills_mid_apply += 1
                 self.say("    server killed while applying")
                 time.sleep(self.rng.uniform(0.0, 0.5))
-                self.server.start()
+                victim.start()
                 return self.finish(process)
             if any(s["state"] == "done" for s in fresh):
                 break
@@ -307,6 +349,8 @@ class Soak:
             return self.finish(process)
         if plan == "server-mid-apply":
             return self.kill_server_mid_apply(mode)
+        if plan == "agent-once-committed":
+            return self.kill_agent_once_committed(mode)
         if plan == "agent-after-commit":
             done = self.run_agent(mode, crash_at="server-committed")
             if done.returncode == -signal.SIGKILL:
@@ -320,6 +364,25 @@ class Soak:
         if plan == "clock-jump":
             return self.clock_jump(mode)
         return self.run_agent(mode)
+
+    def kill_agent_once_committed(self, mode: str) -> subprocess.CompletedProcess[str] | None:
+        """SIGKILL the agent as soon as the server holds its commit (its session left
+        ``open``): wherever the agent then is - advancing its baselines, waiting for the
+        verdict - a rerun on the same export must not deliver it again."""
+        known = {s["id"] for s in self.server.sessions()}
+        process = self.start_agent(mode)
+        while process.poll() is None:
+            fresh = [s for s in self.server.sessions() if s["id"] not in known]
+            if any(s["state"] != "open" for s in fresh):
+                process.send_signal(signal.SIGKILL)
+                self.finish(process)
+                self.report.agent_kills_at_random += 1
+                self.report.agent_kills_after_commit_on_change_files += 1
+                self.say("    agent killed once the server held its commit")
+                return None
+            time.sleep(0.003)
+        self.report.agent_kills_missed += 1
+        return self.finish(process)
 
     def disk_full(self, mode: str) -> subprocess.CompletedProcess[str] | None:
         """The server's data directory fills at a random moment of the run (almost no room
@@ -373,7 +436,9 @@ class Soak:
 
     def day(self, number: int) -> None:
         report = self.report
-        before = self.model.snapshot()
+        # A connector's change file holds what changed since the export last delivered (a day
+        # whose export was refused delivered nothing: its changes come with the next file).
+        before = self.delivered if self.delivered is not None else self.model.snapshot()
         what = self.model.next_day() if number else "first load"
         self.jumped_forward = False
         change_file = number > 0 and self.rng.random() < self.change_files
@@ -384,8 +449,9 @@ class Soak:
             exports = self.model.change_exports(before, self.separator)
             mode = "incremental"
             report.change_file_days += 1
-            plans = ["none", "agent-after-commit", "agent-random", "server-random"]
-            weights = [20, 50, 15, 15]
+            plans = ["none", "agent-after-commit", "agent-once-committed", "agent-random"]
+            plans += ["server-random"]
+            weights = [20, 25, 25, 15, 15]
             bad = None
         else:
             exports = self.model.exports(self.separator)
@@ -413,6 +479,7 @@ class Soak:
         self.check(number)
         if not bad:
             self.baselines_stale = change_file
+            self.delivered = self.model.snapshot()
         report.days = number + 1
 
     def bad_day(self, exports: dict[str, bytes], kind: str, mode: str) -> None:
@@ -430,6 +497,7 @@ class Soak:
             self.agent.write_exports(exports)
             self.expected = self.model.expected()
             self.repair(f"{kind} export accepted: rerun complete on a good export")
+            self.delivered = self.model.snapshot()
             return
         if not self.clean_failure(done):
             self.report.unclean_failures += 1
@@ -501,14 +569,16 @@ class Soak:
                 else:
                     report.stuck_sessions += 1
                     self.say(f"    stuck session {session['id']} abandoned: {reason}")
-        # One export, one delivery: the day's sessions that were committed (applied, or
-        # failed when applied twice) are at most one, whatever was killed and rerun.
+        # One export, one delivery: of the day's sessions that were committed, at most one
+        # changed the store or failed (as a second delivery of the same changes does),
+        # whatever was killed and rerun. (A full extract's rerun after its baselines moved
+        # sends an empty delta: a session that changes nothing delivers nothing.)
         delivered = [
             s
             for s in sessions
             if s["id"] not in self.known
             and s["id"] not in self.repair_sessions
-            and s["state"] in ("done", "failed")
+            and (s["state"] == "failed" or (s["state"] == "done" and _changes(s) > 0))
         ]
         if len(delivered) > 1:
             report.doubled_deliveries += len(delivered) - 1
@@ -545,6 +615,16 @@ class Soak:
             self.say(f"    left behind: {stray}")
 
 
+def _changes(session: dict[str, Any]) -> int:
+    """Rows and links a processed session inserted, updated or deleted."""
+    total = 0
+    for counts in (session.get("tables") or {}).values():
+        total += sum(counts.get(kind) or 0 for kind in ("inserted", "updated", "deleted"))
+        for links in (counts.get("links") or {}).values():
+            total += (links.get("inserted") or 0) + (links.get("deleted") or 0)
+    return total
+
+
 def run_soak(
     days: int,
     seed: int,
@@ -558,9 +638,18 @@ def run_soak(
     change_files: float = 0.3,
     disk_full: bool = True,
     plan: str | None = None,
+    database: str | None = None,
+    servers: int = 1,
 ) -> Report:
+    """``database``: a PostgreSQL URL whose database the soak may fill (an empty one), or
+    ``"auto"`` for a throwaway cluster (tests/pgutil.py); ``servers`` processes share it."""
     root = Path(tempfile.mkdtemp(prefix="prepsync-soak-"))
     with contextlib.ExitStack() as stack:
+        if database == "auto":
+            import pgutil
+
+            admin = stack.enter_context(pgutil.admin_url())
+            database = stack.enter_context(pgutil.Databases(admin, "prepsync_soak").database())
         disk: Path | None = None
         why_not = "off (--no-disk-full)"
         if disk_full:
@@ -569,7 +658,19 @@ def run_soak(
                 disk = stack.enter_context(tmpfs(root / "disk", 64 << 20))
             except MountRefused as refused:
                 why_not = str(refused)
-        soak = Soak(root, seed, rows, session_timeout, separator, log, disk, change_files, plan)
+        soak = Soak(
+            root,
+            seed,
+            rows,
+            session_timeout,
+            separator,
+            log,
+            disk,
+            change_files,
+            plan,
+            database=database,
+            servers=servers,
+        )
         if disk is None:
             soak.report.disk_full = why_not
         run_days(soak, days, max_minutes)
@@ -583,7 +684,8 @@ def run_soak(
 def run_days(soak: Soak, days: int, max_minutes: float) -> None:
     started = time.monotonic()
     deadline = started + max_minutes * 60
-    soak.server.start()
+    for server in soak.servers:
+        server.start()
     try:
         for number in range(days):
             if time.monotonic() > deadline:
@@ -594,7 +696,8 @@ def run_days(soak: Soak, days: int, max_minutes: float) -> None:
         if soak.running is not None and soak.running.poll() is None:
             soak.running.kill()
             soak.running.wait()
-        soak.server.stop()
+        for server in soak.servers:
+            server.stop()
         soak.report.seconds = time.monotonic() - started
 
 
@@ -630,6 +733,18 @@ def main(argv: list[str] | None = None) -> int:
         help="never fill the server's disk (otherwise its data directory is on a small tmpfs "
         "when one can be mounted: root and CAP_SYS_ADMIN)",
     )
+    parser.add_argument(
+        "--database",
+        help="the PostgreSQL store: an empty database's URL, or 'auto' for a throwaway cluster "
+        "(default: SQLite in the server's data directory)",
+    )
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="server processes sharing the PostgreSQL queue and one data directory; each agent "
+        "run goes to one at random, each server kill takes one at random",
+    )
     parser.add_argument("--max-minutes", type=float, default=120.0, help="stop after this long")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
@@ -645,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         keep=options.keep,
         change_files=options.change_files,
         disk_full=not options.no_disk_full,
+        database=options.database,
+        servers=options.servers,
     )
     print(report.text())
     if options.json:

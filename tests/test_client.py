@@ -596,9 +596,8 @@ def test_a_416_or_a_server_holding_more_is_followed(
     # A 416 (the server lost bytes since it said how many it had) moves the upload back.
     stored, lost = bytearray(), list[bool]()
 
+    @serverutil.answering_tokens
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/connect/token"):
-            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
         if request.method == "GET":
             return httpx.Response(200, json={"size": len(stored)})
         first, _, _total = request.headers["content-range"][6:].partition("/")
@@ -630,9 +629,8 @@ def test_a_416_or_a_server_holding_more_is_followed(
     ):
         client.upload(SESSION, write(tmp_path / "x.csv", data))
 
+    @serverutil.answering_tokens
     def amnesic(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/connect/token"):
-            return handler(request)
         return httpx.Response(200, json={"size": 0})  # acknowledges, keeps nothing
 
     with (

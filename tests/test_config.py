@@ -6,6 +6,7 @@ next to the assertion so the broken XML and the expected message read together.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -26,7 +27,6 @@ from prepsync.config import (
     Mappings,
     TableSpec,
     Thresholds,
-    _xml_blocks,
     connectors_in,
     load_mappings,
     load_tables,
@@ -34,6 +34,7 @@ from prepsync.config import (
     table_key,
     table_name,
 )
+from prepsync.config.xmlreader import _xml_blocks
 from prepsync.errors import ConfigError
 from prepsync.server.clients import OpenIdClient, hash_secret, load_clients
 
@@ -264,6 +265,17 @@ def test_thresholds_json_uses_the_xml_attribute_names() -> None:
         "MaxPercentageDeletedLines": 6.25,
     }
     assert Thresholds.from_json(json.loads(json.dumps(thresholds.to_json()))) == thresholds
+
+
+@pytest.mark.parametrize("kind", [Thresholds, LinkThresholds])
+def test_each_limit_is_declared_once_in_its_table(kind: type[Thresholds | LinkThresholds]) -> None:
+    """The LIMITS table drives merging, JSON and XML: it must name every field, in order, and
+    give each a distinct XML name."""
+    limits = kind.LIMITS
+    assert [limit.field for limit in limits] == [f.name for f in dataclasses.fields(kind)]
+    assert len({limit.xml for limit in limits}) == len(limits)
+    for limit in limits:
+        assert limit.percent == isinstance(getattr(kind(), limit.field), float)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
-from serverutil import OPERATOR, OPERATOR_SECRET, SECRET, Api, ServerProcess
+from serverutil import OPERATOR, OPERATOR_SECRET, SECRET, Api, ServerProcess, prepare_argv
 
 from prepsync.cli import main
 from prepsync.server.clients import hash_secret
@@ -137,23 +137,15 @@ class Agent:
             (self.sources / name).write_bytes(data)
 
     def prepare(self, connector: str, mode: str, *where: str) -> None:
-        result = CliRunner().invoke(
-            main,
-            [
-                "prepare",
-                "--connector",
-                connector,
-                "--agent",
-                "docs",
-                "--synchronization-mode",
-                mode,
-                "--temp-folder",
-                str(self.root / "Temp"),
-                "--work-folder",
-                str(self.root / "Work"),
-                *where,
-            ],
+        argv = prepare_argv(
+            connector,
+            mode,
+            *where,
+            agent="docs",
+            temp_folder=self.root / "Temp",
+            work_folder=self.root / "Work",
         )
+        result = CliRunner().invoke(main, argv)
         assert result.exit_code == 0, result.stderr
 
     def output(self, name: str) -> bytes:

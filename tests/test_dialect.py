@@ -313,6 +313,20 @@ def encoded_cases(draw: st.DrawFn) -> tuple[Any, bytes, dict[str, Any]]:
     if draw(st.booleans()):
         trim = draw(st.lists(st.sampled_from([" ", "a", "é", '"']), max_size=3))
         options["trim"] = tuple(trim)
+    if form != "utf-8" and draw(st.integers(0, 5)) == 0:
+        # A bad character anywhere: the first problem in the file wins, whatever the reads.
+        unit = 4 if codec.startswith("utf-32") else 2 if codec.startswith("utf-16") else 1
+        bad = {
+            "utf-16-le": [b"\x00\xd8", b"\x00\xdc", b"\x41"],
+            "utf-16-be": [b"\xd8\x00", b"\xdc\x00", b"\x41"],
+            "utf-32-le": [b"\x00\x00\x11\x00", b"\x00\xd8\x00\x00", b"\x41\x00"],
+            "utf-32-be": [b"\x00\x11\x00\x00", b"\x00\x00\xd8\x00", b"\x00\x41"],
+        }.get(codec, [b"\x81" if form == "cp1252" else b"\x80"])
+        units = (len(data) - len(mark)) // unit
+        at = len(mark) + unit * draw(st.integers(0, units))
+        data = data[:at] + draw(st.sampled_from(bad)) + data[at:]
+        if form == "latin-1":
+            options["encoding"] = "ascii"  # latin-1 has no undefined byte; ASCII has 128
     return case, data, options
 
 
@@ -452,6 +466,8 @@ def test_cli_reads_each_table_with_its_settings(tmp_path: Path) -> None:
     assert code == 0, err
     assert site.output("Entries.sorted.csv") == "id,name\n1,Ann\n2,Zoë\n".encode()
     assert site.output("Members.sorted.csv") == b"group,member\ng1,u1\n"
+    # The log says how each table was read when it was not UTF-8.
+    assert "Entries.csv read as Windows-1252" in err and "Members.csv read as UTF-16 LE" in err
 
 
 def test_cli_options_are_the_defaults(tmp_path: Path) -> None:

@@ -359,3 +359,36 @@ def test_the_reserve_lets_a_cancel_through_when_nothing_else_frees_room(
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text(errors="replace")
+
+
+def test_a_full_postgresql_disk_is_a_507_and_cancel_frees_the_files_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL store's disk_full (SQLSTATE 53100) is a full disk too: a write it
+    refuses answers 507, and a cancellation still deletes the session's files first."""
+    import warnings
+
+    import psycopg.errors
+    from serverutil import Api, write_config
+
+    from prepsync.server import create_app
+    from prepsync.server.sessions import SessionDatabase
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    def disk_full(*_args: object, **_kwargs: object) -> bool:
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+
+    write_config(tmp_path)
+    with TestClient(create_app(tmp_path / "config.xml", tmp_path / "data")) as client:
+        api = Api(client)
+        session_id = api.open("AD", "complete")
+        api.upload(session_id, f"{ENTRIES}.sorted.csv", b"objectGUID,dn\n1,a\n")
+        monkeypatch.setattr(SessionDatabase, "cancel", disk_full)  # an operator's cancel
+        monkeypatch.setattr(SessionDatabase, "cancel_open", disk_full)  # the owner's
+        answer = api.post(f"/api/sessions/{session_id}/cancel")
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["error"].startswith("the server's disk is full"), answer.text
+        assert not (tmp_path / "data" / "sessions" / session_id).exists()

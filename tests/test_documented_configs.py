@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from serverutil import OPERATOR, OPERATOR_SECRET, SECRET, Api, ServerProcess
+from serverutil import OPERATOR, OPERATOR_SECRET, SECRET, Api, ServerProcess, prepare_argv
 
 from prepsync.cli import main
 from prepsync.config import (
@@ -236,24 +236,15 @@ def test_hr_association_without_table_uses_its_entity_types_table() -> None:
 
 
 def prepare(root: Path, config: Path, connector: str, mode: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        main,
-        [
-            "prepare",
-            "--connector",
-            connector,
-            "--agent",
-            "docs",
-            "--synchronization-mode",
-            mode,
-            "--config",
-            str(config),
-            "--temp-folder",
-            str(root / "Temp"),
-            "--work-folder",
-            str(root / "Work"),
-        ],
+    argv = prepare_argv(
+        connector,
+        mode,
+        agent="docs",
+        config=config,
+        temp_folder=root / "Temp",
+        work_folder=root / "Work",
     )
+    result = CliRunner().invoke(main, argv)
     return result.exit_code, result.stderr
 
 
@@ -356,28 +347,17 @@ def test_ldap_export_online_with_mappings_from_the_server(tmp_path: Path) -> Non
             b'Ann,"CN=Ann,DC=corp",u-1,person,People,DC=corp\n'
         )
         (sources / "LDAPExport_member.csv").write_bytes(b'dn,member\nCN=Staff,"CN=Bob,DC=corp"\n')
-        result = CliRunner().invoke(
-            main,
-            [
-                "prepare",
-                "--connector",
-                "LDAP",
-                "--agent",
-                "docs",
-                "--synchronization-mode",
-                "complete",
-                "--api-url",
-                server.url,
-                "--api-client-id",
-                "agent",
-                "--api-secret",
-                SECRET,
-                "--temp-folder",
-                str(tmp_path / "Temp"),
-                "--work-folder",
-                str(tmp_path / "Work"),
-            ],
+        argv = prepare_argv(
+            "LDAP",
+            "complete",
+            agent="docs",
+            api_url=server.url,
+            client_id="agent",
+            secret=SECRET,
+            temp_folder=tmp_path / "Temp",
+            work_folder=tmp_path / "Work",
         )
+        result = CliRunner().invoke(main, argv)
         assert result.exit_code == 0, result.stderr
         with httpx.Client(base_url=server.url) as http:
             api = Api(http)

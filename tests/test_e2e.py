@@ -217,6 +217,9 @@ def test_a_second_agent_is_refused_until_it_takes_the_connector_over(
     assert "409" in refused.stderr and "delivered by agent 'second-host'" in refused.stderr
     assert server.sessions() == sessions_before  # nothing recorded
     assert (first.sources / "previous" / "ADExport_entries.sorted.csv").read_bytes() == baseline
+    assert not (first.working / ".prepsync-session.json").exists()  # no session to settle
+    again = first.run("incremental")  # the scheduler's next run: refused the same way
+    assert again.returncode == 1 and "delivered by agent 'second-host'" in again.stderr
     # The connector's agent goes on.
     export.write(second.sources)
     assert second.run("incremental").returncode == 0

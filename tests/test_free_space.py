@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from serverutil import prepare_argv
 from sites import Site, entity_config
 
 from prepsync import cli
@@ -26,14 +27,8 @@ def export(site: Site, rows: int) -> int:
 def prepare(site: Site) -> tuple[int, str]:
     config = site.root / "free.xml"
     config.write_text(entity_config("C", {"T": ("id", "name")}))
-    result = CliRunner().invoke(
-        cli.main,
-        [
-            "prepare", "--connector", "C", "--agent", "a", "--synchronization-mode", "complete",
-            "--config", str(config), "--sources-directory", str(site.sources),
-            "--working-directory", str(site.working),
-        ],
-    )  # fmt: skip
+    argv = prepare_argv("C", agent="a", config=config, sources=site.sources, working=site.working)
+    result = CliRunner().invoke(cli.main, argv)
     return result.exit_code, result.output
 
 
@@ -65,3 +60,19 @@ def test_the_check_can_be_skipped(site: Site, monkeypatch: pytest.MonkeyPatch) -
     status, output = prepare(site)
     assert status == 0, output
     assert Path(site.working / "T.sorted.csv").exists()
+
+
+def test_a_utf16_export_counts_as_the_utf8_text_it_makes(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UTF-16 takes twice the bytes of the (ASCII) text its outputs and spill files hold: the
+    estimate halves it, so a disk with room for the UTF-8 run is not refused."""
+    size = export(site, 2000)
+    path = site.sources / "T.csv"
+    path.write_bytes(b"\xff\xfe" + path.read_text().encode("utf-16-le"))
+    free = size * 2 // 3 * 2 + 1024  # room for the run the UTF-8 file would make
+    monkeypatch.setattr(
+        "prepsync.pipeline.shutil.disk_usage", lambda _path: Usage(1 << 40, 0, free)
+    )
+    status, output = prepare(site)
+    assert status == 0, output

@@ -6,6 +6,8 @@ written as the row they repeat."""
 
 from __future__ import annotations
 
+import csv
+import random
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,63 @@ def test_link_records_hold_the_key_once(tmp_path: Path) -> None:
     assert link.kept == plain.kept == 3000
     assert plain.runs >= 4
     assert link.runs <= 0.7 * plain.runs  # records of 100 bytes instead of 177
+
+
+def member_export(groups: int, seed: int) -> bytes:
+    """Member rows as a directory exports them (each group's members together, groups in no
+    order), keys sharing long prefixes, with exact repeats and values that end where another
+    goes on (prefixes of each other)."""
+    rng = random.Random(seed)
+    ou = b",OU=Groups,OU=Identity and Access Management,OU=Information Technology,OU=Europe"
+    lines = [b"dn,member\n"]
+    for group in rng.sample(range(groups * 10), groups):
+        dn = b'"CN=GRP-%d%s,OU=Site %d,DC=corp,DC=example"' % (group, ou, group % 5)
+        for _ in range(rng.randrange(3, 11)):
+            member = rng.choice(
+                [
+                    b'"CN=User %d,OU=Users,DC=corp,DC=example"' % rng.randrange(groups * 7),
+                    b"CN=U%d" % rng.randrange(50),
+                    b"CN=U%d0" % rng.randrange(50),
+                    dn,
+                ]
+            )
+            lines.append(dn + b"," + member + b"\n")
+            if rng.random() < 0.05:
+                lines.append(lines[rng.randrange(1, len(lines))])
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_front_coded_runs_merge_to_the_same_bytes(tmp_path: Path, seed: int) -> None:
+    """A link table's runs are front-coded (each key stored as what it does not share with
+    the key before it in the run): many runs merged in several passes, or one in memory, the
+    outputs are the same bytes, and the spill holds much less than the records' keys."""
+    source = tmp_path / "members.csv"
+    data = member_export(600, seed)
+    source.write_bytes(data)
+    results = {}
+    for budget in (24 << 10, 768 << 10, 1 << 30):
+        out = tmp_path / str(budget)
+        out.mkdir()
+        results[budget] = (prepare_table(source, MEMBERS, out, memory_budget=budget), out)
+    passes, passes_out = results[24 << 10]
+    spilled, _ = results[768 << 10]
+    whole, whole_out = results[1 << 30]
+    assert passes.runs >= 8 and passes.merge_passes >= 1
+    assert spilled.runs >= 2 and spilled.merge_passes == 0
+    assert whole.runs == 0 and whole.spill_bytes == 0
+    for budget, (_, out) in results.items():
+        for kind in ("sorted", "duplicates", "nullpk"):
+            name = f"members.{kind}.csv"
+            assert (out / name).read_bytes() == (whole_out / name).read_bytes(), (budget, kind)
+    expected = reference_prepare(data, MEMBERS)
+    assert isinstance(expected, ReferenceResult)
+    assert (passes_out / "members.sorted.csv").read_bytes() == expected.files["sorted"]
+    # Stored whole, every row's record would be 8 bytes and its key (each value and a 2-byte
+    # end); one merge pass writes each row at most once, and every run but the last (kept in
+    # memory) is spilled: about half of them here.
+    whole_records = sum(
+        8 + sum(len(v) + 2 for v in next(csv.reader([line.decode()])))
+        for line in data.splitlines()[1:]
+    )
+    assert 0 < spilled.spill_bytes < 0.45 * whole_records

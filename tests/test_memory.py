@@ -186,3 +186,46 @@ def test_no_budget_takes_a_row_over_64_mib(tmp_path: Path) -> None:
         "row too large for the 4 GiB memory budget: the longest allowed is 64 MiB (the most "
         "prepsync takes); unterminated quote?"
     )
+
+
+def to_utf16(path: Path) -> None:
+    """Rewrite the UTF-8 file at `path` as UTF-16 LE with its mark, a block at a time."""
+    utf16 = path.with_suffix(".utf16")
+    with open(path, encoding="utf-8", newline="") as reader, open(utf16, "wb") as writer:
+        writer.write(b"\xff\xfe")
+        while block := reader.read(MIB):
+            writer.write(block.encode("utf-16-le"))
+    utf16.replace(path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cleanse.DEBUG_BUILD, reason="sanitizer shadow memory inflates RSS")
+def test_a_utf16_export_is_transcoded_within_the_budget(tmp_path: Path) -> None:
+    """Twice the bytes of the UTF-8 export, read through the decoder's own buffer: the bound
+    holds all the same."""
+    sources = tmp_path / "src"
+    sources.mkdir()
+    write_export(sources / "entries.csv", 6 * BUDGET)
+    to_utf16(sources / "entries.csv")
+    (tmp_path / "conf.xml").write_text(entity_config("AD", {"entries": ("id", "dn", "note")}))
+    command = prepare_command(
+        tmp_path / "conf.xml", sources, tmp_path / "out", "--memory-budget", "16MiB",
+        "--log-level", "Warning", connector="AD",
+    )  # fmt: skip
+    code, peak, stderr = run_measured(command)
+    assert code == 0, stderr
+    assert peak < BUDGET + SLACK, f"peak RSS {peak / MIB:.1f} MiB"
+
+
+@pytest.mark.skipif(_cleanse.DEBUG_BUILD, reason="sanitizer shadow memory inflates RSS")
+def test_a_utf16_row_too_large_is_refused_within_the_budget(tmp_path: Path) -> None:
+    def writer(path: Path) -> None:
+        write_huge_row(path, 40 * MIB)
+        to_utf16(path)
+
+    code, peak, stderr = prepare_measured(tmp_path, writer)
+    assert code == 1
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    # The row's first byte in the file: line 3 starts at text byte 12, UTF-16 byte 2 + 2 * 12.
+    assert "t.csv, line 3 (byte 26): row too large for the 16 MiB memory budget" in stderr
+    assert peak < BUDGET + SLACK, f"peak RSS {peak / MIB:.1f} MiB"

@@ -4,39 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from serverutil import HR_SECRET, Api, csv_bytes, hash_secret, running, xxh3
 
-with warnings.catch_warnings():
-    # Starlette >= 1.x prefers the httpx2 fork for its TestClient; httpx works the same here.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
-from serverutil import HR_SECRET, Api, csv_bytes, hash_secret, write_config, xxh3
-
-from prepsync.server import create_app
 from prepsync.server.tokens import TokenSigner, load_or_create_key
 
 ENTRIES = "ADExport_entries"
 MEMBERS = "ADExport_members"
 PEOPLE = "HR_people"
-
-
-@contextmanager
-def running(tmp_path: Path, database: str | None = None, **options: Any) -> Iterator[Api]:
-    """The server on ``database`` (None: SQLite in the data directory) in a TestClient."""
-    config = tmp_path / "config.xml"
-    if not config.exists():
-        write_config(tmp_path)
-    app = create_app(config, tmp_path / "data", database=database, **options)
-    with TestClient(app) as client:
-        yield Api(client)
 
 
 @pytest.fixture
@@ -510,7 +489,9 @@ def test_threshold_blocks_until_forced_and_later_incrementals_wait(api: Api) -> 
         {f"{PEOPLE}.sorted.delta.csv": people_delta(("update", "3", "cyd"))},
         wait=False,
     )
-    time.sleep(0.3)
+    # The worker claims the queued session of lowest seq it may apply: once a session opened
+    # after ``later`` is done, the worker has passed ``later`` over.
+    load_ad(api, [("a", "1")], [])
     assert api.state(later)["state"] == "queued"  # waits behind the blocked one
     operator = api.operator()
     assert operator.post(f"/api/sessions/{later}/force").status_code == 409  # not blocked
@@ -598,9 +579,10 @@ def test_later_session_waits_for_an_earlier_open_one(api: Api) -> None:
         wait=False,
     )
     # Another connector is not held up.
+    # And it is done after ``later`` was queued: the worker, which claims the queued session of
+    # lowest seq it may apply, has passed ``later`` over.
     hr = api.send("HR", "initial", {f"{PEOPLE}.sorted.csv": people(("1", "x"))})
     assert api.state(hr)["state"] == "done"
-    time.sleep(0.3)
     assert api.state(later)["state"] == "queued"
     # The earlier one inserts "b"; the later one updates it: only right in opening order.
     first = {f"{ENTRIES}.sorted.delta.csv": entries_delta(("insert", "b", "1"))}

@@ -6,8 +6,8 @@ import csv
 import io
 from pathlib import Path
 
-from serverutil import HR_SECRET, Api, csv_bytes
-from test_server_app import ENTRIES, MEMBERS, PEOPLE, api, entries, members, people, running
+from serverutil import HR_SECRET, Api, csv_bytes, running
+from test_server_app import ENTRIES, MEMBERS, PEOPLE, api, entries, members, people
 
 __all__ = ["api"]  # the fixture, shared with test_server_app
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -23,17 +21,10 @@ from serverutil import (
     ServerProcess,
     config_xml,
     csv_bytes,
-    write_config,
+    running,
 )
 from sites import Site
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
 from test_server_ops import launched
-
-from prepsync.server import create_app
 
 PEOPLE = "HR_people"
 ENTRIES, MEMBERS = "ADExport_entries", "ADExport_members"
@@ -77,15 +68,6 @@ def transitions() -> Iterator[Transitions]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-@contextmanager
-def running(tmp_path: Path, database: str | None = None) -> Iterator[Api]:
-    config = tmp_path / "config.xml"
-    if not config.exists():
-        write_config(tmp_path)
-    with TestClient(create_app(config, tmp_path / "data", database=database)) as client:
-        yield Api(client)
 
 
 def _hr_day_by_day(api: Api) -> dict[str, str]:

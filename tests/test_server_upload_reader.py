@@ -129,16 +129,36 @@ def test_link_rows_count_full_pairs(tmp_path: Path) -> None:
         (b"id,v\n1,a\n2,\xff\n", "T.sorted.csv, line 3: invalid UTF-8"),
     ],
 )
-def test_errors_name_the_file_and_the_line(tmp_path: Path, data: bytes, problem: str) -> None:
+@pytest.mark.parametrize("method", ["rows", "check"])
+def test_errors_name_the_file_and_the_line(
+    tmp_path: Path, data: bytes, problem: str, method: str
+) -> None:
+    # check() (the PostgreSQL store's pass before COPY) finds what rows() finds, builds nothing.
     path = tmp_path / "T.sorted.csv"
     path.write_bytes(data)
     reader = UploadReader(str(path), path.name, ",")
     reader.header()
     reader.configure([0], True)
+    read = getattr(reader, method)
     with pytest.raises(DataError) as raised:
-        while reader.rows(100):
+        while read(100):
             pass
     assert str(raised.value) == problem
+
+
+def test_check_counts_the_rows_it_reads(tmp_path: Path) -> None:
+    path = tmp_path / "T.sorted.csv"
+    path.write_bytes(b"id,v\n" + b"".join(b"%03d,x\n" % number for number in range(250)))
+    reader = UploadReader(str(path), path.name, ",")
+    reader.header()
+    reader.configure([0], True)
+    assert [reader.check(100), reader.check(100), reader.check(100), reader.check(100)] == [
+        100,
+        100,
+        50,
+        0,
+    ]
+    reader.close()
 
 
 def test_an_empty_file_has_no_header(tmp_path: Path) -> None:

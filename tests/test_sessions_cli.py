@@ -212,8 +212,6 @@ def changes_api(
     pages: dict[str | None, tuple[bytes, str | None]], asked: list[dict[str, str]]
 ) -> ApiClient:
     def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/connect/token":
-            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         assert request.url.path == f"/api/sessions/{SESSION}/changes"
         query = dict(request.url.params)
         asked.append(query)

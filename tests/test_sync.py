@@ -20,14 +20,9 @@ SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 def client(answers: dict[tuple[str, str], httpx.Response], calls: list[str]) -> ApiClient:
     def handle(request: httpx.Request) -> httpx.Response:
         key = (request.method, request.url.path)
-        calls.append(f"{request.method} {request.url.path}")
-        if key == ("POST", "/connect/token"):
-            return httpx.Response(
-                200, json={"access_token": "t", "token_type": "Bearer", "expires_in": 3600}
-            )
         return answers.get(key, httpx.Response(500, json={"error": "unexpected"}))
 
-    return mock_api(handle)
+    return mock_api(handle, calls=calls)
 
 
 def journal(working: Path, tables: list[dict[str, object]] | None) -> SessionJournal:

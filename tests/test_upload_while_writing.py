@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverutil import SECRET, Api, ServerProcess, csv_bytes, xxh3
+from serverutil import SECRET, Api, ServerProcess, csv_bytes, mock_api, xxh3
 
-from prepsync.client import ApiClient, FileReceipt, RetryPolicy
+from prepsync.client import ApiClient, FileReceipt, FileUpload, RetryPolicy
 from prepsync.errors import InputError, ServerError
 from prepsync.pipeline import PrepareRequest
 from prepsync.sync import UploadWhileWriting, synchronize
@@ -90,8 +90,22 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
 
 @pytest.mark.parametrize("fault_every", [0, 4], ids=["clean", "faulty"])
 def test_whole_chunks_go_while_the_file_grows_and_the_rest_once_it_is_written(
-    server: ServerProcess, api: Api, tmp_path: Path, fault_every: int
+    server: ServerProcess,
+    api: Api,
+    tmp_path: Path,
+    fault_every: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    idle_looks = threading.Semaphore(0)  # released each time the sender finds nothing to send
+    ready = FileUpload.ready
+
+    def counted(upload: FileUpload, *, written: bool) -> bool:
+        answer = ready(upload, written=written)
+        if not answer:
+            idle_looks.release()
+        return answer
+
+    monkeypatch.setattr(FileUpload, "ready", counted)
     data = entries(600)  # about 12 KB: a dozen chunks
     members = b"dn,member\n"
     grown = len(data) // 2 + 123  # not a chunk boundary
@@ -109,7 +123,9 @@ def test_whole_chunks_go_while_the_file_grows_and_the_rest_once_it_is_written(
                 lambda: server_size(api, session_id, f"{ENTRIES}.sorted.csv") == whole,
                 "the chunks written so far",
             )
-            time.sleep(0.1)  # ...and nothing past them, however long the writer pauses
+            # ...and nothing past them, however often the sender looks while the writer pauses.
+            for _look in range(5):
+                assert idle_looks.acquire(timeout=20), "the sender stopped looking"
             assert server_size(api, session_id, f"{ENTRIES}.sorted.csv") == whole
             before_the_rest = len(transport.puts)
             writer.write(data[grown:])
@@ -207,32 +223,40 @@ def test_an_online_run_sends_while_its_tables_are_written(
     assert server.resources(ENTRIES) == data
 
 
-def test_abort_ends_a_retry_pause_at_once(tmp_path: Path) -> None:
+def test_abort_ends_a_retry_pause_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server gone mid-upload: the sender pauses before each retry (up to 30 s a pause);
     abort() (Ctrl-C) must not wait those out before the session can be cancelled."""
-    down = threading.Event()
+    down, asked, long_pause = threading.Event(), threading.Event(), threading.Event()
 
     def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/connect/token":
-            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         if down.is_set():
             raise httpx.ConnectError("connection refused", request=request)
         if request.method == "GET":
+            asked.set()
             return httpx.Response(404, json={"error": "no file"})
         return httpx.Response(200, json={"name": "x", "size": 0})
 
-    api = ApiClient(
-        "http://127.0.0.1:9", "id", "secret", transport=httpx.MockTransport(handle), chunk_size=100
-    )
+    pause = UploadWhileWriting._pause
+
+    def observed(sender: UploadWhileWriting, seconds: float) -> None:
+        if seconds >= 1.0:  # one abort() must cut short, not wait out
+            long_pause.set()
+        pause(sender, seconds)
+
+    monkeypatch.setattr(UploadWhileWriting, "_pause", observed)
+
+    # The client's own retry policy and sleep: the sender's pause is what abort() must end.
+    api = mock_api(handle, chunk_size=100, retry=RetryPolicy(), sleep=time.sleep)
     temp = tmp_path / "entries.tmp"
     temp.write_bytes(b"objectGUID,dn\n")
     sender = UploadWhileWriting(api, "S", 1)
     sender.writing(0, temp, f"{ENTRIES}.sorted.csv")
-    time.sleep(0.1)  # the first GET (404: nothing there yet) is answered
+    assert asked.wait(10)  # the first GET (404: nothing there yet) is answered
     down.set()
     with temp.open("ab") as grow:
         grow.write(b"x" * 1000)  # whole chunks to send: every PUT now fails and is retried
-    time.sleep(1.0)  # into the retries' pauses (0.5 s doubling, jittered)
+    # Into the retries' pauses (0.5 s doubling, jittered) until one of a second or more.
+    assert long_pause.wait(60)
     started = time.monotonic()
     sender.abort()
     assert time.monotonic() - started < 1.0

@@ -35,8 +35,6 @@ def api_answering(states: Iterator[str], extra: dict[str, object] | None = None)
 
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if path == "/connect/token":
-            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         if path == f"/api/sessions/{SESSION}":
             state = next(states)
             return httpx.Response(
@@ -93,8 +91,6 @@ def test_a_server_holding_the_request_is_not_paused_for_again() -> None:
     waits: list[float] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/connect/token":
-            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         wait = float(request.url.params.get("wait", "0"))
         waits.append(wait)
         clock.now += wait  # held for the whole wait: no change in that time
@@ -142,8 +138,6 @@ def test_no_verdict_within_the_timeout_names_what_holds_it_back() -> None:
 
 def test_an_unreachable_server_says_the_commit_stands() -> None:
     def down(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/connect/token":
-            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         return httpx.Response(503, json={"error": "down"})
 
     with pytest.raises(ServerError) as error:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio.to_thread
+import psycopg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -213,16 +214,12 @@ def create_app(
             # A full disk is a 507 (disk.py); other errors of these kinds go on to the 500.
             OSError: disk_full_handler,
             sqlite3.Error: disk_full_handler,
+            psycopg.Error: disk_full_handler,  # the PostgreSQL store's disk_full (53100)
             Exception: server_error_handler,
         },
     )
     app.state.prepsync = state
     return app
-
-
-# `prepsync serve`'s exit status when it cannot listen (port in use, no permission, unknown
-# address): distinct from `prepare`'s statuses (1-5), so a service manager can tell it apart.
-LISTEN_FAILURE_EXIT_STATUS = 6
 
 
 class ListenError(PrepsyncError):

@@ -147,7 +147,7 @@ class _Page:
     def _heading(self, session: Session) -> str:
         return (
             f"<h3>{escape(session.connector)}: {escape(session.mode)} session "
-            f"{escape(session.id)} is {escape(_state(session))} (agent "
+            f"{escape(session.id)}: {escape(_state(session))} (agent "
             f"{escape(session.agent)}, opened {escape(_opened(session))} UTC)</h3>"
         )
 
