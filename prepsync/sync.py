@@ -485,7 +485,11 @@ def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled 
     # baselines: failed or cancelled now is that committed session's verdict, not a sign that
     # it never arrived.
     marked = entry.get("committed") is True
-    settled_states = COMMITTED_STATES | ({FAILED, CANCELLED} if marked else frozenset())
+    # The server fails only a committed session (the verdict on what it could not apply), so
+    # failed means committed even unmarked: sending the same changes again would only repeat
+    # that verdict in a new session. Cancelled can mean never committed (an uploaded session
+    # the crash left open is abandoned), so unmarked it sends again.
+    settled_states = COMMITTED_STATES | {FAILED} | ({CANCELLED} if marked else frozenset())
     if state in settled_states and entry["tables"] is not None:
         if not marked:
             log.warning(
@@ -500,7 +504,7 @@ def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled 
     if state == OPEN:
         log.warning("cancelling session %s left open by an interrupted run", session_id)
         api.cancel(session_id)
-    # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
+    # cancelled or unknown: nothing of it was applied; this run sends the changes again.
     journal.remove()
     return None
 

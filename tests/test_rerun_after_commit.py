@@ -171,6 +171,28 @@ def test_change_file_rerun_on_the_same_export_sends_nothing(
     assert not (model.agent.working / SESSION_JOURNAL).exists()
 
 
+def test_a_rerun_after_a_committed_session_failed_sends_nothing(
+    site: tuple[ServerProcess, Site],
+) -> None:
+    """The server failed the committed session (an insert of a key it holds) before the rerun
+    asked: that is the delivered session's verdict. Sending the change file again would only
+    open a second session, failed in turn, for every rerun on the same export."""
+    server, model = site
+    model.write_changes([("insert", entry(2, "again@corp.example"))], [])
+    crash_after_commit(model)
+    committed = server.sessions()[0]
+    assert server.wait(committed["id"], ("done", "failed")) == "failed"
+    for _ in range(2):  # a rerun, and a rerun of that rerun
+        rerun = model.agent.run("incremental")
+        assert rerun.returncode == 4, rerun.stderr
+        assert f"session {committed['id']}: failed" in rerun.stdout, rerun.stdout
+        assert "nothing sent again" in rerun.stdout, rerun.stdout
+    assert [(s["mode"], s["state"]) for s in settled_sessions(server)] == [
+        ("complete", "done"),
+        ("incremental", "failed"),
+    ]
+
+
 def test_change_file_changed_after_the_crash_is_a_new_run(
     site: tuple[ServerProcess, Site],
 ) -> None:
