@@ -220,6 +220,22 @@ async def cancel(request: Request) -> Response:
         _check_own_cancel(request, client, session)
     state = state_of(request)
     db, worker = state.running()
+    # Exclusive against the other processes' uploads and commits of the session: no commit of
+    # another process queues it between the check below and the discarding of its files.
+    async with state.session_held(session.id, exclusive=True):
+        _cancel_held(request, client, operator, session)
+    worker.wake()  # the next session of its connector may now go
+    cancelled = db.get(session.id)
+    assert cancelled is not None and cancelled.state == CANCELLED
+    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
+    return JSONResponse(cancelled.to_json())
+
+
+def _cancel_held(request: Request, client: OpenIdClient, operator: bool, session: Session) -> None:
+    """The cancel itself, once the session is held against the other processes."""
+    state = state_of(request)
+    db, _worker = state.running()
+    session = db.get(session.id) or session  # as it is now that it is held
     cancel_session = db.cancel if operator else db.cancel_open
 
     def free_first() -> None:
@@ -236,11 +252,6 @@ async def cancel(request: Request) -> Response:
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)
     discard_files(state.sessions_dir, session.id)
-    worker.wake()  # the next session of its connector may now go
-    cancelled = db.get(session.id)
-    assert cancelled is not None and cancelled.state == CANCELLED
-    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
-    return JSONResponse(cancelled.to_json())
 
 
 def _check_own_cancel(request: Request, client: OpenIdClient, session: Session) -> None:
