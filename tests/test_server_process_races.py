@@ -7,6 +7,9 @@ let go only once that request has been answered or waits on a lock in the databa
 processes locked the session across each other, the second commit answered 409 instead of the
 session's state, the chunk was written after the check and the commit found a hash that
 differed (422), and the cancel discarded the files under the commit's hashing (422).
+
+Also here: ``/healthz`` answers 503 while the sessions table does not answer (it hung with the
+event loop before its query went to a thread).
 """
 
 from __future__ import annotations
@@ -182,3 +185,18 @@ def test_a_cancel_sent_to_another_process_during_a_commit_has_one_outcome(pair: 
     # a committed session is an operator's (403).
     assert (committed.status_code, cancelled.status_code) == (202, 403), cancelled.text
     assert pair.a.wait(session_id, timeout=60)["state"] == "done"
+
+
+def test_healthz_answers_503_while_the_sessions_table_does_not_answer(pair: Pair) -> None:
+    gate = psycopg.connect(pair.url)
+    gate.execute("LOCK TABLE prepsync.sessions IN ACCESS EXCLUSIVE MODE")
+    try:
+        with httpx.Client(base_url=pair.first.url, timeout=20) as http:
+            answer = http.get("/healthz")
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["sessions"].startswith("no answer within")
+    finally:
+        gate.rollback()
+        gate.close()
+    with httpx.Client(base_url=pair.first.url, timeout=20) as http:
+        assert http.get("/healthz").status_code == 200
