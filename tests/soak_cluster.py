@@ -299,9 +299,12 @@ class ClusterSoak:
         ]
         self.proxies: list[KillingProxy] = []
         self.server_locks = [threading.Lock() for _ in self.servers]
-        # Connector sizes differ (rows, 2x, 3x): longer applies are easier to catch mid-way.
+        # Connector sizes differ (rows, 2x, 3x; the first one 10x): longer applies are easier
+        # to catch mid-way.
         self.models = {
-            connector: Model.create(seed * 1000 + number, size=rows * (1 + number % 3))
+            connector: Model.create(
+                seed * 1000 + number, size=rows * (10 if number == 0 else 1 + number % 3)
+            )
             for number, connector in enumerate(self.connectors)
         }
         self.agents = {
@@ -411,7 +414,8 @@ class ClusterSoak:
         at once, or (half the time) as that connection executes ``COMMIT``."""
         at_commit = self.database is not None and self.random().random() < 0.5
         while not self.day_over.is_set():
-            if self.processing() and (target := self.applying_backend()) is not None:
+            # PostgreSQL first (cheap), then the API: is a session being applied?
+            if (target := self.applying_backend()) is not None and self.processing():
                 number, pid, query = target
                 if at_commit:
                     query = self.wait_for_commit(pid)

@@ -392,3 +392,48 @@ def test_a_full_postgresql_disk_is_a_507_and_cancel_frees_the_files_first(
         assert answer.status_code == 507, answer.text
         assert answer.json()["error"].startswith("the server's disk is full"), answer.text
         assert not (tmp_path / "data" / "sessions" / session_id).exists()
+
+
+def test_a_restart_on_a_full_disk_serves_and_the_timeout_still_frees_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session left ``processing`` by a crash is settled at start; on a full disk that write
+    fails. The worker must start anyway (it raised, and the server did not start), and its
+    rounds must go on to abandon idle sessions (freeing their files) while it waits."""
+    import sqlite3
+    import uuid
+
+    from prepsync.server.backends import SqliteBackend
+    from prepsync.server.sessions import SessionDatabase
+    from prepsync.server.worker import Worker
+
+    data = tmp_path / "data"
+    uploads = data / "sessions"
+    uploads.mkdir(parents=True)
+    backend = SqliteBackend(data)
+    db = backend.session_database()
+    interrupted, idle = str(uuid.uuid4()), str(uuid.uuid4())
+    db.open("AD", "agent-1", "complete", interrupted, "agent")
+    db.open("HR", "agent-2", "complete", idle, "agent")
+    assert db.set_state(interrupted, "open", "processing")
+    (uploads / idle).mkdir()
+    (uploads / idle / "HR_people.sorted.csv").write_bytes(b"id\n1\n" * 1000)
+
+    def disk_full(*_args: object) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(SessionDatabase, "set_state", disk_full)
+    worker = Worker(backend, uploads, {}, session_timeout=0.01, poll=0.01)
+    time.sleep(0.05)
+    worker.step()
+    idle_session = db.get(idle)
+    assert idle_session is not None and idle_session.state == "cancelled"
+    assert not (uploads / idle).exists()
+    still = db.get(interrupted)
+    assert still is not None and still.state == "processing"  # settled once there is room
+    monkeypatch.undo()
+    worker.step()
+    settled = db.get(interrupted)
+    assert settled is not None and settled.state != "processing"
+    worker.stop()
+    db.close()

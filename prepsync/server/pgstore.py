@@ -70,6 +70,7 @@ from prepsync.server.diff import (
     key_positions,
     open_upload,
 )
+from prepsync.server.http import ApiError
 from prepsync.server.sessions import Session, SessionDatabase
 from prepsync.server.store import decode_key, encode_key, format_record
 from prepsync.server.thresholds import (
@@ -87,6 +88,9 @@ MAX_IDENTIFIER = 63
 # The first key of the two-key advisory locks this store takes (the second is the connector's
 # hash): "prsp", so other applications' advisory locks in the same database do not collide.
 LOCK_SPACE = 0x70727370
+# The first key of the per-session locks ("prss"; the second is the session id's hash): uploads
+# hold it shared, a commit or a cancel exclusive (see PgBackend.lock_session).
+SESSION_LOCK_SPACE = 0x70727373
 COPY_BLOCK = 1 << 20
 CHECK_ROWS = 1 << 16  # rows the native reader checks per call
 # The worker's session settings (memory of one PostgreSQL backend, only while it applies).
@@ -1165,6 +1169,7 @@ class PgBackend:
     """The PostgreSQL :class:`~prepsync.server.storeapi.Backend`."""
 
     name = "postgresql"
+    several_processes = True
 
     def __init__(self, url: str, data_dir: Path) -> None:
         self.url = url
@@ -1235,6 +1240,30 @@ class PgBackend:
                     raise ConfigError(
                         f"{name!r}: longer than PostgreSQL's {MAX_IDENTIFIER}-byte names"
                     )
+
+    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]:
+        """Wait for the session's lock across every process of the database; returns its
+        release. Uploads hold it shared (several chunks at once), a commit's check, hash and
+        queueing and a cancel hold it exclusive: no byte lands in a file after a commit in
+        another process hashed it, and two commits of one session never both verify.
+
+        A session-level advisory lock on a connection of its own, so a process that dies frees
+        it with its connection. Blocking: call it from a thread, not the event loop. A hash
+        collision of two session ids only serializes them."""
+        function = "pg_advisory_lock" if exclusive else "pg_advisory_lock_shared"
+        statement = sql.SQL("SELECT {}({}, hashtext({}))").format(
+            sql.SQL(function), sql.Literal(SESSION_LOCK_SPACE), sql.Literal(session_id)
+        )
+        try:
+            connection = connect(self.url)
+        except ConfigError as error:
+            raise ApiError(503, f"the database does not answer: {error}") from None
+        try:
+            connection.execute(statement)
+        except psycopg.Error as error:
+            connection.close()
+            raise ApiError(503, f"cannot lock the session: {_first_line(error)}") from None
+        return connection.close  # the lock goes with the connection
 
     def session_database(self) -> PgSessionDatabase:
         return PgSessionDatabase(self.url)
