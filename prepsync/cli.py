@@ -348,7 +348,7 @@ def prepare(
     try:
         if api_url:
             from prepsync.client import ApiClient, RetryPolicy
-            from prepsync.sync import synchronize
+            from prepsync.sync import forget_delivered, synchronize
 
             assert api_client_id and api_secret  # checked above
             with ApiClient(
@@ -374,6 +374,8 @@ def prepare(
                             status_line.close()
                     if status == ExitStatus.BLOCKED:
                         _print_review_commands(delivery, api_url, api_client_id)
+                    if status != ExitStatus.NO_VERDICT and not delivery.resumed:
+                        forget_delivered(request.working_dir, delivery.session_id)
         else:
             assert tables is not None
             run = pipeline.run_offline(tables, request, progress=progress)

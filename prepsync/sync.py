@@ -9,7 +9,7 @@ The order of the steps is what makes it exactly once:
    file to the session while it is written (:class:`UploadWhileWriting`);
 4. finish the upload, resuming where an interrupted upload stopped;
 5. commit the session: from the server's 202 on, the server has the changes;
-6. advance the baselines, then delete the journal.
+6. advance the baselines and mark the journal committed; delete it once the verdict is known.
 
 A crash before step 5 leaves the baselines as they were, so the next run computes and sends
 the same changes again (the abandoned session is cancelled). A crash between the opening and
@@ -18,7 +18,9 @@ next run cancels this agent's ``open`` sessions of the connector, since an orpha
 every later session back until the server's session timeout (the server also cancels them
 when the next session of this agent opens). A crash between steps 5 and 6
 leaves a journal naming a committed session: the next run asks the server, sees it committed,
-and only advances the baselines from that run's outputs - it does not send them twice.
+and only advances the baselines from that run's outputs - it does not send them twice. A crash
+while the run waits for the verdict leaves the journal marked: the next run on the same
+sources waits for that verdict too, and sends nothing.
 
 Whether the next run then sends anything depends on its sources. The journal records, from
 the intent on (so before anything can be committed), a fingerprint of the files the session is
@@ -43,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from prepsync import pipeline, staging
 from prepsync.config import TableSpec, resolve_tables
-from prepsync.errors import PrepsyncError, ServerError
+from prepsync.errors import PrepsyncError, ServerError, UsageError
 from prepsync.exit_status import VERDICTS
 from prepsync.protocol import (
     BLOCKED,
@@ -485,7 +487,11 @@ def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled 
     # baselines: failed or cancelled now is that committed session's verdict, not a sign that
     # it never arrived.
     marked = entry.get("committed") is True
-    settled_states = COMMITTED_STATES | ({FAILED, CANCELLED} if marked else frozenset())
+    # The server fails only a committed session (the verdict on what it could not apply), so
+    # failed means committed even unmarked: sending the same changes again would only repeat
+    # that verdict in a new session. Cancelled can mean never committed (an uploaded session
+    # the crash left open is abandoned), so unmarked it sends again.
+    settled_states = COMMITTED_STATES | {FAILED} | ({CANCELLED} if marked else frozenset())
     if state in settled_states and entry["tables"] is not None:
         if not marked:
             log.warning(
@@ -500,7 +506,7 @@ def settle_interrupted(api: ApiClient, sources: Path, working: Path) -> Settled 
     if state == OPEN:
         log.warning("cancelling session %s left open by an interrupted run", session_id)
         api.cancel(session_id)
-    # cancelled, failed, unknown: nothing of it was applied; this run sends the changes again.
+    # cancelled or unknown: nothing of it was applied; this run sends the changes again.
     journal.remove()
     return None
 
@@ -601,23 +607,22 @@ def synchronize(
             prepared = time.monotonic()
             _check_unchanged(fingerprint, source_fingerprint(request, tables))
             receipts = sender.finish()
-            journal.write(
-                {
-                    **intent,
-                    "session": session_id,
-                    "tables": [
-                        {
-                            "table": t.table,
-                            "sorted": t.outputs.get("sorted"),
-                            "change_file": t.change_file,
-                        }
-                        for t in run.tables
-                    ],
-                    "files": [
-                        {"name": r.name, "size": r.size, "xxh3_128": r.xxh3_128} for r in receipts
-                    ],
-                }
-            )
+            delivered = {
+                **intent,
+                "session": session_id,
+                "tables": [
+                    {
+                        "table": t.table,
+                        "sorted": t.outputs.get("sorted"),
+                        "change_file": t.change_file,
+                    }
+                    for t in run.tables
+                ],
+                "files": [
+                    {"name": r.name, "size": r.size, "xxh3_128": r.xxh3_128} for r in receipts
+                ],
+            }
+            journal.write(delivered)
             staging.crash_point("uploaded")
             committing = True
             upload_seconds = time.monotonic() - prepared  # what is left once the run is done
@@ -633,13 +638,31 @@ def synchronize(
             # the next run asks the server before doing anything.
             raise
         pipeline.advance_baselines(run)
-        journal.remove()
+        # Kept, marked committed, until the caller knows the verdict (forget_delivered): a run
+        # killed while it waits leaves it, so a rerun on the same sources waits for this
+        # session instead of sending its changes again (a change file would be applied twice).
+        journal.write({**delivered, "committed": True})
+        staging.crash_point("baselines-advanced")
         log.info("session %s committed (%s); baselines advanced", session_id, state)
     phases = {"upload": upload_seconds, "commit": commit_seconds}
     delivery = Delivery(
         session_id, state, receipts, recovered, phase_seconds=phases, committed_at=committed_at
     )
     return run, delivery
+
+
+def forget_delivered(working: Path, session_id: str) -> None:
+    """The verdict of session ``session_id``, which this run delivered, is known: its journal
+    has served (a rerun on the same sources is then a new run, as any run after a finished
+    one). Left alone when another run holds the working directory: that run settles it."""
+    try:
+        with staging.working_lock(working):
+            journal = SessionJournal(working)
+            entry = journal.read()
+            if entry is not None and entry.get("session") == session_id:
+                journal.remove()
+    except UsageError:
+        log.debug("another run holds %s: it settles the session journal", working)
 
 
 def _check_unchanged(before: Any, after: Any) -> None:

@@ -747,6 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-minutes", type=float, default=120.0, help="stop after this long")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--plan",
+        help="what goes wrong every day after the first, where it applies (to reproduce one "
+        "scenario): none, agent-crash-point, agent-random, server-random, server-mid-apply, "
+        "agent-after-commit, agent-once-committed (change-file days), clock-jump, disk-full",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
     options = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -762,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         disk_full=not options.no_disk_full,
         database=options.database,
         servers=options.servers,
+        plan=options.plan,
     )
     print(report.text())
     if options.json:

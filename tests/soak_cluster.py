@@ -299,9 +299,12 @@ class ClusterSoak:
         ]
         self.proxies: list[KillingProxy] = []
         self.server_locks = [threading.Lock() for _ in self.servers]
-        # Connector sizes differ (rows, 2x, 3x): longer applies are easier to catch mid-way.
+        # Connector sizes differ (rows, 2x, 3x; the first one 10x): longer applies are easier
+        # to catch mid-way.
         self.models = {
-            connector: Model.create(seed * 1000 + number, size=rows * (1 + number % 3))
+            connector: Model.create(
+                seed * 1000 + number, size=rows * (10 if number == 0 else 1 + number % 3)
+            )
             for number, connector in enumerate(self.connectors)
         }
         self.agents = {
@@ -313,6 +316,7 @@ class ClusterSoak:
         self.running: set[subprocess.Popen[str]] = set()
         self.abandoned: set[str] = set()
         self.day_over = threading.Event()
+        self.stopping = threading.Event()  # the soak ends early: no agent is run again
         # How often a delivery's first run orders a server kill: none, mid-upload, mid-commit.
         self.order_weights = order_weights
 
@@ -337,10 +341,14 @@ class ClusterSoak:
             server.start()
             self.proxies.append(KillingProxy(len(self.proxies), server.port, self.fire))
 
-    def stop(self) -> None:
+    def kill_agents(self) -> None:
         for process in list(self.running):
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.kill_agents()
         for proxy in self.proxies:
             proxy.close()
         for server in self.servers:
@@ -411,7 +419,8 @@ class ClusterSoak:
         at once, or (half the time) as that connection executes ``COMMIT``."""
         at_commit = self.database is not None and self.random().random() < 0.5
         while not self.day_over.is_set():
-            if self.processing() and (target := self.applying_backend()) is not None:
+            # PostgreSQL first (cheap), then the API: is a session being applied?
+            if (target := self.applying_backend()) is not None and self.processing():
                 number, pid, query = target
                 if at_commit:
                     query = self.wait_for_commit(pid)
@@ -503,6 +512,8 @@ class ClusterSoak:
         """One agent run against a server picked at random; ``kill_after`` seconds SIGKILLs it
         (return code -9) if it is still running then."""
         agent = self.agents[connector]
+        if self.stopping.is_set():  # as if killed: its delivery gives up
+            return subprocess.CompletedProcess([], -signal.SIGKILL, "", "")
         agent.url = self.proxies[self.random().randrange(len(self.proxies))].url
         self.count(runs=1)
         started = time.monotonic()
@@ -573,6 +584,8 @@ class ClusterSoak:
             if tries > 4:
                 self.repair(connector, "the agent did not succeed in 4 reruns")
                 return
+            if self.stopping.is_set():
+                return
             done = self.run_agent(connector, mode, *extra)
 
     def connector_day(self, connector: str, number: int) -> None:
@@ -613,14 +626,19 @@ class ClusterSoak:
         self.day_over.clear()
         chaos = threading.Thread(target=self.chaos, name="chaos", daemon=True)
         chaos.start()
+        pool = concurrent.futures.ThreadPoolExecutor(self.parallel)
         try:
-            with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-                for future in [
-                    pool.submit(self.connector_day, connector, number)
-                    for connector in self.connectors
-                ]:
-                    future.result()
+            for future in [
+                pool.submit(self.connector_day, connector, number) for connector in self.connectors
+            ]:
+                future.result()
+        except BaseException:
+            # Ctrl-C or a failure: the agents still running would be run again and again.
+            self.stopping.set()
+            self.kill_agents()
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             self.day_over.set()
             chaos.join()
         self.check(number)
@@ -804,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     except pgutil.PostgresUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: everything started is stopped by now
+        print("soak interrupted", file=sys.stderr)
+        return 130
     print(report.text())
     if options.json:
         document = {**asdict(report), "kills": report.kills, "clean": report.clean}

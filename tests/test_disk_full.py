@@ -359,3 +359,81 @@ def test_the_reserve_lets_a_cancel_through_when_nothing_else_frees_room(
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text(errors="replace")
+
+
+def test_a_full_postgresql_disk_is_a_507_and_cancel_frees_the_files_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL store's disk_full (SQLSTATE 53100) is a full disk too: a write it
+    refuses answers 507, and a cancellation still deletes the session's files first."""
+    import warnings
+
+    import psycopg.errors
+    from serverutil import Api, write_config
+
+    from prepsync.server import create_app
+    from prepsync.server.sessions import SessionDatabase
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    def disk_full(*_args: object, **_kwargs: object) -> bool:
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+
+    write_config(tmp_path)
+    with TestClient(create_app(tmp_path / "config.xml", tmp_path / "data")) as client:
+        api = Api(client)
+        session_id = api.open("AD", "complete")
+        api.upload(session_id, f"{ENTRIES}.sorted.csv", b"objectGUID,dn\n1,a\n")
+        monkeypatch.setattr(SessionDatabase, "cancel", disk_full)  # an operator's cancel
+        monkeypatch.setattr(SessionDatabase, "cancel_open", disk_full)  # the owner's
+        answer = api.post(f"/api/sessions/{session_id}/cancel")
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["error"].startswith("the server's disk is full"), answer.text
+        assert not (tmp_path / "data" / "sessions" / session_id).exists()
+
+
+def test_a_restart_on_a_full_disk_serves_and_the_timeout_still_frees_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session left ``processing`` by a crash is settled at start; on a full disk that write
+    fails. The worker must start anyway (it raised, and the server did not start), and its
+    rounds must go on to abandon idle sessions (freeing their files) while it waits."""
+    import sqlite3
+    import uuid
+
+    from prepsync.server.backends import SqliteBackend
+    from prepsync.server.sessions import SessionDatabase
+    from prepsync.server.worker import Worker
+
+    data = tmp_path / "data"
+    uploads = data / "sessions"
+    uploads.mkdir(parents=True)
+    backend = SqliteBackend(data)
+    db = backend.session_database()
+    interrupted, idle = str(uuid.uuid4()), str(uuid.uuid4())
+    db.open("AD", "agent-1", "complete", interrupted, "agent")
+    db.open("HR", "agent-2", "complete", idle, "agent")
+    assert db.set_state(interrupted, "open", "processing")
+    (uploads / idle).mkdir()
+    (uploads / idle / "HR_people.sorted.csv").write_bytes(b"id\n1\n" * 1000)
+
+    def disk_full(*_args: object) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(SessionDatabase, "set_state", disk_full)
+    worker = Worker(backend, uploads, {}, session_timeout=0.01, poll=0.01)
+    time.sleep(0.05)
+    worker.step()
+    idle_session = db.get(idle)
+    assert idle_session is not None and idle_session.state == "cancelled"
+    assert not (uploads / idle).exists()
+    still = db.get(interrupted)
+    assert still is not None and still.state == "processing"  # settled once there is room
+    monkeypatch.undo()
+    worker.step()
+    settled = db.get(interrupted)
+    assert settled is not None and settled.state != "processing"
+    worker.stop()
+    db.close()

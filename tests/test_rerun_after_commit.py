@@ -171,6 +171,70 @@ def test_change_file_rerun_on_the_same_export_sends_nothing(
     assert not (model.agent.working / SESSION_JOURNAL).exists()
 
 
+def test_a_change_file_run_killed_while_it_waits_for_the_verdict_is_not_sent_again(
+    site: tuple[ServerProcess, Site],
+) -> None:
+    """Killed after advancing its baselines, as it waits for the verdict: the journal stays
+    (marked committed) until the verdict is known, so the rerun on the same export waits for
+    that session instead of sending the change file again (updates applied twice, deletes of
+    keys already deleted failing the second session)."""
+    server, model = site
+    day_one(model)
+    killed = model.agent.run("incremental", env={"PREPSYNC_CRASH_AT": "baselines-advanced"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = server.sessions()[0]
+    rerun = model.agent.run("incremental")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"session {committed['id']}: done" in rerun.stdout, rerun.stdout
+    assert "nothing sent again" in rerun.stdout, rerun.stdout
+    assert [(s["mode"], s["state"]) for s in settled_sessions(server)] == [
+        ("complete", "done"),
+        ("incremental", "done"),
+    ]
+    assert_store(server, model)
+
+
+def test_the_journal_is_gone_once_the_verdict_is_known_and_stays_without_waiting(
+    site: tuple[ServerProcess, Site],
+) -> None:
+    _server, model = site
+    day_one(model)
+    queued = model.agent.run("incremental", "--no-wait")
+    assert queued.returncode == 0, queued.stderr
+    journal = json.loads((model.agent.working / SESSION_JOURNAL).read_text())
+    assert journal["committed"] is True  # no verdict seen: a rerun must not send it again
+    rerun = model.agent.run("incremental")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "nothing sent again" in rerun.stdout, rerun.stdout
+    day_two(model)
+    nextday = model.agent.run("incremental")
+    assert nextday.returncode == 0, nextday.stderr
+    assert "file(s) sent" in nextday.stdout, nextday.stdout
+    assert not (model.agent.working / SESSION_JOURNAL).exists()
+
+
+def test_a_rerun_after_a_committed_session_failed_sends_nothing(
+    site: tuple[ServerProcess, Site],
+) -> None:
+    """The server failed the committed session (an insert of a key it holds) before the rerun
+    asked: that is the delivered session's verdict. Sending the change file again would only
+    open a second session, failed in turn, for every rerun on the same export."""
+    server, model = site
+    model.write_changes([("insert", entry(2, "again@corp.example"))], [])
+    crash_after_commit(model)
+    committed = server.sessions()[0]
+    assert server.wait(committed["id"], ("done", "failed")) == "failed"
+    for _ in range(2):  # a rerun, and a rerun of that rerun
+        rerun = model.agent.run("incremental")
+        assert rerun.returncode == 4, rerun.stderr
+        assert f"session {committed['id']}: failed" in rerun.stdout, rerun.stdout
+        assert "nothing sent again" in rerun.stdout, rerun.stdout
+    assert [(s["mode"], s["state"]) for s in settled_sessions(server)] == [
+        ("complete", "done"),
+        ("incremental", "failed"),
+    ]
+
+
 def test_change_file_changed_after_the_crash_is_a_new_run(
     site: tuple[ServerProcess, Site],
 ) -> None:

@@ -4,6 +4,7 @@ claiming from one queue, one data directory, queryable tables."""
 from __future__ import annotations
 
 import itertools
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,26 @@ def test_a_nul_in_a_value_fails_the_session_with_a_reason(
     harness = StoreHarness(tmp_path / "data", postgres_url)
     try:
         (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], [("a", "x\x00y", "")]))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
+        outcome = harness.apply("C", "initial", tmp_path, ["T.sorted.csv", "P.sorted.csv"], TABLES)
+        assert outcome.state == FAILED
+        assert (outcome.reason or "").startswith("T.sorted.csv: PostgreSQL refused it: ")
+        assert harness.resources("C", "T", SPEC.columns) == b"id,v,p\n"
+    finally:
+        harness.close()
+
+
+def test_a_key_too_long_for_an_index_fails_the_session_not_the_store(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # PostgreSQL's B-tree holds keys of about 2.7 kB: a longer one is the session's problem
+    # (failed, with a reason), not a store error to retry for ever.
+    harness = StoreHarness(tmp_path / "data", postgres_url)
+    try:
+        # Incompressible (PostgreSQL compresses index entries): 9 kB of seeded random CJK.
+        chosen = random.Random(4).choices(range(0x4E00, 0x9FFF), k=3000)
+        long_key = "".join(map(chr, chosen))
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], [(long_key, "", "")]))
         (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
         outcome = harness.apply("C", "initial", tmp_path, ["T.sorted.csv", "P.sorted.csv"], TABLES)
         assert outcome.state == FAILED

@@ -35,10 +35,11 @@ def rows(data: bytes, separator: str) -> list[list[str]]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+def server(tmp_path: Path, store_url: str | None) -> Iterator[ServerProcess]:
+    """The server on each store: PostgreSQL's COPY takes the session's separator too."""
     config = tmp_path / "server.xml"
     config.write_text(config_xml())
-    running = ServerProcess.in_folder(tmp_path, config)
+    running = ServerProcess.in_folder(tmp_path, config, database=store_url)
     running.start()
     try:
         yield running
@@ -70,11 +71,13 @@ def test_semicolon_and_tab_online_complete_then_incremental(
                 assert len(stored) > 1
 
 
-def test_session_separator_is_checked_and_used_for_its_files(tmp_path: Path) -> None:
+def test_session_separator_is_checked_and_used_for_its_files(
+    tmp_path: Path, store_url: str | None
+) -> None:
     from serverutil import csv_bytes
     from test_server_app import PEOPLE, running
 
-    with running(tmp_path) as api:
+    with running(tmp_path, store_url) as api:
         path = "/api/connectors/HR/sessions"
         for bad in ('"', "\n", ";;", "", 5, "é"):
             answer = api.post(path, json={"agent": "a", "mode": "complete", "separator": bad})

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio.to_thread
+import psycopg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -213,6 +214,7 @@ def create_app(
             # A full disk is a 507 (disk.py); other errors of these kinds go on to the 500.
             OSError: disk_full_handler,
             sqlite3.Error: disk_full_handler,
+            psycopg.Error: disk_full_handler,  # the PostgreSQL store's disk_full (53100)
             Exception: server_error_handler,
         },
     )

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +30,12 @@ class SqliteBackend:
     def __init__(self, data_dir: Path) -> None:
         self.sessions_path = data_dir / "sessions.sqlite3"
         self.store_path = data_dir / "store.sqlite3"
+
+    # One process: its in-memory commit locks and sealed set (ServerState) guard the sessions.
+    several_processes = False
+
+    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]:
+        raise AssertionError("one process per SQLite data directory: nothing to lock")
 
     def session_database(self) -> SessionDatabase:
         return SessionDatabase(self.sessions_path)

@@ -7,9 +7,12 @@ database and the worker exist while the app's lifespan runs (:func:`ServerState.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio.to_thread
 from starlette.requests import Request
 
 from prepsync.config import Mappings, TableSpec
@@ -67,6 +70,21 @@ class ServerState:
 
     def folded_tables(self, connector: str) -> dict[str, TableSpec]:
         return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}
+
+    @asynccontextmanager
+    async def session_held(self, session_id: str, exclusive: bool) -> AsyncIterator[None]:
+        """Hold the session against the other server processes of a shared database (uploads
+        shared; a commit or a cancel exclusive); nothing with one process per data directory,
+        where ``sealed`` and ``commit_locks`` suffice. Waited for in a thread: an upload of
+        this process holding it shared goes on streaming meanwhile."""
+        if not self.backend.several_processes:
+            yield
+            return
+        release = await anyio.to_thread.run_sync(self.backend.lock_session, session_id, exclusive)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(release)
 
     def running(self) -> tuple[SessionDatabase, Worker]:
         if self.session_db is None or self.worker is None:

@@ -220,6 +220,22 @@ async def cancel(request: Request) -> Response:
         _check_own_cancel(request, client, session)
     state = state_of(request)
     db, worker = state.running()
+    # Exclusive against the other processes' uploads and commits of the session: no commit of
+    # another process queues it between the check below and the discarding of its files.
+    async with state.session_held(session.id, exclusive=True):
+        _cancel_held(request, client, operator, session)
+    worker.wake()  # the next session of its connector may now go
+    cancelled = db.get(session.id)
+    assert cancelled is not None and cancelled.state == CANCELLED
+    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
+    return JSONResponse(cancelled.to_json())
+
+
+def _cancel_held(request: Request, client: OpenIdClient, operator: bool, session: Session) -> None:
+    """The cancel itself, once the session is held against the other processes."""
+    state = state_of(request)
+    db, _worker = state.running()
+    session = db.get(session.id) or session  # as it is now that it is held
     cancel_session = db.cancel if operator else db.cancel_open
 
     def free_first() -> None:
@@ -236,11 +252,6 @@ async def cancel(request: Request) -> Response:
         raise conflict(current, f"a {current.state} session cannot be cancelled")
     state.sealed.add(session.id)
     discard_files(state.sessions_dir, session.id)
-    worker.wake()  # the next session of its connector may now go
-    cancelled = db.get(session.id)
-    assert cancelled is not None and cancelled.state == CANCELLED
-    state.events.cancelled(session.id, session.connector, f"client {client.identifier}")
-    return JSONResponse(cancelled.to_json())
 
 
 def _check_own_cancel(request: Request, client: OpenIdClient, session: Session) -> None:
@@ -318,13 +329,20 @@ async def health(request: Request) -> Response:
     checks["worker"] = "running" if worker.alive else "stopped"
     try:
         with anyio.fail_after(HEALTH_TIMEOUT):
-            db.state_counts()
+            if state.backend.several_processes:
+                # A database server that hangs must give a 503, not hang the event loop: the
+                # query goes to a thread (psycopg's connection serializes its users), abandoned
+                # at the timeout. SQLite's connection stays on the loop's thread, where it is
+                # used; a local file does not hang that way.
+                await anyio.to_thread.run_sync(db.state_counts, abandon_on_cancel=True)
+            else:
+                db.state_counts()
             checks["sessions"] = "ok"
             await anyio.to_thread.run_sync(state.backend.table_counts, abandon_on_cancel=True)
             checks["store"] = "ok"
     except TimeoutError:
-        checks.setdefault("sessions", "ok")
-        checks["store"] = f"no answer within {HEALTH_TIMEOUT:g} s"
+        part = "store" if "sessions" in checks else "sessions"
+        checks[part] = f"no answer within {HEALTH_TIMEOUT:g} s"
     except Exception as error:  # what the store raises is the answer: say it, do not crash
         failed = "store" if "sessions" in checks else "sessions"
         checks[failed] = f"{type(error).__name__}: {error}"

@@ -23,7 +23,7 @@ Two implementations: SQLite files in the data directory (:mod:`prepsync.server.s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,6 +84,11 @@ class Backend(Protocol):
     """One store: SQLite in the data directory, or a PostgreSQL database."""
 
     name: str
+    # True when several server processes may serve one session (PostgreSQL): uploads, commits
+    # and cancels then also take :meth:`lock_session`.
+    several_processes: bool
+
+    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]: ...
 
     def session_database(self) -> Any: ...  # a SessionDatabase (its own connection)
 

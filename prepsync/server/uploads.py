@@ -95,15 +95,23 @@ async def upload(request: Request) -> Response:
         declared = declared_length(request)
         if declared is not None and declared != length:
             raise ApiError(400, "Content-Length differs from the Content-Range")
-    current = file_size(path) or 0
-    if start > current:
-        raise ApiError(
-            416,
-            f"chunk starts at byte {start} but only {current} bytes arrived",
-            extra={"name": name, "size": current},
-            headers={"Content-Range": f"bytes */{current}"},
-        )
-    written = await _write_body(request, state, session, path, start, length, whole_file)
+    async with state.session_held(session.id, exclusive=False):
+        # Read again under the lock: a commit or cancel of another process may have settled
+        # the session since it was read above.
+        latest = db.get(session.id)
+        if latest is None or latest.state != OPEN:
+            raise conflict(
+                latest or session, f"session is {(latest or session).state}: uploads are closed"
+            )
+        current = file_size(path) or 0
+        if start > current:
+            raise ApiError(
+                416,
+                f"chunk starts at byte {start} but only {current} bytes arrived",
+                extra={"name": name, "size": current},
+                headers={"Content-Range": f"bytes */{current}"},
+            )
+        written = await _write_body(request, state, session, path, start, length, whole_file)
     state.events.received(written)
     record_activity(lambda: db.touch(session.id))
     if length is not None and written != length:
@@ -190,7 +198,9 @@ async def commit(request: Request) -> Response:
     db, worker = state.running()
     entries = _commit_entries(await read_json_object(request))
     lock = state.commit_locks.setdefault(session.id, asyncio.Lock())
-    async with lock:
+    # Across processes too: two commits of the session never both verify, and no chunk is
+    # written between the hash and the queueing.
+    async with lock, state.session_held(session.id, exclusive=True):
         current = db.get(session.id)
         assert current is not None
         if current.state != OPEN:

@@ -23,7 +23,7 @@ from typing import Any
 from prepsync.config import TableSpec
 from prepsync.protocol import BLOCKED, DONE, FAILED, INCREMENTAL, OPEN, PROCESSING, QUEUED
 from prepsync.server.apply import apply_session
-from prepsync.server.disk import DiskReserve, reclaiming
+from prepsync.server.disk import DiskReserve, is_disk_full, reclaiming
 from prepsync.server.events import SessionEvents
 from prepsync.server.session_files import discard_files
 from prepsync.server.sessions import Session
@@ -59,7 +59,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._store = backend.resource_store()
         self._db = backend.session_database()
-        self.recover()
+        self._recover_when_room()
 
     def recover(self) -> None:
         """Settle the sessions a crash (or a stop) left ``processing``; see the module doc."""
@@ -76,6 +76,17 @@ class Worker:
                     )
             finally:
                 self._db.release(session)
+
+    def _recover_when_room(self) -> None:
+        """recover(), put off while the disk is full: a restart on a full disk must still
+        serve (cancellations and the idle timeout are what free it), and the next round
+        settles the interrupted sessions once there is room."""
+        try:
+            self.recover()
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            logger.warning("interrupted sessions wait for room on the disk: %s", error)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prepsync-worker", daemon=True)
@@ -120,7 +131,7 @@ class Worker:
         """One round; True when a session was processed (so look for another at once)."""
         # Only this thread sets "processing", and not across rounds: one seen now is stale (a
         # crash, or a failed state update), and would hold its connector's queue forever.
-        self.recover()
+        self._recover_when_room()
         if self._reserve is not None:
             self._reserve.ensure()
         idle_before = time.time() - self._session_timeout
