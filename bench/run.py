@@ -511,7 +511,7 @@ class Bench:
             for other in ("sort", "duckdb", "base", "floor"):
                 if f"{section}.{other}.wall_s" not in fig:
                     continue
-                for what, key in (("wall", "wall_s"), ("rss", "peak_rss_mib")):
+                for what, key in (("wall", "wall_s"), ("cpu", "cpu_s"), ("rss", "peak_rss_mib")):
                     p = fig[f"{section}.prepsync.{key}"]["value"]
                     o = fig[f"{section}.{other}.{key}"]["value"]
                     fig[f"{section}.ratio.prepsync/{other}.{what}"] = {
@@ -587,10 +587,13 @@ class Bench:
         self.print_floor(section, jobs)
         for other in ("sort", "duckdb", "base", "floor"):
             wall = fig.get(f"{section}.ratio.prepsync/{other}.wall")
+            cpu = fig.get(f"{section}.ratio.prepsync/{other}.cpu")
             rss = fig.get(f"{section}.ratio.prepsync/{other}.rss")
-            if wall and rss:
+            if wall and cpu and rss:
+                # CPU seconds move much less than wall time with other work on the machine.
                 self.say(
-                    f"  prepsync/{other}: {wall['value']:.2f}x wall, {rss['value']:.2f}x peak RSS"
+                    f"  prepsync/{other}: {wall['value']:.2f}x wall, {cpu['value']:.2f}x CPU,"
+                    f" {rss['value']:.2f}x peak RSS"
                 )
         self.print_phases(section, jobs)
         if "sort" in self.tools:

@@ -1063,10 +1063,19 @@ static int start_next_merge(ps_cleanse *c, ps_error *err) {
     }
     phase_switch(c, PS_PHASE_MERGE);
     if (c->merge.group_start == 0) c->stats.merge_passes++;
-    size_t count = c->spill.runs.n - c->merge.group_start;
+    /* Merge only as many runs as it takes for the final merge to read the rest: the runs this
+     * pass has made, plus those left if they moved on as they are, must come within one
+     * merge's fan-in. Merging g consecutive runs into one leaves g - 1 fewer, so the pass
+     * merges groups of f until that count is close, then one group of what is left to cut,
+     * and the remaining runs move on unmerged: only part of the data takes the extra pass,
+     * where whole groups of f merged every run. */
+    size_t remaining = c->spill.runs.n - c->merge.group_start;
+    size_t after = c->merge.next.n + remaining;
+    size_t count = after <= f ? 1 : after - f + 1;
     if (count > f) count = f;
+    if (count > remaining) count = remaining;
     if (count == 1) {
-        /* A lone run at the end of a pass moves on as it is. */
+        /* A lone run (or one that need not be merged in this pass) moves on as it is. */
         int rc = push_run(&c->merge.next, c->spill.runs.ids[c->merge.group_start], err);
         if (rc) return rc;
         c->merge.group_start++;

@@ -423,3 +423,34 @@ def test_a_row_over_the_limit_gets_one_error_whatever_the_read_size(
     assert (caught.value.line, caught.value.problem) == (2, problem)
     if bad_at is None or bad_at > 65536:
         assert caught.value.offset == 4
+
+
+def test_an_intermediate_pass_merges_only_what_the_final_merge_cannot_read(
+    tmp_path: Path,
+) -> None:
+    """A few runs more than one merge can read: the intermediate pass merges only enough of
+    them to bring the rest within the final merge's fan-in, instead of rewriting every run
+    (the spilled bytes say how much went through it); the outputs are those of a run that
+    never spilled."""
+    from prepsync.config import TableSpec, Thresholds
+
+    spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
+    source = tmp_path / "in.csv"
+    rows = 120_000
+    source.write_bytes(
+        b"k,v\n" + b"".join(b"%08d,%s\n" % ((i * 7919) % rows, b"x" * 90) for i in range(rows))
+    )
+    outputs = {}
+    for budget in (2 << 20, 1 << 30):
+        out = tmp_path / str(budget)
+        out.mkdir()
+        outputs[budget] = (prepare_table(source, spec, out, memory_budget=budget), out)
+    spilled, spilled_out = outputs[2 << 20]
+    assert spilled.runs >= 16 and spilled.merge_passes == 1
+    records = rows * (8 + 8 + len(b"00000000,") + 90)  # header, key, line
+    # Every record is spilled once; merging every run again would write them all twice.
+    assert spilled.spill_bytes < 1.6 * records
+    whole_out = outputs[1 << 30][1]
+    for kind in ("sorted", "duplicates", "nullpk"):
+        name = f"t.{kind}.csv"
+        assert (spilled_out / name).read_bytes() == (whole_out / name).read_bytes()

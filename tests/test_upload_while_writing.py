@@ -32,12 +32,14 @@ class Recorder(httpx.BaseTransport):
         self.inner = httpx.HTTPTransport()
         self.puts: list[tuple[str, str]] = []  # (file name, Content-Range)
         self.fault_every = fault_every
+        self.put_seen = threading.Event()  # set once a PUT is on its way
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.method != "PUT":
             return self.inner.handle_request(request)
         name = request.url.path.rsplit("/", 1)[-1]
         self.puts.append((name, request.headers.get("content-range", "")))
+        self.put_seen.set()
         count = len(self.puts)
         if self.fault_every and count % self.fault_every == 0:
             raise httpx.ConnectError("connection refused", request=request)
@@ -276,12 +278,24 @@ def test_a_table_failing_after_chunks_went_cancels_the_session(
     request = PrepareRequest(
         connector="AD", mode="complete", sources_dir=sources, working_dir=working, parallel=1
     )
+    held: list[str] = []
+
+    def hold_the_second_table(table: str, phase: str, done: int, total: int) -> None:
+        # Its failure must come after chunks of the first table went, however slow the sender
+        # thread is to get going on a busy machine.
+        if table == MEMBERS:
+            held.append(phase)
+            assert transport.put_seen.wait(60), "no chunk of the first table went"
+
     with ApiClient(
         server.url, "agent", SECRET, transport=transport, chunk_size=64 << 10, timeout=30.0
     ) as agent:
         with pytest.raises(InputError, match="ADExport_members"):
-            synchronize(agent, request, agent="agent-1", tables=None)
+            synchronize(
+                agent, request, agent="agent-1", tables=None, progress=hold_the_second_table
+            )
         session = agent.sessions("AD")[0]
+    assert held  # the second table waited for them...
     assert any(name.startswith(ENTRIES) for name, _r in transport.puts)  # chunks had gone
     assert session["state"] == "cancelled"  # nothing of it can be committed now
     assert not (working / ".prepsync-session.json").exists()
