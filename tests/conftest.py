@@ -74,20 +74,28 @@ def postgres_databases() -> Iterator[pgutil.Databases]:
         with pgutil.admin_url() as admin:
             yield pgutil.Databases(admin)
     except pgutil.PostgresUnavailable as error:
-        if _under_ci():
-            pytest.fail(f"CI=true and no PostgreSQL: {error}", pytrace=False)
-        pytest.skip(f"{_POSTGRES_SKIP} {error}")
+        _without_postgres(error)
 
 
 _POSTGRES_SKIP = "PostgreSQL cases skipped:"
-_first_postgres_skip: list[tuple[str, int]] = []
+
+
+def _without_postgres(error: pgutil.PostgresUnavailable) -> None:
+    if _under_ci():
+        pytest.fail(f"CI=true and no PostgreSQL: {error}", pytrace=False)
+    pytest.skip(f"{_POSTGRES_SKIP} {error}")
+
+
+# Where the summary files every PostgreSQL skip: here, whichever test and (with -n) whichever
+# worker process it came from.
+_POSTGRES_SKIP_LOCATION = (__file__, _without_postgres.__code__.co_firstlineno)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     """pytest files a fixture's skip under each test's own line, which would print one line per
-    test module; the PostgreSQL skips are one cause with one remedy, so they share the first
-    one's location and fold into one line of the summary."""
+    test module; the PostgreSQL skips are one cause with one remedy, so they share one location
+    and fold into one line of the summary."""
     report = yield
     longrepr = getattr(report, "longrepr", None)
     if (
@@ -95,9 +103,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         and isinstance(longrepr, tuple)
         and _POSTGRES_SKIP in longrepr[2]
     ):
-        if not _first_postgres_skip:
-            _first_postgres_skip.append((longrepr[0], longrepr[1]))
-        report.longrepr = (*_first_postgres_skip[0], longrepr[2])  # type: ignore[attr-defined]
+        report.longrepr = (*_POSTGRES_SKIP_LOCATION, longrepr[2])  # type: ignore[attr-defined]
     return report
 
 

@@ -118,8 +118,7 @@ def test_a_killed_test_run_leaves_no_server_behind(tmp_path: Path) -> None:
 
 
 def test_without_postgresql_the_cases_skip_on_one_line_or_fail_under_ci(tmp_path: Path) -> None:
-    # A pytest run on a host with no PostgreSQL at all: no URL, and no server programs found
-    # (find_bindir answers None, as it does there).
+    # A pytest run on a host with no PostgreSQL at all: no URL, and no server programs found.
     (tmp_path / "test_needs_pg.py").write_text(
         "import pytest\n"
         "@pytest.mark.parametrize('n', range(3))\n"
@@ -128,25 +127,20 @@ def test_without_postgresql_the_cases_skip_on_one_line_or_fail_under_ci(tmp_path
         "def test_sqlite_only(store_url):\n"
         "    assert store_url is None or store_url.startswith('postgresql://')\n"
     )
-    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    # The suite's conftest, on a host where find_bindir finds nothing (in every worker process).
+    (tmp_path / "conftest.py").write_text(
+        (Path(__file__).parent / "conftest.py").read_text()
+        + "\npgutil.find_bindir = lambda: None\n"
+    )
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in (pgutil.URL_ENV, pgutil.BIN_ENV, "CI")
     }
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
-    command = [
-        sys.executable,
-        "-c",
-        "import sys, pgutil, pytest;"
-        "pgutil.find_bindir = lambda: None;"
-        "sys.exit(pytest.main(sys.argv[1:]))",
-        "-q",
-        "-rs",
-        "-p",
-        "no:cacheprovider",
-        str(tmp_path),
-    ]
+    # On two worker processes (-n 2), as make test and CI run the suite.
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "2"]
+    command.append(str(tmp_path))
     skipped = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert skipped.returncode == 0, skipped.stdout + skipped.stderr
     skip_lines = [line for line in skipped.stdout.splitlines() if line.startswith("SKIPPED")]
