@@ -353,3 +353,19 @@ def test_sessions_settled_at_start_are_logged(tmp_path: Path, transitions: Trans
         assert api.wait(applied)["state"] == "done"
     (recovered,) = [e for e in transitions.events(applied) if e["event"] == "recovered"]
     assert recovered["state"] == "done" and "applied before the restart" in recovered["message"]
+
+
+def test_a_session_applied_before_a_crash_keeps_its_counts(tmp_path: Path) -> None:
+    with running(tmp_path) as api:
+        applied = api.send("HR", "complete", {f"{PEOPLE}.sorted.csv": UPLOADS[0]})
+        counted = api.wait(applied)["tables"]
+    assert counted, "a done session shows its per-table counts"
+    # The crash window: the store committed the rows and the applied mark, the sessions
+    # database had not yet recorded the outcome (state still processing, no summary).
+    with sqlite3.connect(tmp_path / "data" / "sessions.sqlite3") as connection:
+        connection.execute(
+            "UPDATE sessions SET state = 'processing', summary = NULL WHERE id = ?", (applied,)
+        )
+    with running(tmp_path) as api:
+        recovered = api.wait(applied)
+    assert recovered["state"] == "done" and recovered["tables"] == counted

@@ -207,7 +207,7 @@ class SqliteWork:
         return _stored_counts(self.transaction, connector, tables, limits, counts)
 
     def commit_applied(self, session: Session, summary: dict[str, Any]) -> None:
-        self.transaction.mark_applied(session.id, session.seq)
+        self.transaction.mark_applied(session.id, session.seq, summary)
 
 
 def _apply_table(

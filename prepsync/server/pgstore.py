@@ -1145,6 +1145,11 @@ class PgResourceStore:
             connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
             yield PgWork(connection)
 
+    def applied_summary(self, session_id: str) -> dict[str, Any] | None:
+        """Never needed here: the mark, the state and the summary commit together, so a
+        session is never applied with its outcome unrecorded."""
+        return None
+
     def was_applied(self, session_id: str) -> bool:
         row = (
             self._alive()

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prepsync._upload import NativeWriter, UploadReader, capture_writer, key_line
 from prepsync.private import prepare_sqlite
@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS rows (
 CREATE TABLE IF NOT EXISTS applied (
     session_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
-    applied_at REAL NOT NULL
+    applied_at REAL NOT NULL,
+    summary TEXT
 );
 """
 
@@ -166,6 +167,9 @@ def open_store(path: Path) -> Store:
     columns = {row[1] for row in connection.execute("PRAGMA table_info(tables)")}
     if "links" not in columns:  # a store from before link counting
         connection.execute("ALTER TABLE tables ADD COLUMN links TEXT")
+    applied_columns = {row[1] for row in connection.execute("PRAGMA table_info(applied)")}
+    if "summary" not in applied_columns:  # a store from before summaries were kept with the mark
+        connection.execute("ALTER TABLE applied ADD COLUMN summary TEXT")
     return Store(connection, path, native)
 
 
@@ -216,6 +220,17 @@ class Store:
             "SELECT 1 FROM applied WHERE session_id = ?", (session_id,)
         ).fetchone()
         return row is not None
+
+    def applied_summary(self, session_id: str) -> dict[str, Any] | None:
+        """The summary recorded with a session's applied mark (None: not applied, or applied
+        by a version that did not record it)."""
+        row = self.connection.execute(
+            "SELECT summary FROM applied WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        summary: dict[str, Any] = json.loads(row[0])
+        return summary
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -342,10 +357,12 @@ class Transaction:
     def delete_rows(self, tid: int) -> None:
         self._connection.execute("DELETE FROM rows WHERE tid = ?", (tid,))
 
-    def mark_applied(self, session_id: str, seq: int) -> None:
+    def mark_applied(self, session_id: str, seq: int, summary: dict[str, Any]) -> None:
+        # The summary goes with the mark: a crash before the sessions database records the
+        # outcome leaves it here, and recovery shows the same counts a clean run would have.
         self._connection.execute(
-            "INSERT INTO applied (session_id, seq, applied_at) VALUES (?, ?, ?)",
-            (session_id, seq, time.time()),
+            "INSERT INTO applied (session_id, seq, applied_at, summary) VALUES (?, ?, ?, ?)",
+            (session_id, seq, time.time(), json.dumps(summary)),
         )
 
 

@@ -66,7 +66,8 @@ class Worker:
         for session in self._db.orphans():
             try:
                 if self._store.was_applied(session.id):
-                    self._db.finish(session.id, DONE, None, None)
+                    summary = self._store.applied_summary(session.id)
+                    self._db.finish(session.id, DONE, None, summary)
                     discard_files(self._sessions_dir, session.id)
                     self._events.recovered(session, DONE, "it was applied before the restart")
                 else:
