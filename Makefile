@@ -15,7 +15,7 @@ demo: $(PY)
 
 test: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 3
 
 # Only the cases that need PostgreSQL (a throwaway cluster, tests/pgutil.py); CI=true makes a
 # missing PostgreSQL an error here rather than a skip.
