@@ -33,7 +33,8 @@ STATES = (OPEN, QUEUED, PROCESSING, BLOCKED, DONE, FAILED, CANCELLED)
 APPLY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 150, 300, 600, 1800, 3600)
 
 
-def _changes_text(counts: Mapping[str, Any]) -> str:
+def changes_text(counts: Mapping[str, Any]) -> str:
+    """One table's changes in words, as the log and the status page both show them."""
     text = (
         f"{counts.get('inserted', 0)} inserted, {counts.get('updated', 0)} updated, "
         f"{counts.get('deleted', 0)} deleted"
@@ -44,6 +45,11 @@ def _changes_text(counts: Mapping[str, Any]) -> str:
             f"{links.get('deleted', 0)} deleted)"
         )
     return text
+
+
+def tables_changes_text(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """Every table's changes of a session's summary, ``table: changes`` joined by ``; ``."""
+    return "; ".join(f"{name}: {changes_text(counts)}" for name, counts in tables.items())
 
 
 class SessionStateCollector(Collector):
@@ -205,7 +211,7 @@ class SessionEvents:
             "forced": session.forced,
             "apply_seconds": seconds,
         }
-        per_table = "; ".join(f"{name}: {_changes_text(counts)}" for name, counts in tables.items())
+        per_table = tables_changes_text(tables)
         if state == DONE:
             self._log(
                 "done",

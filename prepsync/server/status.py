@@ -27,6 +27,7 @@ from typing import Any
 
 from prepsync.config import TableSpec
 from prepsync.protocol import BLOCKED, DONE, FAILED, FULL_MODES, OPEN, PROCESSING, QUEUED
+from prepsync.server.events import changes_text, tables_changes_text
 from prepsync.server.sessions import Session
 
 RECENT_SESSIONS = 20
@@ -73,24 +74,11 @@ def _row(cells: Iterable[object], tag: str = "td") -> str:
     return "<tr>" + "".join(f"<{tag}>{escape(str(cell))}</{tag}>" for cell in cells) + "</tr>"
 
 
-def _counts_text(counts: Mapping[str, Any]) -> str:
-    text = (
-        f"{counts.get('inserted', 0)} inserted, {counts.get('updated', 0)} updated, "
-        f"{counts.get('deleted', 0)} deleted"
-    )
-    for association, links in (counts.get("links") or {}).items():
-        text += (
-            f"; {association}: {links.get('inserted', 0)} links inserted, "
-            f"{links.get('deleted', 0)} deleted"
-        )
-    return text
-
-
 def _changes(session: Session) -> str:
     tables: Mapping[str, Any] = (session.summary or {}).get("tables") or {}
     if not tables:
         return ""
-    return "; ".join(f"{name}: {_counts_text(counts)}" for name, counts in tables.items())
+    return tables_changes_text(tables)
 
 
 def _opened(session: Session) -> str:
@@ -161,7 +149,7 @@ class _Page:
             "it; later incremental sessions of its connector wait behind it.</p>",
             "<table>" + _row(("table", "changes it would make"), "th"),
         ]
-        parts.extend(_row((name, _counts_text(counts))) for name, counts in tables.items())
+        parts.extend(_row((name, changes_text(counts))) for name, counts in tables.items())
         parts.append("</table><p>Thresholds crossed:</p><ul>")
         parts.extend(f"<li>{escape(str(reason))}</li>" for reason in crossed)
         parts.append("</ul>")
