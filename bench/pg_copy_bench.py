@@ -10,7 +10,8 @@ Variants (each: a new table in one transaction, the COPY, the commit):
 * ``binary``: the native reader checks and encodes each row into binary ``COPY`` in one pass;
 * ``binary_key_after``: the same into a table without its primary key, which is added after;
 * ``binary_freeze``: ``binary`` with ``COPY ... FREEZE`` (rows written frozen);
-* ``binary_parallel``: ``binary``, each table on its own connection at once (two transactions).
+* ``binary_parallel``: ``binary``, each table on its own connection at once (two transactions);
+* ``binary_freeze_parallel``: ``binary_freeze`` so.
 
 Also ``encode_only``: the reader's pass alone (what the client's side costs).
 
@@ -108,12 +109,13 @@ def run(url: str, paths: list[Path], variant: str) -> float:
             while reader.copy_block(BLOCK):
                 pass
             reader.close()
-    elif variant == "binary_parallel":
+    elif variant in ("binary_parallel", "binary_freeze_parallel"):
+        each = variant.removesuffix("_parallel")
         errors: list[BaseException] = []
 
         def one(path: Path) -> None:
             try:
-                load_one(url, path, "binary")
+                load_one(url, path, each)
             except BaseException as error:
                 errors.append(error)
 
@@ -136,7 +138,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--variants",
-        default="text,binary,binary_key_after,binary_freeze,binary_parallel,encode_only",
+        default="text,binary,binary_key_after,binary_freeze,binary_parallel,"
+        "binary_freeze_parallel,encode_only",
     )
     parser.add_argument("--output")
     args = parser.parse_args()
