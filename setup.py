@@ -42,6 +42,7 @@ extensions = [
         include_dirs=["csrc"],
         depends=[
             "csrc/ps_upload.h",
+            "csrc/ps_format.h",
             "csrc/ps_store.h",
             "csrc/ps_tokenizer.h",
             "csrc/ps_core.h",

@@ -162,7 +162,7 @@ cdef extern from "ps_upload.h" nogil:
     int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                             const size_t *pair_cols, size_t npairs, ps_error *err)
     int ps_upload_row(ps_upload *u, ps_error *err)
-    size_t ps_key_line(const char *key, size_t key_len, char *out)
+    size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out)
 
 
 cdef extern from "ps_store.h" nogil:

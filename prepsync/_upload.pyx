@@ -198,12 +198,13 @@ cdef class UploadReader:
 
 
 cdef str key_line_of(const char *key, Py_ssize_t key_len):
-    cdef char *out = <char *>malloc(2 * key_len + 1)
+    # The line (2 * key_len bytes at most), then the scratch for a value holding NULs (key_len).
+    cdef char *out = <char *>malloc(3 * key_len + 1)
     cdef size_t n
     if out == NULL:
         raise MemoryError()
     try:
-        n = c.ps_key_line(key, key_len, out)
+        n = c.ps_key_line(key, key_len, out + 2 * key_len, out)
         return PyUnicode_DecodeUTF8(out, n, NULL)
     finally:
         free(out)

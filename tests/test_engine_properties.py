@@ -30,6 +30,7 @@ from prepsync import _cleanse
 from prepsync.dialect import ReadSettings
 from prepsync.errors import BaselineError, InputError
 from prepsync.pipeline import SUFFIXES, prepare_table
+from prepsync.request import TableJob
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 budgets = st.sampled_from([256, 700, 4096, 1 << 20, 1 << 30])
@@ -52,13 +53,15 @@ def native(data: bytes, spec: Any, budget: int, read_block: int | None, **option
                 baseline_path.write_bytes(baseline)
         try:
             result = prepare_table(
-                source,
-                spec,
+                TableJob(
+                    source=source,
+                    spec=spec,
+                    baseline=baseline_path,
+                    memory_budget=budget,
+                    read_block=read_block,
+                    **options,
+                ),
                 out,
-                baseline=baseline_path,
-                memory_budget=budget,
-                read_block=read_block,
-                **options,
             )
         except InputError as error:
             return ("InputError", error.line, error.problem, error.offset)
@@ -320,7 +323,7 @@ def test_tiny_budget_really_spills_and_merges_in_passes(tmp_path: Path, budget: 
     spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
     source = tmp_path / "in.csv"
     source.write_bytes(b"k,v\n" + b"".join(b"%d,%d\n" % ((i * 37) % 41, i) for i in range(80)))
-    result = prepare_table(source, spec, tmp_path, memory_budget=budget)
+    result = prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), tmp_path)
     if budget == 256:
         assert result.runs >= 8 and result.merge_passes >= 2
     else:
@@ -419,7 +422,9 @@ def test_a_row_over_the_limit_gets_one_error_whatever_the_read_size(
     source = tmp_path / "in.csv"
     source.write_bytes(b"k,v\n" + row + b"\n2,b\n")
     with pytest.raises(InputError) as caught:
-        prepare_table(source, spec, tmp_path, memory_budget=1 << 20, read_block=block)
+        prepare_table(
+            TableJob(source=source, spec=spec, memory_budget=1 << 20, read_block=block), tmp_path
+        )
     assert (caught.value.line, caught.value.problem) == (2, problem)
     if bad_at is None or bad_at > 65536:
         assert caught.value.offset == 4
@@ -444,7 +449,10 @@ def test_an_intermediate_pass_merges_only_what_the_final_merge_cannot_read(
     for budget in (2 << 20, 1 << 30):
         out = tmp_path / str(budget)
         out.mkdir()
-        outputs[budget] = (prepare_table(source, spec, out, memory_budget=budget), out)
+        outputs[budget] = (
+            prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), out),
+            out,
+        )
     spilled, spilled_out = outputs[2 << 20]
     assert spilled.runs >= 16 and spilled.merge_passes == 1
     records = rows * (8 + 8 + len(b"00000000,") + 90)  # header, key, line

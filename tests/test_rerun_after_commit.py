@@ -31,7 +31,7 @@ from serverutil import (
 
 from prepsync.client import ApiClient
 from prepsync.errors import PrepsyncError
-from prepsync.pipeline import PrepareRequest
+from prepsync.request import PrepareRequest
 from prepsync.staging import working_lock
 from prepsync.sync import SESSION_JOURNAL, same_sources, settle_interrupted, synchronize
 

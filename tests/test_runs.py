@@ -14,6 +14,7 @@ import pytest
 from prepsync import _cleanse
 from prepsync.config import TableSpec, Thresholds
 from prepsync.pipeline import prepare_table
+from prepsync.request import TableJob
 
 SPEC = TableSpec("M", ("group", "member", "note"), ("group", "member"), Thresholds())
 
@@ -56,7 +57,7 @@ def test_big_tables_give_the_same_bytes_at_any_budget(
     tmp_path: Path, export: tuple[Path, bytes, bytes], budget: int
 ) -> None:
     source, sorted_bytes, duplicate_bytes = export
-    result = prepare_table(source, SPEC, tmp_path, memory_budget=budget)
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=budget), tmp_path)
     assert result.runs >= 2  # spilled and merged, even with 1 GiB to spare
     assert result.duplicates > 500
     assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes

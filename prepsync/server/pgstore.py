@@ -63,23 +63,15 @@ from prepsync.protocol import (
 from prepsync.server.diff import (
     Change,
     DataError,
-    LinkCounter,
     TableDiff,
     Upload,
     delta_changes,
-    key_positions,
-    open_upload,
+    open_table_file,
 )
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import Session, SessionDatabase
 from prepsync.server.store import decode_key, encode_key, format_record
-from prepsync.server.thresholds import (
-    Association,
-    ConnectorLimits,
-    LinkCounts,
-    TableCounts,
-    TableLimits,
-)
+from prepsync.server.thresholds import Association, ChangeCounter
 
 SCHEMA = "prepsync"
 DATA_ID_FILE = "database.id"
@@ -429,15 +421,14 @@ class PgWork:
         )
         table.header, table.key_columns, table.row_count = list(header), list(key_columns), 0
 
-    def _links_stored(self, table: _Table, associations: Sequence[Association]) -> dict[str, int]:
-        """Links stored per association (an entity table): from the record, or counted once."""
-        if table.header is None or not table.row_count:
-            return {association.identifier: 0 for association in associations}
-        missing = [a for a in associations if a.identifier not in table.links]
-        if missing:
+    def _count_stored(self, table: _Table, counter: ChangeCounter) -> None:
+        """What ``table`` held; the links its record lacks are counted in SQL."""
+
+        def scan(associations: Sequence[Association]) -> dict[str, int]:
+            assert table.header is not None, "a table holding rows has a header"
             folded = {column.casefold(): column for column in table.header}
             counted: list[sql.Composable] = []
-            for association in missing:
+            for association in associations:
                 first = folded.get(association.column1.casefold())
                 second = folded.get(association.column2.casefold())
                 if first is None or second is None:  # the mappings changed: none stored
@@ -452,69 +443,35 @@ class PgWork:
                 sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counted), table.relation)
             ).fetchone()
             assert row is not None
-            for association, count in zip(missing, row, strict=True):
-                table.links[association.identifier] = int(count)
-        return {a.identifier: table.links[a.identifier] for a in associations}
+            return {a.identifier: int(count) for a, count in zip(associations, row, strict=True)}
+
+        counter.stored(table.row_count, table.links, scan)
 
     # ------------------------------------------------------------------ the interface
 
     def apply_table(
-        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
-    ) -> TableCounts:
+        self, session: Session, spec: TableSpec, path: Path, count_changes: ChangeCounter
+    ) -> None:
         table = self._table(session.connector, spec.name)
-        counts = TableCounts(stored_before=table.row_count)
-        association_only = spec.key is None
-        associations = table_limits.associations
-        per_row = bool(associations) and not association_only
-        links_before = self._links_stored(table, associations) if per_row else {}
-        link_changes: dict[str, LinkCounts] = {a.identifier: LinkCounts() for a in associations}
+        self._count_stored(table, count_changes)
+        upload, header, positions = open_table_file(
+            path, spec, session.separator, session.mode, table.header
+        )
         try:
             if session.mode in FULL_MODES:
-                self._load_complete(session, spec, table, path, counts, associations, per_row)
+                self._load_complete(session, table, upload, positions, path, count_changes)
             else:
-                self._apply_delta(session, spec, table, path, counts, associations, per_row)
+                self._apply_delta(session, table, upload, header, positions, path, count_changes)
         except REFUSED_BY_POSTGRESQL as error:
             raise _refused(path.name, error) from None
-        link_changes = counts.links or link_changes
-        table.row_count = counts.stored_before + counts.inserted - counts.deleted
-        counts.rows = table.row_count
-        counts.links = {}
-        for association in associations:
-            links = link_changes.get(association.identifier, LinkCounts())
-            if not per_row:  # association-only table: its rows are its links
-                links.inserted, links.deleted = counts.inserted, counts.deleted
-            links.stored_before = links_before.get(association.identifier, counts.stored_before)
-            if per_row:
-                table.links[association.identifier] = (
-                    links.stored_before + links.inserted - links.deleted
-                )
-            counts.links[association.identifier] = links
+        table.row_count = count_changes.rows_after
+        count_changes.record_links(table.links)
         self._save(table)
-        return counts
 
-    def stored_counts(
-        self,
-        connector: str,
-        tables: Mapping[str, TableSpec],
-        limits: ConnectorLimits,
-        counts: Mapping[str, TableCounts],
-    ) -> dict[str, TableCounts]:
-        stored: dict[str, TableCounts] = {}
-        for folded, spec in tables.items():
-            if folded in counts:
-                stored[folded] = counts[folded]
-                continue
-            table = _read_table(self.connection, connector, spec.name)
-            before = TableCounts(stored_before=0 if table is None else table.row_count)
-            associations = limits.table(spec.name).associations
-            if associations and table is not None and table.header is not None and table.row_count:
-                known = {} if spec.key is None else self._links_stored(table, associations)
-                for association in associations:
-                    before.links[association.identifier] = LinkCounts(
-                        stored_before=known.get(association.identifier, table.row_count)
-                    )
-            stored[folded] = before
-        return stored
+    def count_stored(self, connector: str, spec: TableSpec, count_changes: ChangeCounter) -> None:
+        table = _read_table(self.connection, connector, spec.name)
+        if table is not None:
+            self._count_stored(table, count_changes)
 
     def commit_applied(self, session: Session, summary: dict[str, Any]) -> None:
         """The applied mark and the final state, in the session's transaction."""
@@ -538,37 +495,25 @@ class PgWork:
     def _load_complete(
         self,
         session: Session,
-        spec: TableSpec,
         table: _Table,
+        upload: Upload,
+        positions: list[int],
         path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
-        per_row: bool,
+        counter: ChangeCounter,
     ) -> None:
-        upload = open_upload(path, spec, session.separator, command=False)
         header = upload.header
-        positions = key_positions(spec, header)
         # The native reader checks what SQLite's load checks, with the same messages (width,
         # null key, strictly ascending keys, a CR outside quotes), without storing anything.
         _check_rows(upload, positions)
         key_columns = [header[position] for position in positions]
         connection = self.connection
         stored_header = table.header
-        link_positions = [
-            (
-                [c.casefold() for c in header].index(a.column1.casefold()),
-                [c.casefold() for c in header].index(a.column2.casefold()),
-            )
-            for a in associations
-        ]
+        link_positions = counter.link_pairs(header)
         if stored_header is None or table.row_count == 0:
             if stored_header != header or table.key_columns != key_columns:
                 self._create(table, header, key_columns)
-            counts.inserted = _copy_file(
-                connection, table.relation, header, path, session.separator
-            )
-            if per_row:
-                counts.links = self._links_in(table.relation, header, associations, link_positions)
+            inserted = _copy_file(connection, table.relation, header, path, session.separator)
+            counter.add(inserted, links=self._links_in(table.relation, header, link_positions))
             return
         staging = _positional("c", len(header))
         self._staging("prepsync_staging", staging)
@@ -580,16 +525,11 @@ class PgWork:
             # The mappings changed the kept columns: every stored row goes, every new one comes.
             row = connection.execute("SELECT count(*) FROM prepsync_staging").fetchone()
             assert row is not None
-            counts.inserted, counts.deleted = int(row[0]), table.row_count
-            if per_row:
-                inserted = self._links_in(
-                    _ident("prepsync_staging"), staging, associations, link_positions
-                )
-                old = self._links_stored(table, associations)
-                counts.links = {
-                    identifier: LinkCounts(inserted=links.inserted, deleted=old[identifier])
-                    for identifier, links in inserted.items()
-                }
+            links = self._links_in(_ident("prepsync_staging"), staging, link_positions)
+            if links:  # every stored link goes with its row
+                before = counter.links_before.values()
+                links = [(new, old) for (new, _none), old in zip(links, before, strict=True)]
+            counter.add(int(row[0]), deleted=table.row_count, links=links)
             self._rewrite(table, header, key_columns, staging)
             return
         diff = _FullDiff(table, header, stored_header, positions)
@@ -611,14 +551,11 @@ class PgWork:
             sql.SQL("SELECT {} FROM prepsync_changes").format(sql.SQL(", ").join(aggregates))
         ).fetchone()
         assert row is not None
-        counts.inserted, counts.updated, counts.deleted = int(row[0]), int(row[1]), int(row[2])
-        if per_row:
-            counts.links = {
-                association.identifier: LinkCounts(
-                    inserted=int(row[3 + 2 * index]), deleted=int(row[4 + 2 * index])
-                )
-                for index, association in enumerate(associations)
-            }
+        links = [
+            (int(row[3 + 2 * index]), int(row[4 + 2 * index]))
+            for index in range(len(link_positions))
+        ]
+        counter.add(int(row[0]), int(row[1]), int(row[2]), links)
         if stored_header != header:  # same columns, another order or spelling
             self._rewrite(table, header, key_columns, staging)
             return
@@ -641,10 +578,12 @@ class PgWork:
         self,
         relation: sql.Composable,
         columns: Sequence[str],
-        associations: Sequence[Association],
         link_positions: Sequence[tuple[int, int]],
-    ) -> dict[str, LinkCounts]:
-        """Links held by the rows of ``relation`` (all inserted), per association."""
+    ) -> list[tuple[int, int]]:
+        """Links held by the rows of ``relation`` (all inserted): per pair of columns, (links
+        inserted, 0)."""
+        if not link_positions:
+            return []
         counted = [
             sql.SQL("count(*) FILTER (WHERE {} IS NOT NULL AND {} IS NOT NULL)").format(
                 _ident(columns[first]), _ident(columns[second])
@@ -655,10 +594,7 @@ class PgWork:
             sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counted), relation)
         ).fetchone()
         assert row is not None
-        return {
-            association.identifier: LinkCounts(inserted=int(count))
-            for association, count in zip(associations, row, strict=True)
-        }
+        return [(int(count), 0) for count in row]
 
     def _rewrite(
         self, table: _Table, header: list[str], key_columns: list[str], staging: list[str]
@@ -676,36 +612,25 @@ class PgWork:
     def _apply_delta(
         self,
         session: Session,
-        spec: TableSpec,
         table: _Table,
+        upload: Upload,
+        header: list[str],
+        positions: list[int],
         path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
-        per_row: bool,
+        counter: ChangeCounter,
     ) -> None:
-        upload = open_upload(path, spec, session.separator, command=True)
-        header = list(table.header) if table.header is not None else upload.header
-        if sorted(c.casefold() for c in header) != sorted(c.casefold() for c in upload.header):
-            raise DataError(
-                f"{upload.name}: the stored table has columns {header!r}; run a complete "
-                "synchronization"
-            )
-        positions = key_positions(spec, header)
         if table.header is None:
             self._create(table, header, [header[position] for position in positions])
         try:
             with self.connection.transaction():  # a savepoint: the bulk path may give way
                 if self._bulk_delta(
-                    session, table, header, upload.header, positions, path, counts, associations
+                    session, table, header, upload.header, positions, path, counter
                 ):
                     return
                 raise _RowByRow
         except (_RowByRow, psycopg.DataError, psycopg.IntegrityError):
             pass
-        counts.inserted = counts.updated = counts.deleted = 0
-        self._delta_rows(session, spec, table, header, positions, path, counts, associations)
-        if not per_row:
-            counts.links = {}
+        self._delta_rows(table, upload, header, positions, counter)
 
     def _bulk_delta(
         self,
@@ -715,8 +640,7 @@ class PgWork:
         upload_header: list[str],
         positions: list[int],
         path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
+        counter: ChangeCounter,
     ) -> bool:
         """COPY, one join, one aggregate, three statements; False (nothing written) when the
         aggregate finds a command the row-by-row path must judge."""
@@ -729,13 +653,7 @@ class PgWork:
         of_stored = [_ident(f"c{folded.index(column.casefold()) + 1}") for column in header]
         key_columns = [header[position] for position in positions]
         staged_key = [of_stored[position] for position in positions]
-        link_pairs = [
-            (
-                [c.casefold() for c in header].index(a.column1.casefold()),
-                [c.casefold() for c in header].index(a.column2.casefold()),
-            )
-            for a in associations
-        ]
+        link_pairs = counter.link_pairs(header)
         selected: list[sql.Composable] = [
             sql.SQL("d.ord, lower(d.c0) AS command"),
             sql.SQL("t.{} IS NOT NULL AS present").format(_ident(key_columns[0])),
@@ -813,13 +731,6 @@ class PgWork:
         ).fetchone()
         if twice is not None:  # a key changed twice: each command must see the one before
             return False
-        counts.inserted, counts.updated, counts.deleted = int(row[1]), int(row[2]), int(row[3])
-        counts.links = {
-            association.identifier: LinkCounts(
-                inserted=int(row[4 + 2 * index]), deleted=int(row[5 + 2 * index])
-            )
-            for index, association in enumerate(associations)
-        }
         match = sql.SQL(" AND ").join(
             sql.SQL("t.{} = j.{}").format(_ident(column), key)
             for column, key in zip(key_columns, new_key, strict=True)
@@ -850,41 +761,35 @@ class PgWork:
                 inserts,
             )
         )
+        # Counted once written: a statement PostgreSQL refuses sends the delta row by row.
+        links = [
+            (int(row[4 + 2 * index]), int(row[5 + 2 * index])) for index in range(len(link_pairs))
+        ]
+        counter.add(int(row[1]), int(row[2]), int(row[3]), links)
         return True
 
     def _delta_rows(
         self,
-        session: Session,
-        spec: TableSpec,
         table: _Table,
+        upload: Upload,
         header: list[str],
         positions: list[int],
-        path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
+        counter: ChangeCounter,
     ) -> None:
         """The delta a command at a time, each seeing the ones before (SQLite's own path:
         :func:`~prepsync.server.diff.delta_changes`, its checks and messages)."""
-        upload = open_upload(path, spec, session.separator, command=True)
         rows = _Rows(self.connection, table.relation, header, positions)
-        counter = LinkCounter(associations, header, spec.key is None)
-        for command, key, _line, values, stored_line in delta_changes(
-            upload, header, positions, rows.find
-        ):
+        counter.link_pairs(header)
+        changes = delta_changes(upload, header, positions, rows.find)
+        for command, key, _line, values, _stored_line in counter.counted(changes):
             if command is INSERT:
                 assert values is not None
                 rows.insert(values)
-                counts.inserted += 1
             elif command is UPDATE:
                 assert values is not None
                 rows.update(key, values)
-                counts.updated += 1
             else:
                 rows.delete(key)
-                counts.deleted += 1
-            if counter.per_row:
-                counter.count(command, values, None, stored_line)
-        counts.links = dict(counter.counts)
 
 
 @contextmanager
@@ -1362,17 +1267,11 @@ def _review(
     after: bytes | None,
 ) -> TableDiff:
     table = _read_table(connection, session.connector, spec.name)
+    stored_header = None if table is None else table.header
+    upload, header, positions = open_table_file(
+        path, spec, session.separator, session.mode, stored_header
+    )
     if session.mode not in FULL_MODES:
-        upload = open_upload(path, spec, session.separator, command=True)
-        header = (
-            list(table.header) if table is not None and table.header is not None else upload.header
-        )
-        if sorted(c.casefold() for c in header) != sorted(c.casefold() for c in upload.header):
-            raise DataError(
-                f"{upload.name}: the stored table has columns {header!r}; run a complete "
-                "synchronization"
-            )
-        positions = key_positions(spec, header)
         if table is None or table.header is None:
 
             def nothing_stored(_key: bytes) -> str | None:
@@ -1382,11 +1281,8 @@ def _review(
         else:
             find = _Rows(connection, table.relation, header, positions).find
         return TableDiff(header, delta_changes(upload, header, positions, find, after))
-    upload = open_upload(path, spec, session.separator, command=False)
-    header = upload.header
     assert upload.native is not None
     upload.native.close()
-    positions = key_positions(spec, header)
     staging = _positional("c", len(header))
     connection.execute(
         sql.SQL("CREATE TEMP TABLE prepsync_staging ({})").format(
