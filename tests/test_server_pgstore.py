@@ -174,6 +174,59 @@ def test_the_bulk_and_row_by_row_deltas_agree(tmp_path: Path, postgres_url: str)
         harness.close()
 
 
+def test_the_bulk_and_row_by_row_deltas_count_links_as_sqlite_does(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A delta that changes, removes and adds pairs: PostgreSQL's aggregate (no key twice) and
+    its row-by-row path (a key twice) count the links SQLite's diff counts."""
+    stores = [StoreHarness(tmp_path / "sqlite", None), StoreHarness(tmp_path / "pg", postgres_url)]
+    try:
+        rows = [(f"{n:03d}", f"v{n}", "" if n % 2 else "root") for n in range(6)]
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], rows))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
+        names = ["T.sorted.csv", "P.sorted.csv"]
+        for store in stores:
+            assert store.apply("C", "initial", tmp_path, names, TABLES, LIMITS).state == DONE
+        # 000 root -> other: one deleted, one inserted; 001 "" -> x: inserted; 002 deleted
+        # with its link; 003 merged without a pair; 004 unchanged pair; 100 a new link.
+        delta = [
+            ("update", "000", "v", "other"),
+            ("update", "001", "v", "x"),
+            ("delete", "002", "", ""),
+            ("merge", "003", "m", ""),
+            ("update", "004", "w", "root"),
+            ("insert", "100", "n", "y"),
+        ]
+        expected = {"T_parent": {"inserted": 3, "deleted": 2}}
+        for twice in ([], [("update", "005", "a", "z"), ("update", "005", "b", "")]):
+            commands = sorted(delta + twice, key=lambda row: row[1])
+            delta_file = tmp_path / "T.sorted.delta.csv"
+            delta_file.write_bytes(csv_bytes(["command", "id", "v", "p"], commands))
+            outcomes = [
+                summary_of(
+                    store.apply("C", "incremental", tmp_path, [delta_file.name], TABLES, LIMITS)
+                )
+                for store in stores
+            ]
+            assert outcomes[0] == outcomes[1]
+            assert outcomes[1][0] == DONE
+            assert outcomes[1][2]["tables"]["T"]["links"] == expected
+            # The next delta undoes this one, and 005 gains a pair and loses it (one inserted,
+            # one deleted: each command counts against the one before).
+            delta = [
+                ("update", "000", "v", "root"),
+                ("update", "001", "v", ""),
+                ("insert", "002", "", "root"),
+                ("merge", "003", "m", ""),
+                ("update", "004", "w", "root"),
+                ("delete", "100", "", ""),
+            ]
+            expected = {"T_parent": {"inserted": 3, "deleted": 4}}
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_a_nul_in_a_value_fails_the_session_with_a_reason(
     tmp_path: Path, postgres_url: str
 ) -> None:

@@ -664,7 +664,11 @@ class PgWork:
         )
         for index, (first, second) in enumerate(link_pairs):
             selected.append(
-                sql.SQL("t.{} AS {}, t.{} AS {}").format(
+                sql.SQL("d.{} AS {}, d.{} AS {}, t.{} AS {}, t.{} AS {}").format(
+                    of_stored[first],
+                    _ident(f"n{index}a"),
+                    of_stored[second],
+                    _ident(f"n{index}b"),
                     _ident(header[first]),
                     _ident(f"o{index}a"),
                     _ident(header[second]),
@@ -697,27 +701,8 @@ class PgWork:
             sql.SQL("count(*) FILTER (WHERE {})").format(updates),  # j: the aggregate's alias
             sql.SQL("count(*) FILTER (WHERE command = 'delete')"),
         ]
-        for index, (first, second) in enumerate(link_pairs):
-            new_link = sql.SQL(
-                "(command <> 'delete' AND {} IS NOT NULL AND {} IS NOT NULL)"
-            ).format(_ident(f"n{first}"), _ident(f"n{second}"))
-            old_link = sql.SQL("(present AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-                _ident(f"o{index}a"), _ident(f"o{index}b")
-            )
-            same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
-                new_link,
-                old_link,
-                _ident(f"n{first}"),
-                _ident(f"o{index}a"),
-                _ident(f"n{second}"),
-                _ident(f"o{index}b"),
-            )
-            aggregates.append(
-                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(new_link, same)
-            )
-            aggregates.append(
-                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(old_link, same)
-            )
+        for index in range(len(link_pairs)):
+            aggregates.extend(_link_aggregates(index, _DELTA_HAS_NEW, _DELTA_HAS_OLD))
         row = connection.execute(
             sql.SQL("SELECT {} FROM prepsync_joined j").format(sql.SQL(", ").join(aggregates))
         ).fetchone()
@@ -833,12 +818,25 @@ class _RowByRow(Exception):
     """The bulk delta found something only the row-by-row path may judge."""
 
 
-def _link_aggregates(index: int) -> list[sql.Composable]:
-    new_link = sql.SQL("(command <> 'd' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-        _ident(f"n{index}a"), _ident(f"n{index}b")
+# Whether a change has a new row, a stored row: a complete load's (its command 'i', 'u' or
+# 'd'), a delta's (as sent, 'merge' included; ``present``: its key is stored).
+_DIFF_HAS_NEW = sql.SQL("command <> 'd'")
+_DIFF_HAS_OLD = sql.SQL("command <> 'i'")
+_DELTA_HAS_NEW = sql.SQL("command <> 'delete'")
+_DELTA_HAS_OLD = sql.SQL("present")
+
+
+def _link_aggregates(
+    index: int, has_new: sql.Composable = _DIFF_HAS_NEW, has_old: sql.Composable = _DIFF_HAS_OLD
+) -> list[sql.Composable]:
+    """Links inserted and deleted by the changes (columns ``n<index>a/b``: the new row's pair,
+    ``o<index>a/b``: the stored row's): a link is a pair of non-NULL values; an unchanged pair
+    is no change."""
+    new_link = sql.SQL("({} AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        has_new, _ident(f"n{index}a"), _ident(f"n{index}b")
     )
-    old_link = sql.SQL("(command <> 'i' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-        _ident(f"o{index}a"), _ident(f"o{index}b")
+    old_link = sql.SQL("({} AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        has_old, _ident(f"o{index}a"), _ident(f"o{index}b")
     )
     same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
         new_link,
