@@ -19,6 +19,7 @@ from storeutil import StoreHarness
 from prepsync.config import LinkThresholds, TableSpec, Thresholds
 from prepsync.errors import ConfigError, DataError
 from prepsync.protocol import DONE, FAILED, PROCESSING, QUEUED
+from prepsync.server import pgstore
 from prepsync.server.pgstore import PgBackend, PgSessionDatabase
 from prepsync.server.thresholds import Association, ConnectorLimits, TableLimits
 
@@ -369,6 +370,80 @@ def test_every_process_of_one_database_must_share_one_data_directory(
     (tmp_path / "other").mkdir()
     with pytest.raises(ConfigError, match="must share one data directory"):
         PgBackend(postgres_url, tmp_path / "other")
+
+
+def test_a_large_complete_load_gives_the_same_counts_rows_and_review_on_both_stores(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More changes than one spool batch (4096), links changed, kept and dropped: the native
+    merge-join against the rows COPYed back gives SQLite's counts, rows and review; a review
+    read only in part (its COPY still open) is ended cleanly."""
+    day1 = tmp_path / "day1"
+    day2 = tmp_path / "day2"
+    day1.mkdir()
+    day2.mkdir()
+    first = [(f"k{n:05d}", f"v{n}", f"k{n // 2:05d}" if n % 3 else "") for n in range(12_000)]
+    second = []
+    for key, value, parent in first:
+        number = int(key[1:])
+        if number % 5 == 0:
+            continue  # deleted
+        if number % 4 == 0:
+            value = f'changed "{number}", again'  # quoted in the canonical line
+        if number % 7 == 0:
+            parent = "" if parent else "k00001"  # a link dropped or made
+        second.append((key, value, parent))
+    second += [(f"n{n:05d}", "\\.", "k00002") for n in range(3_000)]  # inserted
+    pairs1 = [(f"a{n:04d}", "b") for n in range(100)]
+    pairs2 = [(f"a{n:04d}", "b") for n in range(50, 150)]
+    for directory, rows, pairs in ((day1, first, pairs1), (day2, second, pairs2)):
+        (directory / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], rows))
+        (directory / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], pairs))
+    names = ["T.sorted.csv", "P.sorted.csv"]
+    diffed: list[str] = []  # the tables PostgreSQL diffed against rows it COPYed back
+
+    def counted(*args: Any) -> Any:
+        diffed.append(args[1].name)
+        return stored_changes(*args)
+
+    stored_changes = pgstore._stored_changes
+    monkeypatch.setattr(pgstore, "_stored_changes", counted)
+    stores = [StoreHarness(tmp_path / "sqlite", None), StoreHarness(tmp_path / "pg", postgres_url)]
+    try:
+        for store in stores:
+            assert store.apply("C", "initial", day1, names, TABLES, LIMITS).state == DONE
+        reviews = []
+        for store in stores:
+            session = store.queued("C", "complete", names)
+            with store.backend.review(session, SPEC, day2 / "T.sorted.csv", None) as diff:
+                changes = [change[:3] + change[4:] for change in diff.changes]
+            middle = changes[len(changes) // 2][1]
+            with store.backend.review(session, SPEC, day2 / "T.sorted.csv", middle) as diff:
+                after = [change[:3] + change[4:] for change in diff.changes]
+            with store.backend.review(session, SPEC, day2 / "T.sorted.csv", None) as diff:
+                first_one = next(iter(diff.changes))  # the rest is left unread
+            assert store.db.cancel(session.id, "reviewed only")
+            assert after == changes[len(changes) // 2 + 1 :]
+            assert first_one[:3] + first_one[4:] == changes[0]
+            reviews.append(changes)
+        assert reviews[0] == reviews[1]
+        outcomes = [
+            summary_of(store.apply("C", "complete", day2, names, TABLES, LIMITS))
+            for store in stores
+        ]
+        assert outcomes[0] == outcomes[1]
+        assert diffed == ["T"] * 3 + ["T", "P"]  # three reviews, then the apply
+        state, _reason, summary = outcomes[1]
+        assert state == DONE
+        counts = summary["tables"]["T"]
+        assert (counts["inserted"], counts["deleted"]) == (3_000, 2_400)
+        assert counts["inserted"] + counts["updated"] + counts["deleted"] > 2 * 4096
+        for table, spec in (("T", SPEC), ("P", PAIR)):
+            served = [store.resources("C", table, spec.columns) for store in stores]
+            assert served[0] == served[1]
+    finally:
+        for store in stores:
+            store.close()
 
 
 def _sqlite_type(declared: str) -> str:

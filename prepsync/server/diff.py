@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from prepsync._upload import FullDiff, StoredRows, UploadReader, native_store_problem
+from prepsync._upload import (
+    CopyRows,
+    FullDiff,
+    StoredRows,
+    UploadReader,
+    native_store_problem,
+)
 from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
@@ -299,11 +305,15 @@ def load_rows(
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
-    stored: StoredRows | Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
+    stored: StoredRows
+    | CopyRows
+    | Iterable[list[tuple[bytes, str]]]
+    | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
     key_only: bool = False,
 ) -> Iterator[Change]:
-    """The merge-join of a complete load with the stored rows (read natively, or batches of
+    """The merge-join of a complete load with the stored rows (read natively from SQLite or
+    from PostgreSQL's COPY, or batches of
     (key, line), the line as str or UTF-8 bytes, both in key order), done by the native
     :class:`~prepsync._upload.FullDiff`.
 
@@ -330,7 +340,7 @@ def full_changes(
                 yield command, key, line, None, stored_line
     finally:
         reader.close()
-        if isinstance(stored, StoredRows):
+        if isinstance(stored, StoredRows | CopyRows):
             stored.close()  # ends its read transaction now, not when it is collected
 
 
