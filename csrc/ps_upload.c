@@ -2,6 +2,8 @@
 
 #include "ps_upload.h"
 
+#include "ps_format.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -20,6 +22,14 @@ int ps_upload_open(ps_upload *u, const char *path, char separator, size_t max_re
     int rc = ps_tok_init(&u->tok, separator, u->read_block, max_record * 16, PS_ERR_INPUT, err);
     if (rc) return rc;
     u->tok_ready = 1;
+    /* Stored lines are ','-separated whatever the file's separator: the tokenizer judges
+     * `special` (quote on output) against ',', so ps_field_format writes the stored quoting. */
+    const ps_dialect stored = {.out_separator = ','};
+    rc = ps_tok_set_dialect(&u->tok, &stored, err);
+    if (rc) {
+        ps_upload_close(u);
+        return rc;
+    }
     u->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (u->fd < 0) {
         int saved = errno;
@@ -101,61 +111,8 @@ static int reserve(char **buf, size_t *cap, size_t need, ps_error *err) {
     return PS_OK;
 }
 
-/* The canonical output of one field, appended at out (room: 2 * len + 2). Quoted only when
- * the value holds ',', a quote, CR or LF: the store's quoting whatever the file's separator. */
-static size_t canonical_field(const ps_field *f, char *out) {
-    const char *data = f->data;
-    uint32_t len = f->len;
-    int quote = 0;
-    for (uint32_t i = 0; i < len; i++) {
-        char ch = data[i];
-        if (ch == ',' || ch == '"' || ch == '\r' || ch == '\n') {
-            quote = 1;
-            break;
-        }
-    }
-    if (!quote) { /* no quote inside, so not escaped either: the bytes are the value */
-        memcpy(out, data, len);
-        return len;
-    }
-    size_t n = 0;
-    out[n++] = '"';
-    if (f->quoted) { /* between the quotes every quote is already doubled */
-        memcpy(out + n, data, len);
-        n += len;
-    } else {
-        for (uint32_t i = 0; i < len; i++) {
-            out[n++] = data[i];
-            if (data[i] == '"') out[n++] = '"';
-        }
-    }
-    out[n++] = '"';
-    return n;
-}
-
-size_t ps_key_line(const char *key, size_t key_len, char *out) {
-    size_t n = 0, at = 0;
-    while (at < key_len) {
-        /* One value: up to its 0x00 0x00; inside it 0x00 0x01 stands for a NUL. */
-        size_t end = at;
-        int quote = 0;
-        while (end + 1 < key_len && !(key[end] == '\0' && key[end + 1] == '\0')) {
-            char ch = key[end];
-            if (ch == ',' || ch == '"' || ch == '\r' || ch == '\n') quote = 1;
-            end += ch == '\0' ? 2 : 1;
-        }
-        if (n) out[n++] = ',';
-        if (quote) out[n++] = '"';
-        for (size_t i = at; i < end; i++) {
-            char ch = key[i];
-            if (ch == '\0') i++; /* 0x00 0x01: a NUL */
-            out[n++] = ch;
-            if (ch == '"') out[n++] = '"';
-        }
-        if (quote) out[n++] = '"';
-        at = end + 2;
-    }
-    return n;
+size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out) {
+    return ps_format_key(key, key_len, ',', scratch, out);
 }
 
 /* The checks and the key of the record just read (and its canonical line when `build_line`):
@@ -179,7 +136,7 @@ static int take_row(ps_upload *u, const ps_record *rec, int build_line, ps_error
             return ps_fail(err, PS_ERR_INPUT, line, -1, "a CR outside quotes");
         if (!build_line) continue;
         if (i) u->line[n++] = ',';
-        n += canonical_field(f, u->line + n);
+        n += ps_field_format(f, u->line + n);
     }
     u->line_len = n;
 

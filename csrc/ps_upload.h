@@ -62,9 +62,9 @@ int ps_upload_next(ps_upload *u, ps_record *rec, ps_error *err);
 int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                         const size_t *pair_cols, size_t npairs, ps_error *err);
 /* The canonical line of a key-only row (every column a key column, in header order) from its
- * encoded key: the values, quoted as the stored lines are, joined by ','. `out` needs room for
- * 2 * key_len bytes; returns the line's length. */
-size_t ps_key_line(const char *key, size_t key_len, char *out);
+ * encoded key: the values, quoted as the stored lines are, joined by ','. `scratch` needs room
+ * for key_len bytes, `out` for 2 * key_len; returns the line's length. */
+size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out);
 /* The next data row: PS_TOK_RECORD with u->key / u->line / u->line_number set, PS_TOK_END,
  * or an error code. */
 int ps_upload_row(ps_upload *u, ps_error *err);

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from prepsync._upload import FullDiff, StoredRows, UploadReader, native_store_problem
+from prepsync._upload import (
+    CopyRows,
+    FullDiff,
+    StoredRows,
+    UploadReader,
+    native_store_problem,
+)
 from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
@@ -45,7 +51,6 @@ from prepsync.server.store import (
     stored_batches,
     stored_rows,
 )
-from prepsync.server.thresholds import Association, LinkCounts
 
 MAX_FIELD = 64 * 1024 * 1024  # DESIGN: a row may be at most 64 MiB
 # Rows per batch of a complete load (the native reader's batches, the store's executemany):
@@ -179,6 +184,31 @@ def open_upload(path: Path, spec: TableSpec, separator: str, command: bool) -> U
     return Upload(name, header, native=native)
 
 
+def open_table_file(
+    path: Path, spec: TableSpec, separator: str, mode: str, stored_header: Sequence[str] | None
+) -> tuple[Upload, list[str], list[int]]:
+    """A session's file for ``spec`` opened, with the layout of its changes' rows and the key's
+    positions in that layout.
+
+    A complete load's rows are in the file's layout (a table stored in another is rewritten).
+    A delta's commands apply to the stored rows, in the stored layout (``stored_header``; the
+    file's when the table was never loaded), so their columns must be the stored ones.
+    """
+    incremental = mode == INCREMENTAL
+    upload = open_upload(path, spec, separator, command=incremental)
+    header = upload.header
+    if incremental and stored_header is not None:
+        header = list(stored_header)
+        if sorted(column.casefold() for column in header) != sorted(
+            column.casefold() for column in upload.header
+        ):
+            raise DataError(
+                f"{upload.name}: the stored table has columns {header!r}; run a complete "
+                "synchronization"
+            )
+    return upload, header, key_positions(spec, header)
+
+
 def _check_header(name: str, header: list[str], spec: TableSpec) -> None:
     folded = [column.casefold() for column in header]
     duplicated = sorted({column for column in folded if folded.count(column) > 1})
@@ -275,11 +305,15 @@ def load_rows(
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
-    stored: StoredRows | Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
+    stored: StoredRows
+    | CopyRows
+    | Iterable[list[tuple[bytes, str]]]
+    | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
     key_only: bool = False,
 ) -> Iterator[Change]:
-    """The merge-join of a complete load with the stored rows (read natively, or batches of
+    """The merge-join of a complete load with the stored rows (read natively from SQLite or
+    from PostgreSQL's COPY, or batches of
     (key, line), the line as str or UTF-8 bytes, both in key order), done by the native
     :class:`~prepsync._upload.FullDiff`.
 
@@ -306,7 +340,7 @@ def full_changes(
                 yield command, key, line, None, stored_line
     finally:
         reader.close()
-        if isinstance(stored, StoredRows):
+        if isinstance(stored, StoredRows | CopyRows):
             stored.close()  # ends its read transaction now, not when it is collected
 
 
@@ -434,6 +468,9 @@ class TableDiff:
     changes: Iterator[Change]
     # A complete load whose stored rows are in another layout: applying it rewrites the table.
     rewrite: bool = False
+    # The kept columns changed: every stored row is deleted (its stored line in the stored
+    # layout, not in ``header``'s), every row of the file inserted.
+    replaces_stored: bool = False
     # A complete load into an empty table (every row an insert): the file and its key
     # positions, for the bulk load (:func:`keyed_batches`).
     into_empty: tuple[Upload, list[int]] | None = None
@@ -460,29 +497,17 @@ def table_diff(
     natively (:class:`~prepsync._upload.StoredRows`), in a read transaction of its own that
     sees what ``rows`` sees.
     """
-    incremental = mode == INCREMENTAL
-    upload = open_upload(path, spec, separator, command=incremental)
     stored_header = None if state is None else state.header
-    if incremental:
-        header = list(stored_header) if stored_header is not None else upload.header
-        if sorted(column.casefold() for column in header) != sorted(
-            column.casefold() for column in upload.header
-        ):
-            raise DataError(
-                f"{upload.name}: the stored table has columns {header!r}; run a complete "
-                "synchronization"
-            )
+    upload, header, positions = open_table_file(path, spec, separator, mode, stored_header)
+    if mode == INCREMENTAL:
         state_tid = None if state is None else state.tid
 
         def find(key: bytes) -> str | None:
             return None if state_tid is None else lookup(rows, state_tid, key)
 
-        positions = key_positions(spec, header)
         return TableDiff(
             header, delta_changes(upload, header, positions, find, after, out_of_order)
         )
-    header = upload.header
-    positions = key_positions(spec, header)
     if state is None or stored_header is None or state.row_count == 0:
         if after is None:
             inserts = (
@@ -514,69 +539,5 @@ def table_diff(
                 if after is None or key > after:
                     yield DELETE, key, None, None, line
 
-        return TableDiff(header, every_stored_row_deleted(), rewrite=True)
+        return TableDiff(header, every_stored_row_deleted(), rewrite=True, replaces_stored=True)
     return TableDiff(header, full_changes(upload, positions, batched(moved), after), rewrite=True)
-
-
-# ------------------------------------------------------------------------------------- links
-
-
-class LinkCounter:
-    """Counts each association's links inserted and deleted by a table's changes."""
-
-    def __init__(
-        self, associations: Sequence[Association], header: Sequence[str], association_only: bool
-    ) -> None:
-        folded = [column.casefold() for column in header]
-        self.associations = tuple(associations)
-        self.counts = {association.identifier: LinkCounts() for association in associations}
-        # Every row of an association-only table is a link (its columns form the key, never
-        # null), so its links are its rows: counted from the row counts, no per-row work.
-        self.per_row = not association_only and bool(associations)
-        self._pairs = [
-            (
-                self.counts[association.identifier],
-                folded.index(association.column1.casefold()),
-                folded.index(association.column2.casefold()),
-            )
-            for association in associations
-        ]
-
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """The column positions of each association's pair, in association order."""
-        return [(first, second) for _counts, first, second in self._pairs]
-
-    def count_inserted(self, rows_with_links: Sequence[int]) -> None:
-        """Add a bulk load's inserted links (per association, the rows with a full pair)."""
-        for (counts, _first, _second), rows in zip(self._pairs, rows_with_links, strict=True):
-            counts.inserted += rows
-
-    def count(
-        self, command: str, values: list[str] | None, line: str | None, stored_line: str | None
-    ) -> None:
-        """One change's links: ``values`` of the new row, or parsed from ``line`` when None."""
-        if values is None and line is not None:
-            values = parse_line(line)
-        old = None if stored_line is None else parse_line(stored_line)
-        for counts, first, second in self._pairs:
-            new_pair = None if values is None else (values[first], values[second])
-            old_pair = None if old is None else (old[first], old[second])
-            new_link = new_pair is not None and new_pair[0] != "" and new_pair[1] != ""
-            old_link = old_pair is not None and old_pair[0] != "" and old_pair[1] != ""
-            if new_link and old_link and new_pair == old_pair:
-                continue
-            if new_link:
-                counts.inserted += 1
-            if old_link:
-                counts.deleted += 1
-
-    def stored_links(self, rows: Iterable[tuple[bytes, str]]) -> dict[str, int]:
-        """Links held by ``rows`` (stored lines in this counter's header), per association."""
-        totals = dict.fromkeys(self.counts, 0)
-        for _key, line in rows:
-            values = parse_line(line)
-            for identifier, (_counts, first, second) in zip(self.counts, self._pairs, strict=True):
-                if values[first] != "" and values[second] != "":
-                    totals[identifier] += 1
-        return totals

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from html import escape
 from urllib.parse import parse_qs
 
 import anyio.to_thread
@@ -284,21 +285,45 @@ def _is_operator(state: ServerState, client: OpenIdClient) -> bool:
 
 
 def _operator_viewing(request: Request) -> OpenIdClient | None:
-    """The operator whose bearer token the request carries; None for anyone else (no token,
-    a bad one, or another client's: the page then shows what an anonymous viewer sees)."""
-    if request.headers.get("authorization") is None:
+    """The operator the request speaks for: by a bearer token, or by the client id and secret
+    a browser sends (HTTP Basic, RFC 7617: a browser cannot add a bearer token to a page it
+    loads). None for anyone else (no credentials, bad ones, or another client's: the page then
+    shows what an anonymous viewer sees)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
         return None
-    try:
-        client = authenticate(request)
-    except ApiError:
-        return None
-    return client if _is_operator(state_of(request), client) else None
+    state = state_of(request)
+    credentials = basic_credentials(authorization, form_encoded=False)
+    if credentials is not None:
+        client = state.clients.get(credentials[0])
+        # Checked against a dummy for unknown ids too, as at the token endpoint.
+        if not (client or _NO_CLIENT).check_secret(credentials[1]) or client is None:
+            return None
+    else:
+        try:
+            client = authenticate(request)
+        except ApiError:
+            return None
+    return client if _is_operator(state, client) else None
+
+
+# `GET /?operator`: a browser is asked for an operator client's id and secret (Basic), sent
+# again with each request to the page, its refreshes included.
+_SIGN_IN = {"WWW-Authenticate": 'Basic realm="prepsync operators", charset="UTF-8"'}
 
 
 async def status_page(request: Request) -> Response:
     state = state_of(request)
     db, _worker = state.running()
     viewer = _operator_viewing(request)
+    if viewer is None and "operator" in request.query_params:
+        return HTMLResponse(
+            "<!DOCTYPE html><html><body><p>This page shows failure reasons to an operator: "
+            "sign in with the client id and secret of a client whose Profile is "
+            f"{escape(state.operator_profile)}. <a href='/'>Back</a></p></body></html>",
+            status_code=401,
+            headers={**SECURITY_HEADERS, **_SIGN_IN},
+        )
     operators = sorted(c.identifier for c in state.clients.values() if _is_operator(state, c))
     view = StatusView(
         tables=state.tables,
