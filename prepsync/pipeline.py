@@ -41,6 +41,7 @@ from prepsync.protocol import (
     NULLPK_SUFFIX,
     SORTED_SUFFIX,
     csv_record,
+    separator_problem,
 )
 from prepsync.sizes import format_size
 from prepsync.staging import (
@@ -344,8 +345,8 @@ def stage_table(
     mode = mode.lower()
     if mode not in MODES:
         raise UsageError(f"unknown synchronization mode '{mode}'")
-    if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
-        raise UsageError("the separator must be one ASCII character other than a quote, CR or LF")
+    if problem := separator_problem(separator):
+        raise UsageError(f"the separator {problem}")
     if settings is None:
         settings = ReadSettings(separator=separator)
     started = time.monotonic()
