@@ -468,6 +468,9 @@ class TableDiff:
     changes: Iterator[Change]
     # A complete load whose stored rows are in another layout: applying it rewrites the table.
     rewrite: bool = False
+    # The kept columns changed: every stored row is deleted (its stored line in the stored
+    # layout, not in ``header``'s), every row of the file inserted.
+    replaces_stored: bool = False
     # A complete load into an empty table (every row an insert): the file and its key
     # positions, for the bulk load (:func:`keyed_batches`).
     into_empty: tuple[Upload, list[int]] | None = None
@@ -536,5 +539,5 @@ def table_diff(
                 if after is None or key > after:
                     yield DELETE, key, None, None, line
 
-        return TableDiff(header, every_stored_row_deleted(), rewrite=True)
+        return TableDiff(header, every_stored_row_deleted(), rewrite=True, replaces_stored=True)
     return TableDiff(header, full_changes(upload, positions, batched(moved), after), rewrite=True)
