@@ -183,3 +183,24 @@ cdef extern from "ps_store.h" nogil:
     void *ps_store_capture_end()
     int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int key_only,
                            int64_t *rows, ps_error *err)
+
+
+cdef extern from "ps_pgcopy.h" nogil:
+    ctypedef struct ps_pgcopy:
+        char *key
+        size_t key_len
+        char *line
+        size_t line_len
+        int eof
+        int64_t rows
+        char sqlstate[6]
+
+    int ps_pgcopy_load(const char *module_path, ps_error *err)
+    int ps_pgcopy_loaded()
+    int ps_pgcopy_open(ps_pgcopy *c, void *conn, size_t nfields, const size_t *key_cols,
+                       size_t nkeys, ps_error *err)
+    void ps_pgcopy_close(ps_pgcopy *c)
+    int ps_pgcopy_feed(ps_pgcopy *c, const char *data, size_t n, ps_error *err)
+    void ps_pgcopy_feed_end(ps_pgcopy *c)
+    int ps_pgcopy_fill(ps_pgcopy *c, ps_error *err)
+    int ps_pgcopy_row(ps_pgcopy *c, ps_error *err)

@@ -29,6 +29,23 @@ class StoredRows:
     def __init__(self, path: str, tid: int, after: bytes | None = None) -> None: ...
     def close(self) -> None: ...
 
+def native_copy_problem() -> str | None: ...
+
+class CopyRows:
+    name: str
+    def __init__(
+        self,
+        name: str,
+        nfields: int,
+        key_positions: Sequence[int],
+        pgconn_ptr: int | None = None,
+        read: Callable[[], bytes | bytearray | memoryview] | None = None,
+    ) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def rows_read(self) -> int: ...
+    def pairs(self) -> list[tuple[bytes, bytes]]: ...
+
 class NativeWriter:
     def bulk_load(
         self, reader: UploadReader, tid: int, seq: int, key_only: bool = False
@@ -44,6 +61,7 @@ class FullDiff:
         self,
         reader: UploadReader,
         stored: StoredRows
+        | CopyRows
         | Iterable[list[tuple[bytes, str]]]
         | Iterable[list[tuple[bytes, bytes]]],
         insert: str,

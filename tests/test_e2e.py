@@ -1,7 +1,9 @@
 """The whole chain: `prepsync prepare --api-url` against a real `prepsync serve` process.
 
 After every synchronization the server's store (read back through the resources endpoint)
-must equal the last export's `.sorted.csv`, whatever was killed along the way.
+must equal the last export's `.sorted.csv`, whatever was killed along the way. The server runs
+on both stores (SQLite and PostgreSQL) where its store takes part; the cases that are the
+agent's alone, or that a cheaper test covers on both stores, run on SQLite only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from serverutil import (
     chain,
     config_xml,
     latest_session,
+    sqlite_only,
 )
 
 __all__ = ["chain"]  # the fixture, used by name
@@ -80,6 +83,7 @@ def test_server_killed_mid_upload_then_restarted(
 
 
 @pytest.mark.slow
+@sqlite_only()  # on both stores in test_kill_points.py (the same two points)
 @pytest.mark.parametrize("point", ["uploaded", "server-committed"])
 def test_agent_killed_around_commit_sends_each_change_once(
     chain: tuple[ServerProcess, Agent, Export], point: str
@@ -108,13 +112,15 @@ def test_agent_killed_around_commit_sends_each_change_once(
 
 
 @pytest.fixture
-def blocked(tmp_path: Path) -> Iterator[tuple[ServerProcess, Agent, Export, str, bytes]]:
+def blocked(
+    tmp_path: Path, store_url: str | None
+) -> Iterator[tuple[ServerProcess, Agent, Export, str, bytes]]:
     """A server with MaximumDeletedLines=3, a complete load done, then an incremental run
     deleting 5 entries: accepted by the agent, blocked by the server. Yields the chain, the
     blocked session and the entries the store held before it."""
     config = tmp_path / "server.xml"
     config.write_text(config_xml(max_deleted=3))
-    server = ServerProcess.in_folder(tmp_path, config)
+    server = ServerProcess.in_folder(tmp_path, config, database=store_url)
     server.start()
     try:
         agent, export = Agent(tmp_path / "agent", server), Export(seed=5)
@@ -168,6 +174,7 @@ def test_complete_session_cancels_blocked_and_queued_incrementals(
     agent.assert_store_matches_export()
 
 
+@sqlite_only()  # refused before any session: no store involved
 def test_refused_credentials_fail_cleanly_without_leaking(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:
@@ -181,6 +188,7 @@ def test_refused_credentials_fail_cleanly_without_leaking(
     assert not (agent.sources / "previous").exists()
 
 
+@sqlite_only()  # refused before any session: no store involved
 def test_client_not_allowed_on_connector_gets_403(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:
@@ -197,6 +205,8 @@ def test_client_not_allowed_on_connector_gets_403(
     assert not (agent.sources / "previous").exists()
 
 
+# The connector's agent is the store's to tell: test_server_sessions.py checks it on both.
+@sqlite_only()
 def test_a_second_agent_is_refused_until_it_takes_the_connector_over(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:

@@ -15,8 +15,9 @@ from reference import format_row as oracle_format_row
 from prepsync.config import TableSpec, Thresholds
 from prepsync.dialect import check_separator
 from prepsync.errors import UsageError
-from prepsync.pipeline import format_row, prepare_table
+from prepsync.pipeline import format_row
 from prepsync.protocol import csv_record, separator_problem
+from prepsync.request import TableJob
 from prepsync.server.store import format_record
 
 SEPARATORS = st.sampled_from([",", ";", "\t", "|", " "])
@@ -54,10 +55,9 @@ def test_one_separator_rule_for_the_agent_and_the_server(tmp_path: Path, separat
     assert separator_problem(separator) == problem  # the server's check of a session
     with pytest.raises(UsageError, match=f"^--separator {problem}$"):
         check_separator(separator, "--separator")
-    source = tmp_path / "T.csv"
-    source.write_text("id\n1\n")
+    # The agent's per-table job (what the engine is given) refuses it as it is built.
     with pytest.raises(UsageError, match=f"^the separator {problem}$"):
-        prepare_table(source, SPEC, tmp_path, separator=separator)
+        TableJob(spec=SPEC, source=tmp_path / "T.csv", separator=separator)
 
 
 @pytest.mark.parametrize("separator", [",", ";", "\t", "|", " ", "\x01", "~"])

@@ -291,7 +291,11 @@ class _BatchWriter:
 
 def _write(diff: TableDiff, writer: _BatchWriter, counter: ChangeCounter) -> None:
     """Count the changes and, unless the table is rewritten, write them in batches."""
-    changes = counter.counted(diff.changes)
+    changes = diff.changes
+    if diff.replaces_stored:
+        counter.every_stored_row_deleted()
+        changes = (change for change in changes if change[0] is not DELETE)
+    changes = counter.counted(changes)
     if diff.rewrite:
         for _change in changes:
             pass

@@ -31,7 +31,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prepsync._upload import FullDiff, StoredRows, UploadReader, native_store_problem
+from prepsync._upload import (
+    CopyRows,
+    FullDiff,
+    StoredRows,
+    UploadReader,
+    native_store_problem,
+)
 from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
@@ -220,11 +226,15 @@ def load_rows(
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
-    stored: StoredRows | Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
+    stored: StoredRows
+    | CopyRows
+    | Iterable[list[tuple[bytes, str]]]
+    | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
     key_only: bool = False,
 ) -> Iterator[Change]:
-    """The merge-join of a complete load with the stored rows (read natively, or batches of
+    """The merge-join of a complete load with the stored rows (read natively from SQLite or
+    from PostgreSQL's COPY, or batches of
     (key, line), the line as str or UTF-8 bytes, both in key order), done by the native
     :class:`~prepsync._upload.FullDiff`.
 
@@ -250,7 +260,7 @@ def full_changes(
                 yield command, key, line, None, stored_line
     finally:
         reader.close()
-        if isinstance(stored, StoredRows):
+        if isinstance(stored, StoredRows | CopyRows):
             stored.close()  # ends its read transaction now, not when it is collected
 
 
@@ -382,6 +392,9 @@ class TableDiff:
     changes: Iterator[Change]
     # A complete load whose stored rows are in another layout: applying it rewrites the table.
     rewrite: bool = False
+    # The kept columns changed: every stored row is deleted (its stored line in the stored
+    # layout, not in ``header``'s), every row of the file inserted.
+    replaces_stored: bool = False
     # A complete load into an empty table (every row an insert): the file and its key
     # positions, for the bulk load (:func:`keyed_batches`).
     into_empty: tuple[Upload, list[int]] | None = None
@@ -450,5 +463,5 @@ def table_diff(
                 if after is None or key > after:
                     yield DELETE, key, None, None, line
 
-        return TableDiff(header, every_stored_row_deleted(), rewrite=True)
+        return TableDiff(header, every_stored_row_deleted(), rewrite=True, replaces_stored=True)
     return TableDiff(header, full_changes(upload, positions, batched(moved), after), rewrite=True)

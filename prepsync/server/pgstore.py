@@ -36,18 +36,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from prepsync._upload import CopyRows, native_copy_problem
 from prepsync.config import TableSpec
 from prepsync.errors import ConfigError
 from prepsync.protocol import (
@@ -61,11 +63,13 @@ from prepsync.protocol import (
     UPDATE,
 )
 from prepsync.server.diff import (
+    BATCH_ROWS,
     Change,
     DataError,
     TableDiff,
     Upload,
     delta_changes,
+    full_changes,
     open_table_file,
 )
 from prepsync.server.http import ApiError
@@ -89,6 +93,8 @@ CHECK_ROWS = 1 << 16  # rows the native reader checks per call
 WORKER_TEMP_BUFFERS = "64MB"
 WORKER_WORK_MEM = "64MB"
 REVIEW_FETCH = 4096
+# A complete load's changes wait in memory up to this size, then in a temporary file.
+SPOOL_MEMORY = 32 * 1024 * 1024
 STREAM_PIECE = 256 * 1024
 
 _SCHEMA_DDL = f"""
@@ -502,12 +508,17 @@ class PgWork:
         counter: ChangeCounter,
     ) -> None:
         header = upload.header
-        # The native reader checks what SQLite's load checks, with the same messages (width,
-        # null key, strictly ascending keys, a CR outside quotes), without storing anything.
-        _check_rows(upload, positions)
         key_columns = [header[position] for position in positions]
         connection = self.connection
         stored_header = table.header
+        if stored_header == header and table.row_count:
+            # The usual next-day load: the native merge-join with the stored rows, which
+            # checks the file as it reads it (the same checks and messages as SQLite's).
+            self._diff_and_apply(table, upload, positions, counter)
+            return
+        # The native reader checks what SQLite's load checks, with the same messages (width,
+        # null key, strictly ascending keys, a CR outside quotes), without storing anything.
+        _check_rows(upload, positions)
         link_positions = counter.link_pairs(header)
         if stored_header is None or table.row_count == 0:
             if stored_header != header or table.key_columns != key_columns:
@@ -525,11 +536,9 @@ class PgWork:
             # The mappings changed the kept columns: every stored row goes, every new one comes.
             row = connection.execute("SELECT count(*) FROM prepsync_staging").fetchone()
             assert row is not None
+            counter.every_stored_row_deleted()
             links = self._links_in(_ident("prepsync_staging"), staging, link_positions)
-            if links:  # every stored link goes with its row
-                before = counter.links_before.values()
-                links = [(new, old) for (new, _none), old in zip(links, before, strict=True)]
-            counter.add(int(row[0]), deleted=table.row_count, links=links)
+            counter.add(int(row[0]), links=links)
             self._rewrite(table, header, key_columns, staging)
             return
         diff = _FullDiff(table, header, stored_header, positions)
@@ -560,6 +569,91 @@ class PgWork:
             self._rewrite(table, header, key_columns, staging)
             return
         diff.apply(connection)
+
+    def _diff_and_apply(
+        self, table: _Table, upload: Upload, positions: list[int], counter: ChangeCounter
+    ) -> None:
+        """A complete load into a loaded table of the same layout, as SQLite does it: the
+        native merge-join of the file with the stored rows read back in key order
+        (:func:`_stored_changes`) yields only the changes, counted as SQLite's are
+        (:meth:`~prepsync.server.thresholds.ChangeCounter.counted`); they wait in a spool (the
+        COPY out holds the connection until the diff ends), then one ``COPY`` puts them in a
+        changes table and three statements delete, update and insert."""
+        header = upload.header
+        counter.link_pairs(header)
+        association_only = all(index in positions for index in range(len(header)))
+        changed = False
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+            pending: list[str] = []
+            changes = _stored_changes(
+                self.connection, table, header, positions, upload, None, association_only
+            )
+            for command, _key, line, _values, stored_line in counter.counted(changes):
+                # The new row, or for a delete the stored one (its key is all that is used).
+                if command is INSERT:
+                    pending.append("i," + str(line))
+                elif command is UPDATE:
+                    pending.append("u," + str(line))
+                else:
+                    pending.append("d," + str(stored_line))
+                if len(pending) >= BATCH_ROWS:
+                    spool.write(("\n".join(pending) + "\n").encode("utf-8"))
+                    pending.clear()
+                    changed = True
+            if pending:
+                spool.write(("\n".join(pending) + "\n").encode("utf-8"))
+                changed = True
+            if changed:
+                spool.seek(0)
+                self._apply_changes(table, header, positions, spool)
+
+    def _apply_changes(
+        self, table: _Table, header: list[str], positions: list[int], spool: IO[bytes]
+    ) -> None:
+        """The spooled changes (``i|u|d,<canonical line>``: the new row, or the deleted one)
+        into ``prepsync_changes``, then delete, update, insert."""
+        connection = self.connection
+        staged = _positional("c", len(header))
+        self._staging("prepsync_changes", ["command", *staged])
+        statement = sql.SQL(
+            "COPY prepsync_changes ({}) FROM STDIN (FORMAT csv, FORCE_NULL ({}))"
+        ).format(_columns(["command", *staged]), _columns(staged))
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            while block := spool.read(COPY_BLOCK):
+                copy.write(block)
+        # Statistics (a few ms for a few thousand rows): without them the planner guesses the
+        # changes table large and hashes the whole stored table to join it.
+        connection.execute("ANALYZE prepsync_changes")
+        relation = table.relation
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = c.{}").format(_ident(header[p]), _ident(staged[p])) for p in positions
+        )
+        connection.execute(
+            sql.SQL(
+                "DELETE FROM {} t USING prepsync_changes c WHERE c.command = 'd' AND {}"
+            ).format(relation, match)
+        )
+        non_key = [i for i in range(len(header)) if i not in positions]
+        if non_key:
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = c.{}").format(_ident(header[i]), _ident(staged[i])) for i in non_key
+            )
+            connection.execute(
+                sql.SQL(
+                    "UPDATE {} t SET {} FROM prepsync_changes c WHERE c.command = 'u' AND {}"
+                ).format(relation, assignments, match)
+            )
+        connection.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM prepsync_changes WHERE command = 'i' "
+                "ORDER BY {}"
+            ).format(
+                relation,
+                _columns(header),
+                _columns(staged),
+                _columns([staged[p] for p in positions]),
+            )
+        )
 
     def _staging(self, name: str, columns: Sequence[str], ordered: bool = False) -> None:
         definitions: list[sql.Composable] = [
@@ -664,7 +758,11 @@ class PgWork:
         )
         for index, (first, second) in enumerate(link_pairs):
             selected.append(
-                sql.SQL("t.{} AS {}, t.{} AS {}").format(
+                sql.SQL("d.{} AS {}, d.{} AS {}, t.{} AS {}, t.{} AS {}").format(
+                    of_stored[first],
+                    _ident(f"n{index}a"),
+                    of_stored[second],
+                    _ident(f"n{index}b"),
                     _ident(header[first]),
                     _ident(f"o{index}a"),
                     _ident(header[second]),
@@ -697,27 +795,8 @@ class PgWork:
             sql.SQL("count(*) FILTER (WHERE {})").format(updates),  # j: the aggregate's alias
             sql.SQL("count(*) FILTER (WHERE command = 'delete')"),
         ]
-        for index, (first, second) in enumerate(link_pairs):
-            new_link = sql.SQL(
-                "(command <> 'delete' AND {} IS NOT NULL AND {} IS NOT NULL)"
-            ).format(_ident(f"n{first}"), _ident(f"n{second}"))
-            old_link = sql.SQL("(present AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-                _ident(f"o{index}a"), _ident(f"o{index}b")
-            )
-            same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
-                new_link,
-                old_link,
-                _ident(f"n{first}"),
-                _ident(f"o{index}a"),
-                _ident(f"n{second}"),
-                _ident(f"o{index}b"),
-            )
-            aggregates.append(
-                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(new_link, same)
-            )
-            aggregates.append(
-                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(old_link, same)
-            )
+        for index in range(len(link_pairs)):
+            aggregates.extend(_link_aggregates(index, _DELTA_HAS_NEW, _DELTA_HAS_OLD))
         row = connection.execute(
             sql.SQL("SELECT {} FROM prepsync_joined j").format(sql.SQL(", ").join(aggregates))
         ).fetchone()
@@ -810,6 +889,59 @@ def _merge_join(connection: psycopg.Connection[Any]) -> Iterator[None]:
             connection.execute("SET LOCAL enable_seqscan = on")
 
 
+def _stored_changes(
+    connection: psycopg.Connection[Any],
+    table: _Table,
+    header: list[str],
+    positions: list[int],
+    upload: Upload,
+    after: bytes | None,
+    key_only: bool,
+) -> Iterator[Change]:
+    """The changes of a complete load (``upload``, columns ``header``) against the stored rows,
+    in key order, from the native merge-join (:func:`~prepsync.server.diff.full_changes`, the
+    SQLite store's own): the rows come from ``COPY (SELECT ... ORDER BY key) TO STDOUT (FORMAT
+    binary)``, in the file's column order (the stored columns matched case-insensitively), and
+    are read by C (:class:`~prepsync._upload.CopyRows`, through libpq without the GIL), so an
+    unchanged row costs no Python at all. ``after``: only keys above it (the review's pages).
+
+    The COPY holds the connection until the changes are all read; a consumer that stops early
+    closes the generator, and psycopg then cancels the COPY (which aborts the transaction)."""
+    assert table.header is not None and table.key_columns is not None
+    stored_folded = [column.casefold() for column in table.header]
+    stored = [table.header[stored_folded.index(column.casefold())] for column in header]
+    key = [_ident(stored[position]) for position in positions]
+    where: sql.Composable = sql.SQL("")
+    if after is not None:
+        where = sql.SQL(" WHERE {}").format(_above(key, decode_key(after)))
+    statement = sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {}) TO STDOUT (FORMAT binary)").format(
+        _columns(stored), table.relation, where, sql.SQL(", ").join(key)
+    )
+    # The primary key's index gives the rows in key order; a table just loaded has no
+    # statistics, and the planner would rather scan and sort it.
+    connection.execute("SET LOCAL enable_seqscan = off")
+    try:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            # The PGconn behind psycopg's connection (its compiled bindings expose it).
+            pointer = getattr(connection.pgconn, "pgconn_ptr", None)
+            if pointer is not None and native_copy_problem() is None:
+                rows = CopyRows(upload.name, len(header), positions, pgconn_ptr=pointer)
+            else:  # psycopg's pure-Python binding: its blocks, fed to the same C
+                rows = CopyRows(upload.name, len(header), positions, read=copy.read)
+            yield from full_changes(upload, positions, rows, after, key_only)
+    finally:
+        if connection.info.transaction_status == TransactionStatus.INTRANS:
+            connection.execute("SET LOCAL enable_seqscan = on")
+
+
+def _above(columns: Sequence[sql.Composable], values: Sequence[str]) -> sql.Composable:
+    """The rows whose key (``columns``) is above ``values``, in the key's byte order."""
+    return sql.SQL("ROW({}) > ROW({})").format(
+        sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns),
+        sql.SQL(", ").join(sql.Literal(value) for value in values),
+    )
+
+
 def _drop_temporary(connection: psycopg.Connection[Any], name: str) -> None:
     """Temporary tables go at commit; one session's next table drops the previous one's."""
     connection.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(_ident(name)))
@@ -833,12 +965,25 @@ class _RowByRow(Exception):
     """The bulk delta found something only the row-by-row path may judge."""
 
 
-def _link_aggregates(index: int) -> list[sql.Composable]:
-    new_link = sql.SQL("(command <> 'd' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-        _ident(f"n{index}a"), _ident(f"n{index}b")
+# Whether a change has a new row, a stored row: a complete load's (its command 'i', 'u' or
+# 'd'), a delta's (as sent, 'merge' included; ``present``: its key is stored).
+_DIFF_HAS_NEW = sql.SQL("command <> 'd'")
+_DIFF_HAS_OLD = sql.SQL("command <> 'i'")
+_DELTA_HAS_NEW = sql.SQL("command <> 'delete'")
+_DELTA_HAS_OLD = sql.SQL("present")
+
+
+def _link_aggregates(
+    index: int, has_new: sql.Composable = _DIFF_HAS_NEW, has_old: sql.Composable = _DIFF_HAS_OLD
+) -> list[sql.Composable]:
+    """Links inserted and deleted by the changes (columns ``n<index>a/b``: the new row's pair,
+    ``o<index>a/b``: the stored row's): a link is a pair of non-NULL values; an unchanged pair
+    is no change."""
+    new_link = sql.SQL("({} AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        has_new, _ident(f"n{index}a"), _ident(f"n{index}b")
     )
-    old_link = sql.SQL("(command <> 'i' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-        _ident(f"o{index}a"), _ident(f"o{index}b")
+    old_link = sql.SQL("({} AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        has_old, _ident(f"o{index}a"), _ident(f"o{index}b")
     )
     same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
         new_link,
@@ -1188,17 +1333,21 @@ class PgBackend:
         """The changes of ``path`` against the table as stored, in a transaction that is rolled
         back (its staging table goes with it)."""
         connection = connect(self.url)
+        diff: TableDiff | None = None
         try:
             connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            # As when applying (see _merge_join): this transaction only runs the diff.
-            connection.execute("SET LOCAL enable_hashjoin = off")
-            connection.execute("SET LOCAL enable_seqscan = off")
-            connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
             try:
-                yield _review(connection, session, spec, path, after)
+                diff = _review(connection, session, spec, path, after)
+                yield diff
             except REFUSED_BY_POSTGRESQL as error:
                 raise _refused(path.name, error) from None
             finally:
+                # A complete load's changes hold a COPY open until they are all read: a
+                # reader that stopped early ends it (closing the generator) before the
+                # rollback.
+                close = getattr(diff.changes, "close", None) if diff is not None else None
+                if close is not None:
+                    close()
                 if not connection.closed:
                     connection.execute("ROLLBACK")
         finally:
@@ -1281,114 +1430,46 @@ def _review(
         else:
             find = _Rows(connection, table.relation, header, positions).find
         return TableDiff(header, delta_changes(upload, header, positions, find, after))
-    assert upload.native is not None
-    upload.native.close()
-    staging = _positional("c", len(header))
-    connection.execute(
-        sql.SQL("CREATE TEMP TABLE prepsync_staging ({})").format(
-            sql.SQL(", ").join(sql.SQL('{} text COLLATE "C"').format(_ident(c)) for c in staging)
-        )
+    if table is None or table.header is None or table.row_count == 0:
+        return TableDiff(header, full_changes(upload, positions, (), after))
+    stored_header = table.header
+    if sorted(c.casefold() for c in stored_header) != sorted(c.casefold() for c in header):
+        # The mappings changed the kept columns: every stored row goes, every new one comes.
+        return TableDiff(header, _replaced(connection, table, upload, positions, after))
+    # The same columns (maybe ordered or spelled otherwise): the native merge-join, as when
+    # applying; the stored rows are read back in the file's column order.
+    return TableDiff(
+        header,
+        _stored_changes(connection, table, header, positions, upload, after, spec.key is None),
     )
-    _copy_file(connection, _ident("prepsync_staging"), staging, path, session.separator)
-    return TableDiff(header, _review_changes(connection, table, header, positions, after))
 
 
-def _review_changes(
+def _replaced(
     connection: psycopg.Connection[Any],
-    table: _Table | None,
-    header: list[str],
+    table: _Table,
+    upload: Upload,
     positions: list[int],
     after: bytes | None,
 ) -> Iterator[Change]:
-    """A complete load's changes in key order (as the SQLite store's merge-join yields them)."""
-    staged = [_ident(f"c{index}") for index in range(len(header))]
-    after_values = None if after is None else decode_key(after)
-    stored_header = None if table is None or table.row_count == 0 else table.header
-
-    def above(columns: Sequence[sql.Composable]) -> sql.Composable:
-        if after_values is None:
-            return sql.SQL("true")
-        return sql.SQL("ROW({}) > ROW({})").format(
-            sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns),
-            sql.SQL(", ").join(sql.Literal(value) for value in after_values),
-        )
-
-    def ordered(columns: Sequence[sql.Composable]) -> sql.Composable:
-        return sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns)
-
-    def fetched(statement: sql.Composed) -> Iterator[tuple[Any, ...]]:
-        with connection.cursor(name="prepsync_review") as cursor:
-            cursor.execute(statement)
-            while rows := cursor.fetchmany(REVIEW_FETCH):
-                yield from rows
-
-    key_of_staged = [staged[position] for position in positions]
-    if stored_header is None or table is None:
-        statement = sql.SQL("SELECT {} FROM prepsync_staging WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(staged), above(key_of_staged), ordered(key_of_staged)
-        )
-        for row in fetched(statement):
-            values = _empty_null(row)
-            key = encode_key([values[position] for position in positions])
-            yield INSERT, key, format_record(values), None, None
-        return
-    same_columns = sorted(c.casefold() for c in stored_header) == sorted(
-        c.casefold() for c in header
+    """A complete load in other columns than the stored ones: the file's rows inserted, then
+    every stored row deleted (the SQLite store's order)."""
+    yield from full_changes(upload, positions, (), after)
+    assert table.header is not None and table.key_columns is not None
+    stored_key = [_ident(column) for column in table.key_columns]
+    where: sql.Composable = sql.SQL("true")
+    if after is not None:
+        where = _above(stored_key, decode_key(after))
+    statement = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY {}").format(
+        sql.SQL(", ").join(stored_key),
+        _columns(table.header),
+        table.relation,
+        where,
+        sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in stored_key),
     )
-    if not same_columns:
-        statement = sql.SQL("SELECT {} FROM prepsync_staging WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(staged), above(key_of_staged), ordered(key_of_staged)
-        )
-        for row in fetched(statement):
-            values = _empty_null(row)
-            key = encode_key([values[position] for position in positions])
-            yield INSERT, key, format_record(values), None, None
-        assert table.key_columns is not None
-        stored_key = [_ident(column) for column in table.key_columns]
-        statement = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(stored_key),
-            _columns(stored_header),
-            table.relation,
-            above(stored_key),
-            ordered(stored_key),
-        )
-        width = len(stored_key)
-        for row in fetched(statement):
-            key = encode_key(list(row[:width]))
-            yield DELETE, key, None, None, format_record(_empty_null(row[width:]))
-        return
-    diff = _FullDiff(table, header, list(stored_header), positions)
-    old = [sql.SQL("t.{}").format(_ident(column)) for column in diff.stored]
-    new = [sql.SQL("s.{}").format(column) for column in staged]
-    keys = diff.key()
-    width = len(header)
-    commands = {"i": INSERT, "u": UPDATE, "d": DELETE}
-    outer_key = [_ident(f"k{index}") for index in range(len(positions))]
-    statement = sql.SQL(
-        "SELECT * FROM (SELECT {} AS command, {}, {}, {} {}) changed WHERE {} ORDER BY {}"
-    ).format(
-        diff.command(),
-        sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(key, name) for key, name in zip(keys, outer_key, strict=True)
-        ),
-        sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(column, _ident(f"n{index}"))
-            for index, column in enumerate(new)
-        ),
-        sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(column, _ident(f"o{index}"))
-            for index, column in enumerate(old)
-        ),
-        diff.source(),
-        above(outer_key),
-        ordered(outer_key),
-    )
-    key_width = len(positions)
-    for row in fetched(statement):
-        command = commands[row[0]]
-        key = encode_key(list(row[1 : 1 + key_width]))
-        new_values = row[1 + key_width : 1 + key_width + width]
-        old_values = row[1 + key_width + width :]
-        line = None if command is DELETE else format_record(_empty_null(new_values))
-        stored_line = None if command is INSERT else format_record(_empty_null(old_values))
-        yield command, key, line, None, stored_line
+    width = len(stored_key)
+    with connection.cursor(name="prepsync_review") as cursor:
+        cursor.execute(statement)
+        while rows := cursor.fetchmany(REVIEW_FETCH):
+            for row in rows:
+                key = encode_key(list(row[:width]))
+                yield DELETE, key, None, None, format_record(_empty_null(row[width:]))
