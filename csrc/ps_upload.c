@@ -115,30 +115,38 @@ size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out) {
     return ps_format_key(key, key_len, ',', scratch, out);
 }
 
-/* The checks and the key of the record just read (and its canonical line when `build_line`):
- * everything ps_upload_row does after the tokenizer. */
-static int take_row(ps_upload *u, const ps_record *rec, int build_line, ps_error *err) {
-    const int64_t line = rec->line;
-    u->line_number = line;
-
-    if (build_line) {
-        /* The line: at most 2 * len + 2 bytes a field, plus the commas. */
-        size_t bound = rec->nfields;
-        for (size_t i = 0; i < rec->nfields; i++) bound += 2 * (size_t)rec->fields[i].len + 2;
-        if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
-    }
-    size_t n = 0;
+int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err) {
+    int st = ps_upload_next(u, rec, err);
+    if (st != PS_TOK_RECORD) return st;
     for (size_t i = 0; i < rec->nfields; i++) {
         const ps_field *f = &rec->fields[i];
         /* The tokenizer keeps a CR that does not end the line as a value byte; outside quotes
          * the server refuses it (it would read back as a line end). */
         if (!f->quoted && f->len && memchr(f->data, '\r', f->len))
-            return ps_fail(err, PS_ERR_INPUT, line, -1, "a CR outside quotes");
-        if (!build_line) continue;
-        if (i) u->line[n++] = ',';
-        n += ps_field_format(f, u->line + n);
+            return ps_fail(err, PS_ERR_INPUT, rec->line, -1, "a CR outside quotes");
     }
-    u->line_len = n;
+    return PS_TOK_RECORD;
+}
+
+/* The key and the checks of a record ps_upload_record read (and its canonical line when
+ * `build_line`): everything ps_upload_row does after the tokenizer. */
+static int take_row(ps_upload *u, const ps_record *rec, int build_line, ps_error *err) {
+    const int64_t line = rec->line;
+    u->line_number = line;
+
+    u->line_len = 0;
+    if (build_line) {
+        /* The line: at most 2 * len + 2 bytes a field, plus the commas. */
+        size_t bound = rec->nfields;
+        for (size_t i = 0; i < rec->nfields; i++) bound += 2 * (size_t)rec->fields[i].len + 2;
+        if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
+        size_t n = 0;
+        for (size_t i = 0; i < rec->nfields; i++) {
+            if (i) u->line[n++] = ',';
+            n += ps_field_format(&rec->fields[i], u->line + n);
+        }
+        u->line_len = n;
+    }
 
     /* The key: the values unescaped, 0x00 -> 0x00 0x01, each ended by 0x00 0x00. */
     size_t key_bound = 0;
@@ -194,7 +202,7 @@ static int take_row(ps_upload *u, const ps_record *rec, int build_line, ps_error
 
 int ps_upload_row(ps_upload *u, ps_error *err) {
     ps_record rec;
-    int st = ps_upload_next(u, &rec, err);
+    int st = ps_upload_record(u, &rec, err);
     if (st != PS_TOK_RECORD) return st;
     return take_row(u, &rec, 1, err);
 }
@@ -229,7 +237,7 @@ int ps_upload_copy_block(ps_upload *u, size_t target, int64_t *rows, ps_error *e
     }
     while (u->copy_len < target) {
         ps_record rec;
-        int st = ps_upload_next(u, &rec, err);
+        int st = ps_upload_record(u, &rec, err);
         if (st == PS_TOK_END) {
             if (reserve(&u->copy, &u->copy_cap, u->copy_len + 2, err)) return err->code;
             put_be16(u->copy + u->copy_len, 0xFFFF);
