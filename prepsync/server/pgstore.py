@@ -24,9 +24,10 @@ changes table, then three statements delete, update and insert. A file in anothe
 goes through a staging table and one ``FULL JOIN`` instead, and the table is rebuilt.
 
 A delta is ``COPY``\\ ed into staging, one join with the table finds each command's stored row,
-one aggregate validates and counts, then three statements apply it. A delta the aggregate finds anything wrong with (a bad command, an insert of a stored
-key, a key twice...) is applied row by row instead, by the same code as SQLite's, which stops at
-the first bad line with the same message.
+one aggregate validates and counts, then three statements apply it. A delta the aggregate finds
+anything wrong with (a bad command, an insert of a stored key, a key twice...) is applied row by
+row instead, by the same code as SQLite's, which stops at the first bad line with the same
+message.
 
 Claiming: each worker takes the lowest queued head of any connector with ``FOR UPDATE SKIP
 LOCKED`` and a session-level advisory lock on the connector, held by its connection until the
