@@ -444,3 +444,80 @@ def test_a_large_complete_load_gives_the_same_counts_rows_and_review_on_both_sto
     finally:
         for store in stores:
             store.close()
+
+
+def _sqlite_type(declared: str) -> str:
+    """A SQLite declared type as the PostgreSQL type family the store must use for it."""
+    return {"INTEGER": "integer", "TEXT": "text", "REAL": "floating"}[declared.upper()]
+
+
+def _postgres_type(data_type: str) -> str:
+    return {
+        "integer": "integer",
+        "bigint": "integer",
+        "text": "text",
+        "double precision": "floating",
+    }[data_type]
+
+
+def _default(text: str | None) -> str | None:
+    """A column default as both databases spell a literal: ``','`` and ``','::text`` alike."""
+    return None if text is None else text.removesuffix("::text")
+
+
+def test_the_sessions_table_has_the_same_columns_and_indexes_on_both_stores(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The PostgreSQL sessions table is written out apart from SQLite's (pgstore._SCHEMA_DDL),
+    and the shared session code reads and writes both with the same SQL: a column or an index
+    added to one must be added to the other, and this says which."""
+    import sqlite3
+
+    from prepsync.server.sessions import SessionDatabase
+
+    SessionDatabase(tmp_path / "sessions.sqlite3").close()
+    with sqlite3.connect(tmp_path / "sessions.sqlite3") as lite:
+        sqlite_columns = [
+            # The primary key (seq) is NOT NULL and numbered by the database on both.
+            (name, _sqlite_type(declared), bool(not_null or primary), None if primary else default)
+            for _cid, name, declared, not_null, default, primary in lite.execute(
+                "PRAGMA table_info(sessions)"
+            )
+        ]
+        sqlite_indexes = {
+            index: [row[2] for row in lite.execute(f"PRAGMA index_info({index})")]
+            for _seq, index, *_rest in lite.execute("PRAGMA index_list(sessions)")
+            if not index.startswith("sqlite_autoindex")  # UNIQUE and PRIMARY KEY constraints
+        }
+    lite.close()
+
+    PgBackend(postgres_url, tmp_path)
+    with psycopg.connect(postgres_url) as connection:
+        postgres_columns = [
+            (
+                name,
+                _postgres_type(data_type),
+                nullable == "NO",
+                None if default and default.startswith("nextval(") else _default(default),
+            )
+            for name, data_type, nullable, default in connection.execute(
+                "SELECT column_name, data_type, is_nullable, column_default "
+                "FROM information_schema.columns WHERE table_schema = 'prepsync' "
+                "AND table_name = 'sessions' ORDER BY ordinal_position"
+            )
+        ]
+        postgres_indexes = {
+            index: columns
+            for index, columns in connection.execute(
+                "SELECT i.relname, array_agg(a.attname ORDER BY k.position) "
+                "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "JOIN pg_class t ON t.oid = x.indrelid "
+                "JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, position) "
+                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
+                "WHERE n.nspname = 'prepsync' AND t.relname = 'sessions' "
+                "AND NOT x.indisprimary AND NOT x.indisunique GROUP BY i.relname"
+            )
+        }
+    assert postgres_columns == sqlite_columns
+    assert postgres_indexes == sqlite_indexes
