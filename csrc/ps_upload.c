@@ -112,9 +112,22 @@ size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out) {
     return ps_format_key(key, key_len, ',', scratch, out);
 }
 
+int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err) {
+    int st = ps_upload_next(u, rec, err);
+    if (st != PS_TOK_RECORD) return st;
+    for (size_t i = 0; i < rec->nfields; i++) {
+        const ps_field *f = &rec->fields[i];
+        /* The tokenizer keeps a CR that does not end the line as a value byte; outside quotes
+         * the server refuses it (it would read back as a line end). */
+        if (!f->quoted && f->len && memchr(f->data, '\r', f->len))
+            return ps_fail(err, PS_ERR_INPUT, rec->line, -1, "a CR outside quotes");
+    }
+    return PS_TOK_RECORD;
+}
+
 int ps_upload_row(ps_upload *u, ps_error *err) {
     ps_record rec;
-    int st = ps_upload_next(u, &rec, err);
+    int st = ps_upload_record(u, &rec, err);
     if (st != PS_TOK_RECORD) return st;
     const int64_t line = rec.line;
     u->line_number = line;
@@ -125,13 +138,8 @@ int ps_upload_row(ps_upload *u, ps_error *err) {
     if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
     size_t n = 0;
     for (size_t i = 0; i < rec.nfields; i++) {
-        const ps_field *f = &rec.fields[i];
-        /* The tokenizer keeps a CR that does not end the line as a value byte; outside quotes
-         * the server refuses it (it would read back as a line end). */
-        if (!f->quoted && f->len && memchr(f->data, '\r', f->len))
-            return ps_fail(err, PS_ERR_INPUT, line, -1, "a CR outside quotes");
         if (i) u->line[n++] = ',';
-        n += ps_field_format(f, u->line + n);
+        n += ps_field_format(&rec.fields[i], u->line + n);
     }
     u->line_len = n;
 

@@ -1,13 +1,15 @@
-/* The reference server's reader of a complete or initial session's file (`<Table>.sorted.csv`).
+/* The reference server's one reader of session files: a complete or initial session's
+ * `<Table>.sorted.csv` (rows as key and stored line, ps_upload_row) and an incremental one's
+ * `<Table>.sorted.delta.csv` (records as fields, ps_upload_record).
  *
  * It reads the file through the agent's own tokenizer (ps_tokenizer: the same dialect the agent
  * reads its sources with) and turns each row into what the store keeps:
  *
  *   - the encoded key: each key value's UTF-8 bytes with 0x00 escaped as 0x00 0x01, then
  *     0x00 0x00 (prepsync.server.store.encode_key), so that memcmp order is key order;
- *   - the canonical line: the values joined by ',' with the output quoting (a value is quoted
- *     only when it holds ',', a quote, CR or LF; quotes inside are doubled), whatever separator
- *     the file uses.
+ *   - the canonical line: the values joined by ',' with the output quoting (ps_format.h: a
+ *     value is quoted only when it holds ',', a quote, CR or LF; quotes inside are doubled),
+ *     whatever separator the file uses.
  *
  * Per row it checks what the server refuses in a complete load: a null key value, a key not
  * above the previous one (duplicate or out of order, when asked), a CR outside quotes, and
@@ -60,6 +62,10 @@ int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int 
  * encoded key: the values, quoted as the stored lines are, joined by ','. `scratch` needs room
  * for key_len bytes, `out` for 2 * key_len; returns the line's length. */
 size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out);
+/* The next data record as fields, checked as a row is (width, UTF-8, no CR outside quotes)
+ * but with no key or line built: how a delta, whose key columns follow its command, is read.
+ * PS_TOK_RECORD with rec filled (valid until the next call), PS_TOK_END, or an error code. */
+int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err);
 /* The next data row: PS_TOK_RECORD with u->key / u->line / u->line_number set, PS_TOK_END,
  * or an error code. */
 int ps_upload_row(ps_upload *u, ps_error *err);

@@ -159,6 +159,7 @@ cdef extern from "ps_upload.h" nogil:
                        ps_error *err)
     void ps_upload_close(ps_upload *u)
     int ps_upload_next(ps_upload *u, ps_record *rec, ps_error *err)
+    int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err)
     int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                             const size_t *pair_cols, size_t npairs, ps_error *err)
     int ps_upload_row(ps_upload *u, ps_error *err)

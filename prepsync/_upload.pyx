@@ -1,15 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Thin wrapper over the server's native reader of complete-session files (csrc/ps_upload.c).
+"""Thin wrapper over the server's native reader of session files (csrc/ps_upload.c): the one
+reader of what agents upload.
 
-It hands out a file's header, then its rows in batches of (encoded key, canonical line), and
-turns the reader's error codes into prepsync.errors.DataError naming the file and the line.
+It hands out a file's header, then its rows in batches of (encoded key, canonical line) (a
+complete load) or of (line number, values) (a delta), and turns the reader's error codes into
+prepsync.errors.DataError naming the file and the line.
 What a row must satisfy and how key and line are built is the C side's (see ps_upload.h).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp
 
 from prepsync cimport _native as c
@@ -23,7 +25,8 @@ MAX_RECORD = 64 * 1024 * 1024
 
 
 cdef class UploadReader:
-    """One session file, read once from its start: :meth:`header`, then :meth:`rows`."""
+    """One session file, read once from its start: :meth:`header`, then :meth:`rows` (or
+    :meth:`records`)."""
 
     cdef c.ps_upload reader
     cdef bint opened
@@ -138,6 +141,50 @@ cdef class UploadReader:
                 PyBytes_FromStringAndSize(self.reader.key, self.reader.key_len),
                 PyUnicode_DecodeUTF8(self.reader.line, self.reader.line_len, NULL),
             ))
+        return batch
+
+    def records(self, Py_ssize_t batch_rows):
+        """The next batch of at most ``batch_rows`` data records as (line, values) tuples, the
+        values unquoted; [] at the end. Checked as :meth:`rows` checks (width, UTF-8, no CR
+        outside quotes), but no key is built and no order required: how a delta is read (its
+        commands, in file order). Needs no :meth:`configure`."""
+        cdef c.ps_error err
+        cdef c.ps_record rec
+        cdef const c.ps_field *f
+        cdef int status
+        cdef Py_ssize_t i
+        cdef size_t n
+        cdef list batch = []
+        cdef list values
+        cdef char *scratch = NULL
+        cdef size_t scratch_cap = 0
+        cdef char *grown
+        if not self.opened:
+            raise ValueError("records() needs an open reader")
+        try:
+            while len(batch) < batch_rows:
+                status = c.ps_upload_record(&self.reader, &rec, &err)
+                if status == c.PS_TOK_END:
+                    break
+                if status != c.PS_TOK_RECORD:
+                    self._raise(&err)
+                values = [None] * <Py_ssize_t>rec.nfields
+                for i in range(<Py_ssize_t>rec.nfields):
+                    f = &rec.fields[i]
+                    if not f.escaped:  # the bytes are the value as they are
+                        values[i] = PyUnicode_DecodeUTF8(f.data, f.len, NULL)
+                        continue
+                    if f.len > scratch_cap:
+                        grown = <char *>realloc(scratch, f.len)
+                        if grown == NULL:
+                            raise MemoryError()
+                        scratch = grown
+                        scratch_cap = f.len
+                    n = c.ps_field_unescape(f, scratch)
+                    values[i] = PyUnicode_DecodeUTF8(scratch, n, NULL)
+                batch.append((rec.line, values))
+        finally:
+            free(scratch)
         return batch
 
     def check(self, Py_ssize_t max_rows):

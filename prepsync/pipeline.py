@@ -126,24 +126,43 @@ class TableResult:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ColumnPlan:
-    """How a source header maps onto a table's outputs."""
+    """How a source header maps onto a table's outputs (:func:`plan_columns`): the engine's
+    columns, and what it does with a change file."""
 
     kept_names: list[str]  # the kept columns as the source spells them, in source order
     out_cols: list[int]  # source column of each output column (the command first, if any)
     key_cols: list[int]  # source columns of the key, in key order
     command_col: int  # source column of the command, -1 for a full extract
     baseline_key_cols: list[int]  # key columns' positions among the kept columns
+    #: A change file in initial or complete mode: replayed from empty into a full extract (its
+    #: .sorted.csv, without the command, sent and made the baseline). In incremental mode a
+    #: change file is already a delta: its kept rows are the .sorted.delta.csv.
+    replay: bool = False
 
     @property
     def change_file(self) -> bool:
+        """A change file (the source has a command column): the last row of a key wins."""
         return self.command_col >= 0
 
     @property
     def change_names(self) -> list[str]:
         """Header of the files that carry the command: always spelled ``command``."""
         return [COMMAND_COLUMN, *self.kept_names] if self.change_file else self.kept_names
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where one table's engine writes, and the baseline it joins: descriptors the caller
+    opened and closes (the engine writes and reads them, never closes them)."""
+
+    spill_dir: Path  # its sorted runs (their names are per engine: one folder per engine)
+    sorted_fd: int  # the kept rows: the .sorted.csv, or an incremental change file's delta
+    nullpk_fd: int
+    duplicates_fd: int
+    delta_fd: int = -1  # the join's delta; -1 unless a baseline is joined
+    baseline_fd: int = -1  # the baseline at its start, when joined; else -1
 
 
 def peak_rss() -> int:
@@ -213,21 +232,24 @@ def _check_regular_file(path: Path) -> None:
 
 def plan_columns(
     header: Sequence[str],
-    spec: TableSpec,
+    job: TableJob,
     *,
-    command_column: str,
-    source: str,
+    source: str | None = None,
     offsets: Sequence[int] | None = None,
     line: int = 1,
-    separator: str = ",",
 ) -> ColumnPlan:
     """Check a source header against the table's configuration.
 
     Only the names prepsync reads must be unambiguous: a kept column or the command column
     found twice (case-insensitively) is an error; other names may be empty or repeated. A
     command column that is also a kept column is data, and the file a full extract.
-    ``offsets`` (each name's byte offset) and ``line`` place errors in the file.
+    ``source`` (default: the job's), ``offsets`` (each name's byte offset) and ``line`` place
+    errors in the file.
     """
+    spec, command_column = job.spec, job.command_column
+    separator = job.read_settings.separator
+    if source is None:
+        source = str(job.source)
     at = list(offsets) if offsets is not None else [0] * len(header)
     wanted = {name.casefold() for name in spec.columns}
     folded_command = command_column.casefold()
@@ -268,6 +290,7 @@ def plan_columns(
         key_cols=key_cols,
         command_col=command_col,
         baseline_key_cols=[kept.index(i) for i in key_cols],
+        replay=command_col >= 0 and job.mode != INCREMENTAL,
     )
 
 
@@ -389,15 +412,7 @@ def _stage_read(
         budget_shares=job.budget_shares,
         settings=settings,
     )
-    plan = plan_columns(
-        header,
-        spec,
-        command_column=job.command_column,
-        source=source_name,
-        offsets=offsets,
-        line=header_line_number,
-        separator=settings.separator,
-    )
+    plan = plan_columns(header, job, source=source_name, offsets=offsets, line=header_line_number)
     del header, offsets  # a wide header's names are not needed past this point
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
     joining = mode == INCREMENTAL and not plan.change_file
@@ -405,11 +420,8 @@ def _stage_read(
         if baseline is None:
             raise BaselineError(spec.name, "no baseline given")
         _check_baseline_header(job, baseline, plan)
-    # In initial/complete mode a change file is replayed from empty into a full extract: its
-    # .sorted.csv (no command) is sent and becomes the baseline. In incremental mode it is
-    # already a delta: its kept rows are the .sorted.delta.csv, and there is no full extract
-    # to sort (nor to become a baseline).
-    replay = plan.change_file and mode != INCREMENTAL
+    # An incremental change file has no full extract to sort (nor to become a baseline).
+    replay = plan.replay
     main_kind = "delta" if plan.change_file and not replay else "sorted"
 
     change_line = format_row(plan.change_names, separator)
@@ -432,32 +444,17 @@ def _stage_read(
 
     baseline_file = open(baseline, "rb") if joining and baseline is not None else None  # noqa: SIM115
     try:
-        engine = _cleanse.Cleanser(
-            source=str(job.source),
-            table=spec.name,
-            separator=separator.encode(),
-            memory_budget=job.memory_budget,
-            spill_dir=str(spill_dir or out_dir),
-            out_cols=plan.out_cols,
-            key_cols=plan.key_cols,
-            command_col=plan.command_col,
-            keep_last=plan.change_file,
-            replay=replay,
-            nullpk_fd=fds["nullpk"],
+        files = EngineFiles(
+            spill_dir=spill_dir or out_dir,
             sorted_fd=fds[main_kind],
+            nullpk_fd=fds["nullpk"],
             duplicates_fd=fds["duplicates"],
             delta_fd=fds["delta"] if joining else -1,
             baseline_fd=baseline_file.fileno() if baseline_file else -1,
-            baseline_key_cols=plan.baseline_key_cols,
-            baseline=str(baseline or ""),
-            budget_shares=job.budget_shares,
-            # A test's small read_block cuts the baseline's records at every position too.
-            baseline_read_block=job.read_block or 0,
-            settings=settings,
         )
+        engine = _cleanse.Cleanser(job, plan, files)
         try:
-            block = job.read_block or _cleanse.io_block(job.memory_budget)
-            _run_engine(engine, job.source, spec.name, block, progress, should_stop)
+            _run_engine(engine, job, progress, should_stop)
             stats = engine.stats()
             encoding = engine.encoding_read()
             if encoding not in (None, "UTF-8"):
@@ -487,12 +484,13 @@ def _stage_read(
 
 def _run_engine(
     engine: _cleanse.Cleanser,
-    source: Path,
-    table: str,
-    block: int,
+    job: TableJob,
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
+    source, table = job.source, job.table
+    block = job.read_block or _cleanse.io_block(job.memory_budget)
+
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise _Stopped(table)

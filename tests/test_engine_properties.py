@@ -29,7 +29,7 @@ from strategies import (
 from prepsync import _cleanse
 from prepsync.dialect import ReadSettings
 from prepsync.errors import BaselineError, InputError
-from prepsync.pipeline import SUFFIXES, prepare_table
+from prepsync.pipeline import SUFFIXES, ColumnPlan, EngineFiles, prepare_table
 from prepsync.request import TableJob
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -368,19 +368,22 @@ def test_refused_shapes_fail_alike_whatever_the_read_size(
     assert (caught.value.line, caught.value.offset, caught.value.problem) == want
     with open(source, "rb") as reader, open(os.devnull, "wb") as sink:
         engine = _cleanse.Cleanser(
-            source=str(source),
-            table="T",
-            separator=b",",
-            memory_budget=16 << 20,
-            spill_dir=str(tmp_path),
-            out_cols=[0],
-            key_cols=[0],
-            command_col=-1,
-            keep_last=False,
-            nullpk_fd=sink.fileno(),
-            sorted_fd=sink.fileno(),
-            duplicates_fd=sink.fileno(),
-            settings=ReadSettings(),
+            TableJob(
+                spec=Spec("T", ("id",), ("id",)),
+                source=source,
+                memory_budget=16 << 20,
+                settings=ReadSettings(),
+            ),
+            # The header is refused before it is planned: the plan it would have had.
+            ColumnPlan(
+                kept_names=["id"], out_cols=[0], key_cols=[0], command_col=-1, baseline_key_cols=[0]
+            ),
+            EngineFiles(
+                spill_dir=tmp_path,
+                sorted_fd=sink.fileno(),
+                nullpk_fd=sink.fileno(),
+                duplicates_fd=sink.fileno(),
+            ),
         )
         try:
             with pytest.raises(InputError) as caught:

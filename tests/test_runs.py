@@ -13,7 +13,7 @@ import pytest
 
 from prepsync import _cleanse
 from prepsync.config import TableSpec, Thresholds
-from prepsync.pipeline import prepare_table
+from prepsync.pipeline import EngineFiles, plan_columns, prepare_table
 from prepsync.request import TableJob
 
 SPEC = TableSpec("M", ("group", "member", "note"), ("group", "member"), Thresholds())
@@ -87,19 +87,16 @@ def merge_half_way(source: Path, folder: Path, half_way: Callable[[Path], None])
     files = {kind: open(outputs / kind, "w+b") for kind in ("sorted", "nullpk", "duplicates")}  # noqa: SIM115
     try:
         with open(source, "rb") as reader:
+            job = TableJob(spec=SPEC, source=source, memory_budget=8 << 20)
             engine = _cleanse.Cleanser(
-                source=str(source),
-                table="M",
-                separator=b",",
-                memory_budget=8 << 20,
-                spill_dir=str(spill),
-                out_cols=[0, 1, 2],
-                key_cols=[0, 1],
-                command_col=-1,
-                keep_last=False,
-                nullpk_fd=files["nullpk"].fileno(),
-                sorted_fd=files["sorted"].fileno(),
-                duplicates_fd=files["duplicates"].fileno(),
+                job,
+                plan_columns(SPEC.columns, job),
+                EngineFiles(
+                    spill_dir=spill,
+                    sorted_fd=files["sorted"].fileno(),
+                    nullpk_fd=files["nullpk"].fileno(),
+                    duplicates_fd=files["duplicates"].fileno(),
+                ),
             )
             try:
                 while engine.read_from(reader.fileno(), 1 << 20):

@@ -390,3 +390,41 @@ def test_links_in_stored_lines_count_full_pairs_and_none_for_columns_gone() -> N
     ]
     lines = ["g1,CN=1,OU=a", 'g2,"CN=2,x",OU=a', "g3,CN=3,", "g4,,OU=a"]
     assert links_in(associations, ["objectGUID", "DN", "parentDN"], lines) == {"P": 2, "X": 0}
+
+
+def test_kept_columns_changed_deletes_the_stored_links_in_the_stored_layout(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """Mappings that change a table's kept columns: every stored row goes (its links counted
+    where its own columns hold them), every row of the file comes."""
+    from prepsync.config import LinkThresholds, TableSpec, Thresholds
+    from prepsync.server.thresholds import Association, TableLimits
+
+    def layout(*columns: str) -> tuple[dict[str, TableSpec], ConnectorLimits]:
+        associations = (Association("A", "p", "id", LinkThresholds()),) if "p" in columns else ()
+        limits = TableLimits((("T", Thresholds()),), associations)
+        spec = TableSpec("T", columns, ("id",), Thresholds())
+        return {"t": spec}, ConnectorLimits("C", {"t": limits}, None)
+
+    harness = StoreHarness(tmp_path / "data", store_url)
+    try:
+        steps = [
+            (("id", "v"), [("1", "a"), ("2", "b")], None),
+            # A column and an association on it come: no link was stored.
+            (("id", "v", "p"), [("1", "a", "x"), ("3", "b", "")], {"inserted": 1, "deleted": 0}),
+            # v goes, w comes, p moves: the one stored link goes, two come.
+            (("id", "p", "w"), [("1", "x", "q"), ("2", "y", "r")], {"inserted": 2, "deleted": 1}),
+        ]
+        for columns, rows, links in steps:
+            tables, limits = layout(*columns)
+            (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(list(columns), rows))
+            outcome = harness.apply("C", "complete", tmp_path, ["T.sorted.csv"], tables, limits)
+            assert outcome.state == DONE, outcome.reason
+            counts = outcome.summary["tables"]["T"]
+            assert (counts["inserted"], counts["deleted"], counts.get("links")) == (
+                2,
+                0 if links is None else 2,
+                None if links is None else {"A": links},
+            )
+    finally:
+        harness.close()

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from prepsync.config import Mappings, TableSpec
 from prepsync.server.clients import OpenIdClient
+from prepsync.server.defaults import DEFAULT_OPERATOR_PROFILE
 from prepsync.server.disk import DiskReserve
 from prepsync.server.events import SessionEvents
 from prepsync.server.http import ApiError
@@ -24,11 +25,6 @@ from prepsync.server.sessions import SessionDatabase
 from prepsync.server.storeapi import Backend
 from prepsync.server.tokens import TokenSigner
 from prepsync.server.worker import Worker
-
-# Identity Manager's profile of the clients allowed to do everything.
-DEFAULT_OPERATOR_PROFILE = "Administrator"
-DEFAULT_MAX_BODY = 64 * 1024 * 1024  # one upload chunk
-DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
 
 
 @dataclass

@@ -13,8 +13,17 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, FULL_MODES, MODES, OPEN, SCOPE
-from prepsync.server.apply import separator_problem
+from prepsync.protocol import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FULL_MODES,
+    MODES,
+    OPEN,
+    SCOPE,
+    separator_problem,
+)
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.context import ServerState, state_of
 from prepsync.server.disk import reclaiming

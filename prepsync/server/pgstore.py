@@ -543,11 +543,9 @@ class PgWork:
             # The mappings changed the kept columns: every stored row goes, every new one comes.
             row = connection.execute("SELECT count(*) FROM prepsync_staging").fetchone()
             assert row is not None
+            counter.every_stored_row_deleted()
             links = self._links_in(_ident("prepsync_staging"), staging, link_positions)
-            if links:  # every stored link goes with its row
-                before = counter.links_before.values()
-                links = [(new, old) for (new, _none), old in zip(links, before, strict=True)]
-            counter.add(int(row[0]), deleted=table.row_count, links=links)
+            counter.add(int(row[0]), links=links)
             self._rewrite(table, header, key_columns, staging)
             return
         diff = _FullDiff(table, header, stored_header, positions)

@@ -235,6 +235,12 @@ class ChangeCounter:
                 changed[0] += links_inserted
                 changed[1] += links_deleted
 
+    def every_stored_row_deleted(self) -> None:
+        """The table's kept columns changed: every stored row goes, with its links (counted
+        in the layout they were stored in, not that of the session's rows)."""
+        before = self.links_before.values() if self.per_row else ()
+        self.add(deleted=self.rows_before, links=[(0, links) for links in before])
+
     @property
     def rows_after(self) -> int:
         return self.rows_before + self.inserted - self.deleted
