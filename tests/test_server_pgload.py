@@ -14,9 +14,10 @@ from serverutil import csv_bytes
 from storeutil import StoreHarness
 
 from prepsync.config import TableSpec, Thresholds
+from prepsync.errors import ConfigError
 from prepsync.protocol import DONE, FAILED
 from prepsync.server.apply import apply_session
-from prepsync.server.pgstore import PgWork
+from prepsync.server.pgstore import PgBackend, PgWork
 
 pytestmark = pytest.mark.postgres
 
@@ -252,3 +253,13 @@ def test_a_session_applied_again_after_a_crash_is_not_held_up_by_its_first_load_
     finally:
         harness.db.release(session)
         harness.close()
+
+
+@pytest.mark.parametrize("connector", ["prepsync", "prepsync_load", "pg_x"])
+def test_the_stores_own_schemas_are_not_connector_names(
+    tmp_path: Path, postgres_url: str, connector: str
+) -> None:
+    backend = PgBackend(postgres_url, tmp_path)
+    with pytest.raises(ConfigError, match="cannot use it as a schema name"):
+        backend.check_tables({connector: [SPEC]})
+    backend.check_tables({"C": [SPEC]})

@@ -1568,10 +1568,11 @@ class PgBackend:
     def check_tables(self, tables: Mapping[str, Sequence[TableSpec]]) -> None:
         """Connector and table names must be usable as PostgreSQL names as they are."""
         for connector, specs in tables.items():
-            if connector == SCHEMA or connector.startswith("pg_"):
+            if connector in (SCHEMA, LOAD_SCHEMA) or connector.startswith("pg_"):
                 raise ConfigError(
                     f"connector {connector!r}: PostgreSQL's store cannot use it as a schema name "
-                    f"({SCHEMA!r} is the store's own, pg_ names are PostgreSQL's)"
+                    f"({SCHEMA!r} and {LOAD_SCHEMA!r} are the store's own, pg_ names are "
+                    "PostgreSQL's)"
                 )
             for name in (connector, *(spec.name for spec in specs)):
                 if len(name.encode("utf-8")) > MAX_IDENTIFIER or "\x00" in name:
