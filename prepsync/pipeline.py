@@ -878,13 +878,27 @@ def prepare_connector(
     )
 
 
-#: How much lower (in nice steps) the threads of every table but the largest run while
-#: tables are cleansed at once. See :func:`_background_tables`.
-BACKGROUND_NICE = 10
+#: Environment variable: how much lower (in nice steps, 0-19) the threads of every table but
+#: the largest run while tables are cleansed at once; 0 or unset: all alike (the default). See
+#: :func:`_background_tables`.
+BACKGROUND_NICE_VARIABLE = "PREPSYNC_BACKGROUND_NICE"
+
+
+def background_nice() -> int:
+    """PREPSYNC_BACKGROUND_NICE as a nice step, 0 when unset or not a whole number 0-19."""
+    try:
+        value = int(os.environ.get(BACKGROUND_NICE_VARIABLE, "0"))
+    except ValueError:
+        return 0
+    return value if 0 <= value <= 19 else 0
 
 
 def _background_tables(sources: Sequence[Path]) -> set[int]:
-    """The tables whose threads run at a lower priority: every one but the largest source.
+    """The tables whose threads run at a lower priority (PREPSYNC_BACKGROUND_NICE): every one
+    but the largest source; none unless the variable asks for it.
+
+    An experiment, off by default until a quiet machine says it pays (docs/DESIGN.md,
+    "Parallelism"; the shared bench machine's load hides it either way).
 
     A run of tables at once ends when its largest table does, and that table's end is a
     single-threaded final merge (with its writer thread): the cores are contended while every
@@ -897,7 +911,7 @@ def _background_tables(sources: Sequence[Path]) -> set[int]:
     threads (Linux's autogroup, the default of most distributions); elsewhere it also yields
     to other programs, which only delays the smaller tables on a busy machine.
     """
-    if not sys.platform.startswith("linux") or len(sources) < 2:
+    if not background_nice() or not sys.platform.startswith("linux") or len(sources) < 2:
         return set()
     sizes = []
     for source in sources:
@@ -910,7 +924,7 @@ def _background_tables(sources: Sequence[Path]) -> set[int]:
 
 
 def _run_in_background(work: Callable[[int], TableResult], index: int) -> TableResult:
-    """work(index) on a thread of its own whose nice value is BACKGROUND_NICE higher. A thread
+    """work(index) on a thread of its own whose nice value is background_nice() higher. A thread
     of its own because an unprivileged thread can raise its nice value but never lower it
     again: a pool thread would keep it for the next table. The engine's own threads (spill
     worker, writer) inherit it when they start."""
@@ -921,7 +935,7 @@ def _run_in_background(work: Callable[[int], TableResult], index: int) -> TableR
         with contextlib.suppress(OSError):  # no priority to change: run as it is
             tid = threading.get_native_id()
             nice = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + BACKGROUND_NICE))
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + background_nice()))
         try:
             outcome.append(work(index))
         except BaseException as error:  # handed to the pool thread that waits for it

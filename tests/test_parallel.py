@@ -62,12 +62,13 @@ def test_first_error_in_table_order_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread nice values: Linux")
-def test_the_largest_table_runs_first_among_tables_cleansed_at_once(
+def test_with_a_background_nice_the_largest_table_runs_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every table but the largest source runs on a thread of its own, BACKGROUND_NICE lower in
-    priority; the largest, on the pool's thread, keeps the process's. The threads that carry
-    on (the pool's, the caller's) keep their priority, and the bytes are those of a serial run."""
+    """PREPSYNC_BACKGROUND_NICE=N: every table but the largest source runs on a thread of its
+    own, N lower in priority; the largest, on the pool's thread, keeps the process's. The
+    threads that carry on (the pool's, the caller's) keep theirs, and the bytes are those of a
+    serial run. Unset, every table runs at the process's priority."""
     write_tables(tmp_path)
     largest = SPECS[2].name
     with (tmp_path / f"{largest}.csv").open("a") as grown:
@@ -83,8 +84,14 @@ def test_the_largest_table_runs_first_among_tables_cleansed_at_once(
 
     monkeypatch.setattr(pipeline, "stage_table", stage_table)
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    monkeypatch.delenv(pipeline.BACKGROUND_NICE_VARIABLE, raising=False)
     assert run(tmp_path, 2) == serial
-    lowered = min(19, base + pipeline.BACKGROUND_NICE)
+    assert {name: nice for name, (nice, _) in seen.items()} == {s.name: base for s in SPECS}
+
+    seen.clear()
+    monkeypatch.setenv(pipeline.BACKGROUND_NICE_VARIABLE, "10")
+    assert run(tmp_path, 2) == serial
+    lowered = min(19, base + 10)
     assert seen[largest][0] == base
     assert {name: nice for name, (nice, _) in seen.items() if name != largest} == {
         spec.name: lowered for spec in SPECS if spec.name != largest
