@@ -16,14 +16,18 @@ Layout:
   compares UTF-8 bytes, which is the REFERENCE §2 key order, so ``ORDER BY`` the key columns is
   the order of the files and of ``GET .../resources``. An empty value is stored as NULL.
 
-Bulk paths: a complete load ``COPY``\\ s the session's file (its CSV bytes as they are) into
-the table (empty table) or into a staging table; one ``FULL JOIN`` of staging and table writes
-the changed rows to a changes table, the threshold counts are read from it, then three
-statements delete, update and insert. A delta is ``COPY``\\ ed into staging, one join with the
-table finds each command's stored row, one aggregate validates and counts, then three statements
-apply it. A delta the aggregate finds anything wrong with (a bad command, an insert of a stored
-key, a key twice...) is applied row by row instead, by the same code as SQLite's, which stops at
-the first bad line with the same message.
+Bulk paths: a complete load into an empty table ``COPY``\\ s the session's file (its CSV bytes
+as they are) into the table. Into a loaded table, the SQLite store's native merge-join reads the
+file against the stored rows read back in key order (a binary ``COPY`` out, parsed in C from
+libpq: :func:`_stored_changes`); only its changes, counted on the way, are ``COPY``\\ ed into a
+changes table, then three statements delete, update and insert. A file in another column layout
+goes through a staging table and one ``FULL JOIN`` instead, and the table is rebuilt.
+
+A delta is ``COPY``\\ ed into staging, one join with the table finds each command's stored row,
+one aggregate validates and counts, then three statements apply it. A delta the aggregate finds
+anything wrong with (a bad command, an insert of a stored key, a key twice...) is applied row by
+row instead, by the same code as SQLite's, which stops at the first bad line with the same
+message.
 
 Claiming: each worker takes the lowest queued head of any connector with ``FOR UPDATE SKIP
 LOCKED`` and a session-level advisory lock on the connector, held by its connection until the
