@@ -2,6 +2,8 @@
 
 #include "ps_pgcopy.h"
 
+#include "ps_format.h"
+
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -181,29 +183,6 @@ static int short_of_bytes(ps_pgcopy *c, ps_error *err) {
     return c->eof ? malformed(err, "cut short") : PS_TOK_NEED_MORE;
 }
 
-static size_t append_value(char *out, const char *data, size_t len) {
-    int quote = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = data[i];
-        if (ch == ',' || ch == '"' || ch == '\r' || ch == '\n') {
-            quote = 1;
-            break;
-        }
-    }
-    if (!quote) {
-        ps_copy_bytes(out, data, len);
-        return len;
-    }
-    size_t n = 0;
-    out[n++] = '"';
-    for (size_t i = 0; i < len; i++) {
-        out[n++] = data[i];
-        if (data[i] == '"') out[n++] = '"';
-    }
-    out[n++] = '"';
-    return n;
-}
-
 int ps_pgcopy_row(ps_pgcopy *c, ps_error *err) {
     if (c->ended) return PS_TOK_END;
     const char *at = c->buf + c->pos;
@@ -249,7 +228,8 @@ int ps_pgcopy_row(ps_pgcopy *c, ps_error *err) {
         field_at += 4;
         if (i) c->line[n++] = ',';
         if (flen > 0) {
-            n += append_value(c->line + n, at + field_at, (size_t)flen);
+            /* The stored line's quoting, as a session file's rows get it (ps_format.h). */
+            n += ps_format_value(at + field_at, (size_t)flen, ',', c->line + n);
             field_at += (size_t)flen;
         }
     }

@@ -1,15 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Thin wrapper over the server's native reader of complete-session files (csrc/ps_upload.c).
+"""Thin wrapper over the server's native reader of session files (csrc/ps_upload.c): the one
+reader of what agents upload.
 
-It hands out a file's header, then its rows in batches of (encoded key, canonical line), and
-turns the reader's error codes into prepsync.errors.DataError naming the file and the line.
+It hands out a file's header, then its rows in batches of (encoded key, canonical line) (a
+complete load) or of (line number, values) (a delta), and turns the reader's error codes into
+prepsync.errors.DataError naming the file and the line.
 What a row must satisfy and how key and line are built is the C side's (see ps_upload.h).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp
 
 from prepsync cimport _native as c
@@ -23,7 +25,8 @@ MAX_RECORD = 64 * 1024 * 1024
 
 
 cdef class UploadReader:
-    """One session file, read once from its start: :meth:`header`, then :meth:`rows`."""
+    """One session file, read once from its start: :meth:`header`, then :meth:`rows` (or
+    :meth:`records`)."""
 
     cdef c.ps_upload reader
     cdef bint opened
@@ -31,6 +34,7 @@ cdef class UploadReader:
     cdef readonly str name
     cdef Py_ssize_t npairs
     cdef list closed_link_rows  # link_rows as they were at close()
+    cdef readonly long long rows_read  # rows handed out by copy_block()
 
     def __cinit__(self, str path, str name, str separator):
         cdef c.ps_error err
@@ -140,6 +144,50 @@ cdef class UploadReader:
             ))
         return batch
 
+    def records(self, Py_ssize_t batch_rows):
+        """The next batch of at most ``batch_rows`` data records as (line, values) tuples, the
+        values unquoted; [] at the end. Checked as :meth:`rows` checks (width, UTF-8, no CR
+        outside quotes), but no key is built and no order required: how a delta is read (its
+        commands, in file order). Needs no :meth:`configure`."""
+        cdef c.ps_error err
+        cdef c.ps_record rec
+        cdef const c.ps_field *f
+        cdef int status
+        cdef Py_ssize_t i
+        cdef size_t n
+        cdef list batch = []
+        cdef list values
+        cdef char *scratch = NULL
+        cdef size_t scratch_cap = 0
+        cdef char *grown
+        if not self.opened:
+            raise ValueError("records() needs an open reader")
+        try:
+            while len(batch) < batch_rows:
+                status = c.ps_upload_record(&self.reader, &rec, &err)
+                if status == c.PS_TOK_END:
+                    break
+                if status != c.PS_TOK_RECORD:
+                    self._raise(&err)
+                values = [None] * <Py_ssize_t>rec.nfields
+                for i in range(<Py_ssize_t>rec.nfields):
+                    f = &rec.fields[i]
+                    if not f.escaped:  # the bytes are the value as they are
+                        values[i] = PyUnicode_DecodeUTF8(f.data, f.len, NULL)
+                        continue
+                    if f.len > scratch_cap:
+                        grown = <char *>realloc(scratch, f.len)
+                        if grown == NULL:
+                            raise MemoryError()
+                        scratch = grown
+                        scratch_cap = f.len
+                    n = c.ps_field_unescape(f, scratch)
+                    values[i] = PyUnicode_DecodeUTF8(scratch, n, NULL)
+                batch.append((rec.line, values))
+        finally:
+            free(scratch)
+        return batch
+
     def check(self, Py_ssize_t max_rows):
         """Read at most ``max_rows`` rows, checking them as :meth:`rows` does, and build
         nothing; returns how many were read (0 at the end). A store that loads the file's
@@ -158,6 +206,27 @@ cdef class UploadReader:
                 self._raise(&err)
             read += 1
         return read
+
+    def copy_block(self, Py_ssize_t target):
+        """The next rows as PostgreSQL's binary ``COPY`` data (every column text, an empty
+        value NULL), about ``target`` bytes of whole rows: the first block starts with the
+        format's signature, the last one ends with its trailer; b"" after that. Each row is
+        checked as :meth:`rows` checks it (a bad row raises its DataError), so a store that
+        loads with ``COPY ... (FORMAT binary)`` reads the file once, and PostgreSQL parses no
+        CSV. :attr:`rows_read` counts the rows handed out."""
+        cdef c.ps_error err
+        cdef int status
+        cdef int64_t rows = 0
+        if not self.configured or not self.opened:
+            raise ValueError("copy_block() needs an open, configured reader")
+        if target < 1:
+            raise ValueError("target must be at least 1")
+        with nogil:
+            status = c.ps_upload_copy_block(&self.reader, <size_t>target, &rows, &err)
+        if status:
+            self._raise(&err)
+        self.rows_read += rows
+        return PyBytes_FromStringAndSize(self.reader.copy, self.reader.copy_len)
 
     def insert_groups(self, Py_ssize_t group_rows, Py_ssize_t max_groups):
         """The next rows as the parameters of multi-row INSERTs: at most ``max_groups`` lists of

@@ -38,6 +38,15 @@ from prepsync.request import (
     MIB,
     PrepareRequest,
 )
+from prepsync.server.defaults import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_OPERATOR_PROFILE,
+    DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT,
+    DEFAULT_TIMEOUT_KEEP_ALIVE,
+)
 from prepsync.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -683,11 +692,11 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     type=click.Path(path_type=Path),
     help="Where the server keeps its store and the sessions' files.",
 )
-@_server_option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@_server_option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
+@_server_option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@_server_option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
 @_server_option(
     "--session-timeout",
-    default=3600.0,
+    default=DEFAULT_SESSION_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds after which an idle open session is abandoned.",
@@ -722,14 +731,14 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
 )
 @_server_option(
     "--timeout-keep-alive",
-    default=5.0,
+    default=DEFAULT_TIMEOUT_KEEP_ALIVE,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds an idle keep-alive connection stays open.",
 )
 @_server_option(
     "--read-timeout",
-    default=15.0,
+    default=DEFAULT_READ_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a client has to send a request's headers, and the longest pause allowed "
@@ -737,14 +746,14 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
 )
 @_server_option(
     "--operator-profile",
-    default="Administrator",
+    default=DEFAULT_OPERATOR_PROFILE,
     show_default=True,
     help="The OpenIdClient Profile whose clients may force, cancel and read the changes of "
     "any session; other clients only deliver (and cancel their own session before its commit).",
 )
 @_server_option(
     "--max-connections",
-    default=1000,
+    default=DEFAULT_MAX_CONNECTIONS,
     show_default=True,
     type=click.IntRange(min=1),
     help="Open connections at most (fewer if the file limit is lower); past it, the "

@@ -454,8 +454,7 @@ def _stage_read(
         )
         engine = _cleanse.Cleanser(job, plan, files)
         try:
-            block = job.read_block or _cleanse.io_block(job.memory_budget)
-            _run_engine(engine, job.source, spec.name, block, progress, should_stop)
+            _run_engine(engine, job, progress, should_stop)
             stats = engine.stats()
             encoding = engine.encoding_read()
             if encoding not in (None, "UTF-8"):
@@ -485,12 +484,13 @@ def _stage_read(
 
 def _run_engine(
     engine: _cleanse.Cleanser,
-    source: Path,
-    table: str,
-    block: int,
+    job: TableJob,
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
+    source, table = job.source, job.table
+    block = job.read_block or _cleanse.io_block(job.memory_budget)
+
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise _Stopped(table)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 
 from prepsync import request as defaults
-from prepsync.cli import prepare, sessions
+from prepsync.cli import prepare, serve, sessions
 from prepsync.config import TableSpec, Thresholds
 from prepsync.dialect import ReadSettings
 from prepsync.errors import UsageError
 from prepsync.exchange import RetryPolicy
 from prepsync.request import PrepareRequest, TableJob
+from prepsync.server import defaults as server_defaults
 from prepsync.sizes import parse_size
 
 SPEC = TableSpec("People", ("id", "name"), ("id",), Thresholds())
@@ -39,6 +43,42 @@ def test_operator_commands_retry_for_their_own_default() -> None:
     for command in sessions.commands.values():
         retry = _defaults(command)["api_retry_seconds"]
         assert retry == defaults.DEFAULT_OPERATOR_RETRY_SECONDS, command.name
+
+
+def test_serve_options_and_the_servers_parameters_share_their_defaults() -> None:
+    from prepsync.server import create_app
+    from prepsync.server import serve as run_server
+
+    options = _defaults(serve)
+    parameters = {
+        **{
+            name: parameter.default
+            for name, parameter in inspect.signature(create_app).parameters.items()
+        },
+        **{
+            name: parameter.default
+            for name, parameter in inspect.signature(run_server).parameters.items()
+        },
+    }
+    for name in (
+        "host",
+        "port",
+        "session_timeout",
+        "timeout_keep_alive",
+        "read_timeout",
+        "max_connections",
+        "operator_profile",
+    ):
+        constant = getattr(server_defaults, f"DEFAULT_{name.upper()}")
+        assert options[name] == parameters[name] == constant, name
+
+
+def test_the_command_line_reads_the_defaults_without_loading_the_server() -> None:
+    code = "import sys, prepsync.cli; print(sorted({'starlette', 'uvicorn'} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_the_api_defaults_are_the_same_constants() -> None:

@@ -86,16 +86,6 @@ class _Stop(Exception):
         self.reason = reason
 
 
-def separator_problem(separator: str) -> str | None:
-    """Why ``separator`` cannot separate the fields of a session's files, or None.
-
-    The agent's own rule for ``--separator``: one ASCII character, not a quote, CR or LF.
-    """
-    if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
-        return "must be one ASCII character other than a quote, CR or LF"
-    return None
-
-
 def limits_of_specs(connector: str, tables: Mapping[str, TableSpec]) -> ConnectorLimits:
     """Entity-level limits from the specs alone (no association or connector limits)."""
     return ConnectorLimits(

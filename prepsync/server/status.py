@@ -28,6 +28,7 @@ from typing import Any
 
 from prepsync.config import TableSpec
 from prepsync.protocol import BLOCKED, DONE, FAILED, FULL_MODES, OPEN, PROCESSING, QUEUED
+from prepsync.server.defaults import DEFAULT_SESSION_TIMEOUT
 from prepsync.server.events import changes_text, tables_changes_text
 from prepsync.server.sessions import Session
 
@@ -68,7 +69,7 @@ class StatusView:
     # configuration names as operator; None: the commands name the session's own client.
     operator_client: str | None = None
     show_reasons: bool = False  # the viewer is an operator: reasons may quote values
-    session_timeout: float = 3600
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
 
 
 def _row(cells: Iterable[object], tag: str = "td") -> str:
