@@ -805,7 +805,7 @@ class Bench:
         self.say(
             "  net: less the tool's run on the same export with its rows left out "
             "(start-up, configuration, fsyncs): "
-            + ", ".join(f"{tool} {fixed[tool]:.3f} s" for tool in self.tools)
+            + ", ".join(f"{tool} {cost:.3f} s" for tool, cost in fixed.items())
         )
         width = max(18, *(len(n) + 8 for n in names))
         self.say(f"  {'rows':>10}" + "".join(f"{n + ' us/row':>{width}}{'net':>8}" for n in names))
@@ -838,6 +838,8 @@ class Bench:
             )
             self.say(f"  {rows:>10}{cells}")
         self.print_vmstat(sizes, names)
+        if "floor" in names:
+            self.say(f"  {FLOOR_NOTE}")
 
     def cache_jobs(self, section: str, jobs: list[Job], sources: Sequence[Path]) -> list[Job]:
         """The section's jobs in each --page-cache mode, alternating in the same rounds: `warm`
@@ -857,7 +859,7 @@ class Bench:
 
                 job.setup = setup
                 out.append(job)
-            if "dropped" in modes:
+            if "dropped" in modes and job.tool != "floor":  # dd's cost per byte is the floor
                 out.append(self.dropped_job(section, job, sources))
         return out
 
