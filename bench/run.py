@@ -140,6 +140,9 @@ class Job:
     env: dict[str, str] = field(default_factory=lambda: tool_environment())
     samples: list[Sample] = field(default_factory=list)
     report: Path | None = None  # prepsync's --report, read after every run for phase times
+    # Read into the page cache before every run (untimed): a run before may have left them out
+    # (prepsync drops its inputs' pages as it reads them; a TOOL-dropped run drops them).
+    inputs: list[Path] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- config
@@ -249,6 +252,7 @@ def run_jobs(
             if job.work.exists():
                 shutil.rmtree(job.work)
             job.work.mkdir(parents=True)
+            warm_cache(job.inputs)
             job.setup()
             # Flush the previous tool's writes first (untimed): GNU sort and DuckDB leave their
             # output dirty in the page cache, and its writeback would otherwise slow down
@@ -451,7 +455,10 @@ class Bench:
         # prepsync advances its baseline in sources/previous/ after every run: start each run
         # from the same state (none for complete, the saved one for incremental, see
         # incremental()).
-        return Job(tool, [cmd], work, setup=lambda: remove_previous(sources), report=report)
+        inputs = sorted(sources.glob("*.csv"))
+        return Job(
+            tool, [cmd], work, setup=lambda: remove_previous(sources), report=report, inputs=inputs
+        )
 
     def jobs(self, section: str, sources: Path, tables: list[Table], mode: str) -> list[Job]:
         out: list[Job] = []
@@ -474,7 +481,7 @@ class Bench:
                      "-o", str(work / f"{t.name}.sort.out"), str(t.source)]
                     for t in tables
                 ]  # fmt: skip
-                out.append(Job(tool, cmds, work, env=env))
+                out.append(Job(tool, cmds, work, env=env, inputs=[t.source for t in tables]))
             else:
                 spec_path = self.work_root / f"{section}-duckdb.json"
                 spec = {
@@ -495,7 +502,7 @@ class Bench:
                 }
                 spec_path.write_text(json.dumps(spec, indent=2))
                 cmd = [sys.executable, str(BENCH / "duckdb_prepare.py"), str(spec_path)]
-                out.append(Job(tool, [cmd], work))
+                out.append(Job(tool, [cmd], work, inputs=[t.source for t in tables]))
         if self.args.floor and mode == "complete" and "prepsync" in self.tools:
             out.append(self.floor_job(section, tables))
         return out
@@ -506,7 +513,7 @@ class Bench:
         work = self.work_root / f"{section}-floor"
         outputs = self.work_root / f"{section}-prepsync"
         report = self.work_root / f"{section}-prepsync-report.json"
-        job = Job("floor", [], work)
+        job = Job("floor", [], work, inputs=[t.source for t in tables])
 
         def setup() -> None:
             out_bytes = sum(p.stat().st_size for p in outputs.glob("*.csv"))
@@ -771,7 +778,6 @@ class Bench:
         self.cleanup(jobs, day2)
 
     def scaling(self, sizes: Sequence[int]) -> None:
-        modes: list[str] = self.args.page_cache
         names: list[str] = []
         for rows in sizes:
             data = self.data_dir(rows, self.first_members_order)
@@ -789,8 +795,6 @@ class Bench:
             self.record(section, jobs, rows)
             self.record_vmstat(section, jobs)
             self.cleanup(jobs, data)
-            if "dropped" in modes:
-                warm_cache(sources)  # leave the machine as the other sections expect it
         fixed = self.fixed_cost(self.data_dir(min(sizes), self.first_members_order))
         fig = self.figures
         for rows in sizes:
@@ -843,21 +847,13 @@ class Bench:
 
     def cache_jobs(self, section: str, jobs: list[Job], sources: Sequence[Path]) -> list[Job]:
         """The section's jobs in each --page-cache mode, alternating in the same rounds: `warm`
-        as they are (the inputs read back into the cache before each run, as a dropped run
-        before may have left them out), `dropped` as TOOL-dropped in a work directory of its
-        own, the inputs dropped from the cache before each run (CACHE_NOTE)."""
+        as they are (every run finds its inputs in the page cache, see Job.inputs), `dropped`
+        as TOOL-dropped in a work directory of its own, the inputs dropped from the cache
+        before each run (CACHE_NOTE)."""
         modes: list[str] = self.args.page_cache
-        if modes == ["warm"]:
-            return jobs
         out: list[Job] = []
         for job in jobs:
             if "warm" in modes:
-
-                def setup(inner: Callable[[], None] = job.setup) -> None:
-                    inner()
-                    warm_cache(sources)
-
-                job.setup = setup
                 out.append(job)
             if "dropped" in modes and job.tool != "floor":  # dd's cost per byte is the floor
                 out.append(self.dropped_job(section, job, sources))
