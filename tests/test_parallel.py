@@ -10,6 +10,7 @@ import pytest
 from prepsync import _cleanse, pipeline
 from prepsync.config import TableSpec, Thresholds
 from prepsync.errors import InputError
+from prepsync.request import PrepareRequest
 
 SPECS = [
     TableSpec(name=f"t{i}", columns=("id", "v"), key=("id",), thresholds=Thresholds())
@@ -27,7 +28,7 @@ def write_tables(sources: Path, bad: Collection[int] = ()) -> None:
 
 def run(root: Path, parallel: int) -> dict[str, bytes]:
     working = root / f"out{parallel}"
-    request = pipeline.PrepareRequest(
+    request = PrepareRequest(
         connector="C",
         mode="complete",
         sources_dir=root,

@@ -16,7 +16,8 @@ import pytest
 
 from prepsync import _cleanse
 from prepsync.config import TableSpec, Thresholds
-from prepsync.pipeline import prepare_table
+from prepsync.pipeline import EngineFiles, plan_columns, prepare_table
+from prepsync.request import TableJob
 
 SPEC = TableSpec("M", ("group", "member", "note"), ("group", "member"), Thresholds())
 
@@ -59,7 +60,7 @@ def test_big_tables_give_the_same_bytes_at_any_budget(
     tmp_path: Path, export: tuple[Path, bytes, bytes], budget: int
 ) -> None:
     source, sorted_bytes, duplicate_bytes = export
-    result = prepare_table(source, SPEC, tmp_path, memory_budget=budget)
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=budget), tmp_path)
     assert result.runs >= 2  # spilled and merged, even with 1 GiB to spare
     assert result.duplicates > 500
     assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
@@ -89,19 +90,16 @@ def merge_half_way(source: Path, folder: Path, half_way: Callable[[Path], None])
     files = {kind: open(outputs / kind, "w+b") for kind in ("sorted", "nullpk", "duplicates")}  # noqa: SIM115
     try:
         with open(source, "rb") as reader:
+            job = TableJob(spec=SPEC, source=source, memory_budget=8 << 20)
             engine = _cleanse.Cleanser(
-                source=str(source),
-                table="M",
-                separator=b",",
-                memory_budget=8 << 20,
-                spill_dir=str(spill),
-                out_cols=[0, 1, 2],
-                key_cols=[0, 1],
-                command_col=-1,
-                keep_last=False,
-                nullpk_fd=files["nullpk"].fileno(),
-                sorted_fd=files["sorted"].fileno(),
-                duplicates_fd=files["duplicates"].fileno(),
+                job,
+                plan_columns(SPEC.columns, job),
+                EngineFiles(
+                    spill_dir=spill,
+                    sorted_fd=files["sorted"].fileno(),
+                    nullpk_fd=files["nullpk"].fileno(),
+                    duplicates_fd=files["duplicates"].fileno(),
+                ),
             )
             try:
                 while engine.read_from(reader.fileno(), 1 << 20):
