@@ -195,7 +195,7 @@ def test_the_export_leaves_the_page_cache_as_it_is_read(
     if cached_bytes(source) is None:
         pytest.skip("fincore (util-linux) cannot tell what is cached here")
     assert cached_bytes(source) >= source.stat().st_size  # whole pages
-    result = prepare_table(source, SPEC, tmp_path, memory_budget=8 << 20)
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=8 << 20), tmp_path)
     assert result.runs >= 2
     # The kernel skips pages still held in another core's LRU batch: a few stay behind.
     left = cached_bytes(source)
