@@ -19,9 +19,10 @@ if DEBUG:
 else:
     compile_args += ["-O3"]
 
-# The server's upload reader and store reader are their own extension (they need only the
-# tokenizer and the core; the store reader finds SQLite at run time, see csrc/ps_store.h).
-SERVER_ONLY = ["csrc/ps_upload.c", "csrc/ps_store.c"]
+# The server's upload reader and store readers are their own extension (they need only the
+# tokenizer and the core; the store readers find SQLite and libpq at run time, see
+# csrc/ps_store.h and csrc/ps_pgcopy.h).
+SERVER_ONLY = ["csrc/ps_upload.c", "csrc/ps_store.c", "csrc/ps_pgcopy.c"]
 UPLOAD_SOURCES = [*SERVER_ONLY, "csrc/ps_tokenizer.c", "csrc/ps_core.c"]
 core_sources = sorted(source for source in glob("csrc/*.c") if source not in SERVER_ONLY)
 core_headers = sorted(glob("csrc/*.h"))
@@ -42,7 +43,9 @@ extensions = [
         include_dirs=["csrc"],
         depends=[
             "csrc/ps_upload.h",
+            "csrc/ps_format.h",
             "csrc/ps_store.h",
+            "csrc/ps_pgcopy.h",
             "csrc/ps_tokenizer.h",
             "csrc/ps_core.h",
             "prepsync/_native.pxd",

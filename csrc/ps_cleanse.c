@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ps_sort.h"
+#include "ps_format.h"
 #include "ps_tokenizer.h"
 
 #if defined(__SSE2__)
@@ -167,94 +168,14 @@ static size_t build_key(const projection *pj, const ps_field *f, char *out) {
     return n;
 }
 
-enum { VALUE_PLAIN = 0, VALUE_QUOTED = 1, VALUE_HAS_QUOTE = 2 };
-
-/* How v[0, n) is written (the tokenizer's `special`, which decides build_line's quoting):
- * VALUE_QUOTED when it holds the separator, a quote, CR or LF, plus VALUE_HAS_QUOTE when a quote
- * is among them (then doubled). 16 bytes a step, like holds_nul. */
-static inline int value_quoting(const char *v, size_t n, char sep) {
-#if defined(__SSE2__)
-    if (n >= 16) {
-        const __m128i s = _mm_set1_epi8(sep), q = _mm_set1_epi8('"');
-        const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
-        __m128i others = _mm_setzero_si128(), quotes = _mm_setzero_si128();
-        for (size_t i = 0;; i += 16) {
-            if (i + 16 > n) i = n - 16; /* the last step overlaps the one before */
-            __m128i b = _mm_loadu_si128((const __m128i *)(v + i));
-            quotes = _mm_or_si128(quotes, _mm_cmpeq_epi8(b, q));
-            others = _mm_or_si128(others, _mm_or_si128(_mm_cmpeq_epi8(b, s),
-                                                       _mm_or_si128(_mm_cmpeq_epi8(b, cr), _mm_cmpeq_epi8(b, lf))));
-            if (i + 16 >= n) break;
-        }
-        if (_mm_movemask_epi8(quotes)) return VALUE_QUOTED | VALUE_HAS_QUOTE;
-        return _mm_movemask_epi8(others) ? VALUE_QUOTED : VALUE_PLAIN;
-    }
-#endif
-    int how = VALUE_PLAIN;
-    for (size_t i = 0; i < n; i++) {
-        char ch = v[i];
-        if (ch == '"') return VALUE_QUOTED | VALUE_HAS_QUOTE;
-        if (ch == sep || ch == '\r' || ch == '\n') how = VALUE_QUOTED;
-    }
-    return how;
-}
-
-/* A value as ps_field_format writes it: quoted (quotes doubled) only when it must be; out
- * needs 2 * n + 2 bytes. A DN holds the separator (a comma) but rarely a quote: one copy. */
-static inline size_t format_value(const char *v, size_t n, char sep, char *out) {
-    int how = value_quoting(v, n, sep);
-    if (how == VALUE_PLAIN) {
-        ps_copy_bytes(out, v, n);
-        return n;
-    }
-    size_t m = 0;
-    out[m++] = '"';
-    if (how & VALUE_HAS_QUOTE) {
-        for (size_t i = 0; i < n; i++) {
-            out[m++] = v[i];
-            if (v[i] == '"') out[m++] = '"';
-        }
-    } else {
-        ps_copy_bytes(out + m, v, n);
-        m += n;
-    }
-    out[m++] = '"';
-    return m;
-}
-
 /* A link table's output line rebuilt from its key (see key_is_line): the bytes build_line
  * wrote for the row, since its values are the key's, in key order, none of them empty (an
  * empty key value makes a null-key row, which never gets a key). `value` is scratch for a
  * value holding NULs (klen bytes); out needs line_from_key_bound(). */
 static size_t line_from_key(const projection *pj, char sep, const char *key, size_t klen, char *value,
                             char *out) {
-    if (pj->n_key == 1) return format_value(key, klen, sep, out);
-    size_t n = 0;
-    const char *p = key;
-    for (size_t i = 0; i < pj->n_key; i++) {
-        if (i) out[n++] = sep;
-        /* Each value is closed by 0x00 0x00; inside it a NUL is 0x00 0x01. */
-        const char *zero = memchr(p, 0, (size_t)(key + klen - p));
-        if (zero[1] == 0) {
-            n += format_value(p, (size_t)(zero - p), sep, out + n);
-            p = zero + 2;
-            continue;
-        }
-        size_t len = 0;
-        for (;;) {
-            if (*p != 0) {
-                value[len++] = *p++;
-            } else if (p[1] == 1) {
-                value[len++] = 0;
-                p += 2;
-            } else {
-                break;
-            }
-        }
-        p += 2;
-        n += format_value(value, len, sep, out + n);
-    }
-    return n;
+    if (pj->n_key == 1) return ps_format_value(key, klen, sep, out);
+    return ps_format_key(key, klen, sep, value, out);
 }
 
 static inline size_t line_from_key_bound(const projection *pj, size_t klen) {

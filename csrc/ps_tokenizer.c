@@ -1,5 +1,7 @@
 #include "ps_tokenizer.h"
 
+#include "ps_format.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,12 +501,8 @@ static void refine_fields(const ps_tokenizer *t, ps_field *fields, size_t nf) {
     for (size_t i = 0; i < nf; i++) {
         ps_field *f = &fields[i];
         for (int k = 0; k < t->ntrim; k++) trim_field(f, t->trim[k], t->trim_len[k]);
-        int special = 0;
-        for (uint32_t j = 0; j < f->len && !special; j++) {
-            char ch = f->data[j];
-            special = ch == osep || ch == '"' || ch == '\r' || ch == '\n';
-        }
-        f->special = (uint8_t)special;
+        /* A quoted field's doubled quotes are quotes too: special either way. */
+        f->special = ps_value_quoting(f->data, f->len, osep) != PS_QUOTE_NONE;
     }
 }
 

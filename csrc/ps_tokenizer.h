@@ -183,30 +183,6 @@ static inline size_t ps_field_unescape(const ps_field *f, char *out) {
     return n;
 }
 
-/* Write the field as REFERENCE §2 output (quoted only when needed); out needs 2*len+2 bytes.
- * Inline: it runs for every kept field of every row. */
-static inline size_t ps_field_format(const ps_field *f, char *out) {
-    if (!f->special) {
-        /* Not special means no quote inside, so the bytes are the value as they are. */
-        ps_copy_bytes(out, f->data, f->len);
-        return f->len;
-    }
-    size_t n = 0;
-    out[n++] = '"';
-    if (f->quoted) {
-        /* Between the quotes every quote is already doubled: the canonical form as it is. */
-        ps_copy_bytes(out + n, f->data, f->len);
-        n += f->len;
-    } else {
-        for (uint32_t i = 0; i < f->len; i++) {
-            out[n++] = f->data[i];
-            if (f->data[i] == '"') out[n++] = '"';
-        }
-    }
-    out[n++] = '"';
-    return n;
-}
-
 /* 1 when data[0, n) is valid UTF-8; otherwise 0 and *bad is the offset of the first bad byte. */
 int ps_utf8_valid(const unsigned char *data, size_t n, size_t *bad);
 

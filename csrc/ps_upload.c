@@ -2,6 +2,8 @@
 
 #include "ps_upload.h"
 
+#include "ps_format.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -20,6 +22,14 @@ int ps_upload_open(ps_upload *u, const char *path, char separator, size_t max_re
     int rc = ps_tok_init(&u->tok, separator, u->read_block, max_record * 16, PS_ERR_INPUT, err);
     if (rc) return rc;
     u->tok_ready = 1;
+    /* Stored lines are ','-separated whatever the file's separator: the tokenizer judges
+     * `special` (quote on output) against ',', so ps_field_format writes the stored quoting. */
+    const ps_dialect stored = {.out_separator = ','};
+    rc = ps_tok_set_dialect(&u->tok, &stored, err);
+    if (rc) {
+        ps_upload_close(u);
+        return rc;
+    }
     u->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (u->fd < 0) {
         int saved = errno;
@@ -40,6 +50,9 @@ void ps_upload_close(ps_upload *u) {
     free(u->key);
     free(u->line);
     free(u->previous);
+    free(u->copy);
+    u->copy = NULL;
+    u->copy_cap = u->copy_len = 0;
     u->key_cols = u->pair_cols = NULL;
     u->pair_rows = NULL;
     u->key = u->line = u->previous = NULL;
@@ -98,93 +111,50 @@ static int reserve(char **buf, size_t *cap, size_t need, ps_error *err) {
     return PS_OK;
 }
 
-/* The canonical output of one field, appended at out (room: 2 * len + 2). Quoted only when
- * the value holds ',', a quote, CR or LF: the store's quoting whatever the file's separator. */
-static size_t canonical_field(const ps_field *f, char *out) {
-    const char *data = f->data;
-    uint32_t len = f->len;
-    int quote = 0;
-    for (uint32_t i = 0; i < len; i++) {
-        char ch = data[i];
-        if (ch == ',' || ch == '"' || ch == '\r' || ch == '\n') {
-            quote = 1;
-            break;
-        }
-    }
-    if (!quote) { /* no quote inside, so not escaped either: the bytes are the value */
-        memcpy(out, data, len);
-        return len;
-    }
-    size_t n = 0;
-    out[n++] = '"';
-    if (f->quoted) { /* between the quotes every quote is already doubled */
-        memcpy(out + n, data, len);
-        n += len;
-    } else {
-        for (uint32_t i = 0; i < len; i++) {
-            out[n++] = data[i];
-            if (data[i] == '"') out[n++] = '"';
-        }
-    }
-    out[n++] = '"';
-    return n;
+size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out) {
+    return ps_format_key(key, key_len, ',', scratch, out);
 }
 
-size_t ps_key_line(const char *key, size_t key_len, char *out) {
-    size_t n = 0, at = 0;
-    while (at < key_len) {
-        /* One value: up to its 0x00 0x00; inside it 0x00 0x01 stands for a NUL. */
-        size_t end = at;
-        int quote = 0;
-        while (end + 1 < key_len && !(key[end] == '\0' && key[end + 1] == '\0')) {
-            char ch = key[end];
-            if (ch == ',' || ch == '"' || ch == '\r' || ch == '\n') quote = 1;
-            end += ch == '\0' ? 2 : 1;
-        }
-        if (n) out[n++] = ',';
-        if (quote) out[n++] = '"';
-        for (size_t i = at; i < end; i++) {
-            char ch = key[i];
-            if (ch == '\0') i++; /* 0x00 0x01: a NUL */
-            out[n++] = ch;
-            if (ch == '"') out[n++] = '"';
-        }
-        if (quote) out[n++] = '"';
-        at = end + 2;
-    }
-    return n;
-}
-
-int ps_upload_row(ps_upload *u, ps_error *err) {
-    ps_record rec;
-    int st = ps_upload_next(u, &rec, err);
+int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err) {
+    int st = ps_upload_next(u, rec, err);
     if (st != PS_TOK_RECORD) return st;
-    const int64_t line = rec.line;
-    u->line_number = line;
-
-    /* The line: at most 2 * len + 2 bytes a field, plus the commas. */
-    size_t bound = rec.nfields;
-    for (size_t i = 0; i < rec.nfields; i++) bound += 2 * (size_t)rec.fields[i].len + 2;
-    if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
-    size_t n = 0;
-    for (size_t i = 0; i < rec.nfields; i++) {
-        const ps_field *f = &rec.fields[i];
+    for (size_t i = 0; i < rec->nfields; i++) {
+        const ps_field *f = &rec->fields[i];
         /* The tokenizer keeps a CR that does not end the line as a value byte; outside quotes
          * the server refuses it (it would read back as a line end). */
         if (!f->quoted && f->len && memchr(f->data, '\r', f->len))
-            return ps_fail(err, PS_ERR_INPUT, line, -1, "a CR outside quotes");
-        if (i) u->line[n++] = ',';
-        n += canonical_field(f, u->line + n);
+            return ps_fail(err, PS_ERR_INPUT, rec->line, -1, "a CR outside quotes");
     }
-    u->line_len = n;
+    return PS_TOK_RECORD;
+}
+
+/* The key and the checks of a record ps_upload_record read (and its canonical line when
+ * `build_line`): everything ps_upload_row does after the tokenizer. */
+static int take_row(ps_upload *u, const ps_record *rec, int build_line, ps_error *err) {
+    const int64_t line = rec->line;
+    u->line_number = line;
+
+    u->line_len = 0;
+    if (build_line) {
+        /* The line: at most 2 * len + 2 bytes a field, plus the commas. */
+        size_t bound = rec->nfields;
+        for (size_t i = 0; i < rec->nfields; i++) bound += 2 * (size_t)rec->fields[i].len + 2;
+        if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
+        size_t n = 0;
+        for (size_t i = 0; i < rec->nfields; i++) {
+            if (i) u->line[n++] = ',';
+            n += ps_field_format(&rec->fields[i], u->line + n);
+        }
+        u->line_len = n;
+    }
 
     /* The key: the values unescaped, 0x00 -> 0x00 0x01, each ended by 0x00 0x00. */
     size_t key_bound = 0;
-    for (size_t k = 0; k < u->nkeys; k++) key_bound += 2 * (size_t)rec.fields[u->key_cols[k]].len + 2;
+    for (size_t k = 0; k < u->nkeys; k++) key_bound += 2 * (size_t)rec->fields[u->key_cols[k]].len + 2;
     if (reserve(&u->key, &u->key_cap, key_bound, err)) return err->code;
     size_t m = 0;
     for (size_t k = 0; k < u->nkeys; k++) {
-        const ps_field *f = &rec.fields[u->key_cols[k]];
+        const ps_field *f = &rec->fields[u->key_cols[k]];
         if (f->len == 0) return ps_fail(err, PS_ERR_INPUT, line, -1, "null key");
         size_t start = m;
         m += ps_field_unescape(f, u->key + m);
@@ -225,7 +195,82 @@ int ps_upload_row(ps_upload *u, ps_error *err) {
     }
 
     for (size_t p = 0; p < u->npairs; p++)
-        u->pair_rows[p] += rec.fields[u->pair_cols[2 * p]].len != 0 &&
-                           rec.fields[u->pair_cols[2 * p + 1]].len != 0;
+        u->pair_rows[p] += rec->fields[u->pair_cols[2 * p]].len != 0 &&
+                           rec->fields[u->pair_cols[2 * p + 1]].len != 0;
     return PS_TOK_RECORD;
+}
+
+int ps_upload_row(ps_upload *u, ps_error *err) {
+    ps_record rec;
+    int st = ps_upload_record(u, &rec, err);
+    if (st != PS_TOK_RECORD) return st;
+    return take_row(u, &rec, 1, err);
+}
+
+/* PostgreSQL's binary COPY: an 11-byte signature, a 32-bit flags field (0: no OIDs) and a
+ * 32-bit header extension length (0); a 16-bit field count of -1 ends the data. Integers are
+ * big-endian (network order). */
+static const char COPY_SIGNATURE[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+
+static inline void put_be16(char *out, uint16_t v) {
+    out[0] = (char)(v >> 8);
+    out[1] = (char)v;
+}
+
+static inline void put_be32(char *out, uint32_t v) {
+    out[0] = (char)(v >> 24);
+    out[1] = (char)(v >> 16);
+    out[2] = (char)(v >> 8);
+    out[3] = (char)v;
+}
+
+int ps_upload_copy_block(ps_upload *u, size_t target, int64_t *rows, ps_error *err) {
+    u->copy_len = 0;
+    *rows = 0;
+    if (u->copy_state == 2) return PS_OK;
+    if (u->copy_state == 0) {
+        if (reserve(&u->copy, &u->copy_cap, target + sizeof COPY_SIGNATURE, err))
+            return err->code;
+        memcpy(u->copy, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
+        u->copy_len = sizeof COPY_SIGNATURE;
+        u->copy_state = 1;
+    }
+    while (u->copy_len < target) {
+        ps_record rec;
+        int st = ps_upload_record(u, &rec, err);
+        if (st == PS_TOK_END) {
+            if (reserve(&u->copy, &u->copy_cap, u->copy_len + 2, err)) return err->code;
+            put_be16(u->copy + u->copy_len, 0xFFFF);
+            u->copy_len += 2;
+            u->copy_state = 2;
+            return PS_OK;
+        }
+        if (st != PS_TOK_RECORD) return st;
+        st = take_row(u, &rec, 0, err);
+        if (st != PS_TOK_RECORD) return st;
+        /* A tuple: its field count, then per field its length and bytes, or -1: an empty
+         * value (quoted or not) is NULL in this store. */
+        if (rec.nfields > 0x7FFF)
+            return ps_fail(err, PS_ERR_INPUT, rec.line, -1, "more than 32767 fields");
+        size_t bound = 2 + 4 * rec.nfields;
+        for (size_t i = 0; i < rec.nfields; i++) bound += rec.fields[i].len;
+        if (reserve(&u->copy, &u->copy_cap, u->copy_len + bound, err)) return err->code;
+        char *out = u->copy + u->copy_len;
+        put_be16(out, (uint16_t)rec.nfields);
+        out += 2;
+        for (size_t i = 0; i < rec.nfields; i++) {
+            const ps_field *f = &rec.fields[i];
+            if (f->len == 0) {
+                put_be32(out, 0xFFFFFFFFu);
+                out += 4;
+                continue;
+            }
+            size_t len = ps_field_unescape(f, out + 4);
+            put_be32(out, (uint32_t)len);
+            out += 4 + len;
+        }
+        u->copy_len = (size_t)(out - u->copy);
+        (*rows)++;
+    }
+    return PS_OK;
 }

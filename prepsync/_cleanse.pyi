@@ -4,6 +4,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from prepsync.dialect import ReadSettings
+from prepsync.pipeline import ColumnPlan, EngineFiles
+from prepsync.request import TableJob
 
 DEBUG_BUILD: bool
 PHASE_NAMES: tuple[str, ...]
@@ -21,33 +23,13 @@ def read_header(
 ) -> tuple[list[str], list[int], int]: ...
 
 class Cleanser:
+    """Each option of the native engine comes from one field of ``job``, ``plan`` or
+    ``files`` (listed in prepsync/_cleanse.pyx)."""
+
     source: str
     table: str
     baseline: str
-    def __init__(
-        self,
-        *,
-        source: str,
-        table: str,
-        separator: bytes,
-        memory_budget: int,
-        spill_dir: str,
-        out_cols: Sequence[int],
-        key_cols: Sequence[int],
-        command_col: int,
-        keep_last: bool,
-        replay: bool = ...,
-        nullpk_fd: int,
-        sorted_fd: int,
-        duplicates_fd: int,
-        delta_fd: int = ...,
-        baseline_fd: int = ...,
-        baseline_key_cols: Sequence[int] = ...,
-        baseline: str = ...,
-        budget_shares: int = ...,
-        baseline_read_block: int = ...,
-        settings: ReadSettings | None = ...,
-    ) -> None: ...
+    def __init__(self, job: TableJob, plan: ColumnPlan, files: EngineFiles) -> None: ...
     def read_from(self, fd: int, max_bytes: int) -> int: ...
     def finish_input(self) -> None: ...
     def merge_step(self, max_rows: int = ...) -> bool: ...

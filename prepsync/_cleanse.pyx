@@ -218,7 +218,22 @@ def sort_order(keys):
 cdef class Cleanser:
     """One table's engine: read_from() the source (header included), finish_input(), then
     merge_step() until it returns True. close() (or garbage collection) frees everything and
-    deletes any spill file left."""
+    deletes any spill file left.
+
+    Built from three values, each option of the native engine (struct ps_cleanse_options)
+    taken from exactly one of their fields:
+
+    - ``job`` (:class:`prepsync.request.TableJob`): ``source``, ``table``, ``separator`` (the
+      outputs' and the baseline's), ``read_settings`` (how the source is read: encoding, its
+      separator, lines to skip, values to trim), ``memory_budget`` and ``budget_shares``,
+      ``baseline`` (its name, for errors) and ``read_block`` (the baseline's read size; None:
+      the engine's block);
+    - ``plan`` (:class:`prepsync.pipeline.ColumnPlan`): ``out_cols``, ``key_cols``,
+      ``command_col``, ``baseline_key_cols``, ``change_file`` (the last row of a key wins)
+      and ``replay``;
+    - ``files`` (:class:`prepsync.pipeline.EngineFiles`): ``spill_dir`` and the descriptors
+      ``sorted_fd``, ``nullpk_fd``, ``duplicates_fd``, ``delta_fd``, ``baseline_fd``.
+    """
 
     cdef c.ps_cleanse *engine
     cdef c.ps_error err
@@ -227,75 +242,50 @@ cdef class Cleanser:
     cdef readonly str baseline
     cdef object encoding
 
-    def __cinit__(
-        self,
-        *,
-        str source,
-        str table,
-        bytes separator,
-        Py_ssize_t memory_budget,
-        str spill_dir,
-        out_cols,
-        key_cols,
-        int command_col,
-        bint keep_last,
-        bint replay=False,
-        int nullpk_fd,
-        int sorted_fd,
-        int duplicates_fd,
-        int delta_fd=-1,
-        int baseline_fd=-1,
-        baseline_key_cols=(),
-        str baseline="",
-        int budget_shares=1,
-        Py_ssize_t baseline_read_block=0,
-        object settings=None,
-    ):
-        """``separator`` is the outputs' (and the baseline's); ``settings`` (a
-        :class:`prepsync.dialect.ReadSettings`) says how the source is read, default UTF-8 with
-        ``separator`` and nothing else."""
+    def __cinit__(self, job, plan, files):
         cdef c.ps_cleanse_options options
-        cdef bytes spill = spill_dir.encode()
+        settings = job.read_settings
+        cdef bytes spill = str(files.spill_dir).encode()
         cdef bytes trim = trim_bytes(settings)
-        self.encoding = settings.resolved if settings is not None else dialect.resolve_encoding(None)
+        self.encoding = settings.resolved
         cdef bytes code_page = self.encoding.table or b""
         cdef bytes name = self.encoding.name.encode()
-        self.source = source
-        self.table = table
-        self.baseline = baseline
-        options.separator = separator_byte(
-            settings.separator.encode() if settings is not None else separator)
+        self.source = str(job.source)
+        self.table = job.table
+        self.baseline = str(job.baseline or "")
+        options.separator = separator_byte(settings.separator.encode())
         options.encoding = self.encoding.kind
         options.code_page = <const unsigned char *>code_page if code_page else NULL
         options.encoding_name = name
-        fill_dialect(&options.dialect, settings, trim, separator_byte(separator))
-        options.memory_budget = memory_budget
-        options.budget_shares = budget_shares
+        fill_dialect(&options.dialect, settings, trim, separator_byte(job.separator.encode()))
+        options.memory_budget = job.memory_budget
+        options.budget_shares = job.budget_shares
         options.spill_dir = spill
-        options.n_out = len(out_cols)
-        options.n_key = len(key_cols)
-        options.command_col = command_col
-        options.keep_last = keep_last
-        options.replay = replay
-        options.nullpk_fd = nullpk_fd
-        options.sorted_fd = sorted_fd
-        options.duplicates_fd = duplicates_fd
-        options.delta_fd = delta_fd
-        options.baseline_fd = baseline_fd
-        options.baseline_read_block = baseline_read_block
-        options.out_cols = int32_array(out_cols)
+        options.n_out = len(plan.out_cols)
+        options.n_key = len(plan.key_cols)
+        options.command_col = plan.command_col
+        options.keep_last = plan.change_file
+        options.replay = plan.replay
+        options.nullpk_fd = files.nullpk_fd
+        options.sorted_fd = files.sorted_fd
+        options.duplicates_fd = files.duplicates_fd
+        options.delta_fd = files.delta_fd
+        options.baseline_fd = files.baseline_fd
+        # A test's small read_block cuts the baseline's records at every position too.
+        options.baseline_read_block = job.read_block or 0
+        options.out_cols = int32_array(plan.out_cols)
         options.key_cols = NULL
         options.baseline_key_cols = NULL
         try:
-            options.key_cols = int32_array(key_cols)
-            options.baseline_key_cols = int32_array(baseline_key_cols)
+            options.key_cols = int32_array(plan.key_cols)
+            options.baseline_key_cols = int32_array(plan.baseline_key_cols)
             self.engine = c.ps_cleanse_new(&options, &self.err)
         finally:
             free(<void *>options.out_cols)
             free(<void *>options.key_cols)
             free(<void *>options.baseline_key_cols)
         if self.engine == NULL:
-            raise_error(&self.err, source, table, baseline)
+            raise_error(&self.err, self.source, self.table, self.baseline)
 
     cdef int check(self, int rc) except -1:
         if rc:

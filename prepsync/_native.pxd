@@ -154,15 +154,19 @@ cdef extern from "ps_upload.h" nogil:
         size_t line_len
         int64_t line_number
         int64_t *pair_rows
+        char *copy
+        size_t copy_len
 
     int ps_upload_open(ps_upload *u, const char *path, char separator, size_t max_record,
                        ps_error *err)
     void ps_upload_close(ps_upload *u)
     int ps_upload_next(ps_upload *u, ps_record *rec, ps_error *err)
+    int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err)
     int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                             const size_t *pair_cols, size_t npairs, ps_error *err)
     int ps_upload_row(ps_upload *u, ps_error *err)
-    size_t ps_key_line(const char *key, size_t key_len, char *out)
+    int ps_upload_copy_block(ps_upload *u, size_t target, int64_t *rows, ps_error *err)
+    size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out)
 
 
 cdef extern from "ps_store.h" nogil:
@@ -182,3 +186,24 @@ cdef extern from "ps_store.h" nogil:
     void *ps_store_capture_end()
     int ps_store_bulk_load(void *db, ps_upload *u, int64_t tid, int64_t seq, int key_only,
                            int64_t *rows, ps_error *err)
+
+
+cdef extern from "ps_pgcopy.h" nogil:
+    ctypedef struct ps_pgcopy:
+        char *key
+        size_t key_len
+        char *line
+        size_t line_len
+        int eof
+        int64_t rows
+        char sqlstate[6]
+
+    int ps_pgcopy_load(const char *module_path, ps_error *err)
+    int ps_pgcopy_loaded()
+    int ps_pgcopy_open(ps_pgcopy *c, void *conn, size_t nfields, const size_t *key_cols,
+                       size_t nkeys, ps_error *err)
+    void ps_pgcopy_close(ps_pgcopy *c)
+    int ps_pgcopy_feed(ps_pgcopy *c, const char *data, size_t n, ps_error *err)
+    void ps_pgcopy_feed_end(ps_pgcopy *c)
+    int ps_pgcopy_fill(ps_pgcopy *c, ps_error *err)
+    int ps_pgcopy_row(ps_pgcopy *c, ps_error *err)

@@ -1,15 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Thin wrapper over the server's native reader of complete-session files (csrc/ps_upload.c).
+"""Thin wrapper over the server's native reader of session files (csrc/ps_upload.c): the one
+reader of what agents upload.
 
-It hands out a file's header, then its rows in batches of (encoded key, canonical line), and
-turns the reader's error codes into prepsync.errors.DataError naming the file and the line.
+It hands out a file's header, then its rows in batches of (encoded key, canonical line) (a
+complete load) or of (line number, values) (a delta), and turns the reader's error codes into
+prepsync.errors.DataError naming the file and the line.
 What a row must satisfy and how key and line are built is the C side's (see ps_upload.h).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp
 
 from prepsync cimport _native as c
@@ -23,7 +25,8 @@ MAX_RECORD = 64 * 1024 * 1024
 
 
 cdef class UploadReader:
-    """One session file, read once from its start: :meth:`header`, then :meth:`rows`."""
+    """One session file, read once from its start: :meth:`header`, then :meth:`rows` (or
+    :meth:`records`)."""
 
     cdef c.ps_upload reader
     cdef bint opened
@@ -31,6 +34,7 @@ cdef class UploadReader:
     cdef readonly str name
     cdef Py_ssize_t npairs
     cdef list closed_link_rows  # link_rows as they were at close()
+    cdef readonly long long rows_read  # rows handed out by copy_block()
 
     def __cinit__(self, str path, str name, str separator):
         cdef c.ps_error err
@@ -140,6 +144,50 @@ cdef class UploadReader:
             ))
         return batch
 
+    def records(self, Py_ssize_t batch_rows):
+        """The next batch of at most ``batch_rows`` data records as (line, values) tuples, the
+        values unquoted; [] at the end. Checked as :meth:`rows` checks (width, UTF-8, no CR
+        outside quotes), but no key is built and no order required: how a delta is read (its
+        commands, in file order). Needs no :meth:`configure`."""
+        cdef c.ps_error err
+        cdef c.ps_record rec
+        cdef const c.ps_field *f
+        cdef int status
+        cdef Py_ssize_t i
+        cdef size_t n
+        cdef list batch = []
+        cdef list values
+        cdef char *scratch = NULL
+        cdef size_t scratch_cap = 0
+        cdef char *grown
+        if not self.opened:
+            raise ValueError("records() needs an open reader")
+        try:
+            while len(batch) < batch_rows:
+                status = c.ps_upload_record(&self.reader, &rec, &err)
+                if status == c.PS_TOK_END:
+                    break
+                if status != c.PS_TOK_RECORD:
+                    self._raise(&err)
+                values = [None] * <Py_ssize_t>rec.nfields
+                for i in range(<Py_ssize_t>rec.nfields):
+                    f = &rec.fields[i]
+                    if not f.escaped:  # the bytes are the value as they are
+                        values[i] = PyUnicode_DecodeUTF8(f.data, f.len, NULL)
+                        continue
+                    if f.len > scratch_cap:
+                        grown = <char *>realloc(scratch, f.len)
+                        if grown == NULL:
+                            raise MemoryError()
+                        scratch = grown
+                        scratch_cap = f.len
+                    n = c.ps_field_unescape(f, scratch)
+                    values[i] = PyUnicode_DecodeUTF8(scratch, n, NULL)
+                batch.append((rec.line, values))
+        finally:
+            free(scratch)
+        return batch
+
     def check(self, Py_ssize_t max_rows):
         """Read at most ``max_rows`` rows, checking them as :meth:`rows` does, and build
         nothing; returns how many were read (0 at the end). A store that loads the file's
@@ -158,6 +206,27 @@ cdef class UploadReader:
                 self._raise(&err)
             read += 1
         return read
+
+    def copy_block(self, Py_ssize_t target):
+        """The next rows as PostgreSQL's binary ``COPY`` data (every column text, an empty
+        value NULL), about ``target`` bytes of whole rows: the first block starts with the
+        format's signature, the last one ends with its trailer; b"" after that. Each row is
+        checked as :meth:`rows` checks it (a bad row raises its DataError), so a store that
+        loads with ``COPY ... (FORMAT binary)`` reads the file once, and PostgreSQL parses no
+        CSV. :attr:`rows_read` counts the rows handed out."""
+        cdef c.ps_error err
+        cdef int status
+        cdef int64_t rows = 0
+        if not self.configured or not self.opened:
+            raise ValueError("copy_block() needs an open, configured reader")
+        if target < 1:
+            raise ValueError("target must be at least 1")
+        with nogil:
+            status = c.ps_upload_copy_block(&self.reader, <size_t>target, &rows, &err)
+        if status:
+            self._raise(&err)
+        self.rows_read += rows
+        return PyBytes_FromStringAndSize(self.reader.copy, self.reader.copy_len)
 
     def insert_groups(self, Py_ssize_t group_rows, Py_ssize_t max_groups):
         """The next rows as the parameters of multi-row INSERTs: at most ``max_groups`` lists of
@@ -198,12 +267,13 @@ cdef class UploadReader:
 
 
 cdef str key_line_of(const char *key, Py_ssize_t key_len):
-    cdef char *out = <char *>malloc(2 * key_len + 1)
+    # The line (2 * key_len bytes at most), then the scratch for a value holding NULs (key_len).
+    cdef char *out = <char *>malloc(3 * key_len + 1)
     cdef size_t n
     if out == NULL:
         raise MemoryError()
     try:
-        n = c.ps_key_line(key, key_len, out)
+        n = c.ps_key_line(key, key_len, out + 2 * key_len, out)
         return PyUnicode_DecodeUTF8(out, n, NULL)
     finally:
         free(out)
@@ -291,13 +361,157 @@ cdef class StoredRows:
         return 1
 
 
+cdef object _native_copy_problem = None  # why CopyRows cannot reach libpq, once tried
+cdef bint _native_copy_tried = False
+
+
+def native_copy_problem():
+    """None when :class:`CopyRows` can read a COPY from libpq itself, else why not (once
+    tried: libpq is resolved through psycopg's own module, see ps_pgcopy.h)."""
+    global _native_copy_problem, _native_copy_tried
+    cdef c.ps_error err
+    if not _native_copy_tried:
+        _native_copy_tried = True
+        import sys
+        from psycopg import pq
+
+        module = sys.modules.get(pq.PGconn.__module__)
+        path = getattr(module, "__file__", None)
+        if path is None or not path.endswith(".so"):
+            _native_copy_problem = f"psycopg's libpq binding is {pq.__impl__}, not compiled"
+        elif c.ps_pgcopy_load(path.encode(), &err):
+            _native_copy_problem = err.message.decode("utf-8", "replace")
+    return _native_copy_problem
+
+
+cdef class CopyRows:
+    """A PostgreSQL table's rows from ``COPY (SELECT ... ORDER BY key) TO STDOUT (FORMAT
+    binary)``, as (encoded key, canonical line) in C for :class:`FullDiff`: no Python object
+    per stored row (see ps_pgcopy.h).
+
+    ``pgconn_ptr``: the psycopg connection's ``pgconn.pgconn_ptr``, its COPY started (the
+    bytes are read by libpq in C, without the GIL); or ``read``: a callable giving the stream's
+    next block, empty at the end (a psycopg ``Copy.read``, or any bytes). A COPY that fails
+    raises psycopg's error for its SQLSTATE; a malformed stream, or keys out of order,
+    DataError naming ``name``."""
+
+    cdef c.ps_pgcopy rows
+    cdef bint opened
+    cdef object read
+    cdef readonly str name
+
+    def __cinit__(self, str name, Py_ssize_t nfields, key_positions, pgconn_ptr=None,
+                  read=None):
+        cdef c.ps_error err
+        cdef size_t *keys
+        cdef Py_ssize_t index
+        cdef void *conn = NULL
+        self.name = name
+        if (pgconn_ptr is None) == (read is None):
+            raise ValueError("CopyRows reads from pgconn_ptr or from read, one of them")
+        if pgconn_ptr is not None:
+            problem = native_copy_problem()
+            if problem is not None:
+                raise RuntimeError(f"no native COPY reader: {problem}")
+            conn = <void *><size_t>pgconn_ptr
+        self.read = read
+        positions = list(key_positions)
+        keys = <size_t *>malloc((len(positions) or 1) * sizeof(size_t))
+        if keys == NULL:
+            raise MemoryError()
+        try:
+            for index in range(len(positions)):
+                keys[index] = positions[index]
+            if c.ps_pgcopy_open(&self.rows, conn, nfields, keys, len(positions), &err):
+                raise ValueError(err.message.decode("utf-8", "replace"))
+        finally:
+            free(keys)
+        self.opened = True
+
+    def __dealloc__(self):
+        if self.opened:
+            c.ps_pgcopy_close(&self.rows)
+
+    def close(self):
+        if self.opened:
+            c.ps_pgcopy_close(&self.rows)
+            self.opened = False
+
+    @property
+    def rows_read(self):
+        return self.rows.rows if self.opened else 0
+
+    cdef int _raise(self, c.ps_error *err) except -1:
+        message = err.message.decode("utf-8", "replace").strip()
+        if err.code == c.PS_ERR_NOMEM:
+            raise MemoryError(message)
+        if err.code == c.PS_ERR_IO:
+            import psycopg
+            import psycopg.errors
+
+            sqlstate = self.rows.sqlstate.decode("ascii", "replace")
+            error_class = psycopg.OperationalError
+            if sqlstate:
+                try:
+                    error_class = psycopg.errors.lookup(sqlstate)
+                except KeyError:
+                    pass
+            raise error_class(message)
+        raise DataError(f"{self.name}: {message}")
+
+    cdef int _more(self) except -1:
+        cdef c.ps_error err
+        cdef int status
+        cdef bytes block
+        if self.read is None:
+            with nogil:
+                status = c.ps_pgcopy_fill(&self.rows, &err)
+            if status:
+                self._raise(&err)
+            return 0
+        block = bytes(self.read())
+        if not block:
+            c.ps_pgcopy_feed_end(&self.rows)
+        elif c.ps_pgcopy_feed(&self.rows, PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block),
+                              &err):
+            self._raise(&err)
+        return 0
+
+    cdef int next_row(self) except -1:
+        """1 with rows.key/line set, 0 after the last row (and, reading from libpq, the
+        COPY's result: the connection is idle in its transaction again)."""
+        cdef c.ps_error err
+        cdef int status
+        if not self.opened:
+            return 0
+        while True:
+            status = c.ps_pgcopy_row(&self.rows, &err)
+            if status == c.PS_TOK_RECORD:
+                return 1
+            if status == c.PS_TOK_END:
+                while not self.rows.eof:  # past the trailer: the COPY's end and result
+                    self._more()
+                return 0
+            if status != c.PS_TOK_NEED_MORE:
+                self._raise(&err)
+            self._more()
+
+    def pairs(self):
+        """Every remaining row as (key, line bytes): for the tests."""
+        out = []
+        while self.next_row():
+            out.append((PyBytes_FromStringAndSize(self.rows.key, self.rows.key_len),
+                        PyBytes_FromStringAndSize(self.rows.line, self.rows.line_len)))
+        return out
+
+
 cdef class FullDiff:
     """The merge-join of a complete load (an :class:`UploadReader`, configured with key order
     checked) with the stored rows, in C: only changes come out, as (command, key, line,
     stored_line: str) with the caller's command objects.
 
-    The stored rows are a :class:`StoredRows` (read by C, no Python object per row) or an
-    iterable of batches of (key, line) in key order, the line as str or as its UTF-8 bytes
+    The stored rows are a :class:`StoredRows` or a :class:`CopyRows` (read by C, no Python
+    object per row) or an iterable of batches of (key, line) in key order, the line as str or as its UTF-8 bytes
     (which spares decoding rows that compare equal).
 
     A row whose line equals the stored line costs one memcmp and no Python object. A row whose
@@ -308,6 +522,7 @@ cdef class FullDiff:
 
     cdef UploadReader reader
     cdef StoredRows native
+    cdef CopyRows copied
     cdef object stored_batches
     cdef list stored
     cdef Py_ssize_t at
@@ -329,6 +544,8 @@ cdef class FullDiff:
         self.reader = reader
         if isinstance(stored, StoredRows):
             self.native = stored
+        elif isinstance(stored, CopyRows):
+            self.copied = stored
         else:
             self.stored_batches = iter(stored)
         self.stored = []
@@ -352,6 +569,14 @@ cdef class FullDiff:
             self.skey_len = <Py_ssize_t>self.native.rows.key_len
             self.sline = self.native.rows.line
             self.sline_len = <Py_ssize_t>self.native.rows.line_len
+        elif self.copied is not None:
+            if not self.copied.next_row():
+                self.stored_done = True
+                return 0
+            self.skey = self.copied.rows.key
+            self.skey_len = <Py_ssize_t>self.copied.rows.key_len
+            self.sline = self.copied.rows.line
+            self.sline_len = <Py_ssize_t>self.copied.rows.line_len
         else:
             while self.at >= len(self.stored):
                 self.stored = next(self.stored_batches, [])

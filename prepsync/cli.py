@@ -27,6 +27,26 @@ from prepsync.exit_status import ExitStatus
 from prepsync.logs import LOG_FORMATS
 from prepsync.protocol import DELETE, DONE, INSERT, MODES, UPDATE
 from prepsync.report import ProgressBar, summary_lines, write_report
+from prepsync.request import (
+    DEFAULT_COMMAND_COLUMN,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_OPERATOR_RETRY_SECONDS,
+    DEFAULT_RETRY_SECONDS,
+    DEFAULT_SEPARATOR,
+    DEFAULT_UPLOAD_CHUNK_SIZE,
+    DEFAULT_WAIT_TIMEOUT,
+    MIB,
+    PrepareRequest,
+)
+from prepsync.server.defaults import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_OPERATOR_PROFILE,
+    DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT,
+    DEFAULT_TIMEOUT_KEEP_ALIVE,
+)
 from prepsync.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -44,7 +64,7 @@ LOG_LEVELS = {
     "error": logging.ERROR,
     "fatal": logging.CRITICAL,
 }
-MIN_MEMORY_BUDGET = 1 << 20
+MIN_MEMORY_BUDGET = MIB
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,8 +110,14 @@ def _memory_budget(ctx: click.Context, param: click.Parameter, value: str) -> in
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     if size < MIN_MEMORY_BUDGET:
-        raise click.BadParameter("the memory budget must be at least 1MiB")
+        raise click.BadParameter(f"the memory budget must be at least {_mib(MIN_MEMORY_BUDGET)}")
     return size
+
+
+def _mib(size: int) -> str:
+    """A size as its option's default is spelled (in whole MiB), and read back by parse_size."""
+    assert size % MIB == 0, size
+    return f"{size // MIB}MiB"
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -169,14 +195,14 @@ def _prepare_options(function: F) -> F:
         ),
         click.option(
             "--memory-budget",
-            default="256MiB",
+            default=_mib(DEFAULT_MEMORY_BUDGET),
             show_default=True,
             callback=_memory_budget,
             help="Bound on the data buffers.",
         ),
         click.option(
             "--separator",
-            default=",",
+            default=DEFAULT_SEPARATOR,
             show_default=True,
             help="Field separator of the outputs, and of the sources unless a table's settings "
             "or a 'sep=X' first line say otherwise ('tab' for a tab).",
@@ -209,7 +235,7 @@ def _prepare_options(function: F) -> F:
         ),
         click.option(
             "--command-column",
-            default="command",
+            default=DEFAULT_COMMAND_COLUMN,
             show_default=True,
             help="Command column of a change file (case-insensitive).",
         ),
@@ -238,14 +264,14 @@ def _prepare_options(function: F) -> F:
         ),
         click.option(
             "--upload-chunk-size",
-            default="8MiB",
+            default=_mib(DEFAULT_UPLOAD_CHUNK_SIZE),
             show_default=True,
             callback=_size,
             help="Size of each upload request.",
         ),
         click.option(
             "--api-retry-seconds",
-            default=300.0,
+            default=DEFAULT_RETRY_SECONDS,
             show_default=True,
             type=float,
             help="Total time to keep retrying the server before giving up.",
@@ -257,7 +283,7 @@ def _prepare_options(function: F) -> F:
         ),
         click.option(
             "--wait-timeout",
-            default=3600.0,
+            default=DEFAULT_WAIT_TIMEOUT,
             show_default=True,
             type=click.FloatRange(min=0),
             help="Seconds to wait for the verdict before exiting with status "
@@ -327,7 +353,7 @@ def prepare(
         raise click.UsageError(
             "--api-url needs --api-client-id and --api-secret (or PREPSYNC_API_SECRET)"
         )
-    request = pipeline.PrepareRequest(
+    request = PrepareRequest(
         connector=connector,
         mode=mode,
         sources_dir=_under(temp_folder, sources_directory),
@@ -501,7 +527,7 @@ def _api_options(function: F) -> F:
         ),
         click.option(
             "--api-retry-seconds",
-            default=30.0,
+            default=DEFAULT_OPERATOR_RETRY_SECONDS,
             show_default=True,
             type=float,
             help="Total time to keep retrying the server before giving up.",
@@ -666,11 +692,11 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
     type=click.Path(path_type=Path),
     help="Where the server keeps its store and the sessions' files.",
 )
-@_server_option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@_server_option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
+@_server_option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@_server_option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
 @_server_option(
     "--session-timeout",
-    default=3600.0,
+    default=DEFAULT_SESSION_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds after which an idle open session is abandoned.",
@@ -705,14 +731,14 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
 )
 @_server_option(
     "--timeout-keep-alive",
-    default=5.0,
+    default=DEFAULT_TIMEOUT_KEEP_ALIVE,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds an idle keep-alive connection stays open.",
 )
 @_server_option(
     "--read-timeout",
-    default=15.0,
+    default=DEFAULT_READ_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a client has to send a request's headers, and the longest pause allowed "
@@ -720,14 +746,14 @@ def _server_option(*names: str, **attributes: Any) -> Callable[[F], F]:
 )
 @_server_option(
     "--operator-profile",
-    default="Administrator",
+    default=DEFAULT_OPERATOR_PROFILE,
     show_default=True,
     help="The OpenIdClient Profile whose clients may force, cancel and read the changes of "
     "any session; other clients only deliver (and cancel their own session before its commit).",
 )
 @_server_option(
     "--max-connections",
-    default=1000,
+    default=DEFAULT_MAX_CONNECTIONS,
     show_default=True,
     type=click.IntRange(min=1),
     help="Open connections at most (fewer if the file limit is lower); past it, the "

@@ -49,6 +49,7 @@ from prepsync.errors import ServerError
 from prepsync.exchange import Backoff, Exchange, Retryable, RetryPolicy, object_of, refusal
 from prepsync.exchange import json_of as _json_of
 from prepsync.protocol import CANCELLED, NEXT_AFTER_HEADER, OPEN
+from prepsync.request import DEFAULT_UPLOAD_CHUNK_SIZE
 from prepsync.token_auth import TOKEN_PATH, ClientCredentials
 from prepsync.upload import FileReceipt, FileUpload
 
@@ -83,7 +84,7 @@ class ApiClient:
         secret: str,
         *,
         retry: RetryPolicy = _DEFAULT_RETRY,
-        chunk_size: int = 8 << 20,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK_SIZE,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,

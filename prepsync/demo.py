@@ -24,6 +24,7 @@ from prepsync.client import ApiClient
 from prepsync.errors import PrepsyncError
 from prepsync.protocol import COMPLETE, INCREMENTAL, VERDICT_STATES
 from prepsync.report import summary_lines
+from prepsync.request import PrepareRequest
 from prepsync.sync import synchronize
 
 SAMPLE = Path(__file__).with_name("samples") / "ad"
@@ -116,7 +117,7 @@ def run_demo(echo: Callable[[str], None], folder: Path | None = None) -> list[pi
                     echo("")
                     echo("The next day: 3 entries updated, 2 deleted, 2 created.")
                 echo(f"== {mode} synchronization of connector {CONNECTOR}")
-                request = pipeline.PrepareRequest(
+                request = PrepareRequest(
                     connector=CONNECTOR, mode=mode, sources_dir=sources, working_dir=working
                 )
                 run, delivery = synchronize(api, request, agent="demo", tables=None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prepsync.errors import UsageError
+from prepsync.protocol import separator_problem
 
 # The native reader's kinds (csrc/ps_decode.h, enum ps_encoding).
 UTF8, UTF16LE, UTF16BE, UTF32LE, UTF32BE, TABLE = range(6)
@@ -117,11 +118,11 @@ def _code_page_table(codec: str) -> bytes | None:
 
 
 def check_separator(separator: str, what: str = "the separator") -> str:
-    """The separator's rule (one ASCII character other than a quote, CR or LF); "tab" and "\\t"
-    mean a tab."""
+    """``separator`` checked by the agent's and the server's one rule
+    (:func:`prepsync.protocol.separator_problem`); "tab" and "\\t" mean a tab."""
     separator = {"\\t": "\t", "tab": "\t"}.get(separator.lower(), separator)
-    if len(separator) != 1 or separator in '"\r\n\0' or not separator.isascii():
-        raise UsageError(f"{what} must be one ASCII character other than a quote, CR or LF")
+    if problem := separator_problem(separator):
+        raise UsageError(f"{what} {problem}")
     return separator
 
 

@@ -29,6 +29,7 @@ import httpx
 
 from prepsync.errors import ServerError
 from prepsync.protocol import DISK_FULL
+from prepsync.request import DEFAULT_RETRY_SECONDS
 
 logger = logging.getLogger("prepsync")
 
@@ -55,7 +56,8 @@ def _plain_http_answer(error: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    total_seconds: float = 300.0  # give up once retrying would take the waiting past this
+    # Give up once retrying would take the waiting past this.
+    total_seconds: float = DEFAULT_RETRY_SECONDS
     first_delay: float = 0.5
     max_delay: float = 30.0
 

@@ -23,9 +23,9 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,11 +38,11 @@ from prepsync.protocol import (
     DELTA_SUFFIX,
     DUPLICATES_SUFFIX,
     INCREMENTAL,
-    MODES,
     NULLPK_SUFFIX,
     SORTED_SUFFIX,
     csv_record,
 )
+from prepsync.request import MIB, PrepareRequest, TableJob
 from prepsync.sizes import format_size
 from prepsync.staging import (
     StagedFiles,
@@ -61,10 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prepsync")
 
-MIB = 1 << 20
-DEFAULT_MEMORY_BUDGET = 256 * MIB
-BASELINE_DIR = "previous"
 MERGE_STEP_ROWS = 65536
+# The export's pages are dropped from the page cache behind the read position, this many bytes
+# at a time (see _run_engine).
+INPUT_RELEASE_STEP = 16 * MIB
 
 # Output kinds and the suffix each adds to the table name.
 SUFFIXES = {
@@ -130,24 +130,43 @@ class TableResult:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ColumnPlan:
-    """How a source header maps onto a table's outputs."""
+    """How a source header maps onto a table's outputs (:func:`plan_columns`): the engine's
+    columns, and what it does with a change file."""
 
     kept_names: list[str]  # the kept columns as the source spells them, in source order
     out_cols: list[int]  # source column of each output column (the command first, if any)
     key_cols: list[int]  # source columns of the key, in key order
     command_col: int  # source column of the command, -1 for a full extract
     baseline_key_cols: list[int]  # key columns' positions among the kept columns
+    #: A change file in initial or complete mode: replayed from empty into a full extract (its
+    #: .sorted.csv, without the command, sent and made the baseline). In incremental mode a
+    #: change file is already a delta: its kept rows are the .sorted.delta.csv.
+    replay: bool = False
 
     @property
     def change_file(self) -> bool:
+        """A change file (the source has a command column): the last row of a key wins."""
         return self.command_col >= 0
 
     @property
     def change_names(self) -> list[str]:
         """Header of the files that carry the command: always spelled ``command``."""
         return [COMMAND_COLUMN, *self.kept_names] if self.change_file else self.kept_names
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where one table's engine writes, and the baseline it joins: descriptors the caller
+    opened and closes (the engine writes and reads them, never closes them)."""
+
+    spill_dir: Path  # its sorted runs (their names are per engine: one folder per engine)
+    sorted_fd: int  # the kept rows: the .sorted.csv, or an incremental change file's delta
+    nullpk_fd: int
+    duplicates_fd: int
+    delta_fd: int = -1  # the join's delta; -1 unless a baseline is joined
+    baseline_fd: int = -1  # the baseline at its start, when joined; else -1
 
 
 def peak_rss() -> int:
@@ -217,21 +236,24 @@ def _check_regular_file(path: Path) -> None:
 
 def plan_columns(
     header: Sequence[str],
-    spec: TableSpec,
+    job: TableJob,
     *,
-    command_column: str,
-    source: str,
+    source: str | None = None,
     offsets: Sequence[int] | None = None,
     line: int = 1,
-    separator: str = ",",
 ) -> ColumnPlan:
     """Check a source header against the table's configuration.
 
     Only the names prepsync reads must be unambiguous: a kept column or the command column
     found twice (case-insensitively) is an error; other names may be empty or repeated. A
     command column that is also a kept column is data, and the file a full extract.
-    ``offsets`` (each name's byte offset) and ``line`` place errors in the file.
+    ``source`` (default: the job's), ``offsets`` (each name's byte offset) and ``line`` place
+    errors in the file.
     """
+    spec, command_column = job.spec, job.command_column
+    separator = job.read_settings.separator
+    if source is None:
+        source = str(job.source)
     at = list(offsets) if offsets is not None else [0] * len(header)
     wanted = {name.casefold() for name in spec.columns}
     folded_command = command_column.casefold()
@@ -272,6 +294,7 @@ def plan_columns(
         key_cols=key_cols,
         command_col=command_col,
         baseline_key_cols=[kept.index(i) for i in key_cols],
+        replay=command_col >= 0 and job.mode != INCREMENTAL,
     )
 
 
@@ -293,93 +316,69 @@ def _other_separator(header: Sequence[str], spec: TableSpec, separator: str) -> 
     return None
 
 
-def _check_baseline_header(
-    baseline: Path,
-    table: str,
-    plan: ColumnPlan,
-    separator: str,
-    memory_budget: int,
-    budget_shares: int,
-) -> None:
+def _check_baseline_header(job: TableJob, baseline: Path, plan: ColumnPlan) -> None:
     if not baseline.is_file():
-        raise BaselineError(table, f"no baseline {baseline}")
+        raise BaselineError(job.table, f"no baseline {baseline}")
+    header = _baseline_header(job, baseline)
+    if [name.casefold() for name in header] != [name.casefold() for name in plan.kept_names]:
+        raise BaselineError(job.table, "baseline header differs from the kept columns")
+
+
+def _baseline_header(job: TableJob, baseline: Path) -> list[str]:
+    """The baseline's header, read with the outputs' separator; a CSV error is the table's
+    BaselineError."""
     try:
         header, _, _ = _cleanse.read_header(
-            str(baseline), separator.encode(), memory_budget, budget_shares=budget_shares
+            str(baseline),
+            job.separator.encode(),
+            job.memory_budget,
+            budget_shares=job.budget_shares,
         )
     except InputError as error:
         raise BaselineError(
-            table, f"baseline {baseline}, line {error.line}: {error.problem}"
+            job.table, f"baseline {baseline}, line {error.line}: {error.problem}"
         ) from None
-    if [name.casefold() for name in header] != [name.casefold() for name in plan.kept_names]:
-        raise BaselineError(table, "baseline header differs from the kept columns")
+    return header
 
 
 def stage_table(
-    source: Path,
-    spec: TableSpec,
+    job: TableJob,
     out_dir: Path,
     staged: StagedFiles,
     *,
-    mode: str = "complete",
-    baseline: Path | None = None,
-    command_column: str = "command",
-    separator: str = ",",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     spill_dir: Path | None = None,
-    read_block: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
-    budget_shares: int = 1,
     sending: Callable[[Path, str], None] | None = None,
-    settings: ReadSettings | None = None,
 ) -> TableResult:
     """Cleanse one table into files staged in ``staged`` (committed by the caller).
 
-    ``memory_budget`` is this table's; ``budget_shares`` > 1 says it is a share of a run's
-    budget split between that many tables, so that errors name it as such. ``sending(temp,
-    name)`` is told where the file for the server is written, once its header is in.
-    ``separator`` is the outputs' (and the baseline's); ``settings`` says how the source is
-    read (default: UTF-8 with ``separator``).
+    The other parameters are the run's, not the table's: the spill folder (default
+    ``out_dir``), progress, the stop signal of a run whose earlier table failed, and
+    ``sending(temp, name)``, told where the file for the server is written once its header is
+    in.
     """
-    mode = mode.lower()
-    if mode not in MODES:
-        raise UsageError(f"unknown synchronization mode '{mode}'")
-    if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
-        raise UsageError("the separator must be one ASCII character other than a quote, CR or LF")
-    if settings is None:
-        settings = ReadSettings(separator=separator)
     started = time.monotonic()
-    source_name = str(source)
-    _check_regular_file(source)
-    read_path = source
+    source_name = str(job.source)
+    _check_regular_file(job.source)
     empty_header: Path | None = None
-    if source.stat().st_size == 0:
+    read = job
+    if job.source.stat().st_size == 0:
         # PowerShell writes nothing at all when a query returns nothing: a table with no rows.
-        names = _empty_table_header(spec, baseline, separator, memory_budget, budget_shares)
-        empty_header = Path(spill_dir or out_dir) / f"{spec.name}.empty-source.csv"
-        empty_header.write_bytes(format_row(names, separator))
-        read_path = empty_header
-        settings = ReadSettings(separator=separator)
-        log.info("%s: %s is empty (0 bytes): a table with no rows", spec.name, source_name)
+        names = _empty_table_header(job)
+        empty_header = Path(spill_dir or out_dir) / f"{job.table}.empty-source.csv"
+        empty_header.write_bytes(format_row(names, job.separator))
+        read = replace(job, source=empty_header, settings=ReadSettings(separator=job.separator))
+        log.info("%s: %s is empty (0 bytes): a table with no rows", job.table, source_name)
     try:
         return _stage_read(
-            read_path,
+            read,
             source_name,
-            spec,
             out_dir,
             staged,
-            settings,
-            mode=mode,
-            baseline=baseline,
-            command_column=command_column,
-            separator=separator,
-            memory_budget=memory_budget,
             spill_dir=spill_dir,
-            read_block=read_block,
             progress=progress,
             should_stop=should_stop,
-            budget_shares=budget_shares,
             sending=sending,
             started=started,
         )
@@ -388,73 +387,45 @@ def stage_table(
             empty_header.unlink(missing_ok=True)
 
 
-def _empty_table_header(
-    spec: TableSpec, baseline: Path | None, separator: str, memory_budget: int, budget_shares: int
-) -> list[str]:
+def _empty_table_header(job: TableJob) -> list[str]:
     """The header of a table whose source is 0 bytes: the baseline's, so that its rows compare
     with the baseline's, else the mapped columns in configuration order."""
-    if baseline is None or not baseline.is_file():
-        return list(spec.columns)
-    try:
-        header, _, _ = _cleanse.read_header(
-            str(baseline), separator.encode(), memory_budget, budget_shares=budget_shares
-        )
-    except InputError as error:
-        raise BaselineError(
-            spec.name, f"baseline {baseline}, line {error.line}: {error.problem}"
-        ) from None
-    return header
+    if job.baseline is None or not job.baseline.is_file():
+        return list(job.spec.columns)
+    return _baseline_header(job, job.baseline)
 
 
 def _stage_read(
-    source: Path,
+    job: TableJob,
     source_name: str,
-    spec: TableSpec,
     out_dir: Path,
     staged: StagedFiles,
-    settings: ReadSettings,
     *,
-    mode: str,
-    baseline: Path | None,
-    command_column: str,
-    separator: str,
-    memory_budget: int,
     spill_dir: Path | None,
-    read_block: int | None,
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
-    budget_shares: int,
     sending: Callable[[Path, str], None] | None,
     started: float,
 ) -> TableResult:
+    settings = job.read_settings
+    separator, mode, spec, baseline = job.separator, job.mode, job.spec, job.baseline
     header, offsets, header_line_number = _cleanse.read_header(
-        str(source),
+        str(job.source),
         separator.encode(),
-        memory_budget,
-        budget_shares=budget_shares,
+        job.memory_budget,
+        budget_shares=job.budget_shares,
         settings=settings,
     )
-    plan = plan_columns(
-        header,
-        spec,
-        command_column=command_column,
-        source=source_name,
-        offsets=offsets,
-        line=header_line_number,
-        separator=settings.separator,
-    )
+    plan = plan_columns(header, job, source=source_name, offsets=offsets, line=header_line_number)
     del header, offsets  # a wide header's names are not needed past this point
     result = TableResult(table=spec.name, source=source_name, change_file=plan.change_file)
     joining = mode == INCREMENTAL and not plan.change_file
     if joining:
         if baseline is None:
             raise BaselineError(spec.name, "no baseline given")
-        _check_baseline_header(baseline, spec.name, plan, separator, memory_budget, budget_shares)
-    # In initial/complete mode a change file is replayed from empty into a full extract: its
-    # .sorted.csv (no command) is sent and becomes the baseline. In incremental mode it is
-    # already a delta: its kept rows are the .sorted.delta.csv, and there is no full extract
-    # to sort (nor to become a baseline).
-    replay = plan.change_file and mode != INCREMENTAL
+        _check_baseline_header(job, baseline, plan)
+    # An incremental change file has no full extract to sort (nor to become a baseline).
+    replay = plan.replay
     main_kind = "delta" if plan.change_file and not replay else "sorted"
 
     change_line = format_row(plan.change_names, separator)
@@ -477,32 +448,17 @@ def _stage_read(
 
     baseline_file = open(baseline, "rb") if joining and baseline is not None else None  # noqa: SIM115
     try:
-        engine = _cleanse.Cleanser(
-            source=str(source),
-            table=spec.name,
-            separator=separator.encode(),
-            memory_budget=memory_budget,
-            spill_dir=str(spill_dir or out_dir),
-            out_cols=plan.out_cols,
-            key_cols=plan.key_cols,
-            command_col=plan.command_col,
-            keep_last=plan.change_file,
-            replay=replay,
-            nullpk_fd=fds["nullpk"],
+        files = EngineFiles(
+            spill_dir=spill_dir or out_dir,
             sorted_fd=fds[main_kind],
+            nullpk_fd=fds["nullpk"],
             duplicates_fd=fds["duplicates"],
             delta_fd=fds["delta"] if joining else -1,
             baseline_fd=baseline_file.fileno() if baseline_file else -1,
-            baseline_key_cols=plan.baseline_key_cols,
-            baseline=str(baseline or ""),
-            budget_shares=budget_shares,
-            # A test's small read_block cuts the baseline's records at every position too.
-            baseline_read_block=read_block or 0,
-            settings=settings,
         )
+        engine = _cleanse.Cleanser(job, plan, files)
         try:
-            block = read_block or _cleanse.io_block(memory_budget)
-            _run_engine(engine, source, spec.name, block, progress, should_stop)
+            _run_engine(engine, job, progress, should_stop)
             stats = engine.stats()
             encoding = engine.encoding_read()
             if encoding not in (None, "UTF-8"):
@@ -532,28 +488,40 @@ def _stage_read(
 
 def _run_engine(
     engine: _cleanse.Cleanser,
-    source: Path,
-    table: str,
-    block: int,
+    job: TableJob,
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
 ) -> None:
+    source, table = job.source, job.table
+    block = job.read_block or _cleanse.io_block(job.memory_budget)
+
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise _Stopped(table)
 
     total = source.stat().st_size
     done = 0
+    released = 0
     with open(source, "rb", buffering=0) as reader:
+        fd = reader.fileno()
         with contextlib.suppress(OSError):
-            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         # The engine reads into its own buffer: no copy through Python. Ctrl-C is seen
         # between blocks.
-        while got := engine.read_from(reader.fileno(), block):
+        while got := engine.read_from(fd, block):
             check_stop()
             done += got
+            if done - released >= INPUT_RELEASE_STEP:
+                # The export is read once: its pages, dropped as soon as read, are the ones the
+                # spill runs written meanwhile take, rather than fresh ones or ones reclaim
+                # takes from other files (docs/DESIGN.md, "The export leaves the page cache").
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, released, done - released, os.POSIX_FADV_DONTNEED)
+                released = done
             if progress:
                 progress(table, "read", done, total)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, released, 0, os.POSIX_FADV_DONTNEED)  # the rest, to the end
     engine.finish_input()
     rows = engine.stats()["rows_read"]
     written = 0
@@ -566,83 +534,16 @@ def _run_engine(
         progress(table, "write", rows, rows)
 
 
-def prepare_table(
-    source: Path,
-    spec: TableSpec,
-    out_dir: Path,
-    *,
-    mode: str = "complete",
-    baseline: Path | None = None,
-    command_column: str = "command",
-    separator: str = ",",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    read_block: int | None = None,
-    settings: ReadSettings | None = None,
-) -> TableResult:
+def prepare_table(job: TableJob, out_dir: Path) -> TableResult:
     """Cleanse one table into ``out_dir`` (REFERENCE §3-§4); outputs appear only on success."""
     staged = StagedFiles(out_dir)
     try:
         with spill_directory(out_dir) as spill:
-            result = stage_table(
-                source,
-                spec,
-                out_dir,
-                staged,
-                mode=mode,
-                baseline=baseline,
-                command_column=command_column,
-                separator=separator,
-                memory_budget=memory_budget,
-                spill_dir=spill,
-                read_block=read_block,
-                settings=settings,
-            )
+            result = stage_table(job, out_dir, staged, spill_dir=spill)
         staged.commit()
         return result
     finally:
         staged.discard()
-
-
-@dataclass(frozen=True)
-class PrepareRequest:
-    """What one prepare run was asked to do, built once (by the CLI or an API caller) and
-    passed down whole, so each function takes the settings as one value."""
-
-    connector: str
-    mode: str  # one of MODES, lower case (any case is accepted and folded)
-    sources_dir: Path
-    working_dir: Path
-    memory_budget: int = DEFAULT_MEMORY_BUDGET  # for the whole run, shared by parallel tables
-    separator: str = ","
-    command_column: str = "command"
-    parallel: int | None = None  # tables cleansed at once; None: one per core
-    # How sources are read (``separator`` above is also the sources' unless a table says
-    # otherwise): the defaults, and per table (keys casefolded, without ``.csv``).
-    encoding: str | None = None
-    skip_lines: int = 0
-    trim: tuple[str, ...] = ()
-    table_settings: Mapping[str, ReadSettings] = field(default_factory=dict)
-
-    def settings_for(self, table: str) -> ReadSettings:
-        """How the table's source is read: its own settings, else the run's."""
-        own = self.table_settings.get(table.casefold().removesuffix(".csv"))
-        if own is not None:
-            return own
-        return ReadSettings(
-            separator=self.separator,
-            encoding=self.encoding,
-            skip_lines=self.skip_lines,
-            trim=self.trim,
-        )
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", self.mode.lower())
-        if self.mode not in MODES:
-            raise UsageError(f"unknown synchronization mode {self.mode!r}")
-
-    @property
-    def baseline_dir(self) -> Path:
-        return self.sources_dir / BASELINE_DIR
 
 
 @dataclass
@@ -743,14 +644,7 @@ def run_offline(
 SPACE_CHECK_VARIABLE = "PREPSYNC_SPACE_CHECK"
 
 
-def check_free_space(
-    working_dir: Path,
-    tables: Sequence[TableSpec],
-    sources: Sequence[Path],
-    separator: str,
-    memory_budget: int,
-    settings: Sequence[ReadSettings] | None = None,
-) -> None:
+def check_free_space(working_dir: Path, jobs: Sequence[TableJob]) -> None:
     """Refuse a run the working directory cannot hold before it starts, rather than failing on
     a full disk half-way. Spill files and outputs each hold about the kept data, so the run
     needs about twice the kept bytes; those are estimated as each source's size times the
@@ -758,19 +652,19 @@ def check_free_space(
     if os.environ.get(SPACE_CHECK_VARIABLE) == "0":
         return
     kept_bytes = 0
-    for index, (spec, source) in enumerate(zip(tables, sources, strict=True)):
+    for job in jobs:
         try:
             header, _, _ = _cleanse.read_header(
-                str(source),
-                separator.encode(),
-                memory_budget,
-                settings=settings[index] if settings else ReadSettings(separator=separator),
+                str(job.source),
+                job.separator.encode(),
+                job.memory_budget,
+                settings=job.read_settings,
             )
             width = len(header)
-            size = source.stat().st_size // _bytes_per_unit(source, settings, index)
+            size = job.source.stat().st_size // _bytes_per_unit(job)
         except (InputError, OSError):
             continue  # the table's own run reports what is wrong with the file
-        kept_bytes += size * min(len(spec.columns), width) // max(width, 1)
+        kept_bytes += size * min(len(job.spec.columns), width) // max(width, 1)
     needed = 2 * kept_bytes
     free = shutil.disk_usage(working_dir).free
     if free < needed:
@@ -782,18 +676,18 @@ def check_free_space(
         )
 
 
-def _bytes_per_unit(source: Path, settings: Sequence[ReadSettings] | None, index: int) -> int:
+def _bytes_per_unit(job: TableJob) -> int:
     """About how many bytes of the file make one byte of its UTF-8 text (outputs and spill
     files are UTF-8): 2 for UTF-16, 4 for UTF-32 (mostly ASCII text), else 1."""
-    with open(source, "rb") as reader:
+    with open(job.source, "rb") as reader:
         head = reader.read(4)
     if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         return 4
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return 2
-    if head.startswith(b"\xef\xbb\xbf") or not settings:
+    if head.startswith(b"\xef\xbb\xbf"):
         return 1
-    codec = settings[index].resolved.codec
+    codec = job.read_settings.resolved.codec
     return 4 if codec.startswith("utf-32") else 2 if codec.startswith("utf-16") else 1
 
 
@@ -820,9 +714,16 @@ def prepare_connector(
     share = request.memory_budget // workers
     require_lock(working_dir)
     remove_leftovers(working_dir, baseline_dir)
-    sources = [find_source(request.sources_dir, spec.name) for spec in tables]
-    settings = [request.settings_for(spec.name) for spec in tables]
-    check_free_space(working_dir, tables, sources, request.separator, share, settings)
+    jobs = [
+        request.table_job(
+            spec,
+            find_source(request.sources_dir, spec.name),
+            memory_budget=share,
+            budget_shares=workers,
+        )
+        for spec in tables
+    ]
+    check_free_space(working_dir, jobs)
     staged = StagedFiles(working_dir)
     failure = _FirstFailure(len(tables))
     try:
@@ -831,19 +732,10 @@ def prepare_connector(
             def cleanse(index: int) -> TableResult:
                 own_spill = spill / str(index)  # run file names are per engine
                 own_spill.mkdir(mode=DIR_MODE)
-                spec = tables[index]
                 result = stage_table(
-                    sources[index],
-                    spec,
+                    jobs[index],
                     working_dir,
                     staged,
-                    mode=request.mode,
-                    baseline=baseline_dir / f"{spec.name}{SUFFIXES['sorted']}",
-                    command_column=request.command_column,
-                    separator=request.separator,
-                    memory_budget=share,
-                    budget_shares=workers,
-                    settings=settings[index],
                     spill_dir=own_spill,
                     progress=progress,
                     should_stop=lambda: failure.stops(index),
@@ -855,7 +747,7 @@ def prepare_connector(
                     sender.written(index)
                 return result
 
-            background = _background_tables(sources) if workers > 1 else set()
+            background = _background_tables([job.source for job in jobs]) if workers > 1 else set()
             results = _run_all(cleanse, len(tables), workers, failure, background)
         crash_point("staged")
         committing = time.monotonic()
@@ -866,7 +758,7 @@ def prepare_connector(
     warnings = [
         warning
         for result in results
-        if (warning := shrink_warning(result, baseline_dir / f"{result.table}{SUFFIXES['sorted']}"))
+        if (warning := shrink_warning(result, request.baseline_of(result.table)))
     ]
     return RunResult(
         request=request,
@@ -1025,7 +917,7 @@ def advance_baselines(run: RunResult) -> list[Path]:
         for table in run.tables:
             if "sorted" not in table.outputs:
                 continue
-            target = baseline_dir / f"{table.table}{SUFFIXES['sorted']}"
+            target = run.request.baseline_of(table.table)
             temp = temp_name(target)
             link_or_copy(Path(table.outputs["sorted"]), temp)
             staged.add(target, temp, backup=True)

@@ -35,6 +35,19 @@ def upload_suffix(mode: str) -> str:
     return DELTA_SUFFIX if mode == INCREMENTAL else SORTED_SUFFIX
 
 
+# ------------------------------------------------------------------------------ CSV dialect
+def separator_problem(separator: str) -> str | None:
+    """Why ``separator`` cannot separate the fields of prepsync's files, or None.
+
+    One ASCII character other than those CSV gives a meaning (a quote, CR, LF) and NUL (which
+    the native reader takes for no separator). The agent checks ``--separator`` (and each
+    table's) with it, the server a session's; the phrase completes "the separator ...".
+    """
+    if len(separator) != 1 or separator in '"\r\n\0' or not separator.isascii():
+        return "must be one ASCII character other than a quote, CR or LF"
+    return None
+
+
 # The characters other than the separator that make a field quoted.
 _NEEDS_QUOTES = re.compile('["\r\n]')
 

@@ -59,6 +59,7 @@ from prepsync.protocol import (
     PROCESSING,
     QUEUED,
 )
+from prepsync.request import DEFAULT_WAIT_TIMEOUT, PrepareRequest
 
 if TYPE_CHECKING:
     from prepsync.client import ApiClient, FileReceipt, FileUpload
@@ -393,13 +394,13 @@ def _run_from_journal(entry: dict[str, Any], sources: Path, working: Path) -> pi
         )
         for t in entry["tables"]
     ]
-    request = pipeline.PrepareRequest(
+    request = PrepareRequest(
         connector=entry["connector"], mode=entry["mode"], sources_dir=sources, working_dir=working
     )
     return pipeline.RunResult(request=request, tables=tables, seconds=0.0, peak_rss=0)
 
 
-def source_fingerprint(request: pipeline.PrepareRequest, tables: Sequence[TableSpec]) -> Any:
+def source_fingerprint(request: PrepareRequest, tables: Sequence[TableSpec]) -> Any:
     """What identifies the sources a run is built from, cheaply: each table's source file
     (the name :func:`prepsync.pipeline.find_source` picks), its size and its modification time
     in nanoseconds, with the separator and command column that read them. A source that cannot
@@ -540,7 +541,7 @@ def _cancel_orphans(api: ApiClient, connector: str, agent: str | None) -> None:
 
 def synchronize(
     api: ApiClient,
-    request: pipeline.PrepareRequest,
+    request: PrepareRequest,
     *,
     agent: str,
     tables: Sequence[TableSpec] | None,
@@ -691,7 +692,7 @@ def await_verdict(
     api: ApiClient,
     delivery: Delivery,
     *,
-    timeout: float,
+    timeout: float = DEFAULT_WAIT_TIMEOUT,
     progress: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,

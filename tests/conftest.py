@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -142,3 +144,24 @@ def module_store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     databases: pgutil.Databases = request.getfixturevalue("postgres_databases")
     with databases.database(request.module.__name__) as url:
         yield url
+
+
+@pytest.fixture
+def store_copy(
+    request: pytest.FixtureRequest,
+) -> Callable[[str | None], AbstractContextManager[str | None]]:
+    """Copies a store for this test: ``with store_copy(module_store_url) as url`` gives a new
+    database holding what the module's database holds (which no server may have open then),
+    dropped after the test; None (SQLite, whose files travel with a copy of the data directory)
+    stays None. A module builds a costly state once, each test starts from its own copy."""
+
+    @contextlib.contextmanager
+    def copy(url: str | None) -> Iterator[str | None]:
+        if url is None:
+            yield None
+            return
+        databases: pgutil.Databases = request.getfixturevalue("postgres_databases")
+        with databases.database(request.node.name, copy_of=url) as copied:
+            yield copied
+
+    return copy

@@ -34,6 +34,7 @@ if __package__:  # run as `python -m tests.fuzz`: the helpers are siblings, not 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from click.testing import CliRunner
+from serverutil import prepare_argv
 
 from prepsync.cli import main
 
@@ -159,20 +160,9 @@ def run_case(case: Case, root: Path) -> str:
     config = root / "conf.xml"
     config.write_bytes(case.config)
     before = {p.name: p.read_bytes() for p in previous.iterdir()}
-    arguments = [
-        "prepare",
-        "--connector",
+    arguments = prepare_argv(
         "F",
-        "--agent",
-        "fuzz",
-        "--synchronization-mode",
         case.mode,
-        "--config",
-        str(config),
-        "--sources-directory",
-        str(sources),
-        "--working-directory",
-        str(working),
         "--separator",
         case.separator,
         "--memory-budget",
@@ -183,7 +173,11 @@ def run_case(case: Case, root: Path) -> str:
         "Error",
         "--report",
         str(root / "report.json"),
-    ]
+        agent="fuzz",
+        config=config,
+        sources=sources,
+        working=working,
+    )
     result = CliRunner().invoke(main, arguments)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise Violation(f"uncaught {type(result.exception).__name__}: {result.exception}")

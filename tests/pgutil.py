@@ -346,8 +346,9 @@ def with_database(url: str, database: str) -> str:
 
 
 class Databases:
-    """Fresh empty databases on one server, each made from ``template0`` (so nothing a test
-    leaves in ``template1`` or ``postgres`` leaks into the next) and dropped after."""
+    """Fresh databases on one server, each made from ``template0`` (so nothing a test leaves
+    in ``template1`` or ``postgres`` leaks into the next) or copied from another, and dropped
+    after."""
 
     def __init__(self, admin: str, prefix: str = "prepsync_test") -> None:
         self.admin = admin
@@ -356,17 +357,20 @@ class Databases:
         # Two test runs against one PREPSYNC_TEST_DATABASE_URL must not share names.
         self._run = f"{os.getpid()}_{int(time.time()) % 100000}"
 
-    def create(self, label: str = "") -> tuple[str, str]:
-        """A new database: its name and its URL."""
+    def create(self, label: str = "", copy_of: str | None = None) -> tuple[str, str]:
+        """A new database: its name and its URL. ``copy_of``: the URL of a database (on this
+        server, with no connection open to it) whose contents the new one starts with, as a
+        restored copy does; without it, empty."""
         import psycopg
         from psycopg import sql
 
         slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")[:20]
         name = f"{self.prefix}_{self._run}_{next(self._numbers)}" + (f"_{slug}" if slug else "")
+        template = "template0" if copy_of is None else urlsplit(copy_of).path.lstrip("/")
         with psycopg.connect(self.admin, autocommit=True) as connection:
             connection.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
-                    sql.Identifier(name)
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} ENCODING 'UTF8'").format(
+                    sql.Identifier(name), sql.Identifier(template)
                 )
             )
         return name, with_database(self.admin, name)
@@ -382,8 +386,8 @@ class Databases:
             )
 
     @contextlib.contextmanager
-    def database(self, label: str = "") -> Iterator[str]:
-        name, url = self.create(label)
+    def database(self, label: str = "", copy_of: str | None = None) -> Iterator[str]:
+        name, url = self.create(label, copy_of)
         try:
             yield url
         finally:

@@ -515,6 +515,15 @@ class ServerProcess:
         return answer.content
 
 
+def sqlite_only(fixture: str = "store_url") -> pytest.MarkDecorator:
+    """Runs a test on the SQLite store only, in a module whose server runs on both stores
+    (``fixture``: ``store_url`` or ``module_store_url``): for what the server's store plays no
+    part in (the agent's own crash points, a refused login), so the suite does not pay twice
+    for it."""
+    scope = "module" if fixture == "module_store_url" else "function"
+    return pytest.mark.parametrize(fixture, ["sqlite"], indirect=True, scope=scope)
+
+
 # ------------------------------------------------------------------------------ end to end
 TABLES = ("ADExport_entries", "ADExport_members")
 
@@ -628,10 +637,11 @@ class Agent:
 
 
 @pytest.fixture
-def chain(tmp_path: Path) -> Iterator[tuple[ServerProcess, Agent, Export]]:
+def chain(tmp_path: Path, store_url: str | None) -> Iterator[tuple[ServerProcess, Agent, Export]]:
+    """A server on each store (see conftest's ``store_url``), an agent and its export."""
     config = tmp_path / "server.xml"
     config.write_text(config_xml())
-    server = ServerProcess.in_folder(tmp_path, config)
+    server = ServerProcess.in_folder(tmp_path, config, database=store_url)
     server.start()
     try:
         yield server, Agent(tmp_path / "agent", server), Export(seed=11)

@@ -25,6 +25,7 @@ from prepsync import _cleanse
 from prepsync.dialect import ReadSettings, load_table_settings, resolve_encoding
 from prepsync.errors import InputError, UsageError
 from prepsync.pipeline import SUFFIXES, prepare_table
+from prepsync.request import TableJob
 from prepsync.sizes import parse_size
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,15 +56,17 @@ def native(
             base.write_bytes(baseline)
         try:
             result = prepare_table(
-                source,
-                spec,
+                TableJob(
+                    source=source,
+                    spec=spec,
+                    mode=mode,
+                    baseline=base,
+                    separator=separator,
+                    memory_budget=budget,
+                    read_block=block,
+                    settings=ReadSettings(**{"separator": separator, **kw}),
+                ),
                 out,
-                mode=mode,
-                baseline=base,
-                separator=separator,
-                memory_budget=budget,
-                read_block=block,
-                settings=ReadSettings(**{"separator": separator, **kw}),
             )
         except InputError as error:
             return ("InputError", error.line, error.offset, error.problem)

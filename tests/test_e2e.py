@@ -1,7 +1,9 @@
 """The whole chain: `prepsync prepare --api-url` against a real `prepsync serve` process.
 
 After every synchronization the server's store (read back through the resources endpoint)
-must equal the last export's `.sorted.csv`, whatever was killed along the way.
+must equal the last export's `.sorted.csv`, whatever was killed along the way. The server runs
+on both stores (SQLite and PostgreSQL) where its store takes part; the cases that are the
+agent's alone, or that a cheaper test covers on both stores, run on SQLite only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from serverutil import (
     chain,
     config_xml,
     latest_session,
+    sqlite_only,
 )
 
 __all__ = ["chain"]  # the fixture, used by name
@@ -80,6 +83,7 @@ def test_server_killed_mid_upload_then_restarted(
 
 
 @pytest.mark.slow
+@sqlite_only()  # on both stores in test_kill_points.py (the same two points)
 @pytest.mark.parametrize("point", ["uploaded", "server-committed"])
 def test_agent_killed_around_commit_sends_each_change_once(
     chain: tuple[ServerProcess, Agent, Export], point: str
@@ -111,7 +115,11 @@ def test_agent_killed_around_commit_sends_each_change_once(
 def blocked(tmp_path: Path) -> Iterator[tuple[ServerProcess, Agent, Export, str, bytes]]:
     """A server with MaximumDeletedLines=3, a complete load done, then an incremental run
     deleting 5 entries: accepted by the agent, blocked by the server. Yields the chain, the
-    blocked session and the entries the store held before it."""
+    blocked session and the entries the store held before it.
+
+    On SQLite only: test_server_app.py runs the same server-side story on both stores (a
+    blocked session changes nothing until forced, a complete one cancels the blocked and
+    queued ones), without an agent process; here the agent's side of it is checked."""
     config = tmp_path / "server.xml"
     config.write_text(config_xml(max_deleted=3))
     server = ServerProcess.in_folder(tmp_path, config)
@@ -168,6 +176,7 @@ def test_complete_session_cancels_blocked_and_queued_incrementals(
     agent.assert_store_matches_export()
 
 
+@sqlite_only()  # refused before any session: no store involved
 def test_refused_credentials_fail_cleanly_without_leaking(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:
@@ -181,6 +190,7 @@ def test_refused_credentials_fail_cleanly_without_leaking(
     assert not (agent.sources / "previous").exists()
 
 
+@sqlite_only()  # refused before any session: no store involved
 def test_client_not_allowed_on_connector_gets_403(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:
@@ -197,6 +207,8 @@ def test_client_not_allowed_on_connector_gets_403(
     assert not (agent.sources / "previous").exists()
 
 
+# The connector's agent is the store's to tell: test_server_sessions.py checks it on both.
+@sqlite_only()
 def test_a_second_agent_is_refused_until_it_takes_the_connector_over(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:

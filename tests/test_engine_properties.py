@@ -29,7 +29,8 @@ from strategies import (
 from prepsync import _cleanse
 from prepsync.dialect import ReadSettings
 from prepsync.errors import BaselineError, InputError
-from prepsync.pipeline import SUFFIXES, prepare_table
+from prepsync.pipeline import SUFFIXES, ColumnPlan, EngineFiles, prepare_table
+from prepsync.request import TableJob
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 budgets = st.sampled_from([256, 700, 4096, 1 << 20, 1 << 30])
@@ -52,13 +53,15 @@ def native(data: bytes, spec: Any, budget: int, read_block: int | None, **option
                 baseline_path.write_bytes(baseline)
         try:
             result = prepare_table(
-                source,
-                spec,
+                TableJob(
+                    source=source,
+                    spec=spec,
+                    baseline=baseline_path,
+                    memory_budget=budget,
+                    read_block=read_block,
+                    **options,
+                ),
                 out,
-                baseline=baseline_path,
-                memory_budget=budget,
-                read_block=read_block,
-                **options,
             )
         except InputError as error:
             return ("InputError", error.line, error.problem, error.offset)
@@ -320,7 +323,7 @@ def test_tiny_budget_really_spills_and_merges_in_passes(tmp_path: Path, budget: 
     spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
     source = tmp_path / "in.csv"
     source.write_bytes(b"k,v\n" + b"".join(b"%d,%d\n" % ((i * 37) % 41, i) for i in range(80)))
-    result = prepare_table(source, spec, tmp_path, memory_budget=budget)
+    result = prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), tmp_path)
     if budget == 256:
         assert result.runs >= 8 and result.merge_passes >= 2
     else:
@@ -365,19 +368,22 @@ def test_refused_shapes_fail_alike_whatever_the_read_size(
     assert (caught.value.line, caught.value.offset, caught.value.problem) == want
     with open(source, "rb") as reader, open(os.devnull, "wb") as sink:
         engine = _cleanse.Cleanser(
-            source=str(source),
-            table="T",
-            separator=b",",
-            memory_budget=16 << 20,
-            spill_dir=str(tmp_path),
-            out_cols=[0],
-            key_cols=[0],
-            command_col=-1,
-            keep_last=False,
-            nullpk_fd=sink.fileno(),
-            sorted_fd=sink.fileno(),
-            duplicates_fd=sink.fileno(),
-            settings=ReadSettings(),
+            TableJob(
+                spec=Spec("T", ("id",), ("id",)),
+                source=source,
+                memory_budget=16 << 20,
+                settings=ReadSettings(),
+            ),
+            # The header is refused before it is planned: the plan it would have had.
+            ColumnPlan(
+                kept_names=["id"], out_cols=[0], key_cols=[0], command_col=-1, baseline_key_cols=[0]
+            ),
+            EngineFiles(
+                spill_dir=tmp_path,
+                sorted_fd=sink.fileno(),
+                nullpk_fd=sink.fileno(),
+                duplicates_fd=sink.fileno(),
+            ),
         )
         try:
             with pytest.raises(InputError) as caught:
@@ -419,7 +425,9 @@ def test_a_row_over_the_limit_gets_one_error_whatever_the_read_size(
     source = tmp_path / "in.csv"
     source.write_bytes(b"k,v\n" + row + b"\n2,b\n")
     with pytest.raises(InputError) as caught:
-        prepare_table(source, spec, tmp_path, memory_budget=1 << 20, read_block=block)
+        prepare_table(
+            TableJob(source=source, spec=spec, memory_budget=1 << 20, read_block=block), tmp_path
+        )
     assert (caught.value.line, caught.value.problem) == (2, problem)
     if bad_at is None or bad_at > 65536:
         assert caught.value.offset == 4
@@ -444,7 +452,10 @@ def test_an_intermediate_pass_merges_only_what_the_final_merge_cannot_read(
     for budget in (1536 << 10, 1 << 30):
         out = tmp_path / str(budget)
         out.mkdir()
-        outputs[budget] = (prepare_table(source, spec, out, memory_budget=budget), out)
+        outputs[budget] = (
+            prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), out),
+            out,
+        )
     spilled, spilled_out = outputs[1536 << 10]
     assert spilled.runs >= 16 and spilled.merge_passes == 1
     records = rows * (8 + 8 + len(b"00000000,") + 90)  # header, key, line
@@ -475,9 +486,12 @@ def test_only_a_join_reserves_the_baselines_buffers_from_the_final_merge(tmp_pat
     complete, joined = tmp_path / "complete", tmp_path / "joined"
     complete.mkdir()
     joined.mkdir()
-    full = prepare_table(source, spec, complete, memory_budget=budget)
+    full = prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), complete)
     delta = prepare_table(
-        source, spec, joined, mode="incremental", baseline=baseline, memory_budget=budget
+        TableJob(
+            source=source, spec=spec, mode="incremental", baseline=baseline, memory_budget=budget
+        ),
+        joined,
     )
     assert full.runs == delta.runs >= 16
     assert full.merge_passes == 0 and delta.merge_passes == 1

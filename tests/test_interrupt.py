@@ -12,6 +12,7 @@ from sites import entity_config, prepare_command
 
 from prepsync import _cleanse, pipeline, staging
 from prepsync.config import TableSpec, Thresholds
+from prepsync.request import PrepareRequest
 
 SPEC = TableSpec(name="T", columns=("id", "v"), key=("id",), thresholds=Thresholds())
 
@@ -48,7 +49,7 @@ def test_keyboard_interrupt_mid_run_cleans_up(tmp_path: Path, phase: str, after:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        request = pipeline.PrepareRequest(
+        request = PrepareRequest(
             connector="C",
             mode="complete",
             sources_dir=sources,

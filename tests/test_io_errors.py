@@ -11,7 +11,10 @@ import pytest
 from sites import entity_config, prepare_command
 
 from prepsync import _cleanse
+from prepsync.config import TableSpec, Thresholds
 from prepsync.errors import PrepsyncError
+from prepsync.pipeline import EngineFiles, plan_columns
+from prepsync.request import TableJob
 
 
 @pytest.mark.parametrize(
@@ -65,19 +68,20 @@ def test_output_writer_thread_failure_comes_back_to_the_merge(tmp_path: Path) ->
         open(os.devnull, "wb") as sink,
         open("/dev/full", "wb") as full,  # every write fails with ENOSPC
     ):
-        engine = _cleanse.Cleanser(
-            source=str(source),
-            table="T",
-            separator=b",",
+        job = TableJob(
+            spec=TableSpec("T", ("id", "v"), ("id",), Thresholds()),
+            source=source,
             memory_budget=4 << 20,  # a few runs, one merge: every step is the final merge's
-            spill_dir=str(tmp_path),
-            out_cols=[0, 1],
-            key_cols=[0],
-            command_col=-1,
-            keep_last=False,
-            nullpk_fd=sink.fileno(),
-            sorted_fd=full.fileno(),
-            duplicates_fd=sink.fileno(),
+        )
+        engine = _cleanse.Cleanser(
+            job,
+            plan_columns(["id", "v"], job),
+            EngineFiles(
+                spill_dir=tmp_path,
+                sorted_fd=full.fileno(),
+                nullpk_fd=sink.fileno(),
+                duplicates_fd=sink.fileno(),
+            ),
         )
         try:
             while engine.read_from(reader.fileno(), 1 << 16):

@@ -15,6 +15,7 @@ from reference import ReferenceResult, reference_prepare
 
 from prepsync.config import TableSpec, Thresholds
 from prepsync.pipeline import prepare_table
+from prepsync.request import TableJob
 
 MEMBERS = TableSpec("members", ("dn", "member"), None, Thresholds())
 
@@ -56,7 +57,7 @@ def test_link_rows_are_rebuilt_from_their_keys(tmp_path: Path, budget: int) -> N
     source.write_bytes(SOURCE)
     out = tmp_path / "out"
     out.mkdir()
-    result = prepare_table(source, MEMBERS, out, memory_budget=budget)
+    result = prepare_table(TableJob(source=source, spec=MEMBERS, memory_budget=budget), out)
     assert (out / "members.sorted.csv").read_bytes() == b"dn,member\n" + SORTED
     assert (out / "members.duplicates.csv").read_bytes() == b"dn,member\n" + DUPLICATES
     assert (result.kept, result.duplicates) == (9, 3)
@@ -76,7 +77,9 @@ def test_a_link_value_holding_the_separator_is_quoted(tmp_path: Path, separator:
     )
     out = tmp_path / "out"
     out.mkdir()
-    prepare_table(source, MEMBERS, out, memory_budget=256, separator=separator)
+    prepare_table(
+        TableJob(source=source, spec=MEMBERS, memory_budget=256, separator=separator), out
+    )
     line = b'"a' + sep + b'b"' + sep + b"a,b\n"
     assert (out / "members.sorted.csv").read_bytes().splitlines(keepends=True)[1] == line
 
@@ -96,10 +99,12 @@ def test_link_records_hold_the_key_once(tmp_path: Path) -> None:
     link_out, plain_out = tmp_path / "link", tmp_path / "plain"
     link_out.mkdir()
     plain_out.mkdir()
-    link = prepare_table(source, MEMBERS, link_out, memory_budget=64 << 10)
+    link = prepare_table(TableJob(source=source, spec=MEMBERS, memory_budget=64 << 10), link_out)
     # Keyed by (member, dn) but written dn, member: lines are stored beside the keys.
     plain_spec = TableSpec("members", ("dn", "member"), ("member", "dn"), Thresholds())
-    plain = prepare_table(source, plain_spec, plain_out, memory_budget=64 << 10)
+    plain = prepare_table(
+        TableJob(source=source, spec=plain_spec, memory_budget=64 << 10), plain_out
+    )
     assert link.kept == plain.kept == 3000
     assert plain.runs >= 4
     assert link.runs <= 0.7 * plain.runs  # records of 100 bytes instead of 177
@@ -141,7 +146,10 @@ def test_front_coded_runs_merge_to_the_same_bytes(tmp_path: Path, seed: int) -> 
     for budget in (24 << 10, 768 << 10, 1 << 30):
         out = tmp_path / str(budget)
         out.mkdir()
-        results[budget] = (prepare_table(source, MEMBERS, out, memory_budget=budget), out)
+        results[budget] = (
+            prepare_table(TableJob(source=source, spec=MEMBERS, memory_budget=budget), out),
+            out,
+        )
     passes, passes_out = results[24 << 10]
     spilled, _ = results[768 << 10]
     whole, whole_out = results[1 << 30]

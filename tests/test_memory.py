@@ -176,12 +176,13 @@ def test_no_budget_takes_a_row_over_64_mib(tmp_path: Path) -> None:
     from prepsync.config import TableSpec, Thresholds
     from prepsync.errors import InputError
     from prepsync.pipeline import prepare_table
+    from prepsync.request import TableJob
 
     source = tmp_path / "t.csv"
     write_huge_row(source, 65 * MIB)
     spec = TableSpec(name="t", columns=("id", "name"), key=("id",), thresholds=Thresholds())
     with pytest.raises(InputError) as caught:
-        prepare_table(source, spec, tmp_path, memory_budget=4 << 30)
+        prepare_table(TableJob(source=source, spec=spec, memory_budget=4 << 30), tmp_path)
     assert caught.value.problem == (
         "row too large for the 4 GiB memory budget: the longest allowed is 64 MiB (the most "
         "prepsync takes); unterminated quote?"

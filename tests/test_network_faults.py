@@ -27,7 +27,7 @@ from chaos import (
 )
 
 from prepsync.client import ApiClient, RetryPolicy
-from prepsync.pipeline import PrepareRequest
+from prepsync.request import PrepareRequest
 from prepsync.sync import synchronize
 
 TOKEN = r"^POST /connect/token"

@@ -14,6 +14,7 @@ import pytest
 from prepsync import _cleanse, pipeline
 from prepsync.config import TableSpec, Thresholds
 from prepsync.errors import InputError
+from prepsync.request import PrepareRequest, TableJob
 
 SPECS = [
     TableSpec(name=f"t{i}", columns=("id", "v"), key=("id",), thresholds=Thresholds())
@@ -31,7 +32,7 @@ def write_tables(sources: Path, bad: Collection[int] = ()) -> None:
 
 def run(root: Path, parallel: int) -> dict[str, bytes]:
     working = root / f"out{parallel}"
-    request = pipeline.PrepareRequest(
+    request = PrepareRequest(
         connector="C",
         mode="complete",
         sources_dir=root,
@@ -77,10 +78,10 @@ def test_with_a_background_nice_the_largest_table_runs_first(
     seen: dict[str, tuple[int, int]] = {}
     real_stage_table = pipeline.stage_table
 
-    def stage_table(source: Path, spec: TableSpec, *args: Any, **kwargs: Any) -> Any:
+    def stage_table(job: TableJob, *args: Any, **kwargs: Any) -> Any:
         tid = threading.get_native_id()
-        seen[spec.name] = (os.getpriority(os.PRIO_PROCESS, tid), tid)
-        return real_stage_table(source, spec, *args, **kwargs)
+        seen[job.spec.name] = (os.getpriority(os.PRIO_PROCESS, tid), tid)
+        return real_stage_table(job, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "stage_table", stage_table)
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

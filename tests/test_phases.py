@@ -10,6 +10,7 @@ from sites import Site
 from prepsync import _cleanse
 from prepsync.config import TableSpec, Thresholds
 from prepsync.pipeline import TableResult, prepare_table
+from prepsync.request import TableJob
 
 SPEC = TableSpec("T", ("id", "name"), ("id",), Thresholds())
 
@@ -20,7 +21,7 @@ def run_table(tmp_path: Path, budget: int, rows: int = 20_000) -> TableResult:
     source.write_text("id,name\n" + "\n".join(lines) + "\n")
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    return prepare_table(source, SPEC, out, memory_budget=budget)
+    return prepare_table(TableJob(source=source, spec=SPEC, memory_budget=budget), out)
 
 
 def check_shape(result: TableResult) -> None:

@@ -18,6 +18,7 @@ from sites import Site
 from prepsync import pipeline, staging
 from prepsync.cli import main
 from prepsync.config import load_tables
+from prepsync.request import PrepareRequest
 from prepsync.sync import SessionJournal
 
 PERMISSIVE_UMASKS = [0o002, 0o022, 0o000]
@@ -98,7 +99,7 @@ def test_spill_files_and_folders_are_owner_only(tmp_path: Path, umask: int) -> N
                 seen[spill.name + "/"] = mode(spill)
                 seen.update({f"{spill.name}/{k}": v for k, v in modes_below(spill).items()})
 
-    request = pipeline.PrepareRequest(
+    request = PrepareRequest(
         connector="AD",
         mode="complete",
         sources_dir=site.sources,

@@ -5,7 +5,10 @@ depend on that: same bytes at every budget, first row per key kept, later ones d
 from __future__ import annotations
 
 import ctypes
+import os
 import random
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +16,8 @@ import pytest
 
 from prepsync import _cleanse
 from prepsync.config import TableSpec, Thresholds
-from prepsync.pipeline import prepare_table
+from prepsync.pipeline import EngineFiles, plan_columns, prepare_table
+from prepsync.request import TableJob
 
 SPEC = TableSpec("M", ("group", "member", "note"), ("group", "member"), Thresholds())
 
@@ -56,7 +60,7 @@ def test_big_tables_give_the_same_bytes_at_any_budget(
     tmp_path: Path, export: tuple[Path, bytes, bytes], budget: int
 ) -> None:
     source, sorted_bytes, duplicate_bytes = export
-    result = prepare_table(source, SPEC, tmp_path, memory_budget=budget)
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=budget), tmp_path)
     assert result.runs >= 2  # spilled and merged, even with 1 GiB to spare
     assert result.duplicates > 500
     assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
@@ -86,19 +90,16 @@ def merge_half_way(source: Path, folder: Path, half_way: Callable[[Path], None])
     files = {kind: open(outputs / kind, "w+b") for kind in ("sorted", "nullpk", "duplicates")}  # noqa: SIM115
     try:
         with open(source, "rb") as reader:
+            job = TableJob(spec=SPEC, source=source, memory_budget=8 << 20)
             engine = _cleanse.Cleanser(
-                source=str(source),
-                table="M",
-                separator=b",",
-                memory_budget=8 << 20,
-                spill_dir=str(spill),
-                out_cols=[0, 1, 2],
-                key_cols=[0, 1],
-                command_col=-1,
-                keep_last=False,
-                nullpk_fd=files["nullpk"].fileno(),
-                sorted_fd=files["sorted"].fileno(),
-                duplicates_fd=files["duplicates"].fileno(),
+                job,
+                plan_columns(SPEC.columns, job),
+                EngineFiles(
+                    spill_dir=spill,
+                    sorted_fd=files["sorted"].fileno(),
+                    nullpk_fd=files["nullpk"].fileno(),
+                    duplicates_fd=files["duplicates"].fileno(),
+                ),
             )
             try:
                 while engine.read_from(reader.fileno(), 1 << 20):
@@ -164,3 +165,41 @@ def test_the_same_bytes_when_no_worker_thread_can_be_started(
     )
     assert rows == sorted_bytes.partition(b"\n")[2]
     assert running == ([1] if threads == "started" else [0])
+
+
+def cached_bytes(path: Path) -> int | None:
+    """Bytes of the file in the page cache (util-linux fincore), None where it cannot tell."""
+    fincore = shutil.which("fincore")
+    if fincore is None:
+        return None
+    done = subprocess.run(
+        [fincore, "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(done.stdout.split()[0]) if done.returncode == 0 and done.stdout.strip() else None
+
+
+def test_the_export_leaves_the_page_cache_as_it_is_read(
+    tmp_path: Path, export: tuple[Path, bytes, bytes]
+) -> None:
+    """The export is read once: its pages are dropped behind the read position (DESIGN, "The
+    export leaves the page cache"), so that the spill runs take them. The outputs stay the
+    same bytes and nothing of the engine's is left open."""
+    source, sorted_bytes, duplicate_bytes = export
+    with open(source, "rb") as f:
+        os.fsync(f.fileno())  # written back: dirty pages cannot be dropped, only written
+        while f.read(1 << 20):
+            pass
+    if cached_bytes(source) is None:
+        pytest.skip("fincore (util-linux) cannot tell what is cached here")
+    assert cached_bytes(source) >= source.stat().st_size  # whole pages
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=8 << 20), tmp_path)
+    assert result.runs >= 2
+    # The kernel skips pages still held in another core's LRU batch: a few stay behind.
+    left = cached_bytes(source)
+    assert left is not None and left < source.stat().st_size // 4, left
+    assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
+    assert (tmp_path / "M.duplicates.csv").read_bytes() == duplicate_bytes
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -15,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serverutil import (
     HR_SECRET,
+    OPERATOR,
+    OPERATOR_SECRET,
     Agent,
     Api,
     Export,
@@ -268,6 +271,41 @@ def test_an_operators_token_shows_the_reasons(tmp_path: Path, store_url: str | N
         assert "SSN-123-45-6789" not in _page(api, **api.auth)  # the agent's: not either
         assert "SSN-123-45-6789" not in _page(api, Authorization="Bearer forged")
         page = _page(api, **api.operator().auth)
+    row = page[page.index(ids["failed"]) :]
+    assert "SSN-123-45-6789" in row[: row.index("</tr>")]
+
+
+def _basic(client: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client}:{secret}".encode()).decode()
+
+
+def test_a_browser_signs_in_as_an_operator_to_see_the_reasons(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    with running(tmp_path, store_url) as api:
+        ids = _hr_day_by_day(api)
+        anonymous = _page(api)
+        assert "SSN-123-45-6789" not in anonymous and "href='?operator'" in anonymous
+        # Asking to sign in without credentials: the browser is asked for them (Basic).
+        asked = api.http.get("/?operator")
+        assert asked.status_code == 401 and "SSN-123-45-6789" not in asked.text
+        assert asked.headers["www-authenticate"].startswith('Basic realm="prepsync operators"')
+        assert "default-src 'none'" in asked.headers["content-security-policy"]
+        # Wrong secret, unknown client, a client that is no operator: asked again, no reason.
+        for client, secret in (
+            (OPERATOR, "wrong"),
+            ("nobody", OPERATOR_SECRET),
+            ("hr-only", HR_SECRET),
+        ):
+            refused = api.http.get("/?operator", headers={"Authorization": _basic(client, secret)})
+            assert refused.status_code == 401 and "SSN-123-45-6789" not in refused.text
+            assert "SSN-123-45-6789" not in _page(api, Authorization=_basic(client, secret))
+        page = _page(api, Authorization=_basic(OPERATOR, OPERATOR_SECRET))
+        assert "Signed in as an operator" in page
+        signed_in = api.http.get(
+            "/?operator", headers={"Authorization": _basic(OPERATOR, OPERATOR_SECRET)}
+        )
+        assert signed_in.status_code == 200 and signed_in.text.count("SSN-123-45-6789") == 1
     row = page[page.index(ids["failed"]) :]
     assert "SSN-123-45-6789" in row[: row.index("</tr>")]
 

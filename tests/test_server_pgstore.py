@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from storeutil import StoreHarness
 from prepsync.config import LinkThresholds, TableSpec, Thresholds
 from prepsync.errors import ConfigError, DataError
 from prepsync.protocol import DONE, FAILED, PROCESSING, QUEUED
+from prepsync.server import pgstore
 from prepsync.server.pgstore import PgBackend, PgSessionDatabase
 from prepsync.server.thresholds import Association, ConnectorLimits, TableLimits
 
@@ -174,6 +176,59 @@ def test_the_bulk_and_row_by_row_deltas_agree(tmp_path: Path, postgres_url: str)
         harness.close()
 
 
+def test_the_bulk_and_row_by_row_deltas_count_links_as_sqlite_does(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A delta that changes, removes and adds pairs: PostgreSQL's aggregate (no key twice) and
+    its row-by-row path (a key twice) count the links SQLite's diff counts."""
+    stores = [StoreHarness(tmp_path / "sqlite", None), StoreHarness(tmp_path / "pg", postgres_url)]
+    try:
+        rows = [(f"{n:03d}", f"v{n}", "" if n % 2 else "root") for n in range(6)]
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], rows))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], []))
+        names = ["T.sorted.csv", "P.sorted.csv"]
+        for store in stores:
+            assert store.apply("C", "initial", tmp_path, names, TABLES, LIMITS).state == DONE
+        # 000 root -> other: one deleted, one inserted; 001 "" -> x: inserted; 002 deleted
+        # with its link; 003 merged without a pair; 004 unchanged pair; 100 a new link.
+        delta = [
+            ("update", "000", "v", "other"),
+            ("update", "001", "v", "x"),
+            ("delete", "002", "", ""),
+            ("merge", "003", "m", ""),
+            ("update", "004", "w", "root"),
+            ("insert", "100", "n", "y"),
+        ]
+        expected = {"T_parent": {"inserted": 3, "deleted": 2}}
+        for twice in ([], [("update", "005", "a", "z"), ("update", "005", "b", "")]):
+            commands = sorted(delta + twice, key=lambda row: row[1])
+            delta_file = tmp_path / "T.sorted.delta.csv"
+            delta_file.write_bytes(csv_bytes(["command", "id", "v", "p"], commands))
+            outcomes = [
+                summary_of(
+                    store.apply("C", "incremental", tmp_path, [delta_file.name], TABLES, LIMITS)
+                )
+                for store in stores
+            ]
+            assert outcomes[0] == outcomes[1]
+            assert outcomes[1][0] == DONE
+            assert outcomes[1][2]["tables"]["T"]["links"] == expected
+            # The next delta undoes this one, and 005 gains a pair and loses it (one inserted,
+            # one deleted: each command counts against the one before).
+            delta = [
+                ("update", "000", "v", "root"),
+                ("update", "001", "v", ""),
+                ("insert", "002", "", "root"),
+                ("merge", "003", "m", ""),
+                ("update", "004", "w", "root"),
+                ("delete", "100", "", ""),
+            ]
+            expected = {"T_parent": {"inserted": 3, "deleted": 4}}
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_a_nul_in_a_value_fails_the_session_with_a_reason(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -286,6 +341,70 @@ def test_workers_of_several_processes_take_each_connector_in_order(
         second.close()
 
 
+def test_a_claim_and_an_opening_that_cancels_its_session_do_not_deadlock(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker claiming a queued session (its row locked, its UPDATE to come) while a complete
+    session opening in another process cancels the connector's sessions: one waits for the
+    other. It was a deadlock that PostgreSQL ended by failing one of them (the opening then
+    answered 500): the opening held the table and waited for the row, the claim held the row
+    and waited for the table."""
+    import threading
+
+    (queued,) = queue(postgres_url, tmp_path, ("A", "incremental"))
+    worker, opener = PgSessionDatabase(postgres_url), PgSessionDatabase(postgres_url)
+    inside, go_on = threading.Event(), threading.Event()
+    try_lock = PgSessionDatabase._try_lock
+
+    def paused_try_lock(self: PgSessionDatabase, connector: str) -> bool:
+        if self is worker:  # between the claim's row lock and its UPDATE
+            inside.set()
+            assert go_on.wait(30)
+        return try_lock(self, connector)
+
+    monkeypatch.setattr(PgSessionDatabase, "_try_lock", paused_try_lock)
+    outcomes: dict[str, Any] = {}
+
+    def run(name: str, action: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                outcomes[name] = action()
+            except Exception as error:  # reported below
+                outcomes[name] = error
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        return thread
+
+    try:
+        claiming = run("claim", worker.claim_next)
+        assert inside.wait(30)
+        new = "00000000-0000-4000-8000-00000000ffff"
+        opening = run("open", lambda: opener.open("A", "agent-A", "complete", new, "client"))
+        with psycopg.connect(postgres_url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prepsync' "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()[0]:  # type: ignore[index]
+                assert time.monotonic() < deadline, "the opening never waited"
+                time.sleep(0.01)
+        go_on.set()
+        claiming.join(30)
+        opening.join(30)
+        claimed, cancelled = outcomes["claim"], outcomes["open"]
+        assert not isinstance(claimed, Exception), claimed
+        assert not isinstance(cancelled, Exception), cancelled
+        # The claim went first: the session is being applied, not cancelled under it.
+        assert claimed is not None and claimed.id == queued
+        assert cancelled == []
+        worker.release(claimed)
+    finally:
+        go_on.set()
+        worker.close()
+        opener.close()
+
+
 def test_a_dead_workers_session_is_queued_again_by_another(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -316,3 +435,154 @@ def test_every_process_of_one_database_must_share_one_data_directory(
     (tmp_path / "other").mkdir()
     with pytest.raises(ConfigError, match="must share one data directory"):
         PgBackend(postgres_url, tmp_path / "other")
+
+
+def test_a_large_complete_load_gives_the_same_counts_rows_and_review_on_both_stores(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More changes than one spool batch (4096), links changed, kept and dropped: the native
+    merge-join against the rows COPYed back gives SQLite's counts, rows and review; a review
+    read only in part (its COPY still open) is ended cleanly."""
+    day1 = tmp_path / "day1"
+    day2 = tmp_path / "day2"
+    day1.mkdir()
+    day2.mkdir()
+    first = [(f"k{n:05d}", f"v{n}", f"k{n // 2:05d}" if n % 3 else "") for n in range(12_000)]
+    second = []
+    for key, value, parent in first:
+        number = int(key[1:])
+        if number % 5 == 0:
+            continue  # deleted
+        if number % 4 == 0:
+            value = f'changed "{number}", again'  # quoted in the canonical line
+        if number % 7 == 0:
+            parent = "" if parent else "k00001"  # a link dropped or made
+        second.append((key, value, parent))
+    second += [(f"n{n:05d}", "\\.", "k00002") for n in range(3_000)]  # inserted
+    pairs1 = [(f"a{n:04d}", "b") for n in range(100)]
+    pairs2 = [(f"a{n:04d}", "b") for n in range(50, 150)]
+    for directory, rows, pairs in ((day1, first, pairs1), (day2, second, pairs2)):
+        (directory / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], rows))
+        (directory / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], pairs))
+    names = ["T.sorted.csv", "P.sorted.csv"]
+    diffed: list[str] = []  # the tables PostgreSQL diffed against rows it COPYed back
+
+    def counted(*args: Any) -> Any:
+        diffed.append(args[1].name)
+        return stored_changes(*args)
+
+    stored_changes = pgstore._stored_changes
+    monkeypatch.setattr(pgstore, "_stored_changes", counted)
+    stores = [StoreHarness(tmp_path / "sqlite", None), StoreHarness(tmp_path / "pg", postgres_url)]
+    try:
+        for store in stores:
+            assert store.apply("C", "initial", day1, names, TABLES, LIMITS).state == DONE
+        reviews = []
+        for store in stores:
+            session = store.queued("C", "complete", names)
+            with store.backend.review(session, SPEC, day2 / "T.sorted.csv", None) as diff:
+                changes = [change[:3] + change[4:] for change in diff.changes]
+            middle = changes[len(changes) // 2][1]
+            with store.backend.review(session, SPEC, day2 / "T.sorted.csv", middle) as diff:
+                after = [change[:3] + change[4:] for change in diff.changes]
+            with store.backend.review(session, SPEC, day2 / "T.sorted.csv", None) as diff:
+                first_one = next(iter(diff.changes))  # the rest is left unread
+            assert store.db.cancel(session.id, "reviewed only")
+            assert after == changes[len(changes) // 2 + 1 :]
+            assert first_one[:3] + first_one[4:] == changes[0]
+            reviews.append(changes)
+        assert reviews[0] == reviews[1]
+        outcomes = [
+            summary_of(store.apply("C", "complete", day2, names, TABLES, LIMITS))
+            for store in stores
+        ]
+        assert outcomes[0] == outcomes[1]
+        assert diffed == ["T"] * 3 + ["T", "P"]  # three reviews, then the apply
+        state, _reason, summary = outcomes[1]
+        assert state == DONE
+        counts = summary["tables"]["T"]
+        assert (counts["inserted"], counts["deleted"]) == (3_000, 2_400)
+        assert counts["inserted"] + counts["updated"] + counts["deleted"] > 2 * 4096
+        for table, spec in (("T", SPEC), ("P", PAIR)):
+            served = [store.resources("C", table, spec.columns) for store in stores]
+            assert served[0] == served[1]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _sqlite_type(declared: str) -> str:
+    """A SQLite declared type as the PostgreSQL type family the store must use for it."""
+    return {"INTEGER": "integer", "TEXT": "text", "REAL": "floating"}[declared.upper()]
+
+
+def _postgres_type(data_type: str) -> str:
+    return {
+        "integer": "integer",
+        "bigint": "integer",
+        "text": "text",
+        "double precision": "floating",
+    }[data_type]
+
+
+def _default(text: str | None) -> str | None:
+    """A column default as both databases spell a literal: ``','`` and ``','::text`` alike."""
+    return None if text is None else text.removesuffix("::text")
+
+
+def test_the_sessions_table_has_the_same_columns_and_indexes_on_both_stores(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The PostgreSQL sessions table is written out apart from SQLite's (pgstore._SCHEMA_DDL),
+    and the shared session code reads and writes both with the same SQL: a column or an index
+    added to one must be added to the other, and this says which."""
+    import sqlite3
+
+    from prepsync.server.sessions import SessionDatabase
+
+    SessionDatabase(tmp_path / "sessions.sqlite3").close()
+    with sqlite3.connect(tmp_path / "sessions.sqlite3") as lite:
+        sqlite_columns = [
+            # The primary key (seq) is NOT NULL and numbered by the database on both.
+            (name, _sqlite_type(declared), bool(not_null or primary), None if primary else default)
+            for _cid, name, declared, not_null, default, primary in lite.execute(
+                "PRAGMA table_info(sessions)"
+            )
+        ]
+        sqlite_indexes = {
+            index: [row[2] for row in lite.execute(f"PRAGMA index_info({index})")]
+            for _seq, index, *_rest in lite.execute("PRAGMA index_list(sessions)")
+            if not index.startswith("sqlite_autoindex")  # UNIQUE and PRIMARY KEY constraints
+        }
+    lite.close()
+
+    PgBackend(postgres_url, tmp_path)
+    with psycopg.connect(postgres_url) as connection:
+        postgres_columns = [
+            (
+                name,
+                _postgres_type(data_type),
+                nullable == "NO",
+                None if default and default.startswith("nextval(") else _default(default),
+            )
+            for name, data_type, nullable, default in connection.execute(
+                "SELECT column_name, data_type, is_nullable, column_default "
+                "FROM information_schema.columns WHERE table_schema = 'prepsync' "
+                "AND table_name = 'sessions' ORDER BY ordinal_position"
+            )
+        ]
+        postgres_indexes = {
+            index: columns
+            for index, columns in connection.execute(
+                "SELECT i.relname, array_agg(a.attname ORDER BY k.position) "
+                "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "JOIN pg_class t ON t.oid = x.indrelid "
+                "JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, position) "
+                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
+                "WHERE n.nspname = 'prepsync' AND t.relname = 'sessions' "
+                "AND NOT x.indisprimary AND NOT x.indisunique GROUP BY i.relname"
+            )
+        }
+    assert postgres_columns == sqlite_columns
+    assert postgres_indexes == sqlite_indexes

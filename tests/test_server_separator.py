@@ -79,7 +79,7 @@ def test_session_separator_is_checked_and_used_for_its_files(
 
     with running(tmp_path, store_url) as api:
         path = "/api/connectors/HR/sessions"
-        for bad in ('"', "\n", ";;", "", 5, "é"):
+        for bad in ('"', "\n", "\x00", ";;", "", 5, "é"):
             answer = api.post(path, json={"agent": "a", "mode": "complete", "separator": bad})
             assert answer.status_code == 400 and "separator" in answer.text, bad
         answer = api.post(path, json={"agent": "a", "mode": "complete", "separator": "|"})

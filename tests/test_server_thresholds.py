@@ -18,6 +18,7 @@ from prepsync.config import load_mappings, resolve_tables
 from prepsync.protocol import BLOCKED, DONE
 from prepsync.server.apply import Outcome
 from prepsync.server.thresholds import (
+    ChangeCounter,
     ConnectorLimits,
     LinkCounts,
     TableCounts,
@@ -292,3 +293,138 @@ def test_most_specific_level_is_the_reason_and_every_crossing_is_listed() -> Non
         "association mapping P (table e): MaximumLinkDeletedLines 1 < 2 deleted links",
         "connector AD: MaximumUpdatedLines 1 < 2 updated resources",
     ]
+
+
+# ------------------------------------------------------------------------------ the counter
+
+
+def _entity_counter() -> ChangeCounter:
+    from prepsync.config import LinkThresholds, Thresholds
+    from prepsync.server.thresholds import Association, TableLimits
+
+    limits = TableLimits(
+        (("E", Thresholds()),),
+        (
+            Association("P", "parentdn", "dn", LinkThresholds()),
+            Association("M", "manager", "dn", LinkThresholds()),
+        ),
+    )
+    return ChangeCounter(limits, association_only=False)
+
+
+def test_counter_counts_a_diffs_changes_and_a_bulk_paths_totals_alike() -> None:
+    """Both stores feed one counter: change by change (SQLite's diff, a delta row by row) or
+    with totals (PostgreSQL's aggregates, a bulk load); the counts must not depend on which."""
+    header = ["objectGUID", "dn", "parentdn", "manager"]
+    changes = [
+        ("insert", b"g4", "g4,CN=4,OU=a,", None, None),  # P inserted
+        ("update", b"g1", "g1,CN=1,OU=b,", None, "g1,CN=1,OU=a,"),  # P changed: -1 +1
+        ("update", b"g2", "g2,CN=2,,CN=m", None, "g2,CN=2,OU=a,"),  # P gone, M new
+        ("update", b"g3", "g3,CN=3x,OU=a,", None, "g3,CN=3,OU=a,"),  # P changed (dn): -1 +1
+        ("delete", b"g5", None, None, "g5,CN=5,OU=a,CN=m"),  # P and M gone
+    ]
+    by_change = _entity_counter()
+    assert by_change.link_pairs(header) == [(2, 1), (3, 1)]
+    by_change.stored(5, {"P": 5, "M": 1}, scan=lambda missing: pytest.fail("recorded"))
+    assert list(by_change.counted(iter(changes))) == changes  # passed on as they are
+    by_totals = _entity_counter()
+    by_totals.link_pairs(header)
+    by_totals.stored(5, {"P": 5, "M": 1}, scan=lambda missing: pytest.fail("recorded"))
+    by_totals.add(1, 3, 1, [(3, 4), (1, 1)])
+    for counter in by_change, by_totals:
+        assert counter.counts() == TableCounts(
+            inserted=1,
+            updated=3,
+            deleted=1,
+            stored_before=5,
+            rows=5,
+            links={"P": LinkCounts(3, 4, 5), "M": LinkCounts(1, 1, 1)},
+        )
+        recorded: dict[str, int] = {}
+        counter.record_links(recorded)
+        assert recorded == {"P": 4, "M": 1}
+
+
+def test_counter_scans_only_the_links_a_record_lacks_and_none_of_an_empty_table() -> None:
+    scanned: list[list[str]] = []
+
+    def scan(missing: Sequence[Any]) -> dict[str, int]:
+        scanned.append([association.identifier for association in missing])
+        return {association.identifier: 7 for association in missing}
+
+    counter = _entity_counter()
+    recorded = {"P": 3}
+    counter.stored(9, recorded, scan)
+    assert scanned == [["M"]]
+    assert recorded == {"P": 3, "M": 7}  # the record keeps what was counted once
+    assert counter.counts().links == {"P": LinkCounts(0, 0, 3), "M": LinkCounts(0, 0, 7)}
+    empty = _entity_counter()
+    empty.stored(0, {}, scan)
+    assert scanned == [["M"]]
+    assert empty.counts().links == {"P": LinkCounts(0, 0, 0), "M": LinkCounts(0, 0, 0)}
+
+
+def test_counter_of_an_association_only_table_counts_links_as_rows() -> None:
+    from prepsync.config import LinkThresholds
+    from prepsync.server.thresholds import Association, TableLimits
+
+    limits = TableLimits((), (Association("M", "dn", "member", LinkThresholds()),))
+    counter = ChangeCounter(limits, association_only=True)
+    assert counter.link_pairs(["dn", "member"]) == []  # nothing to look at per row
+    counter.stored(10, {}, scan=lambda missing: pytest.fail("rows are links"))
+    counter.add(2, 0, 3)
+    assert counter.counts().links == {"M": LinkCounts(2, 3, 10)}
+    assert counter.rows_after == 9
+    recorded: dict[str, int] = {}
+    counter.record_links(recorded)
+    assert recorded == {}  # an association-only table records no links: they are its rows
+
+
+def test_links_in_stored_lines_count_full_pairs_and_none_for_columns_gone() -> None:
+    from prepsync.config import LinkThresholds
+    from prepsync.server.thresholds import Association, links_in
+
+    associations = [
+        Association("P", "parentdn", "dn", LinkThresholds()),
+        Association("X", "gone", "dn", LinkThresholds()),  # the mappings changed
+    ]
+    lines = ["g1,CN=1,OU=a", 'g2,"CN=2,x",OU=a', "g3,CN=3,", "g4,,OU=a"]
+    assert links_in(associations, ["objectGUID", "DN", "parentDN"], lines) == {"P": 2, "X": 0}
+
+
+def test_kept_columns_changed_deletes_the_stored_links_in_the_stored_layout(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """Mappings that change a table's kept columns: every stored row goes (its links counted
+    where its own columns hold them), every row of the file comes."""
+    from prepsync.config import LinkThresholds, TableSpec, Thresholds
+    from prepsync.server.thresholds import Association, TableLimits
+
+    def layout(*columns: str) -> tuple[dict[str, TableSpec], ConnectorLimits]:
+        associations = (Association("A", "p", "id", LinkThresholds()),) if "p" in columns else ()
+        limits = TableLimits((("T", Thresholds()),), associations)
+        spec = TableSpec("T", columns, ("id",), Thresholds())
+        return {"t": spec}, ConnectorLimits("C", {"t": limits}, None)
+
+    harness = StoreHarness(tmp_path / "data", store_url)
+    try:
+        steps = [
+            (("id", "v"), [("1", "a"), ("2", "b")], None),
+            # A column and an association on it come: no link was stored.
+            (("id", "v", "p"), [("1", "a", "x"), ("3", "b", "")], {"inserted": 1, "deleted": 0}),
+            # v goes, w comes, p moves: the one stored link goes, two come.
+            (("id", "p", "w"), [("1", "x", "q"), ("2", "y", "r")], {"inserted": 2, "deleted": 1}),
+        ]
+        for columns, rows, links in steps:
+            tables, limits = layout(*columns)
+            (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(list(columns), rows))
+            outcome = harness.apply("C", "complete", tmp_path, ["T.sorted.csv"], tables, limits)
+            assert outcome.state == DONE, outcome.reason
+            counts = outcome.summary["tables"]["T"]
+            assert (counts["inserted"], counts["deleted"], counts.get("links")) == (
+                2,
+                0 if links is None else 2,
+                None if links is None else {"A": links},
+            )
+    finally:
+        harness.close()

@@ -127,6 +127,9 @@ def test_authorization_headers() -> None:
     assert bearer_token("Basic abc") is None and bearer_token(None) is None
     assert basic_credentials("Basic YWdlbnQ6cyUzQWI=") == ("agent", "s:b")
     assert basic_credentials("Basic !!") is None
+    # A browser's Basic (RFC 7617) sends the secret as typed: "s%3Ab" and "a+b" stay as they are.
+    assert basic_credentials("Basic YWdlbnQ6cyUzQWI=", form_encoded=False) == ("agent", "s%3Ab")
+    assert basic_credentials("Basic b3A6YStiOmM=", form_encoded=False) == ("op", "a+b:c")
 
 
 def test_session_ids_must_be_canonical() -> None:

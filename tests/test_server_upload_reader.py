@@ -1,9 +1,10 @@
-"""The server's native reader of complete-session files (prepsync/_upload.pyx, csrc/ps_upload.c)
-against the Python reader (prepsync.server.diff.read_records) as oracle, and the complete
-diff's unchanged-row fast path."""
+"""The server's native reader of session files (prepsync/_upload.pyx, csrc/ps_upload.c) against
+the rows each file was written from, and the complete diff's unchanged-row fast path."""
 
 from __future__ import annotations
 
+import csv
+import io
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from prepsync._upload import StoredRows, UploadReader, native_store_problem
 from prepsync.config import TableSpec, Thresholds
 from prepsync.errors import DataError
 from prepsync.protocol import DELETE, INSERT, UPDATE
-from prepsync.server.diff import full_changes, open_upload, parse_line, read_records
+from prepsync.server.diff import full_changes, open_upload, parse_line
 from prepsync.server.store import encode_key, format_record, open_store
 
 SEPARATORS = [",", ";", "\t", "|"]
@@ -81,14 +82,39 @@ def test_native_rows_equal_the_python_readers(tmp_path: Path, case) -> None:
     separator, rows, data, key_column = case
     path = tmp_path / "T.sorted.csv"
     path.write_bytes(data)
-    oracle = [fields for _line, fields, _text in read_records(path, separator)]
-    assert oracle == rows  # the file says what the strategy meant
+    # The file's values are the strategy's (checked against the csv module, an independent
+    # reader, so that the comparisons below test the native reader, not the strategy).
+    text = data.decode("utf-8")
+    oracle = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=separator) if row]
+    assert oracle == rows
     header, native = native_rows(path, separator, key_column)
     assert header == oracle[0]
     assert [key for key, _line in native] == [encode_key([row[key_column]]) for row in oracle[1:]]
     # The stored line is the canonical record of the values, whatever the file's quoting.
     assert [line for _key, line in native] == [format_record(row) for row in oracle[1:]]
     assert [parse_line(line) for _key, line in native] == oracle[1:]
+    # A delta's reading of the same file: the values themselves, in file order.
+    reader = UploadReader(str(path), path.name, separator)
+    assert reader.header() == oracle[0]
+    records = []
+    while batch := reader.records(2):
+        records.extend(batch)
+    reader.close()
+    assert [values for _line, values in records] == oracle[1:]
+    assert all(line > 1 for line, _values in records)
+
+
+def test_delta_records_keep_their_first_line_and_need_no_key_order(tmp_path: Path) -> None:
+    path = tmp_path / "T.sorted.delta.csv"
+    path.write_bytes(b'command;id;v\r\ndelete;2;"a\nb"\r\n\r\ninsert;1;"x;""y"""\r\nmerge;3;\r\n')
+    reader = UploadReader(str(path), path.name, ";")
+    assert reader.header() == ["command", "id", "v"]
+    assert reader.records(10) == [
+        (2, ["delete", "2", "a\nb"]),
+        (5, ["insert", "1", 'x;"y"']),
+        (6, ["merge", "3", ""]),
+    ]
+    assert reader.records(10) == []
 
 
 def test_keys_of_several_columns_escape_nul(tmp_path: Path) -> None:
@@ -144,6 +170,29 @@ def test_errors_name_the_file_and_the_line(
         while read(100):
             pass
     assert str(raised.value) == problem
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"command,id\ninsert,1\n\ninsert,2,c\n", "line 4: expected 2 fields, found 3"),
+        (b"command,id\ninsert,1\r\ninsert,b\rc\n", "line 3: a CR outside quotes"),
+        (b'command,id\ninsert,1\ninsert,"b\n', "line 3: unterminated quote"),
+        (b'command,id\ninsert,"a"b\n', "line 2: text after closing quote"),
+        (b"command,id\ninsert,1\ninsert,\xff\n", "line 3: invalid UTF-8"),
+    ],
+)
+def test_delta_records_fail_as_rows_do(tmp_path: Path, data: bytes, problem: str) -> None:
+    # A delta's key and order are judged by the diff (commands may repeat a key); the rest of
+    # a record is checked by the reader, with the messages of a complete load's rows.
+    path = tmp_path / "T.sorted.delta.csv"
+    path.write_bytes(data)
+    reader = UploadReader(str(path), path.name, ",")
+    reader.header()
+    with pytest.raises(DataError) as raised:
+        while reader.records(100):
+            pass
+    assert str(raised.value) == f"T.sorted.delta.csv, {problem}"
 
 
 def test_check_counts_the_rows_it_reads(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ import json
 from sites import Site
 
 from prepsync.pipeline import (
-    PrepareRequest,
     RunResult,
     TableResult,
     advance_baselines,
     baseline_rows,
 )
+from prepsync.request import PrepareRequest
 from prepsync.staging import working_lock
 
 ENTRIES_HEADER = b"id,name,ignored\n"

@@ -20,6 +20,8 @@ from strategies import Spec
 from prepsync import _cleanse
 from prepsync.dialect import ReadSettings
 from prepsync.errors import InputError
+from prepsync.pipeline import ColumnPlan, EngineFiles
+from prepsync.request import TableJob
 
 SPEC = Spec("T", ("id", "value"), ("id",))
 ASSOCIATION = Spec("A", ("left", "right"), None)  # keyed by both columns: a two-part key
@@ -37,19 +39,26 @@ def native(data: bytes, spec: Spec = SPEC) -> Any:
         try:
             with open(source, "rb") as reader:
                 engine = _cleanse.Cleanser(
-                    source=str(source),
-                    table=spec.name,
-                    separator=b",",
-                    memory_budget=1 << 20,
-                    spill_dir=folder,
-                    out_cols=[0, 1],
-                    key_cols=[0] if spec.key else [0, 1],
-                    command_col=-1,
-                    keep_last=False,
-                    nullpk_fd=outputs["nullpk"].fileno(),
-                    sorted_fd=outputs["sorted"].fileno(),
-                    duplicates_fd=outputs["duplicates"].fileno(),
-                    settings=ReadSettings(),  # read as a source, as prepare does
+                    TableJob(
+                        spec=spec,
+                        source=source,
+                        memory_budget=1 << 20,
+                        settings=ReadSettings(),  # read as a source, as prepare does
+                    ),
+                    # The engine alone: the header is data to it, its columns given here.
+                    ColumnPlan(
+                        kept_names=list(spec.columns),
+                        out_cols=[0, 1],
+                        key_cols=[0] if spec.key else [0, 1],
+                        command_col=-1,
+                        baseline_key_cols=[],
+                    ),
+                    EngineFiles(
+                        spill_dir=Path(folder),
+                        sorted_fd=outputs["sorted"].fileno(),
+                        nullpk_fd=outputs["nullpk"].fileno(),
+                        duplicates_fd=outputs["duplicates"].fileno(),
+                    ),
                 )
                 try:
                     while engine.read_from(reader.fileno(), 1 << 16):

@@ -15,7 +15,7 @@ from serverutil import SECRET, Api, ServerProcess, csv_bytes, mock_api, xxh3
 
 from prepsync.client import ApiClient, FileReceipt, FileUpload, RetryPolicy
 from prepsync.errors import InputError, ServerError
-from prepsync.pipeline import PrepareRequest
+from prepsync.request import PrepareRequest
 from prepsync.sync import UploadWhileWriting, synchronize
 
 ENTRIES = "ADExport_entries"

@@ -48,11 +48,18 @@ from prepsync.server.connections import (
     connection_cap,
     raise_descriptor_limit,
 )
-from prepsync.server.context import (
+from prepsync.server.context import ServerState
+from prepsync.server.defaults import (
+    DEFAULT_HOST,
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FILE_SIZE,
     DEFAULT_OPERATOR_PROFILE,
-    ServerState,
+    DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT,
+    DEFAULT_TIMEOUT_KEEP_ALIVE,
+    DEFAULT_TOKEN_TTL,
 )
 from prepsync.server.disk import DiskReserve, disk_full_handler
 from prepsync.server.endpoints import (
@@ -124,10 +131,10 @@ def create_app(
     config_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     *,
-    session_timeout: float = 3600,
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     max_body: int = DEFAULT_MAX_BODY,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
-    token_ttl: int = 3600,
+    token_ttl: int = DEFAULT_TOKEN_TTL,
     worker_poll: float = 1.0,
     database: str | None = None,
     operator_profile: str = DEFAULT_OPERATOR_PROFILE,
@@ -242,22 +249,22 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
 def serve(
     config_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
-    host: str = "127.0.0.1",
-    port: int = 5000,
-    session_timeout: float = 3600,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     *,
     max_body: int = DEFAULT_MAX_BODY,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
-    token_ttl: int = 3600,
+    token_ttl: int = DEFAULT_TOKEN_TTL,
     log_level: str = "info",
     database: str | None = None,
     log_format: str = "text",
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     forwarded_allow_ips: str | None = None,
-    timeout_keep_alive: float = 5,
-    read_timeout: float = 15,
-    max_connections: int = 1000,
+    timeout_keep_alive: float = DEFAULT_TIMEOUT_KEEP_ALIVE,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     operator_profile: str = DEFAULT_OPERATOR_PROFILE,
 ) -> None:
     """Run the server with uvicorn until interrupted (``prepsync serve``).

@@ -10,7 +10,8 @@
   session. ``merge`` is an update when the key is present, else an insert.
 
 Thresholds (:mod:`prepsync.server.thresholds`: entity type mappings, association mappings, the
-connector) judge the changes the diff yields; initial sessions and forced ones skip them.
+connector) judge the changes the diff yields, counted as they are written by the table's
+:class:`~prepsync.server.thresholds.ChangeCounter`; initial sessions and forced ones skip them.
 
 The outcome is all or nothing: ``done`` commits the rows together with the ``applied`` mark;
 ``blocked`` and ``failed`` roll everything back.
@@ -19,7 +20,8 @@ The outcome is all or nothing: ``done`` commits the rows together with the ``app
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 from prepsync.config import TableSpec
 from prepsync.protocol import (
     BLOCKED,
+    COMPLETE,
     DELETE,
     DONE,
     FAILED,
@@ -40,12 +43,9 @@ from prepsync.protocol import (
 from prepsync.server.diff import (
     BATCH_ROWS,
     DataError,
-    LinkCounter,
     TableDiff,
-    Upload,
-    key_positions,
     load_rows,
-    open_upload,
+    open_table_file,
     table_diff,
 )
 from prepsync.server.session_files import table_of_file
@@ -59,12 +59,14 @@ from prepsync.server.store import (
 )
 from prepsync.server.storeapi import ResourceStore
 from prepsync.server.thresholds import (
+    Association,
+    ChangeCounter,
     ConnectorLimits,
-    LinkCounts,
     TableCounts,
     TableLimits,
     crossed_thresholds,
     first_load_advice,
+    links_in,
 )
 
 
@@ -82,16 +84,6 @@ class _Stop(Exception):
         super().__init__(reason)
         self.state = state
         self.reason = reason
-
-
-def separator_problem(separator: str) -> str | None:
-    """Why ``separator`` cannot separate the fields of a session's files, or None.
-
-    The agent's own rule for ``--separator``: one ASCII character, not a quote, CR or LF.
-    """
-    if len(separator) != 1 or separator in '"\r\n' or not separator.isascii():
-        return "must be one ASCII character other than a quote, CR or LF"
-    return None
 
 
 def limits_of_specs(connector: str, tables: Mapping[str, TableSpec]) -> ConnectorLimits:
@@ -150,21 +142,30 @@ def apply_session(
                 FAILED,
                 f"a {session.mode} session must carry every table; missing: " + ", ".join(missing),
             )
-    counts: dict[str, TableCounts] = {}
+    counters = {
+        folded: ChangeCounter(limits.table(spec.name), spec.key is None)
+        for folded, spec in tables.items()
+    }
     summary: dict[str, Any] = {}
     try:
         with store.apply_transaction() as work:
             # Configuration order, so that a session's outcome does not depend on file order.
             for folded, spec in tables.items():
                 if folded in plan:
-                    counts[folded] = work.apply_table(
-                        session, spec, limits.table(spec.name), plan[folded]
-                    )
+                    work.apply_table(session, spec, plan[folded], counters[folded])
+            counts = {folded: counters[folded].counts() for folded in tables if folded in plan}
             by_name = {tables[folded].name: table for folded, table in counts.items()}
             crossed: list[str] = []
             first_load = False
             if session.mode != INITIAL and not session.forced:
-                stored = work.stored_counts(session.connector, tables, limits, counts)
+                # The connector's percentages are of all it stores, not only of what was sent.
+                for folded, spec in tables.items():
+                    if folded not in plan:
+                        work.count_stored(session.connector, spec, counters[folded])
+                stored = {
+                    folded: counts[folded] if folded in counts else counter.counts()
+                    for folded, counter in counters.items()
+                }
                 names = [spec.name for spec in tables.values()]
                 crossed = crossed_thresholds(limits, names, counts, stored)
                 first_load = not any(table.stored_before for table in stored.values())
@@ -193,18 +194,14 @@ class SqliteWork:
         self.transaction = transaction
 
     def apply_table(
-        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
-    ) -> TableCounts:
-        return _apply_table(self.transaction, session, spec, table_limits, path)
+        self, session: Session, spec: TableSpec, path: Path, count_changes: ChangeCounter
+    ) -> None:
+        _apply_table(self.transaction, session, spec, path, count_changes)
 
-    def stored_counts(
-        self,
-        connector: str,
-        tables: Mapping[str, TableSpec],
-        limits: ConnectorLimits,
-        counts: Mapping[str, TableCounts],
-    ) -> dict[str, TableCounts]:
-        return _stored_counts(self.transaction, connector, tables, limits, counts)
+    def count_stored(self, connector: str, spec: TableSpec, count_changes: ChangeCounter) -> None:
+        state = table_state(self.transaction.connection, connector, spec.name)
+        if state is not None:
+            _count_stored(self.transaction, state, count_changes)
 
     def commit_applied(self, session: Session, summary: dict[str, Any]) -> None:
         self.transaction.mark_applied(session.id, session.seq, summary)
@@ -214,11 +211,10 @@ def _apply_table(
     transaction: Transaction,
     session: Session,
     spec: TableSpec,
-    table_limits: TableLimits,
     path: Path,
-) -> TableCounts:
+    counter: ChangeCounter,
+) -> None:
     state = transaction.table(session.connector, spec.name)
-    counts = TableCounts(stored_before=state.row_count)
     writer = _BatchWriter(transaction, state.tid, session.seq, key_only=spec.key is None)
     with snapshot(transaction.path) as stored:
         # A complete load reads the rows as they were (the snapshot) while writing them; a
@@ -236,56 +232,39 @@ def _apply_table(
             out_of_order=writer.flush,
             store_path=transaction.path,
         )
-        counter = LinkCounter(table_limits.associations, diff.header, spec.key is None)
-        links_before = _links_before(state, counter, stored, diff.header)
+        _count_stored(transaction, state, counter, stored)
+        pairs = counter.link_pairs(diff.header)
         if diff.into_empty is not None:
             upload, positions = diff.into_empty
-            _load_into_empty(upload, positions, writer, counts, counter)
+            inserted = load_rows(
+                transaction, state.tid, session.seq, upload, positions, pairs, writer.key_only
+            )
+            # The native reader counted the rows holding each association's pair.
+            links = upload.native.link_rows if pairs and upload.native is not None else []
+            counter.add(inserted, links=[(holding, 0) for holding in links])
         else:
-            _consume(diff, writer, counts, counter)
+            _write(diff, writer, counter)
     if diff.rewrite:
         _rewrite(transaction, state.tid, session.seq, spec, path, session.separator)
     state.header = tuple(diff.header)
-    state.row_count += counts.inserted - counts.deleted
-    counts.rows = state.row_count
-    for association in table_limits.associations:
-        links = counter.counts[association.identifier]
-        if not counter.per_row:  # association-only table: its rows are its links
-            links.inserted, links.deleted = counts.inserted, counts.deleted
-        links.stored_before = links_before.get(association.identifier, counts.stored_before)
-        if counter.per_row:
-            state.links[association.identifier] = (
-                links.stored_before + links.inserted - links.deleted
-            )
-        counts.links[association.identifier] = links
+    state.row_count = counter.rows_after
+    counter.record_links(state.links)
     transaction.save_table(state)
-    return counts
 
 
-def _links_before(
-    state: TableState, counter: LinkCounter, rows: Any, header: list[str]
-) -> dict[str, int]:
-    """Links stored per association of an entity table (a scan for those never counted)."""
-    if not counter.per_row:
-        return {}
-    missing = [identifier for identifier in counter.counts if identifier not in state.links]
-    if missing and state.row_count and state.header is not None:
-        if [column.casefold() for column in state.header] != [c.casefold() for c in header]:
-            stored_columns = {column.casefold() for column in state.header}
-            known = [
-                association
-                for association in counter.associations
-                if {association.column1.casefold(), association.column2.casefold()}
-                <= stored_columns
-            ]
-            # Counted in the stored layout; an association whose columns the store does not
-            # have (the mappings changed) has no stored links.
-            scan = LinkCounter(known, state.header, association_only=False)
-            state.links.update(dict.fromkeys(missing, 0))
-        else:
-            scan = counter
-        state.links.update(scan.stored_links(stored_rows(rows, state.tid)))
-    return {identifier: state.links.get(identifier, 0) for identifier in counter.counts}
+def _count_stored(
+    transaction: Transaction, state: TableState, counter: ChangeCounter, rows: Any = None
+) -> None:
+    """What ``state``'s table held; the links its record lacks are scanned from ``rows`` (a
+    snapshot; one of its own when None) in the stored layout."""
+
+    def scan(associations: Sequence[Association]) -> Mapping[str, int]:
+        assert state.header is not None, "a table holding rows has a header"
+        with nullcontext(rows) if rows is not None else snapshot(transaction.path) as reader:
+            lines = (line for _key, line in stored_rows(reader, state.tid))
+            return links_in(associations, state.header, lines)
+
+    counter.stored(state.row_count, state.links, scan)
 
 
 class _BatchWriter:
@@ -310,55 +289,31 @@ class _BatchWriter:
         self.deletes.clear()
 
 
-def _consume(
-    diff: TableDiff, writer: _BatchWriter, counts: TableCounts, counter: LinkCounter
-) -> None:
+def _write(diff: TableDiff, writer: _BatchWriter, counter: ChangeCounter) -> None:
     """Count the changes and, unless the table is rewritten, write them in batches."""
-    write = not diff.rewrite
-    per_row = counter.per_row
+    changes = diff.changes
+    if diff.replaces_stored:
+        counter.every_stored_row_deleted()
+        changes = (change for change in changes if change[0] is not DELETE)
+    changes = counter.counted(changes)
+    if diff.rewrite:
+        for _change in changes:
+            pass
+        return
     inserts, updates, deletes = writer.inserts, writer.updates, writer.deletes
-    inserted = updated = deleted = 0
-    for command, key, line, values, stored_line in diff.changes:
+    for command, key, line, _values, _stored_line in changes:
         if command is INSERT:
-            inserted += 1
-            if write:
-                assert line is not None
-                inserts.append((key, line))
+            assert line is not None
+            inserts.append((key, line))
         elif command is UPDATE:
-            updated += 1
-            if write:
-                assert line is not None
-                updates.append((key, line))
+            assert line is not None
+            updates.append((key, line))
         else:
             assert command is DELETE
-            deleted += 1
-            if write:
-                deletes.append(key)
-        if per_row:
-            counter.count(command, values, line, stored_line)
+            deletes.append(key)
         if len(inserts) + len(updates) + len(deletes) >= BATCH_ROWS:
             writer.flush()
     writer.flush()
-    counts.inserted, counts.updated, counts.deleted = inserted, updated, deleted
-
-
-def _load_into_empty(
-    upload: Upload,
-    positions: list[int],
-    writer: _BatchWriter,
-    counts: TableCounts,
-    counter: LinkCounter,
-) -> None:
-    """A complete load into an empty table: every row an insert, the native reader's batches
-    fed straight to the bulk path; the reader counts the links (no per-row Python at all)."""
-    inserted = 0
-    transaction, tid, seq = writer.transaction, writer.tid, writer.seq
-    pairs = counter.pairs if counter.per_row else []
-    inserted = load_rows(transaction, tid, seq, upload, positions, pairs, writer.key_only)
-    if pairs:
-        assert upload.native is not None
-        counter.count_inserted(upload.native.link_rows)
-    counts.inserted = inserted
 
 
 def _rewrite(
@@ -366,34 +321,5 @@ def _rewrite(
 ) -> None:
     """Replace every stored row by the file's (a complete load in another column layout)."""
     transaction.delete_rows(tid)
-    upload = open_upload(path, spec, separator, command=False)
-    positions = key_positions(spec, upload.header)
+    upload, _header, positions = open_table_file(path, spec, separator, COMPLETE, None)
     load_rows(transaction, tid, seq, upload, positions, key_only=spec.key is None)
-
-
-def _stored_counts(
-    transaction: Transaction,
-    connector: str,
-    tables: Mapping[str, TableSpec],
-    limits: ConnectorLimits,
-    counts: Mapping[str, TableCounts],
-) -> dict[str, TableCounts]:
-    """Every table's rows and links stored before the session (for connector percentages)."""
-    stored: dict[str, TableCounts] = {}
-    for folded, spec in tables.items():
-        if folded in counts:
-            stored[folded] = counts[folded]
-            continue
-        state = table_state(transaction.connection, connector, spec.name)
-        before = TableCounts(stored_before=0 if state is None else state.row_count)
-        associations = limits.table(spec.name).associations
-        if associations and state is not None and state.header is not None and state.row_count:
-            counter = LinkCounter(associations, state.header, spec.key is None)
-            with snapshot(transaction.path) as rows:
-                known = _links_before(state, counter, rows, list(state.header))
-            for association in associations:
-                before.links[association.identifier] = LinkCounts(
-                    stored_before=known.get(association.identifier, state.row_count)
-                )
-        stored[folded] = before
-    return stored

@@ -30,9 +30,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from prepsync._upload import FullDiff, StoredRows, UploadReader, native_store_problem
+from prepsync._upload import (
+    CopyRows,
+    FullDiff,
+    StoredRows,
+    UploadReader,
+    native_store_problem,
+)
 from prepsync.config import TableSpec
 from prepsync.errors import DataError as DataError  # the server's modules take it from here
 from prepsync.protocol import COMMAND_COLUMN, COMMANDS, DELETE, INCREMENTAL, INSERT, MERGE, UPDATE
@@ -45,9 +50,7 @@ from prepsync.server.store import (
     stored_batches,
     stored_rows,
 )
-from prepsync.server.thresholds import Association, LinkCounts
 
-MAX_FIELD = 64 * 1024 * 1024  # DESIGN: a row may be at most 64 MiB
 # Rows per batch of a complete load (the native reader's batches, the store's executemany):
 # big enough that per-call overheads vanish, small enough that a batch of long rows stays a
 # few MiB.
@@ -59,80 +62,10 @@ Change = tuple[str, bytes, str | None, list[str] | None, str | None]
 # ----------------------------------------------------------------------------------- reading
 
 
-def _next_physical_line(stream: TextIO) -> str:
-    return stream.readline()
-
-
-def read_records(path: Path, separator: str) -> Iterator[tuple[int, list[str], str]]:
-    """(line the record starts on, fields, canonical line) of every record, header included.
-
-    Blank lines are skipped. The fast path is a record without quotes: split on the separator,
-    and with ``,`` the text itself is already the canonical line. A record with quotes (it may
-    span lines) goes through the csv module. One CR before the LF is tolerated (CRLF).
-    """
-    name = path.name
-    comma = separator == ","
-    number = 0
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))
-    parse = _RecordParser(separator).parse
-    try:
-        # newline="\n": lines end at LF only, so a CR inside a quoted value stays a value byte.
-        with path.open(encoding="utf-8", newline="\n") as stream:
-            while text := _next_physical_line(stream):
-                number += 1
-                start = number
-                if '"' in text:
-                    while text.count('"') % 2:  # an open quote: the record goes on
-                        more = _next_physical_line(stream)
-                        if not more:
-                            raise DataError(f"{name}, line {start}: unterminated quote")
-                        number += 1
-                        text += more
-                    record = text[:-2] if text.endswith("\r\n") else text.rstrip("\n")
-                    try:
-                        fields = parse(record)
-                    except csv.Error as error:
-                        raise DataError(f"{name}, line {start}: {error}") from None
-                    # With ",", the record as sent is the stored line: the agent writes the
-                    # canonical quoting, and a line that differs from a stored one only in its
-                    # quoting is compared by values (full_changes), so nothing depends on it.
-                    yield start, fields, record if comma else format_record(fields)
-                    continue
-                if text.endswith("\n"):
-                    text = text[:-2] if text.endswith("\r\n") else text[:-1]
-                if not text:
-                    continue
-                if "\r" in text:
-                    raise DataError(f"{name}, line {start}: a CR outside quotes")
-                fields = text.split(separator)
-                if comma:
-                    yield start, fields, text
-                elif "," in text:
-                    yield start, fields, format_record(fields)
-                else:
-                    yield start, fields, text.replace(separator, ",")
-    except UnicodeDecodeError:
-        # Decoding runs a block ahead of the lines, so no line number would be right.
-        raise DataError(f"{name}: invalid UTF-8") from None
-    except OSError as error:
-        raise DataError(f"{name}: cannot read: {error.strerror or error}") from None
-
-
-class _RecordParser:
-    """One csv reader for a whole file, fed one complete record at a time (creating a reader
-    per record costs more than parsing it)."""
-
-    def __init__(self, separator: str) -> None:
-        self._pending: list[str] = []
-        self._reader = csv.reader(self._feed(), delimiter=separator, strict=True)
-
-    def _feed(self) -> Iterator[str]:
-        while self._pending:
-            yield self._pending.pop()
-
-    def parse(self, record: str) -> list[str]:
-        self._pending.append(record)
-        return next(self._reader)
+MAX_FIELD = 64 * 1024 * 1024  # DESIGN: a row may be at most 64 MiB
+# A stored line holds what the native reader took (a record of up to 64 MiB): the csv module
+# must take a value as long (its default limit is 128 KiB).
+csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))
 
 
 def parse_line(line: str) -> list[str]:
@@ -144,39 +77,59 @@ def parse_line(line: str) -> list[str]:
 
 @dataclass
 class Upload:
-    """A session's file for one table, its header checked against the table's kept columns.
-
-    A delta is read by :func:`read_records` (``records``); a complete load by the native reader
-    (``native``, :func:`keyed_batches`), which builds each row's key and stored line in C.
-    """
+    """A session's file for one table, its header checked against the table's kept columns,
+    open in the native reader (the server's one reader of session files): a complete load's
+    rows come as (key, stored line) built in C (:func:`keyed_batches`), a delta's records as
+    (line, values) (:func:`delta_changes`)."""
 
     name: str
     header: list[str]  # the kept columns as the file spells and orders them (no command)
-    records: Iterator[tuple[int, list[str], str]] | None = None  # a delta's records
-    native: UploadReader | None = None  # a complete load's rows
+    native: UploadReader
 
 
 def open_upload(path: Path, spec: TableSpec, separator: str, command: bool) -> Upload:
     """``command``: a delta (its first column is the command)."""
     name = path.name
-    if command:
-        records = read_records(path, separator)
-        first = next(records, None)
-        if first is None:
-            raise DataError(f"{name}: empty file (no header)")
-        header = first[1]
-        if header[0].casefold() != COMMAND_COLUMN:
-            raise DataError(f"{name}: the first column must be {COMMAND_COLUMN!r}")
-        header = header[1:]
-        _check_header(name, header, spec)
-        return Upload(name, header, records=records)
     try:
         native = UploadReader(str(path), name, separator)
     except OSError as error:
         raise DataError(f"{name}: cannot read: {error.strerror or error}") from None
-    header = native.header()
-    _check_header(name, header, spec)
-    return Upload(name, header, native=native)
+    try:
+        header = native.header()
+        if command:
+            if header[0].casefold() != COMMAND_COLUMN:
+                raise DataError(f"{name}: the first column must be {COMMAND_COLUMN!r}")
+            header = header[1:]
+        _check_header(name, header, spec)
+    except BaseException:
+        native.close()
+        raise
+    return Upload(name, header, native)
+
+
+def open_table_file(
+    path: Path, spec: TableSpec, separator: str, mode: str, stored_header: Sequence[str] | None
+) -> tuple[Upload, list[str], list[int]]:
+    """A session's file for ``spec`` opened, with the layout of its changes' rows and the key's
+    positions in that layout.
+
+    A complete load's rows are in the file's layout (a table stored in another is rewritten).
+    A delta's commands apply to the stored rows, in the stored layout (``stored_header``; the
+    file's when the table was never loaded), so their columns must be the stored ones.
+    """
+    incremental = mode == INCREMENTAL
+    upload = open_upload(path, spec, separator, command=incremental)
+    header = upload.header
+    if incremental and stored_header is not None:
+        header = list(stored_header)
+        if sorted(column.casefold() for column in header) != sorted(
+            column.casefold() for column in upload.header
+        ):
+            raise DataError(
+                f"{upload.name}: the stored table has columns {header!r}; run a complete "
+                "synchronization"
+            )
+    return upload, header, key_positions(spec, header)
 
 
 def _check_header(name: str, header: list[str], spec: TableSpec) -> None:
@@ -242,7 +195,6 @@ def keyed_batches(
     width, null key, strictly ascending keys, no CR outside quotes. ``link_pairs``: column
     pairs whose rows with both values non-null ``upload.native.link_rows`` counts."""
     reader = upload.native
-    assert reader is not None, "a complete load is read natively"
     reader.configure(positions, True, link_pairs)
     try:
         while batch := reader.rows(BATCH_ROWS):
@@ -264,7 +216,6 @@ def load_rows(
     (:meth:`~prepsync.server.store.Transaction.load_rows`), checked by the native reader as in
     :func:`keyed_batches`; returns the rows inserted."""
     reader = upload.native
-    assert reader is not None, "a complete load is read natively"
     reader.configure(positions, True, link_pairs)
     try:
         return transaction.load_rows(tid, seq, reader, key_only)
@@ -275,11 +226,15 @@ def load_rows(
 def full_changes(
     upload: Upload,
     positions: Sequence[int],
-    stored: StoredRows | Iterable[list[tuple[bytes, str]]] | Iterable[list[tuple[bytes, bytes]]],
+    stored: StoredRows
+    | CopyRows
+    | Iterable[list[tuple[bytes, str]]]
+    | Iterable[list[tuple[bytes, bytes]]],
     after: bytes | None = None,
     key_only: bool = False,
 ) -> Iterator[Change]:
-    """The merge-join of a complete load with the stored rows (read natively, or batches of
+    """The merge-join of a complete load with the stored rows (read natively from SQLite or
+    from PostgreSQL's COPY, or batches of
     (key, line), the line as str or UTF-8 bytes, both in key order), done by the native
     :class:`~prepsync._upload.FullDiff`.
 
@@ -291,7 +246,6 @@ def full_changes(
     otherwise); values are parsed only for those rows.
     """
     reader = upload.native
-    assert reader is not None, "a complete load is read natively"
     reader.configure(positions, True)
     # key_only (an association-only table, every column in the key): equal keys are equal
     # rows, whatever the stored line (empty, or a store from before's own quoting).
@@ -306,7 +260,7 @@ def full_changes(
                 yield command, key, line, None, stored_line
     finally:
         reader.close()
-        if isinstance(stored, StoredRows):
+        if isinstance(stored, StoredRows | CopyRows):
             stored.close()  # ends its read transaction now, not when it is collected
 
 
@@ -333,18 +287,13 @@ def delta_changes(
     sees the earlier commands (in key order, no key can come back).
     """
     name = upload.name
-    assert upload.records is not None, "a delta is read by read_records"
-    width = len(upload.header) + 1
     delta_folded = [column.casefold() for column in upload.header]
     # +1: position 0 of a delta record is the command.
     to_stored = [delta_folded.index(column.casefold()) + 1 for column in stored_header]
     make_key = key_maker(positions, name)
     previous: bytes | None = None
-    for line_number, fields, _line in upload.records:
-        if len(fields) != width:
-            raise DataError(
-                f"{name}, line {line_number}: expected {width} fields, found {len(fields)}"
-            )
+    # The reader has checked each record's width against the header, its UTF-8 and its CRs.
+    for line_number, fields in _delta_records(upload):
         values = [fields[position] for position in to_stored]
         key = make_key(values, line_number)
         if previous is not None and key <= previous and out_of_order is not None:
@@ -373,6 +322,15 @@ def delta_changes(
             if old is None:
                 raise DataError(f"{name}, line {line_number}: delete of a key not stored")
             yield DELETE, key, None, None, old
+
+
+def _delta_records(upload: Upload) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) of a delta's records, in file order; the reader closed at the end."""
+    try:
+        while batch := upload.native.records(BATCH_ROWS):
+            yield from batch
+    finally:
+        upload.native.close()
 
 
 def _sorted_rows(rows: Iterable[tuple[bytes, str]]) -> Iterator[tuple[bytes, str]]:
@@ -434,6 +392,9 @@ class TableDiff:
     changes: Iterator[Change]
     # A complete load whose stored rows are in another layout: applying it rewrites the table.
     rewrite: bool = False
+    # The kept columns changed: every stored row is deleted (its stored line in the stored
+    # layout, not in ``header``'s), every row of the file inserted.
+    replaces_stored: bool = False
     # A complete load into an empty table (every row an insert): the file and its key
     # positions, for the bulk load (:func:`keyed_batches`).
     into_empty: tuple[Upload, list[int]] | None = None
@@ -460,29 +421,17 @@ def table_diff(
     natively (:class:`~prepsync._upload.StoredRows`), in a read transaction of its own that
     sees what ``rows`` sees.
     """
-    incremental = mode == INCREMENTAL
-    upload = open_upload(path, spec, separator, command=incremental)
     stored_header = None if state is None else state.header
-    if incremental:
-        header = list(stored_header) if stored_header is not None else upload.header
-        if sorted(column.casefold() for column in header) != sorted(
-            column.casefold() for column in upload.header
-        ):
-            raise DataError(
-                f"{upload.name}: the stored table has columns {header!r}; run a complete "
-                "synchronization"
-            )
+    upload, header, positions = open_table_file(path, spec, separator, mode, stored_header)
+    if mode == INCREMENTAL:
         state_tid = None if state is None else state.tid
 
         def find(key: bytes) -> str | None:
             return None if state_tid is None else lookup(rows, state_tid, key)
 
-        positions = key_positions(spec, header)
         return TableDiff(
             header, delta_changes(upload, header, positions, find, after, out_of_order)
         )
-    header = upload.header
-    positions = key_positions(spec, header)
     if state is None or stored_header is None or state.row_count == 0:
         if after is None:
             inserts = (
@@ -514,69 +463,5 @@ def table_diff(
                 if after is None or key > after:
                     yield DELETE, key, None, None, line
 
-        return TableDiff(header, every_stored_row_deleted(), rewrite=True)
+        return TableDiff(header, every_stored_row_deleted(), rewrite=True, replaces_stored=True)
     return TableDiff(header, full_changes(upload, positions, batched(moved), after), rewrite=True)
-
-
-# ------------------------------------------------------------------------------------- links
-
-
-class LinkCounter:
-    """Counts each association's links inserted and deleted by a table's changes."""
-
-    def __init__(
-        self, associations: Sequence[Association], header: Sequence[str], association_only: bool
-    ) -> None:
-        folded = [column.casefold() for column in header]
-        self.associations = tuple(associations)
-        self.counts = {association.identifier: LinkCounts() for association in associations}
-        # Every row of an association-only table is a link (its columns form the key, never
-        # null), so its links are its rows: counted from the row counts, no per-row work.
-        self.per_row = not association_only and bool(associations)
-        self._pairs = [
-            (
-                self.counts[association.identifier],
-                folded.index(association.column1.casefold()),
-                folded.index(association.column2.casefold()),
-            )
-            for association in associations
-        ]
-
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """The column positions of each association's pair, in association order."""
-        return [(first, second) for _counts, first, second in self._pairs]
-
-    def count_inserted(self, rows_with_links: Sequence[int]) -> None:
-        """Add a bulk load's inserted links (per association, the rows with a full pair)."""
-        for (counts, _first, _second), rows in zip(self._pairs, rows_with_links, strict=True):
-            counts.inserted += rows
-
-    def count(
-        self, command: str, values: list[str] | None, line: str | None, stored_line: str | None
-    ) -> None:
-        """One change's links: ``values`` of the new row, or parsed from ``line`` when None."""
-        if values is None and line is not None:
-            values = parse_line(line)
-        old = None if stored_line is None else parse_line(stored_line)
-        for counts, first, second in self._pairs:
-            new_pair = None if values is None else (values[first], values[second])
-            old_pair = None if old is None else (old[first], old[second])
-            new_link = new_pair is not None and new_pair[0] != "" and new_pair[1] != ""
-            old_link = old_pair is not None and old_pair[0] != "" and old_pair[1] != ""
-            if new_link and old_link and new_pair == old_pair:
-                continue
-            if new_link:
-                counts.inserted += 1
-            if old_link:
-                counts.deleted += 1
-
-    def stored_links(self, rows: Iterable[tuple[bytes, str]]) -> dict[str, int]:
-        """Links held by ``rows`` (stored lines in this counter's header), per association."""
-        totals = dict.fromkeys(self.counts, 0)
-        for _key, line in rows:
-            values = parse_line(line)
-            for identifier, (_counts, first, second) in zip(self.counts, self._pairs, strict=True):
-                if values[first] != "" and values[second] != "":
-                    totals[identifier] += 1
-        return totals

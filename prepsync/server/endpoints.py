@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import uuid
+from html import escape
 from urllib.parse import parse_qs
 
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from prepsync.protocol import BLOCKED, CANCELLED, DONE, FAILED, FULL_MODES, MODES, OPEN, SCOPE
-from prepsync.server.apply import separator_problem
+from prepsync.protocol import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FULL_MODES,
+    MODES,
+    OPEN,
+    SCOPE,
+    separator_problem,
+)
 from prepsync.server.clients import OpenIdClient
 from prepsync.server.context import ServerState, state_of
 from prepsync.server.disk import reclaiming
@@ -33,7 +44,7 @@ from prepsync.server.http import (
     read_json_object,
 )
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import ForeignAgent, Session
+from prepsync.server.sessions import ForeignAgent, Session, SupersededChanged
 from prepsync.server.status import RECENT_SESSIONS, SECURITY_HEADERS, StatusView, render_status
 from prepsync.server.tokens import basic_credentials
 
@@ -114,8 +125,14 @@ async def open_session(request: Request) -> Response:
     if not isinstance(separator, str) or separator_problem(separator):
         raise ApiError(400, f"'separator': {separator_problem(str(separator))}")
     session_id = str(uuid.uuid4())
+    mode = mode.lower()
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
+    # With several processes, the sessions this opening supersedes are held while it cancels
+    # them and discards their files (see sessions_held): an upload or a commit of one of them
+    # in another process finishes first, instead of finding its files gone under it.
+    several = state.backend.several_processes
+    held: list[str] = []
 
     def free_orphans() -> None:
         # On a full disk, the open sessions this opening cancels give their room first (most
@@ -125,29 +142,45 @@ async def open_session(request: Request) -> Response:
                 other.connector == connector
                 and other.state == OPEN
                 and (
-                    mode.lower() in FULL_MODES
+                    mode in FULL_MODES
                     or (other.agent == agent and other.client == client.identifier)
                 )
+                and (not several or other.id in held)
             ):
                 state.sealed.add(other.id)
                 discard_files(state.sessions_dir, other.id)
 
     try:
-        cancelled = reclaiming(
-            lambda: db.open(
-                connector, agent, mode.lower(), session_id, client.identifier, separator
-            ),
-            None,  # new work does not use the reserve
-            free_orphans,
-        )
+        while True:
+            if several:
+                held = db.superseded(connector, agent, mode, client.identifier)
+            async with state.sessions_held(held, exclusive=True):
+                try:
+                    cancelled = reclaiming(
+                        functools.partial(
+                            db.open,
+                            connector,
+                            agent,
+                            mode,
+                            session_id,
+                            client.identifier,
+                            separator,
+                            held if several else None,
+                        ),
+                        None,  # new work does not use the reserve
+                        free_orphans,
+                    )
+                except SupersededChanged:
+                    continue  # another session to supersede appeared meanwhile: hold it too
+                for other in cancelled:
+                    state.sealed.add(other)
+                    discard_files(state.sessions_dir, other)
+            break
     except BaseException as error:
         discard_files(state.sessions_dir, session_id)
         if isinstance(error, ForeignAgent):
             raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
-    for other in cancelled:
-        state.sealed.add(other)
-        discard_files(state.sessions_dir, other)
     worker.wake()
     session = db.get(session_id)
     assert session is not None
@@ -284,21 +317,45 @@ def _is_operator(state: ServerState, client: OpenIdClient) -> bool:
 
 
 def _operator_viewing(request: Request) -> OpenIdClient | None:
-    """The operator whose bearer token the request carries; None for anyone else (no token,
-    a bad one, or another client's: the page then shows what an anonymous viewer sees)."""
-    if request.headers.get("authorization") is None:
+    """The operator the request speaks for: by a bearer token, or by the client id and secret
+    a browser sends (HTTP Basic, RFC 7617: a browser cannot add a bearer token to a page it
+    loads). None for anyone else (no credentials, bad ones, or another client's: the page then
+    shows what an anonymous viewer sees)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
         return None
-    try:
-        client = authenticate(request)
-    except ApiError:
-        return None
-    return client if _is_operator(state_of(request), client) else None
+    state = state_of(request)
+    credentials = basic_credentials(authorization, form_encoded=False)
+    if credentials is not None:
+        client = state.clients.get(credentials[0])
+        # Checked against a dummy for unknown ids too, as at the token endpoint.
+        if not (client or _NO_CLIENT).check_secret(credentials[1]) or client is None:
+            return None
+    else:
+        try:
+            client = authenticate(request)
+        except ApiError:
+            return None
+    return client if _is_operator(state, client) else None
+
+
+# `GET /?operator`: a browser is asked for an operator client's id and secret (Basic), sent
+# again with each request to the page, its refreshes included.
+_SIGN_IN = {"WWW-Authenticate": 'Basic realm="prepsync operators", charset="UTF-8"'}
 
 
 async def status_page(request: Request) -> Response:
     state = state_of(request)
     db, _worker = state.running()
     viewer = _operator_viewing(request)
+    if viewer is None and "operator" in request.query_params:
+        return HTMLResponse(
+            "<!DOCTYPE html><html><body><p>This page shows failure reasons to an operator: "
+            "sign in with the client id and secret of a client whose Profile is "
+            f"{escape(state.operator_profile)}. <a href='/'>Back</a></p></body></html>",
+            status_code=401,
+            headers={**SECURITY_HEADERS, **_SIGN_IN},
+        )
     operators = sorted(c.identifier for c in state.clients.values() if _is_operator(state, c))
     view = StatusView(
         tables=state.tables,

@@ -16,14 +16,18 @@ Layout:
   compares UTF-8 bytes, which is the REFERENCE §2 key order, so ``ORDER BY`` the key columns is
   the order of the files and of ``GET .../resources``. An empty value is stored as NULL.
 
-Bulk paths: a complete load ``COPY``\\ s the session's file (its CSV bytes as they are) into
-the table (empty table) or into a staging table; one ``FULL JOIN`` of staging and table writes
-the changed rows to a changes table, the threshold counts are read from it, then three
-statements delete, update and insert. A delta is ``COPY``\\ ed into staging, one join with the
-table finds each command's stored row, one aggregate validates and counts, then three statements
-apply it. A delta the aggregate finds anything wrong with (a bad command, an insert of a stored
-key, a key twice...) is applied row by row instead, by the same code as SQLite's, which stops at
-the first bad line with the same message.
+Bulk paths: a complete load into an empty table ``COPY``\\ s the session's file (its CSV bytes
+as they are) into the table. Into a loaded table, the SQLite store's native merge-join reads the
+file against the stored rows read back in key order (a binary ``COPY`` out, parsed in C from
+libpq: :func:`_stored_changes`); only its changes, counted on the way, are ``COPY``\\ ed into a
+changes table, then three statements delete, update and insert. A file in another column layout
+goes through a staging table and one ``FULL JOIN`` instead, and the table is rebuilt.
+
+A delta is ``COPY``\\ ed into staging, one join with the table finds each command's stored row,
+one aggregate validates and counts, then three statements apply it. A delta the aggregate finds
+anything wrong with (a bad command, an insert of a stored key, a key twice...) is applied row by
+row instead, by the same code as SQLite's, which stops at the first bad line with the same
+message.
 
 Claiming: each worker takes the lowest queued head of any connector with ``FOR UPDATE SKIP
 LOCKED`` and a session-level advisory lock on the connector, held by its connection until the
@@ -36,18 +40,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from prepsync._upload import CopyRows, UploadReader, native_copy_problem
 from prepsync.config import TableSpec
 from prepsync.errors import ConfigError
 from prepsync.protocol import (
@@ -61,25 +67,19 @@ from prepsync.protocol import (
     UPDATE,
 )
 from prepsync.server.diff import (
+    BATCH_ROWS,
     Change,
     DataError,
-    LinkCounter,
     TableDiff,
     Upload,
     delta_changes,
-    key_positions,
-    open_upload,
+    full_changes,
+    open_table_file,
 )
 from prepsync.server.http import ApiError
 from prepsync.server.sessions import Session, SessionDatabase
 from prepsync.server.store import decode_key, encode_key, format_record
-from prepsync.server.thresholds import (
-    Association,
-    ConnectorLimits,
-    LinkCounts,
-    TableCounts,
-    TableLimits,
-)
+from prepsync.server.thresholds import Association, ChangeCounter
 
 SCHEMA = "prepsync"
 DATA_ID_FILE = "database.id"
@@ -89,7 +89,8 @@ MAX_IDENTIFIER = 63
 # hash): "prsp", so other applications' advisory locks in the same database do not collide.
 LOCK_SPACE = 0x70727370
 # The first key of the per-session locks ("prss"; the second is the session id's hash): uploads
-# hold it shared, a commit or a cancel exclusive (see PgBackend.lock_session).
+# hold it shared; a commit, a cancel and an opening that supersedes it exclusive (see
+# PgBackend.lock_sessions).
 SESSION_LOCK_SPACE = 0x70727373
 COPY_BLOCK = 1 << 20
 CHECK_ROWS = 1 << 16  # rows the native reader checks per call
@@ -97,6 +98,8 @@ CHECK_ROWS = 1 << 16  # rows the native reader checks per call
 WORKER_TEMP_BUFFERS = "64MB"
 WORKER_WORK_MEM = "64MB"
 REVIEW_FETCH = 4096
+# A complete load's changes wait in memory up to this size, then in a temporary file.
+SPOOL_MEMORY = 32 * 1024 * 1024
 STREAM_PIECE = 256 * 1024
 
 _SCHEMA_DDL = f"""
@@ -260,6 +263,12 @@ class PgSessionDatabase(SessionDatabase):
         """
         final = ",".join("?" * len(FINAL_STATES))
         self._connection.execute("BEGIN")
+        # The table lock the claim's UPDATE needs, taken before its row locks: taken after
+        # them, an opening holding the table (see _begin) and cancelling the row the claim
+        # has locked would wait for the claim while the claim waits for it (a deadlock, which
+        # PostgreSQL ends by failing one of them: the opening answered 500). ROW EXCLUSIVE
+        # does not conflict with itself: workers still claim side by side (SKIP LOCKED).
+        self._connection.execute("LOCK TABLE sessions IN ROW EXCLUSIVE MODE")
         locked: str | None = None
         claimed: str | None = None
         try:
@@ -370,6 +379,51 @@ def _copy_file(
         return cursor.rowcount
 
 
+def _copy_rows(
+    connection: psycopg.Connection[Any],
+    relation: sql.Composable,
+    columns: Sequence[str],
+    reader: UploadReader,
+    freeze: bool = False,
+) -> int:
+    """COPY the rows of ``reader`` (open, configured, past the header) into ``relation`` as
+    binary ``COPY`` data, which the native reader encodes and checks in one pass over the file
+    (PostgreSQL then parses no CSV: that parsing, 30-50 MB/s, was most of an initial load);
+    returns the rows.
+
+    A bad row is the reader's error (the first bad line), as when the file was checked before
+    COPY, even when PostgreSQL refused an earlier row (a NUL, a key too long for its index):
+    psycopg ends a COPY that a Python error stopped without raising the server's error, and
+    should a COPY fail before the reader is done, the rest of the file is read for a bad line
+    before PostgreSQL's refusal is raised.
+
+    ``freeze``: the rows are written frozen (``COPY ... FREEZE``; only into a table created
+    in this transaction, whose rows no other transaction can have seen), so no later reader
+    rewrites every page to set hint bits, nor does a vacuum to freeze them."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary{})").format(
+        relation, _columns(columns), sql.SQL(", FREEZE") if freeze else sql.SQL("")
+    )
+    reader_error: BaseException | None = None
+    try:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            while True:
+                try:
+                    block = reader.copy_block(COPY_BLOCK)
+                except BaseException as error:
+                    reader_error = error
+                    raise
+                if not block:
+                    break
+                copy.write(block)
+    except psycopg.Error:
+        if reader_error is not None:  # the COPY failed after the reader did
+            raise reader_error from None
+        while reader.copy_block(COPY_BLOCK):
+            pass
+        raise
+    return reader.rows_read
+
+
 # What PostgreSQL refuses in a session's data: a value it cannot hold (NUL), a key too long for
 # a B-tree index (about 2.7 kB; an OperationalError by its SQLSTATE class, but a property of
 # the data: retrying would fail forever), a constraint.
@@ -429,15 +483,14 @@ class PgWork:
         )
         table.header, table.key_columns, table.row_count = list(header), list(key_columns), 0
 
-    def _links_stored(self, table: _Table, associations: Sequence[Association]) -> dict[str, int]:
-        """Links stored per association (an entity table): from the record, or counted once."""
-        if table.header is None or not table.row_count:
-            return {association.identifier: 0 for association in associations}
-        missing = [a for a in associations if a.identifier not in table.links]
-        if missing:
+    def _count_stored(self, table: _Table, counter: ChangeCounter) -> None:
+        """What ``table`` held; the links its record lacks are counted in SQL."""
+
+        def scan(associations: Sequence[Association]) -> dict[str, int]:
+            assert table.header is not None, "a table holding rows has a header"
             folded = {column.casefold(): column for column in table.header}
             counted: list[sql.Composable] = []
-            for association in missing:
+            for association in associations:
                 first = folded.get(association.column1.casefold())
                 second = folded.get(association.column2.casefold())
                 if first is None or second is None:  # the mappings changed: none stored
@@ -452,69 +505,35 @@ class PgWork:
                 sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counted), table.relation)
             ).fetchone()
             assert row is not None
-            for association, count in zip(missing, row, strict=True):
-                table.links[association.identifier] = int(count)
-        return {a.identifier: table.links[a.identifier] for a in associations}
+            return {a.identifier: int(count) for a, count in zip(associations, row, strict=True)}
+
+        counter.stored(table.row_count, table.links, scan)
 
     # ------------------------------------------------------------------ the interface
 
     def apply_table(
-        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
-    ) -> TableCounts:
+        self, session: Session, spec: TableSpec, path: Path, count_changes: ChangeCounter
+    ) -> None:
         table = self._table(session.connector, spec.name)
-        counts = TableCounts(stored_before=table.row_count)
-        association_only = spec.key is None
-        associations = table_limits.associations
-        per_row = bool(associations) and not association_only
-        links_before = self._links_stored(table, associations) if per_row else {}
-        link_changes: dict[str, LinkCounts] = {a.identifier: LinkCounts() for a in associations}
+        self._count_stored(table, count_changes)
+        upload, header, positions = open_table_file(
+            path, spec, session.separator, session.mode, table.header
+        )
         try:
             if session.mode in FULL_MODES:
-                self._load_complete(session, spec, table, path, counts, associations, per_row)
+                self._load_complete(session, table, upload, positions, path, count_changes)
             else:
-                self._apply_delta(session, spec, table, path, counts, associations, per_row)
+                self._apply_delta(session, table, upload, header, positions, path, count_changes)
         except REFUSED_BY_POSTGRESQL as error:
             raise _refused(path.name, error) from None
-        link_changes = counts.links or link_changes
-        table.row_count = counts.stored_before + counts.inserted - counts.deleted
-        counts.rows = table.row_count
-        counts.links = {}
-        for association in associations:
-            links = link_changes.get(association.identifier, LinkCounts())
-            if not per_row:  # association-only table: its rows are its links
-                links.inserted, links.deleted = counts.inserted, counts.deleted
-            links.stored_before = links_before.get(association.identifier, counts.stored_before)
-            if per_row:
-                table.links[association.identifier] = (
-                    links.stored_before + links.inserted - links.deleted
-                )
-            counts.links[association.identifier] = links
+        table.row_count = count_changes.rows_after
+        count_changes.record_links(table.links)
         self._save(table)
-        return counts
 
-    def stored_counts(
-        self,
-        connector: str,
-        tables: Mapping[str, TableSpec],
-        limits: ConnectorLimits,
-        counts: Mapping[str, TableCounts],
-    ) -> dict[str, TableCounts]:
-        stored: dict[str, TableCounts] = {}
-        for folded, spec in tables.items():
-            if folded in counts:
-                stored[folded] = counts[folded]
-                continue
-            table = _read_table(self.connection, connector, spec.name)
-            before = TableCounts(stored_before=0 if table is None else table.row_count)
-            associations = limits.table(spec.name).associations
-            if associations and table is not None and table.header is not None and table.row_count:
-                known = {} if spec.key is None else self._links_stored(table, associations)
-                for association in associations:
-                    before.links[association.identifier] = LinkCounts(
-                        stored_before=known.get(association.identifier, table.row_count)
-                    )
-            stored[folded] = before
-        return stored
+    def count_stored(self, connector: str, spec: TableSpec, count_changes: ChangeCounter) -> None:
+        table = _read_table(self.connection, connector, spec.name)
+        if table is not None:
+            self._count_stored(table, count_changes)
 
     def commit_applied(self, session: Session, summary: dict[str, Any]) -> None:
         """The applied mark and the final state, in the session's transaction."""
@@ -538,38 +557,40 @@ class PgWork:
     def _load_complete(
         self,
         session: Session,
-        spec: TableSpec,
         table: _Table,
+        upload: Upload,
+        positions: list[int],
         path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
-        per_row: bool,
+        counter: ChangeCounter,
     ) -> None:
-        upload = open_upload(path, spec, session.separator, command=False)
         header = upload.header
-        positions = key_positions(spec, header)
-        # The native reader checks what SQLite's load checks, with the same messages (width,
-        # null key, strictly ascending keys, a CR outside quotes), without storing anything.
-        _check_rows(upload, positions)
         key_columns = [header[position] for position in positions]
         connection = self.connection
         stored_header = table.header
-        link_positions = [
-            (
-                [c.casefold() for c in header].index(a.column1.casefold()),
-                [c.casefold() for c in header].index(a.column2.casefold()),
-            )
-            for a in associations
-        ]
-        if stored_header is None or table.row_count == 0:
-            if stored_header != header or table.key_columns != key_columns:
-                self._create(table, header, key_columns)
-            counts.inserted = _copy_file(
-                connection, table.relation, header, path, session.separator
-            )
-            if per_row:
-                counts.links = self._links_in(table.relation, header, associations, link_positions)
+        if stored_header == header and table.row_count:
+            # The usual next-day load: the native merge-join with the stored rows, which
+            # checks the file as it reads it (the same checks and messages as SQLite's).
+            self._diff_and_apply(table, upload, positions, counter)
             return
+        link_positions = counter.link_pairs(header)
+        if stored_header is None or table.row_count == 0:
+            # The native reader checks what SQLite's load checks, with the same messages
+            # (width, null key, strictly ascending keys, a CR outside quotes) as it encodes the
+            # rows for COPY, and counts the links the rows hold.
+            reader = upload.native
+            assert reader is not None
+            reader.configure(positions, True, link_positions)
+            try:
+                created = stored_header != header or table.key_columns != key_columns
+                if created:
+                    self._create(table, header, key_columns)
+                inserted = _copy_rows(connection, table.relation, header, reader, freeze=created)
+            finally:
+                reader.close()
+            counter.add(inserted, links=[(links, 0) for links in reader.link_rows])
+            return
+        # The checks as above, without storing anything, before COPY takes the file's bytes.
+        _check_rows(upload, positions)
         staging = _positional("c", len(header))
         self._staging("prepsync_staging", staging)
         _copy_file(connection, _ident("prepsync_staging"), staging, path, session.separator)
@@ -580,16 +601,9 @@ class PgWork:
             # The mappings changed the kept columns: every stored row goes, every new one comes.
             row = connection.execute("SELECT count(*) FROM prepsync_staging").fetchone()
             assert row is not None
-            counts.inserted, counts.deleted = int(row[0]), table.row_count
-            if per_row:
-                inserted = self._links_in(
-                    _ident("prepsync_staging"), staging, associations, link_positions
-                )
-                old = self._links_stored(table, associations)
-                counts.links = {
-                    identifier: LinkCounts(inserted=links.inserted, deleted=old[identifier])
-                    for identifier, links in inserted.items()
-                }
+            counter.every_stored_row_deleted()
+            links = self._links_in(_ident("prepsync_staging"), staging, link_positions)
+            counter.add(int(row[0]), links=links)
             self._rewrite(table, header, key_columns, staging)
             return
         diff = _FullDiff(table, header, stored_header, positions)
@@ -611,18 +625,100 @@ class PgWork:
             sql.SQL("SELECT {} FROM prepsync_changes").format(sql.SQL(", ").join(aggregates))
         ).fetchone()
         assert row is not None
-        counts.inserted, counts.updated, counts.deleted = int(row[0]), int(row[1]), int(row[2])
-        if per_row:
-            counts.links = {
-                association.identifier: LinkCounts(
-                    inserted=int(row[3 + 2 * index]), deleted=int(row[4 + 2 * index])
-                )
-                for index, association in enumerate(associations)
-            }
+        links = [
+            (int(row[3 + 2 * index]), int(row[4 + 2 * index]))
+            for index in range(len(link_positions))
+        ]
+        counter.add(int(row[0]), int(row[1]), int(row[2]), links)
         if stored_header != header:  # same columns, another order or spelling
             self._rewrite(table, header, key_columns, staging)
             return
         diff.apply(connection)
+
+    def _diff_and_apply(
+        self, table: _Table, upload: Upload, positions: list[int], counter: ChangeCounter
+    ) -> None:
+        """A complete load into a loaded table of the same layout, as SQLite does it: the
+        native merge-join of the file with the stored rows read back in key order
+        (:func:`_stored_changes`) yields only the changes, counted as SQLite's are
+        (:meth:`~prepsync.server.thresholds.ChangeCounter.counted`); they wait in a spool (the
+        COPY out holds the connection until the diff ends), then one ``COPY`` puts them in a
+        changes table and three statements delete, update and insert."""
+        header = upload.header
+        counter.link_pairs(header)
+        association_only = all(index in positions for index in range(len(header)))
+        changed = False
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+            pending: list[str] = []
+            changes = _stored_changes(
+                self.connection, table, header, positions, upload, None, association_only
+            )
+            for command, _key, line, _values, stored_line in counter.counted(changes):
+                # The new row, or for a delete the stored one (its key is all that is used).
+                if command is INSERT:
+                    pending.append("i," + str(line))
+                elif command is UPDATE:
+                    pending.append("u," + str(line))
+                else:
+                    pending.append("d," + str(stored_line))
+                if len(pending) >= BATCH_ROWS:
+                    spool.write(("\n".join(pending) + "\n").encode("utf-8"))
+                    pending.clear()
+                    changed = True
+            if pending:
+                spool.write(("\n".join(pending) + "\n").encode("utf-8"))
+                changed = True
+            if changed:
+                spool.seek(0)
+                self._apply_changes(table, header, positions, spool)
+
+    def _apply_changes(
+        self, table: _Table, header: list[str], positions: list[int], spool: IO[bytes]
+    ) -> None:
+        """The spooled changes (``i|u|d,<canonical line>``: the new row, or the deleted one)
+        into ``prepsync_changes``, then delete, update, insert."""
+        connection = self.connection
+        staged = _positional("c", len(header))
+        self._staging("prepsync_changes", ["command", *staged])
+        statement = sql.SQL(
+            "COPY prepsync_changes ({}) FROM STDIN (FORMAT csv, FORCE_NULL ({}))"
+        ).format(_columns(["command", *staged]), _columns(staged))
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            while block := spool.read(COPY_BLOCK):
+                copy.write(block)
+        # Statistics (a few ms for a few thousand rows): without them the planner guesses the
+        # changes table large and hashes the whole stored table to join it.
+        connection.execute("ANALYZE prepsync_changes")
+        relation = table.relation
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = c.{}").format(_ident(header[p]), _ident(staged[p])) for p in positions
+        )
+        connection.execute(
+            sql.SQL(
+                "DELETE FROM {} t USING prepsync_changes c WHERE c.command = 'd' AND {}"
+            ).format(relation, match)
+        )
+        non_key = [i for i in range(len(header)) if i not in positions]
+        if non_key:
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = c.{}").format(_ident(header[i]), _ident(staged[i])) for i in non_key
+            )
+            connection.execute(
+                sql.SQL(
+                    "UPDATE {} t SET {} FROM prepsync_changes c WHERE c.command = 'u' AND {}"
+                ).format(relation, assignments, match)
+            )
+        connection.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM prepsync_changes WHERE command = 'i' "
+                "ORDER BY {}"
+            ).format(
+                relation,
+                _columns(header),
+                _columns(staged),
+                _columns([staged[p] for p in positions]),
+            )
+        )
 
     def _staging(self, name: str, columns: Sequence[str], ordered: bool = False) -> None:
         definitions: list[sql.Composable] = [
@@ -641,10 +737,12 @@ class PgWork:
         self,
         relation: sql.Composable,
         columns: Sequence[str],
-        associations: Sequence[Association],
         link_positions: Sequence[tuple[int, int]],
-    ) -> dict[str, LinkCounts]:
-        """Links held by the rows of ``relation`` (all inserted), per association."""
+    ) -> list[tuple[int, int]]:
+        """Links held by the rows of ``relation`` (all inserted): per pair of columns, (links
+        inserted, 0)."""
+        if not link_positions:
+            return []
         counted = [
             sql.SQL("count(*) FILTER (WHERE {} IS NOT NULL AND {} IS NOT NULL)").format(
                 _ident(columns[first]), _ident(columns[second])
@@ -655,10 +753,7 @@ class PgWork:
             sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counted), relation)
         ).fetchone()
         assert row is not None
-        return {
-            association.identifier: LinkCounts(inserted=int(count))
-            for association, count in zip(associations, row, strict=True)
-        }
+        return [(int(count), 0) for count in row]
 
     def _rewrite(
         self, table: _Table, header: list[str], key_columns: list[str], staging: list[str]
@@ -676,36 +771,25 @@ class PgWork:
     def _apply_delta(
         self,
         session: Session,
-        spec: TableSpec,
         table: _Table,
+        upload: Upload,
+        header: list[str],
+        positions: list[int],
         path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
-        per_row: bool,
+        counter: ChangeCounter,
     ) -> None:
-        upload = open_upload(path, spec, session.separator, command=True)
-        header = list(table.header) if table.header is not None else upload.header
-        if sorted(c.casefold() for c in header) != sorted(c.casefold() for c in upload.header):
-            raise DataError(
-                f"{upload.name}: the stored table has columns {header!r}; run a complete "
-                "synchronization"
-            )
-        positions = key_positions(spec, header)
         if table.header is None:
             self._create(table, header, [header[position] for position in positions])
         try:
             with self.connection.transaction():  # a savepoint: the bulk path may give way
                 if self._bulk_delta(
-                    session, table, header, upload.header, positions, path, counts, associations
+                    session, table, header, upload.header, positions, path, counter
                 ):
                     return
                 raise _RowByRow
-        except (_RowByRow, psycopg.DataError, psycopg.IntegrityError):
+        except (_RowByRow, DataError, psycopg.DataError, psycopg.IntegrityError):
             pass
-        counts.inserted = counts.updated = counts.deleted = 0
-        self._delta_rows(session, spec, table, header, positions, path, counts, associations)
-        if not per_row:
-            counts.links = {}
+        self._delta_rows(table, upload, header, positions, counter)
 
     def _bulk_delta(
         self,
@@ -715,27 +799,29 @@ class PgWork:
         upload_header: list[str],
         positions: list[int],
         path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
+        counter: ChangeCounter,
     ) -> bool:
         """COPY, one join, one aggregate, three statements; False (nothing written) when the
         aggregate finds a command the row-by-row path must judge."""
         connection = self.connection
         staging = _positional("c", len(upload_header) + 1)  # c0: the command
         self._staging("prepsync_delta", staging, ordered=True)
-        _copy_file(connection, _ident("prepsync_delta"), staging, path, session.separator)
+        # Encoded by the native reader (no key checks here: a bad line, like anything the
+        # aggregate below finds wrong, sends the delta to the row-by-row path, whose reader
+        # names it).
+        reader = UploadReader(str(path), path.name, session.separator)
+        try:
+            reader.header()
+            reader.configure([], False)
+            _copy_rows(connection, _ident("prepsync_delta"), staging, reader)
+        finally:
+            reader.close()
         folded = [column.casefold() for column in upload_header]
         # Staging column of each stored column.
         of_stored = [_ident(f"c{folded.index(column.casefold()) + 1}") for column in header]
         key_columns = [header[position] for position in positions]
         staged_key = [of_stored[position] for position in positions]
-        link_pairs = [
-            (
-                [c.casefold() for c in header].index(a.column1.casefold()),
-                [c.casefold() for c in header].index(a.column2.casefold()),
-            )
-            for a in associations
-        ]
+        link_pairs = counter.link_pairs(header)
         selected: list[sql.Composable] = [
             sql.SQL("d.ord, lower(d.c0) AS command"),
             sql.SQL("t.{} IS NOT NULL AS present").format(_ident(key_columns[0])),
@@ -746,7 +832,11 @@ class PgWork:
         )
         for index, (first, second) in enumerate(link_pairs):
             selected.append(
-                sql.SQL("t.{} AS {}, t.{} AS {}").format(
+                sql.SQL("d.{} AS {}, d.{} AS {}, t.{} AS {}, t.{} AS {}").format(
+                    of_stored[first],
+                    _ident(f"n{index}a"),
+                    of_stored[second],
+                    _ident(f"n{index}b"),
                     _ident(header[first]),
                     _ident(f"o{index}a"),
                     _ident(header[second]),
@@ -779,27 +869,8 @@ class PgWork:
             sql.SQL("count(*) FILTER (WHERE {})").format(updates),  # j: the aggregate's alias
             sql.SQL("count(*) FILTER (WHERE command = 'delete')"),
         ]
-        for index, (first, second) in enumerate(link_pairs):
-            new_link = sql.SQL(
-                "(command <> 'delete' AND {} IS NOT NULL AND {} IS NOT NULL)"
-            ).format(_ident(f"n{first}"), _ident(f"n{second}"))
-            old_link = sql.SQL("(present AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-                _ident(f"o{index}a"), _ident(f"o{index}b")
-            )
-            same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
-                new_link,
-                old_link,
-                _ident(f"n{first}"),
-                _ident(f"o{index}a"),
-                _ident(f"n{second}"),
-                _ident(f"o{index}b"),
-            )
-            aggregates.append(
-                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(new_link, same)
-            )
-            aggregates.append(
-                sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(old_link, same)
-            )
+        for index in range(len(link_pairs)):
+            aggregates.extend(_link_aggregates(index, _DELTA_HAS_NEW, _DELTA_HAS_OLD))
         row = connection.execute(
             sql.SQL("SELECT {} FROM prepsync_joined j").format(sql.SQL(", ").join(aggregates))
         ).fetchone()
@@ -813,13 +884,6 @@ class PgWork:
         ).fetchone()
         if twice is not None:  # a key changed twice: each command must see the one before
             return False
-        counts.inserted, counts.updated, counts.deleted = int(row[1]), int(row[2]), int(row[3])
-        counts.links = {
-            association.identifier: LinkCounts(
-                inserted=int(row[4 + 2 * index]), deleted=int(row[5 + 2 * index])
-            )
-            for index, association in enumerate(associations)
-        }
         match = sql.SQL(" AND ").join(
             sql.SQL("t.{} = j.{}").format(_ident(column), key)
             for column, key in zip(key_columns, new_key, strict=True)
@@ -850,41 +914,35 @@ class PgWork:
                 inserts,
             )
         )
+        # Counted once written: a statement PostgreSQL refuses sends the delta row by row.
+        links = [
+            (int(row[4 + 2 * index]), int(row[5 + 2 * index])) for index in range(len(link_pairs))
+        ]
+        counter.add(int(row[1]), int(row[2]), int(row[3]), links)
         return True
 
     def _delta_rows(
         self,
-        session: Session,
-        spec: TableSpec,
         table: _Table,
+        upload: Upload,
         header: list[str],
         positions: list[int],
-        path: Path,
-        counts: TableCounts,
-        associations: Sequence[Association],
+        counter: ChangeCounter,
     ) -> None:
         """The delta a command at a time, each seeing the ones before (SQLite's own path:
         :func:`~prepsync.server.diff.delta_changes`, its checks and messages)."""
-        upload = open_upload(path, spec, session.separator, command=True)
         rows = _Rows(self.connection, table.relation, header, positions)
-        counter = LinkCounter(associations, header, spec.key is None)
-        for command, key, _line, values, stored_line in delta_changes(
-            upload, header, positions, rows.find
-        ):
+        counter.link_pairs(header)
+        changes = delta_changes(upload, header, positions, rows.find)
+        for command, key, _line, values, _stored_line in counter.counted(changes):
             if command is INSERT:
                 assert values is not None
                 rows.insert(values)
-                counts.inserted += 1
             elif command is UPDATE:
                 assert values is not None
                 rows.update(key, values)
-                counts.updated += 1
             else:
                 rows.delete(key)
-                counts.deleted += 1
-            if counter.per_row:
-                counter.count(command, values, None, stored_line)
-        counts.links = dict(counter.counts)
 
 
 @contextmanager
@@ -903,6 +961,59 @@ def _merge_join(connection: psycopg.Connection[Any]) -> Iterator[None]:
         if connection.info.transaction_status == TransactionStatus.INTRANS:
             connection.execute("SET LOCAL enable_hashjoin = on")
             connection.execute("SET LOCAL enable_seqscan = on")
+
+
+def _stored_changes(
+    connection: psycopg.Connection[Any],
+    table: _Table,
+    header: list[str],
+    positions: list[int],
+    upload: Upload,
+    after: bytes | None,
+    key_only: bool,
+) -> Iterator[Change]:
+    """The changes of a complete load (``upload``, columns ``header``) against the stored rows,
+    in key order, from the native merge-join (:func:`~prepsync.server.diff.full_changes`, the
+    SQLite store's own): the rows come from ``COPY (SELECT ... ORDER BY key) TO STDOUT (FORMAT
+    binary)``, in the file's column order (the stored columns matched case-insensitively), and
+    are read by C (:class:`~prepsync._upload.CopyRows`, through libpq without the GIL), so an
+    unchanged row costs no Python at all. ``after``: only keys above it (the review's pages).
+
+    The COPY holds the connection until the changes are all read; a consumer that stops early
+    closes the generator, and psycopg then cancels the COPY (which aborts the transaction)."""
+    assert table.header is not None and table.key_columns is not None
+    stored_folded = [column.casefold() for column in table.header]
+    stored = [table.header[stored_folded.index(column.casefold())] for column in header]
+    key = [_ident(stored[position]) for position in positions]
+    where: sql.Composable = sql.SQL("")
+    if after is not None:
+        where = sql.SQL(" WHERE {}").format(_above(key, decode_key(after)))
+    statement = sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {}) TO STDOUT (FORMAT binary)").format(
+        _columns(stored), table.relation, where, sql.SQL(", ").join(key)
+    )
+    # The primary key's index gives the rows in key order; a table just loaded has no
+    # statistics, and the planner would rather scan and sort it.
+    connection.execute("SET LOCAL enable_seqscan = off")
+    try:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            # The PGconn behind psycopg's connection (its compiled bindings expose it).
+            pointer = getattr(connection.pgconn, "pgconn_ptr", None)
+            if pointer is not None and native_copy_problem() is None:
+                rows = CopyRows(upload.name, len(header), positions, pgconn_ptr=pointer)
+            else:  # psycopg's pure-Python binding: its blocks, fed to the same C
+                rows = CopyRows(upload.name, len(header), positions, read=copy.read)
+            yield from full_changes(upload, positions, rows, after, key_only)
+    finally:
+        if connection.info.transaction_status == TransactionStatus.INTRANS:
+            connection.execute("SET LOCAL enable_seqscan = on")
+
+
+def _above(columns: Sequence[sql.Composable], values: Sequence[str]) -> sql.Composable:
+    """The rows whose key (``columns``) is above ``values``, in the key's byte order."""
+    return sql.SQL("ROW({}) > ROW({})").format(
+        sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns),
+        sql.SQL(", ").join(sql.Literal(value) for value in values),
+    )
 
 
 def _drop_temporary(connection: psycopg.Connection[Any], name: str) -> None:
@@ -928,12 +1039,25 @@ class _RowByRow(Exception):
     """The bulk delta found something only the row-by-row path may judge."""
 
 
-def _link_aggregates(index: int) -> list[sql.Composable]:
-    new_link = sql.SQL("(command <> 'd' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-        _ident(f"n{index}a"), _ident(f"n{index}b")
+# Whether a change has a new row, a stored row: a complete load's (its command 'i', 'u' or
+# 'd'), a delta's (as sent, 'merge' included; ``present``: its key is stored).
+_DIFF_HAS_NEW = sql.SQL("command <> 'd'")
+_DIFF_HAS_OLD = sql.SQL("command <> 'i'")
+_DELTA_HAS_NEW = sql.SQL("command <> 'delete'")
+_DELTA_HAS_OLD = sql.SQL("present")
+
+
+def _link_aggregates(
+    index: int, has_new: sql.Composable = _DIFF_HAS_NEW, has_old: sql.Composable = _DIFF_HAS_OLD
+) -> list[sql.Composable]:
+    """Links inserted and deleted by the changes (columns ``n<index>a/b``: the new row's pair,
+    ``o<index>a/b``: the stored row's): a link is a pair of non-NULL values; an unchanged pair
+    is no change."""
+    new_link = sql.SQL("({} AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        has_new, _ident(f"n{index}a"), _ident(f"n{index}b")
     )
-    old_link = sql.SQL("(command <> 'i' AND {} IS NOT NULL AND {} IS NOT NULL)").format(
-        _ident(f"o{index}a"), _ident(f"o{index}b")
+    old_link = sql.SQL("({} AND {} IS NOT NULL AND {} IS NOT NULL)").format(
+        has_old, _ident(f"o{index}a"), _ident(f"o{index}b")
     )
     same = sql.SQL("({} AND {} AND {} = {} AND {} = {})").format(
         new_link,
@@ -1246,29 +1370,41 @@ class PgBackend:
                         f"{name!r}: longer than PostgreSQL's {MAX_IDENTIFIER}-byte names"
                     )
 
-    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]:
-        """Wait for the session's lock across every process of the database; returns its
-        release. Uploads hold it shared (several chunks at once), a commit's check, hash and
-        queueing and a cancel hold it exclusive: no byte lands in a file after a commit in
-        another process hashed it, and two commits of one session never both verify.
+    def lock_sessions(self, session_ids: Sequence[str], exclusive: bool) -> Callable[[], None]:
+        """Wait for the sessions' locks across every process of the database; returns their
+        release. Uploads hold a session's lock shared (several chunks at once), a commit's
+        check, hash and queueing and a cancel hold it exclusive: no byte lands in a file after
+        a commit in another process hashed it, and two commits of one session never both
+        verify. An opening holds exclusive the sessions it supersedes, while it cancels them and
+        discards their files.
 
-        A session-level advisory lock on a connection of its own, so a process that dies frees
-        it with its connection. Blocking: call it from a thread, not the event loop. A hash
-        collision of two session ids only serializes them."""
+        Session-level advisory locks on a connection of their own, so a process that dies frees
+        them with its connection. Taken in the order of their keys, each key once: two openings
+        never wait for each other in a cycle, and a hash collision of two session ids only
+        serializes them. Blocking: call it from a thread, not the event loop."""
         function = "pg_advisory_lock" if exclusive else "pg_advisory_lock_shared"
-        statement = sql.SQL("SELECT {}({}, hashtext({}))").format(
-            sql.SQL(function), sql.Literal(SESSION_LOCK_SPACE), sql.Literal(session_id)
-        )
         try:
             connection = connect(self.url)
         except ConfigError as error:
             raise ApiError(503, f"the database does not answer: {error}") from None
         try:
-            connection.execute(statement)
+            keys = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT DISTINCT hashtext(id) AS key FROM unnest(%s::text[]) AS id "
+                    "ORDER BY key",
+                    (list(session_ids),),
+                )
+            ]
+            statement = sql.SQL("SELECT {}({}, %s)").format(
+                sql.SQL(function), sql.Literal(SESSION_LOCK_SPACE)
+            )
+            for key in keys:
+                connection.execute(statement, (key,))
         except psycopg.Error as error:
             connection.close()
             raise ApiError(503, f"cannot lock the session: {_first_line(error)}") from None
-        return connection.close  # the lock goes with the connection
+        return connection.close  # the locks go with the connection
 
     def session_database(self) -> PgSessionDatabase:
         return PgSessionDatabase(self.url)
@@ -1283,17 +1419,21 @@ class PgBackend:
         """The changes of ``path`` against the table as stored, in a transaction that is rolled
         back (its staging table goes with it)."""
         connection = connect(self.url)
+        diff: TableDiff | None = None
         try:
             connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            # As when applying (see _merge_join): this transaction only runs the diff.
-            connection.execute("SET LOCAL enable_hashjoin = off")
-            connection.execute("SET LOCAL enable_seqscan = off")
-            connection.execute(f"SET LOCAL work_mem = '{WORKER_WORK_MEM}'")
             try:
-                yield _review(connection, session, spec, path, after)
+                diff = _review(connection, session, spec, path, after)
+                yield diff
             except REFUSED_BY_POSTGRESQL as error:
                 raise _refused(path.name, error) from None
             finally:
+                # A complete load's changes hold a COPY open until they are all read: a
+                # reader that stopped early ends it (closing the generator) before the
+                # rollback.
+                close = getattr(diff.changes, "close", None) if diff is not None else None
+                if close is not None:
+                    close()
                 if not connection.closed:
                     connection.execute("ROLLBACK")
         finally:
@@ -1362,17 +1502,11 @@ def _review(
     after: bytes | None,
 ) -> TableDiff:
     table = _read_table(connection, session.connector, spec.name)
+    stored_header = None if table is None else table.header
+    upload, header, positions = open_table_file(
+        path, spec, session.separator, session.mode, stored_header
+    )
     if session.mode not in FULL_MODES:
-        upload = open_upload(path, spec, session.separator, command=True)
-        header = (
-            list(table.header) if table is not None and table.header is not None else upload.header
-        )
-        if sorted(c.casefold() for c in header) != sorted(c.casefold() for c in upload.header):
-            raise DataError(
-                f"{upload.name}: the stored table has columns {header!r}; run a complete "
-                "synchronization"
-            )
-        positions = key_positions(spec, header)
         if table is None or table.header is None:
 
             def nothing_stored(_key: bytes) -> str | None:
@@ -1382,117 +1516,46 @@ def _review(
         else:
             find = _Rows(connection, table.relation, header, positions).find
         return TableDiff(header, delta_changes(upload, header, positions, find, after))
-    upload = open_upload(path, spec, session.separator, command=False)
-    header = upload.header
-    assert upload.native is not None
-    upload.native.close()
-    positions = key_positions(spec, header)
-    staging = _positional("c", len(header))
-    connection.execute(
-        sql.SQL("CREATE TEMP TABLE prepsync_staging ({})").format(
-            sql.SQL(", ").join(sql.SQL('{} text COLLATE "C"').format(_ident(c)) for c in staging)
-        )
+    if table is None or table.header is None or table.row_count == 0:
+        return TableDiff(header, full_changes(upload, positions, (), after))
+    stored_header = table.header
+    if sorted(c.casefold() for c in stored_header) != sorted(c.casefold() for c in header):
+        # The mappings changed the kept columns: every stored row goes, every new one comes.
+        return TableDiff(header, _replaced(connection, table, upload, positions, after))
+    # The same columns (maybe ordered or spelled otherwise): the native merge-join, as when
+    # applying; the stored rows are read back in the file's column order.
+    return TableDiff(
+        header,
+        _stored_changes(connection, table, header, positions, upload, after, spec.key is None),
     )
-    _copy_file(connection, _ident("prepsync_staging"), staging, path, session.separator)
-    return TableDiff(header, _review_changes(connection, table, header, positions, after))
 
 
-def _review_changes(
+def _replaced(
     connection: psycopg.Connection[Any],
-    table: _Table | None,
-    header: list[str],
+    table: _Table,
+    upload: Upload,
     positions: list[int],
     after: bytes | None,
 ) -> Iterator[Change]:
-    """A complete load's changes in key order (as the SQLite store's merge-join yields them)."""
-    staged = [_ident(f"c{index}") for index in range(len(header))]
-    after_values = None if after is None else decode_key(after)
-    stored_header = None if table is None or table.row_count == 0 else table.header
-
-    def above(columns: Sequence[sql.Composable]) -> sql.Composable:
-        if after_values is None:
-            return sql.SQL("true")
-        return sql.SQL("ROW({}) > ROW({})").format(
-            sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns),
-            sql.SQL(", ").join(sql.Literal(value) for value in after_values),
-        )
-
-    def ordered(columns: Sequence[sql.Composable]) -> sql.Composable:
-        return sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in columns)
-
-    def fetched(statement: sql.Composed) -> Iterator[tuple[Any, ...]]:
-        with connection.cursor(name="prepsync_review") as cursor:
-            cursor.execute(statement)
-            while rows := cursor.fetchmany(REVIEW_FETCH):
-                yield from rows
-
-    key_of_staged = [staged[position] for position in positions]
-    if stored_header is None or table is None:
-        statement = sql.SQL("SELECT {} FROM prepsync_staging WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(staged), above(key_of_staged), ordered(key_of_staged)
-        )
-        for row in fetched(statement):
-            values = _empty_null(row)
-            key = encode_key([values[position] for position in positions])
-            yield INSERT, key, format_record(values), None, None
-        return
-    same_columns = sorted(c.casefold() for c in stored_header) == sorted(
-        c.casefold() for c in header
+    """A complete load in other columns than the stored ones: the file's rows inserted, then
+    every stored row deleted (the SQLite store's order)."""
+    yield from full_changes(upload, positions, (), after)
+    assert table.header is not None and table.key_columns is not None
+    stored_key = [_ident(column) for column in table.key_columns]
+    where: sql.Composable = sql.SQL("true")
+    if after is not None:
+        where = _above(stored_key, decode_key(after))
+    statement = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY {}").format(
+        sql.SQL(", ").join(stored_key),
+        _columns(table.header),
+        table.relation,
+        where,
+        sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(c) for c in stored_key),
     )
-    if not same_columns:
-        statement = sql.SQL("SELECT {} FROM prepsync_staging WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(staged), above(key_of_staged), ordered(key_of_staged)
-        )
-        for row in fetched(statement):
-            values = _empty_null(row)
-            key = encode_key([values[position] for position in positions])
-            yield INSERT, key, format_record(values), None, None
-        assert table.key_columns is not None
-        stored_key = [_ident(column) for column in table.key_columns]
-        statement = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(stored_key),
-            _columns(stored_header),
-            table.relation,
-            above(stored_key),
-            ordered(stored_key),
-        )
-        width = len(stored_key)
-        for row in fetched(statement):
-            key = encode_key(list(row[:width]))
-            yield DELETE, key, None, None, format_record(_empty_null(row[width:]))
-        return
-    diff = _FullDiff(table, header, list(stored_header), positions)
-    old = [sql.SQL("t.{}").format(_ident(column)) for column in diff.stored]
-    new = [sql.SQL("s.{}").format(column) for column in staged]
-    keys = diff.key()
-    width = len(header)
-    commands = {"i": INSERT, "u": UPDATE, "d": DELETE}
-    outer_key = [_ident(f"k{index}") for index in range(len(positions))]
-    statement = sql.SQL(
-        "SELECT * FROM (SELECT {} AS command, {}, {}, {} {}) changed WHERE {} ORDER BY {}"
-    ).format(
-        diff.command(),
-        sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(key, name) for key, name in zip(keys, outer_key, strict=True)
-        ),
-        sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(column, _ident(f"n{index}"))
-            for index, column in enumerate(new)
-        ),
-        sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(column, _ident(f"o{index}"))
-            for index, column in enumerate(old)
-        ),
-        diff.source(),
-        above(outer_key),
-        ordered(outer_key),
-    )
-    key_width = len(positions)
-    for row in fetched(statement):
-        command = commands[row[0]]
-        key = encode_key(list(row[1 : 1 + key_width]))
-        new_values = row[1 + key_width : 1 + key_width + width]
-        old_values = row[1 + key_width + width :]
-        line = None if command is DELETE else format_record(_empty_null(new_values))
-        stored_line = None if command is INSERT else format_record(_empty_null(old_values))
-        yield command, key, line, None, stored_line
+    width = len(stored_key)
+    with connection.cursor(name="prepsync_review") as cursor:
+        cursor.execute(statement)
+        while rows := cursor.fetchmany(REVIEW_FETCH):
+            for row in rows:
+                key = encode_key(list(row[:width]))
+                yield DELETE, key, None, None, format_record(_empty_null(row[width:]))

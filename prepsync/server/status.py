@@ -8,7 +8,8 @@ made).
 
 It needs no token, so it shows **states and counts, never uploaded values**: a failure's reason
 can quote a value from an export (an invalid command, a key), so reasons are shown only to a
-request carrying an operator's bearer token; anyone else reads what to do next, and the command
+request that speaks for an operator (a bearer token, or a browser signed in at ``/?operator``
+with an operator client's id and secret); anyone else reads what to do next, and the command
 that shows the reason to an operator. Threshold texts are the server's own (limits and counts).
 Everything shown is HTML-escaped, and the page is sent with a Content-Security-Policy that
 allows nothing but its own style (see :data:`SECURITY_HEADERS`).
@@ -27,6 +28,7 @@ from typing import Any
 
 from prepsync.config import TableSpec
 from prepsync.protocol import BLOCKED, DONE, FAILED, FULL_MODES, OPEN, PROCESSING, QUEUED
+from prepsync.server.defaults import DEFAULT_SESSION_TIMEOUT
 from prepsync.server.events import changes_text, tables_changes_text
 from prepsync.server.sessions import Session
 
@@ -67,7 +69,7 @@ class StatusView:
     # configuration names as operator; None: the commands name the session's own client.
     operator_client: str | None = None
     show_reasons: bool = False  # the viewer is an operator: reasons may quote values
-    session_timeout: float = 3600
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
 
 
 def _row(cells: Iterable[object], tag: str = "td") -> str:
@@ -175,7 +177,8 @@ class _Page:
         else:
             parts.append(
                 "<p>Its reason can quote exported values, so it is shown to operators only: "
-                "the first command below, or this page with an operator's token.</p>"
+                "the first command below, or this page <a href='?operator'>signed in as an "
+                "operator</a>.</p>"
             )
         if session.mode in FULL_MODES:
             next_step = escape(
@@ -309,7 +312,12 @@ def render_status(view: StatusView) -> str:
         "<h1>prepsync server</h1>",
         f"<p>Agents and operators reach it with <code>--api-url {escape(view.api_url)}</code>. "
         f"This page refreshes every {REFRESH_SECONDS} s (shown "
-        f"{escape(time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime()))} UTC).</p>",
+        f"{escape(time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime()))} UTC). "
+        + (
+            "Signed in as an operator: failure reasons are shown.</p>"
+            if view.show_reasons
+            else "Failure reasons are shown to operators: <a href='?operator'>sign in</a>.</p>"
+        ),
         *page.attention(),
         *page.queue(),
     ]

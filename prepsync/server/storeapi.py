@@ -10,9 +10,13 @@ Two implementations: SQLite files in the data directory (:mod:`prepsync.server.s
   more (a crash): the worker queues them again, or marks them done when the store holds them.
 * **begin**: :meth:`ResourceStore.apply_transaction` opens the one transaction of a session;
   the block ending normally **commits**, an exception **rolls back**.
-* **load a complete table / apply a delta, counting the changes for the thresholds in the same
-  pass**: :meth:`TableWork.apply_table` (one table of the session; returns its counts).
-* :meth:`TableWork.stored_counts`: what the session's other tables hold (connector percentages).
+* **load a complete table / apply a delta**: :meth:`TableWork.apply_table` (one table of the
+  session), which **counts the changes for the thresholds in the same pass** into its
+  ``count_changes``, a :class:`~prepsync.server.thresholds.ChangeCounter`: what the table held
+  before, then its changes one at a time or as totals of a bulk path. The counting and its rules
+  (what a link is, what a percentage is of) are the counter's; a store only feeds it.
+* :meth:`TableWork.count_stored`: what a table the session does not carry holds, into its
+  counter (the connector's percentages are of everything it stores).
 * **commit with the applied mark**: :meth:`TableWork.commit_applied`: the session is recorded
   as applied in the same transaction as its rows (PostgreSQL also records its final state
   there: sessions and rows are in one database).
@@ -23,7 +27,7 @@ Two implementations: SQLite files in the data directory (:mod:`prepsync.server.s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,23 +35,19 @@ from typing import Any, Protocol
 from prepsync.config import TableSpec
 from prepsync.server.diff import TableDiff
 from prepsync.server.sessions import Session
-from prepsync.server.thresholds import ConnectorLimits, TableCounts, TableLimits
+from prepsync.server.thresholds import ChangeCounter
 
 
 class TableWork(Protocol):
     """Row work inside one session's transaction."""
 
     def apply_table(
-        self, session: Session, spec: TableSpec, table_limits: TableLimits, path: Path
-    ) -> TableCounts: ...
+        self, session: Session, spec: TableSpec, path: Path, count_changes: ChangeCounter
+    ) -> None: ...
 
-    def stored_counts(
-        self,
-        connector: str,
-        tables: Mapping[str, TableSpec],
-        limits: ConnectorLimits,
-        counts: Mapping[str, TableCounts],
-    ) -> dict[str, TableCounts]: ...
+    def count_stored(
+        self, connector: str, spec: TableSpec, count_changes: ChangeCounter
+    ) -> None: ...
 
     def commit_applied(self, session: Session, summary: dict[str, Any]) -> None: ...
 
@@ -89,10 +89,11 @@ class Backend(Protocol):
 
     name: str
     # True when several server processes may serve one session (PostgreSQL): uploads, commits
-    # and cancels then also take :meth:`lock_session`.
+    # and cancels, and an opening for the sessions it supersedes, then also take
+    # :meth:`lock_sessions`.
     several_processes: bool
 
-    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]: ...
+    def lock_sessions(self, session_ids: Sequence[str], exclusive: bool) -> Callable[[], None]: ...
 
     def session_database(self) -> Any: ...  # a SessionDatabase (its own connection)
 

@@ -119,8 +119,12 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
-    """(client id, secret) of an ``Authorization: Basic`` header (RFC 6749 §2.3.1), or None."""
+def basic_credentials(
+    authorization: str | None, form_encoded: bool = True
+) -> tuple[str, str] | None:
+    """(client id, secret) of an ``Authorization: Basic`` header, or None. ``form_encoded``: the
+    token endpoint's form (RFC 6749 §2.3.1, both parts form-urlencoded before being joined);
+    otherwise a browser's (RFC 7617: the parts as typed, so a secret may hold ``+`` or ``%``)."""
     if authorization is None:
         return None
     scheme, _, encoded = authorization.partition(" ")
@@ -133,5 +137,6 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     client_id, colon, secret = decoded.partition(":")
     if not colon:
         return None
-    # RFC 6749 §2.3.1: both parts are form-urlencoded before being joined and base64-encoded.
+    if not form_encoded:
+        return client_id, secret
     return unquote_plus(client_id), unquote_plus(secret)
