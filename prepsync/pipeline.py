@@ -368,6 +368,8 @@ def stage_table(
         names = _empty_table_header(job)
         empty_header = Path(spill_dir or out_dir) / f"{job.table}.empty-source.csv"
         empty_header.write_bytes(format_row(names, job.separator))
+        # The engine reads that header as the table's source (plain UTF-8, the outputs'
+        # separator); results and messages still name the real source.
         read = replace(job, source=empty_header, settings=ReadSettings(separator=job.separator))
         log.info("%s: %s is empty (0 bytes): a table with no rows", job.table, source_name)
     try:
