@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,70 @@ def test_workers_of_several_processes_take_each_connector_in_order(
     finally:
         first.close()
         second.close()
+
+
+def test_a_claim_and_an_opening_that_cancels_its_session_do_not_deadlock(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker claiming a queued session (its row locked, its UPDATE to come) while a complete
+    session opening in another process cancels the connector's sessions: one waits for the
+    other. It was a deadlock that PostgreSQL ended by failing one of them (the opening then
+    answered 500): the opening held the table and waited for the row, the claim held the row
+    and waited for the table."""
+    import threading
+
+    (queued,) = queue(postgres_url, tmp_path, ("A", "incremental"))
+    worker, opener = PgSessionDatabase(postgres_url), PgSessionDatabase(postgres_url)
+    inside, go_on = threading.Event(), threading.Event()
+    try_lock = PgSessionDatabase._try_lock
+
+    def paused_try_lock(self: PgSessionDatabase, connector: str) -> bool:
+        if self is worker:  # between the claim's row lock and its UPDATE
+            inside.set()
+            assert go_on.wait(30)
+        return try_lock(self, connector)
+
+    monkeypatch.setattr(PgSessionDatabase, "_try_lock", paused_try_lock)
+    outcomes: dict[str, Any] = {}
+
+    def run(name: str, action: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                outcomes[name] = action()
+            except Exception as error:  # reported below
+                outcomes[name] = error
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        return thread
+
+    try:
+        claiming = run("claim", worker.claim_next)
+        assert inside.wait(30)
+        new = "00000000-0000-4000-8000-00000000ffff"
+        opening = run("open", lambda: opener.open("A", "agent-A", "complete", new, "client"))
+        with psycopg.connect(postgres_url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prepsync' "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()[0]:  # type: ignore[index]
+                assert time.monotonic() < deadline, "the opening never waited"
+                time.sleep(0.01)
+        go_on.set()
+        claiming.join(30)
+        opening.join(30)
+        claimed, cancelled = outcomes["claim"], outcomes["open"]
+        assert not isinstance(claimed, Exception), claimed
+        assert not isinstance(cancelled, Exception), cancelled
+        # The claim went first: the session is being applied, not cancelled under it.
+        assert claimed is not None and claimed.id == queued
+        assert cancelled == []
+        worker.release(claimed)
+    finally:
+        go_on.set()
+        worker.close()
+        opener.close()
 
 
 def test_a_dead_workers_session_is_queued_again_by_another(

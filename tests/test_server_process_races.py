@@ -186,6 +186,48 @@ def test_a_cancel_sent_to_another_process_during_a_commit_has_one_outcome(pair: 
     assert pair.a.wait(session_id, timeout=60)["state"] == "done"
 
 
+def test_a_complete_session_opened_on_another_process_during_a_commit_has_one_outcome(
+    pair: Pair,
+) -> None:
+    """A complete session supersedes the connector's sessions not yet applied, on whichever
+    process it opens: there it must wait for a commit of one of them running on another
+    process, not cancel it and discard its files under the commit's hashing (the commit then
+    answered 422, a file "not uploaded", to an agent whose files had all arrived)."""
+    # Big enough that hashing it outlasts the opening's cancel and discard by far.
+    big = csv_bytes(["objectGUID", "dn"], [(f"{n:08d}", f"cn=u{n}" * 8) for n in range(300_000)])
+    files = {ENTRIES: big, MEMBERS: FILES[MEMBERS]}
+    session_id = pair.a.open("AD", "complete")
+    for name, data in files.items():
+        pair.a.upload(session_id, name, data)
+    gate = hold_row(pair.url, session_id)
+    try:
+        commit = Call(lambda: pair.a.commit(session_id, files))
+        wait_until(lambda: pair.lock_waiters() >= 1, "the commit inside")
+        opened = Call(
+            lambda: pair.b.post(
+                "/api/connectors/AD/sessions", json={"agent": "agent-2", "mode": "complete"}
+            )
+        )
+        wait_until(
+            lambda: not opened.is_alive() or pair.lock_waiters() >= 2,
+            "the opening answered or waiting",
+        )
+    finally:
+        gate.rollback()
+        gate.close()
+    committed, complete = commit.answer(), opened.answer()
+    assert complete.status_code == 201, complete.text
+    # Either the commit went first (queued, then superseded by the complete session, or
+    # applied if the worker took it before) or the cancellation did (409): never a 422.
+    assert committed.status_code in (202, 409), committed.text
+    final = pair.a.wait(session_id, timeout=60)["state"]
+    if committed.status_code == 202:
+        assert final in ("cancelled", "done"), final
+    else:
+        assert final == "cancelled"
+    assert pair.a.wait(complete.json()["id"], frozenset({"open"}))["state"] == "open"
+
+
 def test_healthz_answers_503_while_the_sessions_table_does_not_answer(pair: Pair) -> None:
     gate = psycopg.connect(pair.url)
     gate.execute("LOCK TABLE prepsync.sessions IN ACCESS EXCLUSIVE MODE")

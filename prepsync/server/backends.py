@@ -34,7 +34,7 @@ class SqliteBackend:
     # One process: its in-memory commit locks and sealed set (ServerState) guard the sessions.
     several_processes = False
 
-    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]:
+    def lock_sessions(self, session_ids: Sequence[str], exclusive: bool) -> Callable[[], None]:
         raise AssertionError("one process per SQLite data directory: nothing to lock")
 
     def session_database(self) -> SessionDatabase:

@@ -7,8 +7,8 @@ database and the worker exist while the app's lifespan runs (:func:`ServerState.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,16 +67,23 @@ class ServerState:
     def folded_tables(self, connector: str) -> dict[str, TableSpec]:
         return {spec.name.casefold(): spec for spec in self.tables.get(connector, ())}
 
-    @asynccontextmanager
-    async def session_held(self, session_id: str, exclusive: bool) -> AsyncIterator[None]:
+    def session_held(self, session_id: str, exclusive: bool) -> AbstractAsyncContextManager[None]:
         """Hold the session against the other server processes of a shared database (uploads
         shared; a commit or a cancel exclusive); nothing with one process per data directory,
-        where ``sealed`` and ``commit_locks`` suffice. Waited for in a thread: an upload of
-        this process holding it shared goes on streaming meanwhile."""
-        if not self.backend.several_processes:
+        where ``sealed`` and ``commit_locks`` suffice."""
+        return self.sessions_held([session_id], exclusive)
+
+    @asynccontextmanager
+    async def sessions_held(
+        self, session_ids: Sequence[str], exclusive: bool
+    ) -> AsyncIterator[None]:
+        """:meth:`session_held` for several sessions at once (an opening holds those it
+        supersedes). Waited for in a thread: an upload of this process holding one shared goes
+        on streaming meanwhile."""
+        if not self.backend.several_processes or not session_ids:
             yield
             return
-        release = await anyio.to_thread.run_sync(self.backend.lock_session, session_id, exclusive)
+        release = await anyio.to_thread.run_sync(self.backend.lock_sessions, session_ids, exclusive)
         try:
             yield
         finally:

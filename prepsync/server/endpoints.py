@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import uuid
 from html import escape
@@ -43,7 +44,7 @@ from prepsync.server.http import (
     read_json_object,
 )
 from prepsync.server.session_files import discard_files
-from prepsync.server.sessions import ForeignAgent, Session
+from prepsync.server.sessions import ForeignAgent, Session, SupersededChanged
 from prepsync.server.status import RECENT_SESSIONS, SECURITY_HEADERS, StatusView, render_status
 from prepsync.server.tokens import basic_credentials
 
@@ -124,8 +125,14 @@ async def open_session(request: Request) -> Response:
     if not isinstance(separator, str) or separator_problem(separator):
         raise ApiError(400, f"'separator': {separator_problem(str(separator))}")
     session_id = str(uuid.uuid4())
+    mode = mode.lower()
     # Directory first: a recorded session always has its directory.
     (state.sessions_dir / session_id).mkdir(mode=0o700)
+    # With several processes, the sessions this opening supersedes are held while it cancels
+    # them and discards their files (see sessions_held): an upload or a commit of one of them
+    # in another process finishes first, instead of finding its files gone under it.
+    several = state.backend.several_processes
+    held: list[str] = []
 
     def free_orphans() -> None:
         # On a full disk, the open sessions this opening cancels give their room first (most
@@ -135,29 +142,45 @@ async def open_session(request: Request) -> Response:
                 other.connector == connector
                 and other.state == OPEN
                 and (
-                    mode.lower() in FULL_MODES
+                    mode in FULL_MODES
                     or (other.agent == agent and other.client == client.identifier)
                 )
+                and (not several or other.id in held)
             ):
                 state.sealed.add(other.id)
                 discard_files(state.sessions_dir, other.id)
 
     try:
-        cancelled = reclaiming(
-            lambda: db.open(
-                connector, agent, mode.lower(), session_id, client.identifier, separator
-            ),
-            None,  # new work does not use the reserve
-            free_orphans,
-        )
+        while True:
+            if several:
+                held = db.superseded(connector, agent, mode, client.identifier)
+            async with state.sessions_held(held, exclusive=True):
+                try:
+                    cancelled = reclaiming(
+                        functools.partial(
+                            db.open,
+                            connector,
+                            agent,
+                            mode,
+                            session_id,
+                            client.identifier,
+                            separator,
+                            held if several else None,
+                        ),
+                        None,  # new work does not use the reserve
+                        free_orphans,
+                    )
+                except SupersededChanged:
+                    continue  # another session to supersede appeared meanwhile: hold it too
+                for other in cancelled:
+                    state.sealed.add(other)
+                    discard_files(state.sessions_dir, other)
+            break
     except BaseException as error:
         discard_files(state.sessions_dir, session_id)
         if isinstance(error, ForeignAgent):
             raise ApiError(409, str(error), extra={"agent": error.owner}) from None
         raise
-    for other in cancelled:
-        state.sealed.add(other)
-        discard_files(state.sessions_dir, other)
     worker.wake()
     session = db.get(session_id)
     assert session is not None

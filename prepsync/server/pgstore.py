@@ -16,14 +16,18 @@ Layout:
   compares UTF-8 bytes, which is the REFERENCE §2 key order, so ``ORDER BY`` the key columns is
   the order of the files and of ``GET .../resources``. An empty value is stored as NULL.
 
-Bulk paths: a complete load ``COPY``\\ s the session's file (its CSV bytes as they are) into
-the table (empty table) or into a staging table; one ``FULL JOIN`` of staging and table writes
-the changed rows to a changes table, the threshold counts are read from it, then three
-statements delete, update and insert. A delta is ``COPY``\\ ed into staging, one join with the
-table finds each command's stored row, one aggregate validates and counts, then three statements
-apply it. A delta the aggregate finds anything wrong with (a bad command, an insert of a stored
-key, a key twice...) is applied row by row instead, by the same code as SQLite's, which stops at
-the first bad line with the same message.
+Bulk paths: a complete load into an empty table ``COPY``\\ s the session's file (its CSV bytes
+as they are) into the table. Into a loaded table, the SQLite store's native merge-join reads the
+file against the stored rows read back in key order (a binary ``COPY`` out, parsed in C from
+libpq: :func:`_stored_changes`); only its changes, counted on the way, are ``COPY``\\ ed into a
+changes table, then three statements delete, update and insert. A file in another column layout
+goes through a staging table and one ``FULL JOIN`` instead, and the table is rebuilt.
+
+A delta is ``COPY``\\ ed into staging, one join with the table finds each command's stored row,
+one aggregate validates and counts, then three statements apply it. A delta the aggregate finds
+anything wrong with (a bad command, an insert of a stored key, a key twice...) is applied row by
+row instead, by the same code as SQLite's, which stops at the first bad line with the same
+message.
 
 Claiming: each worker takes the lowest queued head of any connector with ``FOR UPDATE SKIP
 LOCKED`` and a session-level advisory lock on the connector, held by its connection until the
@@ -85,7 +89,8 @@ MAX_IDENTIFIER = 63
 # hash): "prsp", so other applications' advisory locks in the same database do not collide.
 LOCK_SPACE = 0x70727370
 # The first key of the per-session locks ("prss"; the second is the session id's hash): uploads
-# hold it shared, a commit or a cancel exclusive (see PgBackend.lock_session).
+# hold it shared; a commit, a cancel and an opening that supersedes it exclusive (see
+# PgBackend.lock_sessions).
 SESSION_LOCK_SPACE = 0x70727373
 COPY_BLOCK = 1 << 20
 CHECK_ROWS = 1 << 16  # rows the native reader checks per call
@@ -258,6 +263,12 @@ class PgSessionDatabase(SessionDatabase):
         """
         final = ",".join("?" * len(FINAL_STATES))
         self._connection.execute("BEGIN")
+        # The table lock the claim's UPDATE needs, taken before its row locks: taken after
+        # them, an opening holding the table (see _begin) and cancelling the row the claim
+        # has locked would wait for the claim while the claim waits for it (a deadlock, which
+        # PostgreSQL ends by failing one of them: the opening answered 500). ROW EXCLUSIVE
+        # does not conflict with itself: workers still claim side by side (SKIP LOCKED).
+        self._connection.execute("LOCK TABLE sessions IN ROW EXCLUSIVE MODE")
         locked: str | None = None
         claimed: str | None = None
         try:
@@ -1296,29 +1307,41 @@ class PgBackend:
                         f"{name!r}: longer than PostgreSQL's {MAX_IDENTIFIER}-byte names"
                     )
 
-    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]:
-        """Wait for the session's lock across every process of the database; returns its
-        release. Uploads hold it shared (several chunks at once), a commit's check, hash and
-        queueing and a cancel hold it exclusive: no byte lands in a file after a commit in
-        another process hashed it, and two commits of one session never both verify.
+    def lock_sessions(self, session_ids: Sequence[str], exclusive: bool) -> Callable[[], None]:
+        """Wait for the sessions' locks across every process of the database; returns their
+        release. Uploads hold a session's lock shared (several chunks at once), a commit's
+        check, hash and queueing and a cancel hold it exclusive: no byte lands in a file after
+        a commit in another process hashed it, and two commits of one session never both
+        verify. An opening holds exclusive the sessions it supersedes, while it cancels them and
+        discards their files.
 
-        A session-level advisory lock on a connection of its own, so a process that dies frees
-        it with its connection. Blocking: call it from a thread, not the event loop. A hash
-        collision of two session ids only serializes them."""
+        Session-level advisory locks on a connection of their own, so a process that dies frees
+        them with its connection. Taken in the order of their keys, each key once: two openings
+        never wait for each other in a cycle, and a hash collision of two session ids only
+        serializes them. Blocking: call it from a thread, not the event loop."""
         function = "pg_advisory_lock" if exclusive else "pg_advisory_lock_shared"
-        statement = sql.SQL("SELECT {}({}, hashtext({}))").format(
-            sql.SQL(function), sql.Literal(SESSION_LOCK_SPACE), sql.Literal(session_id)
-        )
         try:
             connection = connect(self.url)
         except ConfigError as error:
             raise ApiError(503, f"the database does not answer: {error}") from None
         try:
-            connection.execute(statement)
+            keys = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT DISTINCT hashtext(id) AS key FROM unnest(%s::text[]) AS id "
+                    "ORDER BY key",
+                    (list(session_ids),),
+                )
+            ]
+            statement = sql.SQL("SELECT {}({}, %s)").format(
+                sql.SQL(function), sql.Literal(SESSION_LOCK_SPACE)
+            )
+            for key in keys:
+                connection.execute(statement, (key,))
         except psycopg.Error as error:
             connection.close()
             raise ApiError(503, f"cannot lock the session: {_first_line(error)}") from None
-        return connection.close  # the lock goes with the connection
+        return connection.close  # the locks go with the connection
 
     def session_database(self) -> PgSessionDatabase:
         return PgSessionDatabase(self.url)

@@ -34,6 +34,7 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,15 @@ class ForeignAgent(Exception):
             f"synchronization from {agent!r} takes the connector over"
         )
         self.owner = owner
+
+
+class SupersededChanged(Exception):
+    """:meth:`SessionDatabase.open` was given the sessions it may cancel (those the caller
+    holds) and would cancel another one too: nothing was recorded; hold these and try again."""
+
+    def __init__(self, session_ids: list[str]) -> None:
+        super().__init__(f"sessions to supersede changed: {', '.join(session_ids)}")
+        self.session_ids = session_ids
 
 
 def _iso(timestamp: float) -> str:
@@ -282,6 +292,27 @@ class SessionDatabase:
 
     # ---------------------------------------------------------------------------- writes
 
+    @staticmethod
+    def _superseded(
+        connector: str, agent: str, mode: str, client: str
+    ) -> tuple[str, tuple[str, ...]]:
+        """The sessions an opening cancels, as a WHERE condition and its arguments (see
+        :meth:`open`)."""
+        if mode in FULL_MODES:
+            return "connector = ? AND state IN (?, ?, ?)", (connector, *CANCELLABLE_STATES)
+        return (
+            "connector = ? AND state = ? AND agent = ? AND client IS ?",
+            (connector, OPEN, agent, client),
+        )
+
+    def superseded(self, connector: str, agent: str, mode: str, client: str) -> list[str]:
+        """The ids of the sessions an opening would cancel now, in opening order."""
+        condition, arguments = self._superseded(connector, agent, mode, client)
+        rows = self._connection.execute(
+            f"SELECT id FROM sessions WHERE {condition} ORDER BY seq", arguments
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def open(
         self,
         connector: str,
@@ -290,6 +321,7 @@ class SessionDatabase:
         session_id: str,
         client: str,
         separator: str = ",",
+        held: Collection[str] | None = None,
     ) -> list[str]:
         """Record a new open session; returns the ids of the sessions it cancelled.
 
@@ -301,6 +333,10 @@ class SessionDatabase:
         sessions of the same agent and client on its connector: one agent runs one prepare per
         connector at a time, so those are orphans of a killed run, and an orphan would hold
         every later session of the connector back until the session timeout.
+
+        ``held``: the sessions the caller holds against other processes' uploads and commits
+        (see :meth:`superseded`); when the opening would cancel one outside them, it raises
+        :class:`SupersededChanged` and records nothing.
         """
         now = time.time()
         self._begin()
@@ -313,16 +349,12 @@ class SessionDatabase:
                     raise ForeignAgent(connector, owner, agent)
             if mode in FULL_MODES:
                 reason = f"superseded by {mode} session {session_id}"
-                condition = "connector = ? AND state IN (?, ?, ?)"
-                arguments: tuple[str, ...] = (connector, *CANCELLABLE_STATES)
             else:
                 reason = f"left open by an interrupted run: agent {agent} opened {session_id}"
-                condition = "connector = ? AND state = ? AND agent = ? AND client IS ?"
-                arguments = (connector, OPEN, agent, client)
-            rows = self._connection.execute(
-                f"SELECT id FROM sessions WHERE {condition} ORDER BY seq", arguments
-            ).fetchall()
-            cancelled = [row[0] for row in rows]
+            condition, arguments = self._superseded(connector, agent, mode, client)
+            cancelled = self.superseded(connector, agent, mode, client)
+            if held is not None and not set(cancelled) <= set(held):
+                raise SupersededChanged([other for other in cancelled if other not in held])
             self._connection.execute(
                 f"UPDATE sessions SET state = ?, reason = ?, updated_at = ? WHERE {condition}",
                 (CANCELLED, reason, now, *arguments),

@@ -89,10 +89,11 @@ class Backend(Protocol):
 
     name: str
     # True when several server processes may serve one session (PostgreSQL): uploads, commits
-    # and cancels then also take :meth:`lock_session`.
+    # and cancels, and an opening for the sessions it supersedes, then also take
+    # :meth:`lock_sessions`.
     several_processes: bool
 
-    def lock_session(self, session_id: str, exclusive: bool) -> Callable[[], None]: ...
+    def lock_sessions(self, session_ids: Sequence[str], exclusive: bool) -> Callable[[], None]: ...
 
     def session_database(self) -> Any: ...  # a SessionDatabase (its own connection)
 
