@@ -5,7 +5,10 @@ depend on that: same bytes at every budget, first row per key kept, later ones d
 from __future__ import annotations
 
 import ctypes
+import os
 import random
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -162,3 +165,73 @@ def test_the_same_bytes_when_no_worker_thread_can_be_started(
     )
     assert rows == sorted_bytes.partition(b"\n")[2]
     assert running == ([1] if threads == "started" else [0])
+
+
+def cached_bytes(path: Path) -> int | None:
+    """Bytes of the file in the page cache (util-linux fincore), None where it cannot tell."""
+    fincore = shutil.which("fincore")
+    if fincore is None:
+        return None
+    done = subprocess.run(
+        [fincore, "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(done.stdout.split()[0]) if done.returncode == 0 and done.stdout.strip() else None
+
+
+def test_the_export_leaves_the_page_cache_as_it_is_read(
+    tmp_path: Path, export: tuple[Path, bytes, bytes]
+) -> None:
+    """The export is read once: its pages are dropped behind the read position (DESIGN, "The
+    export leaves the page cache"), so that the spill runs take them. The outputs stay the
+    same bytes and nothing of the engine's is left open."""
+    source, sorted_bytes, duplicate_bytes = export
+    with open(source, "rb") as f:
+        os.fsync(f.fileno())  # written back: dirty pages cannot be dropped, only written
+        while f.read(1 << 20):
+            pass
+    if cached_bytes(source) is None:
+        pytest.skip("fincore (util-linux) cannot tell what is cached here")
+    assert cached_bytes(source) >= source.stat().st_size  # whole pages
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=8 << 20), tmp_path)
+    assert result.runs >= 2
+    # The kernel skips pages still held in another core's LRU batch: a few stay behind.
+    left = cached_bytes(source)
+    assert left is not None and left < source.stat().st_size // 4, left
+    assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
+    assert (tmp_path / "M.duplicates.csv").read_bytes() == duplicate_bytes
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
+
+
+@pytest.mark.parametrize("order", ["sorted", "reversed"])
+def test_the_merge_keeps_the_first_row_per_key_in_any_input_order(
+    tmp_path: Path, export: tuple[Path, bytes, bytes], order: str
+) -> None:
+    """Sorted input: one run wins row after row (the merge's heap keeps its top with two
+    comparisons); reversed: the runs take turns. Either way the first row of each key in the
+    file is kept and the later ones, in file order, are its duplicates."""
+    source, _, _ = export
+    header, *rows = source.read_bytes().splitlines(keepends=True)
+    pairs = [(row.rsplit(b",", 1)[0], row) for row in rows]
+    ordered = sorted(pairs, key=lambda pair: pair[0], reverse=order == "reversed")
+    reordered = tmp_path / "in" / "M.csv"
+    reordered.parent.mkdir()
+    reordered.write_bytes(header + b"".join(row for _, row in ordered))
+    kept: dict[bytes, bytes] = {}
+    duplicates: list[tuple[bytes, int, bytes]] = []
+    for position, (key, row) in enumerate(ordered):
+        if key in kept:
+            duplicates.append((key, position, row))
+        else:
+            kept[key] = row
+    job = TableJob(source=reordered, spec=SPEC, memory_budget=8 << 20)
+    result = prepare_table(job, tmp_path)
+    assert result.runs >= 4
+    assert (tmp_path / "M.sorted.csv").read_bytes() == header + b"".join(
+        kept[key] for key in sorted(kept)
+    )
+    assert (tmp_path / "M.duplicates.csv").read_bytes() == header + b"".join(
+        row for _, _, row in sorted(duplicates)
+    )
