@@ -42,8 +42,8 @@ test-debug: debug
 ASAN_TESTS = tests/test_engine_properties.py tests/test_link_tables.py tests/test_tokenizer_blocks.py \
 	tests/test_dialect.py \
 	tests/test_cli.py tests/test_incremental.py tests/test_parallel.py tests/test_interrupt.py \
-	tests/test_io_errors.py tests/test_server_upload_reader.py tests/test_runs.py tests/test_server_store.py \
-	tests/test_server_pgcopy.py
+	tests/test_io_errors.py tests/test_server_upload_reader.py tests/test_upload_copy_binary.py \
+	tests/test_runs.py tests/test_server_store.py tests/test_server_pgcopy.py
 test-asan: debug
 	$(ASAN_RUN) $(ASAN_TESTS)
 

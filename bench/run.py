@@ -55,8 +55,17 @@ SORT_NOTE = (
 # Runs in a fresh interpreter per measurement, so RUSAGE_CHILDREN covers that tool alone.
 MEASURE = r"""
 import json, resource, subprocess, sys, time
+def counters(path, keys):
+    try:
+        with open(path) as f:
+            pairs = [line.replace(":", " ").split()[:2] for line in f]
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in pairs if k in keys}
 spec = json.loads(sys.argv[1])
 walls, rc = [], 0
+mem = counters("/proc/meminfo", ("MemFree", "Cached", "Dirty"))
+vm0 = counters("/proc/vmstat", spec["vmstat"])
 with open(spec["log"], "ab") as log:
     start = time.perf_counter()
     for cmd in spec["cmds"]:
@@ -67,10 +76,28 @@ with open(spec["log"], "ab") as log:
         if rc:
             break
     wall = time.perf_counter() - start
+vm1 = counters("/proc/vmstat", spec["vmstat"])
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "wall": wall, "walls": walls, "maxrss_kib": ru.ru_maxrss,
-                  "cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime}))
+                  "cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime,
+                  "vmstat": {k: vm1[k] - vm0[k] for k in vm1 if k in vm0},
+                  "meminfo_kib": mem}))
 """
+# The kernel's counters read around every run (/proc/vmstat, machine-wide: other work on the
+# machine counts too), to tell the page cache's part in a run's time: pages scanned and taken
+# back by reclaim (the cache was full), pages read from and written to disk (in KiB), faults.
+VMSTAT = (
+    "pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct", "allocstall_normal",
+    "allocstall_movable", "pgpgin", "pgpgout", "pgmajfault", "pgfault", "workingset_refault_file",
+    "compact_stall",
+)  # fmt: skip
+CACHE_MODES = ("warm", "dropped")
+CACHE_NOTE = (
+    "dropped: before each run the inputs are flushed and dropped from the page cache "
+    "(posix_fadvise DONTNEED; the tool reads them from disk) and the previous outputs are "
+    "deleted, so the cache holds only what the run itself writes; warm: the inputs stay cached "
+    "as in every other section. vmstat: machine-wide counters over the run (other work counts)."
+)
 
 
 class BenchError(Exception):
@@ -99,6 +126,9 @@ class Sample:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     phases_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     commit_s: float | None = None
+    # /proc/vmstat counters over the run (VMSTAT) and /proc/meminfo (KiB) just before it.
+    vmstat: dict[str, int] = field(default_factory=dict)
+    meminfo_kib: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +140,9 @@ class Job:
     env: dict[str, str] = field(default_factory=lambda: tool_environment())
     samples: list[Sample] = field(default_factory=list)
     report: Path | None = None  # prepsync's --report, read after every run for phase times
+    # Read into the page cache before every run (untimed): a run before may have left them out
+    # (prepsync drops its inputs' pages as it reads them; a TOOL-dropped run drops them).
+    inputs: list[Path] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- config
@@ -182,7 +215,7 @@ def tool_environment() -> dict[str, str]:
 
 
 def measure(job: Job, log: Path) -> Sample:
-    spec = {"cmds": job.cmds, "env": job.env, "cwd": str(REPO), "log": str(log)}
+    spec = {"cmds": job.cmds, "env": job.env, "cwd": str(REPO), "log": str(log), "vmstat": VMSTAT}
     load = os.getloadavg()[0]
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, json.dumps(spec)],
@@ -199,7 +232,14 @@ def measure(job: Job, log: Path) -> Sample:
             f"{job.tool} exited with status {res['rc']}; see {log}:\n  " + "\n  ".join(tail)
         )
     return Sample(
-        res["wall"], res["cpu"], res["maxrss_kib"] / 1024, res["walls"], load, res.get("sys", 0.0)
+        res["wall"],
+        res["cpu"],
+        res["maxrss_kib"] / 1024,
+        res["walls"],
+        load,
+        res.get("sys", 0.0),
+        vmstat=res.get("vmstat", {}),
+        meminfo_kib=res.get("meminfo_kib", {}),
     )
 
 
@@ -212,6 +252,7 @@ def run_jobs(
             if job.work.exists():
                 shutil.rmtree(job.work)
             job.work.mkdir(parents=True)
+            warm_cache(job.inputs)
             job.setup()
             # Flush the previous tool's writes first (untimed): GNU sort and DuckDB leave their
             # output dirty in the page cache, and its writeback would otherwise slow down
@@ -268,6 +309,27 @@ def warm_cache(paths: Sequence[Path]) -> None:
         with open(path, "rb") as f:
             while f.read(16 << 20):
                 pass
+
+
+def drop_from_cache(paths: Sequence[Path]) -> None:
+    """Flush each file and drop its pages from the page cache (no root needed: the file's own
+    posix_fadvise DONTNEED, which leaves dirty or mapped pages alone, hence the fsync first)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cached_bytes(path: Path) -> int | None:
+    """Bytes of the file in the page cache (util-linux fincore), None where it cannot tell."""
+    text = command_output(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)])
+    try:
+        return int(text.split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def sort_size(budget: str) -> str:
@@ -393,7 +455,10 @@ class Bench:
         # prepsync advances its baseline in sources/previous/ after every run: start each run
         # from the same state (none for complete, the saved one for incremental, see
         # incremental()).
-        return Job(tool, [cmd], work, setup=lambda: remove_previous(sources), report=report)
+        inputs = sorted(sources.glob("*.csv"))
+        return Job(
+            tool, [cmd], work, setup=lambda: remove_previous(sources), report=report, inputs=inputs
+        )
 
     def jobs(self, section: str, sources: Path, tables: list[Table], mode: str) -> list[Job]:
         out: list[Job] = []
@@ -416,7 +481,7 @@ class Bench:
                      "-o", str(work / f"{t.name}.sort.out"), str(t.source)]
                     for t in tables
                 ]  # fmt: skip
-                out.append(Job(tool, cmds, work, env=env))
+                out.append(Job(tool, cmds, work, env=env, inputs=[t.source for t in tables]))
             else:
                 spec_path = self.work_root / f"{section}-duckdb.json"
                 spec = {
@@ -437,7 +502,7 @@ class Bench:
                 }
                 spec_path.write_text(json.dumps(spec, indent=2))
                 cmd = [sys.executable, str(BENCH / "duckdb_prepare.py"), str(spec_path)]
-                out.append(Job(tool, [cmd], work))
+                out.append(Job(tool, [cmd], work, inputs=[t.source for t in tables]))
         if self.args.floor and mode == "complete" and "prepsync" in self.tools:
             out.append(self.floor_job(section, tables))
         return out
@@ -448,7 +513,7 @@ class Bench:
         work = self.work_root / f"{section}-floor"
         outputs = self.work_root / f"{section}-prepsync"
         report = self.work_root / f"{section}-prepsync-report.json"
-        job = Job("floor", [], work)
+        job = Job("floor", [], work, inputs=[t.source for t in tables])
 
         def setup() -> None:
             out_bytes = sum(p.stat().st_size for p in outputs.glob("*.csv"))
@@ -713,52 +778,145 @@ class Bench:
         self.cleanup(jobs, day2)
 
     def scaling(self, sizes: Sequence[int]) -> None:
-        per: dict[int, list[Job]] = {}
+        names: list[str] = []
         for rows in sizes:
             data = self.data_dir(rows, self.first_members_order)
             self.datasets[f"scaling-{rows}"] = ensure_dataset(
                 data, rows, self.args.seed, self.args.order, self.first_members_order
             )
             tables = load_tables(self.config, self.args.connector, data)
-            warm_cache([t.source for t in tables])
+            sources = [t.source for t in tables]
+            warm_cache(sources)
             section = f"scaling-{rows}"
-            jobs = self.jobs(section, data, tables, "complete")
+            jobs = self.cache_jobs(section, self.jobs(section, data, tables, "complete"), sources)
+            names = [job.tool for job in jobs]
             print(f"scaling: {rows} rows", file=sys.stderr, flush=True)
             run_jobs(jobs, self.args.repeat, self.logs)
             self.record(section, jobs, rows)
+            self.record_vmstat(section, jobs)
             self.cleanup(jobs, data)
-            per[rows] = jobs
         fixed = self.fixed_cost(self.data_dir(min(sizes), self.first_members_order))
         fig = self.figures
         for rows in sizes:
-            for tool in self.tools:
-                wall = fig[f"scaling-{rows}.{tool}.wall_s"]["value"]
-                fig[f"scaling-{rows}.{tool}.us_per_row_net"] = {
-                    "value": (wall - fixed[tool]) / rows * 1e6, "unit": "us/row", "kind": "time"
+            for name in names:
+                wall = fig[f"scaling-{rows}.{name}.wall_s"]["value"]
+                base = fixed[name.removesuffix("-dropped")]  # start-up does not read the rows
+                fig[f"scaling-{rows}.{name}.us_per_row_net"] = {
+                    "value": (wall - base) / rows * 1e6, "unit": "us/row", "kind": "time"
                 }  # fmt: skip
         self.say()
         self.say("scaling (complete synchronization, median wall time per entries row)")
         self.say(
             "  net: less the tool's run on the same export with its rows left out "
             "(start-up, configuration, fsyncs): "
-            + ", ".join(f"{tool} {fixed[tool]:.3f} s" for tool in self.tools)
+            + ", ".join(f"{tool} {cost:.3f} s" for tool, cost in fixed.items())
         )
-        self.say(f"  {'rows':>10}" + "".join(f"{t + ' us/row':>18}{'net':>8}" for t in self.tools))
+        width = max(18, *(len(n) + 8 for n in names))
+        self.say(f"  {'rows':>10}" + "".join(f"{n + ' us/row':>{width}}{'net':>8}" for n in names))
         for rows in sizes:
             cells = "".join(
-                f"{fig[f'scaling-{rows}.{t}.us_per_row']['value']:>18.2f}"
-                f"{fig[f'scaling-{rows}.{t}.us_per_row_net']['value']:>8.2f}"
-                for t in self.tools
+                f"{fig[f'scaling-{rows}.{n}.us_per_row']['value']:>{width}.2f}"
+                f"{fig[f'scaling-{rows}.{n}.us_per_row_net']['value']:>8.2f}"
+                for n in names
             )
             self.say(f"  {rows:>10}{cells}")
+        small, big = min(sizes), max(sizes)
+        if big != small:
+            cells = []
+            for n in names:
+                ratio = (
+                    fig[f"scaling-{big}.{n}.us_per_row"]["value"]
+                    / fig[f"scaling-{small}.{n}.us_per_row"]["value"]
+                )
+                fig[f"scaling.ratio.{n}.{big}/{small}"] = {
+                    "value": ratio, "unit": "x", "kind": "ratio"
+                }  # fmt: skip
+                cells.append(f"{n} {ratio:.2f}x")
+            self.say(f"  time per row, {big} / {small} rows: " + ", ".join(cells))
         self.say("  CPU per entries row, user + system (the kernel's page-cache work) in us:")
         for rows in sizes:
             cells = "".join(
-                f"{t:>10} {fig[f'scaling-{rows}.{t}.user_us_per_row']['value']:.2f}"
-                f" + {fig[f'scaling-{rows}.{t}.sys_us_per_row']['value']:.2f}"
-                for t in self.tools
+                f"  {n} {fig[f'scaling-{rows}.{n}.user_us_per_row']['value']:.2f}"
+                f" + {fig[f'scaling-{rows}.{n}.sys_us_per_row']['value']:.2f}"
+                for n in names
             )
             self.say(f"  {rows:>10}{cells}")
+        self.print_vmstat(sizes, names)
+        if "floor" in names:
+            self.say(f"  {FLOOR_NOTE}")
+
+    def cache_jobs(self, section: str, jobs: list[Job], sources: Sequence[Path]) -> list[Job]:
+        """The section's jobs in each --page-cache mode, alternating in the same rounds: `warm`
+        as they are (every run finds its inputs in the page cache, see Job.inputs), `dropped`
+        as TOOL-dropped in a work directory of its own, the inputs dropped from the cache
+        before each run (CACHE_NOTE)."""
+        modes: list[str] = self.args.page_cache
+        out: list[Job] = []
+        for job in jobs:
+            if "warm" in modes:
+                out.append(job)
+            if "dropped" in modes and job.tool != "floor":  # dd's cost per byte is the floor
+                out.append(self.dropped_job(section, job, sources))
+        return out
+
+    def dropped_job(self, section: str, job: Job, sources: Sequence[Path]) -> Job:
+        old, new = f"{section}-{job.tool}", f"{section}-{job.tool}-dropped"
+        cmds = [[arg.replace(old, new) for arg in cmd] for cmd in job.cmds]
+        report = Path(str(job.report).replace(old, new)) if job.report else None
+        dropped = Job(
+            f"{job.tool}-dropped", cmds, Path(str(job.work).replace(old, new)), env=job.env,
+            report=report,
+        )  # fmt: skip
+
+        def setup(inner: Callable[[], None] = job.setup) -> None:
+            inner()
+            drop_from_cache(sources)
+            left = [cached_bytes(p) for p in sources]
+            if all(n is not None for n in left):
+                self.checks[f"{section}.inputs_cached_after_drop_bytes"] = str(
+                    sum(n for n in left if n is not None)
+                )
+
+        dropped.setup = setup
+        return dropped
+
+    def record_vmstat(self, section: str, jobs: list[Job]) -> None:
+        for job in jobs:
+            for key in VMSTAT:
+                values = [s.vmstat[key] for s in job.samples if key in s.vmstat]
+                if values:
+                    self.figures[f"{section}.{job.tool}.vmstat.{key}"] = {
+                        "value": median(values), "unit": "count", "kind": "vmstat"
+                    }  # fmt: skip
+
+    def print_vmstat(self, sizes: Sequence[int], names: Sequence[str]) -> None:
+        """Median over the runs of what the kernel did during each (VMSTAT): 4 KiB pages scanned
+        and reclaimed, MB read from and written to disk, major faults."""
+        fig = self.figures
+
+        def value(rows: int, name: str, *keys: str) -> float:
+            figures = (fig.get(f"scaling-{rows}.{name}.vmstat.{k}", {}) for k in keys)
+            return sum(f.get("value", 0) for f in figures)
+
+        if not any(f"scaling-{rows}.{n}.vmstat.pgpgin" in fig for rows in sizes for n in names):
+            return
+        self.say(
+            "  kernel during the run (median; machine-wide): reclaim scanned / reclaimed MB,"
+            " disk read / written MB, major faults"
+        )
+        for rows in sizes:
+            for n in names:
+                scan = value(rows, n, "pgscan_kswapd", "pgscan_direct") * 4096 / 1e6
+                steal = value(rows, n, "pgsteal_kswapd", "pgsteal_direct") * 4096 / 1e6
+                read = value(rows, n, "pgpgin") * 1024 / 1e6
+                written = value(rows, n, "pgpgout") * 1024 / 1e6
+                majors = value(rows, n, "pgmajfault")
+                self.say(
+                    f"  {rows:>10} {n:<18} {scan:8.0f} / {steal:<8.0f} {read:8.0f} / "
+                    f"{written:<8.0f} {majors:6.0f}"
+                )
+        if "dropped" in self.args.page_cache:
+            self.say(f"  {CACHE_NOTE}")
 
     def fixed_cost(self, like: Path) -> dict[str, float]:
         """Each tool's median wall time on `like`'s files cut to their header lines: what a run
@@ -952,6 +1110,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated sizes for --scaling",
     )
     ap.add_argument(
+        "--page-cache",
+        default="warm",
+        help="comma-separated page-cache modes of --scaling's runs, alternating in the same "
+        "rounds: warm (inputs cached, the default) and dropped (inputs dropped from the page "
+        "cache before each run, read from disk: TOOL-dropped); each run records the kernel's "
+        "reclaim and disk counters",
+    )
+    ap.add_argument(
         "--budget-sweep",
         metavar="BUDGETS",
         help="also time prepsync alone at each of these comma-separated budgets "
@@ -989,6 +1155,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--members-order takes a subset of {','.join(MEMBERS_ORDERS)}")
     if args.data and len(args.members_order) > 1:
         ap.error("--data is one export: give at most one --members-order (it is the export's)")
+    args.page_cache = [m.strip() for m in args.page_cache.split(",") if m.strip()]
+    if not args.page_cache or any(m not in CACHE_MODES for m in args.page_cache):
+        ap.error(f"--page-cache takes a subset of {','.join(CACHE_MODES)}")
     if args.floor and "prepsync" not in args.tools:
         ap.error("--floor copies the sizes of prepsync's outputs: keep prepsync in --tools")
     return args
@@ -1055,6 +1224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "floor": args.floor,
             "scaling": args.scaling,
             "budget_sweep": args.budget_sweep,
+            "page_cache": args.page_cache,
             "rss": "ru_maxrss of RUSAGE_CHILDREN in a fresh wrapper per run (largest process)",
         },
         "datasets": bench.datasets,
@@ -1062,7 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples": bench.samples,
         "checks": bench.checks,
         "prepsync_reports": bench.reports,
-        "notes": {"sort": SORT_NOTE},
+        "notes": {"sort": SORT_NOTE, **({"page_cache": CACHE_NOTE} if args.scaling else {})},
     }
     out = Path(args.output) if args.output else results_path(Path(args.results_dir), git["commit"])
     out.parent.mkdir(parents=True, exist_ok=True)

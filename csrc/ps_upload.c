@@ -50,6 +50,9 @@ void ps_upload_close(ps_upload *u) {
     free(u->key);
     free(u->line);
     free(u->previous);
+    free(u->copy);
+    u->copy = NULL;
+    u->copy_cap = u->copy_len = 0;
     u->key_cols = u->pair_cols = NULL;
     u->pair_rows = NULL;
     u->key = u->line = u->previous = NULL;
@@ -125,31 +128,33 @@ int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err) {
     return PS_TOK_RECORD;
 }
 
-int ps_upload_row(ps_upload *u, ps_error *err) {
-    ps_record rec;
-    int st = ps_upload_record(u, &rec, err);
-    if (st != PS_TOK_RECORD) return st;
-    const int64_t line = rec.line;
+/* The key and the checks of a record ps_upload_record read (and its canonical line when
+ * `build_line`): everything ps_upload_row does after the tokenizer. */
+static int take_row(ps_upload *u, const ps_record *rec, int build_line, ps_error *err) {
+    const int64_t line = rec->line;
     u->line_number = line;
 
-    /* The line: at most 2 * len + 2 bytes a field, plus the commas. */
-    size_t bound = rec.nfields;
-    for (size_t i = 0; i < rec.nfields; i++) bound += 2 * (size_t)rec.fields[i].len + 2;
-    if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
-    size_t n = 0;
-    for (size_t i = 0; i < rec.nfields; i++) {
-        if (i) u->line[n++] = ',';
-        n += ps_field_format(&rec.fields[i], u->line + n);
+    u->line_len = 0;
+    if (build_line) {
+        /* The line: at most 2 * len + 2 bytes a field, plus the commas. */
+        size_t bound = rec->nfields;
+        for (size_t i = 0; i < rec->nfields; i++) bound += 2 * (size_t)rec->fields[i].len + 2;
+        if (reserve(&u->line, &u->line_cap, bound, err)) return err->code;
+        size_t n = 0;
+        for (size_t i = 0; i < rec->nfields; i++) {
+            if (i) u->line[n++] = ',';
+            n += ps_field_format(&rec->fields[i], u->line + n);
+        }
+        u->line_len = n;
     }
-    u->line_len = n;
 
     /* The key: the values unescaped, 0x00 -> 0x00 0x01, each ended by 0x00 0x00. */
     size_t key_bound = 0;
-    for (size_t k = 0; k < u->nkeys; k++) key_bound += 2 * (size_t)rec.fields[u->key_cols[k]].len + 2;
+    for (size_t k = 0; k < u->nkeys; k++) key_bound += 2 * (size_t)rec->fields[u->key_cols[k]].len + 2;
     if (reserve(&u->key, &u->key_cap, key_bound, err)) return err->code;
     size_t m = 0;
     for (size_t k = 0; k < u->nkeys; k++) {
-        const ps_field *f = &rec.fields[u->key_cols[k]];
+        const ps_field *f = &rec->fields[u->key_cols[k]];
         if (f->len == 0) return ps_fail(err, PS_ERR_INPUT, line, -1, "null key");
         size_t start = m;
         m += ps_field_unescape(f, u->key + m);
@@ -190,7 +195,82 @@ int ps_upload_row(ps_upload *u, ps_error *err) {
     }
 
     for (size_t p = 0; p < u->npairs; p++)
-        u->pair_rows[p] += rec.fields[u->pair_cols[2 * p]].len != 0 &&
-                           rec.fields[u->pair_cols[2 * p + 1]].len != 0;
+        u->pair_rows[p] += rec->fields[u->pair_cols[2 * p]].len != 0 &&
+                           rec->fields[u->pair_cols[2 * p + 1]].len != 0;
     return PS_TOK_RECORD;
+}
+
+int ps_upload_row(ps_upload *u, ps_error *err) {
+    ps_record rec;
+    int st = ps_upload_record(u, &rec, err);
+    if (st != PS_TOK_RECORD) return st;
+    return take_row(u, &rec, 1, err);
+}
+
+/* PostgreSQL's binary COPY: an 11-byte signature, a 32-bit flags field (0: no OIDs) and a
+ * 32-bit header extension length (0); a 16-bit field count of -1 ends the data. Integers are
+ * big-endian (network order). */
+static const char COPY_SIGNATURE[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+
+static inline void put_be16(char *out, uint16_t v) {
+    out[0] = (char)(v >> 8);
+    out[1] = (char)v;
+}
+
+static inline void put_be32(char *out, uint32_t v) {
+    out[0] = (char)(v >> 24);
+    out[1] = (char)(v >> 16);
+    out[2] = (char)(v >> 8);
+    out[3] = (char)v;
+}
+
+int ps_upload_copy_block(ps_upload *u, size_t target, int64_t *rows, ps_error *err) {
+    u->copy_len = 0;
+    *rows = 0;
+    if (u->copy_state == 2) return PS_OK;
+    if (u->copy_state == 0) {
+        if (reserve(&u->copy, &u->copy_cap, target + sizeof COPY_SIGNATURE, err))
+            return err->code;
+        memcpy(u->copy, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
+        u->copy_len = sizeof COPY_SIGNATURE;
+        u->copy_state = 1;
+    }
+    while (u->copy_len < target) {
+        ps_record rec;
+        int st = ps_upload_record(u, &rec, err);
+        if (st == PS_TOK_END) {
+            if (reserve(&u->copy, &u->copy_cap, u->copy_len + 2, err)) return err->code;
+            put_be16(u->copy + u->copy_len, 0xFFFF);
+            u->copy_len += 2;
+            u->copy_state = 2;
+            return PS_OK;
+        }
+        if (st != PS_TOK_RECORD) return st;
+        st = take_row(u, &rec, 0, err);
+        if (st != PS_TOK_RECORD) return st;
+        /* A tuple: its field count, then per field its length and bytes, or -1: an empty
+         * value (quoted or not) is NULL in this store. */
+        if (rec.nfields > 0x7FFF)
+            return ps_fail(err, PS_ERR_INPUT, rec.line, -1, "more than 32767 fields");
+        size_t bound = 2 + 4 * rec.nfields;
+        for (size_t i = 0; i < rec.nfields; i++) bound += rec.fields[i].len;
+        if (reserve(&u->copy, &u->copy_cap, u->copy_len + bound, err)) return err->code;
+        char *out = u->copy + u->copy_len;
+        put_be16(out, (uint16_t)rec.nfields);
+        out += 2;
+        for (size_t i = 0; i < rec.nfields; i++) {
+            const ps_field *f = &rec.fields[i];
+            if (f->len == 0) {
+                put_be32(out, 0xFFFFFFFFu);
+                out += 4;
+                continue;
+            }
+            size_t len = ps_field_unescape(f, out + 4);
+            put_be32(out, (uint32_t)len);
+            out += 4 + len;
+        }
+        u->copy_len = (size_t)(out - u->copy);
+        (*rows)++;
+    }
+    return PS_OK;
 }

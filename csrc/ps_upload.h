@@ -46,6 +46,11 @@ typedef struct ps_upload {
     char *previous;      /* the key of the row before (order check) */
     size_t previous_len, previous_cap;
     int have_previous;
+    /* ps_upload_copy_block's output: the block, and 0 before the signature, 1 while rows
+     * remain, 2 once the trailer is out. */
+    char *copy;
+    size_t copy_len, copy_cap;
+    int copy_state;
 } ps_upload;
 
 /* Opens `path` for reading; `max_record` bounds one record (bytes). */
@@ -69,5 +74,14 @@ int ps_upload_record(ps_upload *u, ps_record *rec, ps_error *err);
 /* The next data row: PS_TOK_RECORD with u->key / u->line / u->line_number set, PS_TOK_END,
  * or an error code. */
 int ps_upload_row(ps_upload *u, ps_error *err);
+/* The next rows in PostgreSQL's binary COPY format (FORMAT binary, every column text), for a
+ * store that loads the file with COPY: u->copy[0, u->copy_len) holds whole tuples, at least
+ * `target` bytes of them unless the file ended; the first block starts with the signature, the
+ * one that reaches the end of the file ends with the trailer, and a call after that gives an
+ * empty block. Each row is checked as by ps_upload_row (the key built, the order, the pairs
+ * counted), but no canonical line is built. An empty value, quoted or not, is NULL (-1). Values
+ * are the field's bytes unescaped (the tokenizer checked they are UTF-8). *rows: the rows in
+ * this block. A bad row stops the block with the error (the block is then to be thrown away). */
+int ps_upload_copy_block(ps_upload *u, size_t target, int64_t *rows, ps_error *err);
 
 #endif

@@ -154,6 +154,8 @@ cdef extern from "ps_upload.h" nogil:
         size_t line_len
         int64_t line_number
         int64_t *pair_rows
+        char *copy
+        size_t copy_len
 
     int ps_upload_open(ps_upload *u, const char *path, char separator, size_t max_record,
                        ps_error *err)
@@ -163,6 +165,7 @@ cdef extern from "ps_upload.h" nogil:
     int ps_upload_configure(ps_upload *u, const size_t *key_cols, size_t nkeys, int check_order,
                             const size_t *pair_cols, size_t npairs, ps_error *err)
     int ps_upload_row(ps_upload *u, ps_error *err)
+    int ps_upload_copy_block(ps_upload *u, size_t target, int64_t *rows, ps_error *err)
     size_t ps_key_line(const char *key, size_t key_len, char *scratch, char *out)
 
 

@@ -25,14 +25,13 @@ from prepsync import __version__, exit_status
 from prepsync.errors import PrepsyncError
 from prepsync.exit_status import ExitStatus
 from prepsync.logs import LOG_FORMATS
-from prepsync.protocol import DELETE, DONE, INSERT, MODES, UPDATE
+from prepsync.protocol import DEFAULT_SEPARATOR, DELETE, DONE, INSERT, MODES, UPDATE
 from prepsync.report import ProgressBar, summary_lines, write_report
 from prepsync.request import (
     DEFAULT_COMMAND_COLUMN,
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_OPERATOR_RETRY_SECONDS,
     DEFAULT_RETRY_SECONDS,
-    DEFAULT_SEPARATOR,
     DEFAULT_UPLOAD_CHUNK_SIZE,
     DEFAULT_WAIT_TIMEOUT,
     MIB,

@@ -48,7 +48,7 @@ from prepsync.config import Mappings
 from prepsync.errors import ServerError
 from prepsync.exchange import Backoff, Exchange, Retryable, RetryPolicy, object_of, refusal
 from prepsync.exchange import json_of as _json_of
-from prepsync.protocol import CANCELLED, NEXT_AFTER_HEADER, OPEN
+from prepsync.protocol import CANCELLED, DEFAULT_SEPARATOR, NEXT_AFTER_HEADER, OPEN
 from prepsync.request import DEFAULT_UPLOAD_CHUNK_SIZE
 from prepsync.token_auth import TOKEN_PATH, ClientCredentials
 from prepsync.upload import FileReceipt, FileUpload
@@ -151,7 +151,9 @@ class ApiClient:
             )
         return mappings
 
-    def open_session(self, connector: str, agent: str, mode: str, separator: str = ",") -> str:
+    def open_session(
+        self, connector: str, agent: str, mode: str, separator: str = DEFAULT_SEPARATOR
+    ) -> str:
         """Open a session and return its id; see the module notes on lost answers."""
         path = f"/api/connectors/{_q(connector)}/sessions"
         backoff = self._exchange.backoff()

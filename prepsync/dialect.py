@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prepsync.errors import UsageError
-from prepsync.protocol import separator_problem
+from prepsync.protocol import DEFAULT_SEPARATOR, separator_problem
 
 # The native reader's kinds (csrc/ps_decode.h, enum ps_encoding).
 UTF8, UTF16LE, UTF16BE, UTF32LE, UTF32BE, TABLE = range(6)
@@ -159,7 +159,7 @@ def encode_trim(chars: Sequence[str]) -> bytes:
 class ReadSettings:
     """How one table's source file is read. ``separator`` is the file's; outputs use the run's."""
 
-    separator: str = ","
+    separator: str = DEFAULT_SEPARATOR
     encoding: str | None = None  # None: UTF-8 (a byte-order mark decides in any case)
     skip_lines: int = 0
     trim: tuple[str, ...] = ()

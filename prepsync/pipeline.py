@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("prepsync")
 
 MERGE_STEP_ROWS = 65536
+# The export's pages are dropped from the page cache behind the read position, this many bytes
+# at a time (see _run_engine).
+INPUT_RELEASE_STEP = 16 * MIB
 
 # Output kinds and the suffix each adds to the table name.
 SUFFIXES = {
@@ -364,6 +367,8 @@ def stage_table(
         names = _empty_table_header(job)
         empty_header = Path(spill_dir or out_dir) / f"{job.table}.empty-source.csv"
         empty_header.write_bytes(format_row(names, job.separator))
+        # The engine reads that header as the table's source (plain UTF-8, the outputs'
+        # separator); results and messages still name the real source.
         read = replace(job, source=empty_header, settings=ReadSettings(separator=job.separator))
         log.info("%s: %s is empty (0 bytes): a table with no rows", job.table, source_name)
     try:
@@ -497,16 +502,27 @@ def _run_engine(
 
     total = source.stat().st_size
     done = 0
+    released = 0
     with open(source, "rb", buffering=0) as reader:
+        fd = reader.fileno()
         with contextlib.suppress(OSError):
-            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         # The engine reads into its own buffer: no copy through Python. Ctrl-C is seen
         # between blocks.
-        while got := engine.read_from(reader.fileno(), block):
+        while got := engine.read_from(fd, block):
             check_stop()
             done += got
+            if done - released >= INPUT_RELEASE_STEP:
+                # The export is read once: its pages, dropped as soon as read, are the ones the
+                # spill runs written meanwhile take, rather than fresh ones or ones reclaim
+                # takes from other files (docs/DESIGN.md, "The export leaves the page cache").
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, released, done - released, os.POSIX_FADV_DONTNEED)
+                released = done
             if progress:
                 progress(table, "read", done, total)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, released, 0, os.POSIX_FADV_DONTNEED)  # the rest, to the end
     engine.finish_input()
     rows = engine.stats()["rows_read"]
     written = 0

@@ -36,6 +36,11 @@ def upload_suffix(mode: str) -> str:
 
 
 # ------------------------------------------------------------------------------ CSV dialect
+# The field separator of a session's files when the session names none, and the agent's
+# default (its outputs', and its sources' unless a table's settings say otherwise).
+DEFAULT_SEPARATOR = ","
+
+
 def separator_problem(separator: str) -> str | None:
     """Why ``separator`` cannot separate the fields of prepsync's files, or None.
 

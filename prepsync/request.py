@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from prepsync.dialect import ReadSettings, check_separator
 from prepsync.errors import UsageError
-from prepsync.protocol import COMMAND_COLUMN, COMPLETE, MODES, SORTED_SUFFIX
+from prepsync.protocol import COMMAND_COLUMN, COMPLETE, DEFAULT_SEPARATOR, MODES, SORTED_SUFFIX
 
 if TYPE_CHECKING:
     from prepsync.config import TableSpec
@@ -26,8 +26,6 @@ MIB = 1 << 20
 # ------------------------------------------------------------------------------ defaults
 #: The data buffers of a whole run, shared by the tables cleansed at once.
 DEFAULT_MEMORY_BUDGET = 256 * MIB
-#: The outputs' field separator, and the sources' unless a table's settings say otherwise.
-DEFAULT_SEPARATOR = ","
 #: A change file's command column, as the source spells it (case-insensitive). The outputs
 #: always spell it ``command`` (:data:`prepsync.protocol.COMMAND_COLUMN`), whatever the source's.
 DEFAULT_COMMAND_COLUMN = COMMAND_COLUMN

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,67 @@ def test_run_py_names_each_members_order(tmp_path: Path) -> None:
     assert bench.data_dir(5, "shuffled").name == "ad-5-s1-shuffled-mshuffled"
     with pytest.raises(SystemExit):
         run.parse_args(["--members-order", "random"])
+
+
+def import_run() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCH))
+    return run
+
+
+def test_drop_from_cache_leaves_no_page_of_the_file(tmp_path: Path) -> None:
+    run = import_run()
+    path = tmp_path / "input.csv"
+    path.write_bytes(b"x" * (4 << 20))
+    run.warm_cache([path])
+    if run.cached_bytes(path) is None:
+        pytest.skip("fincore (util-linux) cannot tell what is cached here")
+    assert run.cached_bytes(path) == 4 << 20
+    run.drop_from_cache([path])  # dirty pages too: it flushes them first
+    assert run.cached_bytes(path) == 0
+
+
+def test_page_cache_modes_run_each_tool_dropped_in_its_own_directory(tmp_path: Path) -> None:
+    run = import_run()
+    assert run.parse_args([]).page_cache == ["warm"]
+    with pytest.raises(SystemExit):
+        run.parse_args(["--page-cache", "cold"])
+    args = run.parse_args(["--work-dir", str(tmp_path), "--page-cache", "warm,dropped"])
+    bench = run.Bench(args)
+    source = tmp_path / "ADExport_entries.csv"
+    source.write_bytes(b"objectGUID,dn\n1,a\n")
+    tables = [run.Table("ADExport_entries", source, ["objectGUID", "dn"], ["objectGUID"])]
+    bench.tools = ["prepsync", "sort"]
+    jobs = bench.cache_jobs(
+        "scaling-9", bench.jobs("scaling-9", tmp_path, tables, "complete"), [source]
+    )
+    assert [j.tool for j in jobs] == ["prepsync", "prepsync-dropped", "sort", "sort-dropped"]
+    assert len({j.work for j in jobs}) == 4
+    dropped = jobs[1]
+    assert dropped.report is not None and "scaling-9-prepsync-dropped" in dropped.report.name
+    cmd = dropped.cmds[0]
+    assert cmd[cmd.index("--working-directory") + 1] == str(dropped.work)
+    assert cmd[cmd.index("--report") + 1] == str(dropped.report)
+    sort_cmd = jobs[3].cmds[0]
+    assert sort_cmd[sort_cmd.index("-T") + 1] == str(jobs[3].work)
+    run.warm_cache([source])
+    jobs[3].setup()
+    if run.cached_bytes(source) is not None:
+        assert run.cached_bytes(source) == 0
+    # Every run but a dropped one finds its inputs cached (run_jobs reads them first).
+    assert all(j.inputs == [source] for j in jobs if not j.tool.endswith("-dropped"))
+
+
+def test_every_run_records_the_kernels_counters(tmp_path: Path) -> None:
+    run = import_run()
+    job = run.Job("true", [["dd", "if=/dev/zero", f"of={tmp_path / 'f'}", "bs=1M", "count=8",
+                            "conv=fsync", "status=none"]], tmp_path)  # fmt: skip
+    sample = run.measure(job, tmp_path / "log")
+    if not Path("/proc/vmstat").is_file():
+        pytest.skip("no /proc/vmstat here")
+    assert set(sample.vmstat) == set(run.VMSTAT)
+    assert sample.vmstat["pgpgout"] >= 8 << 10  # KiB written to disk: the fsynced 8 MiB at least
+    assert sample.meminfo_kib["MemFree"] > 0

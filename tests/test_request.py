@@ -17,6 +17,7 @@ from prepsync.config import TableSpec, Thresholds
 from prepsync.dialect import ReadSettings
 from prepsync.errors import UsageError
 from prepsync.exchange import RetryPolicy
+from prepsync.protocol import DEFAULT_SEPARATOR
 from prepsync.request import PrepareRequest, TableJob
 from prepsync.server import defaults as server_defaults
 from prepsync.sizes import parse_size
@@ -32,7 +33,7 @@ def test_prepare_options_default_to_the_named_constants() -> None:
     options = _defaults(prepare)
     assert parse_size(str(options["memory_budget"])) == defaults.DEFAULT_MEMORY_BUDGET
     assert parse_size(str(options["upload_chunk_size"])) == defaults.DEFAULT_UPLOAD_CHUNK_SIZE
-    assert options["separator"] == defaults.DEFAULT_SEPARATOR
+    assert options["separator"] == DEFAULT_SEPARATOR
     assert options["command_column"] == defaults.DEFAULT_COMMAND_COLUMN
     assert options["api_retry_seconds"] == defaults.DEFAULT_RETRY_SECONDS
     assert options["wait_timeout"] == defaults.DEFAULT_WAIT_TIMEOUT
@@ -87,7 +88,8 @@ def test_the_api_defaults_are_the_same_constants() -> None:
         connector="C", mode="complete", sources_dir=Path("s"), working_dir=Path("w")
     )
     assert request.memory_budget == defaults.DEFAULT_MEMORY_BUDGET
-    assert request.separator == defaults.DEFAULT_SEPARATOR
+    assert request.separator == DEFAULT_SEPARATOR
+    assert ReadSettings().separator == DEFAULT_SEPARATOR
     assert request.command_column == defaults.DEFAULT_COMMAND_COLUMN
     job = TableJob(spec=SPEC, source=Path("s/People.csv"))
     assert (job.memory_budget, job.separator, job.command_column) == (

@@ -39,8 +39,9 @@ ENTRIES, MEMBERS = "ADExport_entries", "ADExport_members"
 ENTRY_HEADER, MEMBER_HEADER = ("objectGUID", "dn", "mail"), ("dn", "member")
 CRASH_AFTER_COMMIT = {"PREPSYNC_CRASH_AT": "server-committed"}
 # The agent's journal and fingerprints decide these cases; the server only answers a session's
-# state, which every store gives alike. The cases where the server applies a change file once,
-# or fails it, run on both stores.
+# state, which every store gives alike. The case where the server applies a change file once
+# runs on both stores (a failed delta's verdict is compared across the stores by
+# test_server_pgstore.py).
 AGENT_SIDE = sqlite_only()
 
 
@@ -228,6 +229,7 @@ def test_the_journal_is_gone_once_the_verdict_is_known_and_stays_without_waiting
     assert not (model.agent.working / SESSION_JOURNAL).exists()
 
 
+@AGENT_SIDE
 def test_a_rerun_after_a_committed_session_failed_sends_nothing(
     site: tuple[ServerProcess, Site],
 ) -> None:

@@ -5,7 +5,10 @@ depend on that: same bytes at every budget, first row per key kept, later ones d
 from __future__ import annotations
 
 import ctypes
+import os
 import random
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -162,3 +165,41 @@ def test_the_same_bytes_when_no_worker_thread_can_be_started(
     )
     assert rows == sorted_bytes.partition(b"\n")[2]
     assert running == ([1] if threads == "started" else [0])
+
+
+def cached_bytes(path: Path) -> int | None:
+    """Bytes of the file in the page cache (util-linux fincore), None where it cannot tell."""
+    fincore = shutil.which("fincore")
+    if fincore is None:
+        return None
+    done = subprocess.run(
+        [fincore, "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(done.stdout.split()[0]) if done.returncode == 0 and done.stdout.strip() else None
+
+
+def test_the_export_leaves_the_page_cache_as_it_is_read(
+    tmp_path: Path, export: tuple[Path, bytes, bytes]
+) -> None:
+    """The export is read once: its pages are dropped behind the read position (DESIGN, "The
+    export leaves the page cache"), so that the spill runs take them. The outputs stay the
+    same bytes and nothing of the engine's is left open."""
+    source, sorted_bytes, duplicate_bytes = export
+    with open(source, "rb") as f:
+        os.fsync(f.fileno())  # written back: dirty pages cannot be dropped, only written
+        while f.read(1 << 20):
+            pass
+    if cached_bytes(source) is None:
+        pytest.skip("fincore (util-linux) cannot tell what is cached here")
+    assert cached_bytes(source) >= source.stat().st_size  # whole pages
+    result = prepare_table(TableJob(source=source, spec=SPEC, memory_budget=8 << 20), tmp_path)
+    assert result.runs >= 2
+    # The kernel skips pages still held in another core's LRU batch: a few stay behind.
+    left = cached_bytes(source)
+    assert left is not None and left < source.stat().st_size // 4, left
+    assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
+    assert (tmp_path / "M.duplicates.csv").read_bytes() == duplicate_bytes
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}

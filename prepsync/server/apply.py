@@ -163,7 +163,7 @@ def apply_session(
                     if folded not in plan:
                         work.count_stored(session.connector, spec, counters[folded])
                 stored = {
-                    folded: counts.get(folded) or counter.counts()
+                    folded: counts[folded] if folded in counts else counter.counts()
                     for folded, counter in counters.items()
                 }
                 names = [spec.name for spec in tables.values()]

@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from prepsync.protocol import (
     BLOCKED,
     CANCELLED,
+    DEFAULT_SEPARATOR,
     DONE,
     FAILED,
     FULL_MODES,
@@ -121,7 +122,7 @@ async def open_session(request: Request) -> Response:
         raise ApiError(400, f"'agent' must be a non-empty string of at most {AGENT_MAX} characters")
     if not isinstance(mode, str) or mode.lower() not in MODES:
         raise ApiError(400, f"'mode' must be one of {', '.join(MODES)}")
-    separator = document.get("separator", ",")
+    separator = document.get("separator", DEFAULT_SEPARATOR)
     if not isinstance(separator, str) or separator_problem(separator):
         raise ApiError(400, f"'separator': {separator_problem(str(separator))}")
     session_id = str(uuid.uuid4())

@@ -53,7 +53,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from prepsync._upload import CopyRows, native_copy_problem
+from prepsync._upload import CopyRows, UploadReader, native_copy_problem
 from prepsync.config import TableSpec
 from prepsync.errors import ConfigError
 from prepsync.protocol import (
@@ -379,6 +379,51 @@ def _copy_file(
         return cursor.rowcount
 
 
+def _copy_rows(
+    connection: psycopg.Connection[Any],
+    relation: sql.Composable,
+    columns: Sequence[str],
+    reader: UploadReader,
+    freeze: bool = False,
+) -> int:
+    """COPY the rows of ``reader`` (open, configured, past the header) into ``relation`` as
+    binary ``COPY`` data, which the native reader encodes and checks in one pass over the file
+    (PostgreSQL then parses no CSV: that parsing, 30-50 MB/s, was most of an initial load);
+    returns the rows.
+
+    A bad row is the reader's error (the first bad line), as when the file was checked before
+    COPY, even when PostgreSQL refused an earlier row (a NUL, a key too long for its index):
+    psycopg ends a COPY that a Python error stopped without raising the server's error, and
+    should a COPY fail before the reader is done, the rest of the file is read for a bad line
+    before PostgreSQL's refusal is raised.
+
+    ``freeze``: the rows are written frozen (``COPY ... FREEZE``; only into a table created
+    in this transaction, whose rows no other transaction can have seen), so no later reader
+    rewrites every page to set hint bits, nor does a vacuum to freeze them."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary{})").format(
+        relation, _columns(columns), sql.SQL(", FREEZE") if freeze else sql.SQL("")
+    )
+    reader_error: BaseException | None = None
+    try:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            while True:
+                try:
+                    block = reader.copy_block(COPY_BLOCK)
+                except BaseException as error:
+                    reader_error = error
+                    raise
+                if not block:
+                    break
+                copy.write(block)
+    except psycopg.Error:
+        if reader_error is not None:  # the COPY failed after the reader did
+            raise reader_error from None
+        while reader.copy_block(COPY_BLOCK):
+            pass
+        raise
+    return reader.rows_read
+
+
 # What PostgreSQL refuses in a session's data: a value it cannot hold (NUL), a key too long for
 # a B-tree index (about 2.7 kB; an OperationalError by its SQLSTATE class, but a property of
 # the data: retrying would fail forever), a constraint.
@@ -527,16 +572,25 @@ class PgWork:
             # checks the file as it reads it (the same checks and messages as SQLite's).
             self._diff_and_apply(table, upload, positions, counter)
             return
-        # The native reader checks what SQLite's load checks, with the same messages (width,
-        # null key, strictly ascending keys, a CR outside quotes), without storing anything.
-        _check_rows(upload, positions)
         link_positions = counter.link_pairs(header)
         if stored_header is None or table.row_count == 0:
-            if stored_header != header or table.key_columns != key_columns:
-                self._create(table, header, key_columns)
-            inserted = _copy_file(connection, table.relation, header, path, session.separator)
-            counter.add(inserted, links=self._links_in(table.relation, header, link_positions))
+            # The native reader checks what SQLite's load checks, with the same messages
+            # (width, null key, strictly ascending keys, a CR outside quotes) as it encodes the
+            # rows for COPY, and counts the links the rows hold.
+            reader = upload.native
+            assert reader is not None
+            reader.configure(positions, True, link_positions)
+            try:
+                created = stored_header != header or table.key_columns != key_columns
+                if created:
+                    self._create(table, header, key_columns)
+                inserted = _copy_rows(connection, table.relation, header, reader, freeze=created)
+            finally:
+                reader.close()
+            counter.add(inserted, links=[(links, 0) for links in reader.link_rows])
             return
+        # The checks as above, without storing anything, before COPY takes the file's bytes.
+        _check_rows(upload, positions)
         staging = _positional("c", len(header))
         self._staging("prepsync_staging", staging)
         _copy_file(connection, _ident("prepsync_staging"), staging, path, session.separator)
@@ -733,7 +787,7 @@ class PgWork:
                 ):
                     return
                 raise _RowByRow
-        except (_RowByRow, psycopg.DataError, psycopg.IntegrityError):
+        except (_RowByRow, DataError, psycopg.DataError, psycopg.IntegrityError):
             pass
         self._delta_rows(table, upload, header, positions, counter)
 
@@ -752,7 +806,16 @@ class PgWork:
         connection = self.connection
         staging = _positional("c", len(upload_header) + 1)  # c0: the command
         self._staging("prepsync_delta", staging, ordered=True)
-        _copy_file(connection, _ident("prepsync_delta"), staging, path, session.separator)
+        # Encoded by the native reader (no key checks here: a bad line, like anything the
+        # aggregate below finds wrong, sends the delta to the row-by-row path, whose reader
+        # names it).
+        reader = UploadReader(str(path), path.name, session.separator)
+        try:
+            reader.header()
+            reader.configure([], False)
+            _copy_rows(connection, _ident("prepsync_delta"), staging, reader)
+        finally:
+            reader.close()
         folded = [column.casefold() for column in upload_header]
         # Staging column of each stored column.
         of_stored = [_ident(f"c{folded.index(column.casefold()) + 1}") for column in header]

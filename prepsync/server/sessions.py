@@ -43,6 +43,7 @@ from prepsync.private import prepare_sqlite
 from prepsync.protocol import (
     BLOCKED,
     CANCELLED,
+    DEFAULT_SEPARATOR,
     DONE,
     FAILED,
     FINAL_STATES,
@@ -100,7 +101,7 @@ class Session:
     active_at: float
     # The field separator of the session's files: the agent's --separator (store rows are
     # always kept with ",").
-    separator: str = ","
+    separator: str = DEFAULT_SEPARATOR
     client: str | None = None  # the OpenID client that opened it (None: before ownership)
 
     def to_json(self) -> dict[str, Any]:
@@ -320,7 +321,7 @@ class SessionDatabase:
         mode: str,
         session_id: str,
         client: str,
-        separator: str = ",",
+        separator: str = DEFAULT_SEPARATOR,
         held: Collection[str] | None = None,
     ) -> list[str]:
         """Record a new open session; returns the ids of the sessions it cancelled.

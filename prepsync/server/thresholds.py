@@ -166,7 +166,8 @@ class ChangeCounter:
         (``recorded_links``, the store's record of the table, completed here by ``scan`` for the
         associations never counted on it)."""
         self.rows_before = rows
-        if not self.per_row or not rows:  # association-only: its links are its rows
+        # An association-only table's links are its rows; an empty table holds none.
+        if not self.per_row or not rows:
             self.links_before = dict.fromkeys(self.links_before, rows)
             return
         missing = [a for a in self.associations if a.identifier not in recorded_links]
@@ -178,8 +179,8 @@ class ChangeCounter:
         }
 
     def counted(self, changes: Iterable[Change]) -> Iterator[Change]:
-        """``changes`` as they are, each counted as it passes (the pairs of
-        :meth:`link_pairs` set for the changes' layout)."""
+        """``changes`` as they are, each counted as it passes (:meth:`link_pairs` must have
+        been given the changes' layout). The rows' totals are added when the changes end."""
         inserted = updated = deleted = 0
         count_links = self._count_links if self.per_row else None
         try:
