@@ -18,7 +18,7 @@
 #include <emmintrin.h>
 #endif
 
-#define MIN_READER_BUF ((size_t)64 << 10)
+#define MIN_READER_BUF ((size_t)32 << 10)
 /* Bigger reads buy nothing from the page cache and cost: each read() copied tens of MiB
  * through the caches before the merge consumed them, and every page of those buffers was
  * faulted in (at 1 GiB the final merge took 1.5x its 256 MiB time). */
@@ -894,16 +894,19 @@ static void close_readers(ps_cleanse *c, int remove_files) {
     c->merge.readers_open = 0;
 }
 
-/* io_block-sized buffers the final merge holds beside its readers: six for the outputs'
- * writers and the baseline's reading, and the spare of the outputs' writer thread (one buffer
- * in flight). */
-#define OUTPUT_BLOCKS 7
+/* io_block-sized buffers the final merge holds beside its readers: one per output writer
+ * (sorted, duplicates, and the delta when joining), the spare of the outputs' writer thread
+ * (one buffer in flight), the baseline's tokenizer (two) and its read when joining, and one
+ * for slack. The null-key writer and the input's tokenizer are released at seal. Counting
+ * the baseline's share only when there is a baseline lets a small budget's merge read more
+ * runs at once (32 MiB: the entries table's 154 runs in one final merge, without a pass). */
+static inline size_t output_blocks(const ps_cleanse *c) { return c->join.active ? 7 : 4; }
 
 static size_t merge_memory(const ps_cleanse *c) {
     /* What the readers may use: the budget less the writers and the baseline's tokenizer, and
      * room for the largest record to pass through one reader and the held row beyond their
      * shares (twice more for the baseline's tokenizer and rows when joining). */
-    size_t reserved = OUTPUT_BLOCKS * c->io_block + (c->join.active ? 4 : 2) * c->record_room;
+    size_t reserved = output_blocks(c) * c->io_block + (c->join.active ? 4 : 2) * c->record_room;
     if (c->sort.last_run_kept) reserved += c->sort.arena_size;
     return c->budget > reserved + MIN_READER_BUF * 2 ? c->budget - reserved : MIN_READER_BUF * 2;
 }
@@ -912,7 +915,7 @@ static size_t merge_memory(const ps_cleanse *c) {
  * with the readers' full shares left beside the arena (so never below the budget's floor). */
 static int can_keep_last_run(const ps_cleanse *c) {
     size_t readers = c->spill.runs.n + 1;
-    size_t reserved = OUTPUT_BLOCKS * c->io_block + (c->join.active ? 4 : 2) * c->record_room +
+    size_t reserved = output_blocks(c) * c->io_block + (c->join.active ? 4 : 2) * c->record_room +
                       c->sort.arena_size;
     return readers <= MAX_FAN_IN && c->budget >= reserved + readers * MIN_READER_BUF;
 }

@@ -20,6 +20,7 @@ import os
 import resource
 import shutil
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -748,7 +749,8 @@ def prepare_connector(
                     sender.written(index)
                 return result
 
-            results = _run_all(cleanse, len(tables), workers, failure)
+            background = _background_tables([job.source for job in jobs]) if workers > 1 else set()
+            results = _run_all(cleanse, len(tables), workers, failure, background)
         crash_point("staged")
         committing = time.monotonic()
         staged.commit()
@@ -768,6 +770,77 @@ def prepare_connector(
         warnings=warnings,
         commit_seconds=commit_seconds,
     )
+
+
+#: Environment variable: how much lower (in nice steps, 0-19) the threads of every table but
+#: the largest run while tables are cleansed at once; 0 or unset: all alike (the default). See
+#: :func:`_background_tables`.
+BACKGROUND_NICE_VARIABLE = "PREPSYNC_BACKGROUND_NICE"
+
+
+def background_nice() -> int:
+    """PREPSYNC_BACKGROUND_NICE as a nice step, 0 when unset or not a whole number 0-19."""
+    try:
+        value = int(os.environ.get(BACKGROUND_NICE_VARIABLE, "0"))
+    except ValueError:
+        return 0
+    return value if 0 <= value <= 19 else 0
+
+
+def _background_tables(sources: Sequence[Path]) -> set[int]:
+    """The tables whose threads run at a lower priority (PREPSYNC_BACKGROUND_NICE): every one
+    but the largest source; none unless the variable asks for it.
+
+    An experiment, off by default until a quiet machine says it pays (docs/DESIGN.md,
+    "Parallelism"; the shared bench machine's load hides it either way).
+
+    A run of tables at once ends when its largest table does, and that table's end is a
+    single-threaded final merge (with its writer thread): the cores are contended while every
+    table reads, sorts and spills, and half idle at the end. Run as equals, the smaller tables
+    take half the cores in the first part and leave the largest table's last pass alone on one
+    core at the end. Favouring the largest table's threads (the longest job first, the usual
+    rule for the shortest total time) lets the others fill the gaps it leaves and finish
+    during its last pass. Nothing is spent: the same work, in another order. A lower priority
+    weighs only against this process's own threads where the kernel groups a session's
+    threads (Linux's autogroup, the default of most distributions); elsewhere it also yields
+    to other programs, which only delays the smaller tables on a busy machine.
+    """
+    if not background_nice() or not sys.platform.startswith("linux") or len(sources) < 2:
+        return set()
+    sizes = []
+    for source in sources:
+        try:
+            sizes.append(source.stat().st_size)
+        except OSError:
+            sizes.append(0)  # its own error comes when the table is read
+    largest = max(range(len(sources)), key=lambda index: sizes[index])
+    return {index for index in range(len(sources)) if index != largest}
+
+
+def _run_in_background(work: Callable[[int], TableResult], index: int) -> TableResult:
+    """work(index) on a thread of its own whose nice value is background_nice() higher. A thread
+    of its own because an unprivileged thread can raise its nice value but never lower it
+    again: a pool thread would keep it for the next table. The engine's own threads (spill
+    worker, writer) inherit it when they start."""
+    outcome: list[TableResult] = []
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        with contextlib.suppress(OSError):  # no priority to change: run as it is
+            tid = threading.get_native_id()
+            nice = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + background_nice()))
+        try:
+            outcome.append(work(index))
+        except BaseException as error:  # handed to the pool thread that waits for it
+            failed.append(error)
+
+    thread = threading.Thread(target=target, name=f"{threading.current_thread().name}-background")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return outcome[0]
 
 
 class _Stopped(Exception):
@@ -793,14 +866,21 @@ class _FirstFailure:
 
 
 def _run_all(
-    work: Callable[[int], TableResult], count: int, workers: int, failure: _FirstFailure
+    work: Callable[[int], TableResult],
+    count: int,
+    workers: int,
+    failure: _FirstFailure,
+    background: set[int] | None = None,
 ) -> list[TableResult]:
-    """work(0..count-1) on `workers` threads (the engine releases the GIL)."""
+    """work(0..count-1) on `workers` threads (the engine releases the GIL); the indexes in
+    `background` at a lower priority (:func:`_background_tables`)."""
     if workers == 1:
         return [work(index) for index in range(count)]
 
     def guarded(index: int) -> TableResult:
         try:
+            if background and index in background:
+                return _run_in_background(work, index)
             return work(index)
         except _Stopped:
             raise

@@ -449,14 +449,14 @@ def test_an_intermediate_pass_merges_only_what_the_final_merge_cannot_read(
         b"k,v\n" + b"".join(b"%08d,%s\n" % ((i * 7919) % rows, b"x" * 90) for i in range(rows))
     )
     outputs = {}
-    for budget in (2 << 20, 1 << 30):
+    for budget in (1536 << 10, 1 << 30):
         out = tmp_path / str(budget)
         out.mkdir()
         outputs[budget] = (
             prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), out),
             out,
         )
-    spilled, spilled_out = outputs[2 << 20]
+    spilled, spilled_out = outputs[1536 << 10]
     assert spilled.runs >= 16 and spilled.merge_passes == 1
     records = rows * (8 + 8 + len(b"00000000,") + 90)  # header, key, line
     # Every record is spilled once; merging every run again would write them all twice.
@@ -465,3 +465,35 @@ def test_an_intermediate_pass_merges_only_what_the_final_merge_cannot_read(
     for kind in ("sorted", "duplicates", "nullpk"):
         name = f"t.{kind}.csv"
         assert (spilled_out / name).read_bytes() == (whole_out / name).read_bytes()
+
+
+def test_only_a_join_reserves_the_baselines_buffers_from_the_final_merge(tmp_path: Path) -> None:
+    """The final merge's readers get what the outputs leave of the budget. Without a baseline
+    to join, its tokenizer, read and delta writer are not reserved, so a small budget's merge
+    reads more runs at once: here every run in one final merge, where the same runs joined
+    with a baseline need a pass first. The outputs are the same either way."""
+    from prepsync.config import TableSpec, Thresholds
+
+    spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
+    rows = 120_000
+    source = tmp_path / "in.csv"
+    source.write_bytes(
+        b"k,v\n" + b"".join(b"%08d,%s\n" % ((i * 7919) % rows, b"x" * 90) for i in range(rows))
+    )
+    baseline = tmp_path / "baseline.csv"
+    baseline.write_bytes(b"k,v\n" + b"".join(b"%08d,y\n" % i for i in range(0, rows, 2)))
+    budget = 2 << 20
+    complete, joined = tmp_path / "complete", tmp_path / "joined"
+    complete.mkdir()
+    joined.mkdir()
+    full = prepare_table(TableJob(source=source, spec=spec, memory_budget=budget), complete)
+    delta = prepare_table(
+        TableJob(
+            source=source, spec=spec, mode="incremental", baseline=baseline, memory_budget=budget
+        ),
+        joined,
+    )
+    assert full.runs == delta.runs >= 16
+    assert full.merge_passes == 0 and delta.merge_passes == 1
+    assert (complete / "t.sorted.csv").read_bytes() == (joined / "t.sorted.csv").read_bytes()
+    assert (delta.inserts, delta.updates, delta.deletes) == (rows // 2, rows // 2, 0)

@@ -19,7 +19,7 @@ from prepsync.request import TableJob
 
 @pytest.mark.parametrize(
     ("budget", "limit", "what"),
-    [("1MiB", 256 << 10, "writing spill file"), ("64MiB", 1 << 20, "writing the sorted output")],
+    [("1MiB", 128 << 10, "writing spill file"), ("64MiB", 1 << 20, "writing the sorted output")],
 )
 def test_failing_write_is_reported_and_cleaned_up(
     tmp_path: Path, budget: str, limit: int, what: str

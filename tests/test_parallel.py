@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from prepsync import _cleanse, pipeline
 from prepsync.config import TableSpec, Thresholds
 from prepsync.errors import InputError
-from prepsync.request import PrepareRequest
+from prepsync.request import PrepareRequest, TableJob
 
 SPECS = [
     TableSpec(name=f"t{i}", columns=("id", "v"), key=("id",), thresholds=Thresholds())
@@ -55,4 +59,45 @@ def test_first_error_in_table_order_is_reported(tmp_path: Path) -> None:
             run(tmp_path, 4)
         assert failure.value.path.endswith("t1.csv")
         assert not list((tmp_path / "out4").glob("*.csv*"))
+    assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread nice values: Linux")
+def test_with_a_background_nice_the_largest_table_runs_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PREPSYNC_BACKGROUND_NICE=N: every table but the largest source runs on a thread of its
+    own, N lower in priority; the largest, on the pool's thread, keeps the process's. The
+    threads that carry on (the pool's, the caller's) keep theirs, and the bytes are those of a
+    serial run. Unset, every table runs at the process's priority."""
+    write_tables(tmp_path)
+    largest = SPECS[2].name
+    with (tmp_path / f"{largest}.csv").open("a") as grown:
+        grown.write("".join(f"{3000 + j},extra-{j}\n" for j in range(2000)))
+    serial = run(tmp_path, 1)
+    seen: dict[str, tuple[int, int]] = {}
+    real_stage_table = pipeline.stage_table
+
+    def stage_table(job: TableJob, *args: Any, **kwargs: Any) -> Any:
+        tid = threading.get_native_id()
+        seen[job.spec.name] = (os.getpriority(os.PRIO_PROCESS, tid), tid)
+        return real_stage_table(job, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "stage_table", stage_table)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    monkeypatch.delenv(pipeline.BACKGROUND_NICE_VARIABLE, raising=False)
+    assert run(tmp_path, 2) == serial
+    assert {name: nice for name, (nice, _) in seen.items()} == {s.name: base for s in SPECS}
+
+    seen.clear()
+    monkeypatch.setenv(pipeline.BACKGROUND_NICE_VARIABLE, "10")
+    assert run(tmp_path, 2) == serial
+    lowered = min(19, base + 10)
+    assert seen[largest][0] == base
+    assert {name: nice for name, (nice, _) in seen.items() if name != largest} == {
+        spec.name: lowered for spec in SPECS if spec.name != largest
+    }
+    # Each background table had a thread of its own, gone with it.
+    assert len({tid for _, tid in seen.values()}) == len(SPECS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}

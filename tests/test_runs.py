@@ -203,3 +203,35 @@ def test_the_export_leaves_the_page_cache_as_it_is_read(
     assert (tmp_path / "M.sorted.csv").read_bytes() == sorted_bytes
     assert (tmp_path / "M.duplicates.csv").read_bytes() == duplicate_bytes
     assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
+
+
+@pytest.mark.parametrize("order", ["sorted", "reversed"])
+def test_the_merge_keeps_the_first_row_per_key_in_any_input_order(
+    tmp_path: Path, export: tuple[Path, bytes, bytes], order: str
+) -> None:
+    """Sorted input: one run wins row after row (the merge's heap keeps its top with two
+    comparisons); reversed: the runs take turns. Either way the first row of each key in the
+    file is kept and the later ones, in file order, are its duplicates."""
+    source, _, _ = export
+    header, *rows = source.read_bytes().splitlines(keepends=True)
+    pairs = [(row.rsplit(b",", 1)[0], row) for row in rows]
+    ordered = sorted(pairs, key=lambda pair: pair[0], reverse=order == "reversed")
+    reordered = tmp_path / "in" / "M.csv"
+    reordered.parent.mkdir()
+    reordered.write_bytes(header + b"".join(row for _, row in ordered))
+    kept: dict[bytes, bytes] = {}
+    duplicates: list[tuple[bytes, int, bytes]] = []
+    for position, (key, row) in enumerate(ordered):
+        if key in kept:
+            duplicates.append((key, position, row))
+        else:
+            kept[key] = row
+    job = TableJob(source=reordered, spec=SPEC, memory_budget=8 << 20)
+    result = prepare_table(job, tmp_path)
+    assert result.runs >= 4
+    assert (tmp_path / "M.sorted.csv").read_bytes() == header + b"".join(
+        kept[key] for key in sorted(kept)
+    )
+    assert (tmp_path / "M.duplicates.csv").read_bytes() == header + b"".join(
+        row for _, _, row in sorted(duplicates)
+    )

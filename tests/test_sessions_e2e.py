@@ -19,12 +19,16 @@ from serverutil import (
     chain,
     config_xml,
     latest_session,
+    sqlite_only,
 )
 
 __all__ = ["chain"]  # the fixture, used by name
 
 
 @pytest.mark.slow
+# The server's side, an orphan cancelled by its agent's next opening, runs on both stores in
+# test_kill_points.py (an agent killed once its files were uploaded).
+@sqlite_only()
 def test_agent_killed_right_after_opening_its_session_does_not_stall_the_next_run(
     chain: tuple[ServerProcess, Agent, Export],
 ) -> None:
