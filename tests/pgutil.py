@@ -57,6 +57,16 @@ SETTINGS = {
 }
 
 
+def _without_sanitizers() -> dict[str, str]:
+    """This environment without the sanitizer runtime the debug test run preloads (``make
+    test-asan``): it is meant for prepsync's core, and PostgreSQL's programs can hang under it."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")
+    }
+
+
 class PostgresUnavailable(Exception):
     """No PostgreSQL to test against; the message says how to get one."""
 
@@ -83,7 +93,11 @@ def find_bindir() -> Path | None:
     if pg_config:
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
             output = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+                [pg_config, "--bindir"],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=_without_sanitizers(),
             ).stdout
             candidates.append(Path(output.strip()))
 
@@ -179,11 +193,7 @@ class Cluster:
         """How to run PostgreSQL's programs: as the server's user, in an environment without
         the sanitizer runtime the debug test run preloads (``make test-asan``), which is
         meant for prepsync's core, not for PostgreSQL."""
-        environment = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")
-        }
+        environment = _without_sanitizers()
         if self.user is None:
             return {"env": environment}
         home = {"HOME": self.user.pw_dir, "USER": self.user.pw_name}
@@ -234,7 +244,10 @@ class Cluster:
         (``en_US.UTF-8``): a query that forgets ``COLLATE "C"`` then sorts wrong here too.
         ICU's ``en-US`` (PostgreSQL 15+ built with ICU), else the C locale."""
         help_text = subprocess.run(
-            [str(self.bindir / "initdb"), "--help"], capture_output=True, text=True
+            [str(self.bindir / "initdb"), "--help"],
+            capture_output=True,
+            text=True,
+            env=_without_sanitizers(),
         ).stdout
         if "--locale-provider" in help_text and "--with-icu" in self._configure_flags():
             return ["--locale", "C.UTF-8", "--locale-provider", "icu", "--icu-locale", "en-US"]
@@ -245,7 +258,10 @@ class Cluster:
         if not pg_config.is_file():
             return ""
         return subprocess.run(
-            [str(pg_config), "--configure"], capture_output=True, text=True
+            [str(pg_config), "--configure"],
+            capture_output=True,
+            text=True,
+            env=_without_sanitizers(),
         ).stdout
 
     def _log_text(self) -> str:

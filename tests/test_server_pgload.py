@@ -4,6 +4,7 @@ SQLite store, whichever of the reader and PostgreSQL finds a problem first."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ from serverutil import csv_bytes
 from storeutil import StoreHarness
 
 from prepsync.config import TableSpec, Thresholds
+from prepsync.errors import ConfigError
 from prepsync.protocol import DONE, FAILED
+from prepsync.server.apply import apply_session
+from prepsync.server.pgstore import PgBackend, PgWork
 
 pytestmark = pytest.mark.postgres
 
@@ -128,3 +132,134 @@ def test_a_delta_the_reader_or_postgresql_refuses_fails_as_on_sqlite(
     finally:
         for store in stores:
             store.close()
+
+
+def load_tables(postgres_url: str) -> list[str]:
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'prepsync_load'"
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_a_table_loaded_on_its_own_connection_is_swapped_in_with_the_session(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[str] = []
+    take = PgWork._take_ahead
+
+    def counted(work: PgWork, table: Any, ahead: Any, counter: Any) -> None:
+        taken.append(table.name)
+        take(work, table, ahead, counter)
+
+    monkeypatch.setattr(PgWork, "_take_ahead", counted)
+    # P (the second table) is loaded ahead on a connection of its own; it lands in the
+    # connector's schema, named and keyed as a table the session's connection creates, and
+    # nothing stays in the loading schema.
+    rows = [("1", "a", ""), ("2", "", "1")]
+    (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], rows))
+    (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], [("x", "1"), ("y", "2")]))
+    stores = both(tmp_path, postgres_url)
+    try:
+        outcomes = [outcome_of(store, "initial", tmp_path, NAMES) for store in stores]
+        assert outcomes[0][0] == DONE
+        assert outcomes[1] == outcomes[0]
+        for table, spec in (("T", SPEC), ("P", PAIR)):
+            served = [store.resources("C", table, spec.columns) for store in stores]
+            assert served[0] == served[1]
+        assert load_tables(postgres_url) == []
+        assert taken == ["P"]
+        with psycopg.connect(postgres_url) as connection:
+            names = connection.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                """WHERE i.indrelid IN ('"C"."T"'::regclass, '"C"."P"'::regclass) """
+                "AND i.indisprimary ORDER BY 1"
+            ).fetchall()
+            assert names == [("P_pkey",), ("T_pkey",)]
+    finally:
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        (b"a,b\nx,1\nx,1\n", "P.sorted.csv, line 3: duplicate key"),
+        (b"a,c\nx,1\n", "P.sorted.csv: header differs from the kept columns"),
+    ],
+)
+def test_a_table_loaded_ahead_fails_the_session_as_on_sqlite_and_leaves_nothing(
+    tmp_path: Path, postgres_url: str, members: bytes, reason: str
+) -> None:
+    (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], [("1", "a", "")]))
+    (tmp_path / "P.sorted.csv").write_bytes(members)
+    stores = both(tmp_path, postgres_url)
+    try:
+        outcomes = [outcome_of(store, "initial", tmp_path, NAMES) for store in stores]
+        assert outcomes[0][0] == FAILED
+        assert (outcomes[0][1] or "").startswith(reason)
+        assert outcomes[1] == outcomes[0]
+        assert stores[1].resources("C", "T", SPEC.columns) == b"id,v,p\n"
+        assert load_tables(postgres_url) == []
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_load_ahead_left_by_a_crash_is_dropped_by_the_next_session(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from prepsync.server.pgstore import LOAD_SCHEMA, _load_prefix
+
+    harness = StoreHarness(tmp_path / "pg", postgres_url)
+    try:
+        left = f"{_load_prefix('C')}_0123456789abcdef"
+        with psycopg.connect(postgres_url) as connection:
+            connection.execute(f'CREATE TABLE {LOAD_SCHEMA}."{left}" (a text)')
+            connection.execute(f'CREATE TABLE {LOAD_SCHEMA}."other" (a text)')  # not C's
+        (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], [("1", "a", "")]))
+        (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], [("x", "1")]))
+        assert outcome_of(harness, "initial", tmp_path, NAMES)[0] == DONE
+        assert load_tables(postgres_url) == ["other"]
+    finally:
+        harness.close()
+
+
+def test_a_session_applied_again_after_a_crash_is_not_held_up_by_its_first_load_ahead(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first attempt dies after its load ahead committed, before the session's commit (and
+    # before its own clean-up, which a SIGKILL skips): the same session applied again drops
+    # that table and loads its own.
+    (tmp_path / "T.sorted.csv").write_bytes(csv_bytes(["id", "v", "p"], [("1", "a", "")]))
+    (tmp_path / "P.sorted.csv").write_bytes(csv_bytes(["a", "b"], [("x", "1")]))
+    harness = StoreHarness(tmp_path / "pg", postgres_url)
+    try:
+        session = harness.claimed("C", "initial", NAMES)
+
+        def killed(work: PgWork, session: Any, summary: Any) -> None:
+            raise psycopg.OperationalError("the server was killed")
+
+        monkeypatch.setattr(PgWork, "commit_applied", killed)
+        monkeypatch.setattr(PgWork, "finish", lambda work, committed: None)
+        with pytest.raises(psycopg.OperationalError):
+            apply_session(harness.store, session, TABLES, tmp_path, None, time.monotonic())
+        assert len(load_tables(postgres_url)) == 1
+        monkeypatch.undo()
+        outcome = apply_session(harness.store, session, TABLES, tmp_path, None, time.monotonic())
+        assert outcome.state == DONE
+        assert load_tables(postgres_url) == []
+        assert harness.resources("C", "P", PAIR.columns) == b"a,b\nx,1\n"
+    finally:
+        harness.db.release(session)
+        harness.close()
+
+
+@pytest.mark.parametrize("connector", ["prepsync", "prepsync_load", "pg_x"])
+def test_the_stores_own_schemas_are_not_connector_names(
+    tmp_path: Path, postgres_url: str, connector: str
+) -> None:
+    backend = PgBackend(postgres_url, tmp_path)
+    with pytest.raises(ConfigError, match="cannot use it as a schema name"):
+        backend.check_tables({connector: [SPEC]})
+    backend.check_tables({"C": [SPEC]})

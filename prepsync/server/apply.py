@@ -150,9 +150,14 @@ def apply_session(
     try:
         with store.apply_transaction() as work:
             # Configuration order, so that a session's outcome does not depend on file order.
-            for folded, spec in tables.items():
-                if folded in plan:
-                    work.apply_table(session, spec, plan[folded], counters[folded])
+            carried = [
+                (spec, plan[folded], counters[folded])
+                for folded, spec in tables.items()
+                if folded in plan
+            ]
+            work.load_ahead(session, carried)
+            for spec, path, counter in carried:
+                work.apply_table(session, spec, path, counter)
             counts = {folded: counters[folded].counts() for folded in tables if folded in plan}
             by_name = {tables[folded].name: table for folded, table in counts.items()}
             crossed: list[str] = []
@@ -192,6 +197,11 @@ class SqliteWork:
 
     def __init__(self, transaction: Transaction) -> None:
         self.transaction = transaction
+
+    def load_ahead(
+        self, session: Session, tables: Sequence[tuple[TableSpec, Path, ChangeCounter]]
+    ) -> None:
+        """Nothing: SQLite has one writer."""
 
     def apply_table(
         self, session: Session, spec: TableSpec, path: Path, count_changes: ChangeCounter

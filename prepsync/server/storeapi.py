@@ -10,7 +10,9 @@ Two implementations: SQLite files in the data directory (:mod:`prepsync.server.s
   more (a crash): the worker queues them again, or marks them done when the store holds them.
 * **begin**: :meth:`ResourceStore.apply_transaction` opens the one transaction of a session;
   the block ending normally **commits**, an exception **rolls back**.
-* **load a complete table / apply a delta**: :meth:`TableWork.apply_table` (one table of the
+* **load a complete table / apply a delta**: :meth:`TableWork.load_ahead` (every table the
+  session carries, in the order they will be applied: a store may start loading some at once,
+  PostgreSQL does for initial loads), then :meth:`TableWork.apply_table` (one table of the
   session), which **counts the changes for the thresholds in the same pass** into its
   ``count_changes``, a :class:`~prepsync.server.thresholds.ChangeCounter`: what the table held
   before, then its changes one at a time or as totals of a bulk path. The counting and its rules
@@ -40,6 +42,10 @@ from prepsync.server.thresholds import ChangeCounter
 
 class TableWork(Protocol):
     """Row work inside one session's transaction."""
+
+    def load_ahead(
+        self, session: Session, tables: Sequence[tuple[TableSpec, Path, ChangeCounter]]
+    ) -> None: ...
 
     def apply_table(
         self, session: Session, spec: TableSpec, path: Path, count_changes: ChangeCounter
