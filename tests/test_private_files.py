@@ -87,14 +87,15 @@ def test_a_report_written_before_with_a_wider_mode_is_narrowed(site: Site, umask
 
 
 def test_spill_files_and_folders_are_owner_only(tmp_path: Path, umask: int) -> None:
-    """Sorted runs spilled to disk, seen while the run writes its outputs."""
+    """Sorted runs spilled to disk, seen while the run reads and writes (a small table's final
+    merge can now read every run at once: its first merge step may finish the outputs)."""
     site = Site(tmp_path)
     rows = [(f"{(i * 7919) % 60000:05d}", f"name {i}", "x") for i in range(60000)]
     site.write("Entries.csv", csv_bytes(("id", "name", "ignored"), rows))
     seen: dict[str, int] = {}
 
     def look(table: str, phase: str, done: int, total: int) -> None:
-        if phase == "write":
+        if phase in ("read", "write"):
             for spill in site.working.glob(".prepsync-spill-*"):
                 seen[spill.name + "/"] = mode(spill)
                 seen.update({f"{spill.name}/{k}": v for k, v in modes_below(spill).items()})

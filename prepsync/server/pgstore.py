@@ -889,9 +889,9 @@ class PgWork:
         with connection.cursor() as cursor, cursor.copy(statement) as copy:
             while block := spool.read(COPY_BLOCK):
                 copy.write(block)
-        # Statistics (a few ms for a few thousand rows): without them the planner guesses the
-        # changes table large and hashes the whole stored table to join it.
-        connection.execute("ANALYZE prepsync_changes")
+        # No ANALYZE: unanalysed, the changes table looks small and each change is found
+        # through the key's index; analysed, the planner hashed it and scanned the whole stored
+        # table (500K entries, 5K updates: the UPDATE took 1.17 s against 0.26 s).
         relation = table.relation
         match = sql.SQL(" AND ").join(
             sql.SQL("t.{} = c.{}").format(_ident(header[p]), _ident(staged[p])) for p in positions
