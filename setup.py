@@ -22,7 +22,7 @@ else:
 # The server's upload reader and store readers are their own extension (they need only the
 # tokenizer and the core; the store readers find SQLite and libpq at run time, see
 # csrc/ps_store.h and csrc/ps_pgcopy.h).
-SERVER_ONLY = ["csrc/ps_upload.c", "csrc/ps_store.c", "csrc/ps_pgcopy.c"]
+SERVER_ONLY = ["csrc/ps_upload.c", "csrc/ps_store.c", "csrc/ps_pgcopy.c", "csrc/ps_symbols.c"]
 UPLOAD_SOURCES = [*SERVER_ONLY, "csrc/ps_tokenizer.c", "csrc/ps_core.c"]
 core_sources = sorted(source for source in glob("csrc/*.c") if source not in SERVER_ONLY)
 core_headers = sorted(glob("csrc/*.h"))
@@ -46,6 +46,7 @@ extensions = [
             "csrc/ps_format.h",
             "csrc/ps_store.h",
             "csrc/ps_pgcopy.h",
+            "csrc/ps_symbols.h",
             "csrc/ps_tokenizer.h",
             "csrc/ps_core.h",
             "prepsync/_native.pxd",

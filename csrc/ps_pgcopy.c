@@ -3,8 +3,8 @@
 #include "ps_pgcopy.h"
 
 #include "ps_format.h"
+#include "ps_symbols.h"
 
-#include <dlfcn.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,14 +35,7 @@ int ps_pgcopy_loaded(void) { return pq.loaded; }
 
 int ps_pgcopy_load(const char *module_path, ps_error *err) {
     if (pq.loaded) return PS_OK;
-    /* RTLD_NOLOAD: the module psycopg loaded; dlsym on its handle searches it and then its
-     * dependencies, the libpq psycopg itself calls (never a second copy). */
-    void *handle = dlopen(module_path, RTLD_NOW | RTLD_NOLOAD);
-    if (!handle) return ps_fail(err, PS_ERR_IO, 0, -1, "%s is not loaded", module_path);
-    struct {
-        const char *name;
-        void **slot;
-    } wanted[] = {
+    const ps_symbol wanted[] = {
         {"PQgetCopyData", (void **)&pq.get_copy_data},
         {"PQfreemem", (void **)&pq.freemem},
         {"PQgetResult", (void **)&pq.get_result},
@@ -52,14 +45,9 @@ int ps_pgcopy_load(const char *module_path, ps_error *err) {
         {"PQclear", (void **)&pq.clear},
         {"PQerrorMessage", (void **)&pq.error_message},
     };
-    for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
-        *wanted[i].slot = dlsym(handle, wanted[i].name);
-        if (!*wanted[i].slot) {
-            dlclose(handle);
-            return ps_fail(err, PS_ERR_IO, 0, -1, "%s: no %s", module_path, wanted[i].name);
-        }
-    }
-    pq.loaded = 1; /* the handle stays open: the functions outlive this call */
+    int rc = ps_symbols_resolve(module_path, wanted, sizeof wanted / sizeof wanted[0], err);
+    if (rc != PS_OK) return rc;
+    pq.loaded = 1;
     return PS_OK;
 }
 

@@ -1,8 +1,8 @@
 #define _GNU_SOURCE
 
 #include "ps_store.h"
+#include "ps_symbols.h"
 
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -42,14 +42,7 @@ int ps_store_loaded(void) { return api.loaded; }
 
 int ps_store_load(const char *module_path, ps_error *err) {
     if (api.loaded) return PS_OK;
-    /* RTLD_NOLOAD: the module Python loaded, never a second copy. dlsym on its handle searches
-     * the module and then its dependencies (the libsqlite3 it is linked with). */
-    void *handle = dlopen(module_path, RTLD_NOW | RTLD_NOLOAD);
-    if (!handle) return ps_fail(err, PS_ERR_IO, 0, -1, "%s is not loaded", module_path);
-    struct {
-        const char *name;
-        void **slot;
-    } wanted[] = {
+    const ps_symbol wanted[] = {
         {"sqlite3_open_v2", (void **)&api.open_v2},
         {"sqlite3_close", (void **)&api.close},
         {"sqlite3_busy_timeout", (void **)&api.busy_timeout},
@@ -67,15 +60,8 @@ int ps_store_load(const char *module_path, ps_error *err) {
         {"sqlite3_finalize", (void **)&api.finalize},
         {"sqlite3_errmsg", (void **)&api.errmsg},
     };
-    for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
-        *wanted[i].slot = dlsym(handle, wanted[i].name);
-        if (!*wanted[i].slot) {
-            dlclose(handle);
-            return ps_fail(err, PS_ERR_IO, 0, -1, "%s: no %s", module_path, wanted[i].name);
-        }
-    }
-    /* The handle stays open: the functions must outlive this call (the module is never
-     * unloaded anyway). */
+    int rc = ps_symbols_resolve(module_path, wanted, sizeof wanted / sizeof wanted[0], err);
+    if (rc != PS_OK) return rc;
     api.loaded = 1;
     return PS_OK;
 }
