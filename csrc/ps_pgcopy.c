@@ -60,7 +60,12 @@ int ps_pgcopy_open(ps_pgcopy *c, void *conn, size_t nfields, const size_t *key_c
     for (size_t k = 0; k < nkeys; k++)
         if (key_cols[k] >= nfields) return ps_fail(err, PS_ERR_ARG, 0, -1, "bad key column");
     c->key_cols = malloc(nkeys * sizeof *c->key_cols);
-    if (!c->key_cols) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory");
+    c->value_len = malloc(nfields * sizeof *c->value_len);
+    c->value_at = malloc(nfields * sizeof *c->value_at);
+    if (!c->key_cols || !c->value_len || !c->value_at) {
+        ps_pgcopy_close(c);
+        return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory");
+    }
     memcpy(c->key_cols, key_cols, nkeys * sizeof *c->key_cols);
     c->conn = conn;
     c->nfields = nfields;
@@ -71,6 +76,8 @@ int ps_pgcopy_open(ps_pgcopy *c, void *conn, size_t nfields, const size_t *key_c
 void ps_pgcopy_close(ps_pgcopy *c) {
     free(c->buf);
     free(c->key_cols);
+    free(c->value_len);
+    free(c->value_at);
     free(c->key);
     free(c->line);
     free(c->previous);
@@ -196,12 +203,15 @@ int ps_pgcopy_row(ps_pgcopy *c, ps_error *err) {
         return PS_TOK_END;
     }
     if (count < 0 || (size_t)count != c->nfields) return malformed(err, "a row of another width");
-    /* First pass: the row must be whole before anything is built from it. */
+    /* First pass: the row must be whole before anything is built from it; it notes where
+     * each value is, for the line and the key. */
     size_t offset = 2, bound = c->nfields;
     for (size_t i = 0; i < c->nfields; i++) {
         if (have - offset < 4) return short_of_bytes(c, err);
         int32_t flen = (int32_t)be32(at + offset);
         offset += 4;
+        c->value_len[i] = flen;
+        c->value_at[i] = offset;
         if (flen == -1) continue;
         if (flen < 0) return malformed(err, "a negative length");
         if (have - offset < (size_t)flen) return short_of_bytes(c, err);
@@ -209,41 +219,25 @@ int ps_pgcopy_row(ps_pgcopy *c, ps_error *err) {
         bound += 2 * (size_t)flen + 2;
     }
     if (reserve(&c->line, &c->line_cap, bound, err)) return err->code;
-    /* The line, and where each value is (for the key). */
-    size_t n = 0, field_at = 2;
+    size_t n = 0;
     for (size_t i = 0; i < c->nfields; i++) {
-        int32_t flen = (int32_t)be32(at + field_at);
-        field_at += 4;
         if (i) c->line[n++] = ',';
-        if (flen > 0) {
-            /* The stored line's quoting, as a session file's rows get it (ps_format.h). */
-            n += ps_format_value(at + field_at, (size_t)flen, ',', c->line + n);
-            field_at += (size_t)flen;
-        }
+        if (c->value_len[i] > 0) /* the stored line's quoting, a session file's (ps_format.h) */
+            n += ps_format_value(at + c->value_at[i], (size_t)c->value_len[i], ',', c->line + n);
     }
     c->line_len = n;
     /* The key: each key value's bytes (0x00 -> 0x00 0x01; PostgreSQL's text never holds one,
      * but the encoding is the store's), then 0x00 0x00. */
     size_t key_bound = 0;
     for (size_t k = 0; k < c->nkeys; k++) {
-        size_t pos = 2;
-        for (size_t i = 0; i < c->key_cols[k]; i++) {
-            int32_t flen = (int32_t)be32(at + pos);
-            pos += 4 + (flen > 0 ? (size_t)flen : 0);
-        }
-        int32_t flen = (int32_t)be32(at + pos);
+        int32_t flen = c->value_len[c->key_cols[k]];
         key_bound += 2 * (flen > 0 ? (size_t)flen : 0) + 2;
     }
     if (reserve(&c->key, &c->key_cap, key_bound, err)) return err->code;
     size_t m = 0;
     for (size_t k = 0; k < c->nkeys; k++) {
-        size_t pos = 2;
-        for (size_t i = 0; i < c->key_cols[k]; i++) {
-            int32_t flen = (int32_t)be32(at + pos);
-            pos += 4 + (flen > 0 ? (size_t)flen : 0);
-        }
-        int32_t flen = (int32_t)be32(at + pos);
-        const char *value = at + pos + 4;
+        int32_t flen = c->value_len[c->key_cols[k]];
+        const char *value = at + c->value_at[c->key_cols[k]];
         for (int32_t i = 0; i < flen; i++) {
             c->key[m++] = value[i];
             if (value[i] == '\0') c->key[m++] = '\x01';

@@ -42,6 +42,8 @@ typedef struct ps_pgcopy {
     size_t nfields;
     size_t nkeys;
     size_t *key_cols;
+    int32_t *value_len;  /* per field of the row being read: its length, -1 for NULL */
+    size_t *value_at;    /* per field: where its bytes start in the row */
     /* The last row read: */
     char *key;
     size_t key_len, key_cap;
