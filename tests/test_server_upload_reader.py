@@ -155,11 +155,14 @@ def test_link_rows_count_full_pairs(tmp_path: Path) -> None:
         (b"id,v\n1,a\n2,\xff\n", "T.sorted.csv, line 3: invalid UTF-8"),
     ],
 )
-@pytest.mark.parametrize("method", ["rows", "check"])
+@pytest.mark.parametrize(
+    ("method", "size"), [("rows", 100), ("check", 100), ("copy_block", 1), ("copy_block", 1 << 20)]
+)
 def test_errors_name_the_file_and_the_line(
-    tmp_path: Path, data: bytes, problem: str, method: str
+    tmp_path: Path, data: bytes, problem: str, method: str, size: int
 ) -> None:
-    # check() (the PostgreSQL store's pass before COPY) finds what rows() finds, builds nothing.
+    # check() (the PostgreSQL store's pass before COPY) and copy_block() (its binary COPY, a
+    # block of one row or of many) find what rows() finds.
     path = tmp_path / "T.sorted.csv"
     path.write_bytes(data)
     reader = UploadReader(str(path), path.name, ",")
@@ -167,9 +170,10 @@ def test_errors_name_the_file_and_the_line(
     reader.configure([0], True)
     read = getattr(reader, method)
     with pytest.raises(DataError) as raised:
-        while read(100):
+        while read(size):
             pass
     assert str(raised.value) == problem
+    reader.close()
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prepsync._upload import UploadReader
-from prepsync.errors import DataError
 from prepsync.server.store import encode_key
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -159,36 +158,6 @@ def test_link_rows_and_keys_are_counted_as_rows_counts_them(tmp_path: Path) -> N
     reader.close()
     assert reader.link_rows == [2, 3]
     assert reader.rows_read == 4
-
-
-@pytest.mark.parametrize(
-    ("data", "problem"),
-    [
-        (b"id,v\n1,a\n\n2,b,c\n", "T.sorted.csv, line 4: expected 2 fields, found 3"),
-        (b"id,v\n1,a\n,b\n", "T.sorted.csv, line 3: null key"),
-        (b'id,v\n1,a\n"",b\n', "T.sorted.csv, line 3: null key"),
-        (b"id,v\n1,a\n1,b\n", "T.sorted.csv, line 3: duplicate key"),
-        (b"id,v\n2,a\n10,b\n", "T.sorted.csv, line 3: not in key order"),
-        (b'id,v\n1,"a\nb"\n0,c\n', "T.sorted.csv, line 4: not in key order"),
-        (b"id,v\n1,a\r\n2,b\rc\n", "T.sorted.csv, line 3: a CR outside quotes"),
-        (b'id,v\n1,a\n2,"b\n', "T.sorted.csv, line 3: unterminated quote"),
-        (b"id,v\n1,a\n2,\xff\n", "T.sorted.csv, line 3: invalid UTF-8"),
-    ],
-)
-@pytest.mark.parametrize("target", [1, 1 << 20])
-def test_errors_are_the_checking_readers(
-    tmp_path: Path, data: bytes, problem: str, target: int
-) -> None:
-    path = tmp_path / "T.sorted.csv"
-    path.write_bytes(data)
-    reader = UploadReader(str(path), path.name, ",")
-    reader.header()
-    reader.configure([0], True)
-    with pytest.raises(DataError) as raised:
-        while reader.copy_block(target):
-            pass
-    assert str(raised.value) == problem
-    reader.close()
 
 
 def test_unconfigured_or_closed_readers_refuse(tmp_path: Path) -> None:
