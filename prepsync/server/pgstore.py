@@ -814,7 +814,7 @@ class PgWork:
         with _merge_join(connection):
             connection.execute(
                 sql.SQL("CREATE TEMP TABLE prepsync_changes ON COMMIT DROP AS SELECT {} {}").format(
-                    diff.select_for_apply(link_positions), diff.source()
+                    diff.select_for_counting(link_positions), diff.source()
                 )
             )
         aggregates: list[sql.Composable] = [
@@ -833,10 +833,9 @@ class PgWork:
             for index in range(len(link_positions))
         ]
         counter.add(int(row[0]), int(row[1]), int(row[2]), links)
-        if stored_header != header:  # same columns, another order or spelling
-            self._rewrite(table, header, key_columns, staging)
-            return
-        diff.apply(connection)
+        # Here the columns are the same in another order or spelling (the same layout into a
+        # loaded table took the native merge-join above): the table is rebuilt in the new one.
+        self._rewrite(table, header, key_columns, staging)
 
     def _diff_and_apply(
         self, table: _Table, upload: Upload, positions: list[int], counter: ChangeCounter
@@ -1327,7 +1326,8 @@ class _Rows:
 
 class _FullDiff:
     """The FULL JOIN of a staged complete load (columns ``c<i>`` in the file's order) with the
-    stored table (the same columns, maybe spelled or ordered otherwise): the rows that differ."""
+    stored table (the same columns, spelled or ordered otherwise): the rows that differ, for the
+    threshold counts of a load that then rebuilds the table in the file's layout."""
 
     def __init__(
         self, table: _Table, header: list[str], stored_header: list[str], positions: list[int]
@@ -1370,23 +1370,10 @@ class _FullDiff:
             "CASE WHEN t.{} IS NULL THEN 'i' WHEN s.{} IS NULL THEN 'd' ELSE 'u' END"
         ).format(first_stored, first_staged)
 
-    def key(self) -> list[sql.Composed]:
-        return [
-            sql.SQL("coalesce(s.{}, t.{})").format(staged, stored)
-            for staged, stored in self._key_pairs()
-        ]
-
-    def select_for_apply(self, link_positions: Sequence[tuple[int, int]]) -> sql.Composed:
-        """command, k<i> (the key), n<i> (new values), n<a>a/b and o<a>a/b (link columns)."""
+    def select_for_counting(self, link_positions: Sequence[tuple[int, int]]) -> sql.Composed:
+        """command, and each link pair's new (n<a>a/b) and old (o<a>a/b) values: what the
+        threshold counts need (the table is then rebuilt from staging, not patched)."""
         selected: list[sql.Composable] = [sql.SQL("{} AS command").format(self.command())]
-        selected.extend(
-            sql.SQL("{} AS {}").format(key, _ident(f"k{index}"))
-            for index, key in enumerate(self.key())
-        )
-        selected.extend(
-            sql.SQL("s.{} AS {}").format(_ident(f"c{i}"), _ident(f"n{i}"))
-            for i in range(len(self.header))
-        )
         for index, (first, second) in enumerate(link_positions):
             selected.append(
                 sql.SQL("s.{} AS {}, s.{} AS {}, t.{} AS {}, t.{} AS {}").format(
@@ -1401,42 +1388,6 @@ class _FullDiff:
                 )
             )
         return sql.SQL(", ").join(selected)
-
-    def apply(self, connection: psycopg.Connection[Any]) -> None:
-        """Delete, update, insert from ``prepsync_changes`` (the file's layout is the table's)."""
-        relation = self.table.relation
-        match = sql.SQL(" AND ").join(
-            sql.SQL("t.{} = c.{}").format(_ident(self.stored[p]), _ident(f"k{index}"))
-            for index, p in enumerate(self.positions)
-        )
-        connection.execute(
-            sql.SQL(
-                "DELETE FROM {} t USING prepsync_changes c WHERE c.command = 'd' AND {}"
-            ).format(relation, match)
-        )
-        non_key = [i for i in range(len(self.header)) if i not in self.positions]
-        if non_key:
-            assignments = sql.SQL(", ").join(
-                sql.SQL("{} = c.{}").format(_ident(self.stored[i]), _ident(f"n{i}"))
-                for i in non_key
-            )
-            connection.execute(
-                sql.SQL(
-                    "UPDATE {} t SET {} FROM prepsync_changes c WHERE c.command = 'u' AND {}"
-                ).format(relation, assignments, match)
-            )
-        order = _columns([f"k{index}" for index in range(len(self.positions))])
-        connection.execute(
-            sql.SQL(
-                "INSERT INTO {} ({}) SELECT {} FROM prepsync_changes WHERE command = 'i' "
-                "ORDER BY {}"
-            ).format(
-                relation,
-                _columns(self.stored),
-                _columns(_positional("n", len(self.header))),
-                order,
-            )
-        )
 
 
 # ------------------------------------------------------------------------------- the store
