@@ -5,10 +5,10 @@ Each measurement runs in its own fresh wrapper process (see ``MEASURE``), which 
 tool, waits for it and reports the wall time, the CPU time and ``ru_maxrss`` of
 ``getrusage(RUSAGE_CHILDREN)``: the peak resident set of the largest process of the tool's
 process tree (every tool here is one multi-threaded process, so that is the tool's peak
-RSS). Tools alternate within every repetition (the starting tool rotates) and the median of
-``--repeat`` runs is reported. Results go to ``bench/results/<date>-<commit>.json``; compare
-two of them with ``bench/compare.py``. See ``bench/README.md`` for what each comparison does
-and does not measure.
+RSS). Tools alternate within every repetition (each round's order a row of a Williams
+design, see ``williams_orders``) and the median of ``--repeat`` runs is reported. Results go
+to ``bench/results/<date>-<commit>.json``; compare two of them with ``bench/compare.py``.
+See ``bench/README.md`` for what each comparison does and does not measure.
 """
 
 from __future__ import annotations
@@ -143,6 +143,8 @@ class Job:
     # Read into the page cache before every run (untimed): a run before may have left them out
     # (prepsync drops its inputs' pages as it reads them; a TOOL-dropped run drops them).
     inputs: list[Path] = field(default_factory=list)
+    # Runs of the untimed warm-up rounds (run_jobs), kept apart from the timed samples.
+    warmup_samples: list[Sample] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- config
@@ -243,12 +245,58 @@ def measure(job: Job, log: Path) -> Sample:
     )
 
 
+def williams_orders(n: int) -> list[list[int]]:
+    """The rounds' orders of ``n`` jobs (indices), a Williams design: round r runs row
+    r mod len(rows). Every n consecutive rows from row 0 (or from row n) form a Latin square:
+    each job runs in each slot once, so no job always gets the slot that follows a big free
+    (bench/README.md, "Fresh pages"). Over all the rows each job also directly follows each
+    other job equally often: once over n rows when n is even, twice over 2n rows (the square
+    and its mirror) when n is odd, so what a run leaves behind weighs on every job alike."""
+    if n < 1:
+        return []
+    # 0, 1, n-1, 2, n-2, ...: its successive differences are all different mod n, so adding r
+    # to every element (row r) gives each ordered pair as neighbours exactly once over n rows.
+    base = [0]
+    low, high = 1, n - 1
+    while len(base) < n:
+        base.append(low)
+        low += 1
+        if len(base) < n:
+            base.append(high)
+            high -= 1
+    rows = [[(b + r) % n for b in base] for r in range(n)]
+    if n % 2:
+        # For odd n no single square balances the neighbours; its mirror gives each pair the
+        # other way round as often.
+        rows += [row[::-1] for row in rows]
+    return rows
+
+
+def balanced_rounds(repeat: int, n: int) -> int:
+    """``repeat`` rounded up to a multiple of ``n``: every job in every slot equally often."""
+    return -(-repeat // n) * n if n else repeat
+
+
 def run_jobs(
-    jobs: list[Job], repeat: int, logs: Path, after_first: Callable[[], None] | None = None
+    jobs: list[Job],
+    repeat: int,
+    logs: Path,
+    after_first: Callable[[], None] | None = None,
+    warmup: int = 0,
 ) -> None:
-    """``repeat`` rounds; in each every job runs once, the first job rotating."""
-    for r in range(repeat):
-        for job in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
+    """``warmup`` untimed rounds, then ``repeat`` timed ones; in each every job runs once, in
+    the order of the round's row of ``williams_orders`` (the warm-up rounds take the rows
+    before the timed rounds', so that the timed ones start from row 0: with ``repeat`` a
+    multiple of the number of jobs, every job runs in every slot equally often).
+    ``after_first`` runs once, after the first round (warm-up or timed): every job's outputs
+    then exist."""
+    if not jobs:
+        return
+    rows = williams_orders(len(jobs))
+    width = max(9, *(len(job.tool) for job in jobs))
+    for r in range(-warmup, repeat):
+        timed = r >= 0
+        for job in (jobs[i] for i in rows[r % len(rows)]):
             if job.work.exists():
                 shutil.rmtree(job.work)
             job.work.mkdir(parents=True)
@@ -263,14 +311,15 @@ def run_jobs(
             sample = measure(job, logs / f"{job.work.name}.log")
             if job.report is not None:
                 read_phases(job.report, sample)
-            job.samples.append(sample)
+            (job.samples if timed else job.warmup_samples).append(sample)
+            what = f"{r + 1}/{repeat}" if timed else f"warm-up {r + warmup + 1}/{warmup}"
             print(
-                f"  [{r + 1}/{repeat}] {job.tool:<9} {sample.wall:8.2f} s "
+                f"  [{what}] {job.tool:<{width}} {sample.wall:8.2f} s "
                 f"{sample.rss_mib:8.1f} MiB   (load {sample.load:.2f})",
                 file=sys.stderr,
                 flush=True,
             )
-        if r == 0 and after_first is not None:
+        if r == -warmup and after_first is not None:
             after_first()
 
 
@@ -301,6 +350,16 @@ def remove_previous(sources: Path) -> None:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def paired_ratio(values: Sequence[float], reference: Sequence[float]) -> float:
+    """The median over the rounds of each round's value / the same round's reference value
+    (the two lists in round order). A round slowed down as a whole (other work on the machine)
+    moves both of its runs and cancels out, where it moves a ratio of medians."""
+    if len(values) != len(reference) or not values:
+        raise ValueError("paired_ratio needs one value and one reference per round")
+    ratios = [v / r for v, r in zip(values, reference, strict=True) if r > 0]
+    return median(ratios) if ratios else float("nan")
 
 
 def warm_cache(paths: Sequence[Path]) -> None:
@@ -429,6 +488,8 @@ class Bench:
         self.lines: list[str] = []
         self.floor_bytes: dict[str, dict[str, int]] = {}
         self.first_members_order: str | None = (args.members_order or [None])[0]
+        self.warmup_samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.sweep_rounds: dict[str, int] = {}
 
     def say(self, line: str = "") -> None:
         self.lines.append(line)
@@ -723,8 +784,9 @@ class Bench:
             self.cross_check(section, tables, ".sorted.csv")
             self.save_baselines(section, tables)
 
-        run_jobs(jobs, self.args.repeat, self.logs, after_first)
+        run_jobs(jobs, self.args.repeat, self.logs, after_first, self.warmup_rounds(section))
         self.record(section, jobs, meta.get("entries_rows"))
+        self.record_warmups(section, jobs)
         self.load_report(section)
         self.say()
         self.print_section(f"complete synchronization: {describe(data, meta)}", section, jobs)
@@ -765,8 +827,10 @@ class Bench:
             self.args.repeat,
             self.logs,
             lambda: self.cross_check(section, tables, ".sorted.delta.csv"),
+            self.warmup_rounds(section),
         )
         self.record(section, jobs, meta.get("entries_rows"))
+        self.record_warmups(section, jobs)
         self.load_report(section)
         self.say()
         self.print_section(
@@ -791,8 +855,9 @@ class Bench:
             jobs = self.cache_jobs(section, self.jobs(section, data, tables, "complete"), sources)
             names = [job.tool for job in jobs]
             print(f"scaling: {rows} rows", file=sys.stderr, flush=True)
-            run_jobs(jobs, self.args.repeat, self.logs)
+            run_jobs(jobs, self.args.repeat, self.logs, warmup=self.warmup_rounds(section))
             self.record(section, jobs, rows)
+            self.record_warmups(section, jobs)
             self.record_vmstat(section, jobs)
             self.cleanup(jobs, data)
         fixed = self.fixed_cost(self.data_dir(min(sizes), self.first_members_order))
@@ -931,38 +996,100 @@ class Bench:
         tables = load_tables(self.config, self.args.connector, empty)
         jobs = self.jobs("scaling-0", empty, tables, "complete")
         print("scaling: header-only export (fixed cost)", file=sys.stderr, flush=True)
-        run_jobs(jobs, self.args.repeat, self.logs)
+        run_jobs(jobs, self.args.repeat, self.logs, warmup=self.warmup_rounds("scaling-0"))
         self.record("scaling-0", jobs, None)
+        self.record_warmups("scaling-0", jobs)
         self.cleanup(jobs, empty)
         return {job.tool: self.figures[f"scaling-0.{job.tool}.wall_s"]["value"] for job in jobs}
 
+    def warmup_rounds(self, section: str) -> int:
+        """--warmup, or its default: one round for the budget sweep, none elsewhere."""
+        if self.args.warmup is not None:
+            return int(self.args.warmup)
+        return 1 if section == "budget" else 0
+
+    def record_warmups(self, section: str, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.warmup_samples:
+                runs = [s.__dict__ for s in job.warmup_samples]
+                self.warmup_samples.setdefault(section, {})[job.tool] = runs
+
     def budget_sweep(self, data: Path, meta: dict[str, Any], budgets: Sequence[str]) -> None:
-        """prepsync's complete run at each budget, alternating, against --memory-budget's."""
+        """prepsync's complete run at each budget, alternating, against --memory-budget's.
+
+        The budgets' order changes from round to round (williams_orders) after untimed warm-up
+        rounds, and the rounds are a multiple of the number of budgets: the same work at two
+        budgets measured 1.08-1.27x apart when one of them held the slot after a big free in
+        the first rounds (bench/README.md, "Budget sweep")."""
         section = "budget"
         jobs = [
             self.prepsync_job(section, data, "complete", b, tool=f"prepsync@{b}") for b in budgets
         ]
+        warmup = self.warmup_rounds(section)
+        # --repeat 1 is a smoke run: kept at one round (said below), not tripled.
+        repeat = self.args.repeat
+        rounds = repeat if repeat == 1 else balanced_rounds(repeat, len(jobs))
+        design = len(williams_orders(len(jobs)))
+        self.sweep_rounds = {"warmup": warmup, "timed": rounds, "design": design}
         warm_cache([t.source for t in load_tables(self.config, self.args.connector, data)])
         print("budget sweep: " + ", ".join(budgets), file=sys.stderr, flush=True)
-        run_jobs(jobs, self.args.repeat, self.logs)
+        run_jobs(jobs, rounds, self.logs, warmup=warmup)
         self.record(section, jobs, meta.get("entries_rows"))
+        self.record_warmups(section, jobs)
         fig = self.figures
         ref = self.args.memory_budget
         self.say()
         self.say(f"budget sweep (prepsync, complete synchronization; ratios to {ref})")
-        self.say(f"  {'budget':<10}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}{'wall ratio':>12}")
-        for b in budgets:
+        rounded = f" (--repeat {repeat} rounded up)" if rounds != repeat else ""
+        if rounds % len(jobs):
+            balance = (
+                "the budgets are NOT in every slot equally often (--repeat 1: a smoke run; "
+                f"more rounds are rounded up to a multiple of {len(jobs)})"
+            )
+        else:
+            balance = (
+                f"every budget in every slot {rounds // len(jobs)} time(s); which budget "
+                "follows which "
+                + ("is balanced too" if rounds % design == 0 else f"balances over {design} rounds")
+            )
+        self.say(
+            f"  {warmup} untimed warm-up round(s), then {rounds} timed round(s){rounded}: "
+            + balance
+        )
+        self.say(
+            f"  {'budget':<10}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}{'wall ratio':>12}"
+            f"{'paired':>9}   runs (wall s, round order)"
+        )
+        ref_job = next((job for job in jobs if job.tool == f"prepsync@{ref}"), None)
+        for b, job in zip(budgets, jobs, strict=True):
             wall = fig[f"{section}.prepsync@{b}.wall_s"]["value"]
-            ratio = ""
-            if f"{section}.prepsync@{ref}.wall_s" in fig:
+            ratio = paired = ""
+            if ref_job is not None:
                 base = fig[f"{section}.prepsync@{ref}.wall_s"]["value"]
                 fig[f"{section}.ratio.{b}/{ref}.wall"] = {
                     "value": wall / base if base else float("nan"), "unit": "x", "kind": "ratio"
                 }  # fmt: skip
                 ratio = f"{wall / base:.2f}x" if base else "-"
+                # Each round's run over the same round's reference run, the median of those.
+                value = paired_ratio(
+                    [s.wall for s in job.samples], [s.wall for s in ref_job.samples]
+                )
+                fig[f"{section}.ratio.{b}/{ref}.wall_paired"] = {
+                    "value": value, "unit": "x", "kind": "ratio"
+                }  # fmt: skip
+                paired = f"{value:.2f}x"
+            runs = " ".join(f"{s.wall:.2f}" for s in job.samples)
             self.say(
                 f"  {b:<10}{wall:>9.2f}{fig[f'{section}.prepsync@{b}.cpu_s']['value']:>9.2f}"
                 f"{fig[f'{section}.prepsync@{b}.peak_rss_mib']['value']:>14.1f}{ratio:>12}"
+                f"{paired:>9}   {runs}"
+            )
+        if ref_job is None:
+            self.say(f"  (no ratios: --memory-budget {ref} is not one of the sweep's budgets)")
+        else:
+            self.say(
+                "  wall ratio: of the medians; paired: the median over the rounds of each "
+                f"round's time / the same round's {ref} time (a slow round cancels out)"
             )
         self.print_phases(section, jobs)
         self.cleanup(jobs, data)
@@ -1123,6 +1250,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also time prepsync alone at each of these comma-separated budgets "
         "(e.g. 32MiB,256MiB,1GiB), alternating; ratios are to --memory-budget",
     )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        metavar="N",
+        help="untimed rounds of every job before each section's timed rounds (default: 1 for "
+        "the budget sweep, 0 for the other sections; 0 for a quick smoke run)",
+    )
     ap.add_argument("--config", default=str(BENCH / "config" / "ad.xml"))
     ap.add_argument("--connector", default="AD")
     ap.add_argument(
@@ -1150,6 +1284,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--tools takes a subset of {','.join(TOOLS)}")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error("--warmup must be >= 0")
+    if args.budget_sweep is not None and not args.budget_sweep.strip(", "):
+        ap.error("--budget-sweep takes comma-separated budgets, e.g. 32MiB,256MiB,1GiB")
     args.members_order = [o.strip() for o in args.members_order.split(",") if o.strip()]
     if any(o not in MEMBERS_ORDERS for o in args.members_order):
         ap.error(f"--members-order takes a subset of {','.join(MEMBERS_ORDERS)}")
@@ -1224,12 +1362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "floor": args.floor,
             "scaling": args.scaling,
             "budget_sweep": args.budget_sweep,
+            # --warmup as given (None: 1 round for the budget sweep, none elsewhere) and the
+            # sweep's rounds as run: --repeat rounded up to a multiple of its budgets.
+            "warmup": args.warmup,
+            "budget_sweep_rounds": bench.sweep_rounds or None,
             "page_cache": args.page_cache,
             "rss": "ru_maxrss of RUSAGE_CHILDREN in a fresh wrapper per run (largest process)",
         },
         "datasets": bench.datasets,
         "figures": bench.figures,
         "samples": bench.samples,
+        "warmup_samples": bench.warmup_samples,
         "checks": bench.checks,
         "prepsync_reports": bench.reports,
         "notes": {"sort": SORT_NOTE, **({"page_cache": CACHE_NOTE} if args.scaling else {})},
