@@ -749,8 +749,10 @@ def prepare_connector(
                     sender.written(index)
                 return result
 
-            background = _background_tables([job.source for job in jobs]) if workers > 1 else set()
-            results = _run_all(cleanse, len(tables), workers, failure, background)
+            sources = [job.source for job in jobs]
+            background = _background_tables(sources) if workers > 1 else set()
+            order = _largest_first(sources)
+            results = _run_all(cleanse, len(tables), workers, failure, background, order)
         crash_point("staged")
         committing = time.monotonic()
         staged.commit()
@@ -773,26 +775,45 @@ def prepare_connector(
 
 
 #: Environment variable: how much lower (in nice steps, 0-19) the threads of every table but
-#: the largest run while tables are cleansed at once; 0 or unset: all alike (the default). See
-#: :func:`_background_tables`.
+#: the largest run while tables are cleansed at once; 0: all alike. See :func:`_background_tables`.
 BACKGROUND_NICE_VARIABLE = "PREPSYNC_BACKGROUND_NICE"
+#: Its value when unset (or not a whole number 0-19). 19 measured the same as 10 on a quiet
+#: machine; 10 leaves the smaller tables a tenth of a contended core where the kernel does not
+#: group a session's threads (docs/DESIGN.md, "Parallelism").
+DEFAULT_BACKGROUND_NICE = 10
 
 
 def background_nice() -> int:
-    """PREPSYNC_BACKGROUND_NICE as a nice step, 0 when unset or not a whole number 0-19."""
+    """PREPSYNC_BACKGROUND_NICE as a nice step: DEFAULT_BACKGROUND_NICE when unset or not a
+    whole number 0-19."""
     try:
-        value = int(os.environ.get(BACKGROUND_NICE_VARIABLE, "0"))
+        value = int(os.environ.get(BACKGROUND_NICE_VARIABLE, str(DEFAULT_BACKGROUND_NICE)))
     except ValueError:
-        return 0
-    return value if 0 <= value <= 19 else 0
+        return DEFAULT_BACKGROUND_NICE
+    return value if 0 <= value <= 19 else DEFAULT_BACKGROUND_NICE
+
+
+def _source_sizes(sources: Sequence[Path]) -> list[int]:
+    sizes = []
+    for source in sources:
+        try:
+            sizes.append(source.stat().st_size)
+        except OSError:
+            sizes.append(0)  # its own error comes when the table is read
+    return sizes
+
+
+def _largest_first(sources: Sequence[Path]) -> list[int]:
+    """Table indexes by decreasing source size (ties in configuration order): the order the
+    pool starts them in. The run ends when its longest table does, so that one starts first
+    (the longest-job-first rule) rather than wait for a free thread behind smaller ones."""
+    sizes = _source_sizes(sources)
+    return sorted(range(len(sources)), key=lambda index: (-sizes[index], index))
 
 
 def _background_tables(sources: Sequence[Path]) -> set[int]:
-    """The tables whose threads run at a lower priority (PREPSYNC_BACKGROUND_NICE): every one
-    but the largest source; none unless the variable asks for it.
-
-    An experiment, off by default until a quiet machine says it pays (docs/DESIGN.md,
-    "Parallelism"; the shared bench machine's load hides it either way).
+    """The tables whose threads run at a lower priority (PREPSYNC_BACKGROUND_NICE, 10 unless
+    set; 0 turns it off): every one but the largest source.
 
     A run of tables at once ends when its largest table does, and that table's end is a
     single-threaded final merge (with its writer thread): the cores are contended while every
@@ -807,13 +828,7 @@ def _background_tables(sources: Sequence[Path]) -> set[int]:
     """
     if not background_nice() or not sys.platform.startswith("linux") or len(sources) < 2:
         return set()
-    sizes = []
-    for source in sources:
-        try:
-            sizes.append(source.stat().st_size)
-        except OSError:
-            sizes.append(0)  # its own error comes when the table is read
-    largest = max(range(len(sources)), key=lambda index: sizes[index])
+    largest = _largest_first(sources)[0]
     return {index for index in range(len(sources)) if index != largest}
 
 
@@ -871,9 +886,11 @@ def _run_all(
     workers: int,
     failure: _FirstFailure,
     background: set[int] | None = None,
+    order: Sequence[int] | None = None,
 ) -> list[TableResult]:
-    """work(0..count-1) on `workers` threads (the engine releases the GIL); the indexes in
-    `background` at a lower priority (:func:`_background_tables`)."""
+    """work(0..count-1) on `workers` threads (the engine releases the GIL), started in `order`
+    (default: index order); the indexes in `background` at a lower priority
+    (:func:`_background_tables`). Results come in index order."""
     if workers == 1:
         return [work(index) for index in range(count)]
 
@@ -889,7 +906,8 @@ def _run_all(
             raise
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepsync") as pool:
-        futures = [pool.submit(guarded, index) for index in range(count)]
+        started = {index: pool.submit(guarded, index) for index in (order or range(count))}
+        futures = [started[index] for index in range(count)]
         try:
             wait(futures)
         except BaseException:  # Ctrl-C reaches the main thread only: stop every table

@@ -66,10 +66,10 @@ def test_first_error_in_table_order_is_reported(tmp_path: Path) -> None:
 def test_with_a_background_nice_the_largest_table_runs_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PREPSYNC_BACKGROUND_NICE=N: every table but the largest source runs on a thread of its
-    own, N lower in priority; the largest, on the pool's thread, keeps the process's. The
-    threads that carry on (the pool's, the caller's) keep theirs, and the bytes are those of a
-    serial run. Unset, every table runs at the process's priority."""
+    """PREPSYNC_BACKGROUND_NICE=N (10 when unset): every table but the largest source runs on a
+    thread of its own, N lower in priority; the largest, on the pool's thread, keeps the
+    process's. The threads that carry on (the pool's, the caller's) keep theirs, and the bytes
+    are those of a serial run. At 0, every table runs at the process's priority."""
     write_tables(tmp_path)
     largest = SPECS[2].name
     with (tmp_path / f"{largest}.csv").open("a") as grown:
@@ -85,19 +85,38 @@ def test_with_a_background_nice_the_largest_table_runs_first(
 
     monkeypatch.setattr(pipeline, "stage_table", stage_table)
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    monkeypatch.delenv(pipeline.BACKGROUND_NICE_VARIABLE, raising=False)
+    monkeypatch.setenv(pipeline.BACKGROUND_NICE_VARIABLE, "0")
     assert run(tmp_path, 2) == serial
     assert {name: nice for name, (nice, _) in seen.items()} == {s.name: base for s in SPECS}
 
-    seen.clear()
-    monkeypatch.setenv(pipeline.BACKGROUND_NICE_VARIABLE, "10")
-    assert run(tmp_path, 2) == serial
-    lowered = min(19, base + 10)
-    assert seen[largest][0] == base
-    assert {name: nice for name, (nice, _) in seen.items() if name != largest} == {
-        spec.name: lowered for spec in SPECS if spec.name != largest
-    }
-    # Each background table had a thread of its own, gone with it.
-    assert len({tid for _, tid in seen.values()}) == len(SPECS)
+    for setting, step in (
+        (None, pipeline.DEFAULT_BACKGROUND_NICE),
+        ("3", 3),
+        ("x", pipeline.DEFAULT_BACKGROUND_NICE),
+    ):
+        seen.clear()
+        if setting is None:
+            monkeypatch.delenv(pipeline.BACKGROUND_NICE_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(pipeline.BACKGROUND_NICE_VARIABLE, setting)
+        assert run(tmp_path, 2) == serial
+        lowered = min(19, base + step)
+        assert seen[largest][0] == base
+        assert {name: nice for name, (nice, _) in seen.items() if name != largest} == {
+            spec.name: lowered for spec in SPECS if spec.name != largest
+        }, setting
+        # Each background table had a thread of its own, gone with it.
+        assert len({tid for _, tid in seen.values()}) == len(SPECS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     assert _cleanse.live_counters() == {"buffers": 0, "spill_files": 0, "threads": 0}
+
+
+def test_tables_start_largest_first(tmp_path: Path) -> None:
+    """The pool starts tables by decreasing source size, ties (and missing files, whose error
+    comes when they are read) in configuration order: the longest table never waits behind
+    smaller ones for a thread."""
+    sizes = {"a.csv": 10, "b.csv": 300, "c.csv": 10, "d.csv": 5000}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+    sources = [tmp_path / name for name in sizes] + [tmp_path / "missing.csv"]
+    assert pipeline._largest_first(sources) == [3, 1, 0, 2, 4]
