@@ -297,9 +297,7 @@ def run_jobs(
     for r in range(-warmup, repeat):
         timed = r >= 0
         for job in (jobs[i] for i in rows[r % len(rows)]):
-            if job.work.exists():
-                shutil.rmtree(job.work)
-            job.work.mkdir(parents=True)
+            empty_directory(job.work)
             warm_cache(job.inputs)
             job.setup()
             # Flush the previous tool's writes first (untimed): GNU sort and DuckDB leave their
@@ -308,7 +306,7 @@ def run_jobs(
             os.sync()
             if job.report is not None:
                 job.report.unlink(missing_ok=True)
-            sample = measure(job, logs / f"{job.work.name}.log")
+            sample = measure(job, logs / f"{job.work.name}-{job.tool}.log")
             if job.report is not None:
                 read_phases(job.report, sample)
             (job.samples if timed else job.warmup_samples).append(sample)
@@ -321,6 +319,19 @@ def run_jobs(
             )
         if r == -warmup and after_first is not None:
             after_first()
+
+
+def empty_directory(path: Path) -> None:
+    """Create ``path``, or remove what it holds but keep the directory itself. On ext4 a
+    file's blocks go to its directory's block group, and how much system time writing them
+    costs depends on that group (bench/README.md, "Where a run writes"): a directory removed
+    and made again may land elsewhere, one kept stays put."""
+    path.mkdir(parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def read_phases(report: Path, sample: Sample) -> None:
@@ -503,8 +514,9 @@ class Bench:
         budget: str,
         tool: str = "prepsync",
         command: list[str] | None = None,
+        work: Path | None = None,
     ) -> Job:
-        work = self.work_root / f"{section}-{tool}"
+        work = work or self.work_root / f"{section}-{tool}"
         report = self.work_root / f"{section}-{tool}-report.json"
         cmd = [
             *(command or self.prepsync), "prepare", "--connector", self.args.connector,
@@ -1022,8 +1034,12 @@ class Bench:
         budgets measured 1.08-1.27x apart when one of them held the slot after a big free in
         the first rounds (bench/README.md, "Budget sweep")."""
         section = "budget"
+        # One working directory for every budget: the runs then write to the same place on
+        # disk, so that only the budget differs between them (see empty_directory).
+        shared = self.work_root / f"{section}-prepsync"
         jobs = [
-            self.prepsync_job(section, data, "complete", b, tool=f"prepsync@{b}") for b in budgets
+            self.prepsync_job(section, data, "complete", b, tool=f"prepsync@{b}", work=shared)
+            for b in budgets
         ]
         warmup = self.warmup_rounds(section)
         # --repeat 1 is a smoke run: kept at one round (said below), not tripled.
