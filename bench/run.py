@@ -145,6 +145,9 @@ class Job:
     inputs: list[Path] = field(default_factory=list)
     # Runs of the untimed warm-up rounds (run_jobs), kept apart from the timed samples.
     warmup_samples: list[Sample] = field(default_factory=list)
+    # Runs after every run, before the next job empties the working directory, which the
+    # jobs of a section share: the last moment the run's outputs can be read there.
+    after: Callable[[], None] = lambda: None
 
 
 # ----------------------------------------------------------------------------- config
@@ -283,13 +286,17 @@ def run_jobs(
     logs: Path,
     after_first: Callable[[], None] | None = None,
     warmup: int = 0,
+    first_outputs: Path | None = None,
 ) -> None:
     """``warmup`` untimed rounds, then ``repeat`` timed ones; in each every job runs once, in
     the order of the round's row of ``williams_orders`` (the warm-up rounds take the rows
     before the timed rounds', so that the timed ones start from row 0: with ``repeat`` a
     multiple of the number of jobs, every job runs in every slot equally often).
-    ``after_first`` runs once, after the first round (warm-up or timed): every job's outputs
-    then exist."""
+    Every run starts in its job's working directory emptied (``empty_directory``); the jobs
+    of a section share one, so a run's outputs last until the next run. With
+    ``first_outputs``, each job's outputs of the first round (warm-up or timed) are moved
+    into ``first_outputs / job.tool`` right after its run, and ``after_first`` runs once,
+    after that round: every job's outputs of the same run of the same work are then there."""
     if not jobs:
         return
     rows = williams_orders(len(jobs))
@@ -309,6 +316,9 @@ def run_jobs(
             sample = measure(job, logs / f"{job.work.name}-{job.tool}.log")
             if job.report is not None:
                 read_phases(job.report, sample)
+            job.after()
+            if r == -warmup and first_outputs is not None:
+                move_outputs(job.work, first_outputs / job.tool)
             (job.samples if timed else job.warmup_samples).append(sample)
             what = f"{r + 1}/{repeat}" if timed else f"warm-up {r + warmup + 1}/{warmup}"
             print(
@@ -332,6 +342,16 @@ def empty_directory(path: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def move_outputs(work: Path, destination: Path) -> None:
+    """Move what ``work`` holds into ``destination`` (made afresh) by renames: the same file
+    system, so no byte is copied, and ``work`` itself stays where it is on disk."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    for child in work.iterdir():
+        child.rename(destination / child.name)
 
 
 def read_phases(report: Path, sample: Sample) -> None:
@@ -516,7 +536,7 @@ class Bench:
         command: list[str] | None = None,
         work: Path | None = None,
     ) -> Job:
-        work = work or self.work_root / f"{section}-{tool}"
+        work = work or self.work_dir(section)
         report = self.work_root / f"{section}-{tool}-report.json"
         cmd = [
             *(command or self.prepsync), "prepare", "--connector", self.args.connector,
@@ -533,10 +553,19 @@ class Bench:
             tool, [cmd], work, setup=lambda: remove_previous(sources), report=report, inputs=inputs
         )
 
+    def work_dir(self, section: str) -> Path:
+        """The one working directory of all the jobs of ``section``, whatever the tool or the
+        build: the tools are compared at the same place on disk (see ``empty_directory``)."""
+        return self.work_root / section
+
+    def check_dir(self, section: str) -> Path:
+        """Where each job's outputs of ``section``'s first round are kept for the checks."""
+        return self.work_root / "check" / section
+
     def jobs(self, section: str, sources: Path, tables: list[Table], mode: str) -> list[Job]:
         out: list[Job] = []
+        work = self.work_dir(section)
         for tool in self.tools:
-            work = self.work_root / f"{section}-{tool}"
             if tool == "prepsync":
                 out.append(self.prepsync_job(section, sources, mode, self.args.memory_budget))
                 if self.base_prepsync:
@@ -576,22 +605,23 @@ class Bench:
                 spec_path.write_text(json.dumps(spec, indent=2))
                 cmd = [sys.executable, str(BENCH / "duckdb_prepare.py"), str(spec_path)]
                 out.append(Job(tool, [cmd], work, inputs=[t.source for t in tables]))
-        if self.args.floor and mode == "complete" and "prepsync" in self.tools:
-            out.append(self.floor_job(section, tables))
+        prepsync = next((job for job in out if job.tool == "prepsync"), None)
+        if self.args.floor and mode == "complete" and prepsync is not None:
+            out.append(self.floor_job(section, tables, prepsync))
         return out
 
-    def floor_job(self, section: str, tables: list[Table]) -> Job:
-        """dd of the bytes prepsync reads, spills and writes (FLOOR_NOTE). Last in the list, so
-        that in the first round prepsync's outputs, whose sizes it copies, exist already."""
-        work = self.work_root / f"{section}-floor"
-        outputs = self.work_root / f"{section}-prepsync"
-        report = self.work_root / f"{section}-prepsync-report.json"
+    def floor_job(self, section: str, tables: list[Table], prepsync: Job) -> Job:
+        """dd of the bytes prepsync reads, spills and writes (FLOOR_NOTE), as many as
+        ``prepsync``'s latest run did: its outputs are measured right after each of its runs,
+        before the next run empties the working directory they share."""
+        work = prepsync.work
+        report = prepsync.report
         job = Job("floor", [], work, inputs=[t.source for t in tables])
 
-        def setup() -> None:
-            out_bytes = sum(p.stat().st_size for p in outputs.glob("*.csv"))
+        def measure_outputs() -> None:
+            out_bytes = sum(p.stat().st_size for p in work.glob("*.csv"))
             try:
-                reported = json.loads(report.read_text()).get("tables", [])
+                reported = json.loads(report.read_text()).get("tables", []) if report else []
             except (OSError, ValueError):
                 reported = []
             runs = {t["table"]: t.get("runs", 0) for t in reported}
@@ -599,13 +629,21 @@ class Bench:
                 spill_bytes = sum(int(t["spill_bytes"]) for t in reported)  # what it wrote
             else:  # a build that does not report it: about the outputs of the tables that spilled
                 spill_bytes = sum(
-                    (outputs / f"{t.name}{suffix}").stat().st_size
+                    (work / f"{t.name}{suffix}").stat().st_size
                     for t in tables
                     if runs.get(t.name, 1)
                     for suffix in (".sorted.csv", ".duplicates.csv")
-                    if (outputs / f"{t.name}{suffix}").is_file()
+                    if (work / f"{t.name}{suffix}").is_file()
                 )
             self.floor_bytes[section] = {"spill": spill_bytes, "outputs": out_bytes}
+
+        prepsync.after = measure_outputs
+
+        def setup() -> None:
+            # Before prepsync's first run there is nothing to copy: only a warm-up round can
+            # put the floor first (round 0 of williams_orders starts with the first job).
+            sizes = self.floor_bytes.get(section, {"spill": 0, "outputs": 0})
+            spill_bytes, out_bytes = sizes["spill"], sizes["outputs"]
             dd = ["dd", "bs=1M", "status=none"]
             job.cmds = [
                 *([*dd, f"if={t.source}", "of=/dev/null"] for t in tables),
@@ -740,7 +778,8 @@ class Bench:
             self.say(f"  {FLOOR_NOTE}")
 
     def cross_check(self, section: str, tables: list[Table], suffix: str) -> None:
-        """prepsync's outputs should be byte-identical to DuckDB's and to the base build's."""
+        """prepsync's outputs should be byte-identical to DuckDB's and to the base build's:
+        those of the first round, each tool's moved to ``check_dir`` after its run."""
         if "prepsync" not in self.tools:
             return
         others = [
@@ -749,8 +788,8 @@ class Bench:
         for other in others:
             for t in tables:
                 name = f"{t.name}{suffix}"
-                a = self.work_root / f"{section}-prepsync" / name
-                b = self.work_root / f"{section}-{other}" / name
+                a = self.check_dir(section) / "prepsync" / name
+                b = self.check_dir(section) / other / name
                 if not a.is_file() or not b.is_file():
                     verdict = "missing"
                 else:
@@ -760,14 +799,31 @@ class Bench:
                 self.say(f"  check {name}: prepsync vs {other} output {verdict}")
 
     def save_baselines(self, section: str, tables: list[Table]) -> None:
-        """Keep the complete run's sorted outputs as the incremental runs' baselines."""
+        """Keep the complete run's sorted outputs (of the first round, in ``check_dir``) as
+        the incremental runs' baselines."""
         src_tool = "prepsync" if "prepsync" in self.tools else "duckdb"
         if src_tool not in self.tools:
             return
         self.baseline.mkdir(parents=True, exist_ok=True)
         for t in tables:
             name = f"{t.name}.sorted.csv"
-            shutil.copyfile(self.work_root / f"{section}-{src_tool}" / name, self.baseline / name)
+            source, baseline = self.check_dir(section) / src_tool / name, self.baseline / name
+            baseline.unlink(missing_ok=True)  # an earlier section's (another members order)
+            try:
+                os.link(source, baseline)  # the check copy is removed, the baseline kept
+            except OSError:  # another file system
+                shutil.copyfile(source, baseline)
+
+    def checked(self, section: str, checks: Callable[[], None]) -> Callable[[], None]:
+        """``checks`` of the first round's outputs (``run_jobs``' after_first), then the
+        removal of those outputs, unless --keep-work."""
+
+        def after_first() -> None:
+            checks()
+            if not self.args.keep_work:
+                shutil.rmtree(self.check_dir(section), ignore_errors=True)
+
+        return after_first
 
     def load_report(self, section: str) -> None:
         path = self.work_root / f"{section}-prepsync-report.json"
@@ -778,10 +834,13 @@ class Bench:
                 self.reports[section] = {"unreadable": path.read_text(errors="replace")[:2000]}
 
     def cleanup(self, jobs: list[Job], sources: Path) -> None:
+        """The section's working directory is emptied but kept (unless --keep-work: the last
+        run's outputs stay), so that a later run of the section writes to the same place."""
         remove_previous(sources)
         if not self.args.keep_work:
-            for job in jobs:
-                shutil.rmtree(job.work, ignore_errors=True)
+            for work in {job.work for job in jobs}:
+                if work.is_dir():
+                    empty_directory(work)
 
     # ------------------------------------------------------------------------- sections
 
@@ -792,11 +851,18 @@ class Bench:
         warm_cache([t.source for t in tables])
         jobs = self.jobs(section, data, tables, "complete")
 
-        def after_first() -> None:
+        def checks() -> None:
             self.cross_check(section, tables, ".sorted.csv")
             self.save_baselines(section, tables)
 
-        run_jobs(jobs, self.args.repeat, self.logs, after_first, self.warmup_rounds(section))
+        run_jobs(
+            jobs,
+            self.args.repeat,
+            self.logs,
+            self.checked(section, checks),
+            self.warmup_rounds(section),
+            first_outputs=self.check_dir(section),
+        )
         self.record(section, jobs, meta.get("entries_rows"))
         self.record_warmups(section, jobs)
         self.load_report(section)
@@ -838,8 +904,9 @@ class Bench:
             jobs,
             self.args.repeat,
             self.logs,
-            lambda: self.cross_check(section, tables, ".sorted.delta.csv"),
+            self.checked(section, lambda: self.cross_check(section, tables, ".sorted.delta.csv")),
             self.warmup_rounds(section),
+            first_outputs=self.check_dir(section),
         )
         self.record(section, jobs, meta.get("entries_rows"))
         self.record_warmups(section, jobs)
@@ -925,7 +992,7 @@ class Bench:
     def cache_jobs(self, section: str, jobs: list[Job], sources: Sequence[Path]) -> list[Job]:
         """The section's jobs in each --page-cache mode, alternating in the same rounds: `warm`
         as they are (every run finds its inputs in the page cache, see Job.inputs), `dropped`
-        as TOOL-dropped in a work directory of its own, the inputs dropped from the cache
+        as TOOL-dropped in the same working directory, the inputs dropped from the cache
         before each run (CACHE_NOTE)."""
         modes: list[str] = self.args.page_cache
         out: list[Job] = []
@@ -937,13 +1004,13 @@ class Bench:
         return out
 
     def dropped_job(self, section: str, job: Job, sources: Sequence[Path]) -> Job:
-        old, new = f"{section}-{job.tool}", f"{section}-{job.tool}-dropped"
-        cmds = [[arg.replace(old, new) for arg in cmd] for cmd in job.cmds]
-        report = Path(str(job.report).replace(old, new)) if job.report else None
-        dropped = Job(
-            f"{job.tool}-dropped", cmds, Path(str(job.work).replace(old, new)), env=job.env,
-            report=report,
-        )  # fmt: skip
+        tool = f"{job.tool}-dropped"
+        cmds = [list(cmd) for cmd in job.cmds]
+        report = None
+        if job.report is not None:  # its own report, the same working directory
+            report = self.work_root / f"{section}-{tool}-report.json"
+            cmds = [[str(report) if arg == str(job.report) else arg for arg in cmd] for cmd in cmds]
+        dropped = Job(tool, cmds, job.work, env=job.env, report=report)
 
         def setup(inner: Callable[[], None] = job.setup) -> None:
             inner()
@@ -1034,12 +1101,10 @@ class Bench:
         budgets measured 1.08-1.27x apart when one of them held the slot after a big free in
         the first rounds (bench/README.md, "Budget sweep")."""
         section = "budget"
-        # One working directory for every budget: the runs then write to the same place on
-        # disk, so that only the budget differs between them (see empty_directory).
-        shared = self.work_root / f"{section}-prepsync"
+        # One working directory for every budget (work_dir): the runs then write to the same
+        # place on disk, so that only the budget differs between them (see empty_directory).
         jobs = [
-            self.prepsync_job(section, data, "complete", b, tool=f"prepsync@{b}", work=shared)
-            for b in budgets
+            self.prepsync_job(section, data, "complete", b, tool=f"prepsync@{b}") for b in budgets
         ]
         warmup = self.warmup_rounds(section)
         # --repeat 1 is a smoke run: kept at one round (said below), not tripled.
@@ -1289,7 +1354,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=str(BENCH / "data" / "work"),
         help="where outputs and spill files go (default bench/data/work)",
     )
-    ap.add_argument("--keep-work", action="store_true", help="keep the last outputs")
+    ap.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep every tool's first-round outputs (WORK/check/SECTION/TOOL), the last run's "
+        "(WORK/SECTION) and the baselines",
+    )
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
     ap.add_argument(
         "--output", help="results JSON path (default <results-dir>/<date>-<commit>.json)"
@@ -1354,6 +1424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if not args.keep_work:
         shutil.rmtree(bench.baseline, ignore_errors=True)
+        shutil.rmtree(bench.work_root / "check", ignore_errors=True)
     git = git_info()
     results = {
         "schema": 1,

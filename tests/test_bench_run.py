@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -78,17 +79,23 @@ def test_paired_ratio_cancels_a_slow_round() -> None:
 
 
 class FakeMeasure:
-    """Stands in for run.measure: records the order of the runs; each run's wall time is
-    given by ``wall(tool, index of the run)``."""
+    """Stands in for run.measure: records the order of the runs and the log of each; each
+    run's wall time is given by ``wall(tool, index of the run)``, and ``work(job)``, if given,
+    does the run's work (writes its outputs)."""
 
     def __init__(self, wall: Any = lambda tool, i: 1.0) -> None:
         self.order: list[str] = []
+        self.logs: list[Path] = []
         self.wall = wall
+        self.work: Any = None
 
     def __call__(self, job: Any, log: Path) -> Any:
         self.order.append(job.tool)
+        self.logs.append(log)
+        if self.work is not None:
+            self.work(job)
         wall = self.wall(job.tool, len(self.order) - 1)
-        return run.Sample(wall, wall, 10.0, [wall], 0.0)
+        return run.Sample(wall, wall, 10.0, [wall] * max(1, len(job.cmds)), 0.0)
 
 
 @pytest.fixture
@@ -206,3 +213,152 @@ def test_a_one_round_sweep_stays_one_round_and_says_it_is_unbalanced(
     assert fake.order == ["prepsync@256MiB", "prepsync@1GiB"]
     assert bench.sweep_rounds == {"warmup": 0, "timed": 1, "design": 2}
     assert "NOT in every slot equally often" in capsys.readouterr().out
+
+
+def argument_after(cmd: list[str], option: str) -> str:
+    return cmd[cmd.index(option) + 1]
+
+
+def test_every_job_of_a_section_shares_one_working_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    source = data / "T.csv"
+    source.write_text("k,v\n1,a\n")
+    tables = [run.Table("T", source, ["k", "v"], ["k"])]
+    argv = ["--work-dir", str(tmp_path / "work"), "--floor", "--page-cache", "warm,dropped"]
+    argv += ["--base-prepsync-cmd", "python -P -m prepsync"]
+    bench = run.Bench(run.parse_args(argv))
+    work = tmp_path / "work" / "scaling-10"
+    jobs = bench.cache_jobs(
+        "scaling-10", bench.jobs("scaling-10", data, tables, "complete"), [source]
+    )
+    assert [job.tool for job in jobs] == [
+        "prepsync", "prepsync-dropped", "base", "base-dropped", "sort", "sort-dropped",
+        "duckdb", "duckdb-dropped", "floor",
+    ]  # fmt: skip
+    assert {job.work for job in jobs} == {work}
+    by_tool = {job.tool: job for job in jobs}
+    for tool in ("prepsync", "prepsync-dropped", "base", "base-dropped"):
+        assert argument_after(by_tool[tool].cmds[0], "--working-directory") == str(work)
+    for tool in ("sort", "sort-dropped"):
+        assert argument_after(by_tool[tool].cmds[0], "-T") == str(work)  # its spill
+        assert Path(argument_after(by_tool[tool].cmds[0], "-o")).parent == work
+    for tool in ("duckdb", "duckdb-dropped"):
+        spec = json.loads(Path(by_tool[tool].cmds[0][-1]).read_text())
+        assert spec["work"] == str(work)  # its outputs and temp_directory
+    # Each prepsync build, warm or dropped, reports to a file of its own, named in its command.
+    reports = [job.report for job in jobs if job.report is not None]
+    assert len(reports) == 4 and len(set(reports)) == 4
+    for job in jobs:
+        if job.report is not None:
+            assert argument_after(job.cmds[0], "--report") == str(job.report)
+            assert job.report.parent == tmp_path / "work"  # not in the emptied directory
+    # The logs stay one per tool.
+    assert len({f"{job.work.name}-{job.tool}.log" for job in jobs}) == len(jobs)
+    # The budget sweep's budgets share their section's directory too.
+    budget = run.Bench(run.parse_args(["--work-dir", str(tmp_path / "work")]))
+    sweep = [budget.prepsync_job("budget", data, "complete", b, f"prepsync@{b}") for b in "ab"]
+    assert {job.work for job in sweep} == {tmp_path / "work" / "budget"}
+
+
+def test_runs_empty_the_shared_directory_without_removing_it(
+    fake: FakeMeasure, tmp_path: Path
+) -> None:
+    work = tmp_path / "section"
+    work.mkdir()
+    (work / "left-over-from-an-earlier-bench").write_text("x")
+    inode = work.stat().st_ino
+    seen: list[tuple[str, int, list[str]]] = []
+
+    def write_outputs(job: Any) -> None:
+        seen.append((job.tool, job.work.stat().st_ino, sorted(os.listdir(job.work))))
+        (job.work / f"{job.tool}.out").write_text(job.tool)
+        (job.work / "spill").mkdir()
+        (job.work / "spill" / "run-0").write_text(job.tool)
+
+    fake.work = write_outputs
+    check = tmp_path / "check" / "section"
+    checked: dict[str, str] = {}
+
+    def after_first() -> None:
+        for tool in "abc":
+            checked[tool] = (check / tool / f"{tool}.out").read_text()
+            assert (check / tool / "spill" / "run-0").read_text() == tool
+
+    jobs = [run.Job(name, [], work) for name in "abc"]
+    run.run_jobs(jobs, 2, tmp_path, after_first, warmup=1, first_outputs=check)
+    assert len(seen) == 9
+    assert all(ino == inode and listing == [] for _, ino, listing in seen), seen
+    # The first round's outputs, each job's, reached the checks though they share a directory.
+    assert checked == {"a": "a", "b": "b", "c": "c"}
+    # The last run's outputs stay until the next run (or the section's cleanup).
+    last = seen[-1][0]
+    assert sorted(os.listdir(work)) == [f"{last}.out", "spill"]
+    assert work.stat().st_ino == inode
+
+
+@pytest.mark.parametrize("keep_work", [False, True])
+def test_first_round_outputs_reach_the_cross_check_and_the_baselines(
+    fake: FakeMeasure, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_work: bool
+) -> None:
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    for day in (day1, day2):
+        day.mkdir()
+        (day / "T.csv").write_text("k,v\n1,a\n")
+        (day / "gen.json").write_text("{}")  # gen_ad.py's mark: previous/ may be replaced
+    monkeypatch.setattr(
+        run,
+        "load_tables",
+        lambda config, connector, sources: [run.Table("T", sources / "T.csv", ["k", "v"], ["k"])],
+    )
+    work_root = tmp_path / "work"
+    argv = ["--work-dir", str(work_root), "--repeat", "2", "--floor", "--incremental"]
+    argv += ["--base-prepsync-cmd", "python -P -m prepsync"]
+    bench = run.Bench(run.parse_args(argv + (["--keep-work"] if keep_work else [])))
+    sorted_by = {"prepsync": "k,v\n1,a\n", "duckdb": "k,v\n1,a\n", "base": "k,v\n1,b\n"}
+
+    def work(job: Any) -> None:
+        assert list(job.work.iterdir()) == []
+        if job.tool in ("prepsync", "base") and "incremental" in job.cmds[0]:
+            # prepsync's baseline is the complete section's prepsync output, linked anew.
+            baseline = (day2 / "previous" / "T.sorted.csv").read_text()
+            (job.work / "T.sorted.delta.csv").write_text("delta from " + baseline)
+        elif job.tool == "duckdb" and "incremental" in job.work.name:
+            spec = json.loads(Path(job.cmds[0][-1]).read_text())
+            baseline = Path(spec["tables"][0]["baseline"]).read_text()
+            (job.work / "T.sorted.delta.csv").write_text("delta from " + baseline)
+        elif job.tool in sorted_by:
+            (job.work / "T.sorted.csv").write_text(sorted_by[job.tool])
+        elif job.tool == "sort":
+            (job.work / "T.sort.out").write_text("sorted lines")
+
+    fake.work = work
+    bench.complete(day1, {}, "complete")
+    bench.incremental(day2, {}, "incremental")
+    assert bench.checks == {
+        "complete.T.sorted.csv": "identical",
+        "complete.base.T.sorted.csv": "DIFFERENT",
+        "incremental.T.sorted.delta.csv": "identical",
+        "incremental.base.T.sorted.delta.csv": "identical",
+    }
+    assert (bench.baseline / "T.sorted.csv").read_text() == sorted_by["prepsync"]
+    # The floor copied the bytes of prepsync's outputs, measured before the next run.
+    assert bench.floor_bytes["complete"]["outputs"] == len(sorted_by["prepsync"])
+    logs = {log.name for log in fake.logs}
+    assert "complete-prepsync.log" in logs and "incremental-duckdb.log" in logs
+    for section in ("complete", "incremental"):
+        assert (work_root / section).is_dir()
+        check = work_root / "check" / section
+        if keep_work:  # every tool's outputs of the first round
+            assert sorted(p.name for p in check.iterdir()) == sorted(
+                [
+                    "prepsync",
+                    "base",
+                    "sort",
+                    "duckdb",
+                    *(["floor"] if section == "complete" else []),
+                ]
+            )
+        else:
+            assert list((work_root / section).iterdir()) == []
+            assert not check.exists()
