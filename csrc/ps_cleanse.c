@@ -207,6 +207,9 @@ typedef struct run_reader {
     size_t cap, len, pos;
     int eof;
     off_t file_pos, released; /* bytes read from the run file; bytes of it punched out */
+    /* Set in the final merge: holes are punched by the outputs' writer thread, off the merge
+     * (the kernel's freeing of the pages was about a tenth of the final merge's time). */
+    ps_flusher *punch_via;
     const char *key, *line; /* the current record, valid until the next read */
     uint32_t klen, llen;
     size_t stored; /* bytes of the current record in buf (front-coded: fewer than 8 + klen) */
@@ -758,6 +761,10 @@ static void reader_release(run_reader *r) {
 #ifdef FALLOC_FL_PUNCH_HOLE
     off_t upto = r->file_pos & ~(RELEASE_STEP - 1);
     if (r->released < 0 || upto - r->released < RELEASE_STEP) return;
+    if (r->punch_via && ps_flusher_punch(r->punch_via, r->fd, r->released, upto - r->released)) {
+        r->released = upto;
+        return;
+    }
     if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->released,
                   upto - r->released) == 0)
         r->released = upto;
@@ -954,6 +961,7 @@ static int open_group(ps_cleanse *c, size_t count, ps_error *err) {
         __atomic_add_fetch(&ps_live.spill_files, 1, __ATOMIC_RELAXED);
         posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
         r->front_coded = c->link.key_is_line;
+        r->punch_via = c->merge.final_pass ? &c->out.flusher : NULL;
         r->cap = each;
         r->buf = ps_alloc(each);
         if (!r->buf) return ps_fail(err, PS_ERR_NOMEM, 0, -1, "out of memory for a run buffer");
@@ -1475,7 +1483,10 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
         size_t klen, llen;
         int st = next_sorted(c, &key, &klen, &line, &llen, err);
         if (st == 0) {
-            if (c->merge.readers_open) close_readers(c, 1);
+            if (c->merge.readers_open) {
+                ps_flusher_drain_punches(&c->out.flusher); /* before their files close */
+                close_readers(c, 1);
+            }
             c->spill.runs.n = 0;
             if ((rc = finish_outputs(c, err))) return rc;
             *done = 1;
@@ -1614,6 +1625,10 @@ void ps_cleanse_free(ps_cleanse *c) {
         ps_free(job->arena, job->arena_size);
     }
     ps_free(c->sort.spare, c->sort.spare_size);
+    /* Before the readers' files close: the thread may have holes in them still to punch. And
+     * before the writers: it may still be writing one of their buffers. */
+    ps_error ignored;
+    ps_flusher_finish(&c->out.flusher, &ignored);
     if (c->merge.readers_open) close_readers(c, 0);
     if (c->merge.run_out_fd >= 0) close_spill_fd(c->merge.run_out_fd);
     ps_writer_release(&c->merge.run_out);
@@ -1625,9 +1640,6 @@ void ps_cleanse_free(ps_cleanse *c) {
     if (c->input.tok_live) ps_tok_release(&c->input.tok);
     ps_source_release(&c->input.src);
     if (c->join.tok_live) ps_tok_release(&c->join.tok);
-    /* Before the writers: the thread may still be writing one of their buffers. */
-    ps_error ignored;
-    ps_flusher_finish(&c->out.flusher, &ignored);
     ps_writer_release(&c->out.nullpk);
     ps_writer_release(&c->out.sorted);
     ps_writer_release(&c->out.duplicates);

@@ -143,11 +143,34 @@ void ps_flusher_init(ps_flusher *f, size_t block) {
     f->block = block;
 }
 
+static void punch_holes(const ps_flusher *f, int n) {
+#ifdef FALLOC_FL_PUNCH_HOLE
+    for (int i = 0; i < n; i++)
+        (void)fallocate(f->punch[i].fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        (off_t)f->punch[i].offset, (off_t)f->punch[i].length);
+#else
+    (void)f;
+    (void)n;
+#endif
+}
+
 static void *flusher_thread(void *arg) {
     ps_flusher *f = arg;
     pthread_mutex_lock(&f->mu);
     for (;;) {
-        while (!f->job && !f->stopping) pthread_cond_wait(&f->cv, &f->mu);
+        while (!f->job && !f->n_punch && !f->stopping) pthread_cond_wait(&f->cv, &f->mu);
+        if (f->n_punch) {
+            /* The queue is only appended to while the lock is free, and drained here: the
+             * caller waits (drain, finish) before it closes a file with holes queued. */
+            int n = f->n_punch;
+            pthread_mutex_unlock(&f->mu);
+            punch_holes(f, n);
+            pthread_mutex_lock(&f->mu);
+            memmove(f->punch, f->punch + n, (size_t)(f->n_punch - n) * sizeof f->punch[0]);
+            f->n_punch -= n;
+            pthread_cond_broadcast(&f->cv);
+            continue;
+        }
         if (!f->job) break; /* stopping, and the last buffer is written */
         ps_writer *w = f->job;
         const char *buf = f->job_buf;
@@ -169,6 +192,28 @@ static void *flusher_thread(void *arg) {
     }
     pthread_mutex_unlock(&f->mu);
     return NULL;
+}
+
+int ps_flusher_punch(ps_flusher *f, int fd, int64_t offset, int64_t length) {
+    if (!f->started) return 0;
+    pthread_mutex_lock(&f->mu);
+    int queued = f->n_punch < PS_PUNCH_QUEUE;
+    if (queued) {
+        f->punch[f->n_punch].fd = fd;
+        f->punch[f->n_punch].offset = offset;
+        f->punch[f->n_punch].length = length;
+        f->n_punch++;
+        pthread_cond_signal(&f->cv);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return queued;
+}
+
+void ps_flusher_drain_punches(ps_flusher *f) {
+    if (!f->started) return;
+    pthread_mutex_lock(&f->mu);
+    while (f->n_punch) pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
 }
 
 /* Waits until no buffer is in flight; returns the first failure. */

@@ -96,6 +96,8 @@ typedef struct ps_writer {
     struct ps_flusher *flusher;
 } ps_writer;
 
+#define PS_PUNCH_QUEUE 64
+
 /* A writer thread shared by several writers (an engine's outputs of its final merge), so that
  * write() and writeback overlap the work that fills the buffers. At most one buffer is in
  * flight: a flush waits for the one before (and returns its error, which is sticky: after a
@@ -119,9 +121,23 @@ typedef struct ps_flusher {
     int rc;         /* the first failure, sticky */
     ps_error err;
     ps_time merger_time; /* the caller's time in flushes of its writers: hand-offs and waits */
+    /* Holes the caller asked to punch (ps_flusher_punch), punched by the thread before its
+     * next block; each stays queued until it is punched. */
+    struct {
+        int fd;
+        int64_t offset, length;
+    } punch[PS_PUNCH_QUEUE];
+    int n_punch;
 } ps_flusher;
 
 void ps_flusher_init(ps_flusher *f, size_t block);
+/* Hands the thread a hole to punch in fd (fallocate PUNCH_HOLE, best effort: a failure leaves
+ * the bytes where they are); 1 when queued, 0 when the caller must punch it itself (no thread
+ * running, or the queue full). fd must stay open until ps_flusher_drain_punches() or
+ * ps_flusher_finish() has returned. */
+int ps_flusher_punch(ps_flusher *f, int fd, int64_t offset, int64_t length);
+/* Waits until every queued hole is punched. */
+void ps_flusher_drain_punches(ps_flusher *f);
 /* Waits for the buffer in flight, then joins the thread and frees the spare: the writers'
  * data is all written (or the first error is returned). Idempotent; safe on every path. */
 int ps_flusher_finish(ps_flusher *f, ps_error *err);
