@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,8 +124,10 @@ def test_the_merge_frees_the_spill_bytes_it_has_read(
 ) -> None:
     """Half-way through the final merge, the runs already read half-way no longer hold those
     bytes: their pages went back for the outputs to reuse (DESIGN, "The merge frees the spill
-    files as it reads them"). Where the file system cannot punch holes, nothing is freed early
-    and the test has nothing to check."""
+    files as it reads them"). The outputs' writer thread punches the holes the merge queues
+    to it, so the last few may still be on their way: the check waits for them (a few
+    seconds at most), the merge standing still meanwhile. Where the file system cannot punch
+    holes, nothing is freed early and the test has nothing to check."""
     source, sorted_bytes, _ = export
     if not can_punch_holes(tmp_path / "probe"):
         pytest.skip("this file system cannot punch holes")
@@ -134,11 +137,17 @@ def test_the_merge_frees_the_spill_bytes_it_has_read(
         runs = [path for path in spill.iterdir() if path.name.startswith("run-")]
         assert len(runs) >= 4
         size = sum(path.stat().st_size for path in runs)
-        held.append((sum(path.stat().st_blocks * 512 for path in runs), size))
+        # Keys are spread evenly over the runs, so half the rows merged is about half of each
+        # run read; punched in 1 MiB steps, well over a third of the bytes must be gone.
+        deadline = time.monotonic() + 10
+        while True:
+            blocks = sum(path.stat().st_blocks * 512 for path in runs)
+            if blocks < size * 2 // 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        held.append((blocks, size))
 
     assert merge_half_way(source, tmp_path, measure) == sorted_bytes.partition(b"\n")[2]
-    # Keys are spread evenly over the runs, so half the rows merged is about half of each run
-    # read; punched in 1 MiB steps, well over a third of the bytes must be gone.
     [(blocks, size)] = held
     assert blocks < size * 2 // 3, (blocks, size)
 
