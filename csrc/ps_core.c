@@ -160,8 +160,9 @@ static void *flusher_thread(void *arg) {
     for (;;) {
         while (!f->job && !f->n_punch && !f->stopping) pthread_cond_wait(&f->cv, &f->mu);
         if (f->n_punch) {
-            /* The queue is only appended to while the lock is free, and drained here: the
-             * caller waits (drain, finish) before it closes a file with holes queued. */
+            /* Holes [0, n) stay where they are while they are punched outside the lock: the
+             * caller only appends (under the lock) and only this thread removes. The caller
+             * waits (drain, finish) before it closes a file with holes queued. */
             int n = f->n_punch;
             pthread_mutex_unlock(&f->mu);
             punch_holes(f, n);
