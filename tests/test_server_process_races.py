@@ -123,6 +123,31 @@ def hold_row(url: str, session_id: str) -> psycopg.Connection[tuple[object, ...]
     return gate
 
 
+def during_a_commit(
+    pair: Pair,
+    session_id: str,
+    files: dict[str, bytes],
+    other: Callable[[], httpx.Response],
+    what: str,
+) -> tuple[httpx.Response, httpx.Response]:
+    """Commits the session on the first process and, once that commit waits for the session's
+    row (held by the test), sends ``other``; lets both go once ``other`` is answered or
+    waiting too. The commit's answer and ``other``'s."""
+    gate = hold_row(pair.url, session_id)
+    try:
+        commit = Call(lambda: pair.a.commit(session_id, files))
+        wait_until(lambda: pair.lock_waiters() >= 1, "the commit inside")
+        call = Call(other)
+        wait_until(
+            lambda: not call.is_alive() or pair.lock_waiters() >= 2,
+            f"the {what} answered or waiting",
+        )
+    finally:
+        gate.rollback()
+        gate.close()
+    return commit.answer(), call.answer()
+
+
 def test_two_commits_of_one_session_on_two_processes_give_one_commit(pair: Pair) -> None:
     session_id = pair.uploaded_session()
     gate = hold_row(pair.url, session_id)
@@ -143,22 +168,15 @@ def test_two_commits_of_one_session_on_two_processes_give_one_commit(pair: Pair)
 
 def test_a_chunk_sent_to_another_process_during_a_commit_is_refused(pair: Pair) -> None:
     session_id = pair.uploaded_session()
-    gate = hold_row(pair.url, session_id)
-    try:
-        commit = Call(lambda: pair.a.commit(session_id, FILES))
-        # The first process is inside its commit, waiting for the row.
-        wait_until(lambda: pair.lock_waiters() >= 1, "the commit inside")
-        altered = FILES[ENTRIES].replace(b"cn=u1", b"cn=X1")
-        chunk = Call(lambda: pair.b.put_chunk(session_id, ENTRIES, altered, 0, len(altered)))
-        wait_until(
-            lambda: not chunk.is_alive() or pair.lock_waiters() >= 2,
-            "the chunk answered or waiting",
-        )
-    finally:
-        gate.rollback()
-        gate.close()
-    assert commit.answer().status_code == 202
-    refused = chunk.answer()
+    altered = FILES[ENTRIES].replace(b"cn=u1", b"cn=X1")
+    committed, refused = during_a_commit(
+        pair,
+        session_id,
+        FILES,
+        lambda: pair.b.put_chunk(session_id, ENTRIES, altered, 0, len(altered)),
+        "chunk",
+    )
+    assert committed.status_code == 202
     assert refused.status_code == 409, refused.text
     assert pair.a.wait(session_id, timeout=60)["state"] == "done"
     # What the worker applied is what the commit verified, not the refused chunk.
@@ -167,19 +185,9 @@ def test_a_chunk_sent_to_another_process_during_a_commit_is_refused(pair: Pair) 
 
 def test_a_cancel_sent_to_another_process_during_a_commit_has_one_outcome(pair: Pair) -> None:
     session_id = pair.uploaded_session()
-    gate = hold_row(pair.url, session_id)
-    try:
-        commit = Call(lambda: pair.a.commit(session_id, FILES))
-        wait_until(lambda: pair.lock_waiters() >= 1, "the commit inside")
-        cancel = Call(lambda: pair.b.post(f"/api/sessions/{session_id}/cancel"))
-        wait_until(
-            lambda: not cancel.is_alive() or pair.lock_waiters() >= 2,
-            "the cancel answered or waiting",
-        )
-    finally:
-        gate.rollback()
-        gate.close()
-    committed, cancelled = commit.answer(), cancel.answer()
+    committed, cancelled = during_a_commit(
+        pair, session_id, FILES, lambda: pair.b.post(f"/api/sessions/{session_id}/cancel"), "cancel"
+    )
     # The commit was first: the session is queued with its files, and the agent's own cancel of
     # a committed session is an operator's (403).
     assert (committed.status_code, cancelled.status_code) == (202, 403), cancelled.text
@@ -199,23 +207,15 @@ def test_a_complete_session_opened_on_another_process_during_a_commit_has_one_ou
     session_id = pair.a.open("AD", "complete")
     for name, data in files.items():
         pair.a.upload(session_id, name, data)
-    gate = hold_row(pair.url, session_id)
-    try:
-        commit = Call(lambda: pair.a.commit(session_id, files))
-        wait_until(lambda: pair.lock_waiters() >= 1, "the commit inside")
-        opened = Call(
-            lambda: pair.b.post(
-                "/api/connectors/AD/sessions", json={"agent": "agent-2", "mode": "complete"}
-            )
-        )
-        wait_until(
-            lambda: not opened.is_alive() or pair.lock_waiters() >= 2,
-            "the opening answered or waiting",
-        )
-    finally:
-        gate.rollback()
-        gate.close()
-    committed, complete = commit.answer(), opened.answer()
+    committed, complete = during_a_commit(
+        pair,
+        session_id,
+        files,
+        lambda: pair.b.post(
+            "/api/connectors/AD/sessions", json={"agent": "agent-2", "mode": "complete"}
+        ),
+        "opening",
+    )
     assert complete.status_code == 201, complete.text
     # Either the commit went first (queued, then superseded by the complete session, or
     # applied if the worker took it before) or the cancellation did (409): never a 422.
