@@ -521,6 +521,141 @@ static char other_separator(const ps_tokenizer *t, const char *start, const char
     return 0;
 }
 
+#if defined(__SSE2__)
+/* The fast path for an ordinary row (see ps_tok_next): where the separators, quotes, CRs and LFs
+ * of 64 bytes are, as bit masks made once, so that a short field costs a shift and a count of
+ * trailing zeros instead of a vector scan of its own. */
+typedef struct tok_block {
+    const char *base;
+    uint64_t quote, lf, others; /* others: the separator and CR */
+} tok_block;
+
+static inline void load_block(tok_block *b, const char *at, char sep) {
+    b->base = at;
+    b->quote = b->lf = b->others = 0;
+    const __m128i vq = _mm_set1_epi8('"'), vl = _mm_set1_epi8('\n');
+    const __m128i vs = _mm_set1_epi8(sep), vc = _mm_set1_epi8('\r');
+    for (int i = 0; i < 4; i++) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(at + 16 * i));
+        int shift = 16 * i;
+        b->quote |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, vq)) << shift;
+        b->lf |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, vl)) << shift;
+        b->others |= (uint64_t)(unsigned)_mm_movemask_epi8(
+                         _mm_or_si128(_mm_cmpeq_epi8(bytes, vs), _mm_cmpeq_epi8(bytes, vc)))
+                     << shift;
+    }
+}
+
+/* Splits the row at start into t->fields when it is ordinary: whole before end (which the
+ * caller has already cut at the largest record allowed) with 64 bytes readable past every
+ * place looked at, each quoted field closed by a quote that a separator or line end follows,
+ * no quote or lone CR in a plain value, no more fields than the array holds. Returns the byte
+ * after its line end; or NULL, and the general path in ps_tok_next parses the row (and names
+ * any error) as if this had never run. What this accepts it splits exactly as that path does:
+ * tests/test_tokenizer_blocks.py runs both on every kind of byte at every offset. */
+static const char *tok_fast_row(ps_tokenizer *t, const char *start, const char *end,
+                                size_t *nfields, int64_t *lines) {
+    const char sep = t->separator;
+    ps_field *fields = t->fields;
+    const size_t cap = t->fields_cap;
+    size_t nf = 0;
+    int64_t feeds = 0;
+    tok_block b;
+    if (end - start < 64) return NULL;
+    load_block(&b, start, sep);
+    const char *p = start;
+    for (;;) {
+        if (nf == cap) return NULL;
+        ps_field *f = &fields[nf++];
+        if ((size_t)(p - b.base) >= 64) {
+            if (end - p < 64) return NULL;
+            load_block(&b, p, sep);
+        }
+        if (*p != '"') {
+            const char *value = p;
+            for (;;) {
+                uint64_t m = (b.quote | b.lf | b.others) >> (p - b.base);
+                if (m) {
+                    p += __builtin_ctzll(m);
+                    break;
+                }
+                p = b.base + 64;
+                if (end - p < 64) return NULL;
+                load_block(&b, p, sep);
+            }
+            f->data = value;
+            f->len = (uint32_t)(p - value);
+            f->quoted = f->escaped = f->special = 0;
+            char c = *p;
+            if (c == sep) {
+                p++;
+                continue;
+            }
+            if (c == '\n') {
+                p++;
+                break;
+            }
+            if (c == '\r' && p + 1 < end && p[1] == '\n') {
+                p += 2;
+                break;
+            }
+            return NULL; /* a quote or a lone CR inside the value */
+        }
+        const char *open = p, *q = p + 1;
+        int escaped = 0, special = 0;
+        for (;;) {
+            if ((size_t)(q - b.base) >= 64) {
+                if (end - q < 64) return NULL;
+                load_block(&b, q, sep);
+            }
+            unsigned shift = (unsigned)(q - b.base);
+            uint64_t quotes = b.quote >> shift;
+            uint64_t before = quotes ? (quotes & (0 - quotes)) - 1 : ~(uint64_t)0;
+            uint64_t feeds_here = (b.lf >> shift) & before;
+            if (feeds_here | ((b.others >> shift) & before)) {
+                special = 1;
+                if (feeds_here) feeds += __builtin_popcountll(feeds_here);
+            }
+            if (!quotes) {
+                q = b.base + 64;
+                continue;
+            }
+            const char *hit = q + __builtin_ctzll(quotes);
+            if (hit + 1 >= end) return NULL;
+            if (hit[1] == '"') {
+                escaped = special = 1;
+                q = hit + 2;
+                continue;
+            }
+            p = hit + 1;
+            break;
+        }
+        f->data = open + 1;
+        f->len = (uint32_t)(p - open - 2);
+        f->quoted = 1;
+        f->escaped = (uint8_t)escaped;
+        f->special = (uint8_t)special;
+        char c = *p;
+        if (c == sep) {
+            p++;
+            continue;
+        }
+        if (c == '\n') {
+            p++;
+            break;
+        }
+        if (c == '\r' && p + 1 < end && p[1] == '\n') {
+            p += 2;
+            break;
+        }
+        return NULL; /* text after the closing quote: the general path names the error */
+    }
+    *nfields = nf;
+    *lines = feeds + 1;
+    return p;
+}
+#endif
+
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     if (!t->bom_checked) {
         int st = check_start_of_file(t, err);
@@ -585,6 +720,17 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     const char *const start = p;
     int64_t lines_inside = 0; /* LFs the record spans, its own line end included */
     size_t nf = 0;
+#if defined(__SSE2__)
+    if (!header) {
+        const char *after = tok_fast_row(t, start, end, &nf, &lines_inside);
+        if (after) {
+            p = after;
+            goto parsed;
+        }
+        nf = 0;
+        lines_inside = 0;
+    }
+#endif
     for (;;) {
         if (nf == t->fields_cap) {
             if (nf >= t->max_fields) return fail_too_many_fields(t, header, err);
@@ -698,6 +844,7 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
         if (ends_record) break;
     }
 
+parsed:;
     size_t bad;
     if (!ps_utf8_valid((const unsigned char *)start, (size_t)(p - start), &bad)) {
         unsigned char b = (unsigned char)start[bad];

@@ -433,6 +433,31 @@ def test_a_row_over_the_limit_gets_one_error_whatever_the_read_size(
         assert caught.value.offset == 4
 
 
+@pytest.mark.parametrize("after", [b"", b"3," + b"c" * 100 + b"\n"], ids=["ends", "long-row-after"])
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
+def test_the_longest_row_allowed_and_one_byte_more(
+    tmp_path: Path, after: bytes, quoted: bool
+) -> None:
+    """At 1 MiB the limit is 64 KiB: a row of 64 KiB and its LF is taken, one byte more is
+    refused, whether the general path or the 64-byte masks split it (a long row after it lets
+    the masks reach its end)."""
+    from prepsync.config import TableSpec, Thresholds
+
+    spec = TableSpec(name="t", columns=("k", "v"), key=("k",), thresholds=Thresholds())
+    for extra, refused in ((0, False), (1, True)):
+        width = 65536 - 2 + extra  # "1," then the value: 64 KiB + extra bytes before the LF
+        value = b'"' + b"v" * (width - 2) + b'"' if quoted else b"v" * width
+        source = tmp_path / "in.csv"
+        source.write_bytes(b"k,v\n1," + value + b"\n2,b\n" + after)
+        job = TableJob(source=source, spec=spec, memory_budget=1 << 20)
+        if refused:
+            with pytest.raises(InputError) as caught:
+                prepare_table(job, tmp_path)
+            assert (caught.value.line, caught.value.problem) == (2, TOO_LARGE)
+        else:
+            assert prepare_table(job, tmp_path).kept == 2 + bool(after)
+
+
 def test_an_intermediate_pass_merges_only_what_the_final_merge_cannot_read(
     tmp_path: Path,
 ) -> None:
@@ -497,3 +522,20 @@ def test_only_a_join_reserves_the_baselines_buffers_from_the_final_merge(tmp_pat
     assert full.merge_passes == 0 and delta.merge_passes == 1
     assert (complete / "t.sorted.csv").read_bytes() == (joined / "t.sorted.csv").read_bytes()
     assert (delta.inserts, delta.updates, delta.deletes) == (rows // 2, rows // 2, 0)
+
+
+@pytest.mark.parametrize("block", [1000, 4096, 65536, None])
+@pytest.mark.parametrize("bad_row", [5, 7001, 11999])
+def test_invalid_utf8_far_into_a_file_is_named_whatever_the_read_size(
+    block: int | None, bad_row: int
+) -> None:
+    """One bad byte among thousands of accented rows, read through a buffer that slides and
+    refills many times (400 KB against 128 KiB at 1 MiB), mostly split by the 64-byte masks:
+    found at its line and byte, whatever the read size."""
+    spec = Spec("T", ("id", "value"), ("id",))
+    rows = [b"k%05d,caf\xc3\xa9 cr\xc3\xa8me \xe2\x82\xac%d" % (i, i) for i in range(12000)]
+    rows[bad_row] = rows[bad_row][:-4] + b"\xe2\x28" + rows[bad_row][-2:]
+    data = b"id,value\n" + b"\n".join(rows) + b"\n"
+    want = reference(data, spec)
+    assert want[0] == "InputError" and want[1] == bad_row + 2
+    assert native(data, spec, 1 << 20, block) == want

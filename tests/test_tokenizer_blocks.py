@@ -1,11 +1,14 @@
 """The tokenizer's vector paths at every position of their blocks.
 
-The scan looks at 16 bytes a step and the UTF-8 check at 32 (both from the start of the
-record), so a byte that matters behaves differently depending on where it falls: in the first
-or last lane of a block, straddling two blocks, or in the short tail that is checked on its
-own. These tests put each kind of byte at every offset of a record across two blocks and more,
-and compare the engine with the plain-Python reference: same output files, or the same error
-(line, byte offset, problem)."""
+An ordinary row is split by bit masks of 64 bytes at a time, taken where a field starts past
+the last block; a row the masks cannot take (too near the end of what is buffered, a quote or
+lone CR in a plain value, an error) is parsed by the general path, which looks at 16 bytes a
+step. The UTF-8 check goes 32 bytes at a time. So a byte that matters behaves differently
+depending on where it falls: in the first or last lane of a block, straddling two blocks, or in
+the short tail that is checked on its own. These tests put each kind of byte at every offset of
+a record across two blocks and more, with the file ending right after it (the general path) or
+a long row later (the masks), and compare the engine with the plain-Python reference: same
+output files, or the same error (line, byte offset, problem)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ SPEC = Spec("T", ("id", "value"), ("id",))
 ASSOCIATION = Spec("A", ("left", "right"), None)  # keyed by both columns: a two-part key
 KINDS = ("sorted", "nullpk", "duplicates")
 UTF8_OFFSETS = range(0, 72)  # past two 32-byte blocks of the UTF-8 check, four of the scan
+# After the rows under test: a row long enough that every byte of theirs has 64 bytes buffered
+# past it, so that the bit masks, not the general path, split them.
+LONG_LAST_ROW = b"zz," + b"t" * 140 + b"\n"
+ENDINGS = {"file-ends-after": b"", "long-row-after": LONG_LAST_ROW}
 
 
 def native(data: bytes, spec: Spec = SPEC) -> Any:
@@ -122,15 +129,17 @@ INVALID = [
 ]
 
 
-def test_valid_multibyte_sequences_at_every_offset() -> None:
+@pytest.mark.parametrize("after", ENDINGS.values(), ids=ENDINGS.keys())
+def test_valid_multibyte_sequences_at_every_offset(after: bytes) -> None:
     for at in UTF8_OFFSETS:
         rows = [row_with(piece, at).replace(b"k,", b"k%d," % i, 1) for i, piece in enumerate(VALID)]
-        data = b"id,value\n" + b"\n".join(rows) + b"\n"
+        data = b"id,value\n" + b"\n".join(rows) + b"\n" + after
         assert native(data) == reference(data), at
 
 
+@pytest.mark.parametrize("after", ENDINGS.values(), ids=ENDINGS.keys())
 @pytest.mark.parametrize("piece", INVALID, ids=lambda p: p.hex())
-def test_invalid_utf8_is_named_at_its_byte_whatever_the_offset(piece: bytes) -> None:
+def test_invalid_utf8_is_named_at_its_byte_whatever_the_offset(piece: bytes, after: bytes) -> None:
     """The row before is not ASCII either, and neither is the start of this one when the bad
     bytes come late; the error names the first bad byte whichever 32-byte block holds it."""
     for at in UTF8_OFFSETS:
@@ -138,6 +147,7 @@ def test_invalid_utf8_is_named_at_its_byte_whatever_the_offset(piece: bytes) -> 
             b"id,value\n1,caf\xc3\xa9\n"
             + row_with(piece, at, b"\xc3\xa9" if at > 40 else b"a")
             + b"\n"
+            + after
         )
         want = reference(data)
         assert want[0] == "InputError" and want[3].startswith("invalid UTF-8 (byte 0x")
@@ -163,14 +173,17 @@ def test_invalid_utf8_at_the_very_end_of_a_record(piece: bytes) -> None:
         *("nul", "quote-nul"),  # a NUL in a key column is escaped in the two-part key
     ],
 )
-def test_structure_bytes_at_every_offset(piece: bytes) -> None:
-    """A separator, quote, CR, LF or NUL at each lane of the scan's 16-byte blocks, in a plain
-    value and inside a quoted one (where it is a value byte), for a one- and a two-part key."""
-    for at in range(0, 36):
-        plain = b"id,value\n" + row_with(piece, at) + b"\nz,last\n"
+@pytest.mark.parametrize("after", ENDINGS.values(), ids=ENDINGS.keys())
+def test_structure_bytes_at_every_offset(piece: bytes, after: bytes) -> None:
+    """A separator, quote, CR, LF or NUL at each lane of the 16-byte steps and of two 64-byte
+    masks, in a plain value and inside a quoted one (where it is a value byte), for a one- and a
+    two-part key."""
+    for at in range(0, 36) if not after else range(0, 136, 3):
+        plain = b"id,value\n" + row_with(piece, at) + b"\nz,last\n" + after
         quoted_value = b'k,"' + b"a" * at + piece.replace(b'"', b'""') + b"b" * 40 + b'"'
-        quoted = b"id,value\n" + quoted_value + b"\nz,last\n"
-        for data in (plain, quoted):
+        quoted = b"id,value\n" + quoted_value + b"\nz,last\n" + after
+        # A bad row last: its error's line number counts the LFs of every row before it.
+        for data in (plain, quoted, plain + b"bad,row,x\n", quoted + b"bad,row,x\n"):
             assert native(data) == reference(data), (at, data)
             header = data.replace(b"id,value", b"left,right", 1)
             assert native(header, ASSOCIATION) == reference(header, ASSOCIATION), (at, header)
