@@ -70,6 +70,8 @@ typedef struct ps_tokenizer {
     ps_field *fields;
     size_t fields_cap;
     int error_code;         /* PS_ERR_INPUT normally; PS_ERR_BASELINE_CSV for a baseline */
+    int avx2;               /* the masks and the UTF-8 check go 32 bytes a step (a debug build
+                               takes the SSE2 and byte paths under PREPSYNC_DEBUG_NO_AVX2=1) */
     size_t expected_fields; /* set by the first record (the header); 0 before it */
     size_t budget;          /* the memory budget the limits derive from (named in errors) */
     int budget_shares;      /* > 1: `budget` is one table's share of a budget split this many
@@ -182,8 +184,5 @@ static inline size_t ps_field_unescape(const ps_field *f, char *out) {
     }
     return n;
 }
-
-/* 1 when data[0, n) is valid UTF-8; otherwise 0 and *bad is the offset of the first bad byte. */
-int ps_utf8_valid(const unsigned char *data, size_t n, size_t *bad);
 
 #endif

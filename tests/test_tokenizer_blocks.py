@@ -165,14 +165,14 @@ def test_invalid_utf8_at_the_very_end_of_a_record(piece: bytes) -> None:
             assert native(data) == reference(data), (length, ending)
 
 
-@pytest.mark.parametrize(
-    "piece",
-    [b",", b'"', b'""', b"\r", b"\r\n", b"\n", b'",', b'"\r\n', b"\x00", b'"\x00'],
-    ids=[
-        *("separator", "quote", "two-quotes", "cr", "crlf", "lf", "quote-sep", "quote-crlf"),
-        *("nul", "quote-nul"),  # a NUL in a key column is escaped in the two-part key
-    ],
-)
+STRUCTURE = {
+    **{"separator": b",", "quote": b'"', "two-quotes": b'""', "cr": b"\r", "crlf": b"\r\n"},
+    **{"lf": b"\n", "quote-sep": b'",', "quote-crlf": b'"\r\n'},
+    **{"nul": b"\x00", "quote-nul": b'"\x00'},  # a NUL in a key column is escaped in a two-part key
+}
+
+
+@pytest.mark.parametrize("piece", STRUCTURE.values(), ids=STRUCTURE.keys())
 @pytest.mark.parametrize("after", ENDINGS.values(), ids=ENDINGS.keys())
 def test_structure_bytes_at_every_offset(piece: bytes, after: bytes) -> None:
     """A separator, quote, CR, LF or NUL at each lane of the 16-byte steps and of two 64-byte
@@ -205,3 +205,18 @@ def test_nul_in_a_two_part_key_at_every_offset() -> None:
         ]
         data = b"left,right\n" + b"\n".join(rows) + b"\n"
         assert native(data, ASSOCIATION) == reference(data, ASSOCIATION), at
+
+
+def test_without_avx2_the_same_splits_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CPU has no AVX2 the masks are made 16 bytes a step and UTF-8 is checked a byte
+    at a time. A debug build takes those paths under PREPSYNC_DEBUG_NO_AVX2=1 (`make test-asan`
+    runs this): the tests above, again."""
+    if not _cleanse.DEBUG_BUILD:
+        pytest.skip("only a debug build can turn AVX2 off")
+    monkeypatch.setenv("PREPSYNC_DEBUG_NO_AVX2", "1")
+    for after in ENDINGS.values():
+        for piece in STRUCTURE.values():
+            test_structure_bytes_at_every_offset(piece, after)
+        test_valid_multibyte_sequences_at_every_offset(after)
+        for piece in INVALID:
+            test_invalid_utf8_is_named_at_its_byte_whatever_the_offset(piece, after)
