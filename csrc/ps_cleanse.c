@@ -26,6 +26,9 @@
 /* Well under the usual 1024 open files; more runs than this are merged in passes. */
 #define MAX_FAN_IN 500
 #define REC_HEADER 8 /* u32 key length, u32 line length (0 for a link table: see key_is_line) */
+/* In a run file only: this bit of the key length says the key is the line's first bytes and is
+ * not stored again (see put_run_record). */
+#define REC_KEY_IN_LINE 0x80000000u
 #define PREFETCH_AHEAD 8
 /* A run's bytes already copied into its reader's buffer are released from the page cache in
  * steps of this many bytes (see reader_release). */
@@ -509,6 +512,26 @@ static int write_link_record(ps_writer *w, const char *prev, size_t prev_len, co
     return PS_OK;
 }
 
+/* An entity table's record in a run file: {u32 key length, u32 line length, key, line}, or,
+ * when the line begins with the key's bytes (a one-column key that is the first output column
+ * and needs no quotes, such as objectGUID), {key length | REC_KEY_IN_LINE, line length, line}:
+ * the key is not written twice. For the bench's entries that is 36 of about 400 bytes a row,
+ * 9 % fewer bytes written to the spill and read back. */
+static int put_run_record(ps_writer *w, const char *key, size_t klen, const char *line,
+                          size_t llen, ps_error *err) {
+    int in_line = klen <= llen && memcmp(key, line, klen) == 0;
+    size_t n = REC_HEADER + (in_line ? 0 : klen) + llen;
+    int rc = ps_writer_reserve(w, n, err);
+    if (rc) return rc;
+    char *out = w->buf + w->len;
+    store_u32(out, (uint32_t)klen | (in_line ? REC_KEY_IN_LINE : 0));
+    store_u32(out + 4, (uint32_t)llen);
+    if (!in_line) memcpy(out + REC_HEADER, key, klen);
+    memcpy(out + n - llen, line, llen);
+    w->len += n;
+    return PS_OK;
+}
+
 /* Sorts a job's arena and writes it to its run file: on the worker thread, or on the reader's
  * when no thread could be started. */
 static void run_spill_job(spill_job *job) {
@@ -529,7 +552,9 @@ static void run_spill_job(spill_job *job) {
                                    r + REC_HEADER, load_u32(r), &job->err);
             prev = r;
         } else {
-            rc = ps_writer_put(&w, r, REC_HEADER + load_u32(r) + load_u32(r + 4), &job->err);
+            uint32_t klen = load_u32(r);
+            rc = put_run_record(&w, r + REC_HEADER, klen, r + REC_HEADER + klen, load_u32(r + 4),
+                                &job->err);
         }
     }
     if (!rc) rc = ps_writer_flush(&w, &job->err);
@@ -832,6 +857,12 @@ static int reader_next(run_reader *r, ps_error *err) {
         return -ps_fail(err, PS_ERR_IO, 0, -1, "spill file is truncated");
     uint32_t klen = load_u32(r->buf + r->pos);
     uint32_t second = load_u32(r->buf + r->pos + 4);
+    int key_in_line = 0;
+    if (!r->front_coded && (klen & REC_KEY_IN_LINE)) {
+        klen &= ~REC_KEY_IN_LINE;
+        key_in_line = 1;
+        if (klen > second) return -ps_fail(err, PS_ERR_IO, 0, -1, "spill file is corrupt");
+    }
     if (r->front_coded) {
         /* second: bytes shared with the previous key, still at the start of key_buf. */
         if (second > klen || (second && (!had_key || second > r->klen)))
@@ -845,7 +876,7 @@ static int reader_next(run_reader *r, ps_error *err) {
             r->key_cap = cap;
         }
     } else {
-        r->stored = REC_HEADER + (size_t)klen + second;
+        r->stored = REC_HEADER + (key_in_line ? 0 : (size_t)klen) + second;
     }
     rc = reader_fill(r, r->stored, err);
     if (rc) return -rc;
@@ -860,7 +891,7 @@ static int reader_next(run_reader *r, ps_error *err) {
         r->llen = second;
         r->key = r->buf + r->pos + REC_HEADER;
     }
-    r->line = r->key + r->klen;
+    r->line = key_in_line ? r->key : r->key + r->klen;
     r->head = key_head(r->key, r->klen);
     return 1;
 }
@@ -1471,8 +1502,8 @@ static int merge_step(ps_cleanse *c, int64_t max_rows, int *done, ps_error *err)
                     c->merge.out_have = 1;
                 }
             } else {
-                rc = ps_writer_put(&c->merge.run_out, top->key - REC_HEADER,
-                                   REC_HEADER + (size_t)top->klen + top->llen, err);
+                rc = put_run_record(&c->merge.run_out, top->key, top->klen, top->line,
+                                    top->llen, err);
             }
             if (!rc) rc = pop_merged(c, err);
             if (rc) return rc;
