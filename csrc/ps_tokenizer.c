@@ -632,55 +632,44 @@ split_row(ps_tokenizer *t, const char *start, const char *end, size_t *nfields, 
             f->data = value;
             f->len = (uint32_t)(p - value);
             f->quoted = f->escaped = f->special = 0;
-            char c = *p;
-            if (c == sep) {
-                p++;
-                continue;
-            }
-            if (c == '\n') {
-                p++;
+        } else {
+            const char *open = p, *q = p + 1;
+            int escaped = 0, special = 0;
+            for (;;) {
+                if ((size_t)(q - b.base) >= 64) {
+                    if (end - q < 64) return NULL;
+                    load_block(&b, q, sep, avx2);
+                }
+                unsigned shift = (unsigned)(q - b.base);
+                uint64_t quotes = b.quote >> shift;
+                uint64_t before = quotes ? (quotes & (0 - quotes)) - 1 : ~(uint64_t)0;
+                uint64_t feeds_here = (b.lf >> shift) & before;
+                if (feeds_here | ((b.others >> shift) & before)) {
+                    special = 1;
+                    if (feeds_here) feeds += __builtin_popcountll(feeds_here);
+                }
+                if (!quotes) {
+                    q = b.base + 64;
+                    continue;
+                }
+                const char *hit = q + __builtin_ctzll(quotes);
+                if (hit + 1 >= end) return NULL;
+                if (hit[1] == '"') {
+                    escaped = special = 1;
+                    q = hit + 2;
+                    continue;
+                }
+                p = hit + 1;
                 break;
             }
-            if (c == '\r' && p + 1 < end && p[1] == '\n') {
-                p += 2;
-                break;
-            }
-            return NULL; /* a quote or a lone CR inside the value */
+            f->data = open + 1;
+            f->len = (uint32_t)(p - open - 2);
+            f->quoted = 1;
+            f->escaped = (uint8_t)escaped;
+            f->special = (uint8_t)special;
         }
-        const char *open = p, *q = p + 1;
-        int escaped = 0, special = 0;
-        for (;;) {
-            if ((size_t)(q - b.base) >= 64) {
-                if (end - q < 64) return NULL;
-                load_block(&b, q, sep, avx2);
-            }
-            unsigned shift = (unsigned)(q - b.base);
-            uint64_t quotes = b.quote >> shift;
-            uint64_t before = quotes ? (quotes & (0 - quotes)) - 1 : ~(uint64_t)0;
-            uint64_t feeds_here = (b.lf >> shift) & before;
-            if (feeds_here | ((b.others >> shift) & before)) {
-                special = 1;
-                if (feeds_here) feeds += __builtin_popcountll(feeds_here);
-            }
-            if (!quotes) {
-                q = b.base + 64;
-                continue;
-            }
-            const char *hit = q + __builtin_ctzll(quotes);
-            if (hit + 1 >= end) return NULL;
-            if (hit[1] == '"') {
-                escaped = special = 1;
-                q = hit + 2;
-                continue;
-            }
-            p = hit + 1;
-            break;
-        }
-        f->data = open + 1;
-        f->len = (uint32_t)(p - open - 2);
-        f->quoted = 1;
-        f->escaped = (uint8_t)escaped;
-        f->special = (uint8_t)special;
+        /* After a value: a separator, a line end, or what the general path must judge (a quote
+         * or lone CR in a plain value, text after a closing quote: an error). */
         char c = *p;
         if (c == sep) {
             p++;
@@ -694,7 +683,7 @@ split_row(ps_tokenizer *t, const char *start, const char *end, size_t *nfields, 
             p += 2;
             break;
         }
-        return NULL; /* text after the closing quote: the general path names the error */
+        return NULL;
     }
     *nfields = nf;
     *lines = feeds + 1;
