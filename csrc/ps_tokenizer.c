@@ -706,6 +706,9 @@ static const char *tok_fast_row(ps_tokenizer *t, const char *start, const char *
 }
 #endif
 
+#define FAST_MISSES_BEFORE_PAUSE 4
+#define FAST_PAUSE_ROWS 64
+
 int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     if (!t->bom_checked) {
         int st = check_start_of_file(t, err);
@@ -770,15 +773,20 @@ int ps_tok_next(ps_tokenizer *t, ps_record *rec, ps_error *err) {
     const char *const start = p;
     int64_t lines_inside = 0; /* LFs the record spans, its own line end included */
     size_t nf = 0;
+    int fast_missed = 0;
 #if defined(__SSE2__)
-    if (!header) {
+    if (!header && t->fast_pause > 0) {
+        t->fast_pause--;
+    } else if (!header) {
         const char *after = tok_fast_row(t, start, end, &nf, &lines_inside);
         if (after) {
+            t->fast_misses = 0;
             p = after;
             goto parsed;
         }
         nf = 0;
         lines_inside = 0;
+        fast_missed = 1;
     }
 #endif
     for (;;) {
@@ -930,6 +938,12 @@ parsed:;
     t->line += lines_inside;
     t->pos = (size_t)(p - buf);
     t->retry_at = 0;
+    /* A file whose rows the masks keep handing back (a bare quote late in every row, say)
+     * would pay for both paths: after a few such rows in a row, the masks rest a while. */
+    if (fast_missed && ++t->fast_misses == FAST_MISSES_BEFORE_PAUSE) {
+        t->fast_misses = 0;
+        t->fast_pause = FAST_PAUSE_ROWS;
+    }
     return PS_TOK_RECORD;
 
 need_more: {

@@ -72,6 +72,8 @@ typedef struct ps_tokenizer {
     int error_code;         /* PS_ERR_INPUT normally; PS_ERR_BASELINE_CSV for a baseline */
     int avx2;               /* the masks and the UTF-8 check go 32 bytes a step (a debug build
                                takes the SSE2 and byte paths under PREPSYNC_DEBUG_NO_AVX2=1) */
+    int fast_misses;        /* rows in a row the masks handed back to the general path */
+    int fast_pause;         /* rows still to parse without trying the masks */
     size_t expected_fields; /* set by the first record (the header); 0 before it */
     size_t budget;          /* the memory budget the limits derive from (named in errors) */
     int budget_shares;      /* > 1: `budget` is one table's share of a budget split this many

@@ -207,6 +207,19 @@ def test_nul_in_a_two_part_key_at_every_offset() -> None:
         assert native(data, ASSOCIATION) == reference(data, ASSOCIATION), at
 
 
+def test_rows_the_masks_hand_back_then_ordinary_ones() -> None:
+    """Rows with a bare quote late in a plain value go to the general path; after a few in a
+    row the masks rest for a while, then take rows again. Whichever path splits each row, the
+    files and the line of a later error are the reference's."""
+    odd = [b'o%03d,%s 12" screen' % (i, b"x" * 80) for i in range(10)]
+    ordinary = [b'r%03d,"two\nlines, %s"' % (i, b"y" * (i % 90)) for i in range(150)]
+    for rows in (odd + ordinary, ordinary[:3] + odd + ordinary[3:], (odd[:3] + ordinary[:5]) * 20):
+        data = b"id,value\n" + b"\n".join(rows) + b"\n" + LONG_LAST_ROW
+        assert native(data) == reference(data)
+        bad = data + b"bad,row,x\n"
+        assert native(bad) == reference(bad)
+
+
 def test_without_avx2_the_same_splits_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the CPU has no AVX2 the masks are made 16 bytes a step and UTF-8 is checked a byte
     at a time. A debug build takes those paths under PREPSYNC_DEBUG_NO_AVX2=1 (`make test-asan`
@@ -214,6 +227,7 @@ def test_without_avx2_the_same_splits_and_errors(monkeypatch: pytest.MonkeyPatch
     if not _cleanse.DEBUG_BUILD:
         pytest.skip("only a debug build can turn AVX2 off")
     monkeypatch.setenv("PREPSYNC_DEBUG_NO_AVX2", "1")
+    test_rows_the_masks_hand_back_then_ordinary_ones()
     for after in ENDINGS.values():
         for piece in STRUCTURE.values():
             test_structure_bytes_at_every_offset(piece, after)
