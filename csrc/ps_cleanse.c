@@ -858,11 +858,6 @@ static int reader_next(run_reader *r, ps_error *err) {
     uint32_t klen = load_u32(r->buf + r->pos);
     uint32_t second = load_u32(r->buf + r->pos + 4);
     int key_in_line = 0;
-    if (!r->front_coded && (klen & REC_KEY_IN_LINE)) {
-        klen &= ~REC_KEY_IN_LINE;
-        key_in_line = 1;
-        if (klen > second) return -ps_fail(err, PS_ERR_IO, 0, -1, "spill file is corrupt");
-    }
     if (r->front_coded) {
         /* second: bytes shared with the previous key, still at the start of key_buf. */
         if (second > klen || (second && (!had_key || second > r->klen)))
@@ -876,6 +871,10 @@ static int reader_next(run_reader *r, ps_error *err) {
             r->key_cap = cap;
         }
     } else {
+        key_in_line = (klen & REC_KEY_IN_LINE) != 0;
+        klen &= ~REC_KEY_IN_LINE;
+        if (key_in_line && klen > second)
+            return -ps_fail(err, PS_ERR_IO, 0, -1, "spill file is corrupt");
         r->stored = REC_HEADER + (key_in_line ? 0 : (size_t)klen) + second;
     }
     rc = reader_fill(r, r->stored, err);
